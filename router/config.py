@@ -1,0 +1,367 @@
+"""Router configuration: TOML file, defaults merged, limits checked when loaded.
+
+The file is chosen by ``router --config PATH`` or the ``ROUTER_CONFIG`` environment variable;
+without one the defaults serve. Every key is documented in ``config/router.example.toml``.
+An unknown key, a wrong type or a value out of range raises :class:`~router.errors.ConfigError`
+naming the dotted key, so the CLI can exit 2 with one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from router.domain.jurisdictions import normalize_jurisdiction
+from router.errors import ConfigError
+
+#: DICOM PS3.8 section 9.3.2 / PS3.5 section 6.2: an AE title is at most 16 characters of the
+#: default character repertoire, without backslash or control characters.
+AE_TITLE_MAX_LENGTH = 16
+
+#: The repository's ``config/`` folder: dated data files (IMLC membership, CPT map) and examples.
+#: Relative paths in a config file resolve against that file's directory instead.
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+def validate_ae_title(value: object, key: str) -> str:
+    """Return ``value`` as a stripped AE title.
+
+    Raises
+    ------
+    ConfigError
+        If it is empty, longer than 16 characters, or holds a backslash or control character
+        (DICOM PS3.5 section 6.2, VR AE).
+    """
+    if not isinstance(value, str):
+        raise ConfigError(key, "must be a string")
+    title = value.strip()
+    if not title:
+        raise ConfigError(key, "must not be empty")
+    if len(title) > AE_TITLE_MAX_LENGTH:
+        raise ConfigError(key, f"AE title {title!r} is longer than {AE_TITLE_MAX_LENGTH} characters")
+    if "\\" in title or any(ord(ch) < 0x20 or ord(ch) > 0x7E for ch in title):
+        raise ConfigError(key, f"AE title {title!r} holds a backslash or a non-printable character")
+    return title
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """DICOM TLS listener (PS3.15 Annex B.1), on its own port."""
+
+    enabled: bool = False
+    host: str | None = None  # None: same as listener.host
+    port: int = 2762  # IANA "dicom-tls"
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    """The C-STORE SCP."""
+
+    ae_title: str = "ROUTER"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    enabled: bool = True  # plain (non-TLS) port; turn off to serve TLS only
+    max_associations: int = 16
+    acse_timeout: float = 30.0  # seconds
+    dimse_timeout: float = 60.0  # seconds
+    network_timeout: float = 120.0  # seconds
+    max_pdu_length: int = 262_144  # bytes offered to senders; 0 means unlimited
+    tcp_nodelay: bool = True
+    allowed_calling_ae_titles: tuple[str, ...] = ()  # empty: every sender is accepted
+    allowed_addresses: tuple[str, ...] = ()  # IPs or CIDR networks; empty: any address
+    drain_timeout: float = 30.0  # seconds to finish in-flight associations on SIGTERM
+    tls: TlsSettings = field(default_factory=TlsSettings)
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    """Where the router keeps its files."""
+
+    data_dir: Path = Path("./var")
+    archive_dir: Path | None = None  # None: <data_dir>/archive
+
+    @property
+    def archive(self) -> Path:
+        """Archive root: ``archive_dir`` or ``<data_dir>/archive``."""
+        return self.archive_dir if self.archive_dir is not None else self.data_dir / "archive"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """The index database."""
+
+    url: str | None = None  # None: sqlite:///<data_dir>/router.db
+    busy_timeout: float = 10.0  # seconds to wait for a lock before answering 0xA701
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """When and how studies are routed."""
+
+    stable_seconds: float = 30.0  # quiet time after the last instance before routing
+    poll_interval: float = 1.0  # seconds between checks of the routing timer
+    timezone: str = "UTC"  # IANA name; "today" where no facility time zone is known
+    use_patient_address: bool = True  # fall back to the patient's residence tags
+    require_reading_state_license: bool = False  # reader also licensed where they read from
+
+
+@dataclass(frozen=True)
+class BillingSettings:
+    """Infrastructure cost rates and the CPT map."""
+
+    storage_cents_per_gib: int = 10  # cents per GiB stored, rounded half up per record
+    transmission_cents_per_gib: int = 5  # cents per GiB forwarded
+    cpt_map: Path = CONFIG_DIR / "cpt_map_2026.csv"
+
+
+@dataclass(frozen=True)
+class ImlcSettings:
+    """Interstate Medical Licensure Compact data and rules."""
+
+    membership_file: Path = CONFIG_DIR / "imlc_membership.csv"
+    max_age_days: int = 180  # `router imlc check` warns when as_of is older
+    suspension_hold_days: int = 90  # Compact section 10
+
+
+@dataclass(frozen=True)
+class LicensureSettings:
+    """State rules that are data, not code."""
+
+    # Jurisdictions whose telehealth registration covers store-and-forward reads.
+    telehealth_registration_states: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ForwardingSettings:
+    """C-STORE SCU that sends assigned studies to the reader's destination."""
+
+    enabled: bool = True
+    calling_ae_title: str | None = None  # None: listener.ae_title
+    max_attempts: int = 8
+    initial_backoff: float = 5.0  # seconds; doubles per attempt
+    max_backoff: float = 600.0  # seconds
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Logging (the CLI configures handlers)."""
+
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All router settings. Build with :func:`load_settings`."""
+
+    listener: ListenerSettings = field(default_factory=ListenerSettings)
+    paths: PathSettings = field(default_factory=PathSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    billing: BillingSettings = field(default_factory=BillingSettings)
+    imlc: ImlcSettings = field(default_factory=ImlcSettings)
+    licensure: LicensureSettings = field(default_factory=LicensureSettings)
+    forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+    @property
+    def database_url(self) -> str:
+        """SQLAlchemy URL: ``database.url`` or SQLite at ``<data_dir>/router.db``."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.paths.data_dir / 'router.db').resolve()}"
+
+    def with_data_dir(self, data_dir: Path) -> Settings:
+        """A copy whose data directory (and so default database and archive) is ``data_dir``."""
+        return dataclasses.replace(self, paths=dataclasses.replace(self.paths, data_dir=data_dir))
+
+    def replace(self, section: str, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied to one section, e.g. ``replace("listener", port=0)``."""
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate a TOML config file; ``None`` gives the defaults.
+
+    Relative paths in the file are resolved against the file's directory.
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read or parsed, or a key is unknown, mistyped or out of range.
+    """
+    if path is None:
+        return _validate(Settings())
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError("config", f"file not found: {path}") from exc
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from exc
+    return settings_from_mapping(raw, base_dir=Path(path).resolve().parent)
+
+
+def settings_from_mapping(raw: dict[str, Any], base_dir: Path = Path(".")) -> Settings:
+    """Build validated :class:`Settings` from a parsed TOML mapping.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown key, a wrong type or a value out of range.
+    """
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in _SECTION_TYPES or "." in name:
+            raise ConfigError(name, "unknown section")
+        if not isinstance(value, dict):
+            raise ConfigError(name, "must be a table")
+        sections[name] = _build(value, name, base_dir)
+    return _validate(Settings(**sections))
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "listener": ListenerSettings,
+    "listener.tls": TlsSettings,
+    "paths": PathSettings,
+    "database": DatabaseSettings,
+    "routing": RoutingSettings,
+    "billing": BillingSettings,
+    "imlc": ImlcSettings,
+    "licensure": LicensureSettings,
+    "forwarding": ForwardingSettings,
+    "logging": LoggingSettings,
+}
+
+
+def _build(values: dict[str, Any], prefix: str, base_dir: Path) -> Any:
+    cls = _SECTION_TYPES[prefix]
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}"
+        if key not in known:
+            raise ConfigError(dotted, "unknown key")
+        if f"{prefix}.{key}" in _SECTION_TYPES:
+            if not isinstance(value, dict):
+                raise ConfigError(dotted, "must be a table")
+            kwargs[key] = _build(value, dotted, base_dir)
+            continue
+        kwargs[key] = _coerce(dotted, known[key].default, value, base_dir)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, default: Any, value: Any, base_dir: Path) -> Any:
+    """Check ``value`` against the type of the field's default and convert it."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(key, "must be true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, "must be a whole number")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, "must be a number")
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(key, "must be a list of strings")
+        return tuple(value)
+    if isinstance(default, Path) or key in _OPTIONAL_PATHS:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(key, "must be a non-empty path string")
+        candidate = Path(value).expanduser()
+        return candidate if candidate.is_absolute() else (base_dir / candidate)
+    if isinstance(default, str) or key in _OPTIONAL_STRINGS:
+        if not isinstance(value, str):
+            raise ConfigError(key, "must be a string")
+        return value
+    raise ConfigError(key, "unsupported value")  # pragma: no cover - every field is covered
+
+
+_OPTIONAL_PATHS = {
+    "paths.archive_dir",
+    "listener.tls.cert_file",
+    "listener.tls.key_file",
+    "listener.tls.ca_file",
+}
+_OPTIONAL_STRINGS = {"database.url", "forwarding.calling_ae_title", "listener.tls.host"}
+
+
+def _check_port(key: str, port: int, allow_zero: bool = True) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise ConfigError(key, f"port {port} is out of range {low}-65535")
+
+
+def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'zero or more' if allow_zero else 'greater than zero'}, got {value}")
+
+
+def _validate(settings: Settings) -> Settings:
+    """Check cross-field limits; returns ``settings`` unchanged."""
+    listener = settings.listener
+    validate_ae_title(listener.ae_title, "listener.ae_title")
+    _check_port("listener.port", listener.port)
+    if listener.max_associations < 1:
+        raise ConfigError("listener.max_associations", "must be at least 1")
+    for key in ("acse_timeout", "dimse_timeout", "network_timeout", "drain_timeout"):
+        _check_positive(f"listener.{key}", getattr(listener, key))
+    if listener.max_pdu_length != 0 and not 4096 <= listener.max_pdu_length <= 2**32 - 1:
+        raise ConfigError("listener.max_pdu_length", "must be 0 (unlimited) or 4096-4294967295 bytes")
+    for index, title in enumerate(listener.allowed_calling_ae_titles):
+        validate_ae_title(title, f"listener.allowed_calling_ae_titles[{index}]")
+    for index, address in enumerate(listener.allowed_addresses):
+        try:
+            ipaddress.ip_network(address, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"listener.allowed_addresses[{index}]", f"{address!r} is not an IP address or network") from exc
+    tls = listener.tls
+    if tls.enabled:
+        _check_port("listener.tls.port", tls.port)
+        for key in ("cert_file", "key_file"):
+            if getattr(tls, key) is None:
+                raise ConfigError(f"listener.tls.{key}", "is required when TLS is enabled")
+        if tls.require_client_cert and tls.ca_file is None:
+            raise ConfigError("listener.tls.ca_file", "is required when require_client_cert is true")
+    if not listener.enabled and not tls.enabled:
+        raise ConfigError("listener.enabled", "the plain listener is off and TLS is not enabled")
+    routing = settings.routing
+    _check_positive("routing.stable_seconds", routing.stable_seconds, allow_zero=True)
+    _check_positive("routing.poll_interval", routing.poll_interval)
+    try:
+        ZoneInfo(routing.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError("routing.timezone", f"unknown IANA time zone {routing.timezone!r}") from exc
+    _check_positive("database.busy_timeout", settings.database.busy_timeout)
+    billing = settings.billing
+    _check_positive("billing.storage_cents_per_gib", billing.storage_cents_per_gib, allow_zero=True)
+    _check_positive("billing.transmission_cents_per_gib", billing.transmission_cents_per_gib, allow_zero=True)
+    _check_positive("imlc.max_age_days", settings.imlc.max_age_days)
+    _check_positive("imlc.suspension_hold_days", settings.imlc.suspension_hold_days, allow_zero=True)
+    forwarding = settings.forwarding
+    if forwarding.calling_ae_title is not None:
+        validate_ae_title(forwarding.calling_ae_title, "forwarding.calling_ae_title")
+    if forwarding.max_attempts < 1:
+        raise ConfigError("forwarding.max_attempts", "must be at least 1")
+    _check_positive("forwarding.initial_backoff", forwarding.initial_backoff)
+    _check_positive("forwarding.max_backoff", forwarding.max_backoff)
+    for index, state in enumerate(settings.licensure.telehealth_registration_states):
+        if normalize_jurisdiction(state) is None:
+            raise ConfigError(f"licensure.telehealth_registration_states[{index}]", f"{state!r} is not a US licensing jurisdiction")
+    level = settings.logging.level.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError("logging.level", f"unknown level {settings.logging.level!r}")
+    return settings

@@ -1,0 +1,75 @@
+"""Engine and session factory. No module-level engine: callers build and pass their own.
+
+SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL`` so that a committed
+row survives power loss, foreign keys on, and a busy timeout so concurrent association threads
+wait for the write lock instead of failing at once. PostgreSQL is used as is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def make_engine(url: str, busy_timeout: float = 10.0, **kwargs: Any) -> Engine:
+    """Create an engine for ``url``.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL, e.g. ``sqlite:////var/router/router.db`` or
+        ``postgresql+psycopg://user@host/db``.
+    busy_timeout : float
+        Seconds to wait for a lock (SQLite ``busy_timeout``; PostgreSQL ``lock_timeout``)
+        before the write fails.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": busy_timeout},
+            **kwargs,
+        )
+        timeout_ms = int(busy_timeout * 1000)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # pysqlite opens transactions lazily; let SQLAlchemy's BEGIN be explicit instead
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection: Any) -> None:
+            # IMMEDIATE takes the write lock up front, so two writers never deadlock upgrading
+            # a read lock; the busy timeout then queues them.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    connect_args = kwargs.pop("connect_args", {})
+    if parsed.get_backend_name() == "postgresql":
+        timeout_ms = int(busy_timeout * 1000)
+        connect_args.setdefault("options", f"-c lock_timeout={timeout_ms} -c statement_timeout={timeout_ms * 6}")
+        connect_args.setdefault("connect_timeout", max(1, int(busy_timeout)))
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory bound to ``engine``; objects stay usable after commit."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def is_sqlite(engine: Engine) -> bool:
+    """Whether ``engine`` talks to SQLite."""
+    return engine.dialect.name == "sqlite"

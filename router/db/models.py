@@ -1,0 +1,541 @@
+"""SQLAlchemy 2 declarative models of the router's index, roster and ledgers.
+
+Lengths follow DICOM PS3.5 section 6.2: UI (UID) at most 64 characters, AE at most 16, SH
+(accession number) 16, LO 64, PN 64 characters per component group. Times are stored as UTC
+(timezone-aware on the Python side); license and privilege validity are calendar dates.
+
+The schema itself is created by the Alembic migrations in ``router/db/migrations``; a test
+checks that models and migrations agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from router.domain.enums import (
+    CptSource,
+    ExamStateSource,
+    FederalFacility,
+    HoldReason,
+    InfrastructureKind,
+    LicensePathway,
+    LicenseStatus,
+    OutboxStatus,
+    ProfessionalEntryKind,
+    StudyStatus,
+)
+
+UID_LENGTH = 64
+AE_LENGTH = 16
+STATE_LENGTH = 2
+NPI_LENGTH = 10
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored in UTC and always returned timezone-aware (UTC).
+
+    SQLite keeps no zone, PostgreSQL ``timestamptz`` does; this type makes both behave alike.
+    Naive values are refused rather than guessed.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given for a UTC column")
+        return value.astimezone(dt.timezone.utc)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+
+def _enum(enum_cls: type, name: str) -> Enum:
+    """A portable enum column stored as its string value (VARCHAR + CHECK, no native type)."""
+    return Enum(
+        enum_cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=48,
+        values_callable=lambda members: [member.value for member in members],
+        validate_strings=True,
+    )
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the constraint naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UtcDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+# --------------------------------------------------------------------------- roster
+
+
+class Facility(Base):
+    """A registered sender (modality or PACS), keyed by its calling AE title."""
+
+    __tablename__ = "facilities"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(AE_LENGTH), unique=True)
+    name: Mapped[str | None] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(STATE_LENGTH))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    requires_privileges: Mapped[bool] = mapped_column(Boolean, default=False)
+    federal: Mapped[FederalFacility | None] = mapped_column(_enum(FederalFacility, "federal_facility"))
+    created_at: Mapped[dt.datetime]
+
+    aliases: Mapped[list[FacilityAlias]] = relationship(
+        back_populates="facility", cascade="all, delete-orphan", order_by="FacilityAlias.institution_name"
+    )
+
+
+class FacilityAlias(Base):
+    """An InstitutionName (0008,0080) value that identifies a registered facility."""
+
+    __tablename__ = "facility_aliases"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"))
+    # stored upper-cased and whitespace-folded, so matching is exact
+    institution_name: Mapped[str] = mapped_column(String(64), unique=True)
+
+    facility: Mapped[Facility] = relationship(back_populates="aliases")
+
+
+class Radiologist(Base):
+    """A reader on the roster."""
+
+    __tablename__ = "radiologists"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    npi: Mapped[str] = mapped_column(String(NPI_LENGTH), unique=True)
+    name: Mapped[str] = mapped_column(String(200))  # DICOM PN form, e.g. Doe^Jane
+    email: Mapped[str | None] = mapped_column(String(254))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    spl_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))  # designated SPL
+    loq_issued: Mapped[dt.date | None] = mapped_column(Date)  # IMLC Letter of Qualification
+    mqsa_qualified: Mapped[bool] = mapped_column(Boolean, default=False)
+    reading_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))
+    # where assigned studies are forwarded (C-STORE SCP of the reader's workstation or PACS)
+    destination_ae_title: Mapped[str | None] = mapped_column(String(AE_LENGTH))
+    destination_host: Mapped[str | None] = mapped_column(String(255))
+    destination_port: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime]
+
+    licenses: Mapped[list[License]] = relationship(
+        back_populates="radiologist", cascade="all, delete-orphan", order_by="License.state"
+    )
+    privileges: Mapped[list[Privilege]] = relationship(back_populates="radiologist", cascade="all, delete-orphan")
+
+
+class License(Base):
+    """A state license (or registration) held by a radiologist; one per jurisdiction."""
+
+    __tablename__ = "licenses"
+    __table_args__ = (
+        UniqueConstraint("radiologist_id", "state"),
+        CheckConstraint("issued IS NULL OR expires IS NULL OR issued <= expires", name="issued_before_expiry"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    radiologist_id: Mapped[int] = mapped_column(ForeignKey("radiologists.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(STATE_LENGTH))
+    number: Mapped[str] = mapped_column(String(64))
+    pathway: Mapped[LicensePathway] = mapped_column(_enum(LicensePathway, "license_pathway"))
+    status: Mapped[LicenseStatus] = mapped_column(_enum(LicenseStatus, "license_status"))
+    status_since: Mapped[dt.date | None] = mapped_column(Date)
+    in_lieu_of_discipline: Mapped[bool] = mapped_column(Boolean, default=False)
+    issued: Mapped[dt.date | None] = mapped_column(Date)
+    expires: Mapped[dt.date] = mapped_column(Date)
+    verified_on: Mapped[dt.date | None] = mapped_column(Date)
+    # IMLC section 10 hold on this Compact license cleared by an admin: the board has acted on
+    # disciplinary actions dated on or before this day.
+    compact_hold_cleared_on: Mapped[dt.date | None] = mapped_column(Date)
+
+    radiologist: Mapped[Radiologist] = relationship(back_populates="licenses")
+
+
+class DisciplinaryAction(Base):
+    """A board's suspension, revocation or acceptance of a surrender in lieu of discipline.
+
+    Kept as history because the IMLC 90-day hold on the other Compact licenses runs from the
+    action's date even if the license is later reinstated (Compact section 10).
+    """
+
+    __tablename__ = "disciplinary_actions"
+    __table_args__ = (UniqueConstraint("license_id", "action", "action_date"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    radiologist_id: Mapped[int] = mapped_column(ForeignKey("radiologists.id", ondelete="CASCADE"), index=True)
+    license_id: Mapped[int] = mapped_column(ForeignKey("licenses.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(STATE_LENGTH))
+    action: Mapped[LicenseStatus] = mapped_column(_enum(LicenseStatus, "disciplinary_action_kind"))
+    action_date: Mapped[dt.date] = mapped_column(Date)
+    recorded_at: Mapped[dt.datetime]
+
+
+class Privilege(Base):
+    """Clinical privileges of a radiologist at a facility, granted directly or by proxy."""
+
+    __tablename__ = "privileges"
+    __table_args__ = (CheckConstraint("valid_from <= valid_until", name="from_before_until"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    radiologist_id: Mapped[int] = mapped_column(ForeignKey("radiologists.id", ondelete="CASCADE"), index=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"), index=True)
+    valid_from: Mapped[dt.date] = mapped_column(Date)
+    valid_until: Mapped[dt.date] = mapped_column(Date)
+    by_proxy: Mapped[bool] = mapped_column(Boolean, default=False)  # 42 CFR 482.22(a)(3)-(4)
+    revoked_on: Mapped[dt.date | None] = mapped_column(Date)
+    created_at: Mapped[dt.datetime]
+
+    radiologist: Mapped[Radiologist] = relationship(back_populates="privileges")
+    facility: Mapped[Facility] = relationship()
+
+
+# --------------------------------------------------------------------------- index
+
+
+class Study(Base):
+    """A study as received, with the evidence used to locate it and its routing state.
+
+    The location evidence (InstitutionAddress, the patient's residence tags) is PHI-bearing
+    text kept in the database for routing and audit; it is never logged.
+    """
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus, "study_status"), index=True)
+    hold_reason: Mapped[HoldReason | None] = mapped_column(_enum(HoldReason, "hold_reason"))
+    hold_detail: Mapped[str | None] = mapped_column(Text)
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[dt.date | None] = mapped_column(Date)
+    study_description: Mapped[str | None] = mapped_column(String(128))
+    modalities: Mapped[str | None] = mapped_column(String(64))  # backslash-joined, e.g. CT\SR
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    priority: Mapped[str | None] = mapped_column(String(16))  # RequestedProcedurePriority
+    procedure_codes: Mapped[list[Any] | None] = mapped_column(JSON)  # [{value, scheme, meaning, source}]
+    institution_name: Mapped[str | None] = mapped_column(String(128))
+    institution_address: Mapped[str | None] = mapped_column(Text)
+    patient_address: Mapped[str | None] = mapped_column(Text)
+    region_of_residence: Mapped[str | None] = mapped_column(String(128))
+    country_of_residence: Mapped[str | None] = mapped_column(String(128))
+    first_calling_ae_title: Mapped[str | None] = mapped_column(String(AE_LENGTH))
+    facility_id: Mapped[int | None] = mapped_column(ForeignKey("facilities.id", ondelete="SET NULL"))
+    exam_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))
+    exam_state_source: Mapped[ExamStateSource | None] = mapped_column(_enum(ExamStateSource, "exam_state_source"))
+    exam_state_detail: Mapped[str | None] = mapped_column(Text)  # how the source gave it (no PHI)
+    location_conflicts: Mapped[list[Any] | None] = mapped_column(JSON)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_received_at: Mapped[dt.datetime]
+    last_received_at: Mapped[dt.datetime] = mapped_column(index=True)
+    routed_at: Mapped[dt.datetime | None]
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False)  # flagged by a roster change
+
+    facility: Mapped[Facility | None] = relationship()
+    series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
+    senders: Mapped[list[StudySender]] = relationship(back_populates="study", order_by="StudySender.id")
+
+
+class Series(Base):
+    """A series of a study."""
+
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(String(128))
+
+    study: Mapped[Study] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    """A stored SOP instance: one Part 10 file in the archive."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    relative_path: Mapped[str] = mapped_column(String(255))  # under the archive root
+    size_bytes: Mapped[int] = mapped_column(BigInteger)  # whole file, meta included
+    dataset_sha256: Mapped[str] = mapped_column(String(64))  # of the data set bytes as received
+    calling_ae_title: Mapped[str] = mapped_column(String(AE_LENGTH))
+    received_at: Mapped[dt.datetime]
+    infrastructure_entry_id: Mapped[int | None] = mapped_column(
+        ForeignKey("infrastructure_ledger.id", ondelete="RESTRICT"), index=True
+    )
+
+
+class InstanceConflict(Base):
+    """A second copy of a SOP Instance UID whose data set differs from the stored one.
+
+    The first copy stays in place; this copy is kept under the archive's quarantine folder.
+    """
+
+    __tablename__ = "instance_conflicts"
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "dataset_sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    relative_path: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    dataset_sha256: Mapped[str] = mapped_column(String(64))
+    calling_ae_title: Mapped[str] = mapped_column(String(AE_LENGTH))
+    peer_address: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[dt.datetime]
+
+
+class StudySender(Base):
+    """A sender of (part of) a study: calling AE title and peer address."""
+
+    __tablename__ = "study_senders"
+    __table_args__ = (UniqueConstraint("study_id", "calling_ae_title", "peer_address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    calling_ae_title: Mapped[str] = mapped_column(String(AE_LENGTH))
+    peer_address: Mapped[str] = mapped_column(String(64))
+    first_received_at: Mapped[dt.datetime]
+    last_received_at: Mapped[dt.datetime]
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    study: Mapped[Study] = relationship(back_populates="senders")
+
+
+# --------------------------------------------------------------------------- routing
+
+
+class RoutingDecision(Base):
+    """One evaluation of a study: the outcome and every radiologist considered, with reasons.
+
+    Append-only. Kept so an auditor sees later why a study went where it went, even after the
+    roster changed.
+    """
+
+    __tablename__ = "routing_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    decided_at: Mapped[dt.datetime]
+    read_date: Mapped[dt.date | None] = mapped_column(Date)  # the day eligibility was judged for
+    trigger: Mapped[str] = mapped_column(String(64))  # e.g. stable, roster_change, manual_assign
+    exam_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))
+    exam_state_source: Mapped[ExamStateSource | None] = mapped_column(_enum(ExamStateSource, "decision_state_source"))
+    outcome: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus, "decision_outcome"))
+    hold_reason: Mapped[HoldReason | None] = mapped_column(_enum(HoldReason, "decision_hold_reason"))
+    chosen_npi: Mapped[str | None] = mapped_column(String(NPI_LENGTH))
+    # [{npi, name, eligible, reasons: [...], license: {...} | None, open_assignments}]
+    candidates: Mapped[list[Any]] = mapped_column(JSON)
+    # fastest path to eligibility when nobody was eligible: [{npi, name, path, detail}]
+    fastest_paths: Mapped[list[Any] | None] = mapped_column(JSON)
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class Assignment(Base):
+    """A study given to a radiologist. At most one current (not superseded) per study."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (
+        Index(
+            "uq_assignments_current_study",
+            "study_id",
+            unique=True,
+            sqlite_where=text("superseded_at IS NULL"),
+            postgresql_where=text("superseded_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    radiologist_id: Mapped[int] = mapped_column(ForeignKey("radiologists.id", ondelete="RESTRICT"), index=True)
+    decision_id: Mapped[int] = mapped_column(ForeignKey("routing_decisions.id", ondelete="RESTRICT"))
+    license_id: Mapped[int | None] = mapped_column(ForeignKey("licenses.id", ondelete="SET NULL"))
+    license_state: Mapped[str] = mapped_column(String(STATE_LENGTH))  # snapshot of what was relied on
+    license_number: Mapped[str] = mapped_column(String(64))
+    assigned_at: Mapped[dt.datetime]
+    assigned_by: Mapped[str] = mapped_column(String(64))  # "router" or the OS user of a manual assignment
+    completed_at: Mapped[dt.datetime | None]
+    superseded_at: Mapped[dt.datetime | None]
+    superseded_reason: Mapped[str | None] = mapped_column(Text)
+
+    radiologist: Mapped[Radiologist] = relationship()
+    decision: Mapped[RoutingDecision] = relationship()
+
+
+class OutboxJob(Base):
+    """Forwarding of a study to one destination; retried with backoff, isolated per destination."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("study_id", "destination"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    radiologist_id: Mapped[int] = mapped_column(ForeignKey("radiologists.id", ondelete="CASCADE"))
+    destination: Mapped[str] = mapped_column(String(300))  # AE@host:port
+    status: Mapped[OutboxStatus] = mapped_column(_enum(OutboxStatus, "outbox_status"), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime]
+
+
+class ForwardedInstance(Base):
+    """An instance accepted by a destination (so a retry or a late instance sends only the rest)."""
+
+    __tablename__ = "forwarded_instances"
+    __table_args__ = (UniqueConstraint("outbox_id", "instance_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"))
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sent_at: Mapped[dt.datetime]
+    infrastructure_entry_id: Mapped[int | None] = mapped_column(ForeignKey("infrastructure_ledger.id", ondelete="RESTRICT"))
+
+
+# --------------------------------------------------------------------------- ledgers
+
+
+class InfrastructureEntry(Base):
+    """Append-only infrastructure cost record (bytes stored or sent). Never on a claim."""
+
+    __tablename__ = "infrastructure_ledger"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="RESTRICT"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    kind: Mapped[InfrastructureKind] = mapped_column(_enum(InfrastructureKind, "infrastructure_kind"))
+    recorded_at: Mapped[dt.datetime]
+    instance_count: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    rate_cents_per_gib: Mapped[int] = mapped_column(Integer)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    destination: Mapped[str | None] = mapped_column(String(300))
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class ProfessionalEntry(Base):
+    """Append-only professional-component record: one CPT code of one completed read.
+
+    A correction is a ``reversal`` record pointing at the charge it cancels, then a new charge.
+    """
+
+    __tablename__ = "professional_ledger"
+    __table_args__ = (
+        UniqueConstraint("reverses_id"),
+        CheckConstraint(
+            "(kind = 'reversal') = (reverses_id IS NOT NULL)", name="reversal_points_at_charge"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[ProfessionalEntryKind] = mapped_column(_enum(ProfessionalEntryKind, "professional_entry_kind"))
+    reverses_id: Mapped[int | None] = mapped_column(ForeignKey("professional_ledger.id", ondelete="RESTRICT"))
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="RESTRICT"), index=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id", ondelete="RESTRICT"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    facility_ae_title: Mapped[str | None] = mapped_column(String(AE_LENGTH))
+    facility_name: Mapped[str | None] = mapped_column(String(128))
+    exam_state: Mapped[str] = mapped_column(String(STATE_LENGTH))
+    rendering_npi: Mapped[str] = mapped_column(String(NPI_LENGTH))
+    rendering_name: Mapped[str] = mapped_column(String(200))
+    license_state: Mapped[str] = mapped_column(String(STATE_LENGTH))
+    license_number: Mapped[str] = mapped_column(String(64))
+    cpt_code: Mapped[str | None] = mapped_column(String(5))
+    cpt_source: Mapped[CptSource] = mapped_column(_enum(CptSource, "cpt_source"))
+    cpt_map_version: Mapped[str | None] = mapped_column(String(32))
+    modifier: Mapped[str | None] = mapped_column(String(2))  # "26" for the professional component
+    units: Mapped[int] = mapped_column(Integer, default=1)
+    coder_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    review_reason: Mapped[str | None] = mapped_column(Text)
+    date_of_service: Mapped[dt.date] = mapped_column(Date)  # interpretation date (CMS MLN SE17023)
+    interpreted_at: Mapped[dt.datetime]
+    recorded_at: Mapped[dt.datetime]
+
+
+# --------------------------------------------------------------------------- operations
+
+
+class AuditEntry(Base):
+    """Append-only audit of roster and admin changes."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(index=True)
+    os_user: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))  # e.g. license.set_status
+    entity: Mapped[str] = mapped_column(String(32))  # radiologist, license, facility, privilege, study
+    entity_key: Mapped[str] = mapped_column(String(128))  # e.g. "1234567893/TX"
+    old_values: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    new_values: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class NodeRun(Base):
+    """A run of ``router serve`` on a node; a clean shutdown sets ``stopped_at``.
+
+    Start-up reconciliation only looks at archive files newer than the last clean shutdown.
+    """
+
+    __tablename__ = "node_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node: Mapped[str] = mapped_column(String(255))  # hostname:archive
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime]
+    stopped_at: Mapped[dt.datetime | None]
+
+
+APPEND_ONLY_TABLES = ("infrastructure_ledger", "professional_ledger", "audit_log", "routing_decisions")

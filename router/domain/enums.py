@@ -1,0 +1,110 @@
+"""Closed sets of the domain, used everywhere they appear (DB column, CLI choice, JSON value).
+
+Each enum is a ``str`` enum so its value is what is stored and shown.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class StrEnum(enum.StrEnum):
+    """A ``str`` enum whose ``str()`` is its value, with a list of its values."""
+
+    @classmethod
+    def values(cls) -> list[str]:
+        """All values, in declaration order (for CLI choices and DB enums)."""
+        return [member.value for member in cls]
+
+
+class StudyStatus(StrEnum):
+    """Life cycle of a study in the router."""
+
+    RECEIVING = "receiving"  # instances are arriving; not routed yet
+    HELD = "held"  # routing could not assign it; see HoldReason
+    ASSIGNED = "assigned"  # a licensed radiologist has it; read not reported yet
+    COMPLETED = "completed"  # the read was reported and billed
+
+
+class HoldReason(StrEnum):
+    """Why a study is held for a human."""
+
+    NO_EXAM_STATE = "no_exam_state"
+    NO_ELIGIBLE_RADIOLOGIST = "no_eligible_radiologist"
+
+
+class ExamStateSource(StrEnum):
+    """Which rule gave the exam state (DESIGN.md "Which state")."""
+
+    FACILITY = "facility"
+    INSTITUTION_ADDRESS = "institution_address"
+    REGION_OF_RESIDENCE = "region_of_residence"
+    PATIENT_ADDRESS = "patient_address"
+    MANUAL = "manual"
+
+
+class LicensePathway(StrEnum):
+    """How a state license was obtained."""
+
+    FULL = "full"
+    IMLC = "imlc"
+    TELEHEALTH_REGISTRATION = "telehealth_registration"
+    FEDERAL_VA = "federal_va"
+    FEDERAL_DOD = "federal_dod"
+
+
+class LicenseStatus(StrEnum):
+    """Status of a license as recorded by its board."""
+
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    SUSPENDED = "suspended"
+    REVOKED = "revoked"
+    SURRENDERED = "surrendered"
+
+
+class ImlcStatus(StrEnum):
+    """A jurisdiction's standing in the Interstate Medical Licensure Compact."""
+
+    SPL = "spl"  # operating member that can serve as State of Principal License
+    NON_SPL = "non_spl"  # issues Compact licenses, cannot be the SPL
+    PENDING = "pending"  # enacted, not yet operating
+    AT_RISK = "at_risk"  # sunset/withdrawal passed or near; treat as not operating
+
+
+class FederalFacility(StrEnum):
+    """Federal facility kinds whose readers may rely on a federal license pathway."""
+
+    VA = "va"
+    DOD = "dod"
+
+
+class CptSource(StrEnum):
+    """Where a professional ledger record's CPT code came from."""
+
+    PROCEDURE_CODE_SEQUENCE = "procedure_code_sequence"
+    REQUESTED_PROCEDURE_CODE_SEQUENCE = "requested_procedure_code_sequence"
+    MAP = "map"
+    NONE = "none"  # no code found: coder review
+
+
+class ProfessionalEntryKind(StrEnum):
+    """Kind of an append-only professional ledger record."""
+
+    CHARGE = "charge"
+    REVERSAL = "reversal"
+
+
+class InfrastructureKind(StrEnum):
+    """Kind of an append-only infrastructure ledger record."""
+
+    STORAGE = "storage"  # bytes kept in the archive
+    TRANSMISSION = "transmission"  # bytes forwarded to a reader's destination
+
+
+class OutboxStatus(StrEnum):
+    """State of a forwarding job (one per study and destination)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # gave up after the configured attempts; an admin can retry
