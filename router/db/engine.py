@@ -60,7 +60,10 @@ def make_engine(url: str, busy_timeout: float = 10.0, **kwargs: Any) -> Engine:
     connect_args = kwargs.pop("connect_args", {})
     if parsed.get_backend_name() == "postgresql":
         timeout_ms = int(busy_timeout * 1000)
-        connect_args.setdefault("options", f"-c lock_timeout={timeout_ms} -c statement_timeout={timeout_ms * 6}")
+        # Keep options given in the URL (e.g. -csearch_path=...) and add the lock timeout.
+        url_options = parsed.query.get("options")
+        base = url_options if isinstance(url_options, str) else " ".join(url_options or ())
+        connect_args.setdefault("options", f"{base} -c lock_timeout={timeout_ms}".strip())
         connect_args.setdefault("connect_timeout", max(1, int(busy_timeout)))
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
 

@@ -376,6 +376,9 @@ class RoutingDecision(Base):
     chosen_npi: Mapped[str | None] = mapped_column(String(NPI_LENGTH))
     # [{npi, name, eligible, reasons: [...], license: {...} | None, open_assignments}]
     candidates: Mapped[list[Any]] = mapped_column(JSON)
+    # radiologists holding no license in the exam state, NPIs only (reason: "no license in XX");
+    # kept apart so a large roster does not bloat every decision
+    unlicensed_npis: Mapped[list[Any] | None] = mapped_column(JSON)
     # fastest path to eligibility when nobody was eligible: [{npi, name, path, detail}]
     fastest_paths: Mapped[list[Any] | None] = mapped_column(JSON)
     note: Mapped[str | None] = mapped_column(Text)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 13:12:13.325493
+Create Date: 2026-11-29
 """
 
 from __future__ import annotations
@@ -238,6 +238,7 @@ def upgrade() -> None:
     sa.Column('hold_reason', sa.Enum('no_exam_state', 'no_eligible_radiologist', name='decision_hold_reason', native_enum=False, create_constraint=True, length=48), nullable=True),
     sa.Column('chosen_npi', sa.String(length=10), nullable=True),
     sa.Column('candidates', sa.JSON(), nullable=False),
+    sa.Column('unlicensed_npis', sa.JSON(), nullable=True),
     sa.Column('fastest_paths', sa.JSON(), nullable=True),
     sa.Column('note', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['study_id'], ['studies.id'], name=op.f('fk_routing_decisions_study_id_studies'), ondelete='CASCADE'),

@@ -1,0 +1,278 @@
+"""The archive: durable Part 10 files under ``<root>/<Study>/<Series>/<SOP Instance>.dcm``.
+
+A file is first complete in a temporary file on the archive's own file system, then fsynced,
+renamed into place (atomic on POSIX) and its directory fsynced, so after a crash a path either
+holds the whole file or nothing. Folders:
+
+``<root>/.incoming/``
+    temporary files being received (pynetdicom writes C-STORE data sets here); emptied at start-up.
+``<root>/.quarantine/<SOP Instance UID>/<sha256>.dcm``
+    differing second copies of a SOP Instance UID, and orphan files found at start-up.
+
+UIDs are validated (:func:`router.domain.instance.uid_problem`) before they become paths.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from router.domain.instance import uid_problem
+from router.part10 import dataset_offset
+from router.errors import ArchiveError
+
+LOG = logging.getLogger(__name__)
+
+INCOMING = ".incoming"
+QUARANTINE = ".quarantine"
+_HASH_CHUNK = 1 << 20  # bytes read at a time when hashing
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file placed in the archive."""
+
+    relative_path: str  # POSIX path under the archive root
+    size_bytes: int
+
+
+def dataset_sha256(path: Path, offset: int | None = None) -> tuple[str, int]:
+    """SHA-256 (hex) of the data set bytes of a Part 10 file, and the file's size in bytes."""
+    try:
+        start = dataset_offset(path) if offset is None else offset
+    except (ValueError, OSError) as exc:
+        raise ArchiveError(f"cannot read {path.name}: {exc}") from exc
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
+            size = handle.tell()
+    except OSError as exc:
+        raise ArchiveError(f"cannot read {path.name}: {exc.strerror}") from exc
+    return digest.hexdigest(), size
+
+
+class Archive:
+    """File operations on one archive root. Thread-safe: it keeps no mutable state."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.incoming = self.root / INCOMING
+        self.quarantine_root = self.root / QUARANTINE
+
+    # ------------------------------------------------------------------ layout
+    def prepare(self) -> None:
+        """Create the root, incoming and quarantine folders.
+
+        Raises
+        ------
+        ArchiveError
+            If they cannot be created.
+        """
+        try:
+            for folder in (self.root, self.incoming, self.quarantine_root):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArchiveError(f"cannot create archive folders under {self.root}: {exc.strerror}") from exc
+
+    def instance_relpath(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+        """``<Study>/<Series>/<SOP>.dcm`` for validated UIDs.
+
+        Raises
+        ------
+        ArchiveError
+            If a UID is not a valid UID (this is a programming error: callers validate first).
+        """
+        for uid in (study_uid, series_uid, sop_instance_uid):
+            problem = uid_problem(uid)
+            if problem:
+                raise ArchiveError(f"refusing to build an archive path from an invalid UID ({problem})")
+        return f"{study_uid}/{series_uid}/{sop_instance_uid}.dcm"
+
+    def path(self, relative_path: str) -> Path:
+        """Absolute path of an archive-relative path."""
+        return self.root / relative_path
+
+    def new_temp_path(self, suffix: str = ".part") -> Path:
+        """A fresh path in the incoming folder (not created)."""
+        return self.incoming / f"{os.getpid()}-{time.monotonic_ns()}-{os.urandom(4).hex()}{suffix}"
+
+    # ------------------------------------------------------------------ durable writes
+    def write_temp(self, data: bytes) -> Path:
+        """Write ``data`` to a new temporary file in the incoming folder (not yet fsynced).
+
+        Raises
+        ------
+        ArchiveError
+            On any write error (disk full, read-only file system...); nothing is left behind.
+        """
+        temp = self.new_temp_path()
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            _remove_quietly(temp)
+            raise ArchiveError(f"cannot write to the archive: {exc.strerror}") from exc
+        return temp
+
+    def place(self, temp: Path, relative_path: str, *, replace: bool = False) -> StoredFile:
+        """Durably move a complete temporary file to ``relative_path``.
+
+        fsync the file, create missing folders (fsyncing each parent), rename, fsync the folder.
+        Without ``replace`` an existing file is never overwritten.
+
+        Raises
+        ------
+        FileExistsError
+            If the target exists and ``replace`` is false (the temporary file is kept).
+        ArchiveError
+            On any I/O error; the temporary file is removed and no partial target exists.
+        """
+        target = self.root / relative_path
+        try:
+            size = _fsync_file(temp)
+            self._make_dirs(target.parent)
+            if not replace and target.exists():
+                raise FileExistsError(errno.EEXIST, "exists", str(target))
+            os.replace(temp, target)
+            _fsync_dir(target.parent)
+            if not relative_path.startswith("."):
+                # Bump the study folder's mtime so start-up reconciliation finds new files by
+                # looking at study folders only (see files_modified_since).
+                os.utime(target.parent.parent)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            _remove_quietly(temp)
+            raise ArchiveError(f"cannot store {relative_path.rsplit('/', 1)[-1]}: {exc.strerror}") from exc
+        return StoredFile(relative_path=relative_path, size_bytes=size)
+
+    def quarantine(self, temp: Path, sop_instance_uid: str, sha256: str) -> StoredFile:
+        """Keep a differing copy under ``.quarantine/<SOP>/<sha256>.dcm`` (never overwriting).
+
+        Raises
+        ------
+        ArchiveError
+            On I/O errors.
+        """
+        problem = uid_problem(sop_instance_uid)
+        folder = sop_instance_uid if problem is None else "invalid-uid"
+        relative = f"{QUARANTINE}/{folder}/{sha256}.dcm"
+        try:
+            return self.place(temp, relative)
+        except FileExistsError:
+            # The very same bytes are already quarantined: nothing more to keep.
+            _remove_quietly(temp)
+            return StoredFile(relative_path=relative, size_bytes=(self.root / relative).stat().st_size)
+
+    def remove_temp(self, temp: Path) -> None:
+        """Delete a temporary file if it still exists."""
+        _remove_quietly(temp)
+
+    def _make_dirs(self, folder: Path) -> None:
+        """mkdir -p, fsyncing the parent of every folder created so the new entry is durable."""
+        missing: list[Path] = []
+        current = folder
+        while not current.exists():
+            missing.append(current)
+            current = current.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_dir(path.parent)
+
+    # ------------------------------------------------------------------ maintenance
+    def clean_incoming(self, older_than_seconds: float = 0.0) -> int:
+        """Delete temporary files in the incoming folder older than the given age; returns the count.
+
+        At start-up (age 0) everything there is debris of a crash or an aborted association:
+        nothing in it was ever acknowledged.
+        """
+        removed = 0
+        cutoff = time.time() - older_than_seconds
+        try:
+            entries = list(os.scandir(self.incoming))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime <= cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def files_modified_since(self, since_epoch: float) -> list[str]:
+        """Relative paths of instance files (``*/*/*.dcm``) modified at or after ``since_epoch``.
+
+        Looks inside only the study folders whose modification time is recent enough (every
+        placement bumps its study folder's mtime), so it reads one directory entry per study
+        and the files of recent studies only, never the whole archive.
+        """
+        found: list[str] = []
+        try:
+            studies = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return found
+        for study in studies:
+            if study.name.startswith(".") or not study.is_dir(follow_symlinks=False):
+                continue
+            if study.stat().st_mtime < since_epoch:
+                continue
+            for series in _scandir_recent(study.path, since_epoch):
+                for item in _scandir_files(series.path):
+                    if item.name.endswith(".dcm") and item.stat().st_mtime >= since_epoch:
+                        found.append(f"{study.name}/{series.name}/{item.name}")
+        return sorted(found)
+
+
+def _scandir_recent(path: str, since_epoch: float) -> list[os.DirEntry[str]]:
+    # A folder's mtime changes when an entry is added to it, so older folders hold no new files.
+    try:
+        return [e for e in os.scandir(path) if e.is_dir(follow_symlinks=False) and e.stat().st_mtime >= since_epoch]
+    except FileNotFoundError:
+        return []
+
+
+def _scandir_files(path: str) -> list[os.DirEntry[str]]:
+    try:
+        return [e for e in os.scandir(path) if e.is_file(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+
+
+def _fsync_file(path: Path) -> int:
+    """fsync a file; returns its size in bytes."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # pragma: no cover - depends on the file system
+        LOG.warning("could not remove temporary file %s: %s", path.name, exc.strerror)

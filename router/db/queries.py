@@ -1,0 +1,107 @@
+"""Query helpers. Each takes the session first and never commits: the calling service owns the
+unit of work (``with session.begin():``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from router.db.models import Facility, FacilityAlias, Instance, Radiologist, Study
+from router.errors import NotFoundError
+
+
+def _insert(session: Session, table: Table) -> Any:
+    """A dialect-specific INSERT that supports ON CONFLICT (SQLite and PostgreSQL)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"database dialect {dialect!r} is not supported")  # pragma: no cover
+
+
+def insert_ignore(session: Session, table: Table, values: dict[str, Any], conflict_columns: Sequence[str]) -> None:
+    """INSERT a row unless one with the same ``conflict_columns`` exists (race-free)."""
+    statement = _insert(session, table).values(**values).on_conflict_do_nothing(index_elements=list(conflict_columns))
+    session.execute(statement)
+
+
+def upsert(
+    session: Session,
+    table: Table,
+    values: dict[str, Any],
+    conflict_columns: Sequence[str],
+    update: dict[str, Any],
+) -> None:
+    """INSERT a row, or apply ``update`` (column -> SQL expression) to the existing one."""
+    statement = _insert(session, table).values(**values)
+    statement = statement.on_conflict_do_update(index_elements=list(conflict_columns), set_=update)
+    session.execute(statement)
+
+
+def for_update(statement: Select[Any], session: Session) -> Select[Any]:
+    """Add ``FOR UPDATE`` where the database has row locks (SQLite serialises writers anyway)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return statement.with_for_update()
+    return statement
+
+
+def study_by_uid(session: Session, study_instance_uid: str) -> Study:
+    """The study with this Study Instance UID.
+
+    Raises
+    ------
+    NotFoundError
+        If there is none.
+    """
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+    if study is None:
+        raise NotFoundError(f"no study {study_instance_uid}")
+    return study
+
+
+def radiologist_by_npi(session: Session, npi: str) -> Radiologist:
+    """The radiologist with this NPI.
+
+    Raises
+    ------
+    NotFoundError
+        If there is none.
+    """
+    radiologist = session.scalar(select(Radiologist).where(Radiologist.npi == npi))
+    if radiologist is None:
+        raise NotFoundError(f"no radiologist with NPI {npi}")
+    return radiologist
+
+
+def facility_by_ae_title(session: Session, ae_title: str) -> Facility | None:
+    """The registered facility with this calling AE title, or ``None``."""
+    return session.scalar(select(Facility).where(Facility.ae_title == ae_title))
+
+
+def facility_by_institution_name(session: Session, institution_name: str | None) -> Facility | None:
+    """The facility one of whose aliases is this InstitutionName (compared folded), or ``None``."""
+    if not institution_name:
+        return None
+    key = fold_institution_name(institution_name)
+    alias = session.scalar(select(FacilityAlias).where(FacilityAlias.institution_name == key))
+    return alias.facility if alias is not None else None
+
+
+def fold_institution_name(name: str) -> str:
+    """Upper-case and collapse white space, so aliases match regardless of formatting."""
+    return " ".join(name.upper().split())[:64]
+
+
+def instance_paths_for_study(session: Session, study_id: int) -> list[tuple[int, str, int]]:
+    """``(instance id, relative path, size in bytes)`` of every instance of a study, in arrival order."""
+    rows = session.execute(
+        select(Instance.id, Instance.relative_path, Instance.size_bytes)
+        .where(Instance.study_id == study_id)
+        .order_by(Instance.id)
+    )
+    return [(row[0], row[1], row[2]) for row in rows]

@@ -1,0 +1,389 @@
+"""The C-STORE SCP: accepts associations, answers C-ECHO and C-STORE.
+
+The intake service is injected (:class:`InstanceStore`); this module never touches the database.
+Process-wide pynetdicom settings are applied once by :func:`configure_pynetdicom` at start-up:
+data sets are streamed to a temporary file on the archive's file system while they arrive
+(``STORE_RECV_CHUNKED_DATASET``), so a large instance never sits in memory, and every storage
+SOP class is accepted, private ones included (``UNRESTRICTED_STORAGE_SERVICE``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, _config, build_context, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from router.dicom.extract import UndecodableDataSet, read_header
+from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
+from router.domain.instance import InstanceHeader, uid_problem
+from router.errors import ArchiveError, IndexWriteError
+
+LOG = logging.getLogger(__name__)
+
+
+class InstanceStore(Protocol):
+    """What the handler needs from the intake service."""
+
+    def store(self, header: InstanceHeader, temp_path: Path, sender: Any) -> Any:
+        """Keep the instance; raise ArchiveError or IndexWriteError on failure."""
+
+
+SenderFactory = Callable[[str, str], Any]
+
+
+def configure_pynetdicom(incoming_dir: Path) -> None:
+    """Apply the process-wide pynetdicom settings the router relies on. Call once at start-up.
+
+    - ``STORE_RECV_CHUNKED_DATASET``: each C-STORE data set is written to a temporary file as
+      its P-DATA fragments arrive, instead of being held in memory;
+    - the temporary files go to ``incoming_dir`` (on the archive's file system), so a received
+      file is renamed into place without a copy and a crash leaves debris only where start-up
+      cleans it;
+    - ``UNRESTRICTED_STORAGE_SERVICE``: any storage SOP class, private ones included, is accepted.
+    """
+    incoming_dir.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(incoming_dir)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
+    # Forwarding sends archived files byte for byte, streamed from disk.
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    # pynetdicom logs every identifier at DEBUG only when asked; keep it off (PHI).
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+#: Transfer syntaxes accepted for storage: every one pydicom knows (implicit/explicit little
+#: endian, deflated, big endian, the JPEG family, JPEG-LS, JPEG 2000, HTJ2K, RLE, MPEG/HEVC).
+#: The router stores the bytes as received and reads only the header, so it needs no codec.
+STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(str(uid) for uid in AllTransferSyntaxes)
+
+
+class ConditionLog:
+    """Logs a failure condition once when it starts and once when it clears, not per instance."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._active: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def failed(self, condition: str, message: str) -> None:
+        """Record a failure; logs at ERROR only if ``condition`` was not already active."""
+        with self._lock:
+            if condition in self._active:
+                return
+            self._active[condition] = time.monotonic()
+        self._logger.error("%s (further occurrences are not logged until it clears)", message)
+
+    def succeeded(self, condition: str) -> None:
+        """Record a success; logs the recovery if ``condition`` was active."""
+        with self._lock:
+            started = self._active.pop(condition, None)
+        if started is not None:
+            self._logger.warning("%s cleared after %.0f s", condition, time.monotonic() - started)
+
+
+def _status(code: StoreStatus, comment: str | None = None) -> Dataset:
+    response = Dataset()
+    response.Status = int(code)
+    if comment:
+        response.ErrorComment = comment[:ERROR_COMMENT_MAX]
+    return response
+
+
+@dataclass
+class StoreHandler:
+    """The EVT_C_STORE handler, bound with the intake service and a sender factory."""
+
+    store: InstanceStore
+    make_sender: SenderFactory
+    conditions: ConditionLog = field(default_factory=lambda: ConditionLog(LOG))
+
+    def __call__(self, event: Any) -> Dataset:
+        """Handle one C-STORE request.
+
+        Returns
+        -------
+        pydicom.dataset.Dataset
+            ``Status`` (:class:`StoreStatus`) and, on failure, ``ErrorComment``:
+            0x0000 stored (or an identical copy was already stored, or a differing copy was
+            quarantined); 0xC210 undecodable data set; 0xC001-0xC004 missing/invalid Study,
+            Series, SOP Instance or SOP Class UID; 0xA900 data set UIDs differ from the
+            request; 0xA700 archive write failed; 0xA701 index write failed.
+        """
+        request = event.request
+        requestor = event.assoc.requestor
+        sender = self.make_sender(str(requestor.ae_title).strip(), str(requestor.address))
+        temp_path = self._received_file(event)
+        if temp_path is None:
+            return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "archive write failed")
+        try:
+            header = read_header(temp_path)
+        except UndecodableDataSet as exc:
+            LOG.warning(
+                "C-STORE of %s from %s: data set could not be decoded (%s)",
+                _uid_for_log(request.AffectedSOPInstanceUID),
+                sender.calling_ae_title,
+                exc,
+            )
+            return _status(StoreStatus.CANNOT_DECODE, "data set could not be decoded")
+        problem = self._check(header, request)
+        if problem is not None:
+            code, comment = problem
+            LOG.warning(
+                "C-STORE of %s from %s refused with 0x%04X: %s",
+                _uid_for_log(request.AffectedSOPInstanceUID),
+                sender.calling_ae_title,
+                int(code),
+                comment,
+            )
+            return _status(code, comment)
+        try:
+            outcome = self.store.store(header, temp_path, sender)
+        except ArchiveError as exc:
+            self.conditions.failed("archive", f"archive write failed: {exc}; answering 0xA700")
+            return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "archive write failed; retry later")
+        except IndexWriteError as exc:
+            self.conditions.failed("index", f"index write failed: {exc}; answering 0xA701")
+            return _status(StoreStatus.OUT_OF_RESOURCES_INDEX, "index write failed; retry later")
+        self.conditions.succeeded("archive")
+        self.conditions.succeeded("index")
+        LOG.debug("stored %s from %s: %s", header.sop_instance_uid, sender.calling_ae_title, outcome)
+        return _status(StoreStatus.SUCCESS)
+
+    def _received_file(self, event: Any) -> Path | None:
+        """Path of the Part 10 temporary file holding the received data set."""
+        try:
+            return Path(event.dataset_path)
+        except AttributeError:
+            pass
+        # Not in chunked mode (a test or an embedding application): write the bytes out.
+        archive = getattr(self.store, "archive", None)
+        if archive is None:
+            raise RuntimeError("chunked C-STORE reception is off and the store has no archive")
+        try:
+            return archive.write_temp(event.encoded_dataset(include_meta=True))
+        except ArchiveError as exc:
+            self.conditions.failed("archive", f"archive write failed: {exc}; answering 0xA700")
+            return None
+
+    @staticmethod
+    def _check(header: InstanceHeader, request: Any) -> tuple[StoreStatus, str] | None:
+        """Validate the UIDs (PS3.5 section 9.1) and their agreement with the request (PS3.4 B.2.3)."""
+        for attribute, value, code in (
+            ("StudyInstanceUID", header.study_instance_uid, StoreStatus.INVALID_STUDY_UID),
+            ("SeriesInstanceUID", header.series_instance_uid, StoreStatus.INVALID_SERIES_UID),
+            ("SOPInstanceUID", header.sop_instance_uid, StoreStatus.INVALID_SOP_INSTANCE_UID),
+            ("SOPClassUID", header.sop_class_uid, StoreStatus.INVALID_SOP_CLASS_UID),
+        ):
+            problem = uid_problem(value)
+            if problem is not None:
+                return code, f"{attribute} {problem}"
+        requested_instance = str(request.AffectedSOPInstanceUID or "").rstrip("\x00 ")
+        requested_class = str(request.AffectedSOPClassUID or "").rstrip("\x00 ")
+        if header.sop_instance_uid != requested_instance:
+            return StoreStatus.DATA_SET_MISMATCH, "SOPInstanceUID differs from the request"
+        if header.sop_class_uid != requested_class:
+            return StoreStatus.DATA_SET_MISMATCH, "SOPClassUID differs from the request"
+        return None
+
+
+def _uid_for_log(value: object) -> str:
+    """A UID for a log line: printable, at most 64 characters (it may be invalid)."""
+    text = str(value or "")
+    return "".join(ch if ch.isprintable() else "?" for ch in text)[:64] or "(none)"
+
+
+class RouterAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the router's socket policy.
+
+    - connections from addresses outside ``allowed_networks`` are closed before any DICOM
+      exchange (``socketserver`` ``verify_request``);
+    - TCP_NODELAY on every accepted socket (C-STORE responses are small: without it a sender
+      with Nagle on waits for the delayed ACK, about 40 ms per instance);
+    - the TLS handshake runs in the association's own thread with a timeout, not in the accept
+      loop, so one stalled client cannot block new connections.
+    """
+
+    def __init__(self, *args: Any, allowed_networks: Iterable[Any] = (), tcp_nodelay: bool = True,
+                 handshake_timeout: float = 30.0, **kwargs: Any) -> None:
+        self.allowed_networks = tuple(allowed_networks)
+        self.tcp_nodelay = tcp_nodelay
+        self.handshake_timeout = handshake_timeout
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client_socket, address = self.socket.accept()
+        if self.tcp_nodelay:
+            try:
+                client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # pragma: no cover - not a TCP socket
+                pass
+        if self.ssl_context:
+            client_socket.settimeout(self.handshake_timeout)
+            client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True, do_handshake_on_connect=False)
+        return client_socket, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if not self.allowed_networks:
+            return True
+        try:
+            peer = ipaddress.ip_address(str(client_address[0]).split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+            peer = peer.ipv4_mapped
+        allowed = any(peer in network for network in self.allowed_networks)
+        if not allowed:
+            LOG.warning("connection from %s refused: address not in listener.allowed_addresses", peer)
+        return allowed
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                LOG.warning("TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+        super().finish_request(request, client_address)
+
+
+@dataclass(frozen=True)
+class ListenerOptions:
+    """What :func:`start_listener` needs (taken from the router settings)."""
+
+    ae_title: str
+    host: str
+    port: int
+    max_associations: int = 16
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 120.0
+    max_pdu_length: int = 262_144
+    tcp_nodelay: bool = True
+    allowed_addresses: tuple[str, ...] = ()
+    tls_port: int | None = None
+    tls_host: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+    plain: bool = True
+
+
+class Listener:
+    """A running SCP: one AE with a plain and/or a TLS server."""
+
+    def __init__(self, ae: AE, servers: list[RouterAssociationServer], threads: list[threading.Thread]) -> None:
+        self.ae = ae
+        self.servers = servers
+        self._threads = threads
+
+    @property
+    def ports(self) -> list[int]:
+        """Bound ports, plain first then TLS (useful when port 0 asked for a free one)."""
+        return [int(server.server_address[1]) for server in self.servers]
+
+    def set_allowed_calling_ae_titles(self, titles: Iterable[str]) -> None:
+        """Replace the allowed calling AE titles; empty allows every sender (PS3.8 A-ASSOCIATE-RJ 0x03)."""
+        self.ae.require_calling_aet = sorted(set(titles))
+
+    def active_associations(self) -> int:
+        """Associations currently open."""
+        return len(self.ae.active_associations)
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets; associations in flight carry on."""
+        for server in list(self.servers):
+            server.shutdown()
+
+    def drain(self, timeout: float) -> bool:
+        """Stop accepting, wait up to ``timeout`` seconds for open associations, then abort the rest.
+
+        Returns ``True`` if every association finished on its own.
+        """
+        self.stop_accepting()
+        deadline = time.monotonic() + timeout
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        finished = not self.ae.active_associations
+        self.ae.shutdown()
+        return finished
+
+    def close(self) -> None:
+        """Stop at once: close the servers and abort every association."""
+        self.ae.shutdown()
+
+
+def build_ae(options: ListenerOptions) -> AE:
+    """An AE with the router's timeouts, PDU size and presentation contexts."""
+    ae = AE(ae_title=options.ae_title)
+    ae.maximum_associations = options.max_associations
+    ae.acse_timeout = options.acse_timeout
+    ae.dimse_timeout = options.dimse_timeout
+    ae.network_timeout = options.network_timeout
+    ae.maximum_pdu_size = options.max_pdu_length
+    ae.add_supported_context(Verification)
+    # With UNRESTRICTED_STORAGE_SERVICE every storage SOP class proposed is accepted with one of
+    # these transfer syntaxes; list the standard ones too so negotiation works without it.
+    from pynetdicom import AllStoragePresentationContexts
+
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES))
+    return ae
+
+
+def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
+    """Bind and serve in background threads. Returns once the sockets are listening.
+
+    Raises
+    ------
+    OSError
+        If a port cannot be bound.
+    """
+    ae = build_ae(options)
+    networks = tuple(ipaddress.ip_network(item, strict=False) for item in options.allowed_addresses)
+    handlers = [(evt.EVT_C_STORE, handler), (evt.EVT_C_ECHO, _handle_echo)]
+    servers: list[RouterAssociationServer] = []
+    threads: list[threading.Thread] = []
+    binds: list[tuple[str, int, ssl.SSLContext | None]] = []
+    if options.plain:
+        binds.append((options.host, options.port, None))
+    if options.ssl_context is not None and options.tls_port is not None:
+        binds.append((options.tls_host or options.host, options.tls_port, options.ssl_context))
+    try:
+        for host, port, context in binds:
+            server = ae.make_server(
+                (host, port),
+                ssl_context=context,
+                evt_handlers=handlers,
+                server_class=RouterAssociationServer,
+                allowed_networks=networks,
+                tcp_nodelay=options.tcp_nodelay,
+                handshake_timeout=options.acse_timeout,
+            )
+            ae._servers.append(server)  # so ae.shutdown() stops it (as start_server does)
+            thread = threading.Thread(target=server.serve_forever, name=f"listener:{port}", daemon=True)
+            thread.start()
+            servers.append(server)
+            threads.append(thread)
+    except OSError:
+        ae.shutdown()
+        raise
+    return Listener(ae, servers, threads)
+
+
+def _handle_echo(event: Any) -> int:
+    """C-ECHO (Verification SOP Class, PS3.4 Annex A): always Success."""
+    return 0x0000
