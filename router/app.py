@@ -1,0 +1,111 @@
+"""Composition root: builds the engine, archive, reference data and services from settings.
+
+Nothing here is global: the CLI (or a test) opens a :class:`RouterApp`, uses it and closes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from router.archive import Archive
+from router.config import Settings
+from router.db import migrate
+from router.db.engine import make_engine, make_session_factory
+from router.errors import RouterError
+from router.services.intake import IntakeService
+from router.services.ledgers import LedgerService
+from router.services.reads import ReadService
+from router.services.reference import ReferenceData
+from router.services.roster import RosterService
+from router.services.routing import RoutingPolicy, RoutingService
+from router.timeutil import Clock, utcnow
+
+
+class DatabaseNotReady(RouterError):
+    """The database schema is missing or older than the code (run ``router db upgrade``)."""
+
+
+def routing_policy(settings: Settings) -> RoutingPolicy:
+    """The routing policy the settings describe."""
+    return RoutingPolicy(
+        stable_seconds=settings.routing.stable_seconds,
+        timezone=settings.routing.timezone,
+        use_patient_address=settings.routing.use_patient_address,
+        require_reading_state_license=settings.routing.require_reading_state_license,
+        telehealth_registration_states=frozenset(s.upper() for s in settings.licensure.telehealth_registration_states),
+        suspension_hold_days=settings.imlc.suspension_hold_days,
+        storage_cents_per_gib=settings.billing.storage_cents_per_gib,
+        forwarding_enabled=settings.forwarding.enabled,
+    )
+
+
+@dataclass
+class RouterApp:
+    """Everything a command needs, wired together."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    archive: Archive
+    reference: ReferenceData
+    intake: IntakeService
+    routing: RoutingService
+    reads: ReadService
+    ledgers: LedgerService
+    roster: RosterService
+    clock: Clock = field(default=utcnow)
+
+    @classmethod
+    def open(cls, settings: Settings, *, clock: Clock = utcnow, upgrade: bool = False) -> RouterApp:
+        """Connect to the database and build the services.
+
+        Parameters
+        ----------
+        upgrade : bool
+            Run the migrations first (``serve`` and ``demo`` do; other commands require an
+            up-to-date schema and say how to get one).
+
+        Raises
+        ------
+        DatabaseNotReady
+            If the schema is not at the newest revision and ``upgrade`` is false.
+        """
+        engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
+        try:
+            if upgrade:
+                migrate.upgrade(engine)
+            elif not migrate.is_current(engine):
+                raise DatabaseNotReady("the database schema is not up to date: run `router db upgrade`")
+        except Exception:
+            engine.dispose()
+            raise
+        sessions = make_session_factory(engine)
+        archive = Archive(settings.paths.archive)
+        reference = ReferenceData(settings.imlc.membership_file, settings.billing.cpt_map)
+        routing = RoutingService(sessions, reference, routing_policy(settings), clock)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            archive=archive,
+            reference=reference,
+            intake=IntakeService(sessions, archive, clock),
+            routing=routing,
+            reads=ReadService(sessions, reference, routing, clock),
+            ledgers=LedgerService(sessions),
+            roster=RosterService(sessions, routing, clock),
+            clock=clock,
+        )
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> RouterApp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

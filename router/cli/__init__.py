@@ -1,0 +1,87 @@
+"""The ``router`` command-line tool: noun groups with verb commands.
+
+The only place that prints, exits, or configures logging. Library errors
+(:class:`~router.errors.RouterError`) become one readable line on stderr and exit status 1;
+usage and configuration errors exit 2 (click's convention).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from router.cli.context import CliContext
+from router.config import load_settings
+from router.errors import ConfigError, RouterError
+
+
+class RouterGroup(click.Group):
+    """Turns :class:`RouterError` into one line and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"error: config {exc}", err=True)
+            ctx.exit(2)
+        except RouterError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=RouterGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="ROUTER_CONFIG",
+    help="Router config file (TOML). Default: $ROUTER_CONFIG, else built-in defaults.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="ROUTER_DATA_DIR",
+    help="Override paths.data_dir (SQLite database and archive live under it by default).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG on stderr (may show UIDs, never PHI).")
+@click.version_option(package_name="teleradiology-router", prog_name="router")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, data_dir: Path | None, verbose: bool) -> None:
+    """Teleradiology study router: DICOM in, licensed reader assigned, read billed apart from infrastructure."""
+    try:
+        settings = load_settings(config_path)
+        if data_dir is not None:
+            settings = settings.with_data_dir(data_dir)
+    except ConfigError as exc:
+        click.echo(f"error: config {exc}", err=True)
+        ctx.exit(2)
+    ctx.obj = CliContext(settings=settings, config_path=config_path, verbose=verbose)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _register() -> None:
+    from router.cli import db, demo, ledger, serve, studies
+
+    for module in (db, demo, ledger, serve, studies):
+        module.register(cli)
+    try:
+        from router.cli import roster
+    except ImportError:  # pragma: no cover - during development only
+        return
+    roster.register(cli)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="router")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,185 @@
+"""``router demo``: the main job end to end on the embedded default, in one command.
+
+Fresh data directory (SQLite + archive folder), the real listener on a free local port, the
+sample roster and facilities from ``config/demo/``, every study in ``sample_dicom/`` sent over
+real C-STORE (the first folder under ``sample_dicom/`` is the calling AE title), routing, reads
+marked reported, then the assignments and both ledgers printed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from pydicom import dcmread
+
+from router.cli.context import CliContext
+from router.cli.output import emit_table
+from router.config import CONFIG_DIR
+from router.dicom.scu import Destination, SendError, send_files
+from router.domain.enums import StudyStatus
+from router.errors import RouterError
+from router.server import RouterServer
+from router.services.studies import StudyViews
+
+REPO_DIR = CONFIG_DIR.parent
+DEFAULT_SAMPLES = REPO_DIR / "sample_dicom"
+DEFAULT_DEMO_CONFIG = CONFIG_DIR / "demo"
+
+
+def sample_studies(samples: Path) -> list[tuple[str, Path, list[Path]]]:
+    """``(calling AE title, case folder, files)`` for every case under ``samples``, sorted."""
+    cases = []
+    for ae_dir in sorted(p for p in samples.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        for case_dir in sorted(p for p in ae_dir.iterdir() if p.is_dir()):
+            files = sorted(case_dir.glob("*.dcm"))
+            if files:
+                cases.append((ae_dir.name, case_dir, files))
+    return cases
+
+
+@click.command("demo")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Data directory (default: a fresh temporary one).")
+@click.option("--samples", type=click.Path(file_okay=False, exists=True, path_type=Path), default=DEFAULT_SAMPLES, show_default=True, help="Folder of sample studies: <calling AE>/<case>/*.dcm.")
+@click.option("--roster-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=DEFAULT_DEMO_CONFIG, show_default=True, help="Folder with facilities.csv, roster.csv and radiologists.csv.")
+@click.option("--stable-seconds", type=click.FloatRange(0.0, 60.0), default=2.0, show_default=True, help="Quiet time before a study is routed.")
+@click.pass_obj
+def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path, stable_seconds: float) -> None:
+    """Run the whole job on the embedded default and print assignments and both ledgers."""
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="router-demo-"))
+    settings = (
+        obj.settings.with_data_dir(data_dir)
+        .replace("database", url=None)
+        .replace("paths", archive_dir=None)
+        .replace("listener", host="127.0.0.1", port=0, allowed_calling_ae_titles=(), allowed_addresses=())
+        .replace("routing", stable_seconds=stable_seconds, poll_interval=0.25)
+    )
+    if not obj.verbose:
+        settings = settings.replace("logging", level="WARNING")
+    obj.settings = settings
+    app = obj.app(upgrade=True)
+    click.echo(f"data directory: {data_dir}", err=True)
+    loaded = app.roster.load_demo(
+        (roster_dir / "facilities.csv").read_text(encoding="utf-8"),
+        (roster_dir / "roster.csv").read_text(encoding="utf-8"),
+        (roster_dir / "radiologists.csv").read_text(encoding="utf-8"),
+        obj.os_user(),
+    )
+    click.echo(f"roster loaded: {loaded}", err=True)
+    server = RouterServer(app)
+    server.start()
+    try:
+        destination = Destination(settings.listener.ae_title, "127.0.0.1", server.ports[0])
+        cases = sample_studies(samples)
+        if not cases:
+            raise RouterError(f"no sample studies under {samples}")
+        sent = 0
+        for calling_ae, case_dir, files in cases:
+            try:
+                results = send_files(files, destination, calling_ae_title=calling_ae)
+            except SendError as exc:
+                raise RouterError(f"sending {case_dir.name} failed: {exc}") from exc
+            bad = [f"{r.path.name}: {r.status}" for r in results if not r.ok]
+            if bad:
+                raise RouterError(f"C-STORE of {case_dir.name} failed: {', '.join(bad)}")
+            sent += len(results)
+        click.echo(f"sent {sent} instance(s) of {len(cases)} stud(ies) over C-STORE to port {server.ports[0]}", err=True)
+        views = StudyViews(app.sessions, app.routing)
+        deadline = time.monotonic() + stable_seconds + 30
+        while time.monotonic() < deadline:
+            if not any(row["status"] == StudyStatus.RECEIVING.value for row in views.list()):
+                break
+            time.sleep(0.2)
+        else:
+            raise RouterError("studies were not routed in time")
+    finally:
+        server.stop(drain_timeout=5)
+    for row in views.list():
+        if row["status"] == StudyStatus.ASSIGNED.value:
+            app.reads.complete(row["study_instance_uid"])
+    case_of = {_study_uid(files[0]): f"{case_dir.name}" for _, case_dir, files in cases}
+    rows = sorted(views.list(), key=lambda row: case_of.get(row["study_instance_uid"], row["study_instance_uid"]))
+    details = {row["study_instance_uid"]: views.show(row["study_instance_uid"]) for row in rows}
+    emit_table(
+        "Assignments (reads marked reported: status completed)",
+        ["case", "sender AE", "status", "exam state", "from", "radiologist (NPI)", "license relied on", "hold reason / note", "study"],
+        [
+            (
+                case_of.get(row["study_instance_uid"]),
+                row["calling_ae_title"],
+                row["status"],
+                row["exam_state"],
+                row["exam_state_source"],
+                _reader(details[row["study_instance_uid"]]),
+                f"{row['license_state']}-{row['license_number']}" if row["license_state"] else None,
+                _note(row, details[row["study_instance_uid"]]),
+                row["study_instance_uid"],
+            )
+            for row in rows
+        ],
+    )
+    professional = app.ledgers.professional()
+    emit_table(
+        "Professional ledger: the read, CPT + modifier 26, date of service = interpretation date",
+        ["case", "accession", "rendering NPI", "license", "CPT", "mod", "CPT from", "coder review", "DOS"],
+        [
+            (
+                case_of.get(entry["study_instance_uid"]),
+                entry["accession_number"],
+                entry["rendering_npi"],
+                f"{entry['license_state']}-{entry['license_number']}",
+                entry["cpt_code"],
+                entry["modifier"],
+                entry["cpt_source"],
+                entry["review_reason"] if entry["coder_review"] else "no",
+                entry["date_of_service"],
+            )
+            for entry in professional
+        ],
+    )
+    infrastructure = app.ledgers.infrastructure()
+    emit_table(
+        f"Infrastructure ledger: storage and transmission cost, never on a claim ({settings.billing.storage_cents_per_gib} cents/GiB stored)",
+        ["case", "kind", "instances", "bytes", "cents", "note"],
+        [
+            (
+                case_of.get(entry["study_instance_uid"]),
+                entry["kind"],
+                entry["instance_count"],
+                entry["size_bytes"],
+                entry["amount_cents"],
+                entry["note"],
+            )
+            for entry in infrastructure
+        ],
+    )
+    click.echo(f"explore further: router --data-dir {data_dir} studies list  (also: studies explain UID, ledger professional --csv)", err=True)
+
+
+def _study_uid(path: Path) -> str:
+    return str(dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+
+
+def _note(row: dict[str, object], document: dict[str, object]) -> str | None:
+    if row["hold_reason"]:
+        return f"{row['hold_reason']}: {row['hold_detail']}"
+    conflicts = document.get("location_conflicts") or []
+    if conflicts:
+        return "conflict: " + "; ".join(f"{c['source']} says {c['state']}" for c in conflicts)  # type: ignore[index,union-attr]
+    return None
+
+
+def _reader(document: dict[str, object]) -> str | None:
+    assignments = [a for a in document.get("assignments", []) if not a.get("superseded_at")]  # type: ignore[union-attr]
+    if not assignments:
+        return None
+    current = assignments[-1]
+    return f"{current['name']} ({current['npi']})"
+
+
+def register(cli: click.Group) -> None:
+    """Add ``demo`` to the root group."""
+    cli.add_command(demo)

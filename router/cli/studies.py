@@ -1,0 +1,203 @@
+"""``router studies``: list, show, explain, complete, set-state, assign."""
+
+from __future__ import annotations
+
+import click
+
+from router.cli.context import CliContext
+from router.cli.output import emit_fields, emit_json, emit_table
+from router.domain.enums import StudyStatus
+from router.domain.jurisdictions import normalize_jurisdiction
+from router.domain.npi import validate_npi
+from router.errors import ValidationError
+from router.services.studies import StudyViews
+from router.timeutil import parse_iso_datetime
+
+
+def _views(obj: CliContext) -> StudyViews:
+    app = obj.app()
+    return StudyViews(app.sessions, app.routing)
+
+
+@click.group("studies")
+def studies_group() -> None:
+    """Received studies: where they are, who reads them, and why."""
+
+
+@studies_group.command("list")
+@click.option("--status", type=click.Choice(StudyStatus.values()), help="Only studies with this status.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many (newest first).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (an array of studies).")
+@click.pass_obj
+def list_studies(obj: CliContext, status: str | None, limit: int | None, as_json: bool) -> None:
+    """List studies, newest first."""
+    rows = _views(obj).list(StudyStatus(status) if status else None, limit)
+    if as_json:
+        emit_json(rows)
+        return
+    emit_table(
+        None,
+        ["study", "status", "state", "source", "NPI", "license", "hold reason", "instances"],
+        [
+            (
+                row["study_instance_uid"],
+                row["status"],
+                row["exam_state"],
+                row["exam_state_source"],
+                row["assigned_npi"],
+                f"{row['license_state']}-{row['license_number']}" if row["license_state"] else None,
+                row["hold_reason"],
+                row["instance_count"],
+            )
+            for row in rows
+        ],
+    )
+
+
+@studies_group.command("show")
+@click.argument("study_instance_uid")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+def show(obj: CliContext, study_instance_uid: str, as_json: bool) -> None:
+    """Show a study: instances, senders, exam state and its source, conflicts, assignment, decisions."""
+    document = _views(obj).show(study_instance_uid)
+    if as_json:
+        emit_json(document)
+        return
+    emit_fields(
+        f"Study {document['study_instance_uid']}",
+        [
+            ("status", document["status"]),
+            ("hold reason", document["hold_reason"]),
+            ("hold detail", document["hold_detail"]),
+            ("exam state", document["exam_state"]),
+            ("state source", document["exam_state_source"]),
+            ("state detail", document["exam_state_detail"]),
+            ("conflicts", "; ".join(f"{c['source']}: {c['state'] or '-'} ({c['detail']})" for c in document["location_conflicts"]) or None),
+            ("assigned NPI", document["assigned_npi"]),
+            ("license relied on", f"{document['license_state']}-{document['license_number']}" if document["license_state"] else None),
+            ("accession", document["accession_number"]),
+            ("facility", document["facility"]),
+            ("instances", document["instance_count"]),
+            ("bytes", document["size_bytes"]),
+            ("needs review", document["needs_review"]),
+        ],
+    )
+    if document["senders"]:
+        emit_table("Senders", ["calling AE", "address", "instances", "first", "last"],
+                   [(s["calling_ae_title"], s["peer_address"], s["instance_count"], s["first_received_at"], s["last_received_at"]) for s in document["senders"]])
+    if document["instance_conflicts"]:
+        emit_table("Instance conflicts (differing copies kept aside)", ["SOP Instance UID", "quarantined as", "from", "received"],
+                   [(c["sop_instance_uid"], c["quarantined_as"], c["calling_ae_title"], c["received_at"]) for c in document["instance_conflicts"]])
+    if document["decisions"]:
+        last = document["decisions"][-1]
+        _print_candidates(last["candidates"], f"Radiologists considered at {last['decided_at']} ({last['trigger']})")
+        if last["unlicensed_npis"]:
+            click.echo(f"  no license in {last['exam_state']}: {', '.join(last['unlicensed_npis'])}")
+
+
+def _print_candidates(candidates: list[dict[str, object]], title: str) -> None:
+    emit_table(
+        title,
+        ["NPI", "name", "eligible", "license", "why not"],
+        [
+            (
+                c.get("npi"),
+                c.get("name"),
+                "yes" if c.get("eligible") else "no",
+                _license_text(c.get("license")),
+                "; ".join(c.get("reasons") or []),  # type: ignore[arg-type]
+            )
+            for c in candidates
+        ],
+    )
+
+
+def _license_text(value: object) -> str | None:
+    if isinstance(value, dict):
+        return f"{value.get('state')}-{value.get('number')}"
+    return None
+
+
+@studies_group.command("explain")
+@click.argument("study_instance_uid")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+def explain(obj: CliContext, study_instance_uid: str, as_json: bool) -> None:
+    """Explain the exam state and every radiologist's eligibility today, with the fastest path when nobody is eligible."""
+    document = _views(obj).explain(study_instance_uid)
+    if as_json:
+        emit_json(document)
+        return
+    click.echo(f"Study {document['study_instance_uid']}: {document['status']}"
+               + (f" ({document['hold_reason']})" if document["hold_reason"] else ""))
+    click.echo(f"Exam state: {document['exam_state'] or 'unknown'} from {document['exam_state_source'] or '-'}")
+    for finding in document["location_findings"]:
+        click.echo(f"  {finding['source']}: {finding['state'] or '-'} - {finding['detail']}")
+    if document["radiologists"]:
+        _print_candidates(document["radiologists"], f"Radiologists judged for {document['judged_on']}")
+    if document["fastest_paths"]:
+        emit_table("Fastest path to an eligible reader", ["NPI", "name", "tier", "path", "detail"],
+                   [(p["npi"], p["name"], p["tier"], p["path"], p["detail"]) for p in document["fastest_paths"]])
+
+
+@studies_group.command("complete")
+@click.argument("study_instance_uid")
+@click.option("--at", "at", help="Interpretation time, ISO-8601 (default now); without an offset, routing.timezone.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+def complete(obj: CliContext, study_instance_uid: str, at: str | None, as_json: bool) -> None:
+    """Record the read as reported by the assigned radiologist and write its professional record(s)."""
+    app = obj.app()
+    moment = None
+    if at is not None:
+        try:
+            moment = parse_iso_datetime(at, app.settings.routing.timezone)
+        except ValueError as exc:
+            raise click.BadParameter(f"{at!r} is not an ISO-8601 date-time", param_hint="--at") from exc
+    done = app.reads.complete(study_instance_uid, moment)
+    if as_json:
+        emit_json({"study_instance_uid": done.study_instance_uid, "npi": done.npi, "date_of_service": done.date_of_service,
+                   "ledger_ids": list(done.entry_ids), "cpt_codes": list(done.cpt_codes)})
+        return
+    codes = ", ".join(code or "coder review" for code in done.cpt_codes)
+    click.echo(f"study {done.study_instance_uid}: read by NPI {done.npi}, date of service {done.date_of_service}, billed {codes}")
+
+
+@studies_group.command("set-state")
+@click.argument("study_instance_uid")
+@click.argument("state")
+@click.pass_obj
+def set_state(obj: CliContext, study_instance_uid: str, state: str) -> None:
+    """Set the exam state by hand (source: manual) and route the study again."""
+    code = normalize_jurisdiction(state)
+    if code is None:
+        raise ValidationError(f"{state!r} is not a US licensing jurisdiction (state, DC or territory)")
+    result = obj.app().routing.set_state(study_instance_uid, code, obj.os_user())
+    _say(result)
+
+
+@studies_group.command("assign")
+@click.argument("study_instance_uid")
+@click.option("--npi", required=True, help="NPI of the radiologist to assign.")
+@click.pass_obj
+def assign(obj: CliContext, study_instance_uid: str, npi: str) -> None:
+    """Assign a study to a named radiologist; refused, with the reason, if they are not eligible."""
+    result = obj.app().routing.assign_manually(study_instance_uid, validate_npi(npi), obj.os_user())
+    _say(result)
+
+
+def _say(result: object) -> None:
+    status = getattr(result, "status")
+    uid = getattr(result, "study_instance_uid")
+    if status == StudyStatus.ASSIGNED:
+        click.echo(f"study {uid}: assigned to NPI {getattr(result, 'assigned_npi')} ({getattr(result, 'exam_state')})")
+    elif status == StudyStatus.HELD:
+        click.echo(f"study {uid}: held ({getattr(result, 'hold_reason').value})")
+    else:
+        click.echo(f"study {uid}: {status.value}")
+
+
+def register(cli: click.Group) -> None:
+    """Add ``studies`` to the root group."""
+    cli.add_command(studies_group)

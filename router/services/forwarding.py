@@ -1,0 +1,174 @@
+"""Forwarding: send assigned studies to their reader's destination from the durable outbox.
+
+Each destination is worked by its own thread, so one dead workstation never delays the others
+(DESIGN.md decision 4). A job is re-checked before sending: if its radiologist is no longer the
+study's current assignee the job is cancelled, so nothing goes to a reader who lost the study.
+Instances already accepted by the destination are not sent again; failures back off
+exponentially (``initial_backoff * 2**(attempt-1)``, capped) up to ``max_attempts``.
+The bytes sent go to the infrastructure ledger.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from router.archive import Archive
+from router.db.models import Assignment, ForwardedInstance, Instance, OutboxJob, Study
+from router.domain.enums import OutboxStatus
+from router.services.ledgers import record_transmission
+from router.timeutil import Clock, utcnow
+
+LOG = logging.getLogger(__name__)
+
+#: send(paths, destination "AE@host:port", calling AE title) -> accepted flags, one per path.
+#: Raises any exception when the destination cannot be reached.
+Sender = Callable[[Sequence[Path], str, str], list[bool]]
+
+
+@dataclass(frozen=True)
+class ForwardingPolicy:
+    """Settings of the forwarder (``[forwarding]``, ``[billing] transmission_cents_per_gib``)."""
+
+    calling_ae_title: str = "ROUTER"
+    max_attempts: int = 8
+    initial_backoff: float = 5.0
+    max_backoff: float = 600.0
+    transmission_cents_per_gib: int = 5
+
+    def backoff(self, attempts: int) -> dt.timedelta:
+        """Delay before attempt ``attempts + 1``, in seconds (exponential, capped)."""
+        return dt.timedelta(seconds=min(self.max_backoff, self.initial_backoff * 2 ** max(0, attempts - 1)))
+
+
+class ForwardingService:
+    """Works the outbox."""
+
+    def __init__(self, sessions: sessionmaker[Session], archive: Archive, send: Sender, policy: ForwardingPolicy, clock: Clock = utcnow) -> None:
+        self._sessions = sessions
+        self._archive = archive
+        self._send = send
+        self.policy = policy
+        self._clock = clock
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+
+    def run_due(self, wait: bool = False) -> list[threading.Thread]:
+        """Start one worker per destination that has due jobs and no worker running.
+
+        ``wait=True`` joins the workers (tests, the demo). Returns the threads started.
+        """
+        now = self._clock()
+        with self._sessions() as session:
+            destinations = list(
+                session.scalars(
+                    select(OutboxJob.destination)
+                    .where(OutboxJob.status == OutboxStatus.PENDING, OutboxJob.next_attempt_at <= now)
+                    .distinct()
+                )
+            )
+        started = []
+        for destination in destinations:
+            with self._lock:
+                if destination in self._busy:
+                    continue
+                self._busy.add(destination)
+            thread = threading.Thread(target=self._work_destination, args=(destination,), name=f"forward:{destination}", daemon=True)
+            thread.start()
+            started.append(thread)
+        if wait:
+            for thread in started:
+                thread.join()
+        return started
+
+    def _work_destination(self, destination: str) -> None:
+        try:
+            while True:
+                now = self._clock()
+                with self._sessions() as session:
+                    job_id = session.scalar(
+                        select(OutboxJob.id)
+                        .where(OutboxJob.destination == destination, OutboxJob.status == OutboxStatus.PENDING, OutboxJob.next_attempt_at <= now)
+                        .order_by(OutboxJob.next_attempt_at, OutboxJob.id)
+                        .limit(1)
+                    )
+                if job_id is None:
+                    return
+                if not self._work_job(job_id):
+                    return  # destination failing: leave its other jobs for the next tick
+        except Exception:  # noqa: BLE001 - a worker thread must log, not die silently
+            LOG.exception("forwarding to %s stopped on an unexpected error", destination)
+        finally:
+            with self._lock:
+                self._busy.discard(destination)
+
+    def _work_job(self, job_id: int) -> bool:
+        """Send what is unsent of one job; returns False when the destination failed."""
+        with self._sessions.begin() as session:
+            job = session.get(OutboxJob, job_id)
+            if job is None or job.status != OutboxStatus.PENDING:
+                return True
+            current = session.scalar(
+                select(Assignment).where(Assignment.study_id == job.study_id, Assignment.superseded_at.is_(None))
+            )
+            if current is None or current.radiologist_id != job.radiologist_id:
+                job.status = OutboxStatus.FAILED
+                job.last_error = "cancelled: the radiologist is no longer assigned this study"
+                job.updated_at = self._clock()
+                return True
+            sent_ids = set(session.scalars(select(ForwardedInstance.instance_id).where(ForwardedInstance.outbox_id == job.id)))
+            pending = [
+                (instance_id, relative, size)
+                for instance_id, relative, size in session.execute(
+                    select(Instance.id, Instance.relative_path, Instance.size_bytes).where(Instance.study_id == job.study_id).order_by(Instance.id)
+                ).all()
+                if instance_id not in sent_ids
+            ]
+            destination, study_id = job.destination, job.study_id
+        if not pending:
+            self._finish(job_id, [], None)
+            return True
+        paths = [self._archive.path(relative) for _, relative, _ in pending]
+        try:
+            accepted = self._send(paths, destination, self.policy.calling_ae_title)
+            error = None if all(accepted) else f"{accepted.count(False)} of {len(accepted)} instance(s) refused"
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the destination is retried
+            accepted = [False] * len(pending)
+            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        done = [(instance_id, size) for (instance_id, _, size), ok in zip(pending, accepted) if ok]
+        self._finish(job_id, done, error)
+        if error:
+            LOG.warning("forwarding study id %s to %s: %s", study_id, destination, error)
+        return error is None
+
+    def _finish(self, job_id: int, done: list[tuple[int, int]], error: str | None) -> None:
+        now = self._clock()
+        with self._sessions.begin() as session:
+            job = session.get(OutboxJob, job_id)
+            assert job is not None
+            forwarded = [ForwardedInstance(outbox_id=job.id, instance_id=iid, size_bytes=size, sent_at=now) for iid, size in done]
+            session.add_all(forwarded)
+            session.flush()
+            study = session.get(Study, job.study_id)
+            assert study is not None
+            record_transmission(session, study, job.destination, forwarded, now, self.policy.transmission_cents_per_gib)
+            job.sent_instance_count += len(done)
+            job.updated_at = now
+            if error is None:
+                job.status = OutboxStatus.SENT
+                job.last_error = None
+                return
+            job.attempts += 1
+            job.last_error = error
+            if job.attempts >= self.policy.max_attempts:
+                job.status = OutboxStatus.FAILED
+                LOG.error("forwarding study %s to %s failed %d times; giving up", study.study_instance_uid, job.destination, job.attempts)
+            else:
+                job.next_attempt_at = now + self.policy.backoff(job.attempts)

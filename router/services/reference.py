@@ -1,0 +1,77 @@
+"""Dated reference data read from files under ``config/``: IMLC membership and the CPT map.
+
+The domain parses the text; this module only reads the files (and re-reads them when they
+change on disk, so an admin's update takes effect without a restart).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from router.domain.billing import CptMap
+from router.domain.imlc import ImlcMembership
+from router.errors import DataFileError
+
+T = TypeVar("T")
+
+
+class _FileCache(Generic[T]):
+    """Parses a file once per modification time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cached: dict[Path, tuple[int, T]] = {}
+
+    def get(self, path: Path, parse: Callable[[str], T]) -> T:
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError as exc:
+            raise DataFileError(f"cannot read {path}: {exc.strerror}") from exc
+        with self._lock:
+            hit = self._cached.get(path)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataFileError(f"cannot read {path}: {exc}") from exc
+        value = parse(text)
+        with self._lock:
+            self._cached[path] = (stamp, value)
+        return value
+
+
+class ReferenceData:
+    """Loads and caches the IMLC membership file and the CPT map."""
+
+    def __init__(self, imlc_file: Path, cpt_map_file: Path) -> None:
+        self.imlc_file = Path(imlc_file)
+        self.cpt_map_file = Path(cpt_map_file)
+        self._imlc: _FileCache[ImlcMembership] = _FileCache()
+        self._cpt: _FileCache[CptMap] = _FileCache()
+
+    def imlc(self) -> ImlcMembership:
+        """The IMLC membership table.
+
+        Raises
+        ------
+        DataFileError
+            If the file is missing or malformed (the message names the line).
+        """
+        return self._imlc.get(self.imlc_file, lambda text: ImlcMembership.from_csv_text(text, source_name=self.imlc_file.name))
+
+    def cpt_map(self) -> CptMap:
+        """The CPT map; its version is taken from the file name (``cpt_map_2026.csv`` -> 2026).
+
+        Raises
+        ------
+        DataFileError
+            If the file is missing or malformed.
+        """
+        match = re.search(r"(\d{4})", self.cpt_map_file.stem)
+        version = match.group(1) if match else self.cpt_map_file.stem
+        return self._cpt.get(self.cpt_map_file, lambda text: CptMap.from_csv_text(text, version=version))

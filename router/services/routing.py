@@ -1,0 +1,503 @@
+"""Routing: locate a stable study, judge every radiologist, assign or hold, and record why.
+
+A study is routed when no instance has arrived for ``stable_seconds`` (DESIGN.md decision 3).
+Claiming it is one conditional UPDATE (``status = 'receiving' AND last_received_at <= cutoff``)
+in the same transaction that writes the outcome, so a study is routed once even with several
+timers or nodes, and a crash mid-way leaves it ``receiving`` to be routed after restart.
+Routing trouble never fails a transfer: the study is held with a reason an admin can act on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from router.db.models import Assignment, Facility, Instance, Radiologist, RoutingDecision, Study
+from router.db.queries import facility_by_ae_title, facility_by_institution_name, for_update, study_by_uid
+from router.domain.assignment import choose_reader
+from router.domain.enums import ExamStateSource, HoldReason, StudyStatus
+from router.domain.licensure import EligibilityRules, ReaderFacts, Verdict, evaluate_reader, evaluate_readers, fastest_paths
+from router.domain.location import ExamLocation, LocationEvidence, resolve_exam_state
+from router.errors import IneligibleError, ValidationError
+from router.services.facts import licensed_reader_ids, load_readers, study_facts, unlicensed_readers
+from router.services.forwarding_queue import cancel_forwarding, enqueue_forwarding
+from router.services.ledgers import record_storage
+from router.services.reference import ReferenceData
+from router.timeutil import Clock, local_date, utcnow
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    """Routing settings (from ``[routing]``, ``[imlc]``, ``[licensure]``, ``[billing]``)."""
+
+    stable_seconds: float = 30.0
+    timezone: str = "UTC"
+    use_patient_address: bool = True
+    require_reading_state_license: bool = False
+    telehealth_registration_states: frozenset[str] = frozenset()
+    suspension_hold_days: int = 90
+    storage_cents_per_gib: int = 10
+    forwarding_enabled: bool = True
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    """Outcome of routing one study."""
+
+    study_instance_uid: str
+    status: StudyStatus
+    exam_state: str | None
+    exam_state_source: ExamStateSource | None
+    assigned_npi: str | None = None
+    hold_reason: HoldReason | None = None
+
+
+class RoutingService:
+    """Routes studies. Each public method runs its own transaction(s)."""
+
+    def __init__(self, sessions: sessionmaker[Session], reference: ReferenceData, policy: RoutingPolicy, clock: Clock = utcnow) -> None:
+        self._sessions = sessions
+        self._reference = reference
+        self.policy = policy
+        self._clock = clock
+
+    # ------------------------------------------------------------------ rules
+    def now(self) -> dt.datetime:
+        """The router's current time (UTC), from the injected clock."""
+        return self._clock()
+
+    def rules(self) -> EligibilityRules:
+        """The eligibility rules in force (IMLC membership re-read when its file changes)."""
+        return EligibilityRules(
+            imlc=self._reference.imlc(),
+            telehealth_registration_states=self.policy.telehealth_registration_states,
+            suspension_hold_days=self.policy.suspension_hold_days,
+            require_reading_state_license=self.policy.require_reading_state_license,
+        )
+
+    def read_day(self, facility: Facility | None, moment: dt.datetime) -> dt.date:
+        """The calendar day of ``moment`` where the exam happened (facility time zone, else ``routing.timezone``)."""
+        zone = facility.timezone if facility is not None and facility.timezone else self.policy.timezone
+        return local_date(moment, zone)
+
+    # ------------------------------------------------------------------ the timer
+    def route_due(self) -> list[RouteResult]:
+        """Route every study quiet for ``stable_seconds``; account for late instances.
+
+        One failing study is logged and skipped; it never stops the others.
+        """
+        now = self._clock()
+        cutoff = now - dt.timedelta(seconds=self.policy.stable_seconds)
+        with self._sessions() as session:
+            due = list(
+                session.scalars(
+                    select(Study.id)
+                    .where(Study.status == StudyStatus.RECEIVING, Study.last_received_at <= cutoff)
+                    .order_by(Study.last_received_at)
+                )
+            )
+            late = list(
+                session.scalars(
+                    select(Instance.study_id)
+                    .join(Study, Study.id == Instance.study_id)
+                    .where(
+                        Instance.infrastructure_entry_id.is_(None),
+                        Study.status != StudyStatus.RECEIVING,
+                        Study.last_received_at <= cutoff,
+                    )
+                    .distinct()
+                )
+            )
+        results: list[RouteResult] = []
+        for study_id in due:
+            try:
+                result = self._route_claimed(study_id, cutoff)
+            except Exception:  # one bad study must not stop the loop (set aside, logged)
+                LOG.exception("routing study id %s failed; it stays receiving and is retried", study_id)
+                continue
+            if result is not None:
+                results.append(result)
+        for study_id in late:
+            try:
+                result = self._late_instances(study_id, cutoff)
+            except Exception:
+                LOG.exception("accounting late instances of study id %s failed; retried next tick", study_id)
+                continue
+            if result is not None:
+                results.append(result)
+        return results
+
+    def _route_claimed(self, study_id: int, cutoff: dt.datetime) -> RouteResult | None:
+        with self._sessions.begin() as session:
+            claimed = session.execute(
+                update(Study)
+                .where(Study.id == study_id, Study.status == StudyStatus.RECEIVING, Study.last_received_at <= cutoff)
+                .values(status=StudyStatus.HELD)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if claimed != 1:
+                return None  # another timer or node routed it, or an instance just arrived
+            study = session.get(Study, study_id)
+            assert study is not None
+            return self._decide(session, study, trigger="stable")
+
+    def _late_instances(self, study_id: int, cutoff: dt.datetime) -> RouteResult | None:
+        """Instances that arrived after routing: ledger them, forward them, re-route if held."""
+        with self._sessions.begin() as session:
+            study = session.scalars(for_update(select(Study).where(Study.id == study_id), session)).one()
+            if study.status == StudyStatus.RECEIVING or study.last_received_at > cutoff:
+                return None
+            now = self._clock()
+            if study.status == StudyStatus.HELD:
+                return self._decide(session, study, trigger="late_instances")
+            record_storage(session, study, now, self.policy.storage_cents_per_gib)
+            current = _current_assignment(session, study.id)
+            if current is not None and self.policy.forwarding_enabled:
+                enqueue_forwarding(session, study, current.radiologist, now)
+            LOG.info("late instances of study %s joined its assignment", study.study_instance_uid)
+            return _result(study, current.radiologist.npi if current else None)
+
+    # ------------------------------------------------------------------ deciding
+    def _locate(self, session: Session, study: Study) -> tuple[Facility | None, ExamLocation | None]:
+        facility = facility_by_ae_title(session, study.first_calling_ae_title or "") or facility_by_institution_name(
+            session, study.institution_name
+        )
+        study.facility_id = facility.id if facility is not None else None
+        if study.exam_state_source == ExamStateSource.MANUAL and study.exam_state:
+            return facility, None
+        evidence = LocationEvidence(
+            facility_state=facility.state if facility is not None else None,
+            facility_label=_facility_label(facility),
+            institution_address=study.institution_address,
+            region_of_residence=study.region_of_residence,
+            patient_address=study.patient_address,
+            country_of_residence=study.country_of_residence,
+        )
+        location = resolve_exam_state(evidence, use_patient_address=self.policy.use_patient_address)
+        study.exam_state = location.state
+        study.exam_state_source = location.source
+        study.exam_state_detail = location.detail
+        study.location_conflicts = location.conflicts_as_json() or None
+        return facility, location
+
+    def _decide(self, session: Session, study: Study, trigger: str, note: str | None = None) -> RouteResult:
+        """Locate, judge, assign or hold; writes the decision, the ledger and the outbox."""
+        now = self._clock()
+        facility, _location = self._locate(session, study)
+        day = self.read_day(facility, now)
+        study.routed_at = now
+        record_storage(session, study, now, self.policy.storage_cents_per_gib)
+        if not study.exam_state:
+            return self._hold(session, study, HoldReason.NO_EXAM_STATE, study.exam_state_detail or "no exam state", trigger, day, [], None, note)
+        state = study.exam_state
+        readers = load_readers(session, licensed_reader_ids(session, state))
+        facts = study_facts(study, state, facility)
+        rules = self.rules()
+        verdicts = evaluate_readers(readers, facts, day, rules)
+        chosen = choose_reader(verdicts, {reader.radiologist_id: reader for reader in readers})
+        unlicensed = [npi for npi, _name, _active in unlicensed_readers(session, state)]
+        candidates = [_candidate_json(verdict, readers) for verdict in verdicts]
+        if chosen is None:
+            everyone = load_readers(session)
+            paths = [path.to_json() for path in fastest_paths(everyone, state, day, rules)]
+            detail = f"nobody is eligible to read in {state} on {day.isoformat()}"
+            return self._hold(session, study, HoldReason.NO_ELIGIBLE_RADIOLOGIST, detail, trigger, day, candidates, paths, note, unlicensed)
+        decision = RoutingDecision(
+            study_id=study.id,
+            decided_at=now,
+            read_date=day,
+            trigger=trigger,
+            exam_state=state,
+            exam_state_source=study.exam_state_source,
+            outcome=StudyStatus.ASSIGNED,
+            chosen_npi=chosen.npi,
+            candidates=candidates,
+            unlicensed_npis=unlicensed,
+            note=note,
+        )
+        session.add(decision)
+        session.flush()
+        self._assign(session, study, chosen, decision, now, assigned_by="router")
+        return _result(study, chosen.npi)
+
+    def _assign(self, session: Session, study: Study, verdict: Verdict, decision: RoutingDecision, now: dt.datetime, assigned_by: str) -> Assignment:
+        assert verdict.eligible and verdict.license is not None, "never assign to an ineligible reader"
+        radiologist = session.get(Radiologist, verdict.radiologist_id)
+        assert radiologist is not None
+        assignment = Assignment(
+            study_id=study.id,
+            radiologist_id=radiologist.id,
+            decision_id=decision.id,
+            license_id=verdict.license.license_id,
+            license_state=verdict.license.state,
+            license_number=verdict.license.number,
+            assigned_at=now,
+            assigned_by=assigned_by,
+        )
+        session.add(assignment)
+        study.status = StudyStatus.ASSIGNED
+        study.hold_reason = None
+        study.hold_detail = None
+        session.flush()
+        if self.policy.forwarding_enabled:
+            enqueue_forwarding(session, study, radiologist, now)
+        LOG.info(
+            "study %s (accession %s) assigned to NPI %s on license %s-%s",
+            study.study_instance_uid,
+            study.accession_number or "-",
+            radiologist.npi,
+            verdict.license.state,
+            verdict.license.number,
+        )
+        return assignment
+
+    def _hold(
+        self,
+        session: Session,
+        study: Study,
+        reason: HoldReason,
+        detail: str,
+        trigger: str,
+        day: dt.date,
+        candidates: list[dict[str, object]],
+        paths: list[dict[str, object]] | None,
+        note: str | None,
+        unlicensed: list[str] | None = None,
+    ) -> RouteResult:
+        now = self._clock()
+        last = session.scalar(
+            select(RoutingDecision).where(RoutingDecision.study_id == study.id).order_by(RoutingDecision.id.desc()).limit(1)
+        )
+        unchanged = (
+            study.status == StudyStatus.HELD
+            and study.hold_reason == reason
+            and last is not None
+            and last.outcome == StudyStatus.HELD
+            and last.hold_reason == reason
+            and last.exam_state == study.exam_state
+            and last.candidates == candidates
+            and trigger not in ("stable", "late_instances")
+        )
+        if unchanged:
+            # Re-evaluated after a roster change with the same result: keep the record lean.
+            study.hold_detail = detail
+            return _result(study, None)
+        session.add(
+            RoutingDecision(
+                study_id=study.id,
+                decided_at=now,
+                read_date=day,
+                trigger=trigger,
+                exam_state=study.exam_state,
+                exam_state_source=study.exam_state_source,
+                outcome=StudyStatus.HELD,
+                hold_reason=reason,
+                candidates=candidates,
+                unlicensed_npis=unlicensed,
+                fastest_paths=paths,
+                note=note,
+            )
+        )
+        study.status = StudyStatus.HELD
+        study.hold_reason = reason
+        study.hold_detail = detail
+        LOG.info("study %s held: %s", study.study_instance_uid, reason.value)
+        return _result(study, None)
+
+    # ------------------------------------------------------------------ admin actions
+    def reevaluate(self, trigger: str, radiologist_id: int | None = None) -> list[RouteResult]:
+        """After a roster change: re-check open assignments and re-route held studies.
+
+        An assigned reader who is no longer eligible loses the study (the assignment is
+        superseded with the reason, the study flagged for review) and it is reassigned or held.
+        ``radiologist_id`` limits the open-assignment check to one reader's studies.
+        """
+        results: list[RouteResult] = []
+        with self._sessions() as session:
+            query = (
+                select(Assignment.id)
+                .join(Study, Study.id == Assignment.study_id)
+                .where(Assignment.superseded_at.is_(None), Assignment.completed_at.is_(None), Study.status == StudyStatus.ASSIGNED)
+            )
+            if radiologist_id is not None:
+                query = query.where(Assignment.radiologist_id == radiologist_id)
+            open_ids = list(session.scalars(query.order_by(Assignment.id)))
+            held_ids = list(session.scalars(select(Study.id).where(Study.status == StudyStatus.HELD).order_by(Study.id)))
+        for assignment_id in open_ids:
+            result = self._recheck_assignment(assignment_id, trigger)
+            if result is not None:
+                results.append(result)
+        for study_id in held_ids:
+            with self._sessions.begin() as session:
+                study = session.scalars(for_update(select(Study).where(Study.id == study_id), session)).one()
+                if study.status != StudyStatus.HELD:
+                    continue
+                results.append(self._decide(session, study, trigger=trigger))
+        return results
+
+    def _recheck_assignment(self, assignment_id: int, trigger: str) -> RouteResult | None:
+        with self._sessions.begin() as session:
+            assignment = session.get(Assignment, assignment_id)
+            if assignment is None or assignment.superseded_at is not None or assignment.completed_at is not None:
+                return None
+            study = session.scalars(for_update(select(Study).where(Study.id == assignment.study_id), session)).one()
+            if study.status != StudyStatus.ASSIGNED:
+                return None
+            # A registered facility's state may have been corrected: locate again. A study whose
+            # facility registration was removed keeps the state it was routed with.
+            if study.facility_id is not None and study.exam_state_source == ExamStateSource.FACILITY:
+                facility, _ = self._locate(session, study)
+            else:
+                facility = session.get(Facility, study.facility_id) if study.facility_id else None
+            if not study.exam_state:
+                self._supersede(session, study, assignment, f"{trigger}: the exam state can no longer be determined")
+                return self._decide(session, study, trigger=trigger, note="assignment withdrawn: no exam state")
+            verdict = self._verdict_for(session, study, facility, assignment.radiologist_id, self._clock())
+            if verdict.eligible:
+                return None
+            reason = "; ".join(verdict.reasons)
+            self._supersede(session, study, assignment, f"{trigger}: NPI {verdict.npi} no longer eligible: {reason}")
+            return self._decide(session, study, trigger=trigger, note=f"reassigned: NPI {verdict.npi} no longer eligible ({reason})")
+
+    def _supersede(self, session: Session, study: Study, assignment: Assignment, reason: str) -> None:
+        assignment.superseded_at = self._clock()
+        assignment.superseded_reason = reason
+        study.needs_review = True
+        cancel_forwarding(session, study.id, keep_radiologist_id=None, reason="assignment withdrawn", now=assignment.superseded_at)
+        session.flush()
+        LOG.warning("assignment of study %s to radiologist id %s withdrawn", study.study_instance_uid, assignment.radiologist_id)
+
+    def _verdict_for(self, session: Session, study: Study, facility: Facility | None, radiologist_id: int, moment: dt.datetime) -> Verdict:
+        readers = load_readers(session, [radiologist_id])
+        if not readers:
+            raise ValidationError(f"radiologist id {radiologist_id} not found")
+        assert study.exam_state
+        return evaluate_reader(readers[0], study_facts(study, study.exam_state, facility), self.read_day(facility, moment), self.rules())
+
+    def assign_manually(self, study_instance_uid: str, npi: str, by_user: str) -> RouteResult:
+        """Give a study to a named radiologist, if eligible today.
+
+        Raises
+        ------
+        NotFoundError
+            Unknown study or NPI.
+        IneligibleError
+            The radiologist may not read it (the message lists every reason), or the study has
+            no exam state yet, or its read is already completed.
+        """
+        with self._sessions.begin() as session:
+            study = session.scalars(for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)).one_or_none()
+            if study is None:
+                study_by_uid(session, study_instance_uid)  # raises NotFoundError
+                raise AssertionError  # pragma: no cover
+            if study.status == StudyStatus.COMPLETED:
+                raise IneligibleError(f"study {study_instance_uid} is already completed")
+            facility, _ = self._locate(session, study)
+            if not study.exam_state:
+                raise IneligibleError(f"study {study_instance_uid} has no exam state; set it first with `router studies set-state`")
+            radiologist = session.scalar(select(Radiologist).where(Radiologist.npi == npi))
+            if radiologist is None:
+                from router.db.queries import radiologist_by_npi
+
+                radiologist_by_npi(session, npi)
+            assert radiologist is not None
+            now = self._clock()
+            verdict = self._verdict_for(session, study, facility, radiologist.id, now)
+            if not verdict.eligible:
+                raise IneligibleError(f"NPI {npi} may not read study {study_instance_uid}: {'; '.join(verdict.reasons)}")
+            current = _current_assignment(session, study.id)
+            if current is not None:
+                if current.radiologist_id == radiologist.id:
+                    return _result(study, npi)
+                self._supersede(session, study, current, f"manually reassigned by {by_user}")
+                study.needs_review = False
+            readers = load_readers(session, [radiologist.id])
+            decision = RoutingDecision(
+                study_id=study.id,
+                decided_at=now,
+                read_date=self.read_day(facility, now),
+                trigger="manual_assign",
+                exam_state=study.exam_state,
+                exam_state_source=study.exam_state_source,
+                outcome=StudyStatus.ASSIGNED,
+                chosen_npi=npi,
+                candidates=[_candidate_json(verdict, readers)],
+                note=f"assigned by {by_user}",
+            )
+            session.add(decision)
+            session.flush()
+            study.routed_at = study.routed_at or now
+            record_storage(session, study, now, self.policy.storage_cents_per_gib)
+            self._assign(session, study, verdict, decision, now, assigned_by=by_user)
+            return _result(study, npi)
+
+    def set_state(self, study_instance_uid: str, state: str, by_user: str) -> RouteResult:
+        """Set a study's exam state by hand (source ``manual``) and route it again.
+
+        An open assignment whose reader is not eligible in the new state is withdrawn.
+
+        Raises
+        ------
+        NotFoundError
+            Unknown study.
+        IneligibleError
+            The read is already completed (its billing record names the old state).
+        """
+        with self._sessions.begin() as session:
+            study = session.scalars(for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)).one_or_none()
+            if study is None:
+                study_by_uid(session, study_instance_uid)
+                raise AssertionError  # pragma: no cover
+            if study.status == StudyStatus.COMPLETED:
+                raise IneligibleError(f"study {study_instance_uid} is already completed; its read was billed in {study.exam_state}")
+            study.exam_state = state
+            study.exam_state_source = ExamStateSource.MANUAL
+            study.exam_state_detail = f"set by {by_user}"
+            if study.status == StudyStatus.RECEIVING:
+                return _result(study, None)  # the timer routes it once stable
+            current = _current_assignment(session, study.id)
+            if current is not None:
+                facility, _ = self._locate(session, study)
+                verdict = self._verdict_for(session, study, facility, current.radiologist_id, self._clock())
+                if verdict.eligible:
+                    return _result(study, verdict.npi)
+                self._supersede(session, study, current, f"exam state set to {state} by {by_user}: {'; '.join(verdict.reasons)}")
+            return self._decide(session, study, trigger="manual_state", note=f"exam state set to {state} by {by_user}")
+
+
+def _current_assignment(session: Session, study_id: int) -> Assignment | None:
+    return session.scalar(select(Assignment).where(Assignment.study_id == study_id, Assignment.superseded_at.is_(None)))
+
+
+def _facility_label(facility: Facility | None) -> str | None:
+    if facility is None:
+        return None
+    return f"{facility.ae_title} ({facility.name})" if facility.name else facility.ae_title
+
+
+def _candidate_json(verdict: Verdict, readers: list[ReaderFacts]) -> dict[str, object]:
+    data = dict(verdict.to_json())
+    reader = next((item for item in readers if item.radiologist_id == verdict.radiologist_id), None)
+    data["open_assignments"] = reader.open_assignments if reader is not None else None
+    return data
+
+
+def _result(study: Study, npi: str | None) -> RouteResult:
+    return RouteResult(
+        study_instance_uid=study.study_instance_uid,
+        status=study.status,
+        exam_state=study.exam_state,
+        exam_state_source=study.exam_state_source,
+        assigned_npi=npi,
+        hold_reason=study.hold_reason,
+    )
+
+
+__all__ = ["RouteResult", "RoutingPolicy", "RoutingService", "dataclasses"]
