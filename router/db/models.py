@@ -541,4 +541,4 @@ class NodeRun(Base):
     stopped_at: Mapped[dt.datetime | None]
 
 
-APPEND_ONLY_TABLES = ("infrastructure_ledger", "professional_ledger", "audit_log", "routing_decisions")
+APPEND_ONLY_TABLES = ("infrastructure_ledger", "professional_ledger", "audit_log", "routing_decisions")  # see migration 0002

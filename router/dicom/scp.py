@@ -13,7 +13,6 @@ import ipaddress
 import logging
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -23,11 +22,12 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AE, _config, build_context, evt
+from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from router.dicom.extract import UndecodableDataSet, read_header
+from router.dicom.spool import SpoolFile, spool_factory
 from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
 from router.domain.instance import InstanceHeader, uid_problem
 from router.errors import ArchiveError, IndexWriteError
@@ -52,11 +52,12 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
       its P-DATA fragments arrive, instead of being held in memory;
     - the temporary files go to ``incoming_dir`` (on the archive's file system), so a received
       file is renamed into place without a copy and a crash leaves debris only where start-up
-      cleans it;
+      cleans it; they are :class:`~router.dicom.spool.SpoolFile` objects, so a full disk or an
+      unwritable folder is answered 0xA700 instead of aborting the association;
     - ``UNRESTRICTED_STORAGE_SERVICE``: any storage SOP class, private ones included, is accepted.
     """
     incoming_dir.mkdir(parents=True, exist_ok=True)
-    tempfile.tempdir = str(incoming_dir)
+    dimse_messages.NamedTemporaryFile = spool_factory(incoming_dir)  # type: ignore[attr-defined]
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.UNRESTRICTED_STORAGE_SERVICE = True
     # Forwarding sends archived files byte for byte, streamed from disk.
@@ -165,7 +166,11 @@ class StoreHandler:
         return _status(StoreStatus.SUCCESS)
 
     def _received_file(self, event: Any) -> Path | None:
-        """Path of the Part 10 temporary file holding the received data set."""
+        """Path of the Part 10 temporary file holding the received data set (None: write failed)."""
+        spool = getattr(event.request, "_dataset_file", None)
+        if isinstance(spool, SpoolFile) and spool.failed:
+            self.conditions.failed("archive", f"archive write failed while receiving: {spool.error}; answering 0xA700")
+            return None
         try:
             return Path(event.dataset_path)
         except AttributeError:

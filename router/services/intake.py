@@ -123,27 +123,36 @@ class IntakeService:
         return StoreOutcome.STORED
 
     # ------------------------------------------------------------------ internals
-    def _existing(self, sop_instance_uid: str) -> tuple[int, str] | None:
+    def _existing(self, sop_instance_uid: str) -> tuple[int, str, str] | None:
+        """``(study id, data set SHA-256, relative path)`` of a stored SOP instance, or ``None``."""
         try:
             with self._sessions() as session:
                 row = session.execute(
-                    select(Instance.study_id, Instance.dataset_sha256).where(Instance.sop_instance_uid == sop_instance_uid)
+                    select(Instance.study_id, Instance.dataset_sha256, Instance.relative_path).where(
+                        Instance.sop_instance_uid == sop_instance_uid
+                    )
                 ).first()
         except SQLAlchemyError as exc:
             raise IndexWriteError(_db_reason(exc)) from exc
-        return None if row is None else (row[0], row[1])
+        return None if row is None else (row[0], row[1], row[2])
 
     def _store_again(
         self,
         header: InstanceHeader,
         temp_path: Path,
         sender: Sender,
-        existing: tuple[int, str],
+        existing: tuple[int, str, str],
         sha256: str,
         size: int,
     ) -> StoreOutcome:
-        study_id, stored_sha = existing
+        study_id, stored_sha, relative_path = existing
         if stored_sha == sha256:
+            if not self._archive.path(relative_path).exists():
+                # The row outlived its file (restored database, deleted file): the identical
+                # copy just received puts it back.
+                self._archive.place(temp_path, relative_path, replace=False)
+                LOG.warning("SOP Instance %s had a row but no file: restored from %s", header.sop_instance_uid, sender.calling_ae_title)
+                return StoreOutcome.DUPLICATE
             self._archive.remove_temp(temp_path)
             LOG.debug("duplicate of SOP Instance %s from %s ignored", header.sop_instance_uid, sender.calling_ae_title)
             return StoreOutcome.DUPLICATE

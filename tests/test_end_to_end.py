@@ -1,0 +1,174 @@
+"""The main job end to end: real C-STORE in, routed to a licensed reader, both ledgers written."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import select
+
+from router.db.models import Assignment, InfrastructureEntry, License, ProfessionalEntry, Radiologist, Study
+from router.domain.billing import cost_cents
+from router.domain.enums import ExamStateSource, HoldReason, InfrastructureKind, LicenseStatus, StudyStatus
+from router.errors import IneligibleError
+from router.server import RouterServer
+from router.services.studies import StudyViews
+from tests.conftest import DEMO_CONFIG, SAMPLES
+from tests.dicom_helpers import make_dataset, send_paths, write_part10
+
+pytestmark = pytest.mark.network
+
+EXPECTED = {
+    # case folder: (status after routing, exam state, source, hold reason)
+    "facility_tx": (StudyStatus.ASSIGNED, "TX", ExamStateSource.FACILITY, None),
+    "institution_address_ok": (StudyStatus.ASSIGNED, "OK", ExamStateSource.INSTITUTION_ADDRESS, None),
+    "patient_address_hl7": (StudyStatus.ASSIGNED, "CO", ExamStateSource.PATIENT_ADDRESS, None),
+    "patient_address_zip4": (StudyStatus.ASSIGNED, "IL", ExamStateSource.PATIENT_ADDRESS, None),
+    "territory_pr": (StudyStatus.HELD, "PR", ExamStateSource.INSTITUTION_ADDRESS, HoldReason.NO_ELIGIBLE_RADIOLOGIST),
+    "conflict_ok_tx": (StudyStatus.ASSIGNED, "OK", ExamStateSource.INSTITUTION_ADDRESS, None),
+    "no_state": (StudyStatus.HELD, None, None, HoldReason.NO_EXAM_STATE),
+    "mammo_wy": (StudyStatus.ASSIGNED, "WY", ExamStateSource.INSTITUTION_ADDRESS, None),
+}
+
+
+def _load_demo_roster(server: RouterServer) -> None:
+    server.app.roster.load_demo(
+        (DEMO_CONFIG / "facilities.csv").read_text(),
+        (DEMO_CONFIG / "roster.csv").read_text(),
+        (DEMO_CONFIG / "radiologists.csv").read_text(),
+        "tester",
+    )
+
+
+def _wait_routed(server: RouterServer, count: int, timeout: float = 20.0) -> list[Study]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with server.app.sessions() as session:
+            studies = list(session.scalars(select(Study)))
+        if len(studies) >= count and all(study.status != StudyStatus.RECEIVING for study in studies):
+            return studies
+        time.sleep(0.1)
+    raise AssertionError("studies were not routed in time")
+
+
+def _case_of(files: list[Path]) -> str:
+    return str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def test_samples_are_routed_to_licensed_readers_and_billed_apart(server: RouterServer) -> None:
+    _load_demo_roster(server)
+    cases = {}
+    for ae_dir in sorted(SAMPLES.iterdir()):
+        if not ae_dir.is_dir():
+            continue
+        for case_dir in sorted(ae_dir.iterdir()):
+            files = sorted(case_dir.glob("*.dcm"))
+            if not files:
+                continue
+            assert send_paths(server.ports[0], files, calling_ae=ae_dir.name) == [0x0000] * len(files)
+            cases[_case_of(files)] = (case_dir.name, len(files), sum(f.stat().st_size for f in files))
+    studies = _wait_routed(server, len(EXPECTED))
+    assert len(studies) == len(EXPECTED)
+    app = server.app
+    with app.sessions() as session:
+        for study in studies:
+            case, instances, _ = cases[study.study_instance_uid]
+            status, state, source, hold = EXPECTED[case]
+            assert (study.status, study.exam_state, study.exam_state_source, study.hold_reason) == (status, state, source, hold), case
+            assert study.instance_count == instances
+            if status != StudyStatus.ASSIGNED:
+                assert session.scalar(select(Assignment).where(Assignment.study_id == study.id)) is None
+                continue
+            assignment = session.scalars(select(Assignment).where(Assignment.study_id == study.id)).one()
+            # Never to someone not eligible: the license relied on is active, in the exam state,
+            # and covers today.
+            license_row = session.get(License, assignment.license_id)
+            assert license_row is not None and license_row.state == state == assignment.license_state
+            assert license_row.status == LicenseStatus.ACTIVE
+            assert license_row.expires >= dt.date.today()
+            if case == "mammo_wy":
+                assert session.get(Radiologist, assignment.radiologist_id).mqsa_qualified
+            if case == "conflict_ok_tx":
+                assert study.location_conflicts == [
+                    {"source": "patient_address", "state": "TX", "detail": study.location_conflicts[0]["detail"]}
+                ]
+        storage = list(session.scalars(select(InfrastructureEntry).order_by(InfrastructureEntry.id)))
+    # one storage record per study, for exactly the bytes stored, at the configured rate
+    assert len(storage) == len(EXPECTED)
+    by_study = {entry.study_instance_uid: entry for entry in storage}
+    for study in studies:
+        entry = by_study[study.study_instance_uid]
+        assert entry.kind == InfrastructureKind.STORAGE
+        assert entry.size_bytes == study.size_bytes
+        assert entry.amount_cents == cost_cents(study.size_bytes, app.settings.billing.storage_cents_per_gib)
+    # no professional record before the read is reported
+    with app.sessions() as session:
+        assert session.scalar(select(ProfessionalEntry)) is None
+    facility_study = next(s for s in studies if cases[s.study_instance_uid][0] == "facility_tx")
+    done = app.reads.complete(facility_study.study_instance_uid)
+    assert done.cpt_codes == ("71260",)
+    with app.sessions() as session:
+        (entry,) = session.scalars(select(ProfessionalEntry))
+        assert (entry.cpt_code, entry.modifier, entry.cpt_source.value, entry.exam_state) == ("71260", "26", "procedure_code_sequence", "TX")
+        assert entry.rendering_npi == done.npi and entry.license_state == "TX"
+        assert entry.accession_number == facility_study.accession_number
+        assert entry.facility_ae_title == "CT_NORTH"
+        # the facility is in America/Chicago: the date of service is the interpretation day there
+        assert entry.date_of_service == dt.datetime.now(ZoneInfo("America/Chicago")).date()
+        assert session.get(Study, facility_study.id).status == StudyStatus.COMPLETED
+    with pytest.raises(IneligibleError, match="already completed"):
+        app.reads.complete(facility_study.study_instance_uid)
+
+
+def test_late_instance_joins_the_assignment_and_adds_a_storage_record(server: RouterServer, tmp_path: Path) -> None:
+    _load_demo_roster(server)
+    study_uid = "1.2.826.0.1.3680043.10.777.1"
+    first = [write_part10(make_dataset(StudyInstanceUID=study_uid), tmp_path / f"a{i}.dcm") for i in range(2)]
+    assert send_paths(server.ports[0], first, calling_ae="CT_NORTH") == [0, 0]
+    (study,) = _wait_routed(server, 1)
+    assert study.status == StudyStatus.ASSIGNED
+    late = write_part10(make_dataset(StudyInstanceUID=study_uid), tmp_path / "late.dcm")
+    assert send_paths(server.ports[0], [late], calling_ae="CT_NORTH") == [0]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with server.app.sessions() as session:
+            records = list(session.scalars(select(InfrastructureEntry).order_by(InfrastructureEntry.id)))
+            assignments = list(session.scalars(select(Assignment)))
+        if len(records) == 2:
+            break
+        time.sleep(0.1)
+    assert [(r.kind, r.instance_count, r.note) for r in records] == [
+        (InfrastructureKind.STORAGE, 2, "study routed"),
+        (InfrastructureKind.STORAGE, 1, "late instances"),
+    ]
+    late_ds = dcmread(late, stop_before_pixels=True)
+    stored = server.app.archive.path(f"{study_uid}/{late_ds.SeriesInstanceUID}/{late_ds.SOPInstanceUID}.dcm")
+    assert records[1].size_bytes == stored.stat().st_size
+    assert len(assignments) == 1  # same reader, no second assignment
+    server.app.reads.complete(study_uid)
+    with server.app.sessions() as session:
+        assert len(list(session.scalars(select(ProfessionalEntry)))) == 1
+
+
+def test_studies_views_report_the_required_json_fields(server: RouterServer) -> None:
+    _load_demo_roster(server)
+    files = sorted((SAMPLES / "MODALITY1").glob("*/*.dcm"))
+    assert send_paths(server.ports[0], files, calling_ae="MODALITY1") == [0] * len(files)
+    _wait_routed(server, 1)
+    views = StudyViews(server.app.sessions, server.app.routing)
+    (row,) = views.list()
+    for key in ("study_instance_uid", "status", "hold_reason", "exam_state", "exam_state_source", "assigned_npi", "instance_count"):
+        assert key in row
+    assert (row["status"], row["hold_reason"], row["exam_state"], row["assigned_npi"]) == ("held", "no_exam_state", None, None)
+    assert row["first_received_at"].endswith("Z")
+    # the admin fixes it: manual state, then routed to the TX reader with fewest open reads
+    result = server.app.routing.set_state(row["study_instance_uid"], "TX", "tester")
+    assert result.status == StudyStatus.ASSIGNED and result.exam_state_source == ExamStateSource.MANUAL
+    shown = views.show(row["study_instance_uid"])
+    assert shown["exam_state"] == "TX" and shown["exam_state_source"] == "manual"
+    assert shown["decisions"][-1]["trigger"] == "manual_state"
+    assert {c["npi"] for c in shown["decisions"][-1]["candidates"] if c["eligible"]} == {"1000000012", "1000000020"}
