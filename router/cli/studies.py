@@ -91,9 +91,10 @@ def show(obj: CliContext, study_instance_uid: str, as_json: bool) -> None:
                    [(c["sop_instance_uid"], c["quarantined_as"], c["calling_ae_title"], c["received_at"]) for c in document["instance_conflicts"]])
     if document["decisions"]:
         last = document["decisions"][-1]
-        _print_candidates(last["candidates"], f"Radiologists considered at {last['decided_at']} ({last['trigger']})")
+        if last["candidates"]:
+            _print_candidates(last["candidates"], f"Radiologists considered at {last['decided_at']} ({last['trigger']})")
         if last["unlicensed_npis"]:
-            click.echo(f"  no license in {last['exam_state']}: {', '.join(last['unlicensed_npis'])}")
+            click.echo(f"no license in {last['exam_state']} (at {last['decided_at']}): {', '.join(last['unlicensed_npis'])}")
 
 
 def _print_candidates(candidates: list[dict[str, object]], title: str) -> None:
@@ -139,6 +140,8 @@ def explain(obj: CliContext, study_instance_uid: str, as_json: bool) -> None:
     if document["fastest_paths"]:
         emit_table("Fastest path to an eligible reader", ["NPI", "name", "tier", "path", "detail"],
                    [(p["npi"], p["name"], p["tier"], p["path"], p["detail"]) for p in document["fastest_paths"]])
+    if document.get("fastest_path_note"):
+        click.echo(document["fastest_path_note"])
 
 
 @studies_group.command("complete")

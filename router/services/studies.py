@@ -214,6 +214,7 @@ class StudyViews:
                 "judged_on": day.isoformat(),
                 "radiologists": [],
                 "fastest_paths": [],
+                "fastest_path_note": None,
                 "decisions": [_decision_json(decision) for decision in _decisions(session, study.id)],
             }
             if not study.exam_state:
@@ -225,6 +226,12 @@ class StudyViews:
             document["radiologists"] = [verdict.to_json() for verdict in verdicts]
             if not any(verdict.eligible for verdict in verdicts):
                 document["fastest_paths"] = [path.to_json() for path in fastest_paths(readers, study.exam_state, day, rules)]
+                if not rules.imlc.is_operating(study.exam_state, day):
+                    document["fastest_path_note"] = (
+                        f"{study.exam_state} is not an operating IMLC member on {day.isoformat()} "
+                        f"({rules.imlc.source_name or 'membership file'}, as of {rules.imlc.as_of.isoformat()}): "
+                        f"only a license issued by its own board can make a reader eligible"
+                    )
             return document
 
 

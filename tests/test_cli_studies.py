@@ -1,0 +1,136 @@
+"""`router studies ...` and `router ledger ...` through the CLI, on a database filled over real C-STORE."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from router.cli import cli
+from router.db.models import Study
+from router.domain.enums import StudyStatus
+from router.server import RouterServer
+from tests.conftest import DEMO_CONFIG, SAMPLES
+from tests.dicom_helpers import send_paths
+
+pytestmark = pytest.mark.network
+
+
+@pytest.fixture
+def routed(server: RouterServer, tmp_path: Path) -> tuple[RouterServer, Path, dict[str, str]]:
+    """The demo roster loaded and every sample routed; returns the server, a config and case -> UID."""
+    app = server.app
+    app.roster.load_demo(*((DEMO_CONFIG / name).read_text() for name in ("facilities.csv", "roster.csv", "radiologists.csv")), "tester")
+    cases: dict[str, str] = {}
+    from pydicom import dcmread
+
+    for ae_dir in sorted(p for p in SAMPLES.iterdir() if p.is_dir()):
+        for case_dir in sorted(p for p in ae_dir.iterdir() if p.is_dir()):
+            files = sorted(case_dir.glob("*.dcm"))
+            assert send_paths(server.ports[0], files, calling_ae=ae_dir.name) == [0] * len(files)
+            cases[case_dir.name] = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with app.sessions() as session:
+            statuses = [s.status for s in session.scalars(select(Study))]
+        if len(statuses) == len(cases) and StudyStatus.RECEIVING not in statuses:
+            break
+        time.sleep(0.1)
+    config = tmp_path / "cli.toml"
+    config.write_text(f'[paths]\ndata_dir = "{app.settings.paths.data_dir}"\n[database]\nurl = "{app.settings.database_url}"\n')
+    return server, config, cases
+
+
+def _run(config: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--config", str(config), *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_list_json_is_one_document_with_the_contract_fields(routed) -> None:  # type: ignore[no-untyped-def]
+    _, config, cases = routed
+    code, out, _ = _run(config, "studies", "list", "--json")
+    assert code == 0
+    rows = {row["study_instance_uid"]: row for row in json.loads(out)}
+    assert set(rows) == set(cases.values())
+    facility = rows[cases["facility_tx"]]
+    assert (facility["status"], facility["exam_state"], facility["exam_state_source"], facility["instance_count"]) == ("assigned", "TX", "facility", 3)
+    assert facility["assigned_npi"] in {"1000000012", "1000000020"}
+    held = rows[cases["no_state"]]
+    assert (held["status"], held["hold_reason"], held["exam_state"], held["assigned_npi"]) == ("held", "no_exam_state", None, None)
+    code, out, _ = _run(config, "studies", "list", "--status", "held", "--json")
+    assert {row["study_instance_uid"] for row in json.loads(out)} == {cases["no_state"], cases["territory_pr"]}
+
+
+def test_show_lists_senders_conflicts_and_considered_readers(routed) -> None:  # type: ignore[no-untyped-def]
+    _, config, cases = routed
+    code, out, _ = _run(config, "studies", "show", cases["conflict_ok_tx"], "--json")
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["exam_state"] == "OK" and shown["exam_state_source"] == "institution_address"
+    assert [(c["source"], c["state"]) for c in shown["location_conflicts"]] == [("patient_address", "TX")]
+    assert [s["calling_ae_title"] for s in shown["senders"]] == ["ER_TULSA"]
+    decision = shown["decisions"][-1]
+    assert decision["outcome"] == "assigned" and decision["exam_state"] == "OK"
+    assert {c["npi"]: c["eligible"] for c in decision["candidates"]} == {"1000000012": True}
+    assert set(decision["unlicensed_npis"]) == {"1000000020", "1000000038", "1000000046", "1000000053"}
+
+
+def test_explain_gives_reasons_and_mqsa(routed) -> None:  # type: ignore[no-untyped-def]
+    _, config, cases = routed
+    code, out, _ = _run(config, "studies", "explain", cases["mammo_wy"], "--json")
+    assert code == 0
+    document = json.loads(out)
+    verdicts = {v["npi"]: v for v in document["radiologists"]}
+    assert verdicts["1000000046"]["eligible"] is True
+    assert verdicts["1000000053"]["eligible"] is False
+    assert "not MQSA qualified (mammography)" in verdicts["1000000053"]["reasons"]
+    assert verdicts["1000000012"]["reasons"][0] == "no license in WY"
+    code, out, _ = _run(config, "studies", "explain", cases["territory_pr"])
+    assert code == 0 and "PR is not an operating IMLC member" in out
+
+
+def test_assign_refuses_an_ineligible_reader_with_the_reason(routed) -> None:  # type: ignore[no-untyped-def]
+    _, config, cases = routed
+    code, out, err = _run(config, "studies", "assign", cases["territory_pr"], "--npi", "1000000012")
+    assert code == 1
+    assert err.strip() == f"error: NPI 1000000012 may not read study {cases['territory_pr']}: no license in PR"
+    code, _, err = _run(config, "studies", "assign", cases["territory_pr"], "--npi", "1234567890")
+    assert code == 1 and "check digit" in err and "Traceback" not in err
+
+
+def test_set_state_then_complete_bills_modifier_26(routed) -> None:  # type: ignore[no-untyped-def]
+    _, config, cases = routed
+    code, out, _ = _run(config, "studies", "set-state", cases["no_state"], "Colorado")
+    assert code == 0 and "assigned to NPI" in out and "(CO)" in out
+    moment = dt.datetime.now(dt.timezone(dt.timedelta(hours=-7))).replace(microsecond=0)
+    code, out, err = _run(config, "studies", "complete", cases["no_state"], "--at", moment.isoformat(), "--json")
+    assert code == 0, err
+    done = json.loads(out)
+    # no facility time zone: the date of service is the interpretation date in routing.timezone (UTC)
+    assert done["date_of_service"] == moment.astimezone(dt.timezone.utc).date().isoformat()
+    code, out, _ = _run(config, "ledger", "professional", "--json")
+    (entry,) = [e for e in json.loads(out) if e["study_instance_uid"] == cases["no_state"]]
+    # CR KNEE "Knee 3 views": from the map, provisional, with 26
+    assert (entry["exam_state"], entry["modifier"], entry["cpt_source"], entry["coder_review"]) == ("CO", "26", "map", True)
+    assert entry["cpt_code"] == "73562"
+    code, _, err = _run(config, "studies", "complete", cases["no_state"])
+    assert code == 1 and "already completed" in err
+
+
+def test_bad_inputs_give_one_line_and_the_right_exit_code(routed) -> None:  # type: ignore[no-untyped-def]
+    _, config, cases = routed
+    code, _, err = _run(config, "studies", "show", "1.2.3.404")
+    assert (code, err.strip()) == (1, "error: no study 1.2.3.404")
+    code, _, err = _run(config, "studies", "set-state", cases["no_state"], "APO")
+    assert code == 1 and "not a US licensing jurisdiction" in err
+    code, _, err = _run(config, "studies", "complete", cases["facility_tx"], "--at", "yesterday")
+    assert code == 2 and "ISO-8601" in err
+    code, _, err = _run(config, "studies", "list", "--status", "lost")
+    assert code == 2
+    code, _, err = _run(config, "ledger", "professional", "--json", "--csv")
+    assert code == 2
