@@ -2,10 +2,15 @@
 
 The router's own messages name work by UIDs, accession numbers and AE titles only. Third-party
 libraries may quote data set values: pydicom's warnings about invalid values print them (a
-malformed PatientBirthDate, a name that fails to decode). So:
+malformed PatientBirthDate, a name that fails to decode), and SQLAlchemy's errors print the
+statement's parameters (which may hold an address). So:
 
-- Python warnings are routed into logging and reduced to their category and origin;
-- the ``pydicom`` logger is silenced below ERROR, and its ERROR records are reduced the same way;
+- Python warnings are routed into logging and reduced to their category and origin (file and
+  line); warnings attributed to pydicom are dropped (pydicom also logs them, see next point);
+- the ``pydicom`` logger is silenced below ERROR, and its ERROR records are reduced to their
+  origin the same way;
+- in a logged traceback the text of an exception raised inside pydicom is withheld, and the
+  ``[parameters: ...]`` part of an SQLAlchemy error is withheld (in tracebacks and messages);
 - ``pynetdicom`` logs association events at WARNING and above only (its DEBUG dumps may hold
   identifiers); ``-v`` turns DEBUG on for diagnosis, still without data set dumps.
 
@@ -15,27 +20,114 @@ Only the CLI calls :func:`configure_logging`.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
+import traceback
 import warnings
+
+import pydicom
 
 _REDACTED_SOURCES = ("pydicom", "py.warnings")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Set on the records :func:`_showwarning` makes: already reduced, shown as they are.
+_REDUCED = "router_reduced"
+_PYDICOM_DIR = os.path.dirname(os.path.abspath(pydicom.__file__)) + os.sep
+#: SQLAlchemy's StatementError text: "... [SQL: ...]\n[parameters: (...)]\n(Background ...)".
+_SQL_PARAMETERS = re.compile(r"\[parameters: [^\n]*")
+_WITHHELD_PYDICOM = "(text withheld: raised in pydicom, may quote data set values)"
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with SQLAlchemy's ``[parameters: ...]`` replaced by ``[parameters: withheld]``."""
+    return _SQL_PARAMETERS.sub("[parameters: withheld]", text) if "[parameters: " in text else text
+
+
+def _raised_in_pydicom(exc: BaseException) -> bool:
+    if type(exc).__module__.split(".")[0] == "pydicom":
+        return True
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(_PYDICOM_DIR)
+
+
+def _exception_line(exc: BaseException) -> str:
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    if _raised_in_pydicom(exc):
+        return f"{name}: {_WITHHELD_PYDICOM}\n"
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not break logging
+        text = "(text unavailable)"
+    return f"{name}: {redact_text(text)}\n" if text else f"{name}\n"
+
+
+def format_exception_safely(exc: BaseException) -> str:
+    """A traceback like :func:`traceback.format_exception`, minus texts that may quote PHI.
+
+    Frames (file, line, function, source line) are kept: they hold code, not data. The text of
+    an exception raised inside pydicom is withheld (its ValueErrors quote the invalid value);
+    SQLAlchemy's statement parameters are withheld.
+    """
+    chain: list[tuple[BaseException, str | None]] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    link: str | None = None
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append((current, link))
+        if current.__cause__ is not None:
+            current, link = current.__cause__, _CAUSE
+        elif current.__context__ is not None and not current.__suppress_context__:
+            current, link = current.__context__, _CONTEXT
+        else:
+            current = None
+    parts: list[str] = []
+    for item, joined_by in reversed(chain):
+        if item.__traceback__ is not None:
+            parts.append("Traceback (most recent call last):\n")
+            parts.extend(traceback.format_tb(item.__traceback__))
+        parts.append(_exception_line(item))
+        if joined_by is not None:
+            parts.append(joined_by)
+    return "".join(parts).rstrip("\n")
 
 
 class PhiRedactingFilter(logging.Filter):
-    """Replaces the text of records from libraries that may quote data set values."""
+    """Keeps data set values that libraries may quote out of log records.
+
+    - records from ``pydicom`` (and raw ``py.warnings`` records not made by this module) are
+      reduced to their logger, level and origin;
+    - any record's traceback is formatted by :func:`format_exception_safely`;
+    - SQLAlchemy parameters in a message are withheld.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith(_REDACTED_SOURCES):
+        if record.name.startswith(_REDACTED_SOURCES) and not getattr(record, _REDUCED, False):
             record.msg = f"{record.name} {record.levelname.lower()} at {record.module}:{record.lineno} (text withheld: may quote data set values)"
             record.args = None
             record.exc_info = None
             record.exc_text = None
+            return True
+        if record.exc_info and record.exc_info[1] is not None and not getattr(record, "router_safe_exc", False):
+            record.exc_text = format_exception_safely(record.exc_info[1])
+            record.router_safe_exc = True  # type: ignore[attr-defined]
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - leave a malformed record to logging's own error path
+            return True
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
         return True
 
 
-def _showwarning(message: warnings.WarningMessage | Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None, line: str | None = None) -> None:
-    logging.getLogger("py.warnings").warning("%s at %s:%s", category.__name__, filename, lineno)
+def _showwarning(message: warnings.WarningMessage | Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: object = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` replacement: the category and origin only, never the text."""
+    logging.getLogger("py.warnings").warning("%s at %s:%s", category.__name__, filename, lineno, extra={_REDUCED: True})
 
 
 def configure_logging(level: str = "INFO", *, verbose: bool = False) -> None:
@@ -62,3 +154,6 @@ def install_library_guards(*, verbose: bool = False) -> None:
             handler.addFilter(PhiRedactingFilter())
     warnings.showwarning = _showwarning  # type: ignore[assignment]
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+
+
+__all__ = ["PhiRedactingFilter", "configure_logging", "format_exception_safely", "install_library_guards", "redact_text"]

@@ -159,14 +159,24 @@ class RouterServer:
                 LOG.exception("routing timer pass failed; retrying in %.0f s", interval)
 
     def _refresh_allowed_titles(self) -> None:
+        """Let in the configured calling AE titles plus every registered facility's.
+
+        With ``listener.allowed_calling_ae_titles`` empty every sender is accepted and the
+        facility list changes nothing. While the database cannot be read the previous list is
+        kept; if there is none yet (down at start-up), the configured titles alone are set, so
+        the listener is never left open to every sender.
+        """
         configured = self.app.settings.listener.allowed_calling_ae_titles
         if not configured or self.listener is None:
             return
         try:
             with self.app.sessions() as session:
-                registered = list(session.scalars(select(Facility.ae_title)))
+                registered = [title for title in session.scalars(select(Facility.ae_title)) if title and title.strip()]
         except Exception:  # noqa: BLE001 - keep the previous list while the database is down
-            LOG.warning("could not refresh allowed calling AE titles from the facility list")
+            if not self.listener.allowed_calling_ae_titles:
+                self.listener.set_allowed_calling_ae_titles(configured)
+            LOG.warning("could not refresh allowed calling AE titles from the facility list; keeping %d title(s)",
+                        len(self.listener.allowed_calling_ae_titles))
             return
         self.listener.set_allowed_calling_ae_titles([*configured, *registered])
 

@@ -26,6 +26,9 @@ def make_engine(url: str, busy_timeout: float = 10.0, **kwargs: Any) -> Engine:
     busy_timeout : float
         Seconds to wait for a lock (SQLite ``busy_timeout``; PostgreSQL ``lock_timeout``)
         before the write fails.
+
+    SQL parameters are never put into exception messages (``hide_parameters``): the database
+    holds patient addresses, and exception text can reach logs.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -35,6 +38,7 @@ def make_engine(url: str, busy_timeout: float = 10.0, **kwargs: Any) -> Engine:
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": busy_timeout},
+            hide_parameters=True,
             **kwargs,
         )
         timeout_ms = int(busy_timeout * 1000)
@@ -65,7 +69,7 @@ def make_engine(url: str, busy_timeout: float = 10.0, **kwargs: Any) -> Engine:
         base = url_options if isinstance(url_options, str) else " ".join(url_options or ())
         connect_args.setdefault("options", f"{base} -c lock_timeout={timeout_ms}".strip())
         connect_args.setdefault("connect_timeout", max(1, int(busy_timeout)))
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, hide_parameters=True, **kwargs)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -185,6 +185,47 @@ class StoreHandler:
             self.conditions.failed("archive", f"archive write failed: {exc}; answering 0xA700")
             return None
 
+    def connection_opened(self, event: Any) -> None:
+        """EVT_CONN_OPEN: bound every socket read and write by ``network_timeout``.
+
+        pynetdicom checks its idle timer (``network_timeout``) only between PDUs and reads a
+        PDU's body with a blocking ``recv``: a sender stalling in the middle of a PDU (a
+        C-STORE data set fragment) would hold its thread, its place among
+        ``max_associations`` and a drain forever. With a socket timeout the read fails, the
+        connection is closed (PS3.8 section 9.1.5, A-P-ABORT) and :meth:`connection_closed`
+        removes the partial data set.
+        """
+        timeout = getattr(event.assoc, "network_timeout", None)
+        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        if timeout is not None and sock is not None:
+            sock.settimeout(timeout)
+
+    def connection_closed(self, event: Any) -> None:
+        """EVT_CONN_CLOSE: delete the temporary file of a data set that was still arriving.
+
+        With ``STORE_RECV_CHUNKED_DATASET`` pynetdicom writes a C-STORE data set to a file in
+        the incoming folder as it arrives and deletes it only after the handler ran; when the
+        association is aborted, times out or loses its connection mid-transfer, the partial
+        file would stay until the next start. Nothing in it was acknowledged. Runs in the
+        association's DUL thread, the one that writes the file, so no write can follow.
+        """
+        message = getattr(event.assoc.dimse, "message", None)
+        partial = getattr(message, "_data_set_file", None)
+        if partial is None:
+            return
+        try:
+            partial.close()
+        except (OSError, ValueError):
+            pass
+        path = Path(partial.name)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            LOG.warning("could not remove the partial data set %s: %s", path.name, exc.strerror)
+            return
+        LOG.info("connection from %s closed during a C-STORE data set; the partial data set was discarded",
+                 str(event.assoc.requestor.ae_title).strip() or event.assoc.requestor.address)
+
     @staticmethod
     def _check(header: InstanceHeader, request: Any) -> tuple[StoreStatus, str] | None:
         """Validate the UIDs (PS3.5 section 9.1) and their agreement with the request (PS3.4 B.2.3)."""
@@ -216,12 +257,21 @@ class RouterAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with the router's socket policy.
 
     - connections from addresses outside ``allowed_networks`` are closed before any DICOM
-      exchange (``socketserver`` ``verify_request``);
+      exchange (``socketserver`` ``verify_request``, in the accept loop; no thread is started);
     - TCP_NODELAY on every accepted socket (C-STORE responses are small: without it a sender
       with Nagle on waits for the delayed ACK, about 40 ms per instance);
-    - the TLS handshake runs in the association's own thread with a timeout, not in the accept
-      loop, so one stalled client cannot block new connections.
+    - in the connection's own thread, never in the accept loop, with ``handshake_timeout``
+      seconds (``listener.acse_timeout``) for each step: wait for the peer's first byte, then
+      on the TLS port run the handshake (PS3.15 Annex B.1). A peer that hangs up before sending
+      anything (a TCP health check, a port scan), says nothing, is not speaking TLS on the TLS
+      port, or fails the handshake is closed there and never becomes an association. Otherwise
+      pynetdicom would hold it as one until its ARTIM timer expired, taking a place among
+      ``max_associations`` and delaying a drain;
+    - connection threads are daemon threads: a stalled handshake never holds up shutdown
+      (``socketserver.ThreadingMixIn`` would otherwise join them on close).
     """
+
+    daemon_threads = True
 
     def __init__(self, *args: Any, allowed_networks: Iterable[Any] = (), tcp_nodelay: bool = True,
                  handshake_timeout: float = 30.0, **kwargs: Any) -> None:
@@ -231,6 +281,7 @@ class RouterAssociationServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection (plain TCP: TLS is set up later, in the connection's thread)."""
         assert self.socket is not None
         client_socket, address = self.socket.accept()
         if self.tcp_nodelay:
@@ -238,12 +289,14 @@ class RouterAssociationServer(ThreadedAssociationServer):
                 client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # pragma: no cover - not a TCP socket
                 pass
-        if self.ssl_context:
-            client_socket.settimeout(self.handshake_timeout)
-            client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True, do_handshake_on_connect=False)
         return client_socket, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
+        """``True`` if the peer is in ``allowed_networks`` (or the list is empty).
+
+        An IPv4-mapped IPv6 peer (``::ffff:a.b.c.d``, seen on a dual-stack ``::`` listener) is
+        compared as the IPv4 address; an IPv6 zone (``%eth0``) is ignored.
+        """
         if not self.allowed_networks:
             return True
         try:
@@ -258,13 +311,47 @@ class RouterAssociationServer(ThreadedAssociationServer):
         return allowed
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.do_handshake()
-            except (ssl.SSLError, OSError) as exc:
-                LOG.warning("TLS handshake with %s failed: %s", client_address[0], exc)
-                return
-        super().finish_request(request, client_address)
+        """Runs in the connection's thread: pre-checks and TLS, then hand over to pynetdicom."""
+        ready = self._prepare(request, str(client_address[0]))
+        if ready is not None:
+            super().finish_request(ready, client_address)
+
+    def _prepare(self, request: socket.socket, peer: str) -> socket.socket | None:
+        """The socket to run the association on; ``None`` once a refused connection is closed."""
+        current = request
+        try:
+            current.settimeout(self.handshake_timeout)
+            first = current.recv(1, socket.MSG_PEEK)
+            if not first:
+                LOG.debug("connection from %s closed before sending anything", peer)
+                return _closed(current)
+            if self.ssl_context is not None:
+                if first != b"\x16":  # not a TLS handshake record (RFC 8446 section 5.1)
+                    LOG.warning("connection from %s to the TLS port is not TLS (first byte 0x%02X); closed", peer, first[0])
+                    return _closed(current)
+                current = self.ssl_context.wrap_socket(current, server_side=True, do_handshake_on_connect=False)
+                current.do_handshake()
+            current.settimeout(None)  # pynetdicom expects a blocking socket (it selects before reading)
+        except TimeoutError:
+            LOG.info("connection from %s sent nothing or stalled for %.0f s; closed", peer, self.handshake_timeout)
+            return _closed(current)
+        except ssl.SSLError as exc:
+            LOG.warning("TLS handshake with %s failed: %s", peer, exc.reason or exc)
+            return _closed(current)
+        except OSError as exc:
+            LOG.debug("connection from %s lost before the association: %s", peer, exc)
+            return _closed(current)
+        return current
+
+
+def _closed(sock: socket.socket) -> None:
+    """Shut down and close a connection that never became an association."""
+    for step in (lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+        try:
+            step()
+        except OSError:
+            pass
+    return None
 
 
 @dataclass(frozen=True)
@@ -301,8 +388,23 @@ class Listener:
         return [int(server.server_address[1]) for server in self.servers]
 
     def set_allowed_calling_ae_titles(self, titles: Iterable[str]) -> None:
-        """Replace the allowed calling AE titles; empty allows every sender (PS3.8 A-ASSOCIATE-RJ 0x03)."""
-        self.ae.require_calling_aet = sorted(set(titles))
+        """Replace the allowed calling AE titles; empty allows every sender.
+
+        Any other calling AE title gets A-ASSOCIATE-RJ rejected-permanent, service-user,
+        "calling-AE-title-not-recognized" (PS3.8 section 9.3.4, Table 9-21: result 1, source 1,
+        diagnostic 3). The comparison is exact after trailing spaces are stripped.
+
+        Raises
+        ------
+        ValueError
+            If a title is not a valid AE title (PS3.5 section 6.2, VR AE).
+        """
+        self.ae.require_calling_aet = sorted({title.strip() for title in titles})
+
+    @property
+    def allowed_calling_ae_titles(self) -> tuple[str, ...]:
+        """The calling AE titles let in now; empty means every sender."""
+        return tuple(self.ae.require_calling_aet)
 
     def active_associations(self) -> int:
         """Associations currently open."""
@@ -359,7 +461,8 @@ def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
     """
     ae = build_ae(options)
     networks = tuple(ipaddress.ip_network(item, strict=False) for item in options.allowed_addresses)
-    handlers = [(evt.EVT_C_STORE, handler), (evt.EVT_C_ECHO, _handle_echo)]
+    handlers = [(evt.EVT_C_STORE, handler), (evt.EVT_C_ECHO, _handle_echo),
+                (evt.EVT_CONN_OPEN, handler.connection_opened), (evt.EVT_CONN_CLOSE, handler.connection_closed)]
     servers: list[RouterAssociationServer] = []
     threads: list[threading.Thread] = []
     binds: list[tuple[str, int, ssl.SSLContext | None]] = []
