@@ -206,7 +206,7 @@ class RoutingService:
         candidates = [_candidate_json(verdict, readers) for verdict in verdicts]
         if chosen is None:
             everyone = load_readers(session)
-            paths = [path.to_json() for path in fastest_paths(everyone, state, day, rules)]
+            paths = [path.to_json() for path in fastest_paths(everyone, state, day, rules, study=facts)]
             detail = f"nobody is eligible to read in {state} on {day.isoformat()}"
             return self._hold(session, study, HoldReason.NO_ELIGIBLE_RADIOLOGIST, detail, trigger, day, candidates, paths, note, unlicensed)
         decision = RoutingDecision(

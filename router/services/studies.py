@@ -225,7 +225,7 @@ class StudyViews:
             verdicts = evaluate_readers(readers, facts, day, rules)
             document["radiologists"] = [verdict.to_json() for verdict in verdicts]
             if not any(verdict.eligible for verdict in verdicts):
-                document["fastest_paths"] = [path.to_json() for path in fastest_paths(readers, study.exam_state, day, rules)]
+                document["fastest_paths"] = [path.to_json() for path in fastest_paths(readers, study.exam_state, day, rules, study=facts)]
                 if not rules.imlc.is_operating(study.exam_state, day):
                     document["fastest_path_note"] = (
                         f"{study.exam_state} is not an operating IMLC member on {day.isoformat()} "
