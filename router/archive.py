@@ -122,6 +122,20 @@ class Archive:
             raise ArchiveError(f"cannot write to the archive: {exc.strerror}") from exc
         return temp
 
+    def sync_temp(self, temp: Path) -> int:
+        """fsync a complete temporary file before it is placed; returns its size in bytes.
+
+        Raises
+        ------
+        ArchiveError
+            On any I/O error; the temporary file is removed.
+        """
+        try:
+            return _fsync_file(temp)
+        except OSError as exc:
+            _remove_quietly(temp)
+            raise ArchiveError(f"cannot store {temp.name}: {exc.strerror}") from exc
+
     def place(self, temp: Path, relative_path: str, *, replace: bool = False) -> StoredFile:
         """Durably move a complete temporary file to ``relative_path``.
 

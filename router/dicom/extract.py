@@ -2,9 +2,20 @@
 
 Only the listed tags are read, and nothing from the pixel data on (``stop_before_pixels``,
 ``specific_tags``), so a 500 MB multi-frame instance costs a header read. Text is decoded with
-the data set's Specific Character Set (0008,0005) by pydicom; a value that could not be decoded
-(pydicom substitutes U+FFFD) or cannot be converted counts as absent. A data set that cannot be
-parsed at all raises :class:`UndecodableDataSet` (the handler answers 0xC210).
+the data set's Specific Character Set (0008,0005) by pydicom, never guessed, and a value that
+could not be decoded counts as absent:
+
+- a misspelled defined term (``ISO IR 100``, ``ISO_IR100``, ``iso_ir 192``) is read as the one
+  defined term it spells (PS3.3 section C.12.1.1.2); an unknown one (``LATIN1``) counts as
+  none, and with none the Default Character Repertoire (ISO 646, PS3.5 section 6.1.2.1)
+  applies, so a value with bytes outside it (8-bit text with no declaration) is absent;
+- a value pydicom could not decode (it substitutes U+FFFD) or holding a control character
+  other than TAB, LF, FF and CR (PS3.5 section 6.1.3; an ESC left over is a broken ISO 2022
+  escape sequence; C1 controls are Windows-1252 or Shift-JIS bytes under a Latin-1
+  declaration) is absent, as is one that cannot be converted.
+
+A data set that cannot be parsed at all raises :class:`UndecodableDataSet` (the handler
+answers 0xC210).
 
 PatientState (0038,0500) is the patient's clinical state, not a US state: it is never read.
 """
@@ -13,10 +24,16 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
+import struct
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.charset import python_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator
@@ -54,6 +71,23 @@ HEADER_KEYWORDS = (
 _SPECIFIC_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
+_CHARSET_TAG = Tag("SpecificCharacterSet")
+#: Control characters a text value may hold once decoded (PS3.5 section 6.1.3; ESC is consumed
+#: by the ISO 2022 decoder).
+_ALLOWED_CONTROLS = frozenset("\t\n\f\r")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_PADDING = " \t\r\n\f\x00"
+_UID_KEYWORDS = frozenset({"SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"})
+
+
+def _charset_key(term: str) -> str:
+    """A Specific Character Set term with case, spaces, underscores and hyphens ignored."""
+    return re.sub(r"[\s_\-]", "", term.upper())
+
+
+#: Defined terms of Specific Character Set (PS3.3 section C.12.1.1.2) pydicom can decode, by
+#: their spelling-insensitive key.
+_CHARSET_TERMS = {_charset_key(term): term for term in python_encoding if term}
 
 
 class UndecodableDataSet(Exception):
@@ -77,23 +111,51 @@ def read_header(path: Path) -> InstanceHeader:
         dataset = dcmread(path, stop_before_pixels=True, specific_tags=_SPECIFIC_TAGS)
         _check_lengths(path, dataset)
         transfer_syntax = str(dataset.file_meta.TransferSyntaxUID)
+        _normalize_character_set(dataset)
         # Touch every element once: a structurally broken data set fails here, not later.
         for element in dataset.iterall():
             _ = element.value
     except UndecodableDataSet:
         raise
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError,
-            OSError, OverflowError, IndexError, NotImplementedError, LookupError) as exc:
+            OSError, OverflowError, IndexError, NotImplementedError, LookupError,
+            struct.error, zlib.error, RecursionError) as exc:
         raise UndecodableDataSet(type(exc).__name__) from exc
     return header_from_dataset(dataset, transfer_syntax)
+
+
+def _normalize_character_set(dataset: Dataset) -> None:
+    """Replace (0008,0005) in ``dataset`` (in memory only) by the defined terms it spells.
+
+    Must run before any text element is converted. A term that is no defined term, however
+    spelled, makes the whole declaration unusable: it is removed, so only default-repertoire
+    text is read (see :func:`_text`). PS3.3 section C.12.1.1.2.
+    """
+    element = dataset.get(_CHARSET_TAG)
+    if element is None:
+        return
+    value = element.value
+    terms = [value] if isinstance(value, str) else list(value or [])
+    terms = [str(term or "").strip() for term in terms]
+    corrected: list[str] = []
+    for position, term in enumerate(terms):
+        known = "" if term == "" and position == 0 else _CHARSET_TERMS.get(_charset_key(term))
+        if known is None:
+            del dataset.SpecificCharacterSet
+            return
+        corrected.append(known)
+    if not any(corrected):
+        del dataset.SpecificCharacterSet
+    elif corrected != terms:
+        dataset.SpecificCharacterSet = corrected if len(corrected) > 1 else corrected[0]
 
 
 def _check_lengths(path: Path, dataset: Dataset) -> None:
     """Refuse a data set whose top-level elements claim more bytes than were received.
 
     pydicom reads a truncated value without complaint; a value length running past the end of
-    the data set means the sender's encoding is broken (PS3.5 section 7.1), so it is answered
-    0xC210 rather than stored as if whole. The walk stops at Pixel Data, whose defined length is
+    the data set, or a last element header cut short, means the sender's encoding is broken
+    (PS3.5 section 7.1), so it is answered 0xC210 rather than stored as if whole. The walk stops at Pixel Data, whose defined length is
     checked without reading it (an encapsulated one is not scanned). Deflated data sets are
     left to the inflater.
     """
@@ -115,38 +177,56 @@ def _check_lengths(path: Path, dataset: Dataset) -> None:
         elements = data_element_generator(
             handle, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=at_pixel_data, defer_size=256
         )
+        end = offset
         for raw in elements:
+            end = handle.tell()  # pydicom yields an element once past it (or past its deferred value)
+            # An undefined-length sequence comes back parsed (a DataElement): reading it to its
+            # delimiter already proved it complete (a truncated one raises).
+            if not isinstance(raw, RawDataElement):
+                continue
             if raw.length != _UNDEFINED_LENGTH and raw.value_tell + raw.length > size:
                 raise UndecodableDataSet(f"element {raw.tag} is longer than the data set")
+        if not pixel and end < size:
+            # pydicom stops quietly at a header cut short (fewer than 8 bytes left)
+            raise UndecodableDataSet("the data set ends inside an element header")
         for value_start, length in pixel:
             if length != _UNDEFINED_LENGTH and value_start + length > size:
                 raise UndecodableDataSet("Pixel Data is longer than the data set")
 
 
 def header_from_dataset(dataset: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
-    """Build an :class:`InstanceHeader` from an already-read data set (absent values are ``None``)."""
-    codes = [*_codes(dataset, "ProcedureCodeSequence", CptSource.PROCEDURE_CODE_SEQUENCE)]
-    codes += _codes(dataset, "RequestedProcedureCodeSequence", CptSource.REQUESTED_PROCEDURE_CODE_SEQUENCE)
+    """Build an :class:`InstanceHeader` from an already-read data set (absent values are ``None``).
+
+    Without a Specific Character Set in ``dataset`` only default-repertoire (ASCII) text is
+    read; :func:`read_header` first turns a misspelled declaration into the defined terms.
+    """
+    eight_bit = "SpecificCharacterSet" in dataset
+
+    def text(source: Dataset, keyword: str) -> str | None:
+        return _text(source, keyword, eight_bit=eight_bit)
+
+    codes = [*_codes(dataset, "ProcedureCodeSequence", CptSource.PROCEDURE_CODE_SEQUENCE, text)]
+    codes += _codes(dataset, "RequestedProcedureCodeSequence", CptSource.REQUESTED_PROCEDURE_CODE_SEQUENCE, text)
     for item in _items(dataset, "RequestAttributesSequence"):
-        codes += _codes(item, "RequestedProcedureCodeSequence", CptSource.REQUESTED_PROCEDURE_CODE_SEQUENCE)
+        codes += _codes(item, "RequestedProcedureCodeSequence", CptSource.REQUESTED_PROCEDURE_CODE_SEQUENCE, text)
     return InstanceHeader(
-        sop_class_uid=_text(dataset, "SOPClassUID"),
-        sop_instance_uid=_text(dataset, "SOPInstanceUID"),
-        study_instance_uid=_text(dataset, "StudyInstanceUID"),
-        series_instance_uid=_text(dataset, "SeriesInstanceUID"),
+        sop_class_uid=text(dataset, "SOPClassUID"),
+        sop_instance_uid=text(dataset, "SOPInstanceUID"),
+        study_instance_uid=text(dataset, "StudyInstanceUID"),
+        series_instance_uid=text(dataset, "SeriesInstanceUID"),
         transfer_syntax_uid=transfer_syntax_uid,
-        accession_number=_text(dataset, "AccessionNumber"),
-        study_date=_date(dataset, "StudyDate"),
-        study_description=_text(dataset, "StudyDescription"),
-        modality=_text(dataset, "Modality"),
-        body_part=_text(dataset, "BodyPartExamined"),
-        series_description=_text(dataset, "SeriesDescription"),
-        priority=_text(dataset, "RequestedProcedurePriority"),
-        institution_name=_text(dataset, "InstitutionName"),
-        institution_address=_text(dataset, "InstitutionAddress"),
-        patient_address=_text(dataset, "PatientAddress"),
-        region_of_residence=_text(dataset, "RegionOfResidence"),
-        country_of_residence=_text(dataset, "CountryOfResidence"),
+        accession_number=text(dataset, "AccessionNumber"),
+        study_date=_date(text(dataset, "StudyDate")),
+        study_description=text(dataset, "StudyDescription"),
+        modality=text(dataset, "Modality"),
+        body_part=text(dataset, "BodyPartExamined"),
+        series_description=text(dataset, "SeriesDescription"),
+        priority=text(dataset, "RequestedProcedurePriority"),
+        institution_name=text(dataset, "InstitutionName"),
+        institution_address=text(dataset, "InstitutionAddress"),
+        patient_address=text(dataset, "PatientAddress"),
+        region_of_residence=text(dataset, "RegionOfResidence"),
+        country_of_residence=text(dataset, "CountryOfResidence"),
         procedure_codes=tuple(dict.fromkeys(codes)),
     )
 
@@ -159,22 +239,34 @@ def _value(dataset: Dataset, keyword: str) -> Any:
         return None
 
 
-def _text(dataset: Dataset, keyword: str) -> str | None:
-    """Element value as stripped text, or ``None`` if absent, empty or not decodable."""
+def _text(dataset: Dataset, keyword: str, *, eight_bit: bool = True) -> str | None:
+    """Element value as stripped text, or ``None`` if absent, empty or not decodable.
+
+    Leading and trailing spaces and NUL padding are stripped. Not decodable: pydicom
+    substituted U+FFFD, a control character other than TAB, LF, FF or CR remains (PS3.5
+    section 6.1.3), or, with ``eight_bit`` false (no usable Specific Character Set), a
+    character outside the default repertoire (PS3.5 section 6.1.2.1). UIDs are returned as
+    they are, embedded NULs included, for :func:`~router.domain.instance.uid_problem` to judge
+    (a UID is never repaired into another one).
+    """
     value = _value(dataset, keyword)
     if value is None:
         return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = "\\".join(str(item) for item in value)
-    text = str(value)
-    if "\ufffd" in text:
+    try:
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            value = "\\".join(str(item) for item in value)
+        text = str(value).strip(_PADDING)
+    except Exception:  # noqa: BLE001 - a value pydicom cannot convert counts as absent
         return None
-    text = text.replace("\x00", "").strip()
+    if keyword not in _UID_KEYWORDS:
+        if "\ufffd" in text or any(ch not in _ALLOWED_CONTROLS for ch in _CONTROL.findall(text)):
+            return None
+        if not eight_bit and not text.isascii():
+            return None
     return text or None
 
 
-def _date(dataset: Dataset, keyword: str) -> dt.date | None:
-    text = _text(dataset, keyword)
+def _date(text: str | None) -> dt.date | None:
     if text is None or len(text) != 8 or not text.isdigit():
         return None
     try:
@@ -193,12 +285,13 @@ def _items(dataset: Dataset, keyword: str) -> list[Dataset]:
         return []
 
 
-def _codes(dataset: Dataset, keyword: str, source: CptSource) -> list[ProcedureCode]:
+def _codes(dataset: Dataset, keyword: str, source: CptSource,
+           text: Callable[[Dataset, str], str | None]) -> list[ProcedureCode]:
     codes: list[ProcedureCode] = []
     for item in _items(dataset, keyword):
-        value = _text(item, "CodeValue")
-        scheme = _text(item, "CodingSchemeDesignator")
+        value = text(item, "CodeValue")
+        scheme = text(item, "CodingSchemeDesignator")
         if value is None or scheme is None:
             continue
-        codes.append(ProcedureCode(value=value, scheme=scheme, meaning=_text(item, "CodeMeaning") or "", source=source))
+        codes.append(ProcedureCode(value=value, scheme=scheme, meaning=text(item, "CodeMeaning") or "", source=source))
     return codes

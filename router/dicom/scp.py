@@ -107,7 +107,12 @@ def _status(code: StoreStatus, comment: str | None = None) -> Dataset:
 
 @dataclass
 class StoreHandler:
-    """The EVT_C_STORE handler, bound with the intake service and a sender factory."""
+    """The EVT_C_STORE handler, bound with the intake service and a sender factory.
+
+    :meth:`connection_opened` and :meth:`connection_closed` are bound to EVT_CONN_OPEN and
+    EVT_CONN_CLOSE: a sender stalling mid-PDU is dropped after ``network_timeout``, and the
+    partial data set of an association that ends mid-transfer is deleted at once.
+    """
 
     store: InstanceStore
     make_sender: SenderFactory

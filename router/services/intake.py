@@ -1,10 +1,11 @@
 """Intake: keep one received instance durably, then index it. Called from the C-STORE handler.
 
 Order (DESIGN.md decision 1): the complete data set is in a temporary file on the archive's file
-system; it is hashed, fsynced, renamed into place and its directory fsynced; then study, series,
-instance and sender rows are committed in one transaction. Only then may the handler answer
-Success. Same SOP Instance UID with the same data set bytes is a no-op; with different bytes the
-new copy is quarantined and recorded as a conflict, and the stored copy is never touched.
+system; it is hashed and fsynced; study, series, instance and sender rows are inserted, the file
+is renamed into place and its directory fsynced, and the transaction commits. Only then may the
+handler answer Success. Same SOP Instance UID with the same data set bytes is a no-op; with
+different bytes the new copy is quarantined and recorded as a conflict, and the stored copy is
+never touched, also when several router nodes share the database and the archive.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import datetime as dt
 import logging
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -88,16 +90,21 @@ class IntakeService:
             existing = self._existing(header.sop_instance_uid)
             if existing is not None:
                 return self._store_again(header, temp_path, sender, existing, sha256, size)
-            # No row: any file at the path is debris of an unacknowledged attempt; replace it.
-            stored = self._archive.place(temp_path, relative_path, replace=True)
+            # The file is renamed into place inside the index transaction, once our Instance row
+            # is inserted: the unique SOP Instance UID then orders router nodes sharing the
+            # database and archive (the per-UID lock covers this process only), so a file at the
+            # path with no row is debris of an unacknowledged attempt and is replaced, never
+            # another node's copy. fsync first, so the transaction is not held for it.
+            self._archive.sync_temp(temp_path)
             try:
-                self._index(header, sender, relative_path, stored.size_bytes, sha256)
+                self._index(header, sender, relative_path, size, sha256,
+                            place=lambda: self._archive.place(temp_path, relative_path, replace=True))
             except IntegrityError as exc:
-                # Another router node indexed the same SOP Instance UID between our check and
-                # our insert (the per-UID lock covers this process only).
-                if self._existing(header.sop_instance_uid) is None:
+                # Another node indexed the same SOP Instance UID first: its file stands.
+                existing = self._existing(header.sop_instance_uid)
+                if existing is None:
                     raise IndexWriteError(_db_reason(exc)) from exc
-                return StoreOutcome.DUPLICATE
+                return self._store_again(header, temp_path, sender, existing, sha256, size)
             return StoreOutcome.STORED
 
     def adopt(self, header: InstanceHeader, relative_path: str, sender: Sender) -> StoreOutcome:
@@ -186,7 +193,9 @@ class IntakeService:
         )
         return StoreOutcome.QUARANTINED
 
-    def _index(self, header: InstanceHeader, sender: Sender, relative_path: str, size: int, sha256: str) -> None:
+    def _index(self, header: InstanceHeader, sender: Sender, relative_path: str, size: int, sha256: str,
+               place: Callable[[], object] | None = None) -> None:
+        """Insert the rows; ``place`` (which may raise ArchiveError) runs before the commit."""
         now = self._clock()
         try:
             with self._sessions.begin() as session:
@@ -224,6 +233,8 @@ class IntakeService:
                     },
                 )
                 session.flush()
+                if place is not None:
+                    place()
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:
