@@ -170,5 +170,15 @@ def test_studies_views_report_the_required_json_fields(server: RouterServer) -> 
     assert result.status == StudyStatus.ASSIGNED and result.exam_state_source == ExamStateSource.MANUAL
     shown = views.show(row["study_instance_uid"])
     assert shown["exam_state"] == "TX" and shown["exam_state_source"] == "manual"
-    assert shown["decisions"][-1]["trigger"] == "manual_state"
-    assert {c["npi"] for c in shown["decisions"][-1]["candidates"] if c["eligible"]} == {"1000000012", "1000000020"}
+    decision = shown["decisions"][-1]
+    assert decision["trigger"] == "manual_state"
+    # both TX readers are idle; the policy's tie-break (never assigned, then lowest NPI) picks
+    # 1000000012, evaluated first; 1000000020 ranks after it and is recorded as not evaluated
+    by_npi = {c["npi"]: c for c in decision["candidates"]}
+    assert (by_npi["1000000012"]["eligible"], by_npi["1000000020"]["eligible"]) == (True, None)
+    assert by_npi["1000000020"]["reasons"][0].startswith("not evaluated: ranked after the chosen reader")
+    # Casey's TX license expired: settled from the license row with the rules' own words
+    assert by_npi["1000000038"]["eligible"] is False
+    assert by_npi["1000000038"]["reasons"] == ["license TX-TXSYN-10038 expired"]
+    explained = views.explain(row["study_instance_uid"])
+    assert {v["npi"] for v in explained["radiologists"] if v["eligible"]} == {"1000000012", "1000000020"}

@@ -273,23 +273,19 @@ def test_same_bytes_again_and_different_bytes_under_one_uid(handler_app: RouterA
 
 def test_two_router_nodes_racing_on_one_uid_never_overwrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # DESIGN.md decision 6: nodes share one database and one archive; a per-process lock cannot
-    # order them. Both nodes are made to see "no row yet" before either stores.
+    # order them. Both nodes are held until each has its file fsynced and ready to index.
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'router.db'}")
     nodes = [RouterApp.open(settings, upgrade=True), RouterApp.open(settings)]
     nodes[0].archive.prepare()
-    both_checked = threading.Barrier(2, timeout=10)
-    local = threading.local()
+    both_ready = threading.Barrier(2, timeout=10)
     for node in nodes:
-        original = node.intake._existing
+        original = node.intake.archive.sync_temp
 
-        def first_check_waits(uid: str, original=original):  # type: ignore[no-untyped-def]
-            found = original(uid)
-            if not getattr(local, "checked", False):
-                local.checked = True
-                both_checked.wait()
-            return found
+        def ready_then_wait(path, original=original):  # type: ignore[no-untyped-def]
+            original(path)
+            both_ready.wait()
 
-        monkeypatch.setattr(node.intake, "_existing", first_check_waits)
+        monkeypatch.setattr(node.intake.archive, "sync_temp", ready_then_wait)
     copies = [Case(_valid(accession=b"NODE-A"), EXPLICIT_LE, _SOP), Case(_valid(accession=b"NODE-B"), EXPLICIT_LE, _SOP)]
     statuses: dict[int, int] = {}
 

@@ -172,6 +172,7 @@ class License(Base):
     __tablename__ = "licenses"
     __table_args__ = (
         UniqueConstraint("radiologist_id", "state"),
+        Index("ix_licenses_state_radiologist", "state", "radiologist_id"),  # who holds a license in X
         CheckConstraint("issued IS NULL OR expires IS NULL OR issued <= expires", name="issued_before_expiry"),
     )
 
@@ -251,10 +252,11 @@ class Study(Base):
     accession_number: Mapped[str | None] = mapped_column(String(64))
     study_date: Mapped[dt.date | None] = mapped_column(Date)
     study_description: Mapped[str | None] = mapped_column(String(128))
-    modalities: Mapped[str | None] = mapped_column(String(64))  # backslash-joined, e.g. CT\SR
+    modalities: Mapped[str | None] = mapped_column(String(64))  # backslash-joined, e.g. CT\SR; set when routed
     body_part: Mapped[str | None] = mapped_column(String(64))
     priority: Mapped[str | None] = mapped_column(String(16))  # RequestedProcedurePriority
-    procedure_codes: Mapped[list[Any] | None] = mapped_column(JSON)  # [{value, scheme, meaning, source}]
+    # [{value, scheme, meaning, source}]; SQL NULL when absent (so COALESCE fills it later)
+    procedure_codes: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True))
     institution_name: Mapped[str | None] = mapped_column(String(128))
     institution_address: Mapped[str | None] = mapped_column(Text)
     patient_address: Mapped[str | None] = mapped_column(Text)
@@ -396,11 +398,19 @@ class Assignment(Base):
             sqlite_where=text("superseded_at IS NULL"),
             postgresql_where=text("superseded_at IS NULL"),
         ),
+        # open workload per reader (assignment policy), and last assignment per reader (ties)
+        Index(
+            "ix_assignments_open_by_radiologist",
+            "radiologist_id",
+            sqlite_where=text("superseded_at IS NULL AND completed_at IS NULL"),
+            postgresql_where=text("superseded_at IS NULL AND completed_at IS NULL"),
+        ),
+        Index("ix_assignments_radiologist_assigned_at", "radiologist_id", "assigned_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
-    radiologist_id: Mapped[int] = mapped_column(ForeignKey("radiologists.id", ondelete="RESTRICT"), index=True)
+    radiologist_id: Mapped[int] = mapped_column(ForeignKey("radiologists.id", ondelete="RESTRICT"))
     decision_id: Mapped[int] = mapped_column(ForeignKey("routing_decisions.id", ondelete="RESTRICT"))
     license_id: Mapped[int | None] = mapped_column(ForeignKey("licenses.id", ondelete="SET NULL"))
     license_state: Mapped[str] = mapped_column(String(STATE_LENGTH))  # snapshot of what was relied on

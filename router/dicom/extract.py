@@ -1,7 +1,7 @@
 """Read the attributes the router needs from a received Part 10 file, tolerantly.
 
-Only the listed tags are read, and nothing from the pixel data on (``stop_before_pixels``,
-``specific_tags``), so a 500 MB multi-frame instance costs a header read. Text is decoded with
+Only the listed tags are read, in one pass that stops at the pixel data, so a 500 MB
+multi-frame instance costs a header read. Text is decoded with
 the data set's Specific Character Set (0008,0005) by pydicom, never guessed, and a value that
 could not be decoded counts as absent:
 
@@ -36,14 +36,20 @@ from pydicom.charset import python_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import convert_raw_data_element
 from pydicom.filereader import data_element_generator
+
+try:  # pydicom's own check of the VR encoding actually used (private, so optional)
+    from pydicom.filereader import _is_implicit_vr
+except ImportError:  # pragma: no cover - a pydicom without it
+    _is_implicit_vr = None
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from router.domain.enums import CptSource
 from router.domain.billing import ProcedureCode
 from router.domain.instance import InstanceHeader
-from router.part10 import dataset_offset
 
 #: Attributes read from each data set (DICOM PS3.6 keywords).
 HEADER_KEYWORDS = (
@@ -70,6 +76,7 @@ HEADER_KEYWORDS = (
 )
 _SPECIFIC_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_PREAMBLE_AND_PREFIX = 132  # 128-byte preamble + "DICM" (PS3.10 section 7.1)
 _PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
 _CHARSET_TAG = Tag("SpecificCharacterSet")
 #: Control characters a text value may hold once decoded (PS3.5 section 6.1.3; ESC is consumed
@@ -95,7 +102,12 @@ class UndecodableDataSet(Exception):
 
 
 def read_header(path: Path) -> InstanceHeader:
-    """Read an :class:`InstanceHeader` from a Part 10 file.
+    """Read an :class:`InstanceHeader` from a Part 10 file, in one pass over its header.
+
+    The File Meta Information gives the transfer syntax; the data set is then walked once up to
+    Pixel Data: only the wanted elements' values are read, every other value is skipped
+    (``specific_tags``), and the walk checks that no element claims bytes that were not
+    received (see :func:`_walk`). A deflated data set is inflated by :func:`pydicom.dcmread`.
 
     Parameters
     ----------
@@ -105,12 +117,15 @@ def read_header(path: Path) -> InstanceHeader:
     Raises
     ------
     UndecodableDataSet
-        If the file meta or the data set cannot be parsed.
+        If the file meta or the data set cannot be parsed, or the data set is truncated.
     """
     try:
-        dataset = dcmread(path, stop_before_pixels=True, specific_tags=_SPECIFIC_TAGS)
-        _check_lengths(path, dataset)
-        transfer_syntax = str(dataset.file_meta.TransferSyntaxUID)
+        with open(path, "rb") as handle:
+            syntax = _read_transfer_syntax(handle)
+            if syntax.is_deflated or not syntax.is_transfer_syntax:
+                dataset = dcmread(path, stop_before_pixels=True, specific_tags=_SPECIFIC_TAGS)
+            else:
+                dataset = _walk(handle, syntax, os.fstat(handle.fileno()).st_size)
         _normalize_character_set(dataset)
         # Touch every element once: a structurally broken data set fails here, not later.
         for element in dataset.iterall():
@@ -121,7 +136,72 @@ def read_header(path: Path) -> InstanceHeader:
             OSError, OverflowError, IndexError, NotImplementedError, LookupError,
             struct.error, zlib.error, RecursionError) as exc:
         raise UndecodableDataSet(type(exc).__name__) from exc
-    return header_from_dataset(dataset, transfer_syntax)
+    return header_from_dataset(dataset, str(syntax))
+
+
+def _read_transfer_syntax(reader: Any) -> UID:
+    """Check the preamble and read (0002,0010) from the File Meta Information; leaves the
+    reader at the start of the data set (PS3.10 section 7.1)."""
+    head = reader.read(_PREAMBLE_AND_PREFIX)
+    if len(head) < _PREAMBLE_AND_PREFIX or head[128:132] != b"DICM":
+        raise InvalidDicomError("not a DICOM Part 10 file")
+    syntax: str | None = None
+    meta = data_element_generator(reader, False, True, stop_when=lambda tag, _vr, _length: tag.group != 0x0002)
+    for raw in meta:
+        if raw.tag == 0x00020010:
+            syntax = (raw.value or b"").decode("ascii", "replace").strip("\x00 ")
+    if not syntax:
+        raise InvalidDicomError("no Transfer Syntax UID in the File Meta Information")
+    return UID(syntax)
+
+
+def _walk(reader: Any, syntax: UID, size: int) -> Dataset:
+    """One pass over the data set: wanted values read, others skipped, lengths checked.
+
+    pydicom reads a truncated value without complaint; a value length running past the end of
+    the data set, or a last element header cut short, means the sender's encoding is broken
+    (PS3.5 section 7.1), so it is answered 0xC210 rather than stored as if whole. Every element
+    is checked from its header (``stop_when`` sees each one before its value is read or
+    skipped). The walk stops at Pixel Data, whose defined length is checked without reading it
+    (an encapsulated one is not scanned). An undefined-length sequence is parsed to its
+    delimiter by pydicom (a truncated one raises).
+    """
+    start = reader.tell()
+    implicit = syntax.is_implicit_VR
+    if _is_implicit_vr is not None:  # tolerate a data set whose VR encoding contradicts its syntax
+        implicit = _is_implicit_vr(reader, implicit, syntax.is_little_endian, None, is_sequence=False)
+        reader.seek(start)
+    tell = reader.tell
+    state: dict[str, Any] = {"end": start, "pixel": False, "overrun": None}
+
+    def check(tag: Any, _vr: object, length: int) -> bool:
+        if length == _UNDEFINED_LENGTH:
+            state["end"] = None  # a sequence or encapsulated value: its end is found by parsing
+        else:
+            end = tell() + length
+            if end > size:
+                state["overrun"] = tag
+            state["end"] = end
+        if tag in _PIXEL_TAGS:
+            state["pixel"] = True
+            return True
+        return False
+
+    elements = data_element_generator(
+        reader, implicit, syntax.is_little_endian, stop_when=check, specific_tags=_SPECIFIC_TAGS
+    )
+    raws = {raw.tag: raw for raw in elements}
+    if state["overrun"] is not None:
+        raise UndecodableDataSet(f"element {state['overrun']} is longer than the data set")
+    if not state["pixel"] and state["end"] is not None and state["end"] < size:
+        raise UndecodableDataSet("the data set ends inside an element header")
+    dataset = Dataset(raws)
+    encoding: Any = default_encoding
+    if _CHARSET_TAG in raws:
+        charset = convert_raw_data_element(raws[_CHARSET_TAG]).value  # type: ignore[arg-type]
+        encoding = convert_encodings(charset)
+    dataset.set_original_encoding(implicit, syntax.is_little_endian, encoding)
+    return dataset
 
 
 def _normalize_character_set(dataset: Dataset) -> None:
@@ -148,50 +228,6 @@ def _normalize_character_set(dataset: Dataset) -> None:
         del dataset.SpecificCharacterSet
     elif corrected != terms:
         dataset.SpecificCharacterSet = corrected if len(corrected) > 1 else corrected[0]
-
-
-def _check_lengths(path: Path, dataset: Dataset) -> None:
-    """Refuse a data set whose top-level elements claim more bytes than were received.
-
-    pydicom reads a truncated value without complaint; a value length running past the end of
-    the data set, or a last element header cut short, means the sender's encoding is broken
-    (PS3.5 section 7.1), so it is answered 0xC210 rather than stored as if whole. The walk stops at Pixel Data, whose defined length is
-    checked without reading it (an encapsulated one is not scanned). Deflated data sets are
-    left to the inflater.
-    """
-    syntax = UID(str(dataset.file_meta.TransferSyntaxUID))
-    if syntax.is_deflated or not syntax.is_transfer_syntax:
-        return
-    offset = dataset_offset(path)
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        pixel: list[tuple[int, int]] = []
-
-        def at_pixel_data(tag: object, _vr: object, length: int) -> bool:
-            if tag in _PIXEL_TAGS:
-                pixel.append((handle.tell(), length))
-                return True
-            return False
-
-        handle.seek(offset)
-        elements = data_element_generator(
-            handle, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=at_pixel_data, defer_size=256
-        )
-        end = offset
-        for raw in elements:
-            end = handle.tell()  # pydicom yields an element once past it (or past its deferred value)
-            # An undefined-length sequence comes back parsed (a DataElement): reading it to its
-            # delimiter already proved it complete (a truncated one raises).
-            if not isinstance(raw, RawDataElement):
-                continue
-            if raw.length != _UNDEFINED_LENGTH and raw.value_tell + raw.length > size:
-                raise UndecodableDataSet(f"element {raw.tag} is longer than the data set")
-        if not pixel and end < size:
-            # pydicom stops quietly at a header cut short (fewer than 8 bytes left)
-            raise UndecodableDataSet("the data set ends inside an element header")
-        for value_start, length in pixel:
-            if length != _UNDEFINED_LENGTH and value_start + length > size:
-                raise UndecodableDataSet("Pixel Data is longer than the data set")
 
 
 def header_from_dataset(dataset: Dataset, transfer_syntax_uid: str) -> InstanceHeader:

@@ -60,20 +60,10 @@ def load_readers(session: Session, radiologist_ids: Iterable[int] | None = None)
     return _to_facts(session, rows)
 
 
-def licensed_reader_ids(session: Session, state: str) -> list[int]:
-    """Ids of radiologists holding a license row (any status) in ``state``."""
-    return list(session.scalars(select(License.radiologist_id).where(License.state == state).distinct()))
-
-
-def unlicensed_readers(session: Session, state: str) -> list[tuple[str, str, bool]]:
-    """``(npi, name, active)`` of radiologists with no license row in ``state``, by NPI."""
+def unlicensed_npis(session: Session, state: str) -> list[str]:
+    """NPIs of radiologists with no license row in ``state``, in NPI order."""
     licensed = select(License.radiologist_id).where(License.state == state)
-    rows = session.execute(
-        select(Radiologist.npi, Radiologist.name, Radiologist.active)
-        .where(Radiologist.id.not_in(licensed))
-        .order_by(Radiologist.npi)
-    )
-    return [(row[0], row[1], row[2]) for row in rows]
+    return list(session.scalars(select(Radiologist.npi).where(Radiologist.id.not_in(licensed)).order_by(Radiologist.npi)))
 
 
 def _to_facts(session: Session, rows: Sequence[Radiologist]) -> list[ReaderFacts]:
@@ -154,8 +144,7 @@ def study_facts(study: Study, exam_state: str, facility: Facility | None) -> Stu
 __all__ = [
     "EligibilityRules",
     "license_facts",
-    "licensed_reader_ids",
     "load_readers",
     "study_facts",
-    "unlicensed_readers",
+    "unlicensed_npis",
 ]

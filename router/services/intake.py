@@ -10,7 +10,6 @@ never touched, also when several router nodes share the database and the archive
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import zlib
@@ -19,14 +18,14 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from router.archive import Archive, dataset_sha256
-from router.db.models import Instance, InstanceConflict, Series, Study, StudySender
-from router.db.queries import for_update, insert_ignore, upsert
-from router.domain.enums import StudyStatus
+from router.db.instance_index import IndexRow, InstanceIndex
+from router.db.models import Instance, InstanceConflict
+from router.db.queries import insert_ignore
 from router.domain.instance import InstanceHeader
 from router.errors import ArchiveError, IndexWriteError
 from router.timeutil import Clock, utcnow
@@ -57,6 +56,8 @@ class IntakeService:
 
     def __init__(self, sessions: sessionmaker[Session], archive: Archive, clock: Clock = utcnow) -> None:
         self._sessions = sessions
+        self._engine: Engine = sessions.kw["bind"]
+        self._indexer = InstanceIndex(self._engine.dialect.name)
         self._archive = archive
         self._clock = clock
         # Two associations sending the same SOP Instance UID at once must not both place a file.
@@ -87,9 +88,8 @@ class IntakeService:
         )
         lock = self._locks[zlib.crc32(header.sop_instance_uid.encode()) % _LOCK_STRIPES]
         with lock:
-            existing = self._existing(header.sop_instance_uid)
-            if existing is not None:
-                return self._store_again(header, temp_path, sender, existing, sha256, size)
+            # No look-up first: the unique SOP Instance UID of the instance row tells a new
+            # instance from a copy (IntegrityError), in the same round trip as the insert.
             # The file is renamed into place inside the index transaction, once our Instance row
             # is inserted: the unique SOP Instance UID then orders router nodes sharing the
             # database and archive (the per-UID lock covers this process only), so a file at the
@@ -100,7 +100,7 @@ class IntakeService:
                 self._index(header, sender, relative_path, size, sha256,
                             place=lambda: self._archive.place(temp_path, relative_path, replace=True))
             except IntegrityError as exc:
-                # Another node indexed the same SOP Instance UID first: its file stands.
+                # Already indexed (a resend, or another node first): the stored file stands.
                 existing = self._existing(header.sop_instance_uid)
                 if existing is None:
                     raise IndexWriteError(_db_reason(exc)) from exc
@@ -195,124 +195,55 @@ class IntakeService:
 
     def _index(self, header: InstanceHeader, sender: Sender, relative_path: str, size: int, sha256: str,
                place: Callable[[], object] | None = None) -> None:
-        """Insert the rows; ``place`` (which may raise ArchiveError) runs before the commit."""
-        now = self._clock()
+        """Insert the rows; ``place`` (which may raise ArchiveError) runs before the commit.
+
+        Raises
+        ------
+        IntegrityError
+            The SOP Instance UID is already indexed (nothing was written).
+        IndexWriteError
+            Any other database failure.
+        """
+        assert header.study_instance_uid and header.series_instance_uid and header.sop_instance_uid and header.sop_class_uid
+        row = IndexRow(
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            relative_path=relative_path,
+            size_bytes=size,
+            dataset_sha256=sha256,
+            calling_ae_title=sender.calling_ae_title,
+            peer_address=sender.peer_address,
+            received_at=self._clock(),
+            modality=_cut(header.modality, 16),
+            series_body_part=_cut(header.body_part, 64),
+            series_description=_cut(header.series_description, 128),
+            evidence={
+                "modalities": _cut((header.modality or "").strip().upper() or None, 64),
+                "accession_number": _cut(header.accession_number, 64),
+                "study_date": header.study_date,
+                "study_description": _cut(header.study_description, 128),
+                "body_part": _cut(header.body_part, 64),
+                "priority": _cut(header.priority, 16),
+                "procedure_codes": _codes_json(header) or None,
+                "institution_name": _cut(header.institution_name, 128),
+                "institution_address": header.institution_address,
+                "patient_address": header.patient_address,
+                "region_of_residence": _cut(header.region_of_residence, 128),
+                "country_of_residence": _cut(header.country_of_residence, 128),
+            },
+        )
         try:
-            with self._sessions.begin() as session:
-                study_id = self._upsert_study(session, header, sender, size, now)
-                series_id = self._upsert_series(session, header, study_id)
-                session.add(
-                    Instance(
-                        study_id=study_id,
-                        series_id=series_id,
-                        sop_instance_uid=header.sop_instance_uid,
-                        sop_class_uid=header.sop_class_uid,
-                        transfer_syntax_uid=header.transfer_syntax_uid,
-                        relative_path=relative_path,
-                        size_bytes=size,
-                        dataset_sha256=sha256,
-                        calling_ae_title=sender.calling_ae_title,
-                        received_at=now,
-                    )
-                )
-                upsert(
-                    session,
-                    StudySender.__table__,
-                    {
-                        "study_id": study_id,
-                        "calling_ae_title": sender.calling_ae_title,
-                        "peer_address": sender.peer_address,
-                        "first_received_at": now,
-                        "last_received_at": now,
-                        "instance_count": 1,
-                    },
-                    ["study_id", "calling_ae_title", "peer_address"],
-                    {
-                        "last_received_at": now,
-                        "instance_count": StudySender.__table__.c.instance_count + 1,
-                    },
-                )
-                session.flush()
+            with self._engine.begin() as connection:
+                self._indexer.record(connection, row)
                 if place is not None:
                     place()
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:
             raise IndexWriteError(_db_reason(exc)) from exc
-
-    def _upsert_study(self, session: Session, header: InstanceHeader, sender: Sender, size: int, now: dt.datetime) -> int:
-        insert_ignore(
-            session,
-            Study.__table__,
-            {
-                "study_instance_uid": header.study_instance_uid,
-                "status": StudyStatus.RECEIVING.value,
-                "first_calling_ae_title": sender.calling_ae_title,
-                "first_received_at": now,
-                "last_received_at": now,
-                "instance_count": 0,
-                "size_bytes": 0,
-                "needs_review": False,
-            },
-            ["study_instance_uid"],
-        )
-        study = session.scalars(
-            for_update(select(Study).where(Study.study_instance_uid == header.study_instance_uid), session)
-        ).one()
-        modalities = _merge_modalities(study.modalities, header.modality)
-        session.execute(
-            update(Study)
-            .where(Study.id == study.id)
-            .values(
-                instance_count=Study.instance_count + 1,
-                size_bytes=Study.size_bytes + size,
-                last_received_at=now,
-                modalities=modalities,
-                accession_number=study.accession_number or _cut(header.accession_number, 64),
-                study_date=study.study_date or header.study_date,
-                study_description=study.study_description or _cut(header.study_description, 128),
-                body_part=study.body_part or _cut(header.body_part, 64),
-                priority=study.priority or _cut(header.priority, 16),
-                procedure_codes=study.procedure_codes
-                or (_codes_json(header) or None),
-                institution_name=study.institution_name or _cut(header.institution_name, 128),
-                institution_address=study.institution_address or header.institution_address,
-                patient_address=study.patient_address or header.patient_address,
-                region_of_residence=study.region_of_residence or _cut(header.region_of_residence, 128),
-                country_of_residence=study.country_of_residence or _cut(header.country_of_residence, 128),
-            )
-            .execution_options(synchronize_session=False)
-        )
-        return study.id
-
-    def _upsert_series(self, session: Session, header: InstanceHeader, study_id: int) -> int:
-        insert_ignore(
-            session,
-            Series.__table__,
-            {
-                "study_id": study_id,
-                "series_instance_uid": header.series_instance_uid,
-                "modality": _cut(header.modality, 16),
-                "body_part": _cut(header.body_part, 64),
-                "description": _cut(header.series_description, 128),
-            },
-            ["series_instance_uid"],
-        )
-        series_id = session.scalar(select(Series.id).where(Series.series_instance_uid == header.series_instance_uid))
-        assert series_id is not None
-        return series_id
-
-
-def _merge_modalities(current: str | None, modality: str | None) -> str | None:
-    """Backslash-joined distinct modalities of a study, in order of arrival (at most 64 chars)."""
-    known = [item for item in (current or "").split("\\") if item]
-    if modality:
-        for item in modality.split("\\"):
-            item = item.strip().upper()
-            if item and item not in known:
-                known.append(item)
-    joined = "\\".join(known)
-    return joined[:64] or None
 
 
 def _codes_json(header: InstanceHeader) -> list[dict[str, str]]:

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.db.models import Assignment, Facility, Instance, Radiologist, RoutingDecision, Study
+from router.db.models import Assignment, Facility, Instance, Radiologist, RoutingDecision, Series, Study
 from router.db.queries import facility_by_ae_title, facility_by_institution_name, for_update, study_by_uid
-from router.domain.assignment import choose_reader
 from router.domain.enums import ExamStateSource, HoldReason, StudyStatus
-from router.domain.licensure import EligibilityRules, ReaderFacts, Verdict, evaluate_reader, evaluate_readers, fastest_paths
+from router.domain.licensure import EligibilityRules, ReaderFacts, Verdict, evaluate_reader, fastest_paths
 from router.domain.location import ExamLocation, LocationEvidence, resolve_exam_state
 from router.errors import IneligibleError, ValidationError
-from router.services.facts import licensed_reader_ids, load_readers, study_facts, unlicensed_readers
+from router.services.candidates import judge
+from router.services.facts import load_readers, study_facts, unlicensed_npis
 from router.services.forwarding_queue import cancel_forwarding, enqueue_forwarding
 from router.services.ledgers import record_storage
 from router.services.reference import ReferenceData
@@ -158,6 +158,7 @@ class RoutingService:
             if study.status == StudyStatus.HELD:
                 return self._decide(session, study, trigger="late_instances")
             record_storage(session, study, now, self.policy.storage_cents_per_gib)
+            study.modalities = study_modalities(session, study.id)
             current = _current_assignment(session, study.id)
             if current is not None and self.policy.forwarding_enabled:
                 enqueue_forwarding(session, study, current.radiologist, now)
@@ -190,6 +191,7 @@ class RoutingService:
     def _decide(self, session: Session, study: Study, trigger: str, note: str | None = None) -> RouteResult:
         """Locate, judge, assign or hold; writes the decision, the ledger and the outbox."""
         now = self._clock()
+        study.modalities = study_modalities(session, study.id)
         facility, _location = self._locate(session, study)
         day = self.read_day(facility, now)
         study.routed_at = now
@@ -197,13 +199,12 @@ class RoutingService:
         if not study.exam_state:
             return self._hold(session, study, HoldReason.NO_EXAM_STATE, study.exam_state_detail or "no exam state", trigger, day, [], None, note)
         state = study.exam_state
-        readers = load_readers(session, licensed_reader_ids(session, state))
         facts = study_facts(study, state, facility)
         rules = self.rules()
-        verdicts = evaluate_readers(readers, facts, day, rules)
-        chosen = choose_reader(verdicts, {reader.radiologist_id: reader for reader in readers})
-        unlicensed = [npi for npi, _name, _active in unlicensed_readers(session, state)]
-        candidates = [_candidate_json(verdict, readers) for verdict in verdicts]
+        judgement = judge(session, facts, day, rules)
+        chosen = judgement.chosen
+        unlicensed = unlicensed_npis(session, state)
+        candidates = judgement.records
         if chosen is None:
             everyone = load_readers(session)
             paths = [path.to_json() for path in fastest_paths(everyone, state, day, rules, study=facts)]
@@ -378,6 +379,7 @@ class RoutingService:
         readers = load_readers(session, [radiologist_id])
         if not readers:
             raise ValidationError(f"radiologist id {radiologist_id} not found")
+        study.modalities = study_modalities(session, study.id)
         assert study.exam_state
         return evaluate_reader(readers[0], study_facts(study, study.exam_state, facility), self.read_day(facility, moment), self.rules())
 
@@ -470,6 +472,17 @@ class RoutingService:
                     return _result(study, verdict.npi)
                 self._supersede(session, study, current, f"exam state set to {state} by {by_user}: {'; '.join(verdict.reasons)}")
             return self._decide(session, study, trigger="manual_state", note=f"exam state set to {state} by {by_user}")
+
+
+def study_modalities(session: Session, study_id: int) -> str | None:
+    """Distinct modalities of a study's series, backslash-joined in arrival order (at most 64 chars)."""
+    seen: list[str] = []
+    for value in session.scalars(select(Series.modality).where(Series.study_id == study_id).order_by(Series.id)):
+        for item in (value or "").split("\\"):
+            item = item.strip().upper()
+            if item and item not in seen:
+                seen.append(item)
+    return "\\".join(seen)[:64] or None
 
 
 def _current_assignment(session: Session, study_id: int) -> Assignment | None:

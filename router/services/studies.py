@@ -31,7 +31,7 @@ from router.domain.enums import StudyStatus
 from router.domain.licensure import evaluate_readers, fastest_paths
 from router.domain.location import LocationEvidence, resolve_exam_state
 from router.services.facts import load_readers, study_facts
-from router.services.routing import RoutingService
+from router.services.routing import RoutingService, study_modalities
 from router.timeutil import iso_utc
 
 
@@ -221,6 +221,7 @@ class StudyViews:
                 return document
             readers = load_readers(session)
             rules = self.routing.rules()
+            study.modalities = study_modalities(session, study.id)  # not flushed: a read-only view
             facts = study_facts(study, study.exam_state, facility)
             verdicts = evaluate_readers(readers, facts, day, rules)
             document["radiologists"] = [verdict.to_json() for verdict in verdicts]

@@ -98,6 +98,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_licenses')),
     sa.UniqueConstraint('radiologist_id', 'state', name=op.f('uq_licenses_radiologist_id_state'))
     )
+    with op.batch_alter_table('licenses', schema=None) as batch_op:
+        batch_op.create_index('ix_licenses_state_radiologist', ['state', 'radiologist_id'], unique=False)
+
     op.create_table('privileges',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('radiologist_id', sa.Integer(), nullable=False),
@@ -128,7 +131,7 @@ def upgrade() -> None:
     sa.Column('modalities', sa.String(length=64), nullable=True),
     sa.Column('body_part', sa.String(length=64), nullable=True),
     sa.Column('priority', sa.String(length=16), nullable=True),
-    sa.Column('procedure_codes', sa.JSON(), nullable=True),
+    sa.Column('procedure_codes', sa.JSON(none_as_null=True), nullable=True),
     sa.Column('institution_name', sa.String(length=128), nullable=True),
     sa.Column('institution_address', sa.Text(), nullable=True),
     sa.Column('patient_address', sa.Text(), nullable=True),
@@ -293,7 +296,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_assignments'))
     )
     with op.batch_alter_table('assignments', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_assignments_radiologist_id'), ['radiologist_id'], unique=False)
+        batch_op.create_index('ix_assignments_open_by_radiologist', ['radiologist_id'], unique=False, sqlite_where=sa.text('superseded_at IS NULL AND completed_at IS NULL'), postgresql_where=sa.text('superseded_at IS NULL AND completed_at IS NULL'))
+        batch_op.create_index('ix_assignments_radiologist_assigned_at', ['radiologist_id', 'assigned_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_assignments_study_id'), ['study_id'], unique=False)
         batch_op.create_index('uq_assignments_current_study', ['study_id'], unique=True, sqlite_where=sa.text('superseded_at IS NULL'), postgresql_where=sa.text('superseded_at IS NULL'))
 
@@ -390,7 +394,8 @@ def downgrade() -> None:
     with op.batch_alter_table('assignments', schema=None) as batch_op:
         batch_op.drop_index('uq_assignments_current_study', sqlite_where=sa.text('superseded_at IS NULL'), postgresql_where=sa.text('superseded_at IS NULL'))
         batch_op.drop_index(batch_op.f('ix_assignments_study_id'))
-        batch_op.drop_index(batch_op.f('ix_assignments_radiologist_id'))
+        batch_op.drop_index('ix_assignments_radiologist_assigned_at')
+        batch_op.drop_index('ix_assignments_open_by_radiologist', sqlite_where=sa.text('superseded_at IS NULL AND completed_at IS NULL'), postgresql_where=sa.text('superseded_at IS NULL AND completed_at IS NULL'))
 
     op.drop_table('assignments')
     op.drop_table('study_senders')
@@ -429,6 +434,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_privileges_facility_id'))
 
     op.drop_table('privileges')
+    with op.batch_alter_table('licenses', schema=None) as batch_op:
+        batch_op.drop_index('ix_licenses_state_radiologist')
+
     op.drop_table('licenses')
     op.drop_table('facility_aliases')
     op.drop_table('radiologists')

@@ -1,0 +1,169 @@
+"""Event-driven waits for pynetdicom's polling reactors (a measured latency fix).
+
+pynetdicom 3 runs two polling loops per association: the DUL reactor sleeps
+``_run_loop_delay`` (1 ms) whenever it found nothing to do, and the association reactor sleeps
+1 ms before every look at its DIMSE message queue. Each C-STORE crosses both loops twice
+(request in, response out), so with one association a sender waits up to ~4 ms per instance
+doing nothing, which caps a pynetdicom receiver near 110-220 instances/s on small instances
+(see docs/benchmarks.md).
+
+:func:`install` replaces those sleeps, for pynetdicom's own threads only, with waits that end as
+soon as there is work:
+
+- the association thread waits on its DIMSE message queue's condition (woken by ``put``);
+- the DUL thread waits in ``select`` on its socket and on a wake-up pipe written when a
+  primitive is queued for sending (``send_pdu``).
+
+Because these waits end on work, their upper bound can be longer than the 1 ms poll
+(:data:`DUL_WAIT`, :data:`ASSOCIATION_WAIT`): an idle or busy association wakes its threads far
+less often, so they stop competing with the C-STORE handler for the interpreter lock. Timers
+(ARTIM, network idle timeout, release/abort checks) are looked at with at most that much delay.
+Every other caller of ``time.sleep`` in those modules sleeps as usual. If pynetdicom's internals
+differ from what this expects, the waits fall back to plain sleeps.
+
+The DUL also sets ``TCP_QUICKACK`` whenever data is waiting, so a sender with Nagle's algorithm
+on is not left waiting for our delayed ACK (about 40 ms per instance on Linux) before it sends
+the last part of a data set.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time as _time
+import types
+import weakref
+from typing import Any
+
+from pynetdicom import association as _association_module
+from pynetdicom import dul as _dul_module
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+
+#: Longest wait of the DUL thread for socket data or a primitive to send, in seconds.
+DUL_WAIT = 0.02
+#: Longest wait of the association thread for a DIMSE message, in seconds.
+ASSOCIATION_WAIT = 0.005
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+_INSTALLED = False
+_LOCK = threading.Lock()
+
+
+def _wake_pipe(dul: Any) -> tuple[int, int] | None:
+    pipe = getattr(dul, "_router_wake", None)
+    if pipe is None:
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError:
+            return None
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        pipe = (read_fd, write_fd)
+        dul._router_wake = pipe
+        weakref.finalize(dul, _close_pipe, pipe)
+    return pipe
+
+
+def _close_pipe(pipe: tuple[int, int]) -> None:
+    for fd in pipe:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _wake(dul: Any) -> None:
+    pipe = getattr(dul, "_router_wake", None)
+    if pipe is not None:
+        try:
+            os.write(pipe[1], b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already signalled (pipe full) or closed
+
+
+def _dul_wait(dul: DULServiceProvider, seconds: float) -> None:
+    queue = dul.to_provider_queue
+    if queue.qsize():
+        return
+    wrapper = dul.socket
+    sock = getattr(wrapper, "socket", None) if wrapper is not None else None
+    pipe = _wake_pipe(dul)
+    if sock is None or pipe is None:
+        _time.sleep(seconds)
+        return
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():
+        return  # TLS: decrypted bytes already buffered
+    try:
+        readable, _, _ = select.select([sock, pipe[0]], [], [], max(seconds, DUL_WAIT))
+    except (OSError, ValueError):
+        _time.sleep(seconds)
+        return
+    if sock in readable and _QUICKACK is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        except OSError:
+            pass
+    if pipe[0] in readable:
+        try:
+            while os.read(pipe[0], 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+
+def _association_wait(assoc: Association, seconds: float) -> None:
+    queue = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+    condition = getattr(queue, "not_empty", None)
+    if condition is None:
+        _time.sleep(seconds)
+        return
+    with condition:
+        if not queue._qsize():  # type: ignore[union-attr]
+            condition.wait(max(seconds, ASSOCIATION_WAIT))
+        if queue._qsize():  # type: ignore[union-attr]
+            # Queue.put wakes one waiter. This thread may not be the one that takes the item
+            # (an SCU's send_* pauses the reactor and waits in get() itself), so pass the
+            # wake-up on; a waiter that finds nothing simply waits again.
+            condition.notify()
+
+
+def _sleep(seconds: float) -> None:
+    thread = threading.current_thread()
+    if isinstance(thread, DULServiceProvider):
+        _dul_wait(thread, seconds)
+    elif isinstance(thread, Association) and seconds <= 0.001:
+        _association_wait(thread, seconds)
+    else:
+        _time.sleep(seconds)
+
+
+def install() -> bool:
+    """Switch pynetdicom's reactors to event-driven waits (idempotent). Returns True if installed."""
+    global _INSTALLED
+    with _LOCK:
+        if _INSTALLED:
+            return True
+        if not (hasattr(DULServiceProvider, "send_pdu") and hasattr(_association_module, "time") and hasattr(_dul_module, "time")):
+            return False
+        shim = types.SimpleNamespace(**{name: getattr(_time, name) for name in dir(_time) if not name.startswith("__")})
+        shim.sleep = _sleep
+        original_send_pdu = DULServiceProvider.send_pdu
+
+        def send_pdu(self: DULServiceProvider, primitive: Any) -> None:
+            original_send_pdu(self, primitive)
+            _wake(self)
+
+        send_pdu.__doc__ = original_send_pdu.__doc__
+        DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
+        _association_module.time = shim  # type: ignore[assignment]
+        _dul_module.time = shim  # type: ignore[assignment]
+        _INSTALLED = True
+        return True
+
+
+def installed() -> bool:
+    """Whether :func:`install` has taken effect in this process."""
+    return _INSTALLED
