@@ -70,7 +70,8 @@ class ListenerSettings:
     host: str = "0.0.0.0"
     port: int = 11112
     enabled: bool = True  # plain (non-TLS) port; turn off to serve TLS only
-    max_associations: int = 16
+    max_associations: int = 16  # per process
+    workers: int = 1  # receiving processes sharing the port(s) (SO_REUSEPORT); >1 uses more cores
     acse_timeout: float = 30.0  # seconds
     dimse_timeout: float = 60.0  # seconds
     network_timeout: float = 120.0  # seconds
@@ -317,6 +318,8 @@ def _validate(settings: Settings) -> Settings:
     _check_port("listener.port", listener.port)
     if listener.max_associations < 1:
         raise ConfigError("listener.max_associations", "must be at least 1")
+    if not 1 <= listener.workers <= 64:
+        raise ConfigError("listener.workers", "must be 1-64 processes")
     for key in ("acse_timeout", "dimse_timeout", "network_timeout", "drain_timeout"):
         _check_positive(f"listener.{key}", getattr(listener, key))
     if listener.max_pdu_length != 0 and not 4096 <= listener.max_pdu_length <= 2**32 - 1:

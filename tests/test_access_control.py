@@ -24,7 +24,7 @@ from sqlalchemy import select
 from router.app import RouterApp
 from router.config import Settings
 from router.db.models import Instance
-from router.dicom.scp import RouterAssociationServer
+from router.dicom.listener import RouterAssociationServer
 from router.server import RouterServer
 from tests.conftest import DCMTK_STORESCU, make_settings
 from tests.dicom_helpers import make_dataset, send_paths, write_part10
@@ -216,7 +216,7 @@ def test_allowed_addresses_on_an_ipv4_listener(tmp_path: Path, database_url: str
                                                host: str, admitted: bool, caplog: pytest.LogCaptureFixture) -> None:
     for server in _start(tmp_path, database_url, allowed_addresses=allowed):
         port = server.ports[0]
-        with caplog.at_level(logging.WARNING, logger="router.dicom.scp"):
+        with caplog.at_level(logging.WARNING, logger="router.dicom.listener"):
             assert _closed_without_a_pdu(port, host) is (not admitted)
             outcome = _echo(port, "ANY_SCU", host)
         # refused: the TCP connection is closed under the requestor, no A-ASSOCIATE-RJ is sent

@@ -15,8 +15,9 @@ from router.server import RouterServer
 @click.command("serve")
 @click.option("--port", type=click.IntRange(0, 65535), help="Override listener.port (0 picks a free port).")
 @click.option("--host", help="Override listener.host.")
+@click.option("--workers", type=click.IntRange(1, 64), help="Override listener.workers (receiving processes sharing the port).")
 @click.pass_obj
-def serve(obj: CliContext, port: int | None, host: str | None) -> None:
+def serve(obj: CliContext, port: int | None, host: str | None, workers: int | None) -> None:
     """Receive studies over DICOM (C-STORE SCP), route them and forward them; upgrades an empty database.
 
     SIGTERM or Ctrl-C drains: no new associations, those in flight finish (up to
@@ -27,6 +28,8 @@ def serve(obj: CliContext, port: int | None, host: str | None) -> None:
         changes["port"] = port
     if host is not None:
         changes["host"] = host
+    if workers is not None:
+        changes["workers"] = workers
     if changes:
         obj.settings = obj.settings.replace("listener", **changes)
     app = obj.app(upgrade=True)

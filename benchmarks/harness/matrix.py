@@ -1,0 +1,172 @@
+"""The ingest matrix: every (size, sender mode, Nagle, receiver) cell, each on a fresh receiver.
+
+Per run: start the receiver, wait for C-ECHO, read its CPU time, send, read its CPU time again,
+check the number of instances it holds, and for the router wait until every study is assigned
+(or held) and take the latency. Cells are ordered so every receiver of one cell runs back to
+back (less drift between the numbers that are compared).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from harness.procs import cpu_seconds
+from harness.receivers import ROUTERS, Receivers, wait_count
+from harness.routerdb import reader_engine, wait_routed
+from harness.senders import send
+from harness.workload import Workload
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What is sent and how."""
+
+    size: str  # small | large
+    associations: int  # 1 | 4
+    nodelay: bool  # sender's TCP_NODELAY (False: Nagle on)
+    # TCP_NODELAY=1 for the DCMTK-based receivers (Orthanc, storescp); None: same as the sender
+    receiver_nodelay: bool | None = None
+
+    @property
+    def dcmtk_nodelay(self) -> bool:
+        """Whether Orthanc and storescp run with TCP_NODELAY=1."""
+        return self.nodelay if self.receiver_nodelay is None else self.receiver_nodelay
+
+    @property
+    def label(self) -> str:
+        text = f"{self.size} x{self.associations} {'nodelay' if self.nodelay else 'nagle'}"
+        return text + ("" if self.receiver_nodelay is None else f" (DCMTK receivers {'nodelay' if self.receiver_nodelay else 'as shipped'})")
+
+
+@dataclass
+class Run:
+    """One measured run."""
+
+    receiver: str
+    cell: Cell
+    rep: int
+    instances: int
+    bytes_sent: int
+    wall_s: float | None = None
+    instances_per_s: float | None = None
+    mb_per_s: float | None = None
+    cpu_s: float | None = None
+    cpu_ms_per_instance: float | None = None
+    stored: int | None = None
+    ok: bool = False
+    error: str | None = None
+    latency: dict[str, Any] | None = None
+    sender_returncodes: list[int | None] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["cell"] = asdict(self.cell)
+        return data
+
+
+def _log(message: str) -> None:
+    print(f"[ingest] {message}", file=sys.stderr, flush=True)
+
+
+def run_one(receivers: Receivers, receiver: str, cell: Cell, workload: Workload, rep: int, stable_seconds: float = 1.0) -> Run:
+    """Measure one run on a fresh ``receiver``."""
+    run = Run(receiver, cell, rep, workload.count, workload.count * workload.file_bytes)
+    running = None
+    try:
+        running = receivers.start(receiver, dcmtk_nodelay=cell.dcmtk_nodelay)
+        before = cpu_seconds(running.proc.pid)
+        result = send(receivers.registry, workload, cell.associations, cell.nodelay, running.port, running.called_ae, running.folder)
+        after = cpu_seconds(running.proc.pid)
+        run.sender_returncodes = list(result.returncodes)
+        run.wall_s = result.wall_s
+        run.cpu_s = after - before
+        run.stored = wait_count(running, workload.count, timeout=2.0)
+        if result.timed_out:
+            run.error = "sender timed out"
+        elif run.stored != workload.count:
+            run.error = f"receiver holds {run.stored} of {workload.count} instances"
+        elif any(code != 0 for code in result.returncodes):
+            run.error = f"storescu exit status {list(result.returncodes)}"
+        else:
+            run.ok = True
+        if run.ok:
+            run.instances_per_s = workload.count / result.wall_s
+            run.mb_per_s = run.bytes_sent / result.wall_s / 1e6
+            run.cpu_ms_per_instance = run.cpu_s / workload.count * 1000 if not math.isnan(run.cpu_s) else None
+        if receiver in ROUTERS and running.database_url:
+            engine = reader_engine(running.database_url)
+            try:
+                run.latency = wait_routed(engine, workload.study_uids, result.finished_at, timeout=stable_seconds + 20)
+            finally:
+                engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the matrix goes on
+        run.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if running is not None:
+            receivers.stop(running)
+    cpu = float("nan") if run.cpu_ms_per_instance is None else run.cpu_ms_per_instance
+    status = f"{run.instances_per_s:8.1f} inst/s  {cpu:6.2f} ms CPU/inst" if run.ok else f"FAILED: {run.error}"
+    extra = ""
+    if run.latency:
+        extra = f"  routed {run.latency.get('statuses')} last study {run.latency.get('last_study_s')}"
+    _log(f"{cell.label:24s} {receiver:16s} n={workload.count:<5d} {status}{extra}")
+    return run
+
+
+def run_matrix(receivers: Receivers, plan: list[tuple[Cell, list[str]]], workloads: dict[str, Workload],
+               nagle_cap: int, reps: int) -> list[Run]:
+    """Every cell on each of its receivers, ``reps`` times.
+
+    A cell where anything runs with Nagle on (the sender, or DCMTK receivers as shipped) sends
+    at most ``nagle_cap`` instances: each costs a delayed-ACK stall.
+    """
+    runs: list[Run] = []
+    for rep in range(reps):
+        for cell, names in plan:
+            capped = not cell.nodelay or not cell.dcmtk_nodelay
+            workload = workloads[cell.size].capped(nagle_cap) if capped else workloads[cell.size]
+            for name in names:
+                runs.append(run_one(receivers, name, cell, workload, rep))
+    return runs
+
+
+def summarize(runs: list[Run]) -> list[dict[str, Any]]:
+    """Median (and range) per (cell, receiver) over the successful repetitions."""
+    groups: dict[tuple[Cell, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.cell, run.receiver), []).append(run)
+    rows = []
+    for (cell, receiver), items in groups.items():
+        good = [run for run in items if run.ok]
+        row: dict[str, Any] = {
+            "size": cell.size,
+            "associations": cell.associations,
+            "nodelay": cell.nodelay,
+            "dcmtk_receiver_nodelay": cell.dcmtk_nodelay,
+            "diagnostic": cell.receiver_nodelay is not None,
+            "receiver": receiver,
+            "instances": items[0].instances,
+            "reps": len(items),
+            "ok_reps": len(good),
+            "errors": sorted({run.error for run in items if run.error}),
+        }
+        if good:
+            rates = [run.instances_per_s for run in good if run.instances_per_s]
+            row["instances_per_s"] = statistics.median(rates)
+            row["instances_per_s_range"] = [min(rates), max(rates)]
+            row["mb_per_s"] = statistics.median(run.mb_per_s for run in good if run.mb_per_s)
+            cpus = [run.cpu_ms_per_instance for run in good if run.cpu_ms_per_instance is not None]
+            row["cpu_ms_per_instance"] = statistics.median(cpus) if cpus else None
+        lat = [run.latency for run in items if run.latency and run.latency.get("ok")]
+        if lat:
+            row["latency_last_study_s"] = statistics.median(item["last_study_s"] for item in lat if item["last_study_s"] is not None)
+            row["latency_observed_s"] = statistics.median(item["observed_s"] for item in lat)
+            row["routed_statuses"] = lat[-1]["statuses"]
+        elif any(run.latency for run in items):
+            row["routed_statuses"] = next(run.latency for run in items if run.latency)["statuses"]  # type: ignore[index]
+        rows.append(row)
+    return rows

@@ -1,0 +1,131 @@
+"""Processes the benchmark starts: a registry that kills every one of them at the end.
+
+Every process is started in its own session (process group) so it and its children can be
+stopped by its own id; nothing is ever stopped by name. Receivers get the environment without
+``TCP_NODELAY`` (DCMTK reads it on both ends), so they run as shipped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from harness.setup_env import ECHOSCU
+
+LOOPBACK = "127.0.0.1"
+
+
+class Registry:
+    """Every process started; :meth:`stop_all` ends them (SIGTERM, then SIGKILL)."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[Any]] = []
+
+    def start(self, args: Sequence[str], *, env: dict[str, str] | None = None, log: Path | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[Any]:
+        """Start ``args`` in a new session; stdout and stderr go to ``log`` (or are discarded)."""
+        handle = open(log, "ab") if log is not None else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(
+                list(args), env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        finally:
+            if log is not None:
+                handle.close()  # type: ignore[union-attr]
+        self._procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[Any], grace: float = 15.0) -> int | None:
+        """SIGTERM the process group, wait up to ``grace`` seconds, then SIGKILL it."""
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        if proc in self._procs:
+            self._procs.remove(proc)
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        """Stop every process still registered."""
+        for proc in list(self._procs):
+            try:
+                self.stop(proc, grace=5.0)
+            except Exception:  # noqa: BLE001 - keep stopping the others
+                pass
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def receiver_env(**extra: str) -> dict[str, str]:
+    """This environment without TCP_NODELAY and the router's own variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in {"TCP_NODELAY", "ROUTER_CONFIG", "ROUTER_DATA_DIR"}}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(port: int, proc: subprocess.Popen[Any], called_ae: str, timeout: float = 60.0) -> None:
+    """Wait until a C-ECHO to ``port`` succeeds (DCMTK echoscu); raise if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"receiver exited with status {proc.returncode} before listening")
+        result = subprocess.run(
+            [ECHOSCU, "-aet", "BENCHECHO", "-aec", called_ae, "-to", "2", LOOPBACK, str(port)],
+            capture_output=True, env=receiver_env(),
+        )
+        if result.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"receiver on port {port} not ready after {timeout:.0f} s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, its reaped children and its live descendants."""
+    try:
+        proc = psutil.Process(pid)
+        times = proc.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in proc.children(recursive=True):
+            try:
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+    except psutil.NoSuchProcess:
+        return float("nan")
+
+
+def vm_hwm_kib(pid: int) -> int | None:
+    """Peak resident set size (VmHWM) of a process, in KiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None

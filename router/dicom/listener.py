@@ -1,0 +1,282 @@
+"""The listening side of the SCP: sockets, access control, TLS and the pynetdicom AE.
+
+:func:`start_listener` binds the plain and/or TLS ports and serves each association in its own
+thread, with the C-STORE handler of :mod:`router.dicom.scp`. Several router processes may share
+a port (``reuse_port``: ``SO_REUSEPORT``, the kernel spreads new connections over them).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, StoreHandler
+
+LOG = logging.getLogger(__name__)
+
+
+class RouterAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the router's socket policy.
+
+    - connections from addresses outside ``allowed_networks`` are closed before any DICOM
+      exchange (``socketserver`` ``verify_request``, in the accept loop; no thread is started);
+    - TCP_NODELAY on every accepted socket (C-STORE responses are small: without it a sender
+      with Nagle on waits for the delayed ACK, about 40 ms per instance);
+    - in the connection's own thread, never in the accept loop, with ``handshake_timeout``
+      seconds (``listener.acse_timeout``) for each step: wait for the peer's first byte, then
+      on the TLS port run the handshake (PS3.15 Annex B.1). A peer that hangs up before sending
+      anything (a TCP health check, a port scan), says nothing, is not speaking TLS on the TLS
+      port, or fails the handshake is closed there and never becomes an association. Otherwise
+      pynetdicom would hold it as one until its ARTIM timer expired, taking a place among
+      ``max_associations`` and delaying a drain;
+    - connection threads are daemon threads: a stalled handshake never holds up shutdown
+      (``socketserver.ThreadingMixIn`` would otherwise join them on close).
+    """
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, allowed_networks: Iterable[Any] = (), tcp_nodelay: bool = True,
+                 handshake_timeout: float = 30.0, reuse_port: bool = False, **kwargs: Any) -> None:
+        self.allowed_networks = tuple(allowed_networks)
+        self.tcp_nodelay = tcp_nodelay
+        self.handshake_timeout = handshake_timeout
+        self.reuse_port = reuse_port
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        """Bind as pynetdicom does, with ``SO_REUSEPORT`` first when several processes share the port."""
+        if self.reuse_port:
+            assert self.socket is not None
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection (plain TCP: TLS is set up later, in the connection's thread)."""
+        assert self.socket is not None
+        client_socket, address = self.socket.accept()
+        if self.tcp_nodelay:
+            try:
+                client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # pragma: no cover - not a TCP socket
+                pass
+        return client_socket, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """``True`` if the peer is in ``allowed_networks`` (or the list is empty).
+
+        An IPv4-mapped IPv6 peer (``::ffff:a.b.c.d``, seen on a dual-stack ``::`` listener) is
+        compared as the IPv4 address; an IPv6 zone (``%eth0``) is ignored.
+        """
+        if not self.allowed_networks:
+            return True
+        try:
+            peer = ipaddress.ip_address(str(client_address[0]).split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+            peer = peer.ipv4_mapped
+        allowed = any(peer in network for network in self.allowed_networks)
+        if not allowed:
+            LOG.warning("connection from %s refused: address not in listener.allowed_addresses", peer)
+        return allowed
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Runs in the connection's thread: pre-checks and TLS, then hand over to pynetdicom."""
+        ready = self._prepare(request, str(client_address[0]))
+        if ready is not None:
+            super().finish_request(ready, client_address)
+
+    def _prepare(self, request: socket.socket, peer: str) -> socket.socket | None:
+        """The socket to run the association on; ``None`` once a refused connection is closed."""
+        current = request
+        try:
+            current.settimeout(self.handshake_timeout)
+            first = current.recv(1, socket.MSG_PEEK)
+            if not first:
+                LOG.debug("connection from %s closed before sending anything", peer)
+                return _closed(current)
+            if self.ssl_context is not None:
+                if first != b"\x16":  # not a TLS handshake record (RFC 8446 section 5.1)
+                    LOG.warning("connection from %s to the TLS port is not TLS (first byte 0x%02X); closed", peer, first[0])
+                    return _closed(current)
+                current = self.ssl_context.wrap_socket(current, server_side=True, do_handshake_on_connect=False)
+                current.do_handshake()
+            current.settimeout(None)  # pynetdicom expects a blocking socket (it selects before reading)
+        except TimeoutError:
+            LOG.info("connection from %s sent nothing or stalled for %.0f s; closed", peer, self.handshake_timeout)
+            return _closed(current)
+        except ssl.SSLError as exc:
+            LOG.warning("TLS handshake with %s failed: %s", peer, exc.reason or exc)
+            return _closed(current)
+        except OSError as exc:
+            LOG.debug("connection from %s lost before the association: %s", peer, exc)
+            return _closed(current)
+        return current
+
+
+def _closed(sock: socket.socket) -> None:
+    """Shut down and close a connection that never became an association."""
+    for step in (lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+        try:
+            step()
+        except OSError:
+            pass
+    return None
+
+
+@dataclass(frozen=True)
+class ListenerOptions:
+    """What :func:`start_listener` needs (taken from the router settings)."""
+
+    ae_title: str
+    host: str
+    port: int
+    max_associations: int = 16
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 120.0
+    max_pdu_length: int = 262_144
+    tcp_nodelay: bool = True
+    allowed_addresses: tuple[str, ...] = ()
+    tls_port: int | None = None
+    tls_host: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+    plain: bool = True
+    reuse_port: bool = False  # several router processes listen on the same port(s)
+    allowed_calling_ae_titles: tuple[str, ...] = ()  # set before the first association is accepted
+
+
+class Listener:
+    """A running SCP: one AE with a plain and/or a TLS server."""
+
+    def __init__(self, ae: AE, servers: list[RouterAssociationServer], threads: list[threading.Thread]) -> None:
+        self.ae = ae
+        self.servers = servers
+        self._threads = threads
+
+    @property
+    def ports(self) -> list[int]:
+        """Bound ports, plain first then TLS (useful when port 0 asked for a free one)."""
+        return [int(server.server_address[1]) for server in self.servers]
+
+    def set_allowed_calling_ae_titles(self, titles: Iterable[str]) -> None:
+        """Replace the allowed calling AE titles; empty allows every sender.
+
+        Any other calling AE title gets A-ASSOCIATE-RJ rejected-permanent, service-user,
+        "calling-AE-title-not-recognized" (PS3.8 section 9.3.4, Table 9-21: result 1, source 1,
+        diagnostic 3). The comparison is exact after trailing spaces are stripped.
+
+        Raises
+        ------
+        ValueError
+            If a title is not a valid AE title (PS3.5 section 6.2, VR AE).
+        """
+        self.ae.require_calling_aet = sorted({title.strip() for title in titles})
+
+    @property
+    def allowed_calling_ae_titles(self) -> tuple[str, ...]:
+        """The calling AE titles let in now; empty means every sender."""
+        return tuple(self.ae.require_calling_aet)
+
+    def active_associations(self) -> int:
+        """Associations currently open."""
+        return len(self.ae.active_associations)
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets; associations in flight carry on."""
+        for server in list(self.servers):
+            server.shutdown()
+
+    def drain(self, timeout: float) -> bool:
+        """Stop accepting, wait up to ``timeout`` seconds for open associations, then abort the rest.
+
+        Returns ``True`` if every association finished on its own.
+        """
+        self.stop_accepting()
+        deadline = time.monotonic() + timeout
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        finished = not self.ae.active_associations
+        self.ae.shutdown()
+        return finished
+
+    def close(self) -> None:
+        """Stop at once: close the servers and abort every association."""
+        self.ae.shutdown()
+
+
+def build_ae(options: ListenerOptions) -> AE:
+    """An AE with the router's timeouts, PDU size and presentation contexts."""
+    ae = AE(ae_title=options.ae_title)
+    ae.maximum_associations = options.max_associations
+    ae.acse_timeout = options.acse_timeout
+    ae.dimse_timeout = options.dimse_timeout
+    ae.network_timeout = options.network_timeout
+    ae.maximum_pdu_size = options.max_pdu_length
+    ae.require_calling_aet = sorted({title.strip() for title in options.allowed_calling_ae_titles if title.strip()})
+    ae.add_supported_context(Verification)
+    # With UNRESTRICTED_STORAGE_SERVICE every storage SOP class proposed is accepted with one of
+    # these transfer syntaxes; list the standard ones too so negotiation works without it.
+    from pynetdicom import AllStoragePresentationContexts
+
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES))
+    return ae
+
+
+def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
+    """Bind and serve in background threads. Returns once the sockets are listening.
+
+    Raises
+    ------
+    OSError
+        If a port cannot be bound.
+    """
+    ae = build_ae(options)
+    networks = tuple(ipaddress.ip_network(item, strict=False) for item in options.allowed_addresses)
+    handlers = [(evt.EVT_C_STORE, handler), (evt.EVT_C_ECHO, _handle_echo),
+                (evt.EVT_CONN_OPEN, handler.connection_opened), (evt.EVT_CONN_CLOSE, handler.connection_closed)]
+    servers: list[RouterAssociationServer] = []
+    threads: list[threading.Thread] = []
+    binds: list[tuple[str, int, ssl.SSLContext | None]] = []
+    if options.plain:
+        binds.append((options.host, options.port, None))
+    if options.ssl_context is not None and options.tls_port is not None:
+        binds.append((options.tls_host or options.host, options.tls_port, options.ssl_context))
+    try:
+        for host, port, context in binds:
+            server = ae.make_server(
+                (host, port),
+                ssl_context=context,
+                evt_handlers=handlers,
+                server_class=RouterAssociationServer,
+                allowed_networks=networks,
+                tcp_nodelay=options.tcp_nodelay,
+                handshake_timeout=options.acse_timeout,
+                reuse_port=options.reuse_port,
+            )
+            ae._servers.append(server)  # so ae.shutdown() stops it (as start_server does)
+            thread = threading.Thread(target=server.serve_forever, name=f"listener:{port}", daemon=True)
+            thread.start()
+            servers.append(server)
+            threads.append(thread)
+    except OSError:
+        ae.shutdown()
+        raise
+    return Listener(ae, servers, threads)
+
+
+def _handle_echo(event: Any) -> int:
+    """C-ECHO (Verification SOP Class, PS3.4 Annex A): always Success."""
+    return 0x0000

@@ -1,0 +1,83 @@
+"""Several receiving processes sharing the port (`[listener] workers`)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from router.app import RouterApp
+from router.db.models import Instance, Study
+from router.domain.enums import StudyStatus
+from router.server import RouterServer
+from tests.conftest import make_settings
+from tests.dicom_helpers import make_dataset, send_paths, write_part10
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+
+def test_two_workers_share_the_port_and_store_everything(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'router.db'}").replace("listener", workers=2)
+    app = RouterApp.open(settings, upgrade=True)
+    server = RouterServer(app)
+    server.start()
+    try:
+        assert server.listener is None and server.workers is not None
+        pids = [worker.process.pid for worker in server.workers._workers]
+        assert len(set(pids)) == 2 and os.getpid() not in pids
+        batches = [
+            [write_part10(make_dataset(StudyInstanceUID=f"1.2.826.0.1.3680043.10.888.{b}"), tmp_path / f"{b}-{i}.dcm") for i in range(15)]
+            for b in range(4)
+        ]
+        results: dict[int, list[int | None]] = {}
+        threads = [threading.Thread(target=lambda b=b: results.__setitem__(b, send_paths(server.ports[0], batches[b], calling_ae=f"MOD{b}"))) for b in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert results == {b: [0] * 15 for b in range(4)}
+        with app.sessions() as session:
+            assert session.scalar(select(func.count(Instance.id))) == 60
+        # the parent's timer routes what the workers received
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with app.sessions() as session:
+                statuses = list(session.scalars(select(Study.status)))
+            if len(statuses) == 4 and StudyStatus.RECEIVING not in statuses:
+                break
+            time.sleep(0.1)
+        assert sorted(statuses) == [StudyStatus.HELD] * 4  # no facility, no address: no_exam_state
+        # a worker that dies is started again
+        server.workers._workers[0].process.kill()
+        server.workers._workers[0].process.join(5)
+        server.tick()
+        assert server.workers._workers[0].process.is_alive()
+        assert send_paths(server.ports[0], [write_part10(make_dataset(), tmp_path / "after.dcm")]) == [0]
+    finally:
+        assert server.stop(drain_timeout=5) is True
+        app.close()
+
+
+def test_a_port_in_use_fails_start_up_with_one_line(tmp_path: Path) -> None:
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'router.db'}").replace("listener", workers=2, port=port)
+    app = RouterApp.open(settings, upgrade=True)
+    server = RouterServer(app)
+    try:
+        from router.node import ListenerError
+
+        with pytest.raises(ListenerError, match=f"port {port}"):
+            server.start()
+    finally:
+        busy.close()
+        server.stop(drain_timeout=1)
+        app.close()
