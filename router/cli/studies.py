@@ -93,6 +93,8 @@ def show(obj: CliContext, study_instance_uid: str, as_json: bool) -> None:
         last = document["decisions"][-1]
         if last["candidates"]:
             _print_candidates(last["candidates"], f"Radiologists considered at {last['decided_at']} ({last['trigger']})")
+        if last["not_evaluated_npis"]:
+            click.echo(f"ranked after the chosen reader, not evaluated: {', '.join(last['not_evaluated_npis'])}")
         if last["unlicensed_npis"]:
             click.echo(f"no license in {last['exam_state']} (at {last['decided_at']}): {', '.join(last['unlicensed_npis'])}")
 

@@ -243,10 +243,12 @@ class Study(Base):
     """
 
     __tablename__ = "studies"
+    # the routing timer's question: which studies are still receiving and quiet since <cutoff>
+    __table_args__ = (Index("ix_studies_status_last_received_at", "status", "last_received_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
-    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus, "study_status"), index=True)
+    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus, "study_status"))
     hold_reason: Mapped[HoldReason | None] = mapped_column(_enum(HoldReason, "hold_reason"))
     hold_detail: Mapped[str | None] = mapped_column(Text)
     accession_number: Mapped[str | None] = mapped_column(String(64))
@@ -271,7 +273,7 @@ class Study(Base):
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     first_received_at: Mapped[dt.datetime]
-    last_received_at: Mapped[dt.datetime] = mapped_column(index=True)
+    last_received_at: Mapped[dt.datetime]
     routed_at: Mapped[dt.datetime | None]
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False)  # flagged by a roster change
 
@@ -381,6 +383,8 @@ class RoutingDecision(Base):
     # radiologists holding no license in the exam state, NPIs only (reason: "no license in XX");
     # kept apart so a large roster does not bloat every decision
     unlicensed_npis: Mapped[list[Any] | None] = mapped_column(JSON)
+    # readers ranked after the chosen one, in rank order, not evaluated (NPIs only, as above)
+    not_evaluated_npis: Mapped[list[Any] | None] = mapped_column(JSON)
     # fastest path to eligibility when nobody was eligible: [{npi, name, path, detail}]
     fastest_paths: Mapped[list[Any] | None] = mapped_column(JSON)
     note: Mapped[str | None] = mapped_column(Text)

@@ -14,24 +14,24 @@ then the longest since their last assignment, then the lowest NPI
    eligible one: by construction it is the one the policy would choose among all eligible.
 
 The decision records every reader: the full verdict of each one evaluated, the license reason
-of each one settled in step 2, and "not evaluated: ranked after the chosen reader" with the
-workload that ranked them for the rest; readers with no license in the state are listed by NPI.
+of each one settled in step 2, the NPIs ranked after the chosen reader (not evaluated: the
+policy would not have chosen them even if eligible), and the NPIs with no license in the state.
 Routing time then grows with the readers who must be looked at, not with the roster.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from router.db.models import Assignment, License, Radiologist
 from router.domain.assignment import choose_reader
-from router.domain.enums import LicensePathway, LicenseStatus
+from router.domain.enums import LicenseStatus
 from router.domain.licensure import (
     EligibilityRules,
     LicenseFacts,
@@ -41,7 +41,7 @@ from router.domain.licensure import (
     evaluate_reader,
     license_standing,
 )
-from router.services.facts import load_readers
+from router.services.facts import license_facts, load_readers
 
 #: Readers evaluated in full per database round trip.
 BATCH = 8
@@ -50,7 +50,11 @@ _NEVER = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
 
 @dataclass(frozen=True)
 class Ranked:
-    """One radiologist holding a license row in the exam state, with the policy's keys."""
+    """One radiologist holding a license row in the exam state, with the policy's keys.
+
+    ``license`` is loaded only when the row settles the reader (``usable_row`` false, or
+    inactive): it then gives the reason.
+    """
 
     radiologist_id: int
     npi: str
@@ -58,7 +62,8 @@ class Ranked:
     active: bool
     open_assignments: int
     last_assigned_at: dt.datetime | None
-    license: LicenseFacts
+    usable_row: bool  # exam-state license active and covering the day
+    license: LicenseFacts | None = None
 
     @property
     def rank_key(self) -> tuple[int, dt.datetime, str]:
@@ -71,36 +76,37 @@ class Judgement:
     """The outcome of judging the roster for one study."""
 
     chosen: Verdict | None
-    records: list[dict[str, Any]] = field(default_factory=list)  # JSON-ready, one per licensed reader
+    records: list[dict[str, Any]] = field(default_factory=list)  # JSON-ready: evaluated and settled readers
+    not_evaluated: list[str] = field(default_factory=list)  # NPIs ranked after the chosen reader
     evaluated: list[ReaderFacts] = field(default_factory=list)
 
 
-def ranked_readers(session: Session, state: str) -> list[Ranked]:
-    """Every radiologist with a license row in ``state``, with open workload and last assignment."""
+def ranked_readers(session: Session, state: str, day: dt.date) -> list[Ranked]:
+    """Every radiologist with a license row in ``state``, with open workload and last assignment.
+
+    Only plain columns come back for everyone (converting hundreds of dates and enums per study
+    would cost more than the query); whether the exam-state license is active and covers
+    ``day`` is decided in SQL. The license row itself is loaded for the readers it settles.
+    """
     open_count = (
         select(func.count(Assignment.id))
         .where(Assignment.radiologist_id == Radiologist.id, Assignment.superseded_at.is_(None), Assignment.completed_at.is_(None))
         .scalar_subquery()
     )
     last_assigned = select(func.max(Assignment.assigned_at)).where(Assignment.radiologist_id == Radiologist.id).scalar_subquery()
+    usable = case(
+        (
+            and_(
+                License.status == LicenseStatus.ACTIVE,
+                or_(License.issued.is_(None), License.issued <= day),
+                License.expires >= day,
+            ),
+            1,
+        ),
+        else_=0,
+    )
     rows = session.execute(
-        select(
-            Radiologist.id,
-            Radiologist.npi,
-            Radiologist.name,
-            Radiologist.active,
-            open_count,
-            last_assigned,
-            License.id,
-            License.number,
-            License.pathway,
-            License.status,
-            License.status_since,
-            License.in_lieu_of_discipline,
-            License.issued,
-            License.expires,
-            License.compact_hold_cleared_on,
-        )
+        select(Radiologist.id, Radiologist.npi, Radiologist.name, Radiologist.active, open_count, last_assigned, usable)
         .join(License, License.radiologist_id == Radiologist.id)
         .where(License.state == state)
     ).all()
@@ -111,28 +117,17 @@ def ranked_readers(session: Session, state: str) -> list[Ranked]:
             last = dt.datetime.fromisoformat(last)
         if last is not None and last.tzinfo is None:
             last = last.replace(tzinfo=dt.timezone.utc)
-        ranked.append(
-            Ranked(
-                radiologist_id=row[0],
-                npi=row[1],
-                name=row[2],
-                active=bool(row[3]),
-                open_assignments=int(row[4] or 0),
-                last_assigned_at=last,
-                license=LicenseFacts(
-                    state=state,
-                    number=row[7],
-                    pathway=LicensePathway(row[8]),
-                    status=LicenseStatus(row[9]),
-                    status_since=row[10],
-                    in_lieu_of_discipline=bool(row[11]),
-                    issued=row[12],
-                    expires=row[13],
-                    compact_hold_cleared_on=row[14],
-                    license_id=row[6],
-                ),
-            )
-        )
+        ranked.append(Ranked(row[0], row[1], row[2], bool(row[3]), int(row[4] or 0), last, bool(row[6])))
+    settled = [item.radiologist_id for item in ranked if not (item.active and item.usable_row)]
+    if settled:
+        licenses = {
+            lic.radiologist_id: license_facts(lic)
+            for lic in session.scalars(select(License).where(License.state == state, License.radiologist_id.in_(settled)))
+        }
+        ranked = [
+            dataclasses.replace(item, license=licenses.get(item.radiologist_id)) if item.radiologist_id in licenses else item
+            for item in ranked
+        ]
     return sorted(ranked, key=lambda item: item.rank_key)
 
 
@@ -142,14 +137,16 @@ def _settled_reason(item: Ranked, day: dt.date, rules: EligibilityRules) -> list
     Status and dates are the first checks of :func:`license_standing` and need nothing but the
     license, so the reason strings are the rules' own.
     """
+    if item.active and item.usable_row:
+        return None
     reasons = [] if item.active else ["inactive"]
-    alone = ReaderFacts(radiologist_id=item.radiologist_id, npi=item.npi, name=item.name, licenses=(item.license,))
     lic = item.license
-    if lic.status is not LicenseStatus.ACTIVE or not lic.covers(day):
+    if not item.usable_row and lic is not None:
+        alone = ReaderFacts(radiologist_id=item.radiologist_id, npi=item.npi, name=item.name, licenses=(lic,))
         usable, reason = license_standing(alone, lic, day, rules)
         assert not usable and reason
         reasons.append(reason)
-    return reasons or None
+    return reasons
 
 
 def judge(session: Session, study: StudyFacts, day: dt.date, rules: EligibilityRules) -> Judgement:
@@ -158,7 +155,7 @@ def judge(session: Session, study: StudyFacts, day: dt.date, rules: EligibilityR
     Returns a :class:`Judgement` whose ``chosen`` is ``None`` when nobody is eligible (every
     licensed reader has then been evaluated or settled).
     """
-    ranked = ranked_readers(session, study.exam_state)
+    ranked = ranked_readers(session, study.exam_state, day)
     judgement = Judgement(chosen=None)
     pending: list[Ranked] = []
     settled: list[dict[str, Any]] = []
@@ -182,11 +179,7 @@ def judge(session: Session, study: StudyFacts, day: dt.date, rules: EligibilityR
                 # the first eligible in rank order is the policy's choice; the domain confirms it
                 judgement.chosen = choose_reader([verdict], {reader.radiologist_id: reader})
                 skipped = group[group.index(item) + 1 :]
-                pending_rest = skipped + pending[position:]
-                judgement.records += [
-                    _record(rest, eligible=None, reasons=["not evaluated: ranked after the chosen reader (more open assignments or more recently assigned)"])
-                    for rest in pending_rest
-                ]
+                judgement.not_evaluated = [rest.npi for rest in skipped + pending[position:]]
                 break
     judgement.records += settled
     return judgement

@@ -221,6 +221,7 @@ class RoutingService:
             chosen_npi=chosen.npi,
             candidates=candidates,
             unlicensed_npis=unlicensed,
+            not_evaluated_npis=judgement.not_evaluated or None,
             note=note,
         )
         session.add(decision)

@@ -252,6 +252,7 @@ def _decision_json(decision: RoutingDecision) -> dict[str, Any]:
         "chosen_npi": decision.chosen_npi,
         "candidates": decision.candidates,
         "unlicensed_npis": decision.unlicensed_npis or [],
+        "not_evaluated_npis": decision.not_evaluated_npis or [],
         "fastest_paths": decision.fastest_paths or [],
         "note": decision.note,
     }

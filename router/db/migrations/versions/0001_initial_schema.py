@@ -154,8 +154,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('study_instance_uid', name=op.f('uq_studies_study_instance_uid'))
     )
     with op.batch_alter_table('studies', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_studies_last_received_at'), ['last_received_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_studies_status'), ['status'], unique=False)
+        batch_op.create_index('ix_studies_status_last_received_at', ['status', 'last_received_at'], unique=False)
 
     op.create_table('disciplinary_actions',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -242,6 +241,7 @@ def upgrade() -> None:
     sa.Column('chosen_npi', sa.String(length=10), nullable=True),
     sa.Column('candidates', sa.JSON(), nullable=False),
     sa.Column('unlicensed_npis', sa.JSON(), nullable=True),
+    sa.Column('not_evaluated_npis', sa.JSON(), nullable=True),
     sa.Column('fastest_paths', sa.JSON(), nullable=True),
     sa.Column('note', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['study_id'], ['studies.id'], name=op.f('fk_routing_decisions_study_id_studies'), ondelete='CASCADE'),
@@ -425,8 +425,7 @@ def downgrade() -> None:
 
     op.drop_table('disciplinary_actions')
     with op.batch_alter_table('studies', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_studies_status'))
-        batch_op.drop_index(batch_op.f('ix_studies_last_received_at'))
+        batch_op.drop_index('ix_studies_status_last_received_at')
 
     op.drop_table('studies')
     with op.batch_alter_table('privileges', schema=None) as batch_op:
