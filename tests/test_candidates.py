@@ -49,12 +49,15 @@ def _fill(app: RouterApp, rng: random.Random) -> None:
                     status=rng.choice((LicenseStatus.ACTIVE, LicenseStatus.ACTIVE, LicenseStatus.ACTIVE, LicenseStatus.SUSPENDED, LicenseStatus.EXPIRED)),
                     issued=issued, expires=DAY + dt.timedelta(days=rng.randint(-3, 400)), in_lieu_of_discipline=False,
                 ))
-            for _ in range(rng.randint(0, 3)):  # workload; some completed, some older
-                session.add(Assignment(study_id=study.id, radiologist_id=reader.id, decision_id=decision.id,
+            for load in range(rng.randint(0, 3)):  # workload: one current assignment per study
+                past = Study(study_instance_uid=f"1.2.4.{index}.{load}", status=StudyStatus.ASSIGNED, first_received_at=NOW,
+                             last_received_at=NOW, instance_count=0, size_bytes=0, needs_review=False)
+                session.add(past)
+                session.flush()
+                session.add(Assignment(study_id=past.id, radiologist_id=reader.id, decision_id=decision.id,
                                        license_state="TX", license_number="x",
                                        assigned_at=NOW - dt.timedelta(hours=rng.randint(1, 500)), assigned_by="t",
-                                       completed_at=NOW if rng.random() > 0.5 else None,
-                                       superseded_at=NOW))  # superseded: allowed many per study
+                                       completed_at=NOW if rng.random() > 0.5 else None))
 
 
 def test_lazy_choice_equals_full_evaluation(tmp_path: Path) -> None:
