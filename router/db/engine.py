@@ -7,10 +7,13 @@ wait for the write lock instead of failing at once. PostgreSQL is used as is.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,6 +45,11 @@ def make_engine(url: str, busy_timeout: float = 10.0, **kwargs: Any) -> Engine:
             **kwargs,
         )
         timeout_ms = int(busy_timeout * 1000)
+        # Taking the write lock is retried here in short steps: SQLite's own busy handler sleeps
+        # 1, 2, 5, 10, 15, 20, 25 ... 100 ms between tries, so a writer of another router
+        # process (listener.workers > 1) that holds the lock for a millisecond would cost the
+        # waiter tens of milliseconds. Statements inside the transaction keep the busy timeout.
+        lock_timeout_ms = int(busy_timeout * 1000)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -57,8 +65,25 @@ def make_engine(url: str, busy_timeout: float = 10.0, **kwargs: Any) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(connection: Any) -> None:
             # IMMEDIATE takes the write lock up front, so two writers never deadlock upgrading
-            # a read lock; the busy timeout then queues them.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # a read lock.
+            raw = connection.connection.dbapi_connection
+            raw.execute("PRAGMA busy_timeout=0")
+            deadline = time.monotonic() + busy_timeout
+            pause = 0.0002
+            try:
+                while True:
+                    try:
+                        raw.execute("BEGIN IMMEDIATE")
+                        return
+                    except sqlite3.OperationalError as exc:
+                        if "locked" not in str(exc) and "busy" not in str(exc):
+                            raise
+                        if time.monotonic() >= deadline:
+                            raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
+                        time.sleep(pause)
+                        pause = min(pause * 1.5, 0.002)
+            finally:
+                raw.execute(f"PRAGMA busy_timeout={lock_timeout_ms}")
 
         return engine
     connect_args = kwargs.pop("connect_args", {})
