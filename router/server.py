@@ -19,8 +19,8 @@ from router.dicom.extract import read_header
 from router.dicom.listener import Listener
 from router.dicom.scp import configure_pynetdicom
 from router.dicom.scu import Destination, send_files
+from router.node import ListenerNode
 from router.services.forwarding import ForwardingPolicy, ForwardingService
-from router.node import ListenerError, ListenerNode, tls_context
 from router.services.recovery import RecoveryReport, RecoveryService
 from router.workers import WorkerPool
 

@@ -7,8 +7,9 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from router.domain.assignment import choose_reader
+from router.domain.eligibility_facts import LicenseFacts, ReaderFacts
 from router.domain.enums import LicensePathway, LicenseStatus
-from router.domain.licensure import LicenseFacts, ReaderFacts, Verdict
+from router.domain.licensure import Verdict
 
 UTC = timezone.utc
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)

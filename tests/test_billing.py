@@ -9,12 +9,14 @@ import pytest
 from router.domain.billing import (
     MAP_INFERRED_REASON,
     BillingLine,
-    CptMap,
     ProcedureCode,
-    body_part_key,
     cost_cents,
-    description_words,
     resolve_billing_lines,
+)
+from router.domain.cpt_map import (
+    CptMap,
+    body_part_key,
+    description_words,
     validate_cpt_code,
 )
 from router.domain.enums import CptSource

@@ -11,8 +11,9 @@ from router.app import RouterApp
 from router.config import Settings
 from router.db.models import Assignment, License, Radiologist, RoutingDecision, Study
 from router.domain.assignment import choose_reader
+from router.domain.eligibility_facts import StudyFacts
 from router.domain.enums import LicensePathway, LicenseStatus, StudyStatus
-from router.domain.licensure import StudyFacts, evaluate_readers
+from router.domain.licensure import evaluate_readers
 from router.domain.npi import npi_check_digit
 from router.services.candidates import judge
 from router.services.facts import load_readers

@@ -7,21 +7,18 @@ from datetime import date
 
 import pytest
 
-from router.domain.enums import FederalFacility, LicensePathway, LicenseStatus
-from router.domain.imlc import ImlcMembership
-from router.domain.licensure import (
+from router.domain.compact_paths import FastestPathKind, fastest_paths
+from router.domain.eligibility_facts import (
     DisciplinaryActionFacts,
     EligibilityRules,
-    FastestPathKind,
     LicenseFacts,
     PrivilegeFacts,
     ReaderFacts,
     StudyFacts,
-    evaluate_reader,
-    evaluate_readers,
-    fastest_paths,
-    license_standing,
 )
+from router.domain.enums import FederalFacility, LicensePathway, LicenseStatus
+from router.domain.imlc import ImlcMembership
+from router.domain.licensure import evaluate_reader, evaluate_readers, license_standing
 from router.errors import ValidationError
 
 P, S = LicensePathway, LicenseStatus

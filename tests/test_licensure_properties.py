@@ -15,19 +15,23 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from router.domain.assignment import choose_reader
-from router.domain.enums import FederalFacility, ImlcStatus, LicensePathway, LicenseStatus
-from router.domain.imlc import ImlcMembership
-from router.domain.licensure import (
+from router.domain.compact_paths import fastest_paths
+from router.domain.eligibility_facts import (
     DisciplinaryActionFacts,
     EligibilityRules,
     LicenseFacts,
     PrivilegeFacts,
     ReaderFacts,
     StudyFacts,
-    evaluate_reader,
-    evaluate_readers,
-    fastest_paths,
 )
+from router.domain.enums import (
+    FederalFacility,
+    ImlcStatus,
+    LicensePathway,
+    LicenseStatus,
+)
+from router.domain.imlc import ImlcMembership
+from router.domain.licensure import evaluate_reader, evaluate_readers
 
 DAY0 = date(2026, 6, 1)
 STATES = ("TX", "CO", "OK", "CT", "NC", "CA")

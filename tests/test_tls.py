@@ -24,16 +24,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
-from pydicom import dcmread
 from sqlalchemy import select
 
 from router.app import RouterApp
 from router.config import Settings, TlsSettings
 from router.db.models import Instance
 from router.errors import ConfigError
-from router.server import RouterServer, tls_context
+from router.node import tls_context
+from router.server import RouterServer
 from tests.conftest import DCMTK_STORESCU, make_settings
 from tests.dicom_helpers import make_dataset, write_part10
 

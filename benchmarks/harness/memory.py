@@ -60,6 +60,16 @@ def measure(receivers: Receivers, name: str, workload: Workload) -> dict[str, An
         sampler.stop.set()
         sampler.join()
         result["hwm_after_mib"] = (vm_hwm_kib(pid) or 0) / 1024
+        # With listener.workers > 1 the receiving is done by child processes: report the sum of
+        # every process's own peak (an upper bound of the whole server at any one moment).
+        try:
+            children = psutil.Process(pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        child_hwm = [(vm_hwm_kib(child.pid) or 0) / 1024 for child in children]
+        result["processes"] = 1 + len(child_hwm)
+        result["hwm_largest_process_mib"] = max([result["hwm_after_mib"], *child_hwm])
+        result["hwm_all_processes_mib"] = result["hwm_after_mib"] + sum(child_hwm)
         result["sampled_peak_mib"] = sampler.peak / 2**20
         result["wall_s"] = sent.wall_s
         result["mb_per_s"] = workload.file_bytes / sent.wall_s / 1e6
@@ -72,8 +82,8 @@ def measure(receivers: Receivers, name: str, workload: Workload) -> dict[str, An
     finally:
         if running is not None:
             receivers.stop(running)
-    peak = result.get("hwm_after_mib")
-    _log(f"{name:16s} peak RSS {peak if peak is None else round(peak)} MiB "
+    peak = result.get("hwm_all_processes_mib", result.get("hwm_after_mib"))
+    _log(f"{name:16s} peak RSS {peak if peak is None else round(peak)} MiB over {result.get('processes', 1)} process(es) "
          f"(sampled {round(result.get('sampled_peak_mib', 0))} MiB, before {round(result.get('hwm_before_mib', 0))} MiB) "
          f"in {result.get('wall_s', float('nan')):.1f} s {'' if result['ok'] else result.get('error')}")
     return result

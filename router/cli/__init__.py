@@ -7,9 +7,6 @@ usage and configuration errors exit 2 (click's convention).
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,4 +43,3 @@ class CliContext:
             return os.environ.get("USER", f"uid:{os.getuid()}")
 
 
-__all__ = ["CliContext", "logging"]

@@ -32,12 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.charset import python_encoding
-from pydicom.dataelem import RawDataElement
+from pydicom.charset import convert_encodings, default_encoding, python_encoding
+from pydicom.dataelem import convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.charset import convert_encodings, default_encoding
-from pydicom.dataelem import convert_raw_data_element
 from pydicom.filereader import data_element_generator
 
 try:  # pydicom's own check of the VR encoding actually used (private, so optional)
@@ -47,8 +45,8 @@ except ImportError:  # pragma: no cover - a pydicom without it
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from router.domain.enums import CptSource
 from router.domain.billing import ProcedureCode
+from router.domain.enums import CptSource
 from router.domain.instance import InstanceHeader
 
 #: Attributes read from each data set (DICOM PS3.6 keywords).

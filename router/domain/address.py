@@ -21,15 +21,28 @@ from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 from dataclasses import dataclass
 
-import pycountry
-import us
 import zipcodes
 
+from router.domain.address_names import (
+    COUNTRY_ALPHA2,
+    COUNTRY_NAMES,
+    REGIONS,
+    US_COUNTRY,
+    US_TERRITORIES,
+    classify_country,
+    clean_text,
+    name_key,
+    tokens,
+    trailing_name,
+)
 from router.domain.enums import StrEnum
-from router.domain.jurisdictions import FREELY_ASSOCIATED_STATES, LICENSING_JURISDICTIONS, MILITARY_POSTAL_CODES
+from router.domain.jurisdictions import (
+    FREELY_ASSOCIATED_STATES,
+    LICENSING_JURISDICTIONS,
+    MILITARY_POSTAL_CODES,
+)
 
 
 class FindingBasis(StrEnum):
@@ -59,93 +72,13 @@ class StateFinding:
 
 _NONE_EMPTY = StateFinding(None, FindingBasis.NONE, "no address")
 
-# ---------------------------------------------------------------- text normalization
-_ABBR_DOT = re.compile(r"(?<=\b[A-Z])\.")  # D.C. -> DC, U.S.A. -> USA; other dots split words
-_TOKEN = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
+# ---------------------------------------------------------------- patterns and ZIPs
 _SEGMENT_SEP = re.compile(r"[\r\n,;\\|\t~]+")
 _ZIP = re.compile(r"^(\d{5})(?:-?\d{4})?$")
 _CA_POSTAL = re.compile(r"^[A-Z]\d[A-Z]\d[A-Z]\d$")
 _ISO_SUBDIVISION = re.compile(r"^([A-Z]{2})-([A-Z0-9]{1,3})$")
 _MILITARY_MARKERS = frozenset({"APO", "FPO", "DPO"})
 _STREET_SUFFIX_CODES = frozenset({"CT", "WY"})  # Court, Way: USPS street suffixes that are state codes
-_US_COUNTRY = frozenset({"US", "UM"})  # United States; US Minor Outlying Islands (no board)
-_US_TERRITORIES = frozenset(state.abbr for state in us.states.TERRITORIES) & LICENSING_JURISDICTIONS
-
-
-def _clean(text: str) -> str:
-    """Upper-case, strip accents, turn NUL and other control characters into spaces."""
-    text = unicodedata.normalize("NFKD", text)
-    kept = (ch for ch in text if not unicodedata.combining(ch))
-    text = "".join(ch if ch.isprintable() or ch in "\r\n\t" else " " for ch in kept)
-    return text.upper()
-
-
-def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(_ABBR_DOT.sub("", text))
-
-
-def _key(text: str) -> str:
-    return " ".join(_tokens(_clean(text)))
-
-
-# ---------------------------------------------------------------- name tables
-# Region table: key -> (kind, code); kind is "us", "military", "fas" or "province".
-_EXTRA_REGIONS = {
-    "DC": ("WASHINGTON DC", "DIST OF COLUMBIA", "D C", "WASHINGTON D C"),
-    "VI": ("US VIRGIN ISLANDS", "USVI", "U S VIRGIN ISLANDS", "UNITED STATES VIRGIN ISLANDS",
-           "VIRGIN ISLANDS OF THE UNITED STATES", "VIRGIN ISLANDS US"),
-    "MP": ("CNMI", "NORTHERN MARIANAS", "COMMONWEALTH OF THE NORTHERN MARIANA ISLANDS"),
-    "WV": ("W VA",), "TX": ("TEX",), "PA": ("PENNA",), "WI": ("WISC",), "NE": ("NEBR",),
-    "OR": ("OREG",), "KS": ("KANS",),
-}
-_MILITARY_NAMES = {"ARMED FORCES AMERICAS": "AA", "ARMED FORCES EUROPE": "AE", "ARMED FORCES AFRICA": "AE",
-                   "ARMED FORCES MIDDLE EAST": "AE", "ARMED FORCES CANADA": "AE", "ARMED FORCES PACIFIC": "AP"}
-_FAS_NAMES = {"MICRONESIA": "FM", "REPUBLIC OF PALAU": "PW", "REPUBLIC OF THE MARSHALL ISLANDS": "MH"}
-_PROVINCE_CODES = ("AB", "BC", "MB", "NB", "NL", "NS", "NT", "NU", "ON", "PE", "QC", "SK", "YT")
-
-
-def _build_regions() -> dict[str, tuple[str, str]]:
-    table: dict[str, tuple[str, str]] = {}
-    for sub in pycountry.subdivisions.get(country_code="CA"):
-        table[_key(sub.name)] = ("province", sub.code[-2:])
-    table.update({code: ("province", code) for code in _PROVINCE_CODES} | {"PEI": ("province", "PE")})
-    for state in us.states.ASSOCIATED_STATES:
-        table[_key(state.name)] = table[state.abbr] = ("fas", state.abbr)
-    table.update({name: ("fas", code) for name, code in _FAS_NAMES.items()})
-    table.update({name: ("military", code) for name, code in _MILITARY_NAMES.items()})
-    table.update({code: ("military", code) for code in MILITARY_POSTAL_CODES})
-    for state in [*us.states.STATES_AND_TERRITORIES, us.states.DC]:
-        for name in (state.name, state.ap_abbr, state.abbr, *_EXTRA_REGIONS.get(state.abbr, ())):
-            if name:
-                table[_key(name)] = ("us", state.abbr)
-    return table
-
-
-_COUNTRY_ALIASES = {
-    "US": "US", "U S": "US", "U S A": "US", "AMERICA": "US", "UNITED STATES OF AMERICA": "US",
-    "UK": "GB", "GREAT BRITAIN": "GB", "BRITAIN": "GB", "ENGLAND": "GB", "SCOTLAND": "GB",
-    "WALES": "GB", "NORTHERN IRELAND": "GB", "RUSSIA": "RU", "KOREA": "KR", "TURKEY": "TR",
-    "CZECH REPUBLIC": "CZ", "HOLLAND": "NL", "THE NETHERLANDS": "NL", "IVORY COAST": "CI",
-    "BURMA": "MM", "UAE": "AE", "MACEDONIA": "MK", "SWAZILAND": "SZ", "CAPE VERDE": "CV",
-    "VATICAN": "VA", "PALESTINE": "PS", "PRC": "CN", "MICRONESIA": "FM", "FEDERATED STATES OF MICRONESIA": "FM",
-}
-
-
-def _build_countries() -> tuple[dict[str, str], dict[str, str]]:
-    """Return (names and alpha-3 codes -> alpha-2, alpha-2 -> alpha-2); ISO 3166-1 via pycountry."""
-    names: dict[str, str] = {}
-    for country in pycountry.countries:
-        for name in (country.alpha_3, country.name, getattr(country, "official_name", None),
-                     getattr(country, "common_name", None)):
-            if name:
-                names[_key(name)] = country.alpha_2
-    names.update(_COUNTRY_ALIASES)
-    return names, {country.alpha_2: country.alpha_2 for country in pycountry.countries}
-
-
-_REGIONS = _build_regions()
-_COUNTRY_NAMES, _COUNTRY_ALPHA2 = _build_countries()
-_MAX_WORDS = max(len(key.split()) for key in [*_REGIONS, *_COUNTRY_NAMES])
 
 
 @functools.cache
@@ -154,35 +87,12 @@ def _zip_states() -> dict[str, str]:
     return {row["zip_code"]: row["state"] for row in zipcodes.list_all()}
 
 
-def _country_class(alpha2: str) -> str:
-    """'us', 'territory' (own board), 'fas' or 'foreign'."""
-    if alpha2 in _US_COUNTRY:
-        return "us"
-    if alpha2 in _US_TERRITORIES:
-        return "territory"
-    return "fas" if alpha2 in FREELY_ASSOCIATED_STATES else "foreign"
-
-
-def _trailing_match(words: list[str]) -> tuple[int, str, str | None, str | None]:
-    """Longest run of trailing words naming a region or a country (a US name wins a tie).
-
-    Returns (number of words, key, region key or None, country alpha-2 or None).
-    """
-    for n in range(min(_MAX_WORDS, len(words)), 0, -1):
-        key = " ".join(words[-n:])
-        if key in _REGIONS:
-            return n, key, key, None
-        if key in _COUNTRY_NAMES:
-            return n, key, None, _COUNTRY_NAMES[key]
-    return 0, "", None, None
-
-
 # ---------------------------------------------------------------- signals of one address
 @dataclass
 class _Signals:
     zip_code: str | None = None
     zip_state: str | None = None
-    region: str | None = None  # matched key in _REGIONS
+    region: str | None = None  # matched key in REGIONS
     country: str | None = None  # matched country text
     country_alpha2: str | None = None
     ca_postal: bool = False
@@ -208,13 +118,13 @@ def _take_postal(words: list[str], sig: _Signals) -> list[str]:
 
 def _read_state_position(words: list[str], sig: _Signals) -> None:
     sig.marker = next((w for w in words if w in _MILITARY_MARKERS), sig.marker)
-    count, key, region, _ = _trailing_match(words)
+    count, key, region, _ = trailing_name(words)
     if count and region is not None:
         sig.region = key
 
 
 def _set_country(text_key: str, sig: _Signals, *, allow_alpha2: bool) -> bool:
-    alpha2 = _COUNTRY_NAMES.get(text_key) or (_COUNTRY_ALPHA2.get(text_key) if allow_alpha2 else None)
+    alpha2 = COUNTRY_NAMES.get(text_key) or (COUNTRY_ALPHA2.get(text_key) if allow_alpha2 else None)
     if alpha2 is None:
         return False
     sig.country, sig.country_alpha2 = text_key, alpha2
@@ -223,12 +133,12 @@ def _set_country(text_key: str, sig: _Signals, *, allow_alpha2: bool) -> bool:
 
 def _signals_free_text(text: str) -> _Signals:
     sig = _Signals()
-    segments = [words for part in _SEGMENT_SEP.split(text) if (words := _tokens(part))]
+    segments = [words for part in _SEGMENT_SEP.split(text) if (words := tokens(part))]
     if segments:
-        count, key, region, alpha2 = _trailing_match(segments[-1])
+        count, key, region, alpha2 = trailing_name(segments[-1])
         after_zip = count < len(segments[-1]) and _ZIP.match(segments[-1][-count - 1]) is not None
-        if region is not None and _REGIONS[region][1] in _US_TERRITORIES and after_zip:
-            sig.country, sig.country_alpha2 = key, _REGIONS[region][1]  # "San Juan PR 00901 Puerto Rico"
+        if region is not None and REGIONS[region][1] in US_TERRITORIES and after_zip:
+            sig.country, sig.country_alpha2 = key, REGIONS[region][1]  # "San Juan PR 00901 Puerto Rico"
         elif not (count and region is None and _set_country(key, sig, allow_alpha2=False)):
             count = 0
         if count:
@@ -249,7 +159,7 @@ def _signals_free_text(text: str) -> _Signals:
 def _signals_hl7(text: str) -> _Signals:
     """XAD: street^other^city^state^zip^country^type...; also street^city^state^zip^country."""
     sig = _Signals()
-    comps = [" ".join(_tokens(c)) for c in text.split("^")][:6]
+    comps = [" ".join(tokens(c)) for c in text.split("^")][:6]
     filled = [i for i in range(1, len(comps)) if comps[i]]
     zip_at = [i for i in filled if not _take_postal(comps[i].split(), probe := _Signals()) and probe.zip_code]
     state_at, country_at = None, None
@@ -259,8 +169,8 @@ def _signals_hl7(text: str) -> _Signals:
     elif filled:
         last = filled[-1]
         before_has_digit = any(ch.isdigit() for ch in comps[last - 1])
-        if last == 5 or comps[last] in _COUNTRY_NAMES and comps[last] not in _REGIONS or (
-                comps[last] in _COUNTRY_ALPHA2 and before_has_digit):
+        if last == 5 or comps[last] in COUNTRY_NAMES and comps[last] not in REGIONS or (
+                comps[last] in COUNTRY_ALPHA2 and before_has_digit):
             country_at = last
             rest = [i for i in filled if i < last]
             last = rest[-1] if rest else 0
@@ -286,7 +196,7 @@ def _decide(sig: _Signals) -> StateFinding:
     us_claims: list[tuple[str, str, FindingBasis]] = []  # (state, what said it, basis)
     outside: list[tuple[str, bool]] = []  # (description, military)
     if sig.region is not None:
-        kind, code = _REGIONS[sig.region]
+        kind, code = REGIONS[sig.region]
         if kind == "us":
             basis = FindingBasis.STATE_CODE if sig.region == code else FindingBasis.STATE_NAME
             said = f"state code {code}" if basis is FindingBasis.STATE_CODE else f"state name {sig.region} ({code})"
@@ -306,7 +216,7 @@ def _decide(sig: _Signals) -> StateFinding:
     if sig.ca_postal:
         outside.append(("foreign address (Canadian postal code)", False))
     if sig.country_alpha2 is not None:
-        country_class = _country_class(sig.country_alpha2)
+        country_class = classify_country(sig.country_alpha2)
         if country_class == "territory":
             us_claims.append((sig.country_alpha2, f"country {sig.country}", FindingBasis.STATE_NAME))
         elif country_class != "us":
@@ -367,9 +277,9 @@ def parse_address(text: str | None) -> StateFinding:
     """
     if not isinstance(text, str):
         return _NONE_EMPTY
-    cleaned = _clean(text)
-    parts = [part for part in cleaned.split("~") if _tokens(part)] if "^" in cleaned else [cleaned]
-    if not parts or not _tokens(parts[0]):
+    cleaned = clean_text(text)
+    parts = [part for part in cleaned.split("~") if tokens(part)] if "^" in cleaned else [cleaned]
+    if not parts or not tokens(parts[0]):
         return _NONE_EMPTY
     findings = [_parse_one(part) for part in parts]
     if len(findings) == 1:
@@ -399,12 +309,12 @@ def parse_region(text: str | None) -> StateFinding:
     """
     if not isinstance(text, str):
         return _NONE_EMPTY
-    words = _tokens(_clean(text))
+    words = tokens(clean_text(text))
     if len(words) == 1 and (found := _ISO_SUBDIVISION.match(words[0])):
         country, sub = found.groups()
-        if country in _US_COUNTRY and _REGIONS.get(sub, ("",))[0] in ("us", "military", "fas"):
+        if country in US_COUNTRY and REGIONS.get(sub, ("",))[0] in ("us", "military", "fas"):
             return _decide(_Signals(region=sub))
-        if country in _COUNTRY_ALPHA2 and country not in _US_COUNTRY:
+        if country in COUNTRY_ALPHA2 and country not in US_COUNTRY:
             return _decide(_Signals(country=words[0], country_alpha2=country))
     return parse_address(text)
 
@@ -428,13 +338,13 @@ def is_foreign_country(text: str | None) -> bool | None:
     """
     if not isinstance(text, str):
         return None
-    key = _key(text)
-    alpha2 = _COUNTRY_NAMES.get(key) or _COUNTRY_ALPHA2.get(key)
+    key = name_key(text)
+    alpha2 = COUNTRY_NAMES.get(key) or COUNTRY_ALPHA2.get(key)
     if alpha2 is None:
         return None
-    country_class = _country_class(alpha2)
+    country_class = classify_country(alpha2)
     if country_class in ("us", "territory"):
         return False
-    if len(key) > 3 and _REGIONS.get(key, ("", ""))[0] == "us":
+    if len(key) > 3 and REGIONS.get(key, ("", ""))[0] == "us":
         return None
     return True

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from router.domain.licensure import ReaderFacts, Verdict
+from router.domain.eligibility_facts import ReaderFacts
+from router.domain.licensure import Verdict
 
 
 def _wait_key(last_assigned_at: datetime | None) -> tuple[int, float]:

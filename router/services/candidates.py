@@ -31,16 +31,14 @@ from sqlalchemy.orm import Session
 
 from router.db.models import Assignment, License, Radiologist
 from router.domain.assignment import choose_reader
-from router.domain.enums import LicenseStatus
-from router.domain.licensure import (
+from router.domain.eligibility_facts import (
     EligibilityRules,
     LicenseFacts,
     ReaderFacts,
     StudyFacts,
-    Verdict,
-    evaluate_reader,
-    license_standing,
 )
+from router.domain.enums import LicenseStatus
+from router.domain.licensure import Verdict, evaluate_reader, license_standing
 from router.services.facts import license_facts, load_readers
 
 #: Readers evaluated in full per database round trip.

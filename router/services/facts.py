@@ -14,10 +14,17 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from router.db.models import Assignment, DisciplinaryAction, Facility, License, Privilege, Radiologist, Study
-from router.domain.licensure import (
+from router.db.models import (
+    Assignment,
+    DisciplinaryAction,
+    Facility,
+    License,
+    Privilege,
+    Radiologist,
+    Study,
+)
+from router.domain.eligibility_facts import (
     DisciplinaryActionFacts,
-    EligibilityRules,
     LicenseFacts,
     PrivilegeFacts,
     ReaderFacts,
@@ -142,7 +149,6 @@ def study_facts(study: Study, exam_state: str, facility: Facility | None) -> Stu
 
 
 __all__ = [
-    "EligibilityRules",
     "license_facts",
     "load_readers",
     "study_facts",

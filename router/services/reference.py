@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from router.domain.billing import CptMap
+from router.domain.cpt_map import CptMap
 from router.domain.imlc import ImlcMembership
 from router.errors import DataFileError
 

@@ -9,7 +9,6 @@ Routing trouble never fails a transfer: the study is held with a reason an admin
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -17,10 +16,25 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.db.models import Assignment, Facility, Instance, Radiologist, RoutingDecision, Series, Study
-from router.db.queries import facility_by_ae_title, facility_by_institution_name, for_update, study_by_uid
+from router.db.models import (
+    Assignment,
+    Facility,
+    Instance,
+    Radiologist,
+    RoutingDecision,
+    Series,
+    Study,
+)
+from router.db.queries import (
+    facility_by_ae_title,
+    facility_by_institution_name,
+    for_update,
+    study_by_uid,
+)
+from router.domain.compact_paths import fastest_paths
+from router.domain.eligibility_facts import EligibilityRules, ReaderFacts
 from router.domain.enums import ExamStateSource, HoldReason, StudyStatus
-from router.domain.licensure import EligibilityRules, ReaderFacts, Verdict, evaluate_reader, fastest_paths
+from router.domain.licensure import Verdict, evaluate_reader
 from router.domain.location import ExamLocation, LocationEvidence, resolve_exam_state
 from router.errors import IneligibleError, ValidationError
 from router.services.candidates import judge
@@ -514,4 +528,4 @@ def _result(study: Study, npi: str | None) -> RouteResult:
     )
 
 
-__all__ = ["RouteResult", "RoutingPolicy", "RoutingService", "dataclasses"]
+__all__ = ["RouteResult", "RoutingPolicy", "RoutingService"]

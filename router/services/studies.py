@@ -27,8 +27,9 @@ from router.db.models import (
     Study,
 )
 from router.db.queries import study_by_uid
+from router.domain.compact_paths import fastest_paths
 from router.domain.enums import StudyStatus
-from router.domain.licensure import evaluate_readers, fastest_paths
+from router.domain.licensure import evaluate_readers
 from router.domain.location import LocationEvidence, resolve_exam_state
 from router.services.facts import load_readers, study_facts
 from router.services.routing import RoutingService, study_modalities
