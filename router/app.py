@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from router.archive import Archive
 from router.config import Settings
 from router.db import migrate
-from router.db.engine import make_engine, make_session_factory
+from router.db.engine import check_connection, make_engine, make_session_factory
 from router.errors import RouterError
 from router.services.intake import IntakeService
 from router.services.ledgers import LedgerService
@@ -70,11 +70,15 @@ class RouterApp:
 
         Raises
         ------
+        DatabaseUnavailable
+            If the database cannot be reached (or, without ``upgrade``, its SQLite file does not
+            exist).
         DatabaseNotReady
             If the schema is not at the newest revision and ``upgrade`` is false.
         """
-        engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
+        engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout, create=upgrade)
         try:
+            check_connection(engine)
             if upgrade:
                 migrate.upgrade(engine)
             elif not migrate.is_current(engine):

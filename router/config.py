@@ -110,6 +110,7 @@ class RoutingSettings:
 
     stable_seconds: float = 30.0  # quiet time after the last instance before routing
     poll_interval: float = 1.0  # seconds between checks of the routing timer
+    recheck_interval: float = 300.0  # seconds between re-checks of open assignments and held studies
     timezone: str = "UTC"  # IANA name; "today" where no facility time zone is known
     use_patient_address: bool = True  # fall back to the patient's residence tags
     require_reading_state_license: bool = False  # reader also licensed where they read from
@@ -341,9 +342,13 @@ def _validate(settings: Settings) -> Settings:
             raise ConfigError("listener.tls.ca_file", "is required when require_client_cert is true")
     if not listener.enabled and not tls.enabled:
         raise ConfigError("listener.enabled", "the plain listener is off and TLS is not enabled")
+    for key, path in (("imlc.membership_file", settings.imlc.membership_file), ("billing.cpt_map", settings.billing.cpt_map)):
+        if not path.is_file():
+            raise ConfigError(key, f"file not found: {path} (a relative path is read from the config file's folder)")
     routing = settings.routing
     _check_positive("routing.stable_seconds", routing.stable_seconds, allow_zero=True)
     _check_positive("routing.poll_interval", routing.poll_interval)
+    _check_positive("routing.recheck_interval", routing.recheck_interval)
     try:
         ZoneInfo(routing.timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:

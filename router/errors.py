@@ -49,5 +49,9 @@ class IndexWriteError(RouterError):
     """The database could not record an instance (maps to C-STORE status 0xA701)."""
 
 
+class DatabaseUnavailable(RouterError):
+    """The configured database cannot be used: bad URL, missing driver, no server, no file."""
+
+
 class DataFileError(RouterError):
     """A dated data file under ``config/`` (IMLC membership, CPT map) is malformed."""

@@ -101,7 +101,9 @@ class PhiRedactingFilter(logging.Filter):
     - records from ``pydicom`` (and raw ``py.warnings`` records not made by this module) are
       reduced to their logger, level and origin;
     - any record's traceback is formatted by :func:`format_exception_safely`;
-    - SQLAlchemy parameters in a message are withheld.
+    - SQLAlchemy parameters in a message are withheld;
+    - control characters in a message are escaped (one record is one line; its traceback, if
+      any, follows on lines of its own).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -118,10 +120,21 @@ class PhiRedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - leave a malformed record to logging's own error path
             return True
-        redacted = redact_text(message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
+        cleaned = escape_controls(redact_text(message))
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
         return True
+
+
+#: C0 controls (but TAB) and DEL, written as escapes: a value with a line break (an accession
+#: number "A1\nFAKE LINE" from a sender) cannot start a forged log line.
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F]}
+_CONTROL_ESCAPES.update({0x0A: "\\n", 0x0D: "\\r"})
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with line breaks and other control characters written as ``\\n``, ``\\x1b``..."""
+    return text.translate(_CONTROL_ESCAPES)
 
 
 def _showwarning(message: warnings.WarningMessage | Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -156,4 +169,4 @@ def install_library_guards(*, verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
 
 
-__all__ = ["PhiRedactingFilter", "configure_logging", "format_exception_safely", "install_library_guards", "redact_text"]
+__all__ = ["PhiRedactingFilter", "configure_logging", "escape_controls", "format_exception_safely", "install_library_guards", "redact_text"]

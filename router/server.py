@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from router.app import RouterApp
+from router.domain.enums import StudyStatus
 from router.dicom.extract import read_header
 from router.dicom.listener import Listener
-from router.dicom.scp import configure_pynetdicom
+from router.dicom.scp import ConditionLog, configure_pynetdicom
 from router.dicom.scu import Destination, send_files
 from router.node import ListenerNode
 from router.services.forwarding import ForwardingPolicy, ForwardingService
@@ -25,6 +27,12 @@ from router.services.recovery import RecoveryReport, RecoveryService
 from router.workers import WorkerPool
 
 LOG = logging.getLogger(__name__)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a driver's own error, not SQLAlchemy's wrapper)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _send(paths: Sequence[Path], destination: str, calling_ae_title: str) -> list[bool]:
@@ -58,6 +66,8 @@ class RouterServer:
         self._run_id: int | None = None
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
+        self._timer_condition = ConditionLog(LOG)
+        self._next_recheck: float | None = None  # time.monotonic(); None: at the first pass
 
     @property
     def listener(self) -> Listener | None:
@@ -105,8 +115,13 @@ class RouterServer:
         )
 
     def tick(self) -> None:
-        """One pass of the timer: route, forward, refresh the allow-list, clean stale temp files."""
+        """One pass of the timer: route, re-check when due, forward, refresh the allow-list,
+        clean stale temp files."""
         self.app.routing.route_due()
+        now = time.monotonic()
+        if self._next_recheck is None or now >= self._next_recheck:
+            self.recheck()
+            self._next_recheck = now + self.app.settings.routing.recheck_interval
         if self.app.settings.forwarding.enabled:
             self.forwarding.run_due()
         if self.node is not None:
@@ -116,13 +131,34 @@ class RouterServer:
         stale_after = 2 * self.app.settings.listener.network_timeout + 60
         self.app.archive.clean_incoming(older_than_seconds=stale_after)
 
+    def recheck(self) -> None:
+        """Re-check every open assignment and held study against today's roster.
+
+        Nothing else changes eligibility over time without a roster command: a license or
+        Letter of Qualification expiring at midnight, the 90-day Compact hold ending, a
+        privilege lapsing; and a roster command whose own re-evaluation failed (database
+        busy) relies on this pass.
+        """
+        results = self.app.routing.reevaluate("periodic recheck")
+        assigned = sum(1 for result in results if result.status == StudyStatus.ASSIGNED)
+        if assigned:
+            LOG.info("periodic recheck: %d stud%s assigned or reassigned", assigned, "y" if assigned == 1 else "ies")
+
     def _tick_loop(self) -> None:
         interval = self.app.settings.routing.poll_interval
         while not self._stop.wait(interval):
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - the timer must survive a bad pass (database down...)
-                LOG.exception("routing timer pass failed; retrying in %.0f s", interval)
+            except Exception as exc:  # noqa: BLE001 - the timer must survive a bad pass (database down...)
+                # One line when a condition starts and one when it clears, not a traceback every
+                # pass; the traceback is at DEBUG (``-v``).
+                LOG.debug("routing timer pass failed", exc_info=True)
+                self._timer_condition.failed(
+                    "routing timer",
+                    f"routing timer pass failed, retrying every {interval:g} s: {type(exc).__name__}: {_first_line(exc)}",
+                )
+            else:
+                self._timer_condition.succeeded("routing timer")
 
     def _refresh_allowed_titles(self) -> None:
         """Refresh the in-process listener's allow-list now (tests; the timer does it each tick)."""

@@ -255,12 +255,20 @@ def test_saved_change_whose_re_evaluation_fails_exits_1_with_a_warning(tmp_path:
     with RouterApp.open(load_settings(config)) as app:
         add_study(app, "1.2.826.0.1.1")
         app.routing.route_due()
-    membership.unlink()
+    original = membership.read_bytes()
+    membership.write_text("not,the,membership,file\n")  # broken after start-up: parsing fails
     result = run(config, "licenses", "add", "--npi", NPI_A, "--state", "TX", "--number", "T1", "--expires", "2030-01-01")
     assert result.exit_code == 1
     assert result.stdout == f"added license TX-T1 (full, active, expires 2030-01-01) for {NPI_A}\n"
-    assert result.stderr.startswith(f"warning: change saved, but studies were not re-evaluated: cannot read {membership}")
+    assert result.stderr.startswith("warning: change saved, but studies were not re-evaluated: imlc.csv")
+    assert result.stderr.rstrip().endswith("run `router studies recheck` (a running server rechecks every routing.recheck_interval seconds)")
     assert [row["state"] for row in as_json(ok(config, "licenses", "list", "--json"))] == ["TX"]
+    with RouterApp.open(load_settings(config)) as app:
+        assert study_state(app, "1.2.826.0.1.1")["status"] is StudyStatus.HELD
+    # the file is fixed: the recheck the warning names assigns the held study
+    membership.write_bytes(original)
+    lines = ok(config, "studies", "recheck").stdout.splitlines()
+    assert lines == [f"study 1.2.826.0.1.1: assigned to NPI {NPI_A} (TX)", "rechecked: 1 study assigned or reassigned, 0 still held"]
 
 
 # --------------------------------------------------------------------------- import / export
@@ -325,7 +333,10 @@ def test_imlc_show_json_and_table(tmp_path: Path) -> None:
     assert ok(config, "imlc", "show").stdout.startswith("IMLC membership as_of 2026-11-29 (")
     missing = write_config(tmp_path, f"sqlite:///{tmp_path / 'unused.db'}", f'\n[imlc]\nmembership_file = "{tmp_path / "nope.csv"}"\n')
     result = run(missing, "imlc", "check")
-    assert result.exit_code == 1 and result.stderr.startswith("error: cannot read")
+    assert result.exit_code == 2  # refused at start-up, like every other bad config value
+    assert result.stderr.strip().splitlines() == [
+        f"error: config imlc.membership_file: file not found: {tmp_path / 'nope.csv'} (a relative path is read from the config file's folder)"
+    ]
 
 
 # --------------------------------------------------------------------------- a real process
@@ -348,3 +359,10 @@ def test_console_script_as_a_process(tmp_path: Path) -> None:
     assert "Error: Invalid value for '--expires': '30/06/2027' is not a date in YYYY-MM-DD form" in bad_date.stderr
     listed = router("radiologists", "list", "--json")
     assert listed.returncode == 0 and [row["npi"] for row in json.loads(listed.stdout)] == [NPI_C]
+
+
+def test_export_to_a_missing_folder_is_one_line(config: Path, tmp_path: Path) -> None:
+    target = tmp_path / "no" / "such" / "out.csv"
+    result = run(config, "radiologists", "export", str(target))
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"error: No such file or directory: {target}"]

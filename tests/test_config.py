@@ -90,3 +90,73 @@ def test_config_from_environment_variable(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "router", "db", "status"], capture_output=True, text=True, env={"ROUTER_CONFIG": str(config), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "listener.bogus: unknown key" in result.stderr
+
+
+def test_example_copied_elsewhere_still_finds_the_data_files(tmp_path: Path) -> None:
+    """The README says to copy the example; its data-file keys must not then point next to the copy."""
+    copy = tmp_path / "router.toml"
+    copy.write_text(EXAMPLE.read_text())
+    settings = load_settings(copy)
+    assert settings.imlc.membership_file == CONFIG_DIR / "imlc_membership.csv"
+    assert settings.billing.cpt_map == CONFIG_DIR / "cpt_map_2026.csv"
+
+
+@pytest.mark.parametrize("key", ["imlc.membership_file", "billing.cpt_map"])
+def test_missing_data_file_is_refused_at_start_up(tmp_path: Path, key: str) -> None:
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as caught:
+        settings_from_mapping({section: {name: "missing.csv"}}, base_dir=tmp_path)
+    assert caught.value.key == key
+    assert str(caught.value) == f"{key}: file not found: {tmp_path / 'missing.csv'} (a relative path is read from the config file's folder)"
+
+
+def test_unreadable_config_file_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "router", "--config", str(tmp_path / "nope.toml"), "db", "status"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: config: file not found: {tmp_path / 'nope.toml'}"]
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("notaurl", "database.url 'notaurl' cannot be used: Could not parse SQLAlchemy URL"),
+        ("nosuchdialect://x@y/z", "database.url 'nosuchdialect://x@y/z' cannot be used: Can't load plugin"),
+        ("postgresql+psycopg://postgres:secret@127.0.0.1:1/test", "cannot connect to postgresql+psycopg://postgres:***@127.0.0.1:1/test:"),
+    ],
+)
+@pytest.mark.parametrize("command", [["db", "status"], ["db", "upgrade"], ["studies", "list"], ["serve"]])
+def test_unusable_database_is_one_line(tmp_path: Path, url: str, fragment: str, command: list[str]) -> None:
+    config = tmp_path / "router.toml"
+    config.write_text(f'[database]\nurl = "{url}"\n[listener]\nport = 0\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "router", "--config", str(config), *command], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0]
+    assert "secret" not in result.stderr
+
+
+def test_mistyped_data_dir_creates_nothing(tmp_path: Path) -> None:
+    wrong = tmp_path / "no" / "such" / "dir"
+    result = subprocess.run(
+        [sys.executable, "-m", "router", "--data-dir", str(wrong), "studies", "list"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: no database at {wrong / 'router.db'}: run `router db upgrade` first, or check --data-dir, paths.data_dir and database.url"
+    ]
+    assert not (tmp_path / "no").exists()
+
+
+def test_data_dir_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = subprocess.run(
+        [sys.executable, "-m", "router", "--data-dir", str(blocker / "var"), "db", "upgrade"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: cannot create the folder of {blocker / 'var' / 'router.db'}: Not a directory"]

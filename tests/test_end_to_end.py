@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import os
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -182,3 +183,34 @@ def test_studies_views_report_the_required_json_fields(server: RouterServer) -> 
     assert by_npi["1000000038"]["reasons"] == ["license TX-TXSYN-10038 expired"]
     explained = views.explain(row["study_instance_uid"])
     assert {v["npi"] for v in explained["radiologists"] if v["eligible"]} == {"1000000012", "1000000020"}
+
+
+def test_demo_command_runs_the_main_job_and_refuses_a_used_data_dir(tmp_path: Path) -> None:
+    """The README's first quick-start command, as a real process (8 sample studies)."""
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "demo"
+    env = {**os.environ, "COLUMNS": "250"}
+    result = subprocess.run([sys.executable, "-m", "router", "demo", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assignments = result.stdout.split("Professional ledger")[0].split("Assignments")[1]
+    rows = {cells[1].strip(): cells[3].strip() for line in assignments.splitlines() if (cells := line.split("│")) and len(cells) > 5 and cells[1].strip()}
+    assert rows == {
+        "conflict_ok_tx": "completed",
+        "facility_tx": "completed",
+        "institution_address_ok": "completed",
+        "mammo_wy": "completed",
+        "no_state": "held",
+        "patient_address_hl7": "completed",
+        "patient_address_zip4": "completed",
+        "territory_pr": "held",
+    }
+    assert "Professional ledger" in result.stdout and "Infrastructure ledger" in result.stdout
+    assert "sent 19 instance(s) of 8 stud(ies)" in result.stderr
+    again = subprocess.run([sys.executable, "-m", "router", "demo", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        f"error: --data-dir {data_dir} is not empty: the demo loads a sample roster and bills sample reads, so it only runs in a new or empty folder"
+    ]

@@ -7,6 +7,7 @@ import logging
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,3 +225,49 @@ def test_postgresql_unavailable_answers_a701_and_recovers(tmp_path: Path) -> Non
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def test_routing_timer_failure_is_logged_once_and_recovers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A data file that disappears while serving: one ERROR line, not a traceback every pass;
+    the study waits, and is routed once the file is back."""
+    from router.config import CONFIG_DIR
+
+    membership = tmp_path / "imlc_membership.csv"
+    original = (CONFIG_DIR / "imlc_membership.csv").read_bytes()
+    membership.write_bytes(original)
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'router.db'}").replace("imlc", membership_file=membership)
+    server = RouterServer(RouterApp.open(settings, upgrade=True))
+    server.start()
+    try:
+        caplog.set_level(logging.INFO)
+        membership.unlink()
+        dataset = make_dataset(InstitutionAddress="1 Main St, Austin, TX 78701")
+        assert send_paths(server.ports[0], [write_part10(dataset, tmp_path / "src" / "a.dcm")]) == [0x0000]
+        uid = str(dataset.StudyInstanceUID)
+
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # several timer passes (stable 0.3 s, poll 0.1 s)
+            time.sleep(0.1)
+        failures = [r for r in caplog.records if "routing timer pass failed" in r.getMessage()]
+        assert len(failures) == 1
+        assert failures[0].levelno == logging.ERROR
+        assert f"cannot read {membership}" in failures[0].getMessage()
+        assert failures[0].exc_info is None  # no traceback at ERROR
+        assert _status(server, uid) == "receiving"
+        membership.write_bytes(original)
+        deadline = time.monotonic() + 5
+        while _status(server, uid) == "receiving" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _status(server, uid) == "held"  # Texas, but nobody on the roster
+        assert any("routing timer cleared" in r.getMessage() for r in caplog.records)
+    finally:
+        server.stop(drain_timeout=2)
+        server.app.close()
+
+
+def _status(server: RouterServer, uid: str) -> str:
+    from router.db.models import Study
+
+    with server.app.sessions() as session:
+        study = session.scalars(select(Study).where(Study.study_instance_uid == uid)).one()
+        return str(study.status.value if hasattr(study.status, "value") else study.status)

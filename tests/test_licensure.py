@@ -455,3 +455,13 @@ def test_fastest_paths_apply_federal_pathway_with_the_study(federal: FederalFaci
     study = StudyFacts(exam_state="TX", facility_federal=federal)
     assert bool(fastest_paths([r], "TX", DAY, RULES, study=study)) is listed
     assert len(fastest_paths([r], "TX", DAY, RULES)) == 1
+
+
+@pytest.mark.parametrize(
+    ("state", "number", "tag"),
+    [("TX", "123", "TX-123"), ("TX", "TX-123", "TX-123"), ("TX", "tx 123", "tx 123"), ("TX", "TXA123", "TX-TXA123"), ("CO", "DR.0055", "CO-DR.0055")],
+)
+def test_license_tag_does_not_repeat_the_state(state: str, number: str, tag: str) -> None:
+    from router.domain.eligibility_facts import license_tag
+
+    assert license_tag(state, number) == tag

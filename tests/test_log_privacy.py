@@ -490,3 +490,15 @@ def test_filter_leaves_other_records_alone() -> None:
     record = logging.LogRecord("router.server", logging.INFO, __file__, 1, "listening as %s", ("ROUTER",), None)
     assert PhiRedactingFilter().filter(record) is True
     assert record.getMessage() == "listening as ROUTER"
+
+
+def test_a_value_with_line_breaks_cannot_forge_a_log_line(router_logging: Callable[[], io.StringIO]) -> None:
+    """A sender controls accession numbers and UIDs; one record stays one line, whoever logs it."""
+    logged_to = router_logging()
+    logging.getLogger("router.services.routing").info("study %s (accession %s) assigned to NPI %s", "1.2.3", "ACC\nINFO router.server: stopped", "1000000012")
+    logging.getLogger("pynetdicom.events").warning("Exception in handler for SOP %s", "1.2.3\r\n4\x1b[2J")
+    lines = logged_to.getvalue().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == [  # after the date and time
+        "INFO router.services.routing: study 1.2.3 (accession ACC\\nINFO router.server: stopped) assigned to NPI 1000000012",
+        "WARNING pynetdicom.events: Exception in handler for SOP 1.2.3\\r\\n4\\x1b[2J",
+    ]

@@ -441,7 +441,7 @@ def test_suspension_of_the_assigned_reader_reassigns_the_study(app: RouterApp) -
     assert state["status"] is StudyStatus.ASSIGNED and state["current_npi"] == NPI_B and state["needs_review"] is True
     (old_npi, old_superseded, reason), (new_npi, new_superseded, _) = state["assignments"]
     assert (old_npi, old_superseded, new_npi, new_superseded) == (NPI_A, True, NPI_B, False)
-    assert reason is not None and "license.set_status" in reason and "license TX-TX-0012 suspended since 2026-11-20" in reason
+    assert reason is not None and "license.set_status" in reason and "license TX-0012 suspended since 2026-11-20" in reason
 
 
 def test_suspension_of_the_only_reader_holds_the_study(app: RouterApp) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from router.cli.context import CliContext
 from router.config import load_settings
@@ -24,11 +25,26 @@ class RouterGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            click.echo(f"error: config {exc}", err=True)
+            click.echo(config_error_line(exc), err=True)
             ctx.exit(2)
         except RouterError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
+        except DBAPIError as exc:
+            # e.g. the database server went away in the middle of a command
+            first = str(exc.orig or exc).strip().splitlines()
+            click.echo(f"error: database: {first[0] if first else type(exc).__name__}", err=True)
+            ctx.exit(1)
+        except OSError as exc:
+            # a file the user named cannot be read or written (export to a missing folder...)
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            ctx.exit(1)
+
+
+def config_error_line(exc: ConfigError) -> str:
+    """One line for a configuration error: ``error: config listener.port: ...``."""
+    return f"error: config: {str(exc).partition(': ')[2]}" if exc.key == "config" else f"error: config {exc}"
 
 
 @click.group(cls=RouterGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -55,7 +71,7 @@ def cli(ctx: click.Context, config_path: Path | None, data_dir: Path | None, ver
         if data_dir is not None:
             settings = settings.with_data_dir(data_dir)
     except ConfigError as exc:
-        click.echo(f"error: config {exc}", err=True)
+        click.echo(config_error_line(exc), err=True)
         ctx.exit(2)
     ctx.obj = CliContext(settings=settings, config_path=config_path, verbose=verbose)
     ctx.call_on_close(ctx.obj.close)

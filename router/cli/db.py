@@ -7,7 +7,7 @@ import click
 from router.cli.context import CliContext
 from router.cli.output import emit_json
 from router.db import migrate
-from router.db.engine import make_engine
+from router.db.engine import check_connection, make_engine
 
 
 @click.group("db")
@@ -21,6 +21,7 @@ def upgrade(obj: CliContext) -> None:
     """Create or upgrade the schema to the newest revision."""
     engine = make_engine(obj.settings.database_url, busy_timeout=obj.settings.database.busy_timeout)
     try:
+        check_connection(engine)
         before = migrate.current_revision(engine)
         migrate.upgrade(engine)
         after = migrate.current_revision(engine)
@@ -37,8 +38,9 @@ def upgrade(obj: CliContext) -> None:
 @click.pass_obj
 def status(obj: CliContext, as_json: bool) -> None:
     """Show the schema revision and whether it is current (exit 1 if not)."""
-    engine = make_engine(obj.settings.database_url, busy_timeout=obj.settings.database.busy_timeout)
+    engine = make_engine(obj.settings.database_url, busy_timeout=obj.settings.database.busy_timeout, create=False)
     try:
+        check_connection(engine)
         current = migrate.current_revision(engine)
     finally:
         engine.dispose()

@@ -48,7 +48,13 @@ def sample_studies(samples: Path) -> list[tuple[str, Path, list[Path]]]:
 @click.option("--stable-seconds", type=click.FloatRange(0.0, 60.0), default=2.0, show_default=True, help="Quiet time before a study is routed.")
 @click.pass_obj
 def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path, stable_seconds: float) -> None:
-    """Run the whole job on the embedded default and print assignments and both ledgers."""
+    """Run the whole job on the embedded default and print assignments and both ledgers.
+
+    The demo loads a sample roster, marks every read reported and bills it: it only ever runs in
+    a new or empty data directory, never on a real one.
+    """
+    if data_dir is not None and data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
+        raise RouterError(f"--data-dir {data_dir} is not empty: the demo loads a sample roster and bills sample reads, so it only runs in a new or empty folder")
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="router-demo-"))
     settings = (
         obj.settings.with_data_dir(data_dir)

@@ -6,6 +6,7 @@ import click
 
 from router.cli.context import CliContext
 from router.cli.output import emit_csv, emit_json, emit_table
+from router.domain.eligibility_facts import license_tag
 from router.services.ledgers import INFRASTRUCTURE_COLUMNS, PROFESSIONAL_COLUMNS
 
 _FORMAT = [
@@ -48,7 +49,7 @@ def professional(obj: CliContext, as_json: bool, as_csv: bool) -> None:
                     row["study_instance_uid"],
                     row["accession_number"],
                     row["rendering_npi"],
-                    f"{row['license_state']}-{row['license_number']}",
+                    license_tag(row['license_state'], row['license_number']),
                     row["cpt_code"],
                     row["modifier"],
                     row["cpt_source"],

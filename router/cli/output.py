@@ -7,8 +7,6 @@ objects; missing values are ``null``; times are ISO-8601 UTC with ``Z``).
 from __future__ import annotations
 
 import csv
-import datetime as dt
-import enum
 import io
 import json
 import sys
@@ -19,22 +17,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from router.timeutil import iso_utc
+from router.services.audit_log import jsonable
 
 
-def to_jsonable(value: Any) -> Any:
-    """Convert dates, datetimes (UTC ``Z``), enums, tuples and sets to JSON-ready values."""
-    if isinstance(value, dt.datetime):
-        return iso_utc(value)
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {str(key): to_jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_jsonable(item) for item in value]
-    return value
+#: Dates, datetimes (ISO UTC ``Z``), enums, tuples and sets to JSON-ready values.
+to_jsonable = jsonable
 
 
 def emit_json(document: Any) -> None:

@@ -200,7 +200,7 @@ def import_roster(obj: CliContext, csv_file: Path, yes: bool, as_json: bool) -> 
         for item in result.rerouted:
             click.echo(item.describe())
     if result.reevaluation_error:
-        click.echo(f"warning: import saved, but studies were not re-evaluated: {result.reevaluation_error}", err=True)
+        click.echo(f"warning: import saved, but studies were not re-evaluated: {result.reevaluation_error}; run `router studies recheck` (a running server rechecks every routing.recheck_interval seconds)", err=True)
         click.get_current_context().exit(1)
 
 
@@ -224,7 +224,7 @@ def audit_group() -> None:
 
 @audit_group.command("list")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many entries, newest first.")
-@click.option("--entity", help="Only entries about this kind of record: radiologist, license, facility, privilege, roster.")
+@click.option("--entity", help="Only entries about this kind of record: radiologist, license, facility, privilege, roster, study.")
 @click.option("--key", help="Only entries for this key, e.g. an NPI (also finds its licenses and privileges) or 1234567893/TX.")
 @json_option
 @click.pass_obj

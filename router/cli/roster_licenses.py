@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from router.domain.eligibility_facts import license_tag
 from router.cli.context import CliContext
 from router.cli.output import emit_json, emit_table
 from router.cli.roster_common import IsoDate, confirm, field, json_option, license_status_text, report, roster, yes_option
@@ -38,7 +39,7 @@ def add(
     """Record a radiologist's license in one jurisdiction; held studies there are re-routed."""
     change = roster(obj).licenses.add(npi, state, number, expires, obj.os_user(), issued=issued, pathway=pathway, status=status, verified_on=verified_on)
     record = change.record or {}
-    report(change, as_json, f"added license {record.get('state')}-{record.get('number')} ({pathway}, {status}, expires {expires}) for {record.get('npi')}")
+    report(change, as_json, f"added license {license_tag(str(record.get('state')), str(record.get('number')))} ({pathway}, {status}, expires {expires}) for {record.get('npi')}")
 
 
 @licenses_group.command("list")
@@ -82,8 +83,8 @@ def set_status(obj: CliContext, npi: str, state: str, status: str, since: dt.dat
     change = roster(obj).licenses.set_status(npi, state, status, obj.os_user(), since=since, in_lieu_of_discipline=in_lieu_of_discipline)
     record = change.record or {}
     day = record.get("status_since")
-    report(change, as_json, f"license {record.get('state')}-{record.get('number')} of {record.get('npi')}: {status} since {day}",
-           f"license {record.get('state')}-{record.get('number')} of {record.get('npi')} is already {status} since {day}")
+    report(change, as_json, f"license {license_tag(str(record.get('state')), str(record.get('number')))} of {record.get('npi')}: {status} since {day}",
+           f"license {license_tag(str(record.get('state')), str(record.get('number')))} of {record.get('npi')} is already {status} since {day}")
 
 
 @licenses_group.command("set")
@@ -111,8 +112,8 @@ def set_license(
         raise click.UsageError("nothing to change: give at least one of --expires, --issued, --number, --verified-on, --pathway")
     change = roster(obj).licenses.set(npi, state, obj.os_user(), **changes)
     record = change.record or {}
-    report(change, as_json, f"updated license {record.get('state')}-{record.get('number')} of {record.get('npi')} (expires {record.get('expires')})",
-           f"license {record.get('state')}-{record.get('number')} of {record.get('npi')}: nothing changed")
+    report(change, as_json, f"updated license {license_tag(str(record.get('state')), str(record.get('number')))} of {record.get('npi')} (expires {record.get('expires')})",
+           f"license {license_tag(str(record.get('state')), str(record.get('number')))} of {record.get('npi')}: nothing changed")
 
 
 @licenses_group.command("clear-hold")
@@ -125,8 +126,8 @@ def clear_hold(obj: CliContext, npi: str, state: str, on: dt.date | None, as_jso
     """Record that an IMLC license's board has acted, ending the 90-day Compact section 10 hold early."""
     change = roster(obj).licenses.clear_hold(npi, state, obj.os_user(), on=on)
     record = change.record or {}
-    report(change, as_json, f"license {record.get('state')}-{record.get('number')} of {record.get('npi')}: Compact hold cleared on {record.get('compact_hold_cleared_on')}",
-           f"license {record.get('state')}-{record.get('number')} of {record.get('npi')}: hold already cleared on {record.get('compact_hold_cleared_on')}")
+    report(change, as_json, f"license {license_tag(str(record.get('state')), str(record.get('number')))} of {record.get('npi')}: Compact hold cleared on {record.get('compact_hold_cleared_on')}",
+           f"license {license_tag(str(record.get('state')), str(record.get('number')))} of {record.get('npi')}: hold already cleared on {record.get('compact_hold_cleared_on')}")
 
 
 @click.group("imlc")

@@ -1,4 +1,4 @@
-"""``router studies``: list, show, explain, complete, set-state, assign."""
+"""``router studies``: list, show, explain, complete, set-state, assign, recheck."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import click
 
 from router.cli.context import CliContext
 from router.cli.output import emit_fields, emit_json, emit_table
+from router.domain.eligibility_facts import license_tag
 from router.domain.enums import StudyStatus
 from router.domain.jurisdictions import normalize_jurisdiction
 from router.domain.npi import validate_npi
 from router.errors import ValidationError
+from router.services.routing import RouteResult
 from router.services.studies import StudyViews
 from router.timeutil import parse_iso_datetime
 
@@ -45,7 +47,7 @@ def list_studies(obj: CliContext, status: str | None, limit: int | None, as_json
                 row["exam_state"],
                 row["exam_state_source"],
                 row["assigned_npi"],
-                f"{row['license_state']}-{row['license_number']}" if row["license_state"] else None,
+                license_tag(row['license_state'], row['license_number']) if row["license_state"] else None,
                 row["hold_reason"],
                 row["instance_count"],
             )
@@ -75,7 +77,7 @@ def show(obj: CliContext, study_instance_uid: str, as_json: bool) -> None:
             ("state detail", document["exam_state_detail"]),
             ("conflicts", "; ".join(f"{c['source']}: {c['state'] or '-'} ({c['detail']})" for c in document["location_conflicts"]) or None),
             ("assigned NPI", document["assigned_npi"]),
-            ("license relied on", f"{document['license_state']}-{document['license_number']}" if document["license_state"] else None),
+            ("license relied on", license_tag(document['license_state'], document['license_number']) if document["license_state"] else None),
             ("accession", document["accession_number"]),
             ("facility", document["facility"]),
             ("instances", document["instance_count"]),
@@ -118,7 +120,7 @@ def _print_candidates(candidates: list[dict[str, object]], title: str) -> None:
 
 def _license_text(value: object) -> str | None:
     if isinstance(value, dict):
-        return f"{value.get('state')}-{value.get('number')}"
+        return license_tag(str(value.get('state')), str(value.get('number')))
     return None
 
 
@@ -192,15 +194,31 @@ def assign(obj: CliContext, study_instance_uid: str, npi: str) -> None:
     _say(result)
 
 
-def _say(result: object) -> None:
-    status = getattr(result, "status")
-    uid = getattr(result, "study_instance_uid")
-    if status == StudyStatus.ASSIGNED:
-        click.echo(f"study {uid}: assigned to NPI {getattr(result, 'assigned_npi')} ({getattr(result, 'exam_state')})")
-    elif status == StudyStatus.HELD:
-        click.echo(f"study {uid}: held ({getattr(result, 'hold_reason').value})")
+@studies_group.command("recheck")
+@click.pass_obj
+def recheck(obj: CliContext) -> None:
+    """Re-check every open assignment and held study against today's roster.
+
+    A running server does this every ``routing.recheck_interval`` seconds and after each roster
+    command; run it by hand after a roster command that warned its re-evaluation failed.
+    """
+    results = obj.app().routing.reevaluate("manual recheck")
+    changed = [result for result in results if result.status == StudyStatus.ASSIGNED]
+    for result in changed:
+        _say(result)
+    click.echo(f"rechecked: {len(changed)} stud{'y' if len(changed) == 1 else 'ies'} assigned or reassigned, "
+               f"{sum(1 for r in results if r.status == StudyStatus.HELD)} still held")
+
+
+def _say(result: RouteResult) -> None:
+    uid = result.study_instance_uid
+    if result.status == StudyStatus.ASSIGNED:
+        click.echo(f"study {uid}: assigned to NPI {result.assigned_npi} ({result.exam_state})")
+    elif result.status == StudyStatus.HELD:
+        reason = result.hold_reason.value if result.hold_reason is not None else "no reason recorded"
+        click.echo(f"study {uid}: held ({reason})")
     else:
-        click.echo(f"study {uid}: {status.value}")
+        click.echo(f"study {uid}: {result.status.value}")
 
 
 def register(cli: click.Group) -> None:

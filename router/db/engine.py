@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+
+from router.errors import DatabaseUnavailable
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, busy_timeout: float = 10.0, **kwargs: Any) -> Engine:
+def make_engine(url: str, busy_timeout: float = 10.0, *, create: bool = True, **kwargs: Any) -> Engine:
     """Create an engine for ``url``.
 
     Parameters
@@ -29,15 +31,62 @@ def make_engine(url: str, busy_timeout: float = 10.0, **kwargs: Any) -> Engine:
     busy_timeout : float
         Seconds to wait for a lock (SQLite ``busy_timeout``; PostgreSQL ``lock_timeout``)
         before the write fails.
+    create : bool
+        SQLite only: create the database file (and its folder) if missing. When false, a
+        missing file raises instead, so a mistyped ``--data-dir`` does not create an empty
+        database in the wrong place.
+
+    Raises
+    ------
+    DatabaseUnavailable
+        The URL cannot be parsed, its driver is not installed, the SQLite folder cannot be
+        created, or (``create`` false) the SQLite file does not exist.
 
     SQL parameters are never put into exception messages (``hide_parameters``): the database
     holds patient addresses, and exception text can reach logs.
     """
+    try:
+        return _make_engine(url, busy_timeout, create, **kwargs)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise DatabaseUnavailable(f"database.url {_safe(url)!r} cannot be used: {_first_line(exc)}") from exc
+
+
+def _safe(url: str) -> str:
+    """``url`` with its password hidden (or as given if it does not parse)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_connection(engine: Engine) -> None:
+    """Connect once, so a wrong host, port, database or credentials fail with one line.
+
+    Raises
+    ------
+    DatabaseUnavailable
+        With the URL (password hidden) and the driver's first line of explanation.
+    """
+    try:
+        with engine.connect():
+            pass
+    except DBAPIError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to {engine.url.render_as_string(hide_password=True)}: {_first_line(exc)}"
+        ) from exc
+
+
+def _make_engine(url: str, busy_timeout: float, create: bool, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            _sqlite_file(parsed, Path(database), create)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": busy_timeout},
@@ -95,6 +144,21 @@ def make_engine(url: str, busy_timeout: float = 10.0, **kwargs: Any) -> Engine:
         connect_args.setdefault("options", f"{base} -c lock_timeout={timeout_ms}".strip())
         connect_args.setdefault("connect_timeout", max(1, int(busy_timeout)))
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args, hide_parameters=True, **kwargs)
+
+
+def _sqlite_file(url: URL, path: Path, create: bool) -> None:
+    """Make sure the SQLite database's folder exists (``create``) or that the file does."""
+    if not create:
+        if not path.is_file():
+            raise DatabaseUnavailable(
+                f"no database at {path}: run `router db upgrade` first, or check --data-dir, "
+                "paths.data_dir and database.url"
+            )
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseUnavailable(f"cannot create the folder of {url.database}: {exc.strerror}") from exc
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -18,7 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from router.domain.eligibility_facts import EligibilityRules, LicenseFacts, ReaderFacts
+from router.domain.eligibility_facts import (
+    EligibilityRules,
+    LicenseFacts,
+    ReaderFacts,
+    license_tag,
+)
 from router.domain.enums import LicensePathway, LicenseStatus
 
 _DISCIPLINE_WORD = {
@@ -92,7 +97,7 @@ def compact_reason(reader: ReaderFacts, lic: LicenseFacts, day: date, rules: Eli
         if cleared is None or cleared < act.day or day < cleared:
             return (
                 f"IMLC license {tag} held after SPL {spl} {_DISCIPLINE_WORD[act.action]} of license "
-                f"{act.state}-{act.number} on {act.day.isoformat()} until the {lic.state} board "
+                f"{license_tag(act.state, act.number)} on {act.day.isoformat()} until the {lic.state} board "
                 "reinstates it (Compact section 10)"
             )
     if not rules.imlc.can_serve_as_spl(spl, day):
@@ -130,7 +135,7 @@ def _hold_reason(lic: LicenseFacts, actions: list[_Action], day: date, rules: El
     if worst is None:
         return None
     end, act = worst
-    what = f"{act.state} {_DISCIPLINE_WORD[act.action]} of license {act.state}-{act.number}"
+    what = f"{act.state} {_DISCIPLINE_WORD[act.action]} of license {license_tag(act.state, act.number)}"
     if act.day is None:
         return (
             f"IMLC license {lic.tag} held after {what} on an unrecorded date until its board acts "

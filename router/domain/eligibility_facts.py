@@ -17,6 +17,18 @@ from router.domain.imlc import ImlcMembership
 from router.errors import ValidationError
 
 
+
+def license_tag(state: str, number: str) -> str:
+    """A license as named in reasons and listings: ``TX-123`` for Texas license ``123``.
+
+    Boards often print the state in the number itself (``TX-123``, ``TX 123``); it is not
+    repeated (``TX-123``, not ``TX-TX-123``).
+    """
+    upper = number.upper()
+    if upper.startswith(state.upper()) and upper[len(state):len(state) + 1] in ("-", " ", "_", "."):
+        return number
+    return f"{state}-{number}"
+
 @dataclass(frozen=True)
 class LicenseFacts:
     """One state license; ``issued``/``expires`` both included; ``license_id`` is the DB row id."""
@@ -34,8 +46,8 @@ class LicenseFacts:
 
     @property
     def tag(self) -> str:
-        """``<STATE>-<number>``, as shown in reasons."""
-        return f"{self.state}-{self.number}"
+        """``<STATE>-<number>``, as shown in reasons (see :func:`license_tag`)."""
+        return license_tag(self.state, self.number)
 
     @property
     def disciplined(self) -> bool:

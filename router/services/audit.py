@@ -12,7 +12,6 @@ The audit table is append-only; nothing here updates or deletes its rows.
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,8 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from router.db.models import Assignment, AuditEntry, Radiologist, Study
 from router.domain.enums import HoldReason, StudyStatus
 from router.errors import ConflictError, RouterError
+from router.services.audit_log import ChangeContext, jsonable, record_audit  # noqa: F401 - re-exported for the roster modules
 from router.services.routing import RouteResult, RoutingService
-from router.timeutil import Clock, iso_utc, local_date, utcnow
+from router.timeutil import Clock, local_date, utcnow
 
 
 class _Unset(enum.Enum):
@@ -40,76 +40,6 @@ class _Unset(enum.Enum):
 
 #: Default of partial-update arguments: leave the stored value as it is.
 UNSET: Final = _Unset.UNSET
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with dates as ISO strings, datetimes as ISO UTC ``Z``, enums as their values."""
-    if isinstance(value, dt.datetime):
-        return iso_utc(value)
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Mapping):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(item) for item in value]
-    return value
-
-
-@dataclass(frozen=True)
-class ChangeContext:
-    """Who makes a change and when.
-
-    Attributes
-    ----------
-    os_user : str
-        Operating-system user recorded in the audit log.
-    at : datetime
-        Time of the change (timezone-aware UTC, from the service clock).
-    today : date
-        Calendar day of ``at`` in ``[routing] timezone``: the default date of status changes.
-    """
-
-    os_user: str
-    at: dt.datetime
-    today: dt.date
-
-
-def record_audit(
-    session: Session,
-    ctx: ChangeContext,
-    action: str,
-    entity: str,
-    entity_key: str,
-    old: Mapping[str, Any] | None,
-    new: Mapping[str, Any] | None,
-) -> AuditEntry:
-    """Add one audit row to the caller's transaction (it commits with the change it records).
-
-    Parameters
-    ----------
-    action : str
-        Dotted verb, e.g. ``license.set_status``.
-    entity : str
-        ``radiologist``, ``license``, ``facility`` or ``privilege``.
-    entity_key : str
-        Natural key: NPI, ``NPI/STATE``, AE title, or ``NPI/AE``.
-    old, new : mapping or None
-        Values before and after (only the fields that changed, for updates); dates are stored
-        as ISO strings. ``old`` is ``None`` for a creation and ``new`` for a removal.
-    """
-    entry = AuditEntry(
-        at=ctx.at,
-        os_user=ctx.os_user[:128],
-        action=action,
-        entity=entity,
-        entity_key=entity_key[:128],
-        old_values=jsonable(dict(old)) if old is not None else None,
-        new_values=jsonable(dict(new)) if new is not None else None,
-    )
-    session.add(entry)
-    return entry
 
 
 def diff_values(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -23,11 +23,31 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from router.db.models import DisciplinaryAction, License, Radiologist
+from router.domain.eligibility_facts import license_tag
 from router.domain.enums import LicensePathway, LicenseStatus
 from router.errors import ConflictError, ValidationError
-from router.services.audit import UNSET, ChangeContext, ChangeRunner, Outcome, RosterChange, diff_values, record_audit
-from router.services.roster_people import find_license, find_radiologist, license_key, license_record
-from router.services.roster_values import check_license_number, check_not_future, check_validity, parse_enum, parse_state
+from router.services.audit import (
+    UNSET,
+    ChangeContext,
+    ChangeRunner,
+    Outcome,
+    RosterChange,
+    diff_values,
+    record_audit,
+)
+from router.services.roster_people import (
+    find_license,
+    find_radiologist,
+    license_key,
+    license_record,
+)
+from router.services.roster_values import (
+    check_license_number,
+    check_not_future,
+    check_validity,
+    parse_enum,
+    parse_state,
+)
 
 #: License statuses that are a board's disciplinary action (a surrender only in lieu of discipline).
 DISCIPLINARY_STATUSES = frozenset({LicenseStatus.SUSPENDED, LicenseStatus.REVOKED})
@@ -252,7 +272,7 @@ class LicenseRoster:
             day = on if on is not None else ctx.today
             check_not_future(day, ctx.today, "hold cleared date")
             if lic.pathway is not LicensePathway.IMLC:
-                raise ValidationError(f"license {lic.state}-{lic.number} is a {lic.pathway.value} license; only IMLC licenses are held")
+                raise ValidationError(f"license {license_tag(lic.state, lic.number)} is a {lic.pathway.value} license; only IMLC licenses are held")
             npi_code = lic.radiologist.npi
             key = license_key(npi_code, lic.state)
             old, new = diff_values({"compact_hold_cleared_on": lic.compact_hold_cleared_on}, {"compact_hold_cleared_on": day})

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from router.db.models import (
@@ -36,7 +37,8 @@ from router.domain.eligibility_facts import EligibilityRules, ReaderFacts
 from router.domain.enums import ExamStateSource, HoldReason, StudyStatus
 from router.domain.licensure import Verdict, evaluate_reader
 from router.domain.location import ExamLocation, LocationEvidence, resolve_exam_state
-from router.errors import IneligibleError, ValidationError
+from router.errors import DataFileError, IneligibleError, ValidationError
+from router.services.audit_log import ChangeContext, record_audit
 from router.services.candidates import judge
 from router.services.facts import load_readers, study_facts, unlicensed_npis
 from router.services.forwarding_queue import cancel_forwarding, enqueue_forwarding
@@ -106,6 +108,12 @@ class RoutingService:
         """Route every study quiet for ``stable_seconds``; account for late instances.
 
         One failing study is logged and skipped; it never stops the others.
+
+        Raises
+        ------
+        DataFileError, sqlalchemy.exc.DBAPIError
+            When the reference data or the database fail: every study would fail the same way,
+            so the pass stops (the studies stay receiving and are retried).
         """
         now = self._clock()
         cutoff = now - dt.timedelta(seconds=self.policy.stable_seconds)
@@ -133,6 +141,8 @@ class RoutingService:
         for study_id in due:
             try:
                 result = self._route_claimed(study_id, cutoff)
+            except (DataFileError, DBAPIError):
+                raise  # not this study's fault: the pass fails and the timer logs the condition once
             except Exception:  # one bad study must not stop the loop (set aside, logged)
                 LOG.exception("routing study id %s failed; it stays receiving and is retried", study_id)
                 continue
@@ -141,6 +151,8 @@ class RoutingService:
         for study_id in late:
             try:
                 result = self._late_instances(study_id, cutoff)
+            except (DataFileError, DBAPIError):
+                raise
             except Exception:
                 LOG.exception("accounting late instances of study id %s failed; retried next tick", study_id)
                 continue
@@ -382,6 +394,11 @@ class RoutingService:
             self._supersede(session, study, assignment, f"{trigger}: NPI {verdict.npi} no longer eligible: {reason}")
             return self._decide(session, study, trigger=trigger, note=f"reassigned: NPI {verdict.npi} no longer eligible ({reason})")
 
+    def _audit(self, session: Session, by_user: str, at: dt.datetime, action: str, study: Study, old: dict[str, object], new: dict[str, object]) -> None:
+        """One append-only audit row for a manual study action (``router audit list --entity study``)."""
+        context = ChangeContext(os_user=by_user, at=at, today=local_date(at, self.policy.timezone))
+        record_audit(session, context, action, "study", study.study_instance_uid, old, new)
+
     def _supersede(self, session: Session, study: Study, assignment: Assignment, reason: str) -> None:
         assignment.superseded_at = self._clock()
         assignment.superseded_reason = reason
@@ -430,11 +447,18 @@ class RoutingService:
             if not verdict.eligible:
                 raise IneligibleError(f"NPI {npi} may not read study {study_instance_uid}: {'; '.join(verdict.reasons)}")
             current = _current_assignment(session, study.id)
+            previous_npi = None
             if current is not None:
                 if current.radiologist_id == radiologist.id:
                     return _result(study, npi)
+                previous_npi = session.scalar(select(Radiologist.npi).where(Radiologist.id == current.radiologist_id))
                 self._supersede(session, study, current, f"manually reassigned by {by_user}")
                 study.needs_review = False
+            self._audit(
+                session, by_user, now, "study.assign", study,
+                {"status": study.status, "assigned_npi": previous_npi, "hold_reason": study.hold_reason},
+                {"status": StudyStatus.ASSIGNED, "assigned_npi": npi, "exam_state": study.exam_state},
+            )
             readers = load_readers(session, [radiologist.id])
             decision = RoutingDecision(
                 study_id=study.id,
@@ -474,6 +498,11 @@ class RoutingService:
                 raise AssertionError  # pragma: no cover
             if study.status == StudyStatus.COMPLETED:
                 raise IneligibleError(f"study {study_instance_uid} is already completed; its read was billed in {study.exam_state}")
+            self._audit(
+                session, by_user, self._clock(), "study.set_state", study,
+                {"exam_state": study.exam_state, "exam_state_source": study.exam_state_source, "exam_state_detail": study.exam_state_detail},
+                {"exam_state": state, "exam_state_source": ExamStateSource.MANUAL},
+            )
             study.exam_state = state
             study.exam_state_source = ExamStateSource.MANUAL
             study.exam_state_detail = f"set by {by_user}"

@@ -28,6 +28,7 @@ from router.db.models import (
 )
 from router.db.queries import study_by_uid
 from router.domain.compact_paths import fastest_paths
+from router.domain.eligibility_facts import license_tag
 from router.domain.enums import StudyStatus
 from router.domain.licensure import evaluate_readers
 from router.domain.location import LocationEvidence, resolve_exam_state
@@ -144,7 +145,7 @@ class StudyViews:
                         {
                             "npi": item.radiologist.npi,
                             "name": item.radiologist.name,
-                            "license": f"{item.license_state}-{item.license_number}",
+                            "license": license_tag(item.license_state, item.license_number),
                             "assigned_at": iso_utc(item.assigned_at),
                             "assigned_by": item.assigned_by,
                             "completed_at": iso_utc(item.completed_at),
