@@ -78,6 +78,7 @@ class ListenerSettings:
     max_pdu_length: int = 262_144  # bytes offered to senders; 0 means unlimited
     tcp_nodelay: bool = True
     allowed_calling_ae_titles: tuple[str, ...] = ()  # empty: every sender is accepted
+    require_called_ae_title: bool = False  # refuse associations calling another AE title
     allowed_addresses: tuple[str, ...] = ()  # IPs or CIDR networks; empty: any address
     drain_timeout: float = 30.0  # seconds to finish in-flight associations on SIGTERM
     tls: TlsSettings = field(default_factory=TlsSettings)

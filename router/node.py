@@ -71,6 +71,7 @@ def listener_options(
         plain=listener.enabled,
         reuse_port=reuse_port,
         allowed_calling_ae_titles=allowed,
+        require_called_ae_title=listener.require_called_ae_title,
     )
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -268,3 +270,40 @@ def test_verify_request_with_no_networks_allows_everyone() -> None:
     server = RouterAssociationServer.__new__(RouterAssociationServer)
     server.allowed_networks = ()
     assert server.verify_request(None, ("203.0.113.9", 1)) is True
+
+
+# --------------------------------------------------------------------------- called AE title, and the log
+CALLED_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x07)
+
+
+def _echo_calling(port: int, called_ae: str) -> tuple[str, tuple[int, int, int] | None]:
+    ae = AE(ae_title="MOD_A")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    if assoc.is_established:
+        assoc.release()
+        return "established", None
+    primitive = assoc.acceptor.primitive
+    return "rejected", (primitive.result, primitive.result_source, primitive.diagnostic)
+
+
+def test_called_ae_title_is_accepted_as_sent_by_default(mod_a_only: RouterServer) -> None:
+    assert _echo_calling(mod_a_only.ports[0], "ANYTHING") == ("established", None)
+
+
+def test_called_ae_title_is_checked_when_required_and_every_refusal_is_logged(tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="router.dicom.listener")
+    for server in _start(tmp_path, sqlite_url, allowed_calling_ae_titles=("MOD_A",), require_called_ae_title=True):
+        port = server.ports[0]
+        assert _echo_calling(port, "ROUTER") == ("established", None)
+        assert _echo_calling(port, "PACS") == ("rejected", CALLED_AE_NOT_RECOGNIZED)
+        assert _echo(port, "OTHER")[:2] == ("rejected", CALLING_AE_NOT_RECOGNIZED)
+        deadline = time.monotonic() + 5
+        while len([r for r in caplog.records if "rejected" in r.getMessage()]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    messages = [r.getMessage() for r in caplog.records if r.name == "router.dicom.listener" and "rejected" in r.getMessage()]
+    assert [re.sub(r":\d+ ", ":PORT ", m) for m in messages] == [
+        "association from 'MOD_A' at 127.0.0.1:PORT calling 'PACS' rejected: called AE title 'PACS' is not ours ('ROUTER'; listener.require_called_ae_title)",
+        "association from 'OTHER' at 127.0.0.1:PORT calling 'ROUTER' rejected: calling AE title not in listener.allowed_calling_ae_titles nor a registered facility",
+    ]

@@ -155,6 +155,7 @@ class ListenerOptions:
     plain: bool = True
     reuse_port: bool = False  # several router processes listen on the same port(s)
     allowed_calling_ae_titles: tuple[str, ...] = ()  # set before the first association is accepted
+    require_called_ae_title: bool = False  # refuse associations that call another AE title
 
 
 class Listener:
@@ -216,6 +217,41 @@ class Listener:
         self.ae.shutdown()
 
 
+def _rejection_reason(assoc: Any) -> str:
+    """Why pynetdicom rejected an association request, in the terms of the router's config.
+
+    Mirrors the checks of ``pynetdicom.acse.ACSE._negotiate_as_acceptor`` (PS3.8 section 9.3.4,
+    A-ASSOCIATE-RJ): calling AE title not allowed (diagnostic 3), called AE title not ours
+    (diagnostic 7), too many associations (transient, local limit exceeded).
+    """
+    request = assoc.requestor.primitive
+    ae = assoc.ae
+    calling = str(getattr(request, "calling_ae_title", "") or "").strip()
+    called = str(getattr(request, "called_ae_title", "") or "").strip()
+    allowed = [title.strip() for title in ae.require_calling_aet]
+    if allowed and calling not in allowed:
+        return "calling AE title not in listener.allowed_calling_ae_titles nor a registered facility"
+    if ae.require_called_aet and called != assoc.acceptor.ae_title.strip():
+        return f"called AE title {called!r} is not ours ({assoc.acceptor.ae_title.strip()!r}; listener.require_called_ae_title)"
+    if len([item for item in ae.active_associations if item.is_acceptor]) > ae.maximum_associations:
+        return f"listener.max_associations ({ae.maximum_associations}) reached; the sender may retry"
+    return "refused during negotiation"
+
+
+def _log_rejected(event: evt.Event) -> None:
+    """One WARNING per refused association: who (AE titles, address) and why; never PHI."""
+    assoc = event.assoc
+    request = assoc.requestor.primitive
+    LOG.warning(
+        "association from %r at %s:%s calling %r rejected: %s",
+        str(getattr(request, "calling_ae_title", "") or "").strip(),
+        assoc.requestor.address,
+        assoc.requestor.port,
+        str(getattr(request, "called_ae_title", "") or "").strip(),
+        _rejection_reason(assoc),
+    )
+
+
 def build_ae(options: ListenerOptions) -> AE:
     """An AE with the router's timeouts, PDU size and presentation contexts."""
     ae = AE(ae_title=options.ae_title)
@@ -225,6 +261,7 @@ def build_ae(options: ListenerOptions) -> AE:
     ae.network_timeout = options.network_timeout
     ae.maximum_pdu_size = options.max_pdu_length
     ae.require_calling_aet = sorted({title.strip() for title in options.allowed_calling_ae_titles if title.strip()})
+    ae.require_called_aet = options.require_called_ae_title
     ae.add_supported_context(Verification)
     # With UNRESTRICTED_STORAGE_SERVICE every storage SOP class proposed is accepted with one of
     # these transfer syntaxes; list the standard ones too so negotiation works without it.
@@ -245,7 +282,7 @@ def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
     """
     ae = build_ae(options)
     networks = tuple(ipaddress.ip_network(item, strict=False) for item in options.allowed_addresses)
-    handlers = [(evt.EVT_C_STORE, handler), (evt.EVT_C_ECHO, _handle_echo),
+    handlers = [(evt.EVT_C_STORE, handler), (evt.EVT_C_ECHO, _handle_echo), (evt.EVT_REJECTED, _log_rejected),
                 (evt.EVT_CONN_OPEN, handler.connection_opened), (evt.EVT_CONN_CLOSE, handler.connection_closed)]
     servers: list[RouterAssociationServer] = []
     threads: list[threading.Thread] = []
