@@ -134,3 +134,26 @@ def test_bad_inputs_give_one_line_and_the_right_exit_code(routed) -> None:  # ty
     assert code == 2
     code, _, err = _run(config, "ledger", "professional", "--json", "--csv")
     assert code == 2
+
+
+def test_ledgers_select_a_period(routed) -> None:  # type: ignore[no-untyped-def]
+    _, config, cases = routed
+    code, _, err = _run(config, "studies", "complete", cases["facility_tx"])
+    assert code == 0, err
+    today = dt.datetime.now(dt.timezone.utc).date()
+    yesterday, tomorrow = today - dt.timedelta(days=1), today + dt.timedelta(days=1)
+
+    def uids(*args: str) -> list[str]:
+        code, out, err = _run(config, "ledger", *args, "--json")
+        assert code == 0, err
+        return [entry["study_instance_uid"] for entry in json.loads(out)]
+
+    assert cases["facility_tx"] in uids("professional", "--from", today.isoformat(), "--until", today.isoformat())
+    assert uids("professional", "--until", yesterday.isoformat()) == []
+    assert uids("professional", "--from", tomorrow.isoformat()) == []
+    every = uids("infrastructure")
+    assert len(every) >= 8  # one storage record per routed study
+    assert uids("infrastructure", "--from", today.isoformat()) == every
+    assert uids("infrastructure", "--until", yesterday.isoformat()) == []
+    code, _, err = _run(config, "ledger", "infrastructure", "--from", today.isoformat(), "--until", yesterday.isoformat())
+    assert code == 2 and f"--until {yesterday.isoformat()} is before --from {today.isoformat()}" in err

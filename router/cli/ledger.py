@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import click
 
 from router.cli.context import CliContext
 from router.cli.output import emit_csv, emit_json, emit_table
+from router.cli.roster_common import IsoDate
 from router.domain.eligibility_facts import license_tag
 from router.services.ledgers import INFRASTRUCTURE_COLUMNS, PROFESSIONAL_COLUMNS
 
 _FORMAT = [
+    click.option("--from", "since", type=IsoDate(), help="First day included (YYYY-MM-DD)."),
+    click.option("--until", type=IsoDate(), help="Last day included (YYYY-MM-DD)."),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON document (an array of records)."),
     click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row."),
 ]
@@ -21,6 +26,13 @@ def _formats(function):  # type: ignore[no-untyped-def]
     return function
 
 
+def _check(since: dt.date | None, until: dt.date | None, as_json: bool, as_csv: bool) -> None:
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    if since is not None and until is not None and until < since:
+        raise click.UsageError(f"--until {until.isoformat()} is before --from {since.isoformat()}")
+
+
 @click.group("ledger")
 def ledger_group() -> None:
     """Billing ledgers: professional component (claims) and infrastructure cost (never on a claim)."""
@@ -29,11 +41,13 @@ def ledger_group() -> None:
 @ledger_group.command("professional")
 @_formats
 @click.pass_obj
-def professional(obj: CliContext, as_json: bool, as_csv: bool) -> None:
-    """Professional-component records: one per CPT code of each reported read (modifier 26)."""
-    if as_json and as_csv:
-        raise click.UsageError("choose one of --json and --csv")
-    rows = obj.app().ledgers.professional()
+def professional(obj: CliContext, since: dt.date | None, until: dt.date | None, as_json: bool, as_csv: bool) -> None:
+    """Professional-component records: one per CPT code of each reported read (modifier 26).
+
+    --from/--until select by date of service (the interpretation date).
+    """
+    _check(since, until, as_json, as_csv)
+    rows = obj.app().ledgers.professional(since, until)
     if as_json:
         emit_json(rows)
     elif as_csv:
@@ -64,11 +78,13 @@ def professional(obj: CliContext, as_json: bool, as_csv: bool) -> None:
 @ledger_group.command("infrastructure")
 @_formats
 @click.pass_obj
-def infrastructure(obj: CliContext, as_json: bool, as_csv: bool) -> None:
-    """Infrastructure cost records: bytes stored and bytes forwarded, in cents."""
-    if as_json and as_csv:
-        raise click.UsageError("choose one of --json and --csv")
-    rows = obj.app().ledgers.infrastructure()
+def infrastructure(obj: CliContext, since: dt.date | None, until: dt.date | None, as_json: bool, as_csv: bool) -> None:
+    """Infrastructure cost records: bytes stored and bytes forwarded, in cents.
+
+    --from/--until select by the UTC day the record was made.
+    """
+    _check(since, until, as_json, as_csv)
+    rows = obj.app().ledgers.infrastructure(since, until)
     if as_json:
         emit_json(rows)
     elif as_csv:

@@ -137,17 +137,36 @@ class LedgerService:
 
     sessions: sessionmaker[Session]
 
-    def infrastructure(self) -> list[dict[str, Any]]:
-        """Every infrastructure record, oldest first, as JSON-ready dicts (money in cents)."""
-        with self.sessions() as session:
-            rows = session.scalars(select(InfrastructureEntry).order_by(InfrastructureEntry.id)).all()
-            return [_row(entry, INFRASTRUCTURE_COLUMNS) for entry in rows]
+    def infrastructure(self, since: dt.date | None = None, until: dt.date | None = None) -> list[dict[str, Any]]:
+        """Infrastructure records, oldest first, as JSON-ready dicts (money in cents).
 
-    def professional(self) -> list[dict[str, Any]]:
-        """Every professional record, oldest first, as JSON-ready dicts."""
+        ``since`` and ``until`` (both included) select by the UTC day the record was made.
+        """
+        query = select(InfrastructureEntry).order_by(InfrastructureEntry.id)
+        if since is not None:
+            query = query.where(InfrastructureEntry.recorded_at >= _utc_midnight(since))
+        if until is not None:
+            query = query.where(InfrastructureEntry.recorded_at < _utc_midnight(until + dt.timedelta(days=1)))
         with self.sessions() as session:
-            rows = session.scalars(select(ProfessionalEntry).order_by(ProfessionalEntry.id)).all()
-            return [_row(entry, PROFESSIONAL_COLUMNS) for entry in rows]
+            return [_row(entry, INFRASTRUCTURE_COLUMNS) for entry in session.scalars(query).all()]
+
+    def professional(self, since: dt.date | None = None, until: dt.date | None = None) -> list[dict[str, Any]]:
+        """Professional records, oldest first, as JSON-ready dicts.
+
+        ``since`` and ``until`` (both included) select by date of service, the day of the
+        interpretation (what a billing office closes a period on).
+        """
+        query = select(ProfessionalEntry).order_by(ProfessionalEntry.id)
+        if since is not None:
+            query = query.where(ProfessionalEntry.date_of_service >= since)
+        if until is not None:
+            query = query.where(ProfessionalEntry.date_of_service <= until)
+        with self.sessions() as session:
+            return [_row(entry, PROFESSIONAL_COLUMNS) for entry in session.scalars(query).all()]
+
+
+def _utc_midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC)
 
 
 def _row(entry: Any, columns: tuple[str, ...]) -> dict[str, Any]:
