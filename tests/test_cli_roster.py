@@ -217,6 +217,11 @@ def test_confirmation_for_destructive_commands(config: Path) -> None:
     assert revoked.stdout == f"revoked privilege 1 ({NPI_C}/CT_NORTH) from 2026-12-01\n"
     ok(config, "facilities", "remove", "CT_NORTH", "--force", "--yes")
     assert as_json(ok(config, "facilities", "list", "--json")) == []
+    # unknown records are reported before any question is asked (no input given: no prompt read)
+    missing = run(config, "facilities", "remove", "CT_NORTH")
+    assert (missing.exit_code, missing.stderr, missing.stdout) == (1, "error: no facility with AE title CT_NORTH\n", "")
+    missing = run(config, "privileges", "revoke", "99")
+    assert (missing.exit_code, missing.stderr, missing.stdout) == (1, "error: no privilege with id 99\n", "")
 
 
 def test_roster_change_reroutes_and_prints_one_line_per_study(config: Path) -> None:
@@ -366,3 +371,13 @@ def test_export_to_a_missing_folder_is_one_line(config: Path, tmp_path: Path) ->
     result = run(config, "radiologists", "export", str(target))
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"error: No such file or directory: {target}"]
+
+
+def test_adding_an_expired_or_future_license_says_so(config: Path) -> None:
+    ok(config, "radiologists", "add", "--npi", NPI_A, "--name", "Reader^A")
+    old = ok(config, "licenses", "add", "--npi", NPI_A, "--state", "NV", "--number", "N-1", "--expires", "2020-01-01")
+    assert old.stderr == "note: license NV-N-1 expired on 2020-01-01; it makes no one eligible (recorded for history)\n"
+    future = ok(config, "licenses", "add", "--npi", NPI_A, "--state", "UT", "--number", "U-1", "--issued", "2099-01-01", "--expires", "2099-12-31")
+    assert future.stderr == "note: license UT-U-1 is valid from 2099-01-01; it counts from that day\n"
+    current = ok(config, "licenses", "add", "--npi", NPI_A, "--state", "TX", "--number", "T-1", "--expires", "2099-12-31")
+    assert current.stderr == ""

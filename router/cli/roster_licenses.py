@@ -39,7 +39,13 @@ def add(
     """Record a radiologist's license in one jurisdiction; held studies there are re-routed."""
     change = roster(obj).licenses.add(npi, state, number, expires, obj.os_user(), issued=issued, pathway=pathway, status=status, verified_on=verified_on)
     record = change.record or {}
-    report(change, as_json, f"added license {license_tag(str(record.get('state')), str(record.get('number')))} ({pathway}, {status}, expires {expires}) for {record.get('npi')}")
+    tag = license_tag(str(record.get("state")), str(record.get("number")))
+    report(change, as_json, f"added license {tag} ({pathway}, {status}, expires {expires}) for {record.get('npi')}")
+    today = local_date(utcnow(), obj.settings.routing.timezone)
+    if expires < today:
+        click.echo(f"note: license {tag} expired on {expires.isoformat()}; it makes no one eligible (recorded for history)", err=True)
+    elif issued is not None and issued > today:
+        click.echo(f"note: license {tag} is valid from {issued.isoformat()}; it counts from that day", err=True)
 
 
 @licenses_group.command("list")

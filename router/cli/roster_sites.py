@@ -10,6 +10,7 @@ from router.cli.context import CliContext
 from router.cli.output import emit_fields, emit_json, emit_table
 from router.cli.roster_common import IsoDate, confirm, field, json_option, report, roster, yes_no, yes_option
 from router.domain.enums import FederalFacility
+from router.errors import NotFoundError
 from router.services.roster import UNSET
 
 
@@ -127,6 +128,7 @@ def show(obj: CliContext, ae_title: str, as_json: bool) -> None:
 @click.pass_obj
 def remove(obj: CliContext, ae_title: str, force: bool, yes: bool, as_json: bool) -> None:
     """Unregister a facility; its studies stay. Refused while privileges reference it, unless --force."""
+    roster(obj).facilities.show(ae_title)  # an unknown AE title fails here, before the question
     confirm(yes, f"Remove facility {ae_title}? Studies it sends will be located by address instead.")
     change = roster(obj).facilities.remove(ae_title, obj.os_user(), force=force)
     report(change, as_json, f"removed facility {change.entity_key}")
@@ -185,6 +187,10 @@ def revoke(obj: CliContext, privilege_id: int | None, npi: str | None, facility:
     if privilege_id is None and not (npi and facility):
         raise click.UsageError("give an ID, or both --npi and --facility")
     target = f"privilege {privilege_id}" if privilege_id is not None else f"the privileges of {npi} at {facility}"
+    # unknown NPI, facility or ID fail here, before the question
+    existing = roster(obj).privileges.list(npi=npi, facility=facility)
+    if privilege_id is not None and all(item["id"] != privilege_id for item in existing):
+        raise NotFoundError(f"no privilege with id {privilege_id}")
     confirm(yes, f"Revoke {target}? Studies relying on them will be withdrawn.")
     change = roster(obj).privileges.revoke(obj.os_user(), privilege_id=privilege_id, npi=npi, facility_ae=facility, on=on)
     record = change.record or {}
