@@ -208,7 +208,10 @@ def import_roster(obj: CliContext, csv_file: Path, yes: bool, as_json: bool) -> 
 @click.argument("csv_file", metavar="[FILE]", required=False, type=click.Path(dir_okay=False, writable=True, path_type=Path))
 @click.pass_obj
 def export_roster(obj: CliContext, csv_file: Path | None) -> None:
-    """Export the roster as CSV, one row per license (stdout when no FILE); readable by `import`."""
+    """Export the licenses as CSV, one row per license (stdout when no FILE); readable by `import`.
+
+    Not a backup: SPL, LoQ, MQSA, reading state, privileges and facilities are not in it.
+    """
     text = roster(obj).export_csv()
     if csv_file is None:
         click.echo(text, nl=False)
