@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from router.app import RouterApp
-from router.domain.enums import StudyStatus
 from router.dicom.extract import read_header
 from router.dicom.listener import Listener
 from router.dicom.scp import ConditionLog, configure_pynetdicom
 from router.dicom.scu import Destination, send_files
+from router.domain.enums import StudyStatus
 from router.node import ListenerNode
 from router.services.forwarding import ForwardingPolicy, ForwardingService
 from router.services.recovery import RecoveryReport, RecoveryService

@@ -19,7 +19,6 @@ from rich.table import Table
 
 from router.services.audit_log import jsonable
 
-
 #: Dates, datetimes (ISO UTC ``Z``), enums, tuples and sets to JSON-ready values.
 to_jsonable = jsonable
 

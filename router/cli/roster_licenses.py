@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from router.domain.eligibility_facts import license_tag
 from router.cli.context import CliContext
 from router.cli.output import emit_json, emit_table
 from router.cli.roster_common import IsoDate, confirm, field, json_option, license_status_text, report, roster, yes_option
+from router.domain.eligibility_facts import license_tag
 from router.domain.enums import LicensePathway, LicenseStatus
 from router.services.reference import ReferenceData
 from router.services.roster import UNSET

@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from router.errors import DatabaseUnavailable
-from sqlalchemy.orm import Session, sessionmaker
 
 
 def make_engine(url: str, busy_timeout: float = 10.0, *, create: bool = True, **kwargs: Any) -> Engine:
