@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import traceback
 import warnings
 
@@ -167,6 +168,19 @@ def install_library_guards(*, verbose: bool = False) -> None:
             handler.addFilter(PhiRedactingFilter())
     warnings.showwarning = _showwarning  # type: ignore[assignment]
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+    # An exception that kills a thread (pynetdicom's network threads) goes through the log and
+    # its filter, not straight to stderr with the exception text as it is.
+    threading.excepthook = _thread_excepthook
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("router.threads").error(
+        "thread %s stopped on an uncaught %s", name, args.exc_type.__name__,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback) if args.exc_value is not None else None,
+    )
 
 
 __all__ = ["PhiRedactingFilter", "configure_logging", "escape_controls", "format_exception_safely", "install_library_guards", "redact_text"]

@@ -6,6 +6,7 @@ quarantined, both Success (DESIGN.md decision 1; issue 3, "Bad input gets the ri
 from __future__ import annotations
 
 import hashlib
+import struct
 import threading
 from pathlib import Path
 
@@ -250,3 +251,30 @@ def test_same_uid_sent_concurrently_with_different_bytes(server: RouterServer, t
     (study,) = _rows(server, Study)
     assert study.instance_count == 1
     assert list(archive.incoming.iterdir()) == []
+
+
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+def _encapsulated(fragments: list[bytes]) -> bytes:
+    """Encapsulated Pixel Data (PS3.5 A.4): empty Basic Offset Table, fragments, delimiter."""
+    return explicit_undefined(0x7FE00010, b"OB", item(b"", undefined=False) + b"".join(item(f, undefined=False) for f in fragments))
+
+
+def test_encapsulated_pixel_data_is_checked_to_its_delimiter(server: RouterServer, tmp_path: Path) -> None:
+    """A compressed image cut short in transfer is refused (the sender keeps and resends it),
+    not stored as if whole; the whole one is stored byte for byte."""
+    sop, study_uid, series_uid = generate_uid(), generate_uid(), generate_uid()
+    whole = identifiers(sop, study_uid, series_uid, tail=_encapsulated([b"\xff\xd8" + bytes(1000) + b"\xff\xd9", b"\xff\xd8" + bytes(500) + b"\xff\xd9"]))
+    context = [(CT_IMAGE_STORAGE, JPEG_BASELINE)]
+    for cut in (8, 100, 600):  # no delimiter; inside the second fragment; inside the first
+        path = write_raw_part10(tmp_path / f"cut{cut}.dcm", CT_IMAGE_STORAGE, sop, whole[:-cut], transfer_syntax=JPEG_BASELINE)
+        assert send_paths(server.ports[0], [path], contexts=context) == [StoreStatus.CANNOT_DECODE]
+    wrong_item = whole[:-8] + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)  # an item delimiter where the sequence ends
+    path = write_raw_part10(tmp_path / "wrong.dcm", CT_IMAGE_STORAGE, sop, wrong_item, transfer_syntax=JPEG_BASELINE)
+    assert send_paths(server.ports[0], [path], contexts=context) == [StoreStatus.CANNOT_DECODE]
+    assert _rows(server, Instance) == []
+    path = write_raw_part10(tmp_path / "whole.dcm", CT_IMAGE_STORAGE, sop, whole, transfer_syntax=JPEG_BASELINE)
+    assert send_paths(server.ports[0], [path], contexts=context) == [StoreStatus.SUCCESS]
+    (instance,) = _rows(server, Instance)
+    assert dataset_bytes(server.app.archive.path(instance.relative_path)) == whole

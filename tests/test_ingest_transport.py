@@ -384,3 +384,38 @@ def test_500_mb_instance_is_streamed_to_disk_by_a_separate_server_process(tmp_pa
     assert row.dataset_sha256 == sha256
     assert study.accession_number == "BIG-1"
     assert list((data_dir / "archive" / ".incoming").iterdir()) == []
+
+
+def _context_results(body: bytes) -> dict[int, int]:
+    """Presentation context ID -> result from an A-ASSOCIATE-AC body (PS3.8 section 9.3.3)."""
+    results, offset = {}, 68  # protocol version, reserved, AE titles, reserved
+    while offset + 4 <= len(body):
+        kind, _, length = struct.unpack(">BBH", body[offset:offset + 4])
+        if kind == 0x21:
+            results[body[offset + 4]] = body[offset + 6]
+        offset += 4 + length
+    return results
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "transfer_syntax", "result"),
+    [
+        pytest.param(CT_IMAGE_STORAGE, "1.2.840.10008.1.2.1", 0x00, id="CT-explicit-LE-accepted"),
+        pytest.param("1.2.826.0.1.3680043.9.7433.99.1", "1.2.840.10008.1.2.4.90", 0x00, id="private-class-J2K-accepted"),
+        pytest.param("", "1.2.840.10008.1.2.1", 0x03, id="empty-abstract-syntax"),
+        pytest.param("CT IMAGE", "1.2.840.10008.1.2.1", 0x03, id="not-a-UID"),
+        pytest.param(CT_IMAGE_STORAGE, "1.2.3.4.5.6.7", 0x04, id="unknown-transfer-syntax"),
+    ],
+)
+def test_contexts_with_malformed_or_unknown_syntaxes_are_refused(server: RouterServer, sop_class: str, transfer_syntax: str, result: int) -> None:
+    raw = RawAssociation(server.ports[0])
+    try:
+        raw.send(associate_rq(sop_class=sop_class, transfer_syntax=transfer_syntax))
+        kind, body = raw.read_pdu()
+        assert kind == 0x02  # A-ASSOCIATE-AC: the association stands, the context is answered
+        assert _context_results(body) == {1: result}
+        raw.send(A_ABORT)
+    finally:
+        raw.sock.close()
+    assert send_paths(server.ports[0], [write_part10(make_dataset(), server.app.archive.root.parent / "after.dcm")]) == [0x0000]
+

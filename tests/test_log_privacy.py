@@ -502,3 +502,18 @@ def test_a_value_with_line_breaks_cannot_forge_a_log_line(router_logging: Callab
         "INFO router.services.routing: study 1.2.3 (accession ACC\\nINFO router.server: stopped) assigned to NPI 1000000012",
         "WARNING pynetdicom.events: Exception in handler for SOP 1.2.3\\r\\n4\\x1b[2J",
     ]
+
+
+def test_a_thread_killed_by_an_exception_is_logged_through_the_filter(router_logging: Callable[[], io.StringIO]) -> None:
+    """pynetdicom's network threads can die on a malformed message; Python would print the
+    traceback, exception text included, straight to stderr."""
+    import threading
+
+    logged_to = router_logging()
+    thread = threading.Thread(target=_raise_from_pydicom, args=("-".join(["1999", "13", "45"]),), name="dul-test")
+    thread.start()
+    thread.join()
+    logged = logged_to.getvalue()
+    assert "ERROR router.threads: thread dul-test stopped on an uncaught ValueError" in logged
+    assert "ValueError: (text withheld: raised in pydicom, may quote data set values)" in logged
+    assert "1999-13-45" not in logged

@@ -160,9 +160,10 @@ def _walk(reader: Any, syntax: UID, size: int) -> Dataset:
     the data set, or a last element header cut short, means the sender's encoding is broken
     (PS3.5 section 7.1), so it is answered 0xC210 rather than stored as if whole. Every element
     is checked from its header (``stop_when`` sees each one before its value is read or
-    skipped). The walk stops at Pixel Data, whose defined length is checked without reading it
-    (an encapsulated one is not scanned). An undefined-length sequence is parsed to its
-    delimiter by pydicom (a truncated one raises).
+    skipped). The walk stops at Pixel Data, whose defined length is checked without reading it;
+    encapsulated Pixel Data is checked fragment by fragment, from the item headers only, up to
+    its sequence delimiter (:func:`_check_encapsulated`). An undefined-length sequence is
+    parsed to its delimiter by pydicom (a truncated one raises).
     """
     start = reader.tell()
     implicit = syntax.is_implicit_VR
@@ -193,6 +194,8 @@ def _walk(reader: Any, syntax: UID, size: int) -> Dataset:
         raise UndecodableDataSet(f"element {state['overrun']} is longer than the data set")
     if not state["pixel"] and state["end"] is not None and state["end"] < size:
         raise UndecodableDataSet("the data set ends inside an element header")
+    if state["pixel"] and state["end"] is None:
+        _check_encapsulated(reader, implicit, syntax.is_little_endian, size)
     dataset = Dataset(raws)
     encoding: Any = default_encoding
     if _CHARSET_TAG in raws:
@@ -200,6 +203,36 @@ def _walk(reader: Any, syntax: UID, size: int) -> Dataset:
         encoding = convert_encodings(charset)
     dataset.set_original_encoding(implicit, syntax.is_little_endian, encoding)
     return dataset
+
+
+_ITEM = (0xFFFE, 0xE000)
+_SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
+
+
+def _check_encapsulated(reader: Any, implicit: bool, little_endian: bool, size: int) -> None:
+    """Check encapsulated Pixel Data, the reader being at its element header, without reading it.
+
+    PS3.5 section A.4: a sequence of items (FFFE,E000), each of defined length (the Basic
+    Offset Table, then the fragments), ended by a Sequence Delimitation Item (FFFE,E0DD). A
+    fragment running past the end, a missing delimiter or anything but an item raises
+    :class:`UndecodableDataSet`: a compressed image cut short in transfer is refused (0xC210)
+    rather than stored as if whole. Costs one 8-byte read per fragment.
+    """
+    reader.seek(reader.tell() + (8 if implicit else 12))  # tag, (VR, reserved,) length
+    order = "<" if little_endian else ">"
+    while True:
+        header = reader.read(8)
+        if len(header) < 8:
+            raise UndecodableDataSet("encapsulated Pixel Data ends before its sequence delimiter")
+        group, element, length = struct.unpack(f"{order}HHL", header)
+        if (group, element) == _SEQUENCE_DELIMITER:
+            return
+        if (group, element) != _ITEM or length == _UNDEFINED_LENGTH:
+            raise UndecodableDataSet(f"encapsulated Pixel Data holds ({group:04X},{element:04X}) where an item belongs")
+        end = reader.tell() + length
+        if end > size:
+            raise UndecodableDataSet("a Pixel Data fragment is longer than the data set")
+        reader.seek(end)
 
 
 def _normalize_character_set(dataset: Dataset) -> None:

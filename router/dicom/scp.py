@@ -21,8 +21,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import _config, dimse_messages
 
+from router.dicom import negotiation, reactor
 from router.dicom.extract import UndecodableDataSet, read_header
-from router.dicom import reactor
 from router.dicom.spool import SpoolFile, spool_factory
 from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
 from router.domain.instance import InstanceHeader, uid_problem
@@ -50,7 +50,8 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
       file is renamed into place without a copy and a crash leaves debris only where start-up
       cleans it; they are :class:`~router.dicom.spool.SpoolFile` objects, so a full disk or an
       unwritable folder is answered 0xA700 instead of aborting the association;
-    - ``UNRESTRICTED_STORAGE_SERVICE``: any storage SOP class, private ones included, is accepted.
+    - ``UNRESTRICTED_STORAGE_SERVICE``: any storage SOP class, private ones included, is accepted,
+      under a valid UID and with a transfer syntax pydicom knows (:mod:`router.dicom.negotiation`).
     """
     incoming_dir.mkdir(parents=True, exist_ok=True)
     dimse_messages.NamedTemporaryFile = spool_factory(incoming_dir)  # type: ignore[attr-defined]
@@ -63,6 +64,8 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
     # Event-driven waits instead of pynetdicom's 1 ms polling sleeps (docs/benchmarks.md).
     reactor.install()
+    # No context with a malformed abstract syntax or a transfer syntax pydicom cannot read.
+    negotiation.install(frozenset(STORAGE_TRANSFER_SYNTAXES))
 
 
 #: Transfer syntaxes accepted for storage: every one pydicom knows (implicit/explicit little

@@ -1,0 +1,95 @@
+"""Presentation context negotiation for the unrestricted storage SCP, made strict where it must be.
+
+With ``UNRESTRICTED_STORAGE_SERVICE`` pynetdicom 3 accepts every proposed abstract syntax it
+does not know as "storage", with the first transfer syntax proposed, whatever they are. Two
+consequences a real sender can trigger (seen with files whose File Meta Information has an
+empty Media Storage SOP Class UID):
+
+- an empty or malformed abstract syntax is accepted; the sender's C-STORE-RQ then carries no
+  usable Affected SOP Class UID and pynetdicom's DIMSE decoder raises in the association's
+  network thread, which dies without an A-ABORT (the sender sees a closed connection);
+- an unknown transfer syntax is accepted, so the data set cannot be read and every instance is
+  answered 0xC210, where the sender could have used another syntax it proposed.
+
+:func:`install` wraps the negotiation pynetdicom's ACSE calls so that, before it runs, a
+context whose abstract syntax is not a valid UID (PS3.5 section 9.1: digits and dots, at most
+64 characters) is answered "abstract-syntax-not-supported" (result 0x03), and a storage context
+gets the first proposed transfer syntax pydicom knows, or "transfer-syntaxes-not-supported"
+(0x04) when it knows none (PS3.8 section 9.3.3.2, Table 9-18). Other contexts are negotiated
+by pynetdicom as before.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from pynetdicom import acse as _acse_module
+from pynetdicom.presentation import PresentationContext
+
+from router.domain.instance import uid_problem
+
+ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
+TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
+
+_LOCK = threading.Lock()
+_INSTALLED = False
+
+
+def _refused(proposed: PresentationContext, result: int) -> PresentationContext:
+    context = PresentationContext()
+    context.context_id = proposed.context_id
+    context.abstract_syntax = proposed.abstract_syntax
+    context.transfer_syntax = [proposed.transfer_syntax[0]] if proposed.transfer_syntax else []
+    context.result = result
+    return context
+
+
+def strict_unrestricted(original: Any, known_transfer_syntaxes: frozenset[str]) -> Any:
+    """Wrap pynetdicom's ``negotiate_unrestricted(rq_contexts, ac_contexts, roles)``.
+
+    Returns a function with the same signature and return value (accepted and refused
+    contexts sorted by context ID, role selection items).
+    """
+
+    def negotiate(rq_contexts: list[PresentationContext], ac_contexts: list[PresentationContext], roles: Any = None) -> Any:
+        refused: list[PresentationContext] = []
+        passed: list[PresentationContext] = []
+        for proposed in rq_contexts:
+            if uid_problem(str(proposed.abstract_syntax or "")) is not None:
+                refused.append(_refused(proposed, ABSTRACT_SYNTAX_NOT_SUPPORTED))
+                continue
+            known = [syntax for syntax in proposed.transfer_syntax if str(syntax) in known_transfer_syntaxes]
+            if not known:
+                refused.append(_refused(proposed, TRANSFER_SYNTAXES_NOT_SUPPORTED))
+                continue
+            if known != list(proposed.transfer_syntax):
+                narrowed = PresentationContext()
+                narrowed.context_id = proposed.context_id
+                narrowed.abstract_syntax = proposed.abstract_syntax
+                narrowed.transfer_syntax = known  # keeps the sender's order of preference
+                proposed = narrowed
+            passed.append(proposed)
+        accepted, reply_roles = original(passed, ac_contexts, roles)
+        return sorted([*accepted, *refused], key=lambda context: int(context.context_id)), reply_roles
+
+    negotiate.__doc__ = original.__doc__
+    return negotiate
+
+
+def install(known_transfer_syntaxes: frozenset[str]) -> bool:
+    """Put :func:`strict_unrestricted` in front of pynetdicom's negotiation (idempotent).
+
+    Returns True if installed (False if pynetdicom's ACSE module no longer looks as expected;
+    negotiation then stays pynetdicom's own).
+    """
+    global _INSTALLED
+    with _LOCK:
+        if _INSTALLED:
+            return True
+        original = getattr(_acse_module, "negotiate_unrestricted", None)
+        if original is None:
+            return False
+        _acse_module.negotiate_unrestricted = strict_unrestricted(original, known_transfer_syntaxes)  # type: ignore[attr-defined]
+        _INSTALLED = True
+        return True
