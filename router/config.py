@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +277,8 @@ def _coerce(key: str, default: Any, value: Any, base_dir: Path) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, "must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number, got {value}")
         return float(value)
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
@@ -308,9 +311,20 @@ def _check_port(key: str, port: int, allow_zero: bool = True) -> None:
         raise ConfigError(key, f"port {port} is out of range {low}-65535")
 
 
-def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+#: Upper bound of every duration in the config (seconds): a year. Larger values overflow the
+#: clocks and timers they feed (``threading.Event.wait``, ``datetime.timedelta``).
+_MAX_SECONDS = 365 * 24 * 3600.0
+
+
+def _check_positive(key: str, value: float, allow_zero: bool = False, maximum: float | None = None, unit: str = "") -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(key, f"must be {'zero or more' if allow_zero else 'greater than zero'}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(key, f"must be at most {maximum:.0f}{unit}, got {value}")
+
+
+def _check_seconds(key: str, value: float, allow_zero: bool = False) -> None:
+    _check_positive(key, value, allow_zero, maximum=_MAX_SECONDS, unit=" seconds (a year)")
 
 
 def _validate(settings: Settings) -> Settings:
@@ -323,7 +337,7 @@ def _validate(settings: Settings) -> Settings:
     if not 1 <= listener.workers <= 64:
         raise ConfigError("listener.workers", "must be 1-64 processes")
     for key in ("acse_timeout", "dimse_timeout", "network_timeout", "drain_timeout"):
-        _check_positive(f"listener.{key}", getattr(listener, key))
+        _check_seconds(f"listener.{key}", getattr(listener, key))
     if listener.max_pdu_length != 0 and not 4096 <= listener.max_pdu_length <= 2**32 - 1:
         raise ConfigError("listener.max_pdu_length", "must be 0 (unlimited) or 4096-4294967295 bytes")
     for index, title in enumerate(listener.allowed_calling_ae_titles):
@@ -344,29 +358,31 @@ def _validate(settings: Settings) -> Settings:
     if not listener.enabled and not tls.enabled:
         raise ConfigError("listener.enabled", "the plain listener is off and TLS is not enabled")
     for key, path in (("imlc.membership_file", settings.imlc.membership_file), ("billing.cpt_map", settings.billing.cpt_map)):
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(key, f"file not found: {path} (a relative path is read from the config file's folder)")
+        if not path.is_file():
+            raise ConfigError(key, f"{path} is not a file")
     routing = settings.routing
-    _check_positive("routing.stable_seconds", routing.stable_seconds, allow_zero=True)
-    _check_positive("routing.poll_interval", routing.poll_interval)
-    _check_positive("routing.recheck_interval", routing.recheck_interval)
+    _check_seconds("routing.stable_seconds", routing.stable_seconds, allow_zero=True)
+    _check_seconds("routing.poll_interval", routing.poll_interval)
+    _check_seconds("routing.recheck_interval", routing.recheck_interval)
     try:
         ZoneInfo(routing.timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ConfigError("routing.timezone", f"unknown IANA time zone {routing.timezone!r}") from exc
-    _check_positive("database.busy_timeout", settings.database.busy_timeout)
+    _check_seconds("database.busy_timeout", settings.database.busy_timeout)
     billing = settings.billing
-    _check_positive("billing.storage_cents_per_gib", billing.storage_cents_per_gib, allow_zero=True)
-    _check_positive("billing.transmission_cents_per_gib", billing.transmission_cents_per_gib, allow_zero=True)
-    _check_positive("imlc.max_age_days", settings.imlc.max_age_days)
-    _check_positive("imlc.suspension_hold_days", settings.imlc.suspension_hold_days, allow_zero=True)
+    _check_positive("billing.storage_cents_per_gib", billing.storage_cents_per_gib, allow_zero=True, maximum=10**9, unit=" cents")
+    _check_positive("billing.transmission_cents_per_gib", billing.transmission_cents_per_gib, allow_zero=True, maximum=10**9, unit=" cents")
+    _check_positive("imlc.max_age_days", settings.imlc.max_age_days, maximum=36500, unit=" days")
+    _check_positive("imlc.suspension_hold_days", settings.imlc.suspension_hold_days, allow_zero=True, maximum=36500, unit=" days")
     forwarding = settings.forwarding
     if forwarding.calling_ae_title is not None:
         validate_ae_title(forwarding.calling_ae_title, "forwarding.calling_ae_title")
     if forwarding.max_attempts < 1:
         raise ConfigError("forwarding.max_attempts", "must be at least 1")
-    _check_positive("forwarding.initial_backoff", forwarding.initial_backoff)
-    _check_positive("forwarding.max_backoff", forwarding.max_backoff)
+    _check_seconds("forwarding.initial_backoff", forwarding.initial_backoff)
+    _check_seconds("forwarding.max_backoff", forwarding.max_backoff)
     for index, state in enumerate(settings.licensure.telehealth_registration_states):
         if normalize_jurisdiction(state) is None:
             raise ConfigError(f"licensure.telehealth_registration_states[{index}]", f"{state!r} is not a US licensing jurisdiction")

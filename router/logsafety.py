@@ -62,7 +62,7 @@ def _exception_line(exc: BaseException) -> str:
         text = str(exc)
     except Exception:  # noqa: BLE001 - a broken __str__ must not break logging
         text = "(text unavailable)"
-    return f"{name}: {redact_text(text)}\n" if text else f"{name}\n"
+    return f"{name}: {escape_controls(redact_text(text))}\n" if text else f"{name}\n"
 
 
 def format_exception_safely(exc: BaseException) -> str:

@@ -140,9 +140,10 @@ class RouterServer:
         busy) relies on this pass.
         """
         results = self.app.routing.reevaluate("periodic recheck")
-        assigned = sum(1 for result in results if result.status == StudyStatus.ASSIGNED)
-        if assigned:
-            LOG.info("periodic recheck: %d stud%s assigned or reassigned", assigned, "y" if assigned == 1 else "ies")
+        withdrawn = sum(1 for result in results if result.withdrawn_npi is not None)
+        assigned = sum(1 for result in results if result.withdrawn_npi is None and result.status == StudyStatus.ASSIGNED)
+        if withdrawn or assigned:
+            LOG.info("periodic recheck: %d withdrawn from a reader no longer eligible, %d held assigned", withdrawn, assigned)
 
     def _tick_loop(self) -> None:
         interval = self.app.settings.routing.poll_interval

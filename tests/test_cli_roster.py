@@ -273,7 +273,7 @@ def test_saved_change_whose_re_evaluation_fails_exits_1_with_a_warning(tmp_path:
     # the file is fixed: the recheck the warning names assigns the held study
     membership.write_bytes(original)
     lines = ok(config, "studies", "recheck").stdout.splitlines()
-    assert lines == [f"study 1.2.826.0.1.1: assigned to NPI {NPI_A} (TX)", "rechecked: 1 study assigned or reassigned, 0 still held"]
+    assert lines == [f"study 1.2.826.0.1.1: assigned to NPI {NPI_A} (TX)", "rechecked: 0 withdrawn from a reader no longer eligible, 1 held study assigned, 0 held"]
 
 
 # --------------------------------------------------------------------------- import / export
@@ -381,3 +381,40 @@ def test_adding_an_expired_or_future_license_says_so(config: Path) -> None:
     assert future.stderr == "note: license UT-U-1 is valid from 2099-01-01; it counts from that day\n"
     current = ok(config, "licenses", "add", "--npi", NPI_A, "--state", "TX", "--number", "T-1", "--expires", "2099-12-31")
     assert current.stderr == ""
+
+
+def test_names_with_control_characters_are_refused(config: Path) -> None:
+    result = run(config, "radiologists", "add", "--npi", NPI_A, "--name", "Doe^Jane\nINJECTED")
+    assert (result.exit_code, result.stderr) == (1, "error: name must not contain control characters (line breaks, tabs...)\n")
+
+
+def test_validation_comes_before_the_confirmation_question(config: Path) -> None:
+    for args, message in [
+        (("radiologists", "deactivate", "1999999996"), "error: NPI 1999999996 fails the check digit (expected 2)\n"),
+        (("radiologists", "deactivate", NPI_B), f"error: no radiologist with NPI {NPI_B}\n"),
+    ]:
+        result = run(config, *args)
+        assert (result.exit_code, result.stderr) == (1, message)
+    ok(config, "radiologists", "add", "--npi", NPI_A, "--name", "Reader^A")
+    result = run(config, "licenses", "set-status", "--npi", NPI_A, "--state", "NV", "--status", "revoked")
+    assert (result.exit_code, result.stderr) == (1, f"error: radiologist {NPI_A} holds no license in NV\n")
+
+
+def test_export_to_stdout_with_a_dash_and_never_over_a_file_silently(config: Path, tmp_path: Path) -> None:
+    ok(config, "radiologists", "add", "--npi", NPI_A, "--name", "Reader^A")
+    ok(config, "licenses", "add", "--npi", NPI_A, "--state", "TX", "--number", "T-1", "--expires", "2099-12-31")
+    dashed = ok(config, "radiologists", "export", "-").stdout
+    assert dashed.splitlines()[0] == "npi,name,license_state,license_number,pathway,status,issued,expires"
+    assert not (Path.cwd() / "-").exists()
+    target = tmp_path / "keep.csv"
+    target.write_text("precious\n")
+    refused = run(config, "radiologists", "export", str(target))
+    assert (refused.exit_code, refused.stderr, target.read_text()) == (1, f"error: {target} exists; give --force to overwrite it\n", "precious\n")
+    ok(config, "radiologists", "export", str(target), "--force")
+    assert target.read_text() == dashed
+
+
+def test_list_limits_and_audit_entities_are_checked(config: Path) -> None:
+    assert run(config, "studies", "list", "--limit", "9223372036854775808").exit_code == 2
+    assert run(config, "audit", "list", "--entity", "bogus").exit_code == 2
+    assert ok(config, "audit", "list", "--entity", "study", "--json").stdout.strip() == "[]"

@@ -61,6 +61,13 @@ def test_example_file_documents_every_key_and_matches_the_defaults() -> None:
         ({"listener": {"tls": {"enabled": True}}}, "listener.tls.cert_file", "required"),
         ({"licensure": {"telehealth_registration_states": ["AE"]}}, "licensure.telehealth_registration_states[0]", "not a US"),
         ({"listener": {"max_pdu_length": 100}}, "listener.max_pdu_length", "unlimited"),
+        ({"routing": {"poll_interval": float("inf")}}, "routing.poll_interval", "finite"),
+        ({"routing": {"stable_seconds": float("nan")}}, "routing.stable_seconds", "finite"),
+        ({"listener": {"network_timeout": 1e300}}, "listener.network_timeout", "at most 31536000 seconds"),
+        ({"database": {"busy_timeout": float("-inf")}}, "database.busy_timeout", "finite"),
+        ({"routing": {"recheck_interval": 0}}, "routing.recheck_interval", "greater than zero"),
+        ({"billing": {"storage_cents_per_gib": 10**12}}, "billing.storage_cents_per_gib", "at most 1000000000 cents"),
+        ({"imlc": {"membership_file": "."}}, "imlc.membership_file", "is not a file"),
     ],
 )
 def test_bad_values_name_the_key(mapping: dict, key: str, fragment: str) -> None:
@@ -124,6 +131,8 @@ def test_unreadable_config_file_is_one_line(tmp_path: Path) -> None:
         ("notaurl", "database.url 'notaurl' cannot be used: Could not parse SQLAlchemy URL"),
         ("nosuchdialect://x@y/z", "database.url 'nosuchdialect://x@y/z' cannot be used: Can't load plugin"),
         ("postgresql+psycopg://postgres:secret@127.0.0.1:1/test", "cannot connect to postgresql+psycopg://postgres:***@127.0.0.1:1/test:"),
+        ("postgresql+psycopg://postgres@127.0.0.1:1/test?password=secret", "cannot connect to postgresql+psycopg://postgres@127.0.0.1:1/test?password=HIDDEN:"),
+        ("postgresql+psycopg://u:secret@h:abc/x", "database.url 'postgresql+psycopg:...' cannot be used:"),
     ],
 )
 @pytest.mark.parametrize("command", [["db", "status"], ["db", "upgrade"], ["studies", "list"], ["serve"]])

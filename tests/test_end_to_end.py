@@ -209,8 +209,9 @@ def test_demo_command_runs_the_main_job_and_refuses_a_used_data_dir(tmp_path: Pa
     }
     assert "Professional ledger" in result.stdout and "Infrastructure ledger" in result.stdout
     assert "sent 19 instance(s) of 8 stud(ies)" in result.stderr
-    again = subprocess.run([sys.executable, "-m", "router", "demo", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
-    assert again.returncode == 1
-    assert again.stderr.strip().splitlines() == [
-        f"error: --data-dir {data_dir} is not empty: the demo loads a sample roster and bills sample reads, so it only runs in a new or empty folder"
-    ]
+    for args in (["demo", "--data-dir", str(data_dir)], ["--data-dir", str(data_dir), "demo"]):  # either place
+        again = subprocess.run([sys.executable, "-m", "router", *args], capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1
+        assert again.stderr.strip().splitlines() == [
+            f"error: --data-dir {data_dir} is not empty: the demo loads a sample roster and bills sample reads, so it only runs in a new or empty folder"
+        ]

@@ -278,3 +278,22 @@ def test_encapsulated_pixel_data_is_checked_to_its_delimiter(server: RouterServe
     assert send_paths(server.ports[0], [path], contexts=context) == [StoreStatus.SUCCESS]
     (instance,) = _rows(server, Instance)
     assert dataset_bytes(server.app.archive.path(instance.relative_path)) == whole
+
+
+@pytest.mark.parametrize(
+    ("syntax", "frames", "fragments", "status"),
+    [
+        pytest.param(JPEG_BASELINE, 3, 3, StoreStatus.SUCCESS, id="one-fragment-per-frame"),
+        pytest.param(JPEG_BASELINE, 3, 4, StoreStatus.SUCCESS, id="a-frame-in-two-fragments"),
+        pytest.param(JPEG_BASELINE, 3, 2, StoreStatus.CANNOT_DECODE, id="a-frame-missing"),
+        pytest.param("1.2.840.10008.1.2.4.102", 30, 1, StoreStatus.SUCCESS, id="MPEG-4-one-stream"),
+    ],
+)
+def test_fragments_cannot_be_fewer_than_frames(server: RouterServer, tmp_path: Path, syntax: str, frames: int, fragments: int, status: int) -> None:
+    """PS3.5 A.4: a fragment holds data of one frame only (video streams excepted)."""
+    sop = generate_uid()
+    pixel = _encapsulated([b"\xff\xd8" + bytes(100) + b"\xff\xd9"] * fragments)
+    data = identifiers(sop, generate_uid(), generate_uid(), tail=explicit(0x00280008, b"IS", str(frames).encode()) + pixel)
+    path = write_raw_part10(tmp_path / "frames.dcm", CT_IMAGE_STORAGE, sop, data, transfer_syntax=syntax)
+    assert send_paths(server.ports[0], [path], contexts=[(CT_IMAGE_STORAGE, syntax)]) == [status]
+    assert len(_rows(server, Instance)) == (1 if status == StoreStatus.SUCCESS else 0)

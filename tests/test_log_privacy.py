@@ -517,3 +517,15 @@ def test_a_thread_killed_by_an_exception_is_logged_through_the_filter(router_log
     assert "ERROR router.threads: thread dul-test stopped on an uncaught ValueError" in logged
     assert "ValueError: (text withheld: raised in pydicom, may quote data set values)" in logged
     assert "1999-13-45" not in logged
+
+
+def test_exception_text_with_line_breaks_stays_on_its_line(router_logging: Callable[[], io.StringIO]) -> None:
+    """pynetdicom's error for a calling AE title with a line break quotes the title."""
+    logged_to = router_logging()
+    try:
+        raise ValueError("Invalid 'Calling AE Title' value 'X\nINFO router.server: stopped' - must not contain control characters")
+    except ValueError:
+        logging.getLogger("pynetdicom.fsm").exception("State Machine received an exception")
+    lines = logged_to.getvalue().splitlines()
+    assert lines[-1] == "ValueError: Invalid 'Calling AE Title' value 'X\\nINFO router.server: stopped' - must not contain control characters"
+    assert not any(line.startswith("INFO router.server: stopped") for line in lines)

@@ -85,3 +85,16 @@ def test_manual_state_and_assignment_are_audited(app: RouterApp) -> None:
          {"status": "assigned", "assigned_npi": NPI_A, "hold_reason": None},
          {"status": "assigned", "assigned_npi": NPI_B, "exam_state": "OK"}),
     ]
+
+
+def test_recheck_result_names_the_reader_it_took_the_study_from(app: RouterApp, clock: FakeClock) -> None:
+    _roster(app, a_expires=dt.date(2026, 11, 30))
+    add_study(app, "1.2.826.0.1.13")
+    add_study(app, "1.2.826.0.1.14", calling_ae="NOWHERE")  # no exam state: held, not withdrawn
+    app.routing.route_due()
+    clock.set(dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC))
+    results = {r.study_instance_uid: (r.status, r.hold_reason, r.withdrawn_npi) for r in app.routing.reevaluate("manual recheck")}
+    assert results == {
+        "1.2.826.0.1.13": (StudyStatus.HELD, HoldReason.NO_ELIGIBLE_RADIOLOGIST, NPI_A),
+        "1.2.826.0.1.14": (StudyStatus.HELD, HoldReason.NO_EXAM_STATE, None),
+    }

@@ -228,3 +228,34 @@ def _kill_and_restart(tmp_path: Path, processes: list, database_url: str | None)
         engine.dispose()
         restarted.send_signal(signal.SIGTERM)
         assert restarted.wait(timeout=30) == 0
+
+
+def test_a_second_serve_on_the_same_data_directory_is_refused(tmp_path: Path, processes: list) -> None:
+    """With SO_REUSEPORT a second process could bind the same port and run recovery beside the first."""
+    port = _free_port()
+    config = _config(tmp_path, port)
+    first = _start(config, port)
+    processes.append(first)
+    second = _router(config, "serve", check=False)
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        f"error: another `router serve` is running on data directory {tmp_path / 'var'} ({tmp_path / 'var' / 'serve.lock'} is locked)"
+    ]
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0
+    # the lock goes with the process: the next start is allowed
+    again = _start(config, port)
+    processes.append(again)
+    again.send_signal(signal.SIGTERM)
+    assert again.wait(timeout=30) == 0
+
+
+def test_serve_refuses_to_start_on_a_broken_data_file(tmp_path: Path) -> None:
+    membership = tmp_path / "imlc.csv"
+    membership.write_text("state,status\nTX,spl\n")  # no as_of line, wrong header
+    config = _config(tmp_path, _free_port())
+    config.write_text(config.read_text() + f'[imlc]\nmembership_file = "{membership}"\n')
+    result = _router(config, "serve", check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["error: imlc.csv line 1: expected header 'state,status,effective_date,note,source', got 'state,status'"]

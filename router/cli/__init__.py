@@ -73,7 +73,7 @@ def cli(ctx: click.Context, config_path: Path | None, data_dir: Path | None, ver
     except ConfigError as exc:
         click.echo(config_error_line(exc), err=True)
         ctx.exit(2)
-    ctx.obj = CliContext(settings=settings, config_path=config_path, verbose=verbose)
+    ctx.obj = CliContext(settings=settings, config_path=config_path, verbose=verbose, data_dir_option=data_dir)
     ctx.call_on_close(ctx.obj.close)
 
 

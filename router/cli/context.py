@@ -19,6 +19,7 @@ class CliContext:
     settings: Settings
     config_path: Path | None = None
     verbose: bool = False
+    data_dir_option: Path | None = None  # the root --data-dir, when given
     _app: RouterApp | None = field(default=None, repr=False)
 
     def app(self, *, upgrade: bool = False) -> RouterApp:

@@ -7,7 +7,7 @@ import click
 from router.cli.context import CliContext
 from router.cli.output import emit_json
 from router.db import migrate
-from router.db.engine import check_connection, make_engine
+from router.db.engine import check_connection, make_engine, safe_url
 
 
 @click.group("db")
@@ -45,7 +45,7 @@ def status(obj: CliContext, as_json: bool) -> None:
     finally:
         engine.dispose()
     head = migrate.head_revision()
-    url = engine.url.render_as_string(hide_password=True)
+    url = safe_url(engine.url)
     if as_json:
         emit_json({"database": url, "revision": current, "head": head, "current": current == head})
     else:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import click
-
 from pydicom import dcmread
 
 from router.cli.context import CliContext
@@ -53,6 +52,7 @@ def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path
     The demo loads a sample roster, marks every read reported and bills it: it only ever runs in
     a new or empty data directory, never on a real one.
     """
+    data_dir = data_dir or obj.data_dir_option  # `router --data-dir DIR demo` too
     if data_dir is not None and data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
         raise RouterError(f"--data-dir {data_dir} is not empty: the demo loads a sample roster and bills sample reads, so it only runs in a new or empty folder")
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="router-demo-"))

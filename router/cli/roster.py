@@ -28,7 +28,7 @@ from router.cli.roster_common import (
     yes_no,
     yes_option,
 )
-from router.errors import ValidationError
+from router.errors import RouterError, ValidationError
 from router.services.roster import UNSET, Destination
 
 
@@ -153,6 +153,7 @@ def set_radiologist(
 @click.pass_obj
 def deactivate(obj: CliContext, npi: str, yes: bool, as_json: bool) -> None:
     """Take a radiologist off routing; their open assignments are withdrawn and reassigned or held."""
+    roster(obj).radiologists.show(npi)  # a bad or unknown NPI fails here, before the question
     confirm(yes, f"Deactivate radiologist {npi}? Their open assignments will be withdrawn.")
     change = roster(obj).radiologists.deactivate(npi, obj.os_user())
     report(change, as_json, f"deactivated radiologist {change.entity_key}", f"radiologist {change.entity_key} is already inactive")
@@ -206,12 +207,17 @@ def import_roster(obj: CliContext, csv_file: Path, yes: bool, as_json: bool) -> 
 
 @radiologists_group.command("export")
 @click.argument("csv_file", metavar="[FILE]", required=False, type=click.Path(dir_okay=False, writable=True, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
 @click.pass_obj
-def export_roster(obj: CliContext, csv_file: Path | None) -> None:
-    """Export the licenses as CSV, one row per license (stdout when no FILE); readable by `import`.
+def export_roster(obj: CliContext, csv_file: Path | None, force: bool) -> None:
+    """Export the licenses as CSV, one row per license (stdout when no FILE or -); readable by `import`.
 
     Not a backup: SPL, LoQ, MQSA, reading state, privileges and facilities are not in it.
     """
+    if csv_file is not None and str(csv_file) == "-":
+        csv_file = None
+    if csv_file is not None and csv_file.exists() and not force:
+        raise RouterError(f"{csv_file} exists; give --force to overwrite it")
     text = roster(obj).export_csv()
     if csv_file is None:
         click.echo(text, nl=False)
@@ -226,8 +232,8 @@ def audit_group() -> None:
 
 
 @audit_group.command("list")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many entries, newest first.")
-@click.option("--entity", help="Only entries about this kind of record: radiologist, license, facility, privilege, roster, study.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=50, show_default=True, help="At most this many entries, newest first.")
+@click.option("--entity", type=click.Choice(["radiologist", "license", "facility", "privilege", "roster", "study"]), help="Only entries about this kind of record.")
 @click.option("--key", help="Only entries for this key, e.g. an NPI (also finds its licenses and privileges) or 1234567893/TX.")
 @json_option
 @click.pass_obj

@@ -12,6 +12,7 @@ from router.cli.output import emit_json, emit_table
 from router.cli.roster_common import IsoDate, confirm, field, json_option, license_status_text, report, roster, yes_option
 from router.domain.eligibility_facts import license_tag
 from router.domain.enums import LicensePathway, LicenseStatus
+from router.errors import NotFoundError
 from router.services.reference import ReferenceData
 from router.services.roster import UNSET
 from router.timeutil import local_date, utcnow
@@ -85,6 +86,9 @@ def set_status(obj: CliContext, npi: str, state: str, status: str, since: dt.dat
     if in_lieu_of_discipline and status != LicenseStatus.SURRENDERED.value:
         raise click.UsageError("--in-lieu-of-discipline goes only with --status surrendered")
     if status != LicenseStatus.ACTIVE.value:
+        # a bad NPI or state, or no such license, fails here, before the question
+        if not roster(obj).licenses.list(npi=npi, state=state):
+            raise NotFoundError(f"radiologist {npi} holds no license in {state.strip().upper()}")
         confirm(yes, f"Set the {state.upper()} license of {npi} to {status}? Studies relying on it will be withdrawn.")
     change = roster(obj).licenses.set_status(npi, state, status, obj.os_user(), since=since, in_lieu_of_discipline=in_lieu_of_discipline)
     record = change.record or {}

@@ -173,7 +173,7 @@ def list_privileges(obj: CliContext, npi: str | None, facility: str | None, as_j
 
 
 @privileges_group.command("revoke")
-@click.argument("privilege_id", metavar="[ID]", required=False, type=click.IntRange(min=1))
+@click.argument("privilege_id", metavar="[ID]", required=False, type=click.IntRange(1, 2**31 - 1))
 @click.option("--npi", help="NPI of the radiologist (with --facility, instead of ID).")
 @click.option("--facility", metavar="AE_TITLE", help="AE title of the facility (with --npi, instead of ID).")
 @click.option("--on", "on", type=IsoDate(), help="First day without the privileges (default: today at the facility).")

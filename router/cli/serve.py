@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import click
 
 from router.cli.context import CliContext
+from router.errors import RouterError
 from router.server import RouterServer
 
 
@@ -32,7 +36,11 @@ def serve(obj: CliContext, port: int | None, host: str | None, workers: int | No
         changes["workers"] = workers
     if changes:
         obj.settings = obj.settings.replace("listener", **changes)
+    lock = _hold_serve_lock(obj.settings.paths.data_dir)
     app = obj.app(upgrade=True)
+    # The dated data files are parsed now: a broken one stops start-up instead of every routing pass.
+    app.reference.imlc()
+    app.reference.cpt_map()
     server = RouterServer(app)
     stop = threading.Event()
 
@@ -61,9 +69,40 @@ def serve(obj: CliContext, port: int | None, host: str | None, workers: int | No
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    lock.close()  # releases the flock
     click.echo("stopped", err=True)
 
 
 def register(cli: click.Group) -> None:
     """Add ``serve`` to the root group."""
     cli.add_command(serve)
+
+
+def _hold_serve_lock(data_dir: Path) -> Any:
+    """Take ``<data_dir>/serve.lock`` for the life of the process (``flock``, released on exit).
+
+    With ``SO_REUSEPORT`` a second ``router serve`` on the same port would start beside the
+    first and run start-up recovery on files the first is writing. Several router nodes share a
+    database and an archive with a data directory each.
+
+    Raises
+    ------
+    RouterError
+        If another process holds the lock, or the folder cannot be created.
+    """
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(data_dir / "serve.lock", "a+")  # noqa: SIM115 - held open until the process exits
+    except OSError as exc:
+        raise RouterError(f"cannot use data directory {data_dir}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise RouterError(f"another `router serve` is running on data directory {data_dir} ({data_dir / 'serve.lock'} is locked)") from exc
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+

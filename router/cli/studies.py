@@ -28,7 +28,7 @@ def studies_group() -> None:
 
 @studies_group.command("list")
 @click.option("--status", type=click.Choice(StudyStatus.values()), help="Only studies with this status.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many (newest first).")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), help="At most this many (newest first).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (an array of studies).")
 @click.pass_obj
 def list_studies(obj: CliContext, status: str | None, limit: int | None, as_json: bool) -> None:
@@ -203,15 +203,17 @@ def recheck(obj: CliContext) -> None:
     command; run it by hand after a roster command that warned its re-evaluation failed.
     """
     results = obj.app().routing.reevaluate("manual recheck")
-    changed = [result for result in results if result.status == StudyStatus.ASSIGNED]
-    for result in changed:
+    withdrawn = [result for result in results if result.withdrawn_npi is not None]
+    assigned = [result for result in results if result.withdrawn_npi is None and result.status == StudyStatus.ASSIGNED]
+    for result in [*withdrawn, *assigned]:
         _say(result)
-    click.echo(f"rechecked: {len(changed)} stud{'y' if len(changed) == 1 else 'ies'} assigned or reassigned, "
-               f"{sum(1 for r in results if r.status == StudyStatus.HELD)} still held")
+    held = sum(1 for result in results if result.status == StudyStatus.HELD)
+    click.echo(f"rechecked: {len(withdrawn)} withdrawn from a reader no longer eligible, "
+               f"{len(assigned)} held stud{'y' if len(assigned) == 1 else 'ies'} assigned, {held} held")
 
 
 def _say(result: RouteResult) -> None:
-    uid = result.study_instance_uid
+    uid = f"{result.study_instance_uid} (withdrawn from NPI {result.withdrawn_npi})" if result.withdrawn_npi else result.study_instance_uid
     if result.status == StudyStatus.ASSIGNED:
         click.echo(f"study {uid}: assigned to NPI {result.assigned_npi} ({result.exam_state})")
     elif result.status == StudyStatus.HELD:

@@ -47,16 +47,22 @@ def make_engine(url: str, busy_timeout: float = 10.0, *, create: bool = True, **
     """
     try:
         return _make_engine(url, busy_timeout, create, **kwargs)
-    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+    except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
         raise DatabaseUnavailable(f"database.url {_safe(url)!r} cannot be used: {_first_line(exc)}") from exc
 
 
+def safe_url(url: URL) -> str:
+    """``url`` for messages: the password hidden, also where given as a query parameter."""
+    secrets = {key: "HIDDEN" for key in url.query if "pass" in key.lower()}
+    return (url.update_query_dict(secrets) if secrets else url).render_as_string(hide_password=True)
+
+
 def _safe(url: str) -> str:
-    """``url`` with its password hidden (or as given if it does not parse)."""
+    """``url`` with its password hidden (or only its scheme if it does not parse)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+        return safe_url(make_url(url))
+    except (ArgumentError, ValueError):
+        return url.split(":", 1)[0] + ":..." if "@" in url or "?" in url else url
 
 
 def _first_line(exc: BaseException) -> str:
@@ -77,7 +83,7 @@ def check_connection(engine: Engine) -> None:
             pass
     except DBAPIError as exc:
         raise DatabaseUnavailable(
-            f"cannot connect to {engine.url.render_as_string(hide_password=True)}: {_first_line(exc)}"
+            f"cannot connect to {safe_url(engine.url)}: {_first_line(exc)}"
         ) from exc
 
 

@@ -72,7 +72,8 @@ HEADER_KEYWORDS = (
     "RequestAttributesSequence",
     "RequestedProcedurePriority",
 )
-_SPECIFIC_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
+_NUMBER_OF_FRAMES = Tag("NumberOfFrames")
+_SPECIFIC_TAGS = [*(Tag(keyword) for keyword in HEADER_KEYWORDS), _NUMBER_OF_FRAMES]
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _PREAMBLE_AND_PREFIX = 132  # 128-byte preamble + "DICM" (PS3.10 section 7.1)
 _PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
@@ -195,7 +196,10 @@ def _walk(reader: Any, syntax: UID, size: int) -> Dataset:
     if not state["pixel"] and state["end"] is not None and state["end"] < size:
         raise UndecodableDataSet("the data set ends inside an element header")
     if state["pixel"] and state["end"] is None:
-        _check_encapsulated(reader, implicit, syntax.is_little_endian, size)
+        fragments = _check_encapsulated(reader, implicit, syntax.is_little_endian, size)
+        frames = _number_of_frames(raws)
+        if frames is not None and fragments < frames and not _is_video(syntax):
+            raise UndecodableDataSet(f"encapsulated Pixel Data holds {fragments} fragment(s) for {frames} frames")
     dataset = Dataset(raws)
     encoding: Any = default_encoding
     if _CHARSET_TAG in raws:
@@ -209,30 +213,52 @@ _ITEM = (0xFFFE, 0xE000)
 _SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
 
 
-def _check_encapsulated(reader: Any, implicit: bool, little_endian: bool, size: int) -> None:
+def _check_encapsulated(reader: Any, implicit: bool, little_endian: bool, size: int) -> int:
     """Check encapsulated Pixel Data, the reader being at its element header, without reading it.
 
     PS3.5 section A.4: a sequence of items (FFFE,E000), each of defined length (the Basic
     Offset Table, then the fragments), ended by a Sequence Delimitation Item (FFFE,E0DD). A
     fragment running past the end, a missing delimiter or anything but an item raises
     :class:`UndecodableDataSet`: a compressed image cut short in transfer is refused (0xC210)
-    rather than stored as if whole. Costs one 8-byte read per fragment.
+    rather than stored as if whole. Costs one 8-byte read per fragment. Returns the number of
+    fragments after the Basic Offset Table.
     """
     reader.seek(reader.tell() + (8 if implicit else 12))  # tag, (VR, reserved,) length
     order = "<" if little_endian else ">"
+    items = 0
     while True:
         header = reader.read(8)
         if len(header) < 8:
             raise UndecodableDataSet("encapsulated Pixel Data ends before its sequence delimiter")
         group, element, length = struct.unpack(f"{order}HHL", header)
         if (group, element) == _SEQUENCE_DELIMITER:
-            return
+            return max(0, items - 1)
+        items += 1
         if (group, element) != _ITEM or length == _UNDEFINED_LENGTH:
             raise UndecodableDataSet(f"encapsulated Pixel Data holds ({group:04X},{element:04X}) where an item belongs")
         end = reader.tell() + length
         if end > size:
             raise UndecodableDataSet("a Pixel Data fragment is longer than the data set")
         reader.seek(end)
+
+
+def _number_of_frames(raws: dict[Any, Any]) -> int | None:
+    """Number of Frames (0028,0008) when present and a positive whole number, else None."""
+    raw = raws.get(_NUMBER_OF_FRAMES)
+    if raw is None:
+        return None
+    try:
+        value = int(convert_raw_data_element(raw).value)
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def _is_video(syntax: UID) -> bool:
+    """MPEG-2, MPEG-4 and HEVC transfer syntaxes (1.2.840.10008.1.2.4.100-108): one stream for
+    all frames, in as few fragments as the sender likes (PS3.5 sections 8.2.5-8.2.8)."""
+    prefix = "1.2.840.10008.1.2.4.10"
+    return str(syntax).startswith(prefix) and str(syntax)[len(prefix):len(prefix) + 1].isdigit()
 
 
 def _normalize_character_set(dataset: Dataset) -> None:

@@ -229,12 +229,13 @@ def _rejection_reason(assoc: Any) -> str:
     calling = str(getattr(request, "calling_ae_title", "") or "").strip()
     called = str(getattr(request, "called_ae_title", "") or "").strip()
     allowed = [title.strip() for title in ae.require_calling_aet]
-    if allowed and calling not in allowed:
-        return "calling AE title not in listener.allowed_calling_ae_titles nor a registered facility"
-    if ae.require_called_aet and called != assoc.acceptor.ae_title.strip():
-        return f"called AE title {called!r} is not ours ({assoc.acceptor.ae_title.strip()!r}; listener.require_called_ae_title)"
+    # pynetdicom's later checks override earlier ones in what it sends: the same order here
     if len([item for item in ae.active_associations if item.is_acceptor]) > ae.maximum_associations:
         return f"listener.max_associations ({ae.maximum_associations}) reached; the sender may retry"
+    if ae.require_called_aet and called != assoc.acceptor.ae_title.strip():
+        return f"called AE title {called!r} is not ours ({assoc.acceptor.ae_title.strip()!r}; listener.require_called_ae_title)"
+    if allowed and calling not in allowed:
+        return "calling AE title not in listener.allowed_calling_ae_titles nor a registered facility"
     return "refused during negotiation"
 
 

@@ -97,13 +97,16 @@ def check_name(value: str, what: str = "name", max_length: int = NAME_MAX_LENGTH
     Raises
     ------
     ValidationError
-        If empty or too long.
+        If empty, too long, or holding a control character (a line break in a name would end
+        up in listings, CSV exports and claims).
     """
     text = (value or "").strip()
     if not text:
         raise ValidationError(f"{what} must not be empty")
     if len(text) > max_length:
         raise ValidationError(f"{what} is longer than {max_length} characters")
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in text):
+        raise ValidationError(f"{what} must not contain control characters (line breaks, tabs...)")
     return text
 
 

@@ -9,6 +9,7 @@ Routing trouble never fails a transfer: the study is held with a reason an admin
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class RouteResult:
     exam_state_source: ExamStateSource | None
     assigned_npi: str | None = None
     hold_reason: HoldReason | None = None
+    withdrawn_npi: str | None = None  # a re-check took the study from this reader
 
 
 class RoutingService:
@@ -277,12 +279,11 @@ class RoutingService:
         if self.policy.forwarding_enabled:
             enqueue_forwarding(session, study, radiologist, now)
         LOG.info(
-            "study %s (accession %s) assigned to NPI %s on license %s-%s",
+            "study %s (accession %s) assigned to NPI %s on license %s",
             study.study_instance_uid,
             study.accession_number or "-",
             radiologist.npi,
-            verdict.license.state,
-            verdict.license.number,
+            verdict.license.tag,
         )
         return assignment
 
@@ -384,15 +385,18 @@ class RoutingService:
                 facility, _ = self._locate(session, study)
             else:
                 facility = session.get(Facility, study.facility_id) if study.facility_id else None
+            previous_npi = session.scalar(select(Radiologist.npi).where(Radiologist.id == assignment.radiologist_id))
             if not study.exam_state:
                 self._supersede(session, study, assignment, f"{trigger}: the exam state can no longer be determined")
-                return self._decide(session, study, trigger=trigger, note="assignment withdrawn: no exam state")
+                result = self._decide(session, study, trigger=trigger, note="assignment withdrawn: no exam state")
+                return dataclasses.replace(result, withdrawn_npi=previous_npi)
             verdict = self._verdict_for(session, study, facility, assignment.radiologist_id, self._clock())
             if verdict.eligible:
                 return None
             reason = "; ".join(verdict.reasons)
             self._supersede(session, study, assignment, f"{trigger}: NPI {verdict.npi} no longer eligible: {reason}")
-            return self._decide(session, study, trigger=trigger, note=f"reassigned: NPI {verdict.npi} no longer eligible ({reason})")
+            result = self._decide(session, study, trigger=trigger, note=f"reassigned: NPI {verdict.npi} no longer eligible ({reason})")
+            return dataclasses.replace(result, withdrawn_npi=verdict.npi)
 
     def _audit(self, session: Session, by_user: str, at: dt.datetime, action: str, study: Study, old: dict[str, object], new: dict[str, object]) -> None:
         """One append-only audit row for a manual study action (``router audit list --entity study``)."""
