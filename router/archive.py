@@ -136,11 +136,12 @@ class Archive:
             _remove_quietly(temp)
             raise ArchiveError(f"cannot store {temp.name}: {exc.strerror}") from exc
 
-    def place(self, temp: Path, relative_path: str, *, replace: bool = False) -> StoredFile:
+    def place(self, temp: Path, relative_path: str, *, replace: bool = False, synced: bool = False) -> StoredFile:
         """Durably move a complete temporary file to ``relative_path``.
 
-        fsync the file, create missing folders (fsyncing each parent), rename, fsync the folder.
-        Without ``replace`` an existing file is never overwritten.
+        fsync the file (unless ``synced``: the caller's :meth:`sync_temp` just did), create
+        missing folders (fsyncing each parent), rename, fsync the folder. Without ``replace``
+        an existing file is never overwritten.
 
         Raises
         ------
@@ -151,7 +152,7 @@ class Archive:
         """
         target = self.root / relative_path
         try:
-            size = _fsync_file(temp)
+            size = os.stat(temp).st_size if synced else _fsync_file(temp)
             self._make_dirs(target.parent)
             if not replace and target.exists():
                 raise FileExistsError(errno.EEXIST, "exists", str(target))

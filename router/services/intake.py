@@ -94,11 +94,12 @@ class IntakeService:
             # is inserted: the unique SOP Instance UID then orders router nodes sharing the
             # database and archive (the per-UID lock covers this process only), so a file at the
             # path with no row is debris of an unacknowledged attempt and is replaced, never
-            # another node's copy. fsync first, so the transaction is not held for it.
+            # another node's copy. fsync first, so the transaction is not held for it (and
+            # ``place`` does not fsync the file again).
             self._archive.sync_temp(temp_path)
             try:
                 self._index(header, sender, relative_path, size, sha256,
-                            place=lambda: self._archive.place(temp_path, relative_path, replace=True))
+                            place=lambda: self._archive.place(temp_path, relative_path, replace=True, synced=True))
             except IntegrityError as exc:
                 # Already indexed (a resend, or another node first): the stored file stands.
                 existing = self._existing(header.sop_instance_uid)
