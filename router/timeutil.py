@@ -40,4 +40,7 @@ def parse_iso_datetime(text: str, default_timezone: str = "UTC") -> dt.datetime:
     value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     if value.tzinfo is None:
         value = value.replace(tzinfo=ZoneInfo(default_timezone))
-    return value.astimezone(dt.timezone.utc)
+    try:
+        return value.astimezone(dt.timezone.utc)
+    except OverflowError as exc:  # e.g. 9999-12-31T23:59-12:00 is past datetime.max in UTC
+        raise ValueError(f"{text.strip()!r} is out of range") from exc

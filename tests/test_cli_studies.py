@@ -157,3 +157,27 @@ def test_ledgers_select_a_period(routed) -> None:  # type: ignore[no-untyped-def
     assert uids("infrastructure", "--until", yesterday.isoformat()) == []
     code, _, err = _run(config, "ledger", "infrastructure", "--from", today.isoformat(), "--until", yesterday.isoformat())
     assert code == 2 and f"--until {yesterday.isoformat()} is before --from {today.isoformat()}" in err
+
+
+def test_extreme_dates_are_one_line_errors(routed) -> None:  # type: ignore[no-untyped-def]
+    _, config, cases = routed
+    for at in ("9999-12-31T23:59:59-12:00", "0001-01-01T00:00+05:00"):
+        code, _, err = _run(config, "studies", "complete", cases["facility_tx"], "--at", at)
+        assert code == 2 and "is not an ISO-8601 date-time" in err and "Traceback" not in err
+    code, out, err = _run(config, "ledger", "infrastructure", "--until", "9999-12-31", "--json")
+    assert code == 0, err
+    assert len(json.loads(out)) >= 8
+
+
+def test_after_a_reassignment_the_read_cannot_predate_it(routed) -> None:  # type: ignore[no-untyped-def]
+    _, config, cases = routed
+    code, out, err = _run(config, "studies", "show", cases["facility_tx"], "--json")
+    first = json.loads(out)["assigned_npi"]
+    other = next(npi for npi in ("1000000012", "1000000020", "1000000038", "1000000046", "1000000053") if npi != first)
+    code, _, err = _run(config, "studies", "assign", cases["facility_tx"], "--npi", other)
+    assert code == 0, err  # the demo roster has a second reader licensed in Texas
+    two_minutes_ago = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=2)).isoformat()
+    code, _, err = _run(config, "studies", "complete", cases["facility_tx"], "--at", two_minutes_ago)
+    assert (code, err.strip()) == (1, "error: interpretation time is before the study was assigned to this radiologist")
+    code, _, err = _run(config, "studies", "complete", cases["facility_tx"])
+    assert code == 0, err

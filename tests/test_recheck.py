@@ -98,3 +98,40 @@ def test_recheck_result_names_the_reader_it_took_the_study_from(app: RouterApp, 
         "1.2.826.0.1.13": (StudyStatus.HELD, HoldReason.NO_ELIGIBLE_RADIOLOGIST, NPI_A),
         "1.2.826.0.1.14": (StudyStatus.HELD, HoldReason.NO_EXAM_STATE, None),
     }
+
+
+def test_a_compact_hold_cannot_be_cleared_ahead_of_the_action(app: RouterApp, clock: FakeClock) -> None:
+    """Compact section 10(d): every disciplinary action holds the other Compact licenses 90 days.
+    A clear recorded before an action must not cover it (found by QA: a pre-emptive clear-hold
+    let a reader take a Colorado study the day another board suspended them)."""
+    import pytest
+
+    from router.errors import ValidationError
+
+    roster = app.roster
+    roster.facilities.add("CT_DENVER", "CO", OS_USER)
+    roster.radiologists.add(NPI_A, "Reader^A", OS_USER)
+    roster.radiologists.set(NPI_A, OS_USER, spl_state="TX", loq_issued=dt.date(2026, 6, 1))
+    roster.licenses.add(NPI_A, "TX", "TXA", dt.date(2029, 1, 1), OS_USER, issued=dt.date(2020, 1, 1))
+    roster.licenses.add(NPI_A, "CO", "COA", dt.date(2029, 1, 1), OS_USER, issued=dt.date(2026, 7, 1), pathway="imlc")
+    roster.licenses.add(NPI_A, "OK", "OKA", dt.date(2029, 1, 1), OS_USER, issued=dt.date(2020, 1, 1))
+    roster.licenses.add(NPI_A, "NV", "NVA", dt.date(2029, 1, 1), OS_USER, issued=dt.date(2020, 1, 1))
+    with pytest.raises(ValidationError, match="has no Compact hold to clear"):
+        roster.licenses.clear_hold(NPI_A, "CO", OS_USER)
+    add_study(app, "1.2.826.0.1.20", calling_ae="CT_DENVER")
+    app.routing.route_due()
+    assert study_state(app, "1.2.826.0.1.20")["current_npi"] == NPI_A
+
+    roster.licenses.set_status(NPI_A, "OK", "suspended", OS_USER, since=dt.date(2026, 11, 20))
+    state = study_state(app, "1.2.826.0.1.20")
+    assert (state["status"], state["current_npi"]) == (StudyStatus.HELD, None)
+    assert "IMLC license CO-COA held" in state["assignments"][0][2]
+
+    roster.licenses.clear_hold(NPI_A, "CO", OS_USER)  # the Colorado board acted on the OK suspension
+    assert study_state(app, "1.2.826.0.1.20")["current_npi"] == NPI_A
+
+    roster.licenses.set_status(NPI_A, "NV", "revoked", OS_USER, since=dt.date(2026, 11, 29))  # a new action
+    state = study_state(app, "1.2.826.0.1.20")
+    assert (state["status"], state["current_npi"]) == (StudyStatus.HELD, None)
+    resets = [row for row in audit_rows(app) if row[0] == "license.hold_reset"]
+    assert resets == [("license.hold_reset", f"{NPI_A}/CO", OS_USER, {"compact_hold_cleared_on": "2026-11-29"}, {"compact_hold_cleared_on": None})]

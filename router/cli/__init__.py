@@ -35,6 +35,10 @@ class RouterGroup(click.Group):
             first = str(exc.orig or exc).strip().splitlines()
             click.echo(f"error: database: {first[0] if first else type(exc).__name__}", err=True)
             ctx.exit(1)
+        except OverflowError as exc:
+            # a date or number beyond what Python or the database can hold
+            click.echo(f"error: value out of range ({exc})", err=True)
+            ctx.exit(1)
         except OSError as exc:
             # a file the user named cannot be read or written (export to a missing folder...)
             where = f": {exc.filename}" if exc.filename else ""

@@ -1,4 +1,4 @@
-"""``router studies``: list, show, explain, complete, set-state, assign, recheck."""
+"""``router studies``: list, show, explain, complete, set-state, assign, recheck, forward."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from router.domain.enums import StudyStatus
 from router.domain.jurisdictions import normalize_jurisdiction
 from router.domain.npi import validate_npi
 from router.errors import ValidationError
+from router.services.forwarding_queue import requeue_study
 from router.services.routing import RouteResult
 from router.services.studies import StudyViews
 from router.timeutil import parse_iso_datetime
@@ -192,6 +193,20 @@ def assign(obj: CliContext, study_instance_uid: str, npi: str) -> None:
     """Assign a study to a named radiologist; refused, with the reason, if they are not eligible."""
     result = obj.app().routing.assign_manually(study_instance_uid, validate_npi(npi), obj.os_user())
     _say(result)
+
+
+@studies_group.command("forward")
+@click.argument("study_instance_uid")
+@click.pass_obj
+def forward(obj: CliContext, study_instance_uid: str) -> None:
+    """Forward a study again to its reader's destination (after the retries ran out).
+
+    A running server with forwarding on sends it at its next timer pass.
+    """
+    app = obj.app()
+    with app.sessions.begin() as session:
+        destination = requeue_study(session, study_instance_uid, app.clock())
+    click.echo(f"study {study_instance_uid}: queued for {destination}")
 
 
 @studies_group.command("recheck")

@@ -12,8 +12,10 @@ import datetime as dt
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from router.db.models import OutboxJob, Radiologist, Study
+from router.db.models import Assignment, OutboxJob, Radiologist, Study
+from router.db.queries import study_by_uid
 from router.domain.enums import OutboxStatus
+from router.errors import IneligibleError
 
 
 def destination_of(radiologist: Radiologist) -> str | None:
@@ -67,3 +69,53 @@ def cancel_forwarding(session: Session, study_id: int, keep_radiologist_id: int 
         )
     )
     return int(result.rowcount or 0)
+
+
+def requeue_for_reader(session: Session, radiologist: Radiologist, now: dt.datetime) -> int:
+    """After a reader's destination changed: their open studies that were being forwarded go to
+    the new destination (from the first instance), or stop being sent when it was removed.
+
+    Only studies that already had a job are touched, so nothing is queued where forwarding is
+    off. Returns the number of studies re-queued or stopped.
+    """
+    studies = session.scalars(
+        select(Study)
+        .join(Assignment, Assignment.study_id == Study.id)
+        .where(
+            Assignment.radiologist_id == radiologist.id,
+            Assignment.superseded_at.is_(None),
+            Assignment.completed_at.is_(None),
+            Study.id.in_(select(OutboxJob.study_id).where(OutboxJob.radiologist_id == radiologist.id)),
+        )
+    ).all()
+    for study in studies:
+        cancel_forwarding(session, study.id, keep_radiologist_id=None, reason="destination changed", now=now)
+        enqueue_forwarding(session, study, radiologist, now)
+    return len(studies)
+
+
+def requeue_study(session: Session, study_instance_uid: str, now: dt.datetime) -> str:
+    """Forward a study again to its assigned reader's destination (after ``max_attempts``
+    failures, or a workstation that lost it); returns the destination ``AE@host:port``.
+
+    Raises
+    ------
+    NotFoundError
+        Unknown study.
+    IneligibleError
+        The study has no open assignment, or its reader has no destination.
+    """
+    study = study_by_uid(session, study_instance_uid)
+    assignment = session.scalar(
+        select(Assignment).where(Assignment.study_id == study.id, Assignment.superseded_at.is_(None), Assignment.completed_at.is_(None))
+    )
+    if assignment is None:
+        raise IneligibleError(f"study {study_instance_uid} has no open assignment to forward (status {study.status.value})")
+    radiologist = session.get(Radiologist, assignment.radiologist_id)
+    assert radiologist is not None
+    destination = destination_of(radiologist)
+    if destination is None:
+        raise IneligibleError(f"NPI {radiologist.npi} has no destination (`router radiologists set {radiologist.npi} --destination AE@host:port`)")
+    enqueue_forwarding(session, study, radiologist, now)
+    return destination
+

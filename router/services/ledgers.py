@@ -145,7 +145,7 @@ class LedgerService:
         query = select(InfrastructureEntry).order_by(InfrastructureEntry.id)
         if since is not None:
             query = query.where(InfrastructureEntry.recorded_at >= _utc_midnight(since))
-        if until is not None:
+        if until is not None and until < dt.date.max:
             query = query.where(InfrastructureEntry.recorded_at < _utc_midnight(until + dt.timedelta(days=1)))
         with self.sessions() as session:
             return [_row(entry, INFRASTRUCTURE_COLUMNS) for entry in session.scalars(query).all()]

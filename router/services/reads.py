@@ -83,8 +83,14 @@ class ReadService:
             )
             if assignment is None or study.status != StudyStatus.ASSIGNED:
                 raise IneligibleError(f"study {study_instance_uid} has no open assignment (status {study.status.value})")
-            if moment < assignment.assigned_at - dt.timedelta(minutes=5):
-                raise ValidationError("interpretation time is before the study was assigned")
+            # Five minutes of slack for a reading workstation's clock, except after a
+            # reassignment: the read cannot be billed to this reader for a time another held it.
+            reassigned = session.scalar(
+                select(Assignment.id).where(Assignment.study_id == study.id, Assignment.superseded_at.is_not(None)).limit(1)
+            )
+            slack = dt.timedelta(0) if reassigned is not None else dt.timedelta(minutes=5)
+            if moment < assignment.assigned_at - slack:
+                raise ValidationError("interpretation time is before the study was assigned to this radiologist")
             facility = session.get(Facility, study.facility_id) if study.facility_id else None
             radiologist = session.get(Radiologist, assignment.radiologist_id)
             assert radiologist is not None and study.exam_state

@@ -19,7 +19,7 @@ import builtins
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from router.db.models import DisciplinaryAction, License, Radiologist
@@ -87,8 +87,38 @@ def apply_status(
                 )
             )
             new["disciplinary_action"] = {"state": lic.state, "action": status, "action_date": since}
+            reset = _reset_cleared_holds(session, ctx, lic)
+            if reset:
+                new["compact_holds_reset"] = reset
     session.flush()
     return old, new
+
+
+def _reset_cleared_holds(session: Session, ctx: ChangeContext, disciplined: License) -> list[str]:
+    """A new disciplinary action: forget the holds cleared on the holder's other Compact licenses.
+
+    A clear records that a board acted on the actions known then; it cannot cover an action
+    recorded after it (Compact section 10(d): each action suspends the other Compact licenses
+    for 90 days). The cleared date is reset, so every action in its 90 days holds again until
+    an admin records that the boards acted on this one too (``licenses clear-hold``): a hold
+    too many, never a read on a license that may be suspended. Returns the reset licenses' tags.
+    """
+    reset: list[str] = []
+    others = session.scalars(
+        select(License).where(
+            License.radiologist_id == disciplined.radiologist_id,
+            License.id != disciplined.id,
+            License.pathway == LicensePathway.IMLC,
+            License.compact_hold_cleared_on.is_not(None),
+        )
+    )
+    for other in others:
+        npi_code = other.radiologist.npi
+        record_audit(session, ctx, "license.hold_reset", "license", license_key(npi_code, other.state),
+                     {"compact_hold_cleared_on": other.compact_hold_cleared_on}, {"compact_hold_cleared_on": None})
+        other.compact_hold_cleared_on = None
+        reset.append(license_tag(other.state, other.number))
+    return reset
 
 
 class LicenseRoster:
@@ -273,6 +303,12 @@ class LicenseRoster:
             check_not_future(day, ctx.today, "hold cleared date")
             if lic.pathway is not LicensePathway.IMLC:
                 raise ValidationError(f"license {license_tag(lic.state, lic.number)} is a {lic.pathway.value} license; only IMLC licenses are held")
+            actions = session.scalar(select(func.count()).select_from(DisciplinaryAction).where(DisciplinaryAction.radiologist_id == lic.radiologist_id))
+            if not actions:
+                raise ValidationError(
+                    f"license {license_tag(lic.state, lic.number)} has no Compact hold to clear: no disciplinary action is recorded "
+                    "for this radiologist (a clear cannot be recorded ahead of an action)"
+                )
             npi_code = lic.radiologist.npi
             key = license_key(npi_code, lic.state)
             old, new = diff_values({"compact_hold_cleared_on": lic.compact_hold_cleared_on}, {"compact_hold_cleared_on": day})

@@ -23,6 +23,7 @@ from router.db.queries import radiologist_by_npi
 from router.domain.npi import validate_npi
 from router.errors import ConflictError, NotFoundError, ValidationError
 from router.services.audit import UNSET, ChangeContext, ChangeRunner, Outcome, RosterChange, diff_values, record_audit
+from router.services.forwarding_queue import requeue_for_reader
 from router.services.roster_values import (
     Destination,
     check_email,
@@ -206,6 +207,8 @@ class RadiologistRoster:
                 else:
                     setattr(row, key, value)
             session.flush()
+            if "destination" in new:
+                requeue_for_reader(session, row, ctx.at)
             record_audit(session, ctx, "radiologist.set", "radiologist", row.npi, old, new)
             return Outcome("radiologist", row.npi, radiologist_record(row), radiologist_id=row.id)
 

@@ -1,0 +1,118 @@
+"""Forwarding to the reader's workstation over real C-STORE: the study arrives, its transmission
+is billed to infrastructure, a destination change follows open studies, and a study whose
+retries ran out can be queued again."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from sqlalchemy import select
+
+from router.app import RouterApp
+from router.db.models import InfrastructureEntry, OutboxJob
+from router.domain.enums import InfrastructureKind, OutboxStatus
+from router.server import RouterServer
+from router.services.forwarding_queue import requeue_study
+from tests.conftest import make_settings
+from tests.dicom_helpers import make_dataset, send_paths, write_part10
+
+pytestmark = pytest.mark.network
+
+NPI = "1234567893"
+
+
+class Workstation:
+    """A reader's C-STORE SCP (pynetdicom) that records the SOP Instance UIDs it receives."""
+
+    def __init__(self, ae_title: str, port: int = 0) -> None:
+        self.received: list[str] = []
+        self._lock = threading.Lock()
+        ae = AE(ae_title=ae_title)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        self.server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.port = int(self.server.server_address[1])
+        self.ae_title = ae_title
+
+    def _store(self, event: evt.Event) -> int:
+        with self._lock:
+            self.received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def forwarding_server(tmp_path: Path, sqlite_url: str) -> Iterator[RouterServer]:
+    settings = make_settings(tmp_path, sqlite_url).replace("forwarding", enabled=True, initial_backoff=0.2, max_backoff=0.4, max_attempts=2)
+    app = RouterApp.open(settings, upgrade=True)
+    server = RouterServer(app)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(drain_timeout=2)
+        app.close()
+
+
+def _wait(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _jobs(server: RouterServer) -> list[tuple[str, OutboxStatus]]:
+    with server.app.sessions() as session:
+        return [(job.destination, job.status) for job in session.scalars(select(OutboxJob).order_by(OutboxJob.id))]
+
+
+def test_study_is_forwarded_follows_a_destination_change_and_can_be_queued_again(forwarding_server: RouterServer, tmp_path: Path) -> None:
+    server = forwarding_server
+    first, second = Workstation("READER_A"), Workstation("READER_B")
+    try:
+        roster = server.app.roster
+        roster.facilities.add("CT_NORTH", "TX", "tester")
+        roster.radiologists.add(NPI, "Doe^Jane", "tester")
+        roster.licenses.add(NPI, "TX", "T1", dt.date(2099, 1, 1), "tester", issued=dt.date(2020, 1, 1))
+        roster.radiologists.set(NPI, "tester", destination=f"READER_A@127.0.0.1:{first.port}")
+        study_uid = "1.2.826.0.1.3680043.9.7433.77.1"
+        datasets = [make_dataset(StudyInstanceUID=study_uid) for _ in range(3)]
+        paths = [write_part10(ds, tmp_path / "src" / f"{i}.dcm") for i, ds in enumerate(datasets)]
+        assert send_paths(server.ports[0], paths, calling_ae="CT_NORTH") == [0x0000] * 3
+        sops = sorted(str(ds.SOPInstanceUID) for ds in datasets)
+        _wait(lambda: sorted(first.received) == sops)
+        _wait(lambda: _jobs(server) == [(f"READER_A@127.0.0.1:{first.port}", OutboxStatus.SENT)])
+        with server.app.sessions() as session:
+            kinds = [(row.kind, row.destination) for row in session.scalars(select(InfrastructureEntry).order_by(InfrastructureEntry.id))]
+        assert kinds == [(InfrastructureKind.STORAGE, None), (InfrastructureKind.TRANSMISSION, f"READER_A@127.0.0.1:{first.port}")]
+
+        # the reader moves to another workstation: the open study follows, all of it
+        roster.radiologists.set(NPI, "tester", destination=f"READER_B@127.0.0.1:{second.port}")
+        _wait(lambda: sorted(second.received) == sops)
+
+        # a workstation that is down: the retries run out (the job is failed, the study stays
+        # assigned); back at the same address, `studies forward` queues the study again
+        second.stop()
+        dead = Workstation("READER_C")
+        port = dead.port
+        dead.stop()
+        roster.radiologists.set(NPI, "tester", destination=f"READER_C@127.0.0.1:{port}")
+        _wait(lambda: _jobs(server)[-1] == (f"READER_C@127.0.0.1:{port}", OutboxStatus.FAILED))
+        back = Workstation("READER_C", port)
+        time.sleep(1.0)
+        assert back.received == []  # nothing re-sends a failed job by itself
+        with server.app.sessions.begin() as session:
+            assert requeue_study(session, study_uid, server.app.clock()) == f"READER_C@127.0.0.1:{port}"
+        _wait(lambda: sorted(back.received) == sops)
+        _wait(lambda: _jobs(server)[-1] == (f"READER_C@127.0.0.1:{port}", OutboxStatus.SENT))
+        back.stop()
+    finally:
+        first.stop()
