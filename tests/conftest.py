@@ -3,6 +3,7 @@ a controllable clock, a router app, and a running router server on a free local 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -126,3 +127,17 @@ def server(live_app: RouterApp) -> Iterator[RouterServer]:
         yield router_server
     finally:
         router_server.stop(drain_timeout=2)
+
+
+@contextlib.contextmanager
+def running_router(settings: Settings) -> Iterator[RouterServer]:
+    """A router app on a migrated database and its started server; both closed after."""
+    app = RouterApp.open(settings, upgrade=True)
+    router_server = RouterServer(app)
+    router_server.start()
+    try:
+        yield router_server
+    finally:
+        router_server.stop(drain_timeout=2)
+        app.close()
+

@@ -14,12 +14,11 @@ import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from sqlalchemy import select
 
-from router.app import RouterApp
 from router.db.models import InfrastructureEntry, OutboxJob
 from router.domain.enums import InfrastructureKind, OutboxStatus
 from router.server import RouterServer
 from router.services.forwarding_queue import requeue_study
-from tests.conftest import make_settings
+from tests.conftest import make_settings, running_router
 from tests.dicom_helpers import make_dataset, send_paths, write_part10
 
 pytestmark = pytest.mark.network
@@ -52,14 +51,8 @@ class Workstation:
 @pytest.fixture
 def forwarding_server(tmp_path: Path, sqlite_url: str) -> Iterator[RouterServer]:
     settings = make_settings(tmp_path, sqlite_url).replace("forwarding", enabled=True, initial_backoff=0.2, max_backoff=0.4, max_attempts=2)
-    app = RouterApp.open(settings, upgrade=True)
-    server = RouterServer(app)
-    server.start()
-    try:
+    with running_router(settings) as server:
         yield server
-    finally:
-        server.stop(drain_timeout=2)
-        app.close()
 
 
 def _wait(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]

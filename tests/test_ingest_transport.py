@@ -29,12 +29,11 @@ from pynetdicom.presentation import build_context
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from router.app import RouterApp
 from router.db.models import Instance, Study
 from router.dicom.status import StoreStatus
 from router.part10 import dataset_offset
 from router.server import RouterServer
-from tests.conftest import DCMTK_STORESCU, REPO, make_settings
+from tests.conftest import DCMTK_STORESCU, REPO, make_settings, running_router
 from tests.dicom_bytes import (
     A_ABORT,
     CT_IMAGE_STORAGE,
@@ -59,14 +58,8 @@ def running_server(tmp_path: Path, **listener: object) -> Iterator[RouterServer]
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'router.db'}")
     if listener:
         settings = settings.replace("listener", **listener)
-    app = RouterApp.open(settings, upgrade=True)
-    server = RouterServer(app)
-    server.start()
-    try:
+    with running_router(settings) as server:
         yield server
-    finally:
-        server.stop(drain_timeout=2)
-        app.close()
 
 
 def _rows(server: RouterServer, model: type) -> list:
