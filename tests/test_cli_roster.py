@@ -418,3 +418,24 @@ def test_list_limits_and_audit_entities_are_checked(config: Path) -> None:
     assert run(config, "studies", "list", "--limit", "9223372036854775808").exit_code == 2
     assert run(config, "audit", "list", "--entity", "bogus").exit_code == 2
     assert ok(config, "audit", "list", "--entity", "study", "--json").stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("destination", "message"),
+    [
+        ("X@h:104:5", "bad destination host 'h:104'"),
+        ("X@h:\u0967\u0968\u0969", "bad destination port"),
+        ("X@999.1.1.1:104", "bad destination host '999.1.1.1'"),
+        ("X@-h:104", "bad destination host '-h'"),
+    ],
+)
+def test_nonsense_destinations_are_refused(config: Path, destination: str, message: str) -> None:
+    ok(config, "radiologists", "add", "--npi", NPI_A, "--name", "Reader^A")
+    result = run(config, "radiologists", "set", NPI_A, "--destination", destination)
+    assert result.exit_code != 0 and message in result.output + result.stderr
+
+
+def test_names_must_not_hold_a_backslash_or_unicode_line_separator(config: Path) -> None:
+    for name, message in (("Bad\\Name", "backslash"), ("A\u2028B", "control characters")):
+        result = run(config, "radiologists", "add", "--npi", NPI_A, "--name", name)
+        assert result.exit_code == 1 and message in result.stderr

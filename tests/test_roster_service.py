@@ -264,6 +264,10 @@ def test_clear_hold_only_on_compact_licenses(app: RouterApp) -> None:
     app.roster.radiologists.add(NPI_C, "Doe^Jane", OS_USER)
     app.roster.licenses.add(NPI_C, "TX", "T1", D(2027, 6, 30), OS_USER, pathway="imlc")
     app.roster.licenses.add(NPI_C, "CO", "C1", D(2027, 6, 30), OS_USER)
+    with pytest.raises(ValidationError, match="license TX-T1 has no Compact hold to clear: no disciplinary action is recorded"):
+        app.roster.licenses.clear_hold(NPI_C, "TX", OS_USER)
+    app.roster.licenses.add(NPI_C, "OK", "O1", D(2027, 6, 30), OS_USER)
+    app.roster.licenses.set_status(NPI_C, "OK", "suspended", OS_USER)  # the action that holds TX-T1
     change = app.roster.licenses.clear_hold(NPI_C, "TX", OS_USER)
     assert change.record is not None and change.record["compact_hold_cleared_on"] == TODAY
     assert audit_rows(app)[-1][0::3] == ("license.clear_hold", {"compact_hold_cleared_on": None})

@@ -131,7 +131,8 @@ class ForwardingService:
                 ).all()
                 if instance_id not in sent_ids
             ]
-            destination, study_id = job.destination, job.study_id
+            destination = job.destination
+            study_uid = session.scalar(select(Study.study_instance_uid).where(Study.id == job.study_id))
         if not pending:
             self._finish(job_id, [], None)
             return True
@@ -145,7 +146,7 @@ class ForwardingService:
         done = [(instance_id, size) for (instance_id, _, size), ok in zip(pending, accepted) if ok]
         self._finish(job_id, done, error)
         if error:
-            LOG.warning("forwarding study id %s to %s: %s", study_id, destination, error)
+            LOG.warning("forwarding study %s to %s failed: %s", study_uid, destination, error)
         return error is None
 
     def _finish(self, job_id: int, done: list[tuple[int, int]], error: str | None) -> None:

@@ -7,7 +7,9 @@ Each raises :class:`~router.errors.ValidationError` with a one-line reason namin
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
@@ -105,8 +107,10 @@ def check_name(value: str, what: str = "name", max_length: int = NAME_MAX_LENGTH
         raise ValidationError(f"{what} must not be empty")
     if len(text) > max_length:
         raise ValidationError(f"{what} is longer than {max_length} characters")
-    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in text):
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 or unicodedata.category(char) in ("Zl", "Zp") for char in text):
         raise ValidationError(f"{what} must not contain control characters (line breaks, tabs...)")
+    if "\\" in text:
+        raise ValidationError(f"{what} must not contain a backslash (the DICOM value separator)")
     return text
 
 
@@ -243,13 +247,36 @@ def parse_destination(text: str) -> Destination:
     host, colon, port_text = rest.rpartition(":")
     if not at or not colon or not ae_title or not host or not port_text:
         raise ValidationError(f"bad destination {value!r} (expected AE@host:port)")
-    if host.startswith("[") and host.endswith("]"):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
         host = host[1:-1]
-    if not host or len(host) > 255 or any(ch.isspace() for ch in host):
-        raise ValidationError(f"bad destination host {host!r}")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not _valid_host(host, bracketed):
+        raise ValidationError(f"bad destination host {host!r} (expected a host name, an IPv4 address or [IPv6])")
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValidationError(f"bad destination port {port_text!r} (expected 1-65535)")
     return Destination(check_ae_title(ae_title, "destination AE title"), host, int(port_text))
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _valid_host(host: str, bracketed: bool) -> bool:
+    """An IPv6 address (only in brackets), a dotted-quad IPv4 address, or a DNS name (RFC 1123)."""
+    if bracketed:
+        try:
+            return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
+        except ValueError:
+            return False
+    if not host or len(host) > 253 or not host.isascii():
+        return False
+    labels = host.rstrip(".").split(".")
+    if all(label.isdigit() for label in labels):  # looks like IPv4: must be one
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return True
+    return all(_HOST_LABEL.match(label) for label in labels)
 
 
 def enum_value(value: Enum | None) -> str | None:
