@@ -7,6 +7,16 @@ anything else is a bug and is allowed to surface.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or ``""``.
+
+    For a SQLAlchemy DBAPI error, the driver's own error (``exc.orig``): SQLAlchemy's wrapper
+    adds the statement, and its parameters may hold PHI.
+    """
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 class RouterError(Exception):
     """Base class of every error the router raises on purpose."""
 

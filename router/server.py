@@ -21,18 +21,13 @@ from router.dicom.listener import Listener
 from router.dicom.scp import ConditionLog, configure_pynetdicom
 from router.dicom.scu import Destination, send_files
 from router.domain.enums import StudyStatus
+from router.errors import first_line
 from router.node import ListenerNode
 from router.services.forwarding import ForwardingPolicy, ForwardingService
 from router.services.recovery import RecoveryReport, RecoveryService
 from router.workers import WorkerPool
 
 LOG = logging.getLogger(__name__)
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (a driver's own error, not SQLAlchemy's wrapper)."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _send(paths: Sequence[Path], destination: str, calling_ae_title: str) -> list[bool]:
@@ -156,7 +151,7 @@ class RouterServer:
                 LOG.debug("routing timer pass failed", exc_info=True)
                 self._timer_condition.failed(
                     "routing timer",
-                    f"routing timer pass failed, retrying every {interval:g} s: {type(exc).__name__}: {_first_line(exc)}",
+                    f"routing timer pass failed, retrying every {interval:g} s: {type(exc).__name__}: {first_line(exc)}",
                 )
             else:
                 self._timer_condition.succeeded("routing timer")

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from router.cli.context import CliContext
 from router.config import load_settings
-from router.errors import ConfigError, RouterError
+from router.errors import ConfigError, RouterError, first_line
 
 
 class RouterGroup(click.Group):
@@ -32,8 +32,7 @@ class RouterGroup(click.Group):
             ctx.exit(1)
         except DBAPIError as exc:
             # e.g. the database server went away in the middle of a command
-            first = str(exc.orig or exc).strip().splitlines()
-            click.echo(f"error: database: {first[0] if first else type(exc).__name__}", err=True)
+            click.echo(f"error: database: {first_line(exc) or type(exc).__name__}", err=True)
             ctx.exit(1)
         except OverflowError as exc:
             # a date or number beyond what Python or the database can hold

@@ -40,7 +40,7 @@ def add(
     """Record a radiologist's license in one jurisdiction; held studies there are re-routed."""
     change = roster(obj).licenses.add(npi, state, number, expires, obj.os_user(), issued=issued, pathway=pathway, status=status, verified_on=verified_on)
     record = change.record or {}
-    tag = license_tag(str(record.get("state")), str(record.get("number")))
+    tag = _record_tag(record)
     report(change, as_json, f"added license {tag} ({pathway}, {status}, expires {expires}) for {record.get('npi')}")
     today = local_date(utcnow(), obj.settings.routing.timezone)
     if expires < today:
@@ -93,8 +93,8 @@ def set_status(obj: CliContext, npi: str, state: str, status: str, since: dt.dat
     change = roster(obj).licenses.set_status(npi, state, status, obj.os_user(), since=since, in_lieu_of_discipline=in_lieu_of_discipline)
     record = change.record or {}
     day = record.get("status_since")
-    report(change, as_json, f"license {license_tag(str(record.get('state')), str(record.get('number')))} of {record.get('npi')}: {status} since {day}",
-           f"license {license_tag(str(record.get('state')), str(record.get('number')))} of {record.get('npi')} is already {status} since {day}")
+    report(change, as_json, f"license {_record_tag(record)} of {record.get('npi')}: {status} since {day}",
+           f"license {_record_tag(record)} of {record.get('npi')} is already {status} since {day}")
 
 
 @licenses_group.command("set")
@@ -122,8 +122,8 @@ def set_license(
         raise click.UsageError("nothing to change: give at least one of --expires, --issued, --number, --verified-on, --pathway")
     change = roster(obj).licenses.set(npi, state, obj.os_user(), **changes)
     record = change.record or {}
-    report(change, as_json, f"updated license {license_tag(str(record.get('state')), str(record.get('number')))} of {record.get('npi')} (expires {record.get('expires')})",
-           f"license {license_tag(str(record.get('state')), str(record.get('number')))} of {record.get('npi')}: nothing changed")
+    report(change, as_json, f"updated license {_record_tag(record)} of {record.get('npi')} (expires {record.get('expires')})",
+           f"license {_record_tag(record)} of {record.get('npi')}: nothing changed")
 
 
 @licenses_group.command("clear-hold")
@@ -136,8 +136,8 @@ def clear_hold(obj: CliContext, npi: str, state: str, on: dt.date | None, as_jso
     """Record that an IMLC license's board has acted, ending the 90-day Compact section 10 hold early."""
     change = roster(obj).licenses.clear_hold(npi, state, obj.os_user(), on=on)
     record = change.record or {}
-    report(change, as_json, f"license {license_tag(str(record.get('state')), str(record.get('number')))} of {record.get('npi')}: Compact hold cleared on {record.get('compact_hold_cleared_on')}",
-           f"license {license_tag(str(record.get('state')), str(record.get('number')))} of {record.get('npi')}: hold already cleared on {record.get('compact_hold_cleared_on')}")
+    report(change, as_json, f"license {_record_tag(record)} of {record.get('npi')}: Compact hold cleared on {record.get('compact_hold_cleared_on')}",
+           f"license {_record_tag(record)} of {record.get('npi')}: hold already cleared on {record.get('compact_hold_cleared_on')}")
 
 
 @click.group("imlc")
@@ -190,3 +190,9 @@ def register(cli: click.Group) -> None:
     """Add ``licenses`` and ``imlc`` to the root group."""
     cli.add_command(licenses_group)
     cli.add_command(imlc_group)
+
+
+def _record_tag(record: dict[str, Any]) -> str:
+    """The license of a change record as named everywhere (``TX-123``)."""
+    return license_tag(str(record.get("state")), str(record.get("number")))
+

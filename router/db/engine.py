@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.errors import DatabaseUnavailable
+from router.errors import DatabaseUnavailable, first_line
 
 
 def make_engine(url: str, busy_timeout: float = 10.0, *, create: bool = True, **kwargs: Any) -> Engine:
@@ -48,7 +48,7 @@ def make_engine(url: str, busy_timeout: float = 10.0, *, create: bool = True, **
     try:
         return _make_engine(url, busy_timeout, create, **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
-        raise DatabaseUnavailable(f"database.url {_safe(url)!r} cannot be used: {_first_line(exc)}") from exc
+        raise DatabaseUnavailable(f"database.url {_safe(url)!r} cannot be used: {first_line(exc) or type(exc).__name__}") from exc
 
 
 def safe_url(url: URL) -> str:
@@ -65,11 +65,6 @@ def _safe(url: str) -> str:
         return url.split(":", 1)[0] + ":..." if "@" in url or "?" in url else url
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def check_connection(engine: Engine) -> None:
     """Connect once, so a wrong host, port, database or credentials fail with one line.
 
@@ -83,7 +78,7 @@ def check_connection(engine: Engine) -> None:
             pass
     except DBAPIError as exc:
         raise DatabaseUnavailable(
-            f"cannot connect to {safe_url(engine.url)}: {_first_line(exc)}"
+            f"cannot connect to {safe_url(engine.url)}: {first_line(exc) or type(exc).__name__}"
         ) from exc
 
 

@@ -217,17 +217,14 @@ class Listener:
         self.ae.shutdown()
 
 
-def _rejection_reason(assoc: Any) -> str:
+def _rejection_reason(assoc: Any, calling: str, called: str) -> str:
     """Why pynetdicom rejected an association request, in the terms of the router's config.
 
     Mirrors the checks of ``pynetdicom.acse.ACSE._negotiate_as_acceptor`` (PS3.8 section 9.3.4,
     A-ASSOCIATE-RJ): calling AE title not allowed (diagnostic 3), called AE title not ours
     (diagnostic 7), too many associations (transient, local limit exceeded).
     """
-    request = assoc.requestor.primitive
     ae = assoc.ae
-    calling = str(getattr(request, "calling_ae_title", "") or "").strip()
-    called = str(getattr(request, "called_ae_title", "") or "").strip()
     allowed = [title.strip() for title in ae.require_calling_aet]
     # pynetdicom's later checks override earlier ones in what it sends: the same order here
     if len([item for item in ae.active_associations if item.is_acceptor]) > ae.maximum_associations:
@@ -243,13 +240,11 @@ def _log_rejected(event: evt.Event) -> None:
     """One WARNING per refused association: who (AE titles, address) and why; never PHI."""
     assoc = event.assoc
     request = assoc.requestor.primitive
+    calling = str(getattr(request, "calling_ae_title", "") or "").strip()
+    called = str(getattr(request, "called_ae_title", "") or "").strip()
     LOG.warning(
         "association from %r at %s:%s calling %r rejected: %s",
-        str(getattr(request, "calling_ae_title", "") or "").strip(),
-        assoc.requestor.address,
-        assoc.requestor.port,
-        str(getattr(request, "called_ae_title", "") or "").strip(),
-        _rejection_reason(assoc),
+        calling, assoc.requestor.address, assoc.requestor.port, called, _rejection_reason(assoc, calling, called),
     )
 
 

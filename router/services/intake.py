@@ -27,7 +27,7 @@ from router.db.instance_index import IndexRow, InstanceIndex
 from router.db.models import Instance, InstanceConflict
 from router.db.queries import insert_ignore
 from router.domain.instance import InstanceHeader
-from router.errors import ArchiveError, IndexWriteError
+from router.errors import ArchiveError, IndexWriteError, first_line
 from router.timeutil import Clock, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -261,8 +261,7 @@ def _cut(value: str | None, length: int) -> str | None:
 def _db_reason(exc: SQLAlchemyError) -> str:
     """A short reason without SQL parameters (which may carry PHI)."""
     original = getattr(exc, "orig", None)
-    text = str(original if original is not None else exc).splitlines()[0]
-    return f"index database error: {type(original or exc).__name__}: {text[:200]}"
+    return f"index database error: {type(original or exc).__name__}: {first_line(exc)[:200]}"
 
 
 __all__ = ["ArchiveError", "IndexWriteError", "IntakeService", "Sender", "StoreOutcome"]
