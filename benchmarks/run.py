@@ -43,27 +43,55 @@ def _reexec_in_venv() -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full", action="store_true", help="2,000 x 40 KB and 200 x 512 KB, median of 3, routing cost on PostgreSQL too (about 16 min)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="2,000 x 40 KB and 200 x 512 KB, median of 3, routing cost on PostgreSQL too (about 16 min)",
+    )
     parser.add_argument("--reps", type=int, help="repetitions per cell (default 1, --full 3); the median is reported")
     parser.add_argument("--small", type=int, help="number of 40 KB instances (default 400, --full 2000)")
     parser.add_argument("--large", type=int, help="number of 512 KB instances (default 40, --full 200)")
-    parser.add_argument("--nagle-cap", type=int, default=50, help="instances per run where anything runs with Nagle on (default 50)")
-    parser.add_argument("--receivers", default="router-sqlite,router-postgres,bare-pynetdicom,orthanc,storescp",
-                        help="comma-separated subset of the receivers")
-    parser.add_argument("--router-option", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="extra router config, e.g. listener.max_pdu_length=0 (TOML value); repeatable")
+    parser.add_argument(
+        "--nagle-cap", type=int, default=50, help="instances per run where anything runs with Nagle on (default 50)"
+    )
+    parser.add_argument(
+        "--receivers",
+        default="router-sqlite,router-postgres,bare-pynetdicom,orthanc,storescp",
+        help="comma-separated subset of the receivers",
+    )
+    parser.add_argument(
+        "--router-option",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="extra router config, e.g. listener.max_pdu_length=0 (TOML value); repeatable",
+    )
     parser.add_argument("--no-ingest", action="store_true", help="skip the ingest matrix")
     parser.add_argument("--no-routing", action="store_true", help="skip the routing-cost measurement")
     parser.add_argument("--no-memory", action="store_true", help="skip the 500 MB memory measurement")
-    parser.add_argument("--routing-postgres", action="store_true", help="routing cost on PostgreSQL too (default only with --full)")
-    parser.add_argument("--profile", action="store_true", help="also py-spy the router during a 40 KB run (cpu and wall views)")
+    parser.add_argument(
+        "--routing-postgres", action="store_true", help="routing cost on PostgreSQL too (default only with --full)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also py-spy the router during a 40 KB run (cpu and wall views)"
+    )
     parser.add_argument("--skip-install", action="store_true", help="do not apt-get / pip install anything")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md (JSON only)")
-    parser.add_argument("--work-dir", type=Path, help="parent folder of the temporary work folder (default: the system temp dir)")
-    parser.add_argument("--keep-work", action="store_true", help="keep the work folder (receiver logs, archives) for inspection")
-    parser.add_argument("--report-only", type=Path, metavar="RESULTS_JSON",
-                        help="measure nothing: rewrite docs/benchmarks.md from a results file of an earlier run")
+    parser.add_argument(
+        "--work-dir", type=Path, help="parent folder of the temporary work folder (default: the system temp dir)"
+    )
+    parser.add_argument(
+        "--keep-work", action="store_true", help="keep the work folder (receiver logs, archives) for inspection"
+    )
+    parser.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: rewrite docs/benchmarks.md from a results file of an earlier run",
+    )
     args = parser.parse_args(argv)
     args.reps = args.reps or (3 if args.full else 1)
     args.small = args.small or (2000 if args.full else 400)
@@ -116,7 +144,7 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"unknown receivers {sorted(unknown)}; choose from {', '.join(RECEIVERS)}")
     router_options = parse_router_options(args.router_option)
     started = time.monotonic()
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     mode = "full" if args.full else "default"
     command = "python benchmarks/run.py" + (" " + shlex.join(argv) if argv else "")
     work = Path(tempfile.mkdtemp(prefix="router-bench-", dir=args.work_dir))
@@ -126,9 +154,17 @@ def main(argv: list[str]) -> int:
     phases: dict[str, float] = {}
     results: dict[str, Any] = {
         "command": command,
-        "started_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "config": {"mode": mode, "small": args.small, "large": args.large, "nagle_cap": args.nagle_cap, "reps": args.reps,
-                   "stable_seconds": 1.0, "receivers": names, "router_options": router_options},
+        "started_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+        "config": {
+            "mode": mode,
+            "small": args.small,
+            "large": args.large,
+            "nagle_cap": args.nagle_cap,
+            "reps": args.reps,
+            "stable_seconds": 1.0,
+            "receivers": names,
+            "router_options": router_options,
+        },
         "notes": notes,
         "phases_s": phases,
     }
@@ -152,15 +188,19 @@ def main(argv: list[str]) -> int:
         load = os.getloadavg()[0]
         results["machine"]["load average at start"] = f"{load:.2f}"
         if load > 0.5:
-            notes.append(f"the machine was not idle: load average {load:.2f} at start (other processes share the 2 cores); "
-                         "compare receivers within this run, and re-run before trusting small differences")
+            notes.append(
+                f"the machine was not idle: load average {load:.2f} at start (other processes share the 2 cores); "
+                "compare receivers within this run, and re-run before trusting small differences"
+            )
         receivers = Receivers(registry, work, pg, router_options)
         _log(f"work folder {work}; building workloads")
         loads = {
             "small": workload.build("small", args.small, work / "workload"),
             "large": workload.build("large", args.large, work / "workload"),
         }
-        results["workloads"] = {k: {"instances": w.count, "file_bytes": w.file_bytes, "studies": len(w.chunks)} for k, w in loads.items()}
+        results["workloads"] = {
+            k: {"instances": w.count, "file_bytes": w.file_bytes, "studies": len(w.chunks)} for k, w in loads.items()
+        }
         if not args.no_ingest:
             plan: list[tuple[matrix.Cell, list[str]]] = []
             for size in ("small", "large"):
@@ -187,7 +227,9 @@ def main(argv: list[str]) -> int:
                 for label, rads, studies in (("small", 20, 100), ("large", 2000, 100_000)):
                     url = server.new_schema() if server else None
                     try:
-                        results["routing"].append(routing_cost.measure(work, f"{backend} {label}", url, rads, 15, studies, repeats=7))
+                        results["routing"].append(
+                            routing_cost.measure(work, f"{backend} {label}", url, rads, 15, studies, repeats=7)
+                        )
                     finally:
                         if server and url:
                             server.drop(url)
@@ -195,7 +237,11 @@ def main(argv: list[str]) -> int:
         if not args.no_memory:
             phase = time.monotonic()
             huge = workload.build_multiframe(work / "workload")
-            mem_receivers = [name for name in ("router-sqlite", "router-postgres", "bare-pynetdicom", "orthanc", "storescp") if name in names]
+            mem_receivers = [
+                name
+                for name in ("router-sqlite", "router-postgres", "bare-pynetdicom", "orthanc", "storescp")
+                if name in names
+            ]
             if not args.full:
                 mem_receivers = [name for name in mem_receivers if name != "router-postgres"]
             results["memory"] = [memory.measure(receivers, name, huge) for name in mem_receivers]
@@ -205,7 +251,9 @@ def main(argv: list[str]) -> int:
             results_dir = BENCH_DIR / "results"
             results_dir.mkdir(exist_ok=True)
             phase = time.monotonic()
-            results["profile"] = [profile.run(receivers, loads["small"], results_dir, stamp, idle) for idle in (False, True)]
+            results["profile"] = [
+                profile.run(receivers, loads["small"], results_dir, stamp, idle) for idle in (False, True)
+            ]
             phases["profile"] = time.monotonic() - phase
     finally:
         registry.stop_all()
@@ -226,7 +274,9 @@ def main(argv: list[str]) -> int:
         docs = REPO / "docs" / "benchmarks.md"
         report.write_docs(docs, report.markdown(results))
         _log(f"table written to {docs}")
-    _log(f"done in {results['elapsed_s'] / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + ")")
+    _log(
+        f"done in {results['elapsed_s'] / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + ")"
+    )
     return 0
 
 

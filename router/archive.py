@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from router.domain.instance import uid_problem
-from router.part10 import dataset_offset
 from router.errors import ArchiveError
+from router.part10 import dataset_offset
 
 LOG = logging.getLogger(__name__)
 

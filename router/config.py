@@ -316,7 +316,9 @@ def _check_port(key: str, port: int, allow_zero: bool = True) -> None:
 _MAX_SECONDS = 365 * 24 * 3600.0
 
 
-def _check_positive(key: str, value: float, allow_zero: bool = False, maximum: float | None = None, unit: str = "") -> None:
+def _check_positive(
+    key: str, value: float, allow_zero: bool = False, maximum: float | None = None, unit: str = ""
+) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(key, f"must be {'zero or more' if allow_zero else 'greater than zero'}, got {value}")
     if maximum is not None and value > maximum:
@@ -346,7 +348,9 @@ def _validate(settings: Settings) -> Settings:
         try:
             ipaddress.ip_network(address, strict=False)
         except ValueError as exc:
-            raise ConfigError(f"listener.allowed_addresses[{index}]", f"{address!r} is not an IP address or network") from exc
+            raise ConfigError(
+                f"listener.allowed_addresses[{index}]", f"{address!r} is not an IP address or network"
+            ) from exc
     tls = listener.tls
     if tls.enabled:
         _check_port("listener.tls.port", tls.port)
@@ -357,7 +361,10 @@ def _validate(settings: Settings) -> Settings:
             raise ConfigError("listener.tls.ca_file", "is required when require_client_cert is true")
     if not listener.enabled and not tls.enabled:
         raise ConfigError("listener.enabled", "the plain listener is off and TLS is not enabled")
-    for key, path in (("imlc.membership_file", settings.imlc.membership_file), ("billing.cpt_map", settings.billing.cpt_map)):
+    for key, path in (
+        ("imlc.membership_file", settings.imlc.membership_file),
+        ("billing.cpt_map", settings.billing.cpt_map),
+    ):
         if not path.exists():
             raise ConfigError(key, f"file not found: {path} (a relative path is read from the config file's folder)")
         if not path.is_file():
@@ -372,10 +379,20 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError("routing.timezone", f"unknown IANA time zone {routing.timezone!r}") from exc
     _check_seconds("database.busy_timeout", settings.database.busy_timeout)
     billing = settings.billing
-    _check_positive("billing.storage_cents_per_gib", billing.storage_cents_per_gib, allow_zero=True, maximum=10**9, unit=" cents")
-    _check_positive("billing.transmission_cents_per_gib", billing.transmission_cents_per_gib, allow_zero=True, maximum=10**9, unit=" cents")
+    _check_positive(
+        "billing.storage_cents_per_gib", billing.storage_cents_per_gib, allow_zero=True, maximum=10**9, unit=" cents"
+    )
+    _check_positive(
+        "billing.transmission_cents_per_gib",
+        billing.transmission_cents_per_gib,
+        allow_zero=True,
+        maximum=10**9,
+        unit=" cents",
+    )
     _check_positive("imlc.max_age_days", settings.imlc.max_age_days, maximum=36500, unit=" days")
-    _check_positive("imlc.suspension_hold_days", settings.imlc.suspension_hold_days, allow_zero=True, maximum=36500, unit=" days")
+    _check_positive(
+        "imlc.suspension_hold_days", settings.imlc.suspension_hold_days, allow_zero=True, maximum=36500, unit=" days"
+    )
     forwarding = settings.forwarding
     if forwarding.calling_ae_title is not None:
         validate_ae_title(forwarding.calling_ae_title, "forwarding.calling_ae_title")
@@ -385,7 +402,9 @@ def _validate(settings: Settings) -> Settings:
     _check_seconds("forwarding.max_backoff", forwarding.max_backoff)
     for index, state in enumerate(settings.licensure.telehealth_registration_states):
         if normalize_jurisdiction(state) is None:
-            raise ConfigError(f"licensure.telehealth_registration_states[{index}]", f"{state!r} is not a US licensing jurisdiction")
+            raise ConfigError(
+                f"licensure.telehealth_registration_states[{index}]", f"{state!r} is not a US licensing jurisdiction"
+            )
     level = settings.logging.level.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError("logging.level", f"unknown level {settings.logging.level!r}")

@@ -129,7 +129,7 @@ class PhiRedactingFilter(logging.Filter):
 
 #: C0 controls (but TAB) and DEL, written as escapes: a value with a line break (an accession
 #: number "A1\nFAKE LINE" from a sender) cannot start a forged log line.
-_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F]}
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x09), *range(0x0A, 0x20), 0x7F]}
 _CONTROL_ESCAPES.update({0x0A: "\\n", 0x0D: "\\r"})
 
 
@@ -138,8 +138,14 @@ def escape_controls(text: str) -> str:
     return text.translate(_CONTROL_ESCAPES)
 
 
-def _showwarning(message: warnings.WarningMessage | Warning | str, category: type[Warning], filename: str, lineno: int,
-                 file: object = None, line: str | None = None) -> None:
+def _showwarning(
+    message: warnings.WarningMessage | Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
     """``warnings.showwarning`` replacement: the category and origin only, never the text."""
     logging.getLogger("py.warnings").warning("%s at %s:%s", category.__name__, filename, lineno, extra={_REDUCED: True})
 
@@ -178,9 +184,18 @@ def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
         return
     name = args.thread.name if args.thread is not None else "?"
     logging.getLogger("router.threads").error(
-        "thread %s stopped on an uncaught %s", name, args.exc_type.__name__,
+        "thread %s stopped on an uncaught %s",
+        name,
+        args.exc_type.__name__,
         exc_info=(args.exc_type, args.exc_value, args.exc_traceback) if args.exc_value is not None else None,
     )
 
 
-__all__ = ["PhiRedactingFilter", "configure_logging", "escape_controls", "format_exception_safely", "install_library_guards", "redact_text"]
+__all__ = [
+    "PhiRedactingFilter",
+    "configure_logging",
+    "escape_controls",
+    "format_exception_safely",
+    "install_library_guards",
+    "redact_text",
+]

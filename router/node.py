@@ -44,12 +44,19 @@ def tls_context(app: RouterApp) -> ssl.SSLContext | None:
             context.load_verify_locations(cafile=str(tls.ca_file))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError("listener.tls", f"cannot load certificate, key or CA: {exc}") from exc
-    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else (ssl.CERT_OPTIONAL if tls.ca_file else ssl.CERT_NONE)
+    context.verify_mode = (
+        ssl.CERT_REQUIRED if tls.require_client_cert else (ssl.CERT_OPTIONAL if tls.ca_file else ssl.CERT_NONE)
+    )
     return context
 
 
 def listener_options(
-    app: RouterApp, allowed: tuple[str, ...], *, port: int | None = None, tls_port: int | None = None, reuse_port: bool = False
+    app: RouterApp,
+    allowed: tuple[str, ...],
+    *,
+    port: int | None = None,
+    tls_port: int | None = None,
+    reuse_port: bool = False,
 ) -> ListenerOptions:
     """The listener options the settings describe; ``port``/``tls_port`` override the configured ones."""
     listener = app.settings.listener
@@ -138,8 +145,10 @@ class ListenerNode:
         except Exception:  # noqa: BLE001 - keep the previous list while the database is down
             if not self.listener.allowed_calling_ae_titles:
                 self.listener.set_allowed_calling_ae_titles(configured)
-            LOG.warning("could not refresh allowed calling AE titles from the facility list; keeping %d title(s)",
-                        len(self.listener.allowed_calling_ae_titles))
+            LOG.warning(
+                "could not refresh allowed calling AE titles from the facility list; keeping %d title(s)",
+                len(self.listener.allowed_calling_ae_titles),
+            )
             return
         self.listener.set_allowed_calling_ae_titles(titles)
 

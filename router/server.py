@@ -136,16 +136,20 @@ class RouterServer:
         """
         results = self.app.routing.reevaluate("periodic recheck")
         withdrawn = sum(1 for result in results if result.withdrawn_npi is not None)
-        assigned = sum(1 for result in results if result.withdrawn_npi is None and result.status == StudyStatus.ASSIGNED)
+        assigned = sum(
+            1 for result in results if result.withdrawn_npi is None and result.status == StudyStatus.ASSIGNED
+        )
         if withdrawn or assigned:
-            LOG.info("periodic recheck: %d withdrawn from a reader no longer eligible, %d held assigned", withdrawn, assigned)
+            LOG.info(
+                "periodic recheck: %d withdrawn from a reader no longer eligible, %d held assigned", withdrawn, assigned
+            )
 
     def _tick_loop(self) -> None:
         interval = self.app.settings.routing.poll_interval
         while not self._stop.wait(interval):
             try:
                 self.tick()
-            except Exception as exc:  # noqa: BLE001 - the timer must survive a bad pass (database down...)
+            except Exception as exc:
                 # One line when a condition starts and one when it clears, not a traceback every
                 # pass; the traceback is at DEBUG (``-v``).
                 LOG.debug("routing timer pass failed", exc_info=True)

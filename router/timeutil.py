@@ -13,7 +13,7 @@ Clock = Callable[[], dt.datetime]
 
 def utcnow() -> dt.datetime:
     """The current time, timezone-aware, in UTC."""
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def local_date(moment: dt.datetime, timezone: str) -> dt.date:
@@ -25,7 +25,7 @@ def iso_utc(moment: dt.datetime | None) -> str | None:
     """ISO-8601 UTC with a ``Z`` suffix (``2026-11-29T13:09:16Z``), or ``None``."""
     if moment is None:
         return None
-    text = moment.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
+    text = moment.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="seconds")
     return f"{text}Z"
 
 
@@ -41,6 +41,6 @@ def parse_iso_datetime(text: str, default_timezone: str = "UTC") -> dt.datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=ZoneInfo(default_timezone))
     try:
-        return value.astimezone(dt.timezone.utc)
+        return value.astimezone(dt.UTC)
     except OverflowError as exc:  # e.g. 9999-12-31T23:59-12:00 is past datetime.max in UTC
         raise ValueError(f"{text.strip()!r} is out of range") from exc

@@ -34,7 +34,9 @@ LOG = logging.getLogger(__name__)
 START_TIMEOUT = 60.0
 
 
-def _worker_main(settings: Settings, index: int, port: int | None, tls_port: int | None, conn: Connection, parent_pid: int) -> None:
+def _worker_main(
+    settings: Settings, index: int, port: int | None, tls_port: int | None, conn: Connection, parent_pid: int
+) -> None:
     """Entry point of a worker process (spawned: nothing is inherited but the arguments)."""
     from router.app import RouterApp
     from router.dicom.scp import configure_pynetdicom
@@ -108,7 +110,11 @@ class WorkerPool:
         reservations: list[socket.socket] = []
         try:
             self._plain_port = self._reserve(listener.host, listener.port, reservations) if listener.enabled else None
-            self._tls_port = self._reserve(listener.tls.host or listener.host, listener.tls.port, reservations) if listener.tls.enabled else None
+            self._tls_port = (
+                self._reserve(listener.tls.host or listener.host, listener.tls.port, reservations)
+                if listener.tls.enabled
+                else None
+            )
             for index in range(self.count):
                 self._workers.append(self._spawn(index))
         except ListenerError:

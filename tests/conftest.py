@@ -51,7 +51,7 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     """A clock pinned at 2026-11-29 15:00 UTC."""
-    return FakeClock(dt.datetime(2026, 11, 29, 15, 0, tzinfo=dt.timezone.utc))
+    return FakeClock(dt.datetime(2026, 11, 29, 15, 0, tzinfo=dt.UTC))
 
 
 def _pg_schema_url() -> Iterator[str]:
@@ -140,4 +140,3 @@ def running_router(settings: Settings) -> Iterator[RouterServer]:
     finally:
         router_server.stop(drain_timeout=2)
         app.close()
-

@@ -62,9 +62,19 @@ def uid(value: str) -> bytes:
     return even(value.encode("utf-8", "surrogatepass"), b"\x00")
 
 
-def identifiers(sop_instance_uid: str, study_uid: str, series_uid: str, *, charset: bytes | None = b"ISO_IR 100",
-                sop_class_uid: str = CT_IMAGE_STORAGE, middle: bytes = b"", accession: bytes = b"ACC-1",
-                odd_accession: bool = False, pad_uids: bool = True, tail: bytes = b"") -> bytes:
+def identifiers(
+    sop_instance_uid: str,
+    study_uid: str,
+    series_uid: str,
+    *,
+    charset: bytes | None = b"ISO_IR 100",
+    sop_class_uid: str = CT_IMAGE_STORAGE,
+    middle: bytes = b"",
+    accession: bytes = b"ACC-1",
+    odd_accession: bool = False,
+    pad_uids: bool = True,
+    tail: bytes = b"",
+) -> bytes:
     """An explicit VR LE data set: (0008,0005), SOP class/instance, accession, ``middle``, then
     Study and Series Instance UIDs (after ``middle``, so reading them proves the walk got past
     it), then ``tail`` (elements in (0020,000F)..(7FDF,FFFF)). ``pad_uids=False`` leaves an
@@ -83,7 +93,7 @@ def identifiers(sop_instance_uid: str, study_uid: str, series_uid: str, *, chars
 
 def dataset_bytes(path: Path) -> bytes:
     """The data set bytes of a Part 10 file (everything after the File Meta Information)."""
-    return path.read_bytes()[dataset_offset(path):]
+    return path.read_bytes()[dataset_offset(path) :]
 
 
 # ----------------------------------------------------------------------------- raw DUL client
@@ -95,10 +105,19 @@ def _pdu_item(kind: int, payload: bytes) -> bytes:
     return struct.pack(">BBH", kind, 0, len(payload)) + payload
 
 
-def associate_rq(called: str = "ROUTER", calling: str = "RAW_SCU", sop_class: str = CT_IMAGE_STORAGE,
-                 transfer_syntax: str = EXPLICIT_LE, max_pdu: int = 16384) -> bytes:
+def associate_rq(
+    called: str = "ROUTER",
+    calling: str = "RAW_SCU",
+    sop_class: str = CT_IMAGE_STORAGE,
+    transfer_syntax: str = EXPLICIT_LE,
+    max_pdu: int = 16384,
+) -> bytes:
     """A-ASSOCIATE-RQ with one presentation context, ID 1 (PS3.8 section 9.3.2)."""
-    context = struct.pack(">BBBB", 1, 0, 0, 0) + _pdu_item(0x30, sop_class.encode()) + _pdu_item(0x40, transfer_syntax.encode())
+    context = (
+        struct.pack(">BBBB", 1, 0, 0, 0)
+        + _pdu_item(0x30, sop_class.encode())
+        + _pdu_item(0x40, transfer_syntax.encode())
+    )
     user = _pdu_item(0x51, struct.pack(">I", max_pdu)) + _pdu_item(0x52, b"1.2.826.0.1.3680043.9.7433.1")
     body = struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + b"\x00" * 32
     body += _pdu_item(0x10, APPLICATION_CONTEXT) + _pdu_item(0x20, context) + _pdu_item(0x50, user)

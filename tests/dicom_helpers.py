@@ -56,8 +56,13 @@ def make_dataset(**overrides: object) -> Dataset:
     return ds
 
 
-def write_part10(ds: Dataset, path: Path, transfer_syntax: str = ExplicitVRLittleEndian,
-                 meta_sop_instance_uid: str | None = None, meta_sop_class_uid: str | None = None) -> Path:
+def write_part10(
+    ds: Dataset,
+    path: Path,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    meta_sop_instance_uid: str | None = None,
+    meta_sop_class_uid: str | None = None,
+) -> Path:
     """Save ``ds`` as a Part 10 file; the file meta UIDs may be made to differ from the data set."""
     if meta_sop_instance_uid or meta_sop_class_uid:
         from pydicom.filebase import DicomBytesIO
@@ -85,11 +90,16 @@ def write_part10(ds: Dataset, path: Path, transfer_syntax: str = ExplicitVRLittl
     return path
 
 
-def write_raw_part10(path: Path, sop_class_uid: str, sop_instance_uid: str, dataset_bytes: bytes,
-                     transfer_syntax: str = ExplicitVRLittleEndian) -> Path:
+def write_raw_part10(
+    path: Path,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    dataset_bytes: bytes,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+) -> Path:
     """A Part 10 file whose data set is arbitrary bytes (to send undecodable data)."""
-    from pydicom.filewriter import write_file_meta_info
     from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class_uid
@@ -103,8 +113,13 @@ def write_raw_part10(path: Path, sop_class_uid: str, sop_instance_uid: str, data
     return path
 
 
-def send_paths(port: int, paths: Sequence[Path], calling_ae: str = "TEST_SCU", called_ae: str = "ROUTER",
-               contexts: Sequence[tuple[str, str]] | None = None) -> list[int | None]:
+def send_paths(
+    port: int,
+    paths: Sequence[Path],
+    calling_ae: str = "TEST_SCU",
+    called_ae: str = "ROUTER",
+    contexts: Sequence[tuple[str, str]] | None = None,
+) -> list[int | None]:
     """Send files byte for byte (chunked from disk) over one association; returns the statuses."""
     from pydicom import dcmread
 
@@ -154,4 +169,4 @@ def send_datasets(port: int, datasets: Sequence[Dataset], calling_ae: str = "TES
 
 
 def utc(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=dt.timezone.utc)
+    return dt.datetime(*args, tzinfo=dt.UTC)

@@ -27,7 +27,9 @@ NPI_C = "1234567893"
 TODAY = dt.date(2026, 11, 29)
 
 
-def add_study(app: RouterApp, uid: str, calling_ae: str = "CT_NORTH", modality: str = "CT", institution_name: str | None = None) -> None:
+def add_study(
+    app: RouterApp, uid: str, calling_ae: str = "CT_NORTH", modality: str = "CT", institution_name: str | None = None
+) -> None:
     """Insert a study that has been quiet for ten minutes (due for routing)."""
     received = app.clock() - dt.timedelta(minutes=10)
     with app.sessions.begin() as session:
@@ -52,7 +54,10 @@ def study_state(app: RouterApp, uid: str) -> dict[str, Any]:
     with app.sessions() as session:
         study = session.scalars(select(Study).where(Study.study_instance_uid == uid)).one()
         rows = session.execute(
-            select(Assignment, Radiologist.npi).join(Radiologist, Radiologist.id == Assignment.radiologist_id).where(Assignment.study_id == study.id).order_by(Assignment.id)
+            select(Assignment, Radiologist.npi)
+            .join(Radiologist, Radiologist.id == Assignment.radiologist_id)
+            .where(Assignment.study_id == study.id)
+            .order_by(Assignment.id)
         ).all()
         current = [npi for assignment, npi in rows if assignment.superseded_at is None]
         return {
@@ -61,7 +66,9 @@ def study_state(app: RouterApp, uid: str) -> dict[str, Any]:
             "needs_review": study.needs_review,
             "facility_id": study.facility_id,
             "current_npi": current[0] if current else None,
-            "assignments": [(npi, assignment.superseded_at is not None, assignment.superseded_reason) for assignment, npi in rows],
+            "assignments": [
+                (npi, assignment.superseded_at is not None, assignment.superseded_reason) for assignment, npi in rows
+            ],
         }
 
 
@@ -72,11 +79,17 @@ def audit_rows(app: RouterApp) -> list[tuple[str, str, str, dict[str, Any] | Non
         return [(row.action, row.entity_key, row.os_user, row.old_values, row.new_values) for row in rows]
 
 
-def roster_with_readers(app: RouterApp, *readers: tuple[str, str], facility_state: str = "TX", requires_privileges: bool = False) -> None:
+def roster_with_readers(
+    app: RouterApp, *readers: tuple[str, str], facility_state: str = "TX", requires_privileges: bool = False
+) -> None:
     """Register facility CT_NORTH in ``facility_state`` and give each ``(npi, state)`` reader a full active license."""
     roster = app.roster
-    roster.facilities.add("CT_NORTH", facility_state, OS_USER, name="North Imaging", requires_privileges=requires_privileges)
+    roster.facilities.add(
+        "CT_NORTH", facility_state, OS_USER, name="North Imaging", requires_privileges=requires_privileges
+    )
     for npi, state in readers:
         if npi not in {row["npi"] for row in roster.radiologists.list()}:
             roster.radiologists.add(npi, f"Reader^{npi[-3:]}", OS_USER)
-        roster.licenses.add(npi, state, f"{state}-{npi[-4:]}", dt.date(2028, 6, 30), OS_USER, issued=dt.date(2020, 1, 1))
+        roster.licenses.add(
+            npi, state, f"{state}-{npi[-4:]}", dt.date(2028, 6, 30), OS_USER, issued=dt.date(2020, 1, 1)
+        )

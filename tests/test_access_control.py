@@ -107,7 +107,9 @@ def test_listed_sender_stores_and_refused_sender_stores_nothing(mod_a_only: Rout
     assert [r.sop_instance_uid for r in _instances(mod_a_only)] == [ds.SOPInstanceUID]
 
 
-def test_registered_facility_is_allowed_after_the_timer_ticks_and_refused_after_removal(mod_a_only: RouterServer) -> None:
+def test_registered_facility_is_allowed_after_the_timer_ticks_and_refused_after_removal(
+    mod_a_only: RouterServer,
+) -> None:
     port = mod_a_only.ports[0]
     assert _echo(port, "CT_NORTH")[:2] == ("rejected", CALLING_AE_NOT_RECOGNIZED)
     mod_a_only.app.roster.facilities.add("CT_NORTH", "TX", "tester", name="North Texas Imaging")
@@ -172,12 +174,15 @@ def test_list_is_on_even_when_the_facility_list_cannot_be_read_at_start(tmp_path
 
 @pytest.mark.skipif(DCMTK_STORESCU is None, reason="DCMTK storescu not installed")
 @pytest.mark.parametrize(("calling_ae", "refused"), [("OTHER", True), ("MOD_A", False)])
-def test_dcmtk_storescu_with_a_disallowed_title_exits_non_zero(mod_a_only: RouterServer, tmp_path: Path,
-                                                               calling_ae: str, refused: bool) -> None:
+def test_dcmtk_storescu_with_a_disallowed_title_exits_non_zero(
+    mod_a_only: RouterServer, tmp_path: Path, calling_ae: str, refused: bool
+) -> None:
     path = write_part10(make_dataset(), tmp_path / "x.dcm")
     result = subprocess.run(
         [DCMTK_STORESCU, "-aet", calling_ae, "-aec", "ROUTER", "127.0.0.1", str(mod_a_only.ports[0]), str(path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if refused:
         assert result.returncode != 0
@@ -214,8 +219,14 @@ def _closed_without_a_pdu(port: int, host: str = "127.0.0.1") -> bool:
         (("127.0.0.1/32",), "127.0.0.1", True),
     ],
 )
-def test_allowed_addresses_on_an_ipv4_listener(tmp_path: Path, database_url: str, allowed: tuple[str, ...],
-                                               host: str, admitted: bool, caplog: pytest.LogCaptureFixture) -> None:
+def test_allowed_addresses_on_an_ipv4_listener(
+    tmp_path: Path,
+    database_url: str,
+    allowed: tuple[str, ...],
+    host: str,
+    admitted: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     for server in _start(tmp_path, database_url, allowed_addresses=allowed):
         port = server.ports[0]
         with caplog.at_level(logging.WARNING, logger="router.dicom.listener"):
@@ -238,8 +249,9 @@ def test_allowed_addresses_on_an_ipv4_listener(tmp_path: Path, database_url: str
         (("::/0", "0.0.0.0/0"), "127.0.0.1", True),
     ],
 )
-def test_allowed_addresses_on_a_dual_stack_listener(tmp_path: Path, database_url: str, allowed: tuple[str, ...],
-                                                    host: str, admitted: bool) -> None:
+def test_allowed_addresses_on_a_dual_stack_listener(
+    tmp_path: Path, database_url: str, allowed: tuple[str, ...], host: str, admitted: bool
+) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
     for server in _start(tmp_path, database_url, host="::", allowed_addresses=allowed):
@@ -292,7 +304,9 @@ def test_called_ae_title_is_accepted_as_sent_by_default(mod_a_only: RouterServer
     assert _echo_calling(mod_a_only.ports[0], "ANYTHING") == ("established", None)
 
 
-def test_called_ae_title_is_checked_when_required_and_every_refusal_is_logged(tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_called_ae_title_is_checked_when_required_and_every_refusal_is_logged(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="router.dicom.listener")
     for server in _start(tmp_path, sqlite_url, allowed_calling_ae_titles=("MOD_A",), require_called_ae_title=True):
         port = server.ports[0]
@@ -302,7 +316,9 @@ def test_called_ae_title_is_checked_when_required_and_every_refusal_is_logged(tm
         deadline = time.monotonic() + 5
         while len([r for r in caplog.records if "rejected" in r.getMessage()]) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-    messages = [r.getMessage() for r in caplog.records if r.name == "router.dicom.listener" and "rejected" in r.getMessage()]
+    messages = [
+        r.getMessage() for r in caplog.records if r.name == "router.dicom.listener" and "rejected" in r.getMessage()
+    ]
     assert [re.sub(r":\d+ ", ":PORT ", m) for m in messages] == [
         "association from 'MOD_A' at 127.0.0.1:PORT calling 'PACS' rejected: called AE title 'PACS' is not ours ('ROUTER'; listener.require_called_ae_title)",
         "association from 'OTHER' at 127.0.0.1:PORT calling 'ROUTER' rejected: calling AE title not in listener.allowed_calling_ae_titles nor a registered facility",

@@ -167,7 +167,16 @@ def test_self_contradicting_addresses_give_no_state(text: str) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        None, "", "   ", "\x00\x00", "^^^^", "~~", "garbage!!", "N/A", "Unknown", "123 Main St",
+        None,
+        "",
+        "   ",
+        "\x00\x00",
+        "^^^^",
+        "~~",
+        "garbage!!",
+        "N/A",
+        "Unknown",
+        "123 Main St",
         "123 Oak Ct",  # Court, not Connecticut
         "55 Long Wy",  # Way, not Wyoming
         "PO Box 12345",  # a box number, not a ZIP
@@ -229,14 +238,36 @@ def test_parse_region(text: str | None, state: str | None, foreign: bool) -> Non
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("USA", False), ("US", False), ("U.S.A.", False), ("united states", False),
-        ("United States of America", False), ("Puerto Rico", False), ("PRI", False), ("GU", False),
+        ("USA", False),
+        ("US", False),
+        ("U.S.A.", False),
+        ("united states", False),
+        ("United States of America", False),
+        ("Puerto Rico", False),
+        ("PRI", False),
+        ("GU", False),
         ("UM", False),
-        ("Canada", True), ("CAN", True), ("CA", True), ("Mexico", True), ("MEX", True),
-        ("United Kingdom", True), ("UK", True), ("England", True), ("DEU", True), ("Palau", True),
-        ("Micronesia", True), ("Marshall Islands", True), ("Côte d'Ivoire", True),
+        ("Canada", True),
+        ("CAN", True),
+        ("CA", True),
+        ("Mexico", True),
+        ("MEX", True),
+        ("United Kingdom", True),
+        ("UK", True),
+        ("England", True),
+        ("DEU", True),
+        ("Palau", True),
+        ("Micronesia", True),
+        ("Marshall Islands", True),
+        ("Côte d'Ivoire", True),
         ("Georgia", None),  # a US state and a country
-        ("Texas", None), ("TX", None), ("xyz", None), ("", None), ("  \x00", None), (None, None), (840, None),
+        ("Texas", None),
+        ("TX", None),
+        ("xyz", None),
+        ("", None),
+        ("  \x00", None),
+        (None, None),
+        (840, None),
     ],
 )
 def test_is_foreign_country(text: object, expected: bool | None) -> None:
@@ -252,15 +283,56 @@ def test_finding_is_frozen_and_basis_values() -> None:
 
 
 ADDRESS_PIECES = st.sampled_from(
-    ["^", "~", ",", "\n", "\r\n", "\\", " ", ".", "-", "\x00", "TX", "OK", "CA", "AE", "MH", "ON", "Tulsa",
-     "Kansas City", "New", "York", "West", "Virginia", "D.C.", "USA", "Canada", "CAN", "APO", "Box",
-     "74103", "1234", "09012", "00000", "M5V", "2T6", "US-TX", "Puerto Rico", "Georgia"]
+    [
+        "^",
+        "~",
+        ",",
+        "\n",
+        "\r\n",
+        "\\",
+        " ",
+        ".",
+        "-",
+        "\x00",
+        "TX",
+        "OK",
+        "CA",
+        "AE",
+        "MH",
+        "ON",
+        "Tulsa",
+        "Kansas City",
+        "New",
+        "York",
+        "West",
+        "Virginia",
+        "D.C.",
+        "USA",
+        "Canada",
+        "CAN",
+        "APO",
+        "Box",
+        "74103",
+        "1234",
+        "09012",
+        "00000",
+        "M5V",
+        "2T6",
+        "US-TX",
+        "Puerto Rico",
+        "Georgia",
+    ]
 )
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.one_of(st.text(), st.lists(ADDRESS_PIECES, max_size=14).map(" ".join),
-                 st.lists(ADDRESS_PIECES, max_size=14).map("".join)))
+@given(
+    st.one_of(
+        st.text(),
+        st.lists(ADDRESS_PIECES, max_size=14).map(" ".join),
+        st.lists(ADDRESS_PIECES, max_size=14).map("".join),
+    )
+)
 def test_any_text_never_raises(text: str) -> None:
     for parse in (parse_address, parse_region):
         found = parse(text)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
@@ -11,13 +11,19 @@ from router.domain.eligibility_facts import LicenseFacts, ReaderFacts
 from router.domain.enums import LicensePathway, LicenseStatus
 from router.domain.licensure import Verdict
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 TX1 = LicenseFacts("TX", "1", LicensePathway.FULL, LicenseStatus.ACTIVE, date(2028, 1, 1))
 
 
 def _reader(rid: int, open_assignments: int = 0, last: datetime | None = None) -> ReaderFacts:
-    return ReaderFacts(radiologist_id=rid, npi=f"10000000{rid:02d}", name=f"R^{rid}", open_assignments=open_assignments, last_assigned_at=last)
+    return ReaderFacts(
+        radiologist_id=rid,
+        npi=f"10000000{rid:02d}",
+        name=f"R^{rid}",
+        open_assignments=open_assignments,
+        last_assigned_at=last,
+    )
 
 
 def _verdict(r: ReaderFacts, eligible: bool = True) -> Verdict:

@@ -120,9 +120,7 @@ def test_config_map_loads(cpt_map: CptMap) -> None:
     assert obstetric is not None and obstetric.body_parts == ()
 
 
-@pytest.mark.parametrize(
-    ("code", "expected"), [("71046", True), ("77067", True), ("72131", None), ("0042T", None)]
-)
+@pytest.mark.parametrize(("code", "expected"), [("71046", True), ("77067", True), ("72131", None), ("0042T", None)])
 def test_has_professional_component(cpt_map: CptMap, code: str, expected: bool | None) -> None:
     assert cpt_map.has_professional_component(code) is expected
 
@@ -142,8 +140,10 @@ def _map_text(*rows: str, comment: str = "# version: 2026") -> str:
         (_map_text("7104,CR,CHEST,,chest,1"), "line 3: CPT code '7104' must be 5 digits"),
         (_map_text("71046,CR,CHEST,,chest,2"), "line 3: pc_tc_split must be 0 or 1, got '2'"),
         (_map_text("71046,CR,CHEST,,chest,"), "line 3: pc_tc_split must be 0 or 1, got ''"),
-        (_map_text("71046,CR,CHEST,,a,1", "71045,CR,CHEST,,b,1", "71046,DX,CHEST,,c,1"),
-         "line 5: duplicate CPT code 71046 (first on line 3)"),
+        (
+            _map_text("71046,CR,CHEST,,a,1", "71045,CR,CHEST,,b,1", "71046,DX,CHEST,,c,1"),
+            "line 5: duplicate CPT code 71046 (first on line 3)",
+        ),
         (_map_text("71046,,CHEST,,chest,1"), "line 3: CPT code 71046 has no modality"),
         (_map_text("71046,CR,CHEST,chest,1"), "line 3: expected 6 fields, got 5"),
         (
@@ -207,9 +207,7 @@ def test_map_skips_comments_and_blank_lines_and_accepts_reordered_columns() -> N
         ("ct", "chest", "ct chest with contrast", "71260"),  # case-insensitive
     ],
 )
-def test_infer(
-    cpt_map: CptMap, modality: str, body_part: str | None, description: str | None, expected: str
-) -> None:
+def test_infer(cpt_map: CptMap, modality: str, body_part: str | None, description: str | None, expected: str) -> None:
     row = cpt_map.infer(modality, body_part, description)
     assert row is not None
     assert row.cpt == expected
@@ -254,8 +252,15 @@ def test_description_words(text: str | None, expected: set[str]) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("CHEST", "CHEST"), ("thorax", "CHEST"), ("L-SPINE", "LSPINE"), ("Abd Pelvis", "ABDOMENPELVIS"),
-     ("ABDOMENPELVIS", "ABDOMENPELVIS"), ("  ", None), (None, None)],
+    [
+        ("CHEST", "CHEST"),
+        ("thorax", "CHEST"),
+        ("L-SPINE", "LSPINE"),
+        ("Abd Pelvis", "ABDOMENPELVIS"),
+        ("ABDOMENPELVIS", "ABDOMENPELVIS"),
+        ("  ", None),
+        (None, None),
+    ],
 )
 def test_body_part_key(text: str | None, expected: str | None) -> None:
     assert body_part_key(text) == expected
@@ -280,8 +285,13 @@ def test_cpt_schemes_taken_as_sent(cpt_map: CptMap, scheme: str) -> None:
 def test_other_schemes_are_ignored(cpt_map: CptMap, scheme: str) -> None:
     codes = [ProcedureCode("71046", scheme)]
     assert resolve_billing_lines(codes, ["OT"], None, None, cpt_map) == [
-        line(None, CptSource.NONE, None, True,
-             "no CPT code in ProcedureCodeSequence or RequestedProcedureCodeSequence and no CPT map match")
+        line(
+            None,
+            CptSource.NONE,
+            None,
+            True,
+            "no CPT code in ProcedureCodeSequence or RequestedProcedureCodeSequence and no CPT map match",
+        )
     ]
 
 
@@ -352,11 +362,17 @@ def test_malformed_code_goes_to_review(cpt_map: CptMap) -> None:
     lines = resolve_billing_lines(codes, ["CR"], "CHEST", None, cpt_map)
     assert lines == [
         line(
-            None, PCS, None, True,
+            None,
+            PCS,
+            None,
+            True,
             "ProcedureCodeSequence: CPT code '7104' must be 5 digits or 4 digits followed by F or T; not billed",
         ),
         line(
-            None, PCS, None, True,
+            None,
+            PCS,
+            None,
+            True,
             "ProcedureCodeSequence: CPT code 'xr2v' must be 5 digits or 4 digits followed by F or T; not billed",
         ),
     ]

@@ -20,7 +20,7 @@ from router.services.facts import load_readers
 
 STATES = ("TX", "OK", "CO", "NM")
 DAY = dt.date(2026, 11, 29)
-NOW = dt.datetime(2026, 11, 29, 15, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 29, 15, tzinfo=dt.UTC)
 
 
 def _npi(index: int) -> str:
@@ -30,35 +30,79 @@ def _npi(index: int) -> str:
 
 def _fill(app: RouterApp, rng: random.Random) -> None:
     with app.sessions.begin() as session:
-        study = Study(study_instance_uid="1.2.3", status=StudyStatus.ASSIGNED, first_received_at=NOW, last_received_at=NOW,
-                      instance_count=0, size_bytes=0, needs_review=False)
+        study = Study(
+            study_instance_uid="1.2.3",
+            status=StudyStatus.ASSIGNED,
+            first_received_at=NOW,
+            last_received_at=NOW,
+            instance_count=0,
+            size_bytes=0,
+            needs_review=False,
+        )
         session.add(study)
         session.flush()
-        decision = RoutingDecision(study_id=study.id, decided_at=NOW, trigger="test", outcome=StudyStatus.ASSIGNED, candidates=[])
+        decision = RoutingDecision(
+            study_id=study.id, decided_at=NOW, trigger="test", outcome=StudyStatus.ASSIGNED, candidates=[]
+        )
         session.add(decision)
         session.flush()
         for index in range(rng.randint(0, 14)):
-            reader = Radiologist(npi=_npi(index), name=f"R^{index}", active=rng.random() > 0.15, created_at=NOW,
-                                 spl_state=rng.choice((None, "CO", "TX")), mqsa_qualified=rng.random() > 0.5)
+            reader = Radiologist(
+                npi=_npi(index),
+                name=f"R^{index}",
+                active=rng.random() > 0.15,
+                created_at=NOW,
+                spl_state=rng.choice((None, "CO", "TX")),
+                mqsa_qualified=rng.random() > 0.5,
+            )
             session.add(reader)
             session.flush()
             for state in rng.sample(STATES, rng.randint(0, 3)):
                 issued = DAY - dt.timedelta(days=rng.randint(-3, 900))
-                session.add(License(
-                    radiologist_id=reader.id, state=state, number=f"{state}-{index}",
-                    pathway=rng.choice((LicensePathway.FULL, LicensePathway.FULL, LicensePathway.IMLC)),
-                    status=rng.choice((LicenseStatus.ACTIVE, LicenseStatus.ACTIVE, LicenseStatus.ACTIVE, LicenseStatus.SUSPENDED, LicenseStatus.EXPIRED)),
-                    issued=issued, expires=DAY + dt.timedelta(days=rng.randint(-3, 400)), in_lieu_of_discipline=False,
-                ))
+                session.add(
+                    License(
+                        radiologist_id=reader.id,
+                        state=state,
+                        number=f"{state}-{index}",
+                        pathway=rng.choice((LicensePathway.FULL, LicensePathway.FULL, LicensePathway.IMLC)),
+                        status=rng.choice(
+                            (
+                                LicenseStatus.ACTIVE,
+                                LicenseStatus.ACTIVE,
+                                LicenseStatus.ACTIVE,
+                                LicenseStatus.SUSPENDED,
+                                LicenseStatus.EXPIRED,
+                            )
+                        ),
+                        issued=issued,
+                        expires=DAY + dt.timedelta(days=rng.randint(-3, 400)),
+                        in_lieu_of_discipline=False,
+                    )
+                )
             for load in range(rng.randint(0, 3)):  # workload: one current assignment per study
-                past = Study(study_instance_uid=f"1.2.4.{index}.{load}", status=StudyStatus.ASSIGNED, first_received_at=NOW,
-                             last_received_at=NOW, instance_count=0, size_bytes=0, needs_review=False)
+                past = Study(
+                    study_instance_uid=f"1.2.4.{index}.{load}",
+                    status=StudyStatus.ASSIGNED,
+                    first_received_at=NOW,
+                    last_received_at=NOW,
+                    instance_count=0,
+                    size_bytes=0,
+                    needs_review=False,
+                )
                 session.add(past)
                 session.flush()
-                session.add(Assignment(study_id=past.id, radiologist_id=reader.id, decision_id=decision.id,
-                                       license_state="TX", license_number="x",
-                                       assigned_at=NOW - dt.timedelta(hours=rng.randint(1, 500)), assigned_by="t",
-                                       completed_at=NOW if rng.random() > 0.5 else None))
+                session.add(
+                    Assignment(
+                        study_id=past.id,
+                        radiologist_id=reader.id,
+                        decision_id=decision.id,
+                        license_state="TX",
+                        license_number="x",
+                        assigned_at=NOW - dt.timedelta(hours=rng.randint(1, 500)),
+                        assigned_by="t",
+                        completed_at=NOW if rng.random() > 0.5 else None,
+                    )
+                )
 
 
 def test_lazy_choice_equals_full_evaluation(tmp_path: Path) -> None:

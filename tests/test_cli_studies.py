@@ -25,7 +25,9 @@ pytestmark = pytest.mark.network
 def routed(server: RouterServer, tmp_path: Path) -> tuple[RouterServer, Path, dict[str, str]]:
     """The demo roster loaded and every sample routed; returns the server, a config and case -> UID."""
     app = server.app
-    app.roster.load_demo(*((DEMO_CONFIG / name).read_text() for name in ("facilities.csv", "roster.csv", "radiologists.csv")), "tester")
+    app.roster.load_demo(
+        *((DEMO_CONFIG / name).read_text() for name in ("facilities.csv", "roster.csv", "radiologists.csv")), "tester"
+    )
     cases: dict[str, str] = {}
     from pydicom import dcmread
 
@@ -42,7 +44,9 @@ def routed(server: RouterServer, tmp_path: Path) -> tuple[RouterServer, Path, di
             break
         time.sleep(0.1)
     config = tmp_path / "cli.toml"
-    config.write_text(f'[paths]\ndata_dir = "{app.settings.paths.data_dir}"\n[database]\nurl = "{app.settings.database_url}"\n')
+    config.write_text(
+        f'[paths]\ndata_dir = "{app.settings.paths.data_dir}"\n[database]\nurl = "{app.settings.database_url}"\n'
+    )
     return server, config, cases
 
 
@@ -58,10 +62,20 @@ def test_list_json_is_one_document_with_the_contract_fields(routed) -> None:  # 
     rows = {row["study_instance_uid"]: row for row in json.loads(out)}
     assert set(rows) == set(cases.values())
     facility = rows[cases["facility_tx"]]
-    assert (facility["status"], facility["exam_state"], facility["exam_state_source"], facility["instance_count"]) == ("assigned", "TX", "facility", 3)
+    assert (facility["status"], facility["exam_state"], facility["exam_state_source"], facility["instance_count"]) == (
+        "assigned",
+        "TX",
+        "facility",
+        3,
+    )
     assert facility["assigned_npi"] in {"1000000012", "1000000020"}
     held = rows[cases["no_state"]]
-    assert (held["status"], held["hold_reason"], held["exam_state"], held["assigned_npi"]) == ("held", "no_exam_state", None, None)
+    assert (held["status"], held["hold_reason"], held["exam_state"], held["assigned_npi"]) == (
+        "held",
+        "no_exam_state",
+        None,
+        None,
+    )
     code, out, _ = _run(config, "studies", "list", "--status", "held", "--json")
     assert {row["study_instance_uid"] for row in json.loads(out)} == {cases["no_state"], cases["territory_pr"]}
 
@@ -112,11 +126,16 @@ def test_set_state_then_complete_bills_modifier_26(routed) -> None:  # type: ign
     assert code == 0, err
     done = json.loads(out)
     # no facility time zone: the date of service is the interpretation date in routing.timezone (UTC)
-    assert done["date_of_service"] == moment.astimezone(dt.timezone.utc).date().isoformat()
+    assert done["date_of_service"] == moment.astimezone(dt.UTC).date().isoformat()
     code, out, _ = _run(config, "ledger", "professional", "--json")
     (entry,) = [e for e in json.loads(out) if e["study_instance_uid"] == cases["no_state"]]
     # CR KNEE "Knee 3 views": from the map, provisional, with 26
-    assert (entry["exam_state"], entry["modifier"], entry["cpt_source"], entry["coder_review"]) == ("CO", "26", "map", True)
+    assert (entry["exam_state"], entry["modifier"], entry["cpt_source"], entry["coder_review"]) == (
+        "CO",
+        "26",
+        "map",
+        True,
+    )
     assert entry["cpt_code"] == "73562"
     code, _, err = _run(config, "studies", "complete", cases["no_state"])
     assert code == 1 and "already completed" in err
@@ -140,7 +159,7 @@ def test_ledgers_select_a_period(routed) -> None:  # type: ignore[no-untyped-def
     _, config, cases = routed
     code, _, err = _run(config, "studies", "complete", cases["facility_tx"])
     assert code == 0, err
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     yesterday, tomorrow = today - dt.timedelta(days=1), today + dt.timedelta(days=1)
 
     def uids(*args: str) -> list[str]:
@@ -155,7 +174,9 @@ def test_ledgers_select_a_period(routed) -> None:  # type: ignore[no-untyped-def
     assert len(every) >= 8  # one storage record per routed study
     assert uids("infrastructure", "--from", today.isoformat()) == every
     assert uids("infrastructure", "--until", yesterday.isoformat()) == []
-    code, _, err = _run(config, "ledger", "infrastructure", "--from", today.isoformat(), "--until", yesterday.isoformat())
+    code, _, err = _run(
+        config, "ledger", "infrastructure", "--from", today.isoformat(), "--until", yesterday.isoformat()
+    )
     assert code == 2 and f"--until {yesterday.isoformat()} is before --from {today.isoformat()}" in err
 
 
@@ -176,7 +197,7 @@ def test_after_a_reassignment_the_read_cannot_predate_it(routed) -> None:  # typ
     other = next(npi for npi in ("1000000012", "1000000020", "1000000038", "1000000046", "1000000053") if npi != first)
     code, _, err = _run(config, "studies", "assign", cases["facility_tx"], "--npi", other)
     assert code == 0, err  # the demo roster has a second reader licensed in Texas
-    two_minutes_ago = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=2)).isoformat()
+    two_minutes_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)).isoformat()
     code, _, err = _run(config, "studies", "complete", cases["facility_tx"], "--at", two_minutes_ago)
     assert (code, err.strip()) == (1, "error: interpretation time is before the study was assigned to this radiologist")
     code, _, err = _run(config, "studies", "complete", cases["facility_tx"])

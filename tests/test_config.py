@@ -59,7 +59,11 @@ def test_example_file_documents_every_key_and_matches_the_defaults() -> None:
         ({"routing": {"timezone": "Mars/Olympus"}}, "routing.timezone", "unknown IANA"),
         ({"listener": {"allowed_addresses": ["10.0.0.300"]}}, "listener.allowed_addresses[0]", "not an IP"),
         ({"listener": {"tls": {"enabled": True}}}, "listener.tls.cert_file", "required"),
-        ({"licensure": {"telehealth_registration_states": ["AE"]}}, "licensure.telehealth_registration_states[0]", "not a US"),
+        (
+            {"licensure": {"telehealth_registration_states": ["AE"]}},
+            "licensure.telehealth_registration_states[0]",
+            "not a US",
+        ),
         ({"listener": {"max_pdu_length": 100}}, "listener.max_pdu_length", "unlimited"),
         ({"routing": {"poll_interval": float("inf")}}, "routing.poll_interval", "finite"),
         ({"routing": {"stable_seconds": float("nan")}}, "routing.stable_seconds", "finite"),
@@ -85,16 +89,25 @@ def test_boundaries_accepted() -> None:
 def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     config = tmp_path / "router.toml"
     config.write_text('[listener]\nae_title = "WAY_TOO_LONG_AE_TITLE"\n')
-    result = subprocess.run([sys.executable, "-m", "router", "--config", str(config), "db", "status"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "router", "--config", str(config), "db", "status"], capture_output=True, text=True
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: config listener.ae_title: AE title 'WAY_TOO_LONG_AE_TITLE' is longer than 16 characters"]
+    assert result.stderr.strip().splitlines() == [
+        "error: config listener.ae_title: AE title 'WAY_TOO_LONG_AE_TITLE' is longer than 16 characters"
+    ]
     assert "Traceback" not in result.stderr
 
 
 def test_config_from_environment_variable(tmp_path: Path) -> None:
     config = tmp_path / "router.toml"
-    config.write_text('[listener]\nport = 0\nbogus = 1\n')
-    result = subprocess.run([sys.executable, "-m", "router", "db", "status"], capture_output=True, text=True, env={"ROUTER_CONFIG": str(config), "PATH": "/usr/bin:/bin"})
+    config.write_text("[listener]\nport = 0\nbogus = 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "router", "db", "status"],
+        capture_output=True,
+        text=True,
+        env={"ROUTER_CONFIG": str(config), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 2
     assert "listener.bogus: unknown key" in result.stderr
 
@@ -114,12 +127,17 @@ def test_missing_data_file_is_refused_at_start_up(tmp_path: Path, key: str) -> N
     with pytest.raises(ConfigError) as caught:
         settings_from_mapping({section: {name: "missing.csv"}}, base_dir=tmp_path)
     assert caught.value.key == key
-    assert str(caught.value) == f"{key}: file not found: {tmp_path / 'missing.csv'} (a relative path is read from the config file's folder)"
+    assert (
+        str(caught.value)
+        == f"{key}: file not found: {tmp_path / 'missing.csv'} (a relative path is read from the config file's folder)"
+    )
 
 
 def test_unreadable_config_file_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "router", "--config", str(tmp_path / "nope.toml"), "db", "status"], capture_output=True, text=True
+        [sys.executable, "-m", "router", "--config", str(tmp_path / "nope.toml"), "db", "status"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: config: file not found: {tmp_path / 'nope.toml'}"]
@@ -130,8 +148,14 @@ def test_unreadable_config_file_is_one_line(tmp_path: Path) -> None:
     [
         ("notaurl", "database.url 'notaurl' cannot be used: Could not parse SQLAlchemy URL"),
         ("nosuchdialect://x@y/z", "database.url 'nosuchdialect://x@y/z' cannot be used: Can't load plugin"),
-        ("postgresql+psycopg://postgres:secret@127.0.0.1:1/test", "cannot connect to postgresql+psycopg://postgres:***@127.0.0.1:1/test:"),
-        ("postgresql+psycopg://postgres@127.0.0.1:1/test?password=secret", "cannot connect to postgresql+psycopg://postgres@127.0.0.1:1/test?password=HIDDEN:"),
+        (
+            "postgresql+psycopg://postgres:secret@127.0.0.1:1/test",
+            "cannot connect to postgresql+psycopg://postgres:***@127.0.0.1:1/test:",
+        ),
+        (
+            "postgresql+psycopg://postgres@127.0.0.1:1/test?password=secret",
+            "cannot connect to postgresql+psycopg://postgres@127.0.0.1:1/test?password=HIDDEN:",
+        ),
         ("postgresql+psycopg://u:secret@h:abc/x", "database.url 'postgresql+psycopg:...' cannot be used:"),
     ],
 )
@@ -152,7 +176,10 @@ def test_unusable_database_is_one_line(tmp_path: Path, url: str, fragment: str, 
 def test_mistyped_data_dir_creates_nothing(tmp_path: Path) -> None:
     wrong = tmp_path / "no" / "such" / "dir"
     result = subprocess.run(
-        [sys.executable, "-m", "router", "--data-dir", str(wrong), "studies", "list"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "router", "--data-dir", str(wrong), "studies", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -165,7 +192,12 @@ def test_data_dir_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     result = subprocess.run(
-        [sys.executable, "-m", "router", "--data-dir", str(blocker / "var"), "db", "upgrade"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "router", "--data-dir", str(blocker / "var"), "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"error: cannot create the folder of {blocker / 'var' / 'router.db'}: Not a directory"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot create the folder of {blocker / 'var' / 'router.db'}: Not a directory"
+    ]

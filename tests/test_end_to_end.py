@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 import os
+import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -79,7 +79,12 @@ def test_samples_are_routed_to_licensed_readers_and_billed_apart(server: RouterS
         for study in studies:
             case, instances, _ = cases[study.study_instance_uid]
             status, state, source, hold = EXPECTED[case]
-            assert (study.status, study.exam_state, study.exam_state_source, study.hold_reason) == (status, state, source, hold), case
+            assert (study.status, study.exam_state, study.exam_state_source, study.hold_reason) == (
+                status,
+                state,
+                source,
+                hold,
+            ), case
             assert study.instance_count == instances
             if status != StudyStatus.ASSIGNED:
                 assert session.scalar(select(Assignment).where(Assignment.study_id == study.id)) is None
@@ -114,7 +119,12 @@ def test_samples_are_routed_to_licensed_readers_and_billed_apart(server: RouterS
     assert done.cpt_codes == ("71260",)
     with app.sessions() as session:
         (entry,) = session.scalars(select(ProfessionalEntry))
-        assert (entry.cpt_code, entry.modifier, entry.cpt_source.value, entry.exam_state) == ("71260", "26", "procedure_code_sequence", "TX")
+        assert (entry.cpt_code, entry.modifier, entry.cpt_source.value, entry.exam_state) == (
+            "71260",
+            "26",
+            "procedure_code_sequence",
+            "TX",
+        )
         assert entry.rendering_npi == done.npi and entry.license_state == "TX"
         assert entry.accession_number == facility_study.accession_number
         assert entry.facility_ae_title == "CT_NORTH"
@@ -162,9 +172,22 @@ def test_studies_views_report_the_required_json_fields(server: RouterServer) -> 
     _wait_routed(server, 1)
     views = StudyViews(server.app.sessions, server.app.routing)
     (row,) = views.list()
-    for key in ("study_instance_uid", "status", "hold_reason", "exam_state", "exam_state_source", "assigned_npi", "instance_count"):
+    for key in (
+        "study_instance_uid",
+        "status",
+        "hold_reason",
+        "exam_state",
+        "exam_state_source",
+        "assigned_npi",
+        "instance_count",
+    ):
         assert key in row
-    assert (row["status"], row["hold_reason"], row["exam_state"], row["assigned_npi"]) == ("held", "no_exam_state", None, None)
+    assert (row["status"], row["hold_reason"], row["exam_state"], row["assigned_npi"]) == (
+        "held",
+        "no_exam_state",
+        None,
+        None,
+    )
     assert row["first_received_at"].endswith("Z")
     # the admin fixes it: manual state, then routed to the TX reader with fewest open reads
     result = server.app.routing.set_state(row["study_instance_uid"], "TX", "tester")
@@ -192,11 +215,21 @@ def test_demo_command_runs_the_main_job_and_refuses_a_used_data_dir(tmp_path: Pa
 
     data_dir = tmp_path / "demo"
     env = {**os.environ, "COLUMNS": "250"}
-    result = subprocess.run([sys.executable, "-m", "router", "demo", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=240, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "router", "demo", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assignments = result.stdout.split("Professional ledger")[0].split("Assignments")[1]
-    rows = {cells[1].strip(): cells[3].strip() for line in assignments.splitlines() if (cells := line.split("│")) and len(cells) > 5 and cells[1].strip()}
+    rows = {
+        cells[1].strip(): cells[3].strip()
+        for line in assignments.splitlines()
+        if (cells := line.split("│")) and len(cells) > 5 and cells[1].strip()
+    }
     assert rows == {
         "conflict_ok_tx": "completed",
         "facility_tx": "completed",

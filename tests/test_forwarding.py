@@ -50,7 +50,9 @@ class Workstation:
 
 @pytest.fixture
 def forwarding_server(tmp_path: Path, sqlite_url: str) -> Iterator[RouterServer]:
-    settings = make_settings(tmp_path, sqlite_url).replace("forwarding", enabled=True, initial_backoff=0.2, max_backoff=0.4, max_attempts=2)
+    settings = make_settings(tmp_path, sqlite_url).replace(
+        "forwarding", enabled=True, initial_backoff=0.2, max_backoff=0.4, max_attempts=2
+    )
     with running_router(settings) as server:
         yield server
 
@@ -67,7 +69,9 @@ def _jobs(server: RouterServer) -> list[tuple[str, OutboxStatus]]:
         return [(job.destination, job.status) for job in session.scalars(select(OutboxJob).order_by(OutboxJob.id))]
 
 
-def test_study_is_forwarded_follows_a_destination_change_and_can_be_queued_again(forwarding_server: RouterServer, tmp_path: Path) -> None:
+def test_study_is_forwarded_follows_a_destination_change_and_can_be_queued_again(
+    forwarding_server: RouterServer, tmp_path: Path
+) -> None:
     server = forwarding_server
     first, second = Workstation("READER_A"), Workstation("READER_B")
     try:
@@ -84,8 +88,14 @@ def test_study_is_forwarded_follows_a_destination_change_and_can_be_queued_again
         _wait(lambda: sorted(first.received) == sops)
         _wait(lambda: _jobs(server) == [(f"READER_A@127.0.0.1:{first.port}", OutboxStatus.SENT)])
         with server.app.sessions() as session:
-            kinds = [(row.kind, row.destination) for row in session.scalars(select(InfrastructureEntry).order_by(InfrastructureEntry.id))]
-        assert kinds == [(InfrastructureKind.STORAGE, None), (InfrastructureKind.TRANSMISSION, f"READER_A@127.0.0.1:{first.port}")]
+            kinds = [
+                (row.kind, row.destination)
+                for row in session.scalars(select(InfrastructureEntry).order_by(InfrastructureEntry.id))
+            ]
+        assert kinds == [
+            (InfrastructureKind.STORAGE, None),
+            (InfrastructureKind.TRANSMISSION, f"READER_A@127.0.0.1:{first.port}"),
+        ]
 
         # the reader moves to another workstation: the open study follows, all of it
         roster.radiologists.set(NPI, "tester", destination=f"READER_B@127.0.0.1:{second.port}")

@@ -60,7 +60,9 @@ def test_small_file_parsed(small: ImlcMembership) -> None:
         ("CA", date(2026, 12, 1), None, False, False),
     ],
 )
-def test_status_on_small(small: ImlcMembership, state: str, day: date, status: ImlcStatus | None, spl: bool, operating: bool) -> None:
+def test_status_on_small(
+    small: ImlcMembership, state: str, day: date, status: ImlcStatus | None, spl: bool, operating: bool
+) -> None:
     assert small.status_on(state, day) == status
     assert small.can_serve_as_spl(state, day) is spl
     assert small.is_operating(state, day) is operating
@@ -125,7 +127,10 @@ def _file(*rows: str, as_of: str | None = "# as_of: 2026-11-29") -> str:
         (_file("TX,member,2023-01-01,,s"), "line 3: bad status 'member'"),
         (_file("TX,spl,2023-02-30,,s"), "line 3: bad effective_date '2023-02-30'"),
         (_file("TX,spl,20230101,,s"), "line 3: bad effective_date '20230101'"),
-        (_file("TX,spl,2023-01-01,,s", "CO,spl,2016-01-01,,s", "TX,non_spl,2023-01-01,,s"), "line 5: duplicate state TX"),
+        (
+            _file("TX,spl,2023-01-01,,s", "CO,spl,2016-01-01,,s", "TX,non_spl,2023-01-01,,s"),
+            "line 5: duplicate state TX",
+        ),
         (_file("TX,spl,2023-01-01,s"), "line 3: expected 5 columns, got 4"),
         ("# as_of: 2026-11-29\nstate,status,date,note,source\n", "line 2: expected header"),
         ("# as_of: 2026-11-29\n# as_of: 2026-11-30\n" + HEADER + "\n", "line 2: as_of given twice"),

@@ -44,10 +44,13 @@ def _rows(server: RouterServer, model: type) -> list:
         return list(session.scalars(select(model)))
 
 
-def _send_and_check_stored(server: RouterServer, tmp_path: Path, data: bytes, sop_instance_uid: str,
-                           transfer_syntax: str = EXPLICIT_LE) -> tuple[Instance, Study]:
+def _send_and_check_stored(
+    server: RouterServer, tmp_path: Path, data: bytes, sop_instance_uid: str, transfer_syntax: str = EXPLICIT_LE
+) -> tuple[Instance, Study]:
     """Send ``data`` byte for byte; assert Success and that the archive holds exactly those bytes."""
-    path = write_raw_part10(tmp_path / f"{sop_instance_uid}.dcm", CT_IMAGE_STORAGE, sop_instance_uid, data, transfer_syntax)
+    path = write_raw_part10(
+        tmp_path / f"{sop_instance_uid}.dcm", CT_IMAGE_STORAGE, sop_instance_uid, data, transfer_syntax
+    )
     assert send_paths(server.ports[0], [path], contexts=[(CT_IMAGE_STORAGE, transfer_syntax)]) == [StoreStatus.SUCCESS]
     (instance,) = _rows(server, Instance)
     assert instance.sop_instance_uid == sop_instance_uid
@@ -88,30 +91,81 @@ YAMADA = b"Yamada^Tarou=" + _jis("山田") + b"^" + _jis("太郎") + b"=" + _jis
         pytest.param(b"ISO_IR100", _fields(address=CAFE.encode("latin-1")), None, CAFE, id="ISO_IR100"),
         pytest.param(b"iso_ir 100", _fields(address=CAFE.encode("latin-1")), None, CAFE, id="lowercase"),
         # an unknown term is no declaration: 8-bit text cannot be decoded, ASCII still can
-        pytest.param(b"LATIN1", _fields(b"Austin Imaging", CAFE.encode("latin-1")), "Austin Imaging", None, id="LATIN1"),
-        pytest.param(b"ISO_IR 192\\XYZ", _fields(address="1 Peña Blvd, Denver, CO".encode()), None, None, id="one-unknown-term"),
+        pytest.param(
+            b"LATIN1", _fields(b"Austin Imaging", CAFE.encode("latin-1")), "Austin Imaging", None, id="LATIN1"
+        ),
+        pytest.param(
+            b"ISO_IR 192\\XYZ", _fields(address="1 Peña Blvd, Denver, CO".encode()), None, None, id="one-unknown-term"
+        ),
         # no declaration: default repertoire only (PS3.5 6.1.2.1)
-        pytest.param(None, _fields(b"Austin Imaging", CAFE.encode("latin-1")), "Austin Imaging", None, id="absent-8-bit"),
+        pytest.param(
+            None, _fields(b"Austin Imaging", CAFE.encode("latin-1")), "Austin Imaging", None, id="absent-8-bit"
+        ),
         pytest.param(None, _fields(address=ASCII_ADDRESS.encode()), None, ASCII_ADDRESS, id="absent-ascii"),
         pytest.param(None, _fields(address="1 Peña Blvd, Denver, CO".encode()), None, None, id="absent-utf8"),
         # Windows-1252 smart quotes (0x93, 0x94) under Latin-1 are C1 controls, not text
-        pytest.param(b"ISO_IR 100", _fields(b"Austin Imaging", "“Main” Street, Austin, TX".encode("cp1252")),
-                     "Austin Imaging", None, id="cp1252-under-latin1"),
+        pytest.param(
+            b"ISO_IR 100",
+            _fields(b"Austin Imaging", "“Main” Street, Austin, TX".encode("cp1252")),
+            "Austin Imaging",
+            None,
+            id="cp1252-under-latin1",
+        ),
         pytest.param(b"ISO_IR 100", _fields(address=CAFE.encode("latin-1")), None, CAFE, id="latin1-under-latin1"),
-        pytest.param(b"ISO_IR 100", _fields(address="東京都千代田区".encode("shift_jis")), None, None, id="shift-jis-under-latin1"),
-        pytest.param(b"ISO_IR 192", _fields(address="1 Peña Blvd, Denver, CO".encode()), None, "1 Peña Blvd, Denver, CO", id="utf8"),
+        pytest.param(
+            b"ISO_IR 100",
+            _fields(address="東京都千代田区".encode("shift_jis")),
+            None,
+            None,
+            id="shift-jis-under-latin1",
+        ),
+        pytest.param(
+            b"ISO_IR 192",
+            _fields(address="1 Peña Blvd, Denver, CO".encode()),
+            None,
+            "1 Peña Blvd, Denver, CO",
+            id="utf8",
+        ),
         pytest.param(b"ISO_IR 192", _fields(address=CAFE.encode("latin-1")), None, None, id="latin1-under-utf8"),
         # ISO 2022 with code extensions (PS3.5 6.1.2.5, Annex H)
-        pytest.param(b"\\ISO 2022 IR 87", _fields(_jis("東京病院"), ASCII_ADDRESS.encode(), YAMADA), "東京病院", ASCII_ADDRESS, id="iso2022-ir87"),
-        pytest.param(b"\\ISO 2022 IR 87", _fields(b"\x1b$BEl5~\x1b(", ASCII_ADDRESS.encode(), YAMADA), None, ASCII_ADDRESS, id="broken-escape"),
-        pytest.param(b"\\ISO 2022 IR 87", _fields(b"\x1b$ZEl5~", ASCII_ADDRESS.encode()), None, ASCII_ADDRESS, id="unknown-escape"),
+        pytest.param(
+            b"\\ISO 2022 IR 87",
+            _fields(_jis("東京病院"), ASCII_ADDRESS.encode(), YAMADA),
+            "東京病院",
+            ASCII_ADDRESS,
+            id="iso2022-ir87",
+        ),
+        pytest.param(
+            b"\\ISO 2022 IR 87",
+            _fields(b"\x1b$BEl5~\x1b(", ASCII_ADDRESS.encode(), YAMADA),
+            None,
+            ASCII_ADDRESS,
+            id="broken-escape",
+        ),
+        pytest.param(
+            b"\\ISO 2022 IR 87",
+            _fields(b"\x1b$ZEl5~", ASCII_ADDRESS.encode()),
+            None,
+            ASCII_ADDRESS,
+            id="unknown-escape",
+        ),
         # control characters: CR LF allowed in ST, others are not (PS3.5 6.1.3)
-        pytest.param(b"ISO_IR 100", _fields(address=b"1 Main Street\r\nAustin, TX 78701"), None, "1 Main Street\r\nAustin, TX 78701", id="crlf"),
+        pytest.param(
+            b"ISO_IR 100",
+            _fields(address=b"1 Main Street\r\nAustin, TX 78701"),
+            None,
+            "1 Main Street\r\nAustin, TX 78701",
+            id="crlf",
+        ),
         pytest.param(b"ISO_IR 100", _fields(address=b"1 Main\x01 Street, Austin, TX"), None, None, id="c0-control"),
     ],
 )
 def test_character_set_trouble_is_stored_byte_for_byte_and_undecodable_text_counts_as_absent(
-    server: RouterServer, tmp_path: Path, charset: bytes | None, fields: bytes, institution_name: str | None,
+    server: RouterServer,
+    tmp_path: Path,
+    charset: bytes | None,
+    fields: bytes,
+    institution_name: str | None,
     institution_address: str | None,
 ) -> None:
     sop, study_uid, series_uid = generate_uid(), generate_uid(), generate_uid()
@@ -124,7 +178,9 @@ def test_character_set_trouble_is_stored_byte_for_byte_and_undecodable_text_coun
     assert study.institution_address == institution_address
 
 
-@pytest.mark.parametrize("odd", ["1.2.826.0.1.3680043.10.543.1", "1.2.826.0.1.3680043.10.543.12"], ids=["28-chars", "29-chars"])
+@pytest.mark.parametrize(
+    "odd", ["1.2.826.0.1.3680043.10.543.1", "1.2.826.0.1.3680043.10.543.12"], ids=["28-chars", "29-chars"]
+)
 def test_odd_length_values_without_padding_are_stored_and_read(server: RouterServer, tmp_path: Path, odd: str) -> None:
     # An odd-length accession number and (for the 29-character UID) an odd-length SOP Instance
     # UID, neither padded: invalid encoding (PS3.5 7.1.1), but nothing that stops a tolerant read.
@@ -158,30 +214,58 @@ def _implicit_identifiers(sop: str, study_uid: str, series_uid: str, middle: byt
 def _deep_sq(depth: int) -> bytes:
     body = explicit(0x00091006, b"LO", b"deep")
     for level in range(depth):
-        body = explicit(0x00091004, b"LO", f"level {level}".encode()) + explicit_undefined(0x00091003, b"SQ", item(body))
+        body = explicit(0x00091004, b"LO", f"level {level}".encode()) + explicit_undefined(
+            0x00091003, b"SQ", item(body)
+        )
     return body
 
 
 # Items of a UN element of undefined length are implicit VR little endian (PS3.5 6.2.2).
 _UN_ITEMS = item(implicit(0x00091002, b"abcd") + implicit_undefined(0x00091003, item(implicit(0x00091004, b"xyzw"))))
-_CPT = item(explicit(0x00080100, b"SH", b"71260") + explicit(0x00080102, b"SH", b"C4")
-            + explicit(0x00080104, b"LO", b"CT chest with contrast"))
+_CPT = item(
+    explicit(0x00080100, b"SH", b"71260")
+    + explicit(0x00080102, b"SH", b"C4")
+    + explicit(0x00080104, b"LO", b"CT chest with contrast")
+)
 
 
 @pytest.mark.parametrize(
     ("syntax", "middle", "codes"),
     [
         pytest.param(IMPLICIT_LE, _private_implicit_sequence(), None, id="implicit-private-undefined"),
-        pytest.param(EXPLICIT_LE, explicit(0x00090010, b"LO", b"ACME 1.0") + explicit_undefined(0x00091001, b"UN", _UN_ITEMS),
-                     None, id="explicit-UN-undefined"),
-        pytest.param(EXPLICIT_LE, explicit(0x00090010, b"LO", b"ACME 1.0") + explicit_undefined(0x00091001, b"SQ", item(_deep_sq(6)) + item(b"")),
-                     None, id="explicit-SQ-nested-6-deep"),
-        pytest.param(EXPLICIT_LE, explicit(0x00090010, b"LO", b"ACME 1.0") + explicit(0x00091001, b"SQ", item(_deep_sq(2), undefined=False)),
-                     None, id="defined-SQ-holding-undefined"),
+        pytest.param(
+            EXPLICIT_LE,
+            explicit(0x00090010, b"LO", b"ACME 1.0") + explicit_undefined(0x00091001, b"UN", _UN_ITEMS),
+            None,
+            id="explicit-UN-undefined",
+        ),
+        pytest.param(
+            EXPLICIT_LE,
+            explicit(0x00090010, b"LO", b"ACME 1.0")
+            + explicit_undefined(0x00091001, b"SQ", item(_deep_sq(6)) + item(b"")),
+            None,
+            id="explicit-SQ-nested-6-deep",
+        ),
+        pytest.param(
+            EXPLICIT_LE,
+            explicit(0x00090010, b"LO", b"ACME 1.0") + explicit(0x00091001, b"SQ", item(_deep_sq(2), undefined=False)),
+            None,
+            id="defined-SQ-holding-undefined",
+        ),
         # a standard sequence of undefined length still yields its derived fields
-        pytest.param(EXPLICIT_LE, explicit_undefined(0x00081032, b"SQ", _CPT),
-                     [{"value": "71260", "scheme": "C4", "meaning": "CT chest with contrast",
-                       "source": CptSource.PROCEDURE_CODE_SEQUENCE.value}], id="procedure-code-sequence-undefined"),
+        pytest.param(
+            EXPLICIT_LE,
+            explicit_undefined(0x00081032, b"SQ", _CPT),
+            [
+                {
+                    "value": "71260",
+                    "scheme": "C4",
+                    "meaning": "CT chest with contrast",
+                    "source": CptSource.PROCEDURE_CODE_SEQUENCE.value,
+                }
+            ],
+            id="procedure-code-sequence-undefined",
+        ),
     ],
 )
 def test_private_and_undefined_length_sequences_are_stored_byte_for_byte(
@@ -201,11 +285,17 @@ def test_private_and_undefined_length_sequences_are_stored_byte_for_byte(
 
 def test_truncated_undefined_length_sequence_is_undecodable(server: RouterServer, tmp_path: Path) -> None:
     sop = generate_uid()
-    whole = identifiers(sop, generate_uid(), generate_uid(),
-                        tail=explicit(0x00090010, b"LO", b"ACME") + explicit_undefined(0x00091001, b"SQ", item(_deep_sq(2))))
+    whole = identifiers(
+        sop,
+        generate_uid(),
+        generate_uid(),
+        tail=explicit(0x00090010, b"LO", b"ACME") + explicit_undefined(0x00091001, b"SQ", item(_deep_sq(2))),
+    )
     for cut in (len(whole) - 8, len(whole) - 12):  # without the sequence delimiter; inside the last item
         path = write_raw_part10(tmp_path / f"cut{cut}.dcm", CT_IMAGE_STORAGE, sop, whole[:cut])
-        assert send_paths(server.ports[0], [path], contexts=[(CT_IMAGE_STORAGE, EXPLICIT_LE)]) == [StoreStatus.CANNOT_DECODE]
+        assert send_paths(server.ports[0], [path], contexts=[(CT_IMAGE_STORAGE, EXPLICIT_LE)]) == [
+            StoreStatus.CANNOT_DECODE
+        ]
     assert _rows(server, Instance) == []
     assert list(server.app.archive.incoming.iterdir()) == []
 
@@ -226,8 +316,9 @@ def test_same_uid_sent_concurrently_with_different_bytes(server: RouterServer, t
 
     def send(index: int) -> None:
         start.wait()
-        statuses[index] = send_paths(server.ports[0], [paths[index]], calling_ae=f"SENDER_{index}",
-                                     contexts=[(CT_IMAGE_STORAGE, EXPLICIT_LE)])
+        statuses[index] = send_paths(
+            server.ports[0], [paths[index]], calling_ae=f"SENDER_{index}", contexts=[(CT_IMAGE_STORAGE, EXPLICIT_LE)]
+        )
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
     for thread in threads:
@@ -258,17 +349,26 @@ JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 
 def _encapsulated(fragments: list[bytes]) -> bytes:
     """Encapsulated Pixel Data (PS3.5 A.4): empty Basic Offset Table, fragments, delimiter."""
-    return explicit_undefined(0x7FE00010, b"OB", item(b"", undefined=False) + b"".join(item(f, undefined=False) for f in fragments))
+    return explicit_undefined(
+        0x7FE00010, b"OB", item(b"", undefined=False) + b"".join(item(f, undefined=False) for f in fragments)
+    )
 
 
 def test_encapsulated_pixel_data_is_checked_to_its_delimiter(server: RouterServer, tmp_path: Path) -> None:
     """A compressed image cut short in transfer is refused (the sender keeps and resends it),
     not stored as if whole; the whole one is stored byte for byte."""
     sop, study_uid, series_uid = generate_uid(), generate_uid(), generate_uid()
-    whole = identifiers(sop, study_uid, series_uid, tail=_encapsulated([b"\xff\xd8" + bytes(1000) + b"\xff\xd9", b"\xff\xd8" + bytes(500) + b"\xff\xd9"]))
+    whole = identifiers(
+        sop,
+        study_uid,
+        series_uid,
+        tail=_encapsulated([b"\xff\xd8" + bytes(1000) + b"\xff\xd9", b"\xff\xd8" + bytes(500) + b"\xff\xd9"]),
+    )
     context = [(CT_IMAGE_STORAGE, JPEG_BASELINE)]
     for cut in (8, 100, 600):  # no delimiter; inside the second fragment; inside the first
-        path = write_raw_part10(tmp_path / f"cut{cut}.dcm", CT_IMAGE_STORAGE, sop, whole[:-cut], transfer_syntax=JPEG_BASELINE)
+        path = write_raw_part10(
+            tmp_path / f"cut{cut}.dcm", CT_IMAGE_STORAGE, sop, whole[:-cut], transfer_syntax=JPEG_BASELINE
+        )
         assert send_paths(server.ports[0], [path], contexts=context) == [StoreStatus.CANNOT_DECODE]
     wrong_item = whole[:-8] + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)  # an item delimiter where the sequence ends
     path = write_raw_part10(tmp_path / "wrong.dcm", CT_IMAGE_STORAGE, sop, wrong_item, transfer_syntax=JPEG_BASELINE)
@@ -289,11 +389,15 @@ def test_encapsulated_pixel_data_is_checked_to_its_delimiter(server: RouterServe
         pytest.param("1.2.840.10008.1.2.4.102", 30, 1, StoreStatus.SUCCESS, id="MPEG-4-one-stream"),
     ],
 )
-def test_fragments_cannot_be_fewer_than_frames(server: RouterServer, tmp_path: Path, syntax: str, frames: int, fragments: int, status: int) -> None:
+def test_fragments_cannot_be_fewer_than_frames(
+    server: RouterServer, tmp_path: Path, syntax: str, frames: int, fragments: int, status: int
+) -> None:
     """PS3.5 A.4: a fragment holds data of one frame only (video streams excepted)."""
     sop = generate_uid()
     pixel = _encapsulated([b"\xff\xd8" + bytes(100) + b"\xff\xd9"] * fragments)
-    data = identifiers(sop, generate_uid(), generate_uid(), tail=explicit(0x00280008, b"IS", str(frames).encode()) + pixel)
+    data = identifiers(
+        sop, generate_uid(), generate_uid(), tail=explicit(0x00280008, b"IS", str(frames).encode()) + pixel
+    )
     path = write_raw_part10(tmp_path / "frames.dcm", CT_IMAGE_STORAGE, sop, data, transfer_syntax=syntax)
     assert send_paths(server.ports[0], [path], contexts=[(CT_IMAGE_STORAGE, syntax)]) == [status]
     assert len(_rows(server, Instance)) == (1 if status == StoreStatus.SUCCESS else 0)

@@ -44,7 +44,9 @@ def small_archive(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs mounted as the archive (root ignores file modes, so a real full disk is needed)."""
     mount = tmp_path / "archive"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     try:
@@ -68,10 +70,14 @@ def _files_in(archive: Path) -> list[Path]:
     return [p for p in archive.rglob("*") if p.is_file()]
 
 
-def test_full_disk_answers_a700_keeps_nothing_partial_and_logs_once(tmp_path: Path, small_archive: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_full_disk_answers_a700_keeps_nothing_partial_and_logs_once(
+    tmp_path: Path, small_archive: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     server = _start(tmp_path, small_archive)
     try:
-        big = [write_part10(make_dataset(PixelData=b"\x01" * 300_000), tmp_path / "src" / f"{i}.dcm") for i in range(12)]
+        big = [
+            write_part10(make_dataset(PixelData=b"\x01" * 300_000), tmp_path / "src" / f"{i}.dcm") for i in range(12)
+        ]
         caplog.set_level(logging.INFO)
         statuses = send_paths(server.ports[0], big)
         assert statuses[0] == 0x0000
@@ -84,7 +90,10 @@ def test_full_disk_answers_a700_keeps_nothing_partial_and_logs_once(tmp_path: Pa
         assert len(rows) == first_failure
         files = [p for p in _files_in(small_archive) if ".incoming" not in p.parts]
         assert sorted(str(p.relative_to(small_archive)) for p in files) == sorted(row.relative_path for row in rows)
-        assert all(p.stat().st_size == row.size_bytes for p, row in zip(sorted(files), sorted(rows, key=lambda r: str(small_archive / r.relative_path))))
+        assert all(
+            p.stat().st_size == row.size_bytes
+            for p, row in zip(sorted(files), sorted(rows, key=lambda r: str(small_archive / r.relative_path)))
+        )
         assert list((small_archive / ".incoming").iterdir()) == []
         # the listener keeps serving; one log line for the condition, not one per instance
         assert _echo(server.ports[0]) == 0x0000
@@ -122,7 +131,9 @@ def test_read_only_archive_answers_a700(tmp_path: Path, small_archive: Path) -> 
 
 def test_sqlite_locked_past_the_busy_timeout_answers_a701(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     server = _start(tmp_path, busy_timeout=0.5)
-    locker = create_engine(f"sqlite:///{tmp_path / 'router.db'}", connect_args={"timeout": 0.1, "isolation_level": None})
+    locker = create_engine(
+        f"sqlite:///{tmp_path / 'router.db'}", connect_args={"timeout": 0.1, "isolation_level": None}
+    )
     try:
         caplog.set_level(logging.INFO)
         paths = [write_part10(make_dataset(), tmp_path / "src" / f"{i}.dcm") for i in range(3)]
@@ -235,7 +246,9 @@ def test_routing_timer_failure_is_logged_once_and_recovers(tmp_path: Path, caplo
     membership = tmp_path / "imlc_membership.csv"
     original = (CONFIG_DIR / "imlc_membership.csv").read_bytes()
     membership.write_bytes(original)
-    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'router.db'}").replace("imlc", membership_file=membership)
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'router.db'}").replace(
+        "imlc", membership_file=membership
+    )
     server = RouterServer(RouterApp.open(settings, upgrade=True))
     server.start()
     try:

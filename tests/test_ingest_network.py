@@ -13,9 +13,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from sqlalchemy import func, select
 
-from router.part10 import dataset_offset
 from router.db.models import Instance, InstanceConflict, Series, Study, StudySender
 from router.dicom.status import StoreStatus
+from router.part10 import dataset_offset
 from router.server import RouterServer
 from tests.conftest import DCMTK_STORESCU, SAMPLES
 from tests.dicom_helpers import make_dataset, pydicom_file, send_datasets, send_paths, write_part10, write_raw_part10
@@ -30,7 +30,7 @@ def _rows(server: RouterServer, model: type) -> list:
 
 def _dataset_bytes(path: Path) -> bytes:
     data = path.read_bytes()
-    return data[dataset_offset(path):]
+    return data[dataset_offset(path) :]
 
 
 def test_c_echo_succeeds(server: RouterServer) -> None:
@@ -92,11 +92,17 @@ def test_same_instance_again_is_a_no_op_and_differing_copy_is_quarantined(server
         ({"StudyInstanceUID": None}, StoreStatus.INVALID_STUDY_UID, "StudyInstanceUID missing"),
         ({"StudyInstanceUID": ""}, StoreStatus.INVALID_STUDY_UID, "StudyInstanceUID missing"),
         ({"SeriesInstanceUID": "1.2.x.4"}, StoreStatus.INVALID_SERIES_UID, "SeriesInstanceUID not digits and dots"),
-        ({"SeriesInstanceUID": "1." + "2" * 70}, StoreStatus.INVALID_SERIES_UID, "SeriesInstanceUID longer than 64 characters"),
+        (
+            {"SeriesInstanceUID": "1." + "2" * 70},
+            StoreStatus.INVALID_SERIES_UID,
+            "SeriesInstanceUID longer than 64 characters",
+        ),
         ({"StudyInstanceUID": "../../etc"}, StoreStatus.INVALID_STUDY_UID, "StudyInstanceUID not digits and dots"),
     ],
 )
-def test_bad_uids_get_a_c000_range_failure_and_nothing_is_filed(server: RouterServer, override: dict, status: int, comment: str) -> None:
+def test_bad_uids_get_a_c000_range_failure_and_nothing_is_filed(
+    server: RouterServer, override: dict, status: int, comment: str
+) -> None:
     (response,) = send_datasets(server.ports[0], [make_dataset(**override)])
     assert response.Status == status
     assert response.ErrorComment == comment
@@ -120,14 +126,19 @@ def test_data_set_uids_that_disagree_with_the_request_get_a900(server: RouterSer
     statuses = send_paths(
         server.ports[0],
         [other_instance, other_class],
-        contexts=[("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1"), ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2.1")],
+        contexts=[
+            ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1"),
+            ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2.1"),
+        ],
     )
     assert statuses == [StoreStatus.DATA_SET_MISMATCH, StoreStatus.DATA_SET_MISMATCH]
     assert _rows(server, Instance) == []
 
 
 def test_undecodable_data_set_gets_c210(server: RouterServer, tmp_path: Path) -> None:
-    garbage = write_raw_part10(tmp_path / "garbage.dcm", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", b"\x08\x00\x18\x00UI\xff\xff" + b"\x01" * 10)
+    garbage = write_raw_part10(
+        tmp_path / "garbage.dcm", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", b"\x08\x00\x18\x00UI\xff\xff" + b"\x01" * 10
+    )
     assert send_paths(server.ports[0], [garbage]) == [StoreStatus.CANNOT_DECODE]
     assert _rows(server, Instance) == []
     assert not list(server.app.archive.incoming.iterdir())

@@ -98,8 +98,12 @@ def _count(app: RouterApp, model: type) -> int:
 def _kept_copies(app: RouterApp, sop_instance_uid: str) -> dict[str, bytes]:
     """SHA-256 -> data set bytes of every copy of ``sop_instance_uid`` kept (archived or quarantined)."""
     with app.sessions() as session:
-        paths = list(session.scalars(select(Instance.relative_path).where(Instance.sop_instance_uid == sop_instance_uid)))
-        paths += session.scalars(select(InstanceConflict.relative_path).where(InstanceConflict.sop_instance_uid == sop_instance_uid))
+        paths = list(
+            session.scalars(select(Instance.relative_path).where(Instance.sop_instance_uid == sop_instance_uid))
+        )
+        paths += session.scalars(
+            select(InstanceConflict.relative_path).where(InstanceConflict.sop_instance_uid == sop_instance_uid)
+        )
     copies = {}
     for relative in paths:
         data = dataset_bytes(app.archive.path(relative))
@@ -134,20 +138,88 @@ def handle(app: RouterApp, case: Case, name: str = "case") -> int:
 # ----------------------------------------------------------------------------- strategies
 valid_uids = st.from_regex(r"\A[1-9][0-9]{0,3}(\.(0|[1-9][0-9]{0,5})){1,8}\Z")
 invalid_uids = st.one_of(
-    st.sampled_from(["", "../../x", "1.2.3\x00/../../x", "1.2\x003", "1.2.x", "1." + "2" * 70, "1..2", ".1.2", "1.2.",
-                     "1.2 3", "1\\2", "１.２"]),
+    st.sampled_from(
+        [
+            "",
+            "../../x",
+            "1.2.3\x00/../../x",
+            "1.2\x003",
+            "1.2.x",
+            "1." + "2" * 70,
+            "1..2",
+            ".1.2",
+            "1.2.",
+            "1.2 3",
+            "1\\2",
+            "１.２",
+        ]
+    ),
     st.text(max_size=70),
 )
 uids = st.one_of(valid_uids, valid_uids, invalid_uids)
 #: about one in eight invalid (st.one_of leans towards its later branches)
 mostly_valid_uids = st.tuples(st.integers(0, 7), valid_uids, invalid_uids).map(lambda t: t[2] if t[0] == 1 else t[1])
 text_values = st.binary(max_size=40)
-charsets = st.one_of(st.none(), st.sampled_from([b"ISO_IR 100", b"ISO IR 100", b"LATIN1", b"ISO_IR 192", b"\\ISO 2022 IR 87",
-                                                 b"GB18030", b"ISO_IR 6"]), st.binary(max_size=16))
-VRS = [b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF", b"OW",
-       b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"TM", b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"XX", b"\x00\x00"]
-TAGS = [0x00080005, 0x00080016, 0x00080018, 0x00080050, 0x00080080, 0x00080081, 0x00081032, 0x00090010, 0x00091001,
-        0x00100010, 0x0020000D, 0x0020000E, 0x00321060, 0x7FE00010, 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD]
+charsets = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [b"ISO_IR 100", b"ISO IR 100", b"LATIN1", b"ISO_IR 192", b"\\ISO 2022 IR 87", b"GB18030", b"ISO_IR 6"]
+    ),
+    st.binary(max_size=16),
+)
+VRS = [
+    b"AE",
+    b"AS",
+    b"AT",
+    b"CS",
+    b"DA",
+    b"DS",
+    b"DT",
+    b"FD",
+    b"FL",
+    b"IS",
+    b"LO",
+    b"LT",
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OW",
+    b"PN",
+    b"SH",
+    b"SL",
+    b"SQ",
+    b"SS",
+    b"ST",
+    b"TM",
+    b"UC",
+    b"UI",
+    b"UL",
+    b"UN",
+    b"UR",
+    b"US",
+    b"UT",
+    b"XX",
+    b"\x00\x00",
+]
+TAGS = [
+    0x00080005,
+    0x00080016,
+    0x00080018,
+    0x00080050,
+    0x00080080,
+    0x00080081,
+    0x00081032,
+    0x00090010,
+    0x00091001,
+    0x00100010,
+    0x0020000D,
+    0x0020000E,
+    0x00321060,
+    0x7FE00010,
+    0xFFFEE000,
+    0xFFFEE00D,
+    0xFFFEE0DD,
+]
 
 
 @st.composite
@@ -177,10 +249,12 @@ def well_formed(draw: st.DrawFn) -> Case:
         middle += explicit(0x00080081, b"ST", draw(text_values))
     if draw(st.booleans()):
         middle += explicit(0x00090010, b"LO", b"ACME") + explicit_undefined(
-            0x00091001, b"SQ", item(explicit(0x00091002, b"LO", draw(text_values))) * draw(st.integers(0, 3)))
+            0x00091001, b"SQ", item(explicit(0x00091002, b"LO", draw(text_values))) * draw(st.integers(0, 3))
+        )
     sop_class = draw(st.one_of(mostly_valid_uids, st.just(CT_IMAGE_STORAGE)))
-    data = identifiers(sop, study, series, charset=draw(charsets), middle=middle, accession=draw(text_values),
-                       sop_class_uid=sop_class)
+    data = identifiers(
+        sop, study, series, charset=draw(charsets), middle=middle, accession=draw(text_values), sop_class_uid=sop_class
+    )
     request_uid = draw(st.one_of(st.just(sop), st.just(sop), st.just(sop), uids))
     request_class = draw(st.one_of(st.just(sop_class), st.just(sop_class), st.just(sop_class), uids))
     return Case(data, EXPLICIT_LE, request_uid, request_class)
@@ -220,8 +294,11 @@ def arbitrary_bytes(draw: st.DrawFn) -> Case:
 cases = st.one_of(well_formed(), well_formed(), well_formed(), truncated(), random_elements(), arbitrary_bytes())
 
 
-@settings(max_examples=200, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(case=cases)
 def test_handler_always_answers_a_store_status(handler_app: RouterApp, case: Case) -> None:
     event(f"0x{handle(handler_app, case):04X}")  # the spread shows with --hypothesis-show-statistics
@@ -235,7 +312,9 @@ def _valid(sop: str = "1.2.826.0.1.3680043.10.1.1", **kwargs: object) -> bytes:
 _SOP = "1.2.826.0.1.3680043.10.1.1"
 # 60 bytes at the end: a private creator (12), then an undefined-length SQ (header 12) whose item
 # (header 8) holds one LO (12), then the item (8) and sequence (8) delimiters.
-_SEQ = explicit(0x00090010, b"LO", b"ACME") + explicit_undefined(0x00091001, b"SQ", item(explicit(0x00091002, b"LO", b"abcd")))
+_SEQ = explicit(0x00090010, b"LO", b"ACME") + explicit_undefined(
+    0x00091001, b"SQ", item(explicit(0x00091002, b"LO", b"abcd"))
+)
 _WITH_SEQ = _valid(tail=_SEQ)
 _deflated_garbage = Case(b"this is not deflate data", DEFLATED, _SOP)
 _packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
@@ -249,14 +328,30 @@ _deflated_valid = Case(_packer.compress(_valid()) + _packer.flush(), DEFLATED, _
         pytest.param(_deflated_valid, StoreStatus.SUCCESS, id="deflated"),
         pytest.param(_deflated_garbage, StoreStatus.CANNOT_DECODE, id="deflated-garbage"),  # was zlib.error: 0xC211
         pytest.param(Case(_valid()[:-3], EXPLICIT_LE, _SOP), StoreStatus.CANNOT_DECODE, id="last-value-cut"),
-        pytest.param(Case(_WITH_SEQ, EXPLICIT_LE, _SOP), StoreStatus.SUCCESS, id="undefined-length-sequence"),  # was 0xC210
-        pytest.param(Case(_WITH_SEQ[:-38], EXPLICIT_LE, _SOP), StoreStatus.CANNOT_DECODE, id="cut-in-an-item-tag"),  # was 0xC211
-        pytest.param(Case(_WITH_SEQ[:-44], EXPLICIT_LE, _SOP), StoreStatus.CANNOT_DECODE, id="cut-in-an-element-header"),  # was 0x0000
+        pytest.param(
+            Case(_WITH_SEQ, EXPLICIT_LE, _SOP), StoreStatus.SUCCESS, id="undefined-length-sequence"
+        ),  # was 0xC210
+        pytest.param(
+            Case(_WITH_SEQ[:-38], EXPLICIT_LE, _SOP), StoreStatus.CANNOT_DECODE, id="cut-in-an-item-tag"
+        ),  # was 0xC211
+        pytest.param(
+            Case(_WITH_SEQ[:-44], EXPLICIT_LE, _SOP), StoreStatus.CANNOT_DECODE, id="cut-in-an-element-header"
+        ),  # was 0x0000
         pytest.param(Case(_WITH_SEQ[:-48], EXPLICIT_LE, _SOP), StoreStatus.SUCCESS, id="cut-between-elements"),
         pytest.param(Case(b"", EXPLICIT_LE, _SOP), StoreStatus.INVALID_STUDY_UID, id="empty-data-set"),
-        pytest.param(Case(_valid("1.2\x003"), EXPLICIT_LE, "1.2\x003"), StoreStatus.INVALID_SOP_INSTANCE_UID, id="embedded-nul"),  # was read as 1.23
-        pytest.param(Case(_valid(), EXPLICIT_LE, "1.2.826.0.1.3680043.10.1.9"), StoreStatus.DATA_SET_MISMATCH, id="other-instance"),
-        pytest.param(Case(_valid(), EXPLICIT_LE, _SOP, "1.2.840.10008.5.1.4.1.1.4"), StoreStatus.DATA_SET_MISMATCH, id="other-class"),
+        pytest.param(
+            Case(_valid("1.2\x003"), EXPLICIT_LE, "1.2\x003"), StoreStatus.INVALID_SOP_INSTANCE_UID, id="embedded-nul"
+        ),  # was read as 1.23
+        pytest.param(
+            Case(_valid(), EXPLICIT_LE, "1.2.826.0.1.3680043.10.1.9"),
+            StoreStatus.DATA_SET_MISMATCH,
+            id="other-instance",
+        ),
+        pytest.param(
+            Case(_valid(), EXPLICIT_LE, _SOP, "1.2.840.10008.5.1.4.1.1.4"),
+            StoreStatus.DATA_SET_MISMATCH,
+            id="other-class",
+        ),
     ],
 )
 def test_known_malformed_inputs_get_their_status(handler_app: RouterApp, case: Case, status: StoreStatus) -> None:
@@ -286,7 +381,10 @@ def test_two_router_nodes_racing_on_one_uid_never_overwrite(tmp_path: Path, monk
             both_ready.wait()
 
         monkeypatch.setattr(node.intake.archive, "sync_temp", ready_then_wait)
-    copies = [Case(_valid(accession=b"NODE-A"), EXPLICIT_LE, _SOP), Case(_valid(accession=b"NODE-B"), EXPLICIT_LE, _SOP)]
+    copies = [
+        Case(_valid(accession=b"NODE-A"), EXPLICIT_LE, _SOP),
+        Case(_valid(accession=b"NODE-B"), EXPLICIT_LE, _SOP),
+    ]
     statuses: dict[int, int] = {}
 
     def store(index: int) -> None:
@@ -334,13 +432,19 @@ network_cases = st.one_of(well_formed(), truncated(), random_elements(), arbitra
 
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-@settings(max_examples=12, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 @given(case=network_cases, request_uid=valid_uids)
-def test_listener_answers_generated_input_over_the_network(server: RouterServer, tmp_path_factory: pytest.TempPathFactory,
-                                                          case: Case, request_uid: str) -> None:
+def test_listener_answers_generated_input_over_the_network(
+    server: RouterServer, tmp_path_factory: pytest.TempPathFactory, case: Case, request_uid: str
+) -> None:
     # pynetdicom, as a sender, refuses invalid UIDs in the request: send a valid one.
-    path = write_raw_part10(tmp_path_factory.mktemp("gen") / "x.dcm", CT_IMAGE_STORAGE, request_uid, case.data, case.syntax)
+    path = write_raw_part10(
+        tmp_path_factory.mktemp("gen") / "x.dcm", CT_IMAGE_STORAGE, request_uid, case.data, case.syntax
+    )
     (status,) = send_paths(server.ports[0], [path], contexts=[(CT_IMAGE_STORAGE, case.syntax)])
     assert status in STATUSES
     if status == StoreStatus.SUCCESS:

@@ -115,8 +115,9 @@ def _send_counting_pdus(port: int, path: Path, scu_max_pdu: int) -> tuple[int, i
         if isinstance(event.pdu, P_DATA_TF):
             sent.append(len(event.pdu) - 6)  # the PDU-length field: without type, reserved, length
 
-    assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER", max_pdu=scu_max_pdu,
-                         evt_handlers=[(evt.EVT_PDU_SENT, on_pdu)])
+    assoc = ae.associate(
+        "127.0.0.1", port, ae_title="ROUTER", max_pdu=scu_max_pdu, evt_handlers=[(evt.EVT_PDU_SENT, on_pdu)]
+    )
     assert assoc.is_established
     assert assoc.requestor.maximum_length == scu_max_pdu
     try:
@@ -182,7 +183,9 @@ def _tcp_reset(raw: RawAssociation) -> None:
 
 
 @pytest.mark.parametrize("stop", [_abort_pdu, _tcp_close, _tcp_reset], ids=["A-ABORT", "FIN", "RST"])
-def test_association_ended_mid_transfer_keeps_nothing_partial(tmp_path: Path, stop: Callable[[RawAssociation], None]) -> None:
+def test_association_ended_mid_transfer_keeps_nothing_partial(
+    tmp_path: Path, stop: Callable[[RawAssociation], None]
+) -> None:
     with running_server(tmp_path) as server:
         raw = _start_partial_store(server)
         stop(raw)
@@ -202,7 +205,8 @@ def test_dcmtk_storescu_killed_mid_send(tmp_path: Path) -> None:
     with running_server(tmp_path, max_pdu_length=4096) as server:
         sender = subprocess.Popen(
             [DCMTK_STORESCU, "-aet", "DCMTK_SCU", "-aec", "ROUTER", "127.0.0.1", str(server.ports[0]), str(source)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             assert _wait_for(lambda: any(p.stat().st_size > (4 << 20) for p in _incoming(server)), 30) < 30
@@ -259,7 +263,9 @@ def _inside_a_pdu(raw: RawAssociation) -> None:
         pytest.param(_inside_a_pdu, TIMEOUTS["network_timeout"], id="inside-a-P-DATA-PDU"),
     ],
 )
-def test_stalled_sender_is_dropped_within_the_timeout(tmp_path: Path, stall: Callable[[RawAssociation], None], limit: float) -> None:
+def test_stalled_sender_is_dropped_within_the_timeout(
+    tmp_path: Path, stall: Callable[[RawAssociation], None], limit: float
+) -> None:
     with running_server(tmp_path, **TIMEOUTS) as server:
         raw = RawAssociation(server.ports[0])
         try:
@@ -334,7 +340,10 @@ def test_500_mb_instance_is_streamed_to_disk_by_a_separate_server_process(tmp_pa
     )
     server = subprocess.Popen(
         [sys.executable, "-m", "router", "--config", str(config), "serve", "--host", "127.0.0.1", "--port", "0"],
-        cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert server.stderr is not None
@@ -347,14 +356,24 @@ def test_500_mb_instance_is_streamed_to_disk_by_a_separate_server_process(tmp_pa
         assert port, "router serve did not report its port"
         before_mb = _vm_hwm_mb(server.pid)
         sender = subprocess.run(
-            [sys.executable, "-c",
-             "import sys; from pathlib import Path; from tests.dicom_helpers import send_paths; "
-             "print(send_paths(int(sys.argv[1]), [Path(sys.argv[2])])[0])", str(port), str(source)],
-            cwd=REPO, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; from tests.dicom_helpers import send_paths; "
+                "print(send_paths(int(sys.argv[1]), [Path(sys.argv[2])])[0])",
+                str(port),
+                str(source),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert sender.returncode == 0, sender.stderr[-2000:]
         peak_mb = _vm_hwm_mb(server.pid)
-        print(f"\nrouter serve peak RSS: {before_mb:.0f} MiB at start, {peak_mb:.0f} MiB after a {size / 2**20:.0f} MiB instance")
+        print(
+            f"\nrouter serve peak RSS: {before_mb:.0f} MiB at start, {peak_mb:.0f} MiB after a {size / 2**20:.0f} MiB instance"
+        )
         assert int(sender.stdout.strip()) == StoreStatus.SUCCESS
         assert peak_mb < 300
     finally:
@@ -383,7 +402,7 @@ def _context_results(body: bytes) -> dict[int, int]:
     """Presentation context ID -> result from an A-ASSOCIATE-AC body (PS3.8 section 9.3.3)."""
     results, offset = {}, 68  # protocol version, reserved, AE titles, reserved
     while offset + 4 <= len(body):
-        kind, _, length = struct.unpack(">BBH", body[offset:offset + 4])
+        kind, _, length = struct.unpack(">BBH", body[offset : offset + 4])
         if kind == 0x21:
             results[body[offset + 4]] = body[offset + 6]
         offset += 4 + length
@@ -394,13 +413,17 @@ def _context_results(body: bytes) -> dict[int, int]:
     ("sop_class", "transfer_syntax", "result"),
     [
         pytest.param(CT_IMAGE_STORAGE, "1.2.840.10008.1.2.1", 0x00, id="CT-explicit-LE-accepted"),
-        pytest.param("1.2.826.0.1.3680043.9.7433.99.1", "1.2.840.10008.1.2.4.90", 0x00, id="private-class-J2K-accepted"),
+        pytest.param(
+            "1.2.826.0.1.3680043.9.7433.99.1", "1.2.840.10008.1.2.4.90", 0x00, id="private-class-J2K-accepted"
+        ),
         pytest.param("", "1.2.840.10008.1.2.1", 0x03, id="empty-abstract-syntax"),
         pytest.param("CT IMAGE", "1.2.840.10008.1.2.1", 0x03, id="not-a-UID"),
         pytest.param(CT_IMAGE_STORAGE, "1.2.3.4.5.6.7", 0x04, id="unknown-transfer-syntax"),
     ],
 )
-def test_contexts_with_malformed_or_unknown_syntaxes_are_refused(server: RouterServer, sop_class: str, transfer_syntax: str, result: int) -> None:
+def test_contexts_with_malformed_or_unknown_syntaxes_are_refused(
+    server: RouterServer, sop_class: str, transfer_syntax: str, result: int
+) -> None:
     raw = RawAssociation(server.ports[0])
     try:
         raw.send(associate_rq(sop_class=sop_class, transfer_syntax=transfer_syntax))
@@ -410,5 +433,6 @@ def test_contexts_with_malformed_or_unknown_syntaxes_are_refused(server: RouterS
         raw.send(A_ABORT)
     finally:
         raw.sock.close()
-    assert send_paths(server.ports[0], [write_part10(make_dataset(), server.app.archive.root.parent / "after.dcm")]) == [0x0000]
-
+    assert send_paths(
+        server.ports[0], [write_part10(make_dataset(), server.app.archive.root.parent / "after.dcm")]
+    ) == [0x0000]

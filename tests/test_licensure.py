@@ -39,7 +39,9 @@ DAY = date(2026, 12, 1)
 TX_STUDY = StudyFacts(exam_state="TX", modalities=frozenset({"CT"}))
 
 
-def lic(state: str, number: str, pathway: P = P.FULL, status: S = S.ACTIVE, expires: date = date(2028, 1, 31), **kw: object) -> LicenseFacts:
+def lic(
+    state: str, number: str, pathway: P = P.FULL, status: S = S.ACTIVE, expires: date = date(2028, 1, 31), **kw: object
+) -> LicenseFacts:
     return LicenseFacts(state=state, number=number, pathway=pathway, status=status, expires=expires, **kw)  # type: ignore[arg-type]
 
 
@@ -49,7 +51,9 @@ def reader(*licenses: LicenseFacts, **kw: object) -> ReaderFacts:
     return ReaderFacts(licenses=tuple(licenses), **base)  # type: ignore[arg-type]
 
 
-def reasons(r: ReaderFacts, day: date = DAY, study: StudyFacts = TX_STUDY, rules: EligibilityRules = RULES) -> tuple[str, ...]:
+def reasons(
+    r: ReaderFacts, day: date = DAY, study: StudyFacts = TX_STUDY, rules: EligibilityRules = RULES
+) -> tuple[str, ...]:
     verdict = evaluate_reader(r, study, day, rules)
     assert verdict.eligible is (verdict.reasons == ())
     assert (verdict.license is not None) is verdict.eligible
@@ -69,7 +73,9 @@ def reasons(r: ReaderFacts, day: date = DAY, study: StudyFacts = TX_STUDY, rules
         (date(2025, 3, 2), date(2026, 3, 1), date(2025, 3, 2), ()),
     ],
 )
-def test_issue_and_expiry_days_included(issued: date | None, expires: date, day: date, expected: tuple[str, ...]) -> None:
+def test_issue_and_expiry_days_included(
+    issued: date | None, expires: date, day: date, expected: tuple[str, ...]
+) -> None:
     assert reasons(reader(lic("TX", "123", issued=issued, expires=expires)), day) == expected
 
 
@@ -82,7 +88,12 @@ def test_issue_and_expiry_days_included(issued: date | None, expires: date, day:
         (S.SUSPENDED, None, False, ("license TX-123 suspended",)),
         (S.REVOKED, date(2026, 10, 2), False, ("license TX-123 revoked since 2026-10-02",)),
         (S.SURRENDERED, date(2026, 10, 2), False, ("license TX-123 surrendered since 2026-10-02",)),
-        (S.SURRENDERED, date(2026, 10, 2), True, ("license TX-123 surrendered in lieu of discipline since 2026-10-02",)),
+        (
+            S.SURRENDERED,
+            date(2026, 10, 2),
+            True,
+            ("license TX-123 surrendered in lieu of discipline since 2026-10-02",),
+        ),
         # a non-active status is applied to every day, even before its date (current status only)
         (S.SUSPENDED, date(2026, 12, 2), False, ("license TX-123 suspended since 2026-12-02",)),
     ],
@@ -108,8 +119,18 @@ def test_exam_state_is_case_insensitive() -> None:
     ("pathway", "telehealth", "federal", "expected"),
     [
         (P.TELEHEALTH_REGISTRATION, frozenset({"TX"}), None, ()),
-        (P.TELEHEALTH_REGISTRATION, frozenset({"OK"}), None, ("telehealth registration in TX does not cover store-and-forward reads",)),
-        (P.TELEHEALTH_REGISTRATION, frozenset(), None, ("telehealth registration in TX does not cover store-and-forward reads",)),
+        (
+            P.TELEHEALTH_REGISTRATION,
+            frozenset({"OK"}),
+            None,
+            ("telehealth registration in TX does not cover store-and-forward reads",),
+        ),
+        (
+            P.TELEHEALTH_REGISTRATION,
+            frozenset(),
+            None,
+            ("telehealth registration in TX does not cover store-and-forward reads",),
+        ),
         (P.FEDERAL_VA, frozenset(), FederalFacility.VA, ()),
         (P.FEDERAL_VA, frozenset(), FederalFacility.DOD, ("federal_va license counts only at VA facilities",)),
         (P.FEDERAL_VA, frozenset(), None, ("federal_va license counts only at VA facilities",)),
@@ -118,7 +139,9 @@ def test_exam_state_is_case_insensitive() -> None:
         (P.FULL, frozenset(), FederalFacility.VA, ()),
     ],
 )
-def test_pathway_limits(pathway: P, telehealth: frozenset[str], federal: FederalFacility | None, expected: tuple[str, ...]) -> None:
+def test_pathway_limits(
+    pathway: P, telehealth: frozenset[str], federal: FederalFacility | None, expected: tuple[str, ...]
+) -> None:
     rules = replace(RULES, telehealth_registration_states=telehealth)
     study = StudyFacts(exam_state="TX", facility_federal=federal)
     assert reasons(reader(lic("TX", "123", pathway)), study=study, rules=rules) == expected
@@ -141,37 +164,91 @@ TX5 = lic("TX", "5", P.IMLC)
     ("spl_state", "spl_license", "day", "expected"),
     [
         ("CO", CO9, DAY, ()),
-        ("CO", replace(CO9, status=S.SUSPENDED, status_since=date(2026, 10, 2)), DAY,
-         ("IMLC license TX-5 held because SPL license CO-9 suspended 2026-10-02",)),
-        ("CO", replace(CO9, status=S.REVOKED, status_since=date(2026, 10, 2)), DAY,
-         ("IMLC license TX-5 held because SPL license CO-9 revoked 2026-10-02",)),
-        ("CO", replace(CO9, status=S.SURRENDERED, status_since=date(2026, 10, 2), in_lieu_of_discipline=True), DAY,
-         ("IMLC license TX-5 held because SPL license CO-9 surrendered in lieu of discipline 2026-10-02",)),
+        (
+            "CO",
+            replace(CO9, status=S.SUSPENDED, status_since=date(2026, 10, 2)),
+            DAY,
+            ("IMLC license TX-5 held because SPL license CO-9 suspended 2026-10-02",),
+        ),
+        (
+            "CO",
+            replace(CO9, status=S.REVOKED, status_since=date(2026, 10, 2)),
+            DAY,
+            ("IMLC license TX-5 held because SPL license CO-9 revoked 2026-10-02",),
+        ),
+        (
+            "CO",
+            replace(CO9, status=S.SURRENDERED, status_since=date(2026, 10, 2), in_lieu_of_discipline=True),
+            DAY,
+            ("IMLC license TX-5 held because SPL license CO-9 surrendered in lieu of discipline 2026-10-02",),
+        ),
         ("CO", replace(CO9, status=S.SUSPENDED), DAY, ("IMLC license TX-5 held because SPL license CO-9 suspended",)),
         # a plain surrender does not propagate, but leaves no license in the SPL
-        ("CO", replace(CO9, status=S.SURRENDERED, status_since=date(2026, 10, 2)), DAY,
-         ("IMLC license TX-5 does not count: no active license in designated SPL CO",)),
-        ("CO", replace(CO9, expires=date(2026, 11, 30)), DAY,
-         ("IMLC license TX-5 does not count: no active license in designated SPL CO",)),
+        (
+            "CO",
+            replace(CO9, status=S.SURRENDERED, status_since=date(2026, 10, 2)),
+            DAY,
+            ("IMLC license TX-5 does not count: no active license in designated SPL CO",),
+        ),
+        (
+            "CO",
+            replace(CO9, expires=date(2026, 11, 30)),
+            DAY,
+            ("IMLC license TX-5 does not count: no active license in designated SPL CO",),
+        ),
         ("CO", replace(CO9, expires=date(2026, 12, 1)), DAY, ()),
-        ("CO", replace(CO9, issued=date(2026, 12, 2)), DAY,
-         ("IMLC license TX-5 does not count: no active license in designated SPL CO",)),
-        ("CO", replace(CO9, pathway=P.IMLC), DAY,  # a Compact license cannot be the SPL license
-         ("IMLC license TX-5 does not count: no active license in designated SPL CO",)),
+        (
+            "CO",
+            replace(CO9, issued=date(2026, 12, 2)),
+            DAY,
+            ("IMLC license TX-5 does not count: no active license in designated SPL CO",),
+        ),
+        (
+            "CO",
+            replace(CO9, pathway=P.IMLC),
+            DAY,  # a Compact license cannot be the SPL license
+            ("IMLC license TX-5 does not count: no active license in designated SPL CO",),
+        ),
         ("CO", None, DAY, ("IMLC license TX-5 does not count: no active license in designated SPL CO",)),
         (None, CO9, DAY, ("IMLC license TX-5 does not count: no designated SPL",)),
-        ("CT", lic("CT", "3"), DAY,
-         ("IMLC license TX-5 does not count: designated SPL CT cannot serve as SPL on 2026-12-01 (Compact status non_spl)",)),
-        ("MI", lic("MI", "3"), DAY,
-         ("IMLC license TX-5 does not count: designated SPL MI cannot serve as SPL on 2026-12-01 (Compact status at_risk)",)),
-        ("CA", lic("CA", "3"), DAY,
-         ("IMLC license TX-5 does not count: designated SPL CA cannot serve as SPL on 2026-12-01 (not a Compact member)",)),
-        ("PA", lic("PA", "3"), date(2025, 7, 6),
-         ("IMLC license TX-5 does not count: designated SPL PA cannot serve as SPL on 2025-07-06 (Compact status pending)",)),
+        (
+            "CT",
+            lic("CT", "3"),
+            DAY,
+            (
+                "IMLC license TX-5 does not count: designated SPL CT cannot serve as SPL on 2026-12-01 (Compact status non_spl)",
+            ),
+        ),
+        (
+            "MI",
+            lic("MI", "3"),
+            DAY,
+            (
+                "IMLC license TX-5 does not count: designated SPL MI cannot serve as SPL on 2026-12-01 (Compact status at_risk)",
+            ),
+        ),
+        (
+            "CA",
+            lic("CA", "3"),
+            DAY,
+            (
+                "IMLC license TX-5 does not count: designated SPL CA cannot serve as SPL on 2026-12-01 (not a Compact member)",
+            ),
+        ),
+        (
+            "PA",
+            lic("PA", "3"),
+            date(2025, 7, 6),
+            (
+                "IMLC license TX-5 does not count: designated SPL PA cannot serve as SPL on 2025-07-06 (Compact status pending)",
+            ),
+        ),
         ("PA", lic("PA", "3"), date(2025, 7, 7), ()),
     ],
 )
-def test_compact_license_follows_spl(spl_state: str | None, spl_license: LicenseFacts | None, day: date, expected: tuple[str, ...]) -> None:
+def test_compact_license_follows_spl(
+    spl_state: str | None, spl_license: LicenseFacts | None, day: date, expected: tuple[str, ...]
+) -> None:
     licenses = (TX5,) if spl_license is None else (TX5, spl_license)
     assert reasons(reader(*licenses, spl_state=spl_state), day) == expected
 
@@ -203,15 +280,21 @@ SPL_ACTION = DisciplinaryActionFacts("CO", "9", S.SUSPENDED, date(2026, 10, 2))
 def test_compact_license_stays_encumbered_after_spl_reinstated(cleared: date | None, day: date, held: bool) -> None:
     r = reader(replace(TX5, compact_hold_cleared_on=cleared), CO9, spl_state="CO", disciplinary_actions=(SPL_ACTION,))
     expected = (
-        ("IMLC license TX-5 held after SPL CO suspension of license CO-9 on 2026-10-02 until the TX board "
-         "reinstates it (Compact section 10)",) if held else ()
+        (
+            "IMLC license TX-5 held after SPL CO suspension of license CO-9 on 2026-10-02 until the TX board "
+            "reinstates it (Compact section 10)",
+        )
+        if held
+        else ()
     )
     assert reasons(r, day) == expected
 
 
 OK7 = lic("OK", "7")
 OK_ACTION = DisciplinaryActionFacts("OK", "7", S.SUSPENDED, date(2026, 10, 3))
-HOLD_OK = "IMLC license TX-5 held until 2027-01-01 after OK suspension of license OK-7 on 2026-10-03 (Compact section 10)"
+HOLD_OK = (
+    "IMLC license TX-5 held until 2027-01-01 after OK suspension of license OK-7 on 2026-10-03 (Compact section 10)"
+)
 
 
 @pytest.mark.parametrize(
@@ -223,15 +306,22 @@ HOLD_OK = "IMLC license TX-5 held until 2027-01-01 after OK suspension of licens
         (None, date(2027, 1, 1), ()),  # day 90
         (date(2026, 10, 2), date(2026, 12, 1), (HOLD_OK,)),  # cleared before the order: does not count
         (date(2026, 10, 3), date(2026, 10, 3), ()),  # cleared on the order's day
-        (date(2026, 11, 1), date(2026, 10, 31),
-         ("IMLC license TX-5 held until 2026-11-01 after OK suspension of license OK-7 on 2026-10-03 (Compact section 10)",)),
+        (
+            date(2026, 11, 1),
+            date(2026, 10, 31),
+            (
+                "IMLC license TX-5 held until 2026-11-01 after OK suspension of license OK-7 on 2026-10-03 (Compact section 10)",
+            ),
+        ),
         (date(2026, 11, 1), date(2026, 11, 1), ()),
         (date(2027, 2, 1), date(2026, 12, 31), (HOLD_OK,)),  # cleared after the hold ends: ends on day 90 anyway
         (date(2027, 2, 1), date(2027, 1, 1), ()),
     ],
 )
 def test_ninety_day_hold(cleared: date | None, day: date, expected: tuple[str, ...]) -> None:
-    r = reader(replace(TX5, compact_hold_cleared_on=cleared), CO9, OK7, spl_state="CO", disciplinary_actions=(OK_ACTION,))
+    r = reader(
+        replace(TX5, compact_hold_cleared_on=cleared), CO9, OK7, spl_state="CO", disciplinary_actions=(OK_ACTION,)
+    )
     assert reasons(r, day) == expected
 
 
@@ -239,15 +329,21 @@ def test_ninety_day_hold(cleared: date | None, day: date, expected: tuple[str, .
     ("ok_license", "expected"),
     [
         (replace(OK7, status=S.SUSPENDED, status_since=date(2026, 10, 3)), HOLD_OK),
-        (replace(OK7, status=S.REVOKED, status_since=date(2026, 10, 3)),
-         "IMLC license TX-5 held until 2027-01-01 after OK revocation of license OK-7 on 2026-10-03 (Compact section 10)"),
-        (replace(OK7, status=S.SURRENDERED, status_since=date(2026, 10, 3), in_lieu_of_discipline=True),
-         "IMLC license TX-5 held until 2027-01-01 after OK surrender in lieu of discipline of license OK-7 on 2026-10-03 "
-         "(Compact section 10)"),
+        (
+            replace(OK7, status=S.REVOKED, status_since=date(2026, 10, 3)),
+            "IMLC license TX-5 held until 2027-01-01 after OK revocation of license OK-7 on 2026-10-03 (Compact section 10)",
+        ),
+        (
+            replace(OK7, status=S.SURRENDERED, status_since=date(2026, 10, 3), in_lieu_of_discipline=True),
+            "IMLC license TX-5 held until 2027-01-01 after OK surrender in lieu of discipline of license OK-7 on 2026-10-03 "
+            "(Compact section 10)",
+        ),
         (replace(OK7, status=S.SURRENDERED, status_since=date(2026, 10, 3)), None),  # plain surrender
         (replace(OK7, status=S.EXPIRED, status_since=date(2026, 10, 3)), None),
-        (replace(OK7, status=S.SUSPENDED),
-         "IMLC license TX-5 held after OK suspension of license OK-7 on an unrecorded date until its board acts (Compact section 10)"),
+        (
+            replace(OK7, status=S.SUSPENDED),
+            "IMLC license TX-5 held after OK suspension of license OK-7 on an unrecorded date until its board acts (Compact section 10)",
+        ),
     ],
 )
 def test_hold_from_current_license_status(ok_license: LicenseFacts, expected: str | None) -> None:
@@ -256,7 +352,9 @@ def test_hold_from_current_license_status(ok_license: LicenseFacts, expected: st
 
 
 def test_hold_without_date_ends_when_cleared() -> None:
-    r = reader(replace(TX5, compact_hold_cleared_on=date(2026, 11, 1)), CO9, replace(OK7, status=S.SUSPENDED), spl_state="CO")
+    r = reader(
+        replace(TX5, compact_hold_cleared_on=date(2026, 11, 1)), CO9, replace(OK7, status=S.SUSPENDED), spl_state="CO"
+    )
     assert reasons(r, date(2026, 10, 31)) != ()
     assert reasons(r, date(2026, 11, 1)) == ()
 
@@ -281,7 +379,9 @@ def test_full_license_preferred_and_all_reasons_listed() -> None:
     full = lic("TX", "1", expires=date(2027, 1, 1))
     verdict = evaluate_reader(reader(TX5, full, CO9, spl_state="CO"), TX_STUDY, DAY, RULES)
     assert verdict.license == full
-    verdict = evaluate_reader(reader(TX5, replace(full, expires=date(2026, 1, 1)), CO9, spl_state="CO"), TX_STUDY, DAY, RULES)
+    verdict = evaluate_reader(
+        reader(TX5, replace(full, expires=date(2026, 1, 1)), CO9, spl_state="CO"), TX_STUDY, DAY, RULES
+    )
     assert verdict.license == TX5
     both_bad = reader(replace(TX5, status=S.REVOKED), replace(full, expires=date(2026, 1, 1)))
     assert reasons(both_bad) == ("license TX-1 expired 2026-01-01", "license TX-5 revoked")
@@ -298,17 +398,36 @@ FAC = StudyFacts(exam_state="TX", facility_ae_title="CT_NORTH", facility_require
         ((), DAY, "no privileges at facility CT_NORTH"),
         ((PrivilegeFacts("CT_SOUTH", date(2026, 1, 1), date(2027, 1, 1)),), DAY, "no privileges at facility CT_NORTH"),
         ((PrivilegeFacts("CT_NORTH", date(2026, 1, 1), date(2026, 5, 1)),), date(2026, 5, 1), None),
-        ((PrivilegeFacts("CT_NORTH", date(2026, 1, 1), date(2026, 5, 1)),), date(2026, 5, 2),
-         "privileges at facility CT_NORTH ended 2026-05-01"),
-        ((PrivilegeFacts("CT_NORTH", date(2026, 6, 1), date(2027, 5, 1)),), date(2026, 5, 31),
-         "privileges at facility CT_NORTH not valid before 2026-06-01"),
+        (
+            (PrivilegeFacts("CT_NORTH", date(2026, 1, 1), date(2026, 5, 1)),),
+            date(2026, 5, 2),
+            "privileges at facility CT_NORTH ended 2026-05-01",
+        ),
+        (
+            (PrivilegeFacts("CT_NORTH", date(2026, 6, 1), date(2027, 5, 1)),),
+            date(2026, 5, 31),
+            "privileges at facility CT_NORTH not valid before 2026-06-01",
+        ),
         ((PrivilegeFacts("CT_NORTH", date(2026, 6, 1), date(2027, 5, 1)),), date(2026, 6, 1), None),
-        ((PrivilegeFacts("CT_NORTH", date(2026, 1, 1), date(2027, 1, 1), revoked_on=date(2026, 5, 1)),), date(2026, 4, 30), None),
-        ((PrivilegeFacts("CT_NORTH", date(2026, 1, 1), date(2027, 1, 1), revoked_on=date(2026, 5, 1)),), date(2026, 5, 1),
-         "privileges at facility CT_NORTH revoked 2026-05-01"),
+        (
+            (PrivilegeFacts("CT_NORTH", date(2026, 1, 1), date(2027, 1, 1), revoked_on=date(2026, 5, 1)),),
+            date(2026, 4, 30),
+            None,
+        ),
+        (
+            (PrivilegeFacts("CT_NORTH", date(2026, 1, 1), date(2027, 1, 1), revoked_on=date(2026, 5, 1)),),
+            date(2026, 5, 1),
+            "privileges at facility CT_NORTH revoked 2026-05-01",
+        ),
         ((PrivilegeFacts("CT_NORTH", date(2026, 1, 1), date(2027, 1, 1), by_proxy=True),), DAY, None),
-        ((PrivilegeFacts("CT_NORTH", date(2025, 1, 1), date(2025, 12, 31)),
-          PrivilegeFacts("CT_NORTH", date(2026, 1, 1), date(2026, 12, 31))), DAY, None),
+        (
+            (
+                PrivilegeFacts("CT_NORTH", date(2025, 1, 1), date(2025, 12, 31)),
+                PrivilegeFacts("CT_NORTH", date(2026, 1, 1), date(2026, 12, 31)),
+            ),
+            DAY,
+            None,
+        ),
     ],
 )
 def test_privileges(grants: tuple[PrivilegeFacts, ...], day: date, expected: str | None) -> None:
@@ -324,7 +443,13 @@ def test_privileges_required_without_known_facility() -> None:
 
 @pytest.mark.parametrize(
     ("modalities", "mqsa", "ok"),
-    [({"MG"}, False, False), ({"MG"}, True, True), ({"mg", "SR"}, False, False), ({"CT"}, False, True), (set(), False, True)],
+    [
+        ({"MG"}, False, False),
+        ({"MG"}, True, True),
+        ({"mg", "SR"}, False, False),
+        ({"CT"}, False, True),
+        (set(), False, True),
+    ],
 )
 def test_mammography_needs_mqsa(modalities: set[str], mqsa: bool, ok: bool) -> None:
     study = StudyFacts(exam_state="TX", modalities=frozenset(modalities))
@@ -339,11 +464,18 @@ def test_mammography_needs_mqsa(modalities: set[str], mqsa: bool, ok: bool) -> N
         (True, None, (), ("reading state unknown (a license where the radiologist reads from is required)",)),
         (True, "CO", (), ("reading state CO: no license in CO",)),
         (True, "CO", (lic("CO", "9"),), ()),
-        (True, "CO", (lic("CO", "9", expires=date(2026, 11, 30)),), ("reading state CO: license CO-9 expired 2026-11-30",)),
+        (
+            True,
+            "CO",
+            (lic("CO", "9", expires=date(2026, 11, 30)),),
+            ("reading state CO: license CO-9 expired 2026-11-30",),
+        ),
         (True, "TX", (), ()),
     ],
 )
-def test_reading_state_rule(required: bool, reading_state: str | None, extra: tuple[LicenseFacts, ...], expected: tuple[str, ...]) -> None:
+def test_reading_state_rule(
+    required: bool, reading_state: str | None, extra: tuple[LicenseFacts, ...], expected: tuple[str, ...]
+) -> None:
     rules = replace(RULES, require_reading_state_license=required)
     assert reasons(reader(lic("TX", "1"), *extra, reading_state=reading_state), rules=rules) == expected
 
@@ -352,7 +484,10 @@ def test_all_reasons_collected_in_order() -> None:
     r = reader(lic("OK", "1"), active=False)
     study = replace(FAC, modalities=frozenset({"MG"}))
     assert reasons(r, study=study) == (
-        "inactive", "no license in TX", "no privileges at facility CT_NORTH", "not MQSA qualified (mammography)",
+        "inactive",
+        "no license in TX",
+        "no privileges at facility CT_NORTH",
+        "not MQSA qualified (mammography)",
     )
 
 
@@ -362,12 +497,21 @@ def test_evaluate_readers_keeps_order_and_json() -> None:
     verdicts = evaluate_readers([b, a], TX_STUDY, DAY, RULES)
     assert [v.npi for v in verdicts] == ["1000000002", "1000000001"]
     assert verdicts[0].to_json() == {
-        "radiologist_id": 2, "npi": "1000000002", "name": "Doe^Jane", "eligible": False,
-        "reasons": ["no license in TX"], "license": None,
+        "radiologist_id": 2,
+        "npi": "1000000002",
+        "name": "Doe^Jane",
+        "eligible": False,
+        "reasons": ["no license in TX"],
+        "license": None,
     }
     assert verdicts[1].to_json()["license"] == {
-        "license_id": 11, "state": "TX", "number": "1", "pathway": "full", "status": "active",
-        "issued": "2026-01-01", "expires": "2028-01-31",
+        "license_id": 11,
+        "state": "TX",
+        "number": "1",
+        "pathway": "full",
+        "status": "active",
+        "issued": "2026-01-01",
+        "expires": "2028-01-31",
     }
 
 
@@ -416,7 +560,10 @@ def test_fastest_path_details_and_order() -> None:
     ]
     paths = fastest_paths(readers, "TX", DAY, RULES)
     assert [(p.npi, p.tier) for p in paths] == [
-        ("1000000004", 1), ("1000000005", 1), ("1000000003", 2), ("1000000002", 2),
+        ("1000000004", 1),
+        ("1000000005", 1),
+        ("1000000003", 2),
+        ("1000000002", 2),
     ]
     assert paths[0].detail == (
         "Letter of Qualification issued 2026-06-01, valid through 2027-05-31; SPL CO (license CO-9): "
@@ -426,23 +573,43 @@ def test_fastest_path_details_and_order() -> None:
         "no Letter of Qualification; active license OK-2 in SPL-capable OK: request a Letter of Qualification "
         "with SPL OK, then a TX Compact license"
     )
-    assert paths[3].detail.startswith("Letter of Qualification valid but designated SPL CT cannot serve; active license CO-8")
-    assert paths[0].to_json() == {"npi": "1000000004", "name": "Doe^Jane", "tier": 1, "path": "imlc_loq_ready", "detail": paths[0].detail}
+    assert paths[3].detail.startswith(
+        "Letter of Qualification valid but designated SPL CT cannot serve; active license CO-8"
+    )
+    assert paths[0].to_json() == {
+        "npi": "1000000004",
+        "name": "Doe^Jane",
+        "tier": 1,
+        "path": "imlc_loq_ready",
+        "detail": paths[0].detail,
+    }
 
 
 @pytest.mark.parametrize(
     ("exam_state", "day", "listed"),
-    [("TX", DAY, True), ("CT", DAY, True), ("NC", DAY, False), ("MI", DAY, False), ("CA", DAY, False),
-     ("PA", date(2025, 7, 6), False), ("PA", date(2025, 7, 7), True)],
+    [
+        ("TX", DAY, True),
+        ("CT", DAY, True),
+        ("NC", DAY, False),
+        ("MI", DAY, False),
+        ("CA", DAY, False),
+        ("PA", date(2025, 7, 6), False),
+        ("PA", date(2025, 7, 7), True),
+    ],
 )
 def test_fastest_paths_only_for_operating_exam_states(exam_state: str, day: date, listed: bool) -> None:
-    r = _path_reader("1000000001", CO9, spl_state="CO", loq_issued=date(2025, 6, 1) if day.year == 2025 else date(2026, 6, 1))
+    r = _path_reader(
+        "1000000001", CO9, spl_state="CO", loq_issued=date(2025, 6, 1) if day.year == 2025 else date(2026, 6, 1)
+    )
     assert bool(fastest_paths([r], exam_state, day, RULES)) is listed
 
 
 def test_fastest_paths_tie_broken_by_npi() -> None:
     loq = date(2026, 6, 1)
-    readers = [_path_reader(npi, CO9, spl_state="CO", loq_issued=loq, open_assignments=1) for npi in ("1000000009", "1000000001")]
+    readers = [
+        _path_reader(npi, CO9, spl_state="CO", loq_issued=loq, open_assignments=1)
+        for npi in ("1000000009", "1000000001")
+    ]
     assert [p.npi for p in fastest_paths(readers, "TX", DAY, RULES)] == ["1000000001", "1000000009"]
 
 
@@ -459,7 +626,13 @@ def test_fastest_paths_apply_federal_pathway_with_the_study(federal: FederalFaci
 
 @pytest.mark.parametrize(
     ("state", "number", "tag"),
-    [("TX", "123", "TX-123"), ("TX", "TX-123", "TX-123"), ("TX", "tx 123", "tx 123"), ("TX", "TXA123", "TX-TXA123"), ("CO", "DR.0055", "CO-DR.0055")],
+    [
+        ("TX", "123", "TX-123"),
+        ("TX", "TX-123", "TX-123"),
+        ("TX", "tx 123", "tx 123"),
+        ("TX", "TXA123", "TX-TXA123"),
+        ("CO", "DR.0055", "CO-DR.0055"),
+    ],
 )
 def test_license_tag_does_not_repeat_the_state(state: str, number: str, tag: str) -> None:
     from router.domain.eligibility_facts import license_tag

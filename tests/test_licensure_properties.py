@@ -9,7 +9,7 @@ LoQ day 364/365, privilege end, the day a hold was cleared, a membership's effec
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -66,7 +66,9 @@ def membership_rows(day: date) -> st.SearchStrategy[Rows]:
 
 
 @st.composite
-def a_license(draw: st.DrawFn, day: date, states: st.SearchStrategy[str], pathway: st.SearchStrategy[LicensePathway] = pathways) -> LicenseFacts:
+def a_license(
+    draw: st.DrawFn, day: date, states: st.SearchStrategy[str], pathway: st.SearchStrategy[LicensePathway] = pathways
+) -> LicenseFacts:
     return LicenseFacts(
         state=draw(states),
         number=draw(st.sampled_from(("1", "2"))),
@@ -81,13 +83,18 @@ def a_license(draw: st.DrawFn, day: date, states: st.SearchStrategy[str], pathwa
 
 
 @st.composite
-def discipline(draw: st.DrawFn, day: date, licenses: list[LicenseFacts], min_size: int = 0) -> tuple[DisciplinaryActionFacts, ...]:
+def discipline(
+    draw: st.DrawFn, day: date, licenses: list[LicenseFacts], min_size: int = 0
+) -> tuple[DisciplinaryActionFacts, ...]:
     """Orders against the reader's own licenses (mostly) or others, dated on hold boundaries or anywhere."""
     targets = st.sampled_from([(x.state, x.number) for x in licenses] * 3 + [(s, "1") for s in STATES])
     order = st.builds(
         lambda target, kind, on: DisciplinaryActionFacts(target[0], target[1], kind, on),
-        targets, orders_kinds,
-        st.one_of(st.sampled_from((0, 1, -(HOLD_DAYS - 1), -HOLD_DAYS)), st.integers(-150, 30)).map(lambda n: day + timedelta(days=n)),
+        targets,
+        orders_kinds,
+        st.one_of(st.sampled_from((0, 1, -(HOLD_DAYS - 1), -HOLD_DAYS)), st.integers(-150, 30)).map(
+            lambda n: day + timedelta(days=n)
+        ),
     )
     return tuple(draw(st.lists(order, min_size=min_size, max_size=2)))
 
@@ -107,7 +114,8 @@ def rosters(draw: st.DrawFn, day: date, exam_state: str, rows: Rows) -> list[Rea
         valid_from=rel(day, (0, 1), -120, 40),
         valid_until=rel(day, (-1, 0), -40, 120),
         by_proxy=st.booleans(),
-        revoked_on=st.none() | st.one_of(st.sampled_from((0, 1)), st.integers(-60, 60)).map(lambda n: day + timedelta(days=n)),
+        revoked_on=st.none()
+        | st.one_of(st.sampled_from((0, 1)), st.integers(-60, 60)).map(lambda n: day + timedelta(days=n)),
     )
     out = []
     for i in range(draw(st.integers(min_value=0, max_value=5))):
@@ -131,7 +139,7 @@ def rosters(draw: st.DrawFn, day: date, exam_state: str, rows: Rows) -> list[Rea
                 disciplinary_actions=draw(discipline(day, list(licenses))),
                 privileges=tuple(draw(st.lists(privileges, min_size=1, max_size=2))),
                 open_assignments=draw(st.integers(min_value=0, max_value=3)),
-                last_assigned_at=draw(st.none() | st.sampled_from([datetime(2026, 5, d, tzinfo=timezone.utc) for d in (1, 2)])),
+                last_assigned_at=draw(st.none() | st.sampled_from([datetime(2026, 5, d, tzinfo=UTC) for d in (1, 2)])),
             )
         )
     return out
@@ -175,7 +183,9 @@ def _compact_usable(reader: ReaderFacts, lic: LicenseFacts, day: date, rows: Row
     in_spl = [o for o in reader.licenses if o.state == spl and (o.state, o.number) != (lic.state, lic.number)]
     if any(_disciplined(o) for o in in_spl):
         return False
-    if not any(o.pathway is LicensePathway.FULL and o.status is LicenseStatus.ACTIVE and _covers(o, day) for o in in_spl):
+    if not any(
+        o.pathway is LicensePathway.FULL and o.status is LicenseStatus.ACTIVE and _covers(o, day) for o in in_spl
+    ):
         return False
     cleared = lic.compact_hold_cleared_on
     for ev_state, ev_number, ev_day in _events(reader):
@@ -193,7 +203,9 @@ def _compact_usable(reader: ReaderFacts, lic: LicenseFacts, day: date, rows: Row
     return True
 
 
-def _usable(reader: ReaderFacts, lic: LicenseFacts, study: StudyFacts, day: date, rules: EligibilityRules, rows: Rows) -> bool:
+def _usable(
+    reader: ReaderFacts, lic: LicenseFacts, study: StudyFacts, day: date, rules: EligibilityRules, rows: Rows
+) -> bool:
     if lic.status is not LicenseStatus.ACTIVE or not _covers(lic, day):
         return False
     if lic.pathway is LicensePathway.TELEHEALTH_REGISTRATION:
@@ -214,7 +226,8 @@ def _plainly_eligible(reader: ReaderFacts, study: StudyFacts, day: date, rules: 
     if not reader.active or not licensed_in(study.exam_state):
         return False
     if study.facility_requires_privileges and not any(
-        p.facility_ae_title == study.facility_ae_title and p.valid_from <= day <= p.valid_until
+        p.facility_ae_title == study.facility_ae_title
+        and p.valid_from <= day <= p.valid_until
         and (p.revoked_on is None or p.revoked_on > day)
         for p in reader.privileges
     ):
@@ -228,7 +241,9 @@ def _plainly_eligible(reader: ReaderFacts, study: StudyFacts, day: date, rules: 
     return True
 
 
-def _check_relied_license(reader: ReaderFacts, lic: LicenseFacts | None, study: StudyFacts, day: date, rules: EligibilityRules, rows: Rows) -> None:
+def _check_relied_license(
+    reader: ReaderFacts, lic: LicenseFacts | None, study: StudyFacts, day: date, rules: EligibilityRules, rows: Rows
+) -> None:
     """The license an eligible verdict relies on: active, in the exam state, dates cover the day."""
     assert lic is not None and lic in reader.licenses
     assert lic.state == study.exam_state  # the IMLC never makes anyone eligible by itself
@@ -242,7 +257,9 @@ def _check_relied_license(reader: ReaderFacts, lic: LicenseFacts | None, study: 
         assert study.facility_federal is FederalFacility.DOD
     if lic.pathway is LicensePathway.IMLC:
         spl_licenses = [x for x in reader.licenses if x.state == reader.spl_state]
-        assert not any(x.status is LicenseStatus.SUSPENDED for x in spl_licenses), "IMLC license used while SPL suspended"
+        assert not any(x.status is LicenseStatus.SUSPENDED for x in spl_licenses), (
+            "IMLC license used while SPL suspended"
+        )
         assert _compact_usable(reader, lic, day, rows)
 
 
@@ -250,16 +267,23 @@ def _check_relied_license(reader: ReaderFacts, lic: LicenseFacts | None, study: 
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), study=studies, day=read_days, telehealth=st.frozensets(state, max_size=2),
-       require_reading=st.sampled_from((False, False, False, True)))
+@given(
+    data=st.data(),
+    study=studies,
+    day=read_days,
+    telehealth=st.frozensets(state, max_size=2),
+    require_reading=st.sampled_from((False, False, False, True)),
+)
 def test_assignment_never_goes_to_an_ineligible_reader(
     data: st.DataObject, study: StudyFacts, day: date, telehealth: frozenset[str], require_reading: bool
 ) -> None:
     rows = data.draw(membership_rows(day), label="membership")
     roster = data.draw(rosters(day, study.exam_state, rows), label="roster")
     rules = EligibilityRules(
-        imlc=_membership(rows), telehealth_registration_states=telehealth,
-        suspension_hold_days=HOLD_DAYS, require_reading_state_license=require_reading,
+        imlc=_membership(rows),
+        telehealth_registration_states=telehealth,
+        suspension_hold_days=HOLD_DAYS,
+        require_reading_state_license=require_reading,
     )
     verdicts = evaluate_readers(roster, study, day, rules)
     by_id = {r.radiologist_id: r for r in roster}
@@ -274,7 +298,9 @@ def test_assignment_never_goes_to_an_ineligible_reader(
 
     chosen = choose_reader(verdicts, by_id)
     event(f"chosen via {chosen.license.pathway.value}" if chosen and chosen.license else "held")
-    assert (chosen is not None) is any(v.eligible for v in verdicts), "held although someone is eligible, or the reverse"
+    assert (chosen is not None) is any(v.eligible for v in verdicts), (
+        "held although someone is eligible, or the reverse"
+    )
     if chosen is not None:
         reader = by_id[chosen.radiologist_id]
         assert chosen.eligible and _plainly_eligible(reader, study, day, rules, rows)
@@ -284,7 +310,9 @@ def test_assignment_never_goes_to_an_ineligible_reader(
     # A reader whose SPL license is suspended is exactly as eligible without their IMLC licenses.
     for reader, verdict in zip(roster, verdicts):
         if any(x.state == reader.spl_state and x.status is LicenseStatus.SUSPENDED for x in reader.licenses):
-            stripped = replace(reader, licenses=tuple(x for x in reader.licenses if x.pathway is not LicensePathway.IMLC))
+            stripped = replace(
+                reader, licenses=tuple(x for x in reader.licenses if x.pathway is not LicensePathway.IMLC)
+            )
             assert evaluate_reader(stripped, study, day, rules).eligible is verdict.eligible
 
     # Fastest paths: only for operating exam states; nobody eligible, licensed there or inactive.
@@ -295,7 +323,9 @@ def test_assignment_never_goes_to_an_ineligible_reader(
     for path in paths:
         reader = next(r for r in roster if r.npi == path.npi)
         assert reader.active and not _plainly_eligible(reader, study, day, rules, rows)
-        assert not any(_usable(reader, x, study, day, rules, rows) for x in reader.licenses if x.state == study.exam_state)
+        assert not any(
+            _usable(reader, x, study, day, rules, rows) for x in reader.licenses if x.state == study.exam_state
+        )
         if path.tier == 1:
             assert reader.loq_issued is not None and reader.loq_issued <= day <= reader.loq_issued + timedelta(days=364)
     keys = [(p.tier, next(r.open_assignments for r in roster if r.npi == p.npi), p.npi) for p in paths]
@@ -306,8 +336,12 @@ def test_assignment_never_goes_to_an_ineligible_reader(
 def a_good_license(draw: st.DrawFn, day: date, where: str, pathway: LicensePathway) -> LicenseFacts:
     """An active license whose dates cover ``day`` (often exactly on the issue or expiry day)."""
     return LicenseFacts(
-        state=where, number=draw(st.sampled_from(("1", "2"))), pathway=pathway, status=LicenseStatus.ACTIVE,
-        expires=draw(rel(day, (0,), 0, 200)), issued=draw(st.none() | rel(day, (0,), -200, 0)),
+        state=where,
+        number=draw(st.sampled_from(("1", "2"))),
+        pathway=pathway,
+        status=LicenseStatus.ACTIVE,
+        expires=draw(rel(day, (0,), 0, 200)),
+        issued=draw(st.none() | rel(day, (0,), -200, 0)),
         compact_hold_cleared_on=draw(st.none() | rel(day, (0, 1), -150, 30)),
     )
 
@@ -327,7 +361,11 @@ def compact_cases(draw: st.DrawFn) -> tuple[ReaderFacts, StudyFacts, date, Rows]
     if spl is not None and draw(mostly):
         rows[spl] = (ImlcStatus.SPL, draw(rel(day, (0,), -400, 0)))
     full_or_compact = st.sampled_from([LicensePathway.FULL] * 3 + [LicensePathway.IMLC])
-    compact = a_good_license(day, exam, LicensePathway.IMLC) if draw(mostly) else a_license(day, st.just(exam), st.just(LicensePathway.IMLC))
+    compact = (
+        a_good_license(day, exam, LicensePathway.IMLC)
+        if draw(mostly)
+        else a_license(day, st.just(exam), st.just(LicensePathway.IMLC))
+    )
     held = [draw(compact)]
     if spl is not None:
         if draw(mostly):
@@ -336,7 +374,11 @@ def compact_cases(draw: st.DrawFn) -> tuple[ReaderFacts, StudyFacts, date, Rows]
     held += draw(st.lists(a_license(day, state, full_or_compact), max_size=2))
     licenses = _unique(held)
     reader = ReaderFacts(
-        radiologist_id=1, npi="1000000000", name="Reader^0", spl_state=spl, licenses=licenses,
+        radiologist_id=1,
+        npi="1000000000",
+        name="Reader^0",
+        spl_state=spl,
+        licenses=licenses,
         disciplinary_actions=draw(discipline(day, list(licenses), min_size=draw(st.sampled_from((0, 1, 1))))),
     )
     return reader, StudyFacts(exam_state=exam, modalities=frozenset({"CT"})), day, rows

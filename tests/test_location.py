@@ -22,8 +22,11 @@ def test_texan_in_an_oklahoma_er() -> None:
     assert result.detail == "InstitutionAddress: ZIP 74103 is in OK (state code OK agrees)"
     assert [(c.source, c.state) for c in result.conflicts] == [(PAT, "TX")]
     assert result.conflicts_as_json() == [
-        {"source": "patient_address", "state": "TX",
-         "detail": "PatientAddress: ZIP 78701 is in TX (state code TX agrees)"}
+        {
+            "source": "patient_address",
+            "state": "TX",
+            "detail": "PatientAddress: ZIP 78701 is in TX (state code TX agrees)",
+        }
     ]
 
 
@@ -41,10 +44,18 @@ def test_texan_in_an_oklahoma_er() -> None:
         # 2. InstitutionAddress
         (LocationEvidence(institution_address=OK_ER), "OK", INST, []),
         (LocationEvidence(institution_address=OK_ER, region_of_residence="Texas"), "OK", INST, [REGION]),
-        (LocationEvidence(institution_address=OK_ER, region_of_residence="OK", patient_address="Tulsa OK"),
-         "OK", INST, []),
-        (LocationEvidence(institution_address="Washington, DC 20001", patient_address="Arlington, VA"),
-         "DC", INST, [PAT]),
+        (
+            LocationEvidence(institution_address=OK_ER, region_of_residence="OK", patient_address="Tulsa OK"),
+            "OK",
+            INST,
+            [],
+        ),
+        (
+            LocationEvidence(institution_address="Washington, DC 20001", patient_address="Arlington, VA"),
+            "DC",
+            INST,
+            [PAT],
+        ),
         # 3. RegionOfResidence, then PatientAddress
         (LocationEvidence(region_of_residence="Texas"), "TX", REGION, []),
         (LocationEvidence(patient_address=TX_HOME), "TX", PAT, []),
@@ -81,21 +92,49 @@ def test_order_of_sources(
         (LocationEvidence(institution_address="garbage"), True, "no US state, ZIP or country", []),
         (LocationEvidence(region_of_residence="TX", patient_address=TX_HOME), False, "use_patient_address is off", []),
         # a non-US CountryOfResidence blocks the patient tags
-        (LocationEvidence(region_of_residence="TX", patient_address=TX_HOME, country_of_residence="Canada"), True,
-         "CountryOfResidence Canada is outside the US", []),
-        (LocationEvidence(patient_address="Austin TX", country_of_residence="CA"), True,
-         "CountryOfResidence CA is outside the US", []),
+        (
+            LocationEvidence(region_of_residence="TX", patient_address=TX_HOME, country_of_residence="Canada"),
+            True,
+            "CountryOfResidence Canada is outside the US",
+            [],
+        ),
+        (
+            LocationEvidence(patient_address="Austin TX", country_of_residence="CA"),
+            True,
+            "CountryOfResidence CA is outside the US",
+            [],
+        ),
         # an explicitly foreign, military or self-contradicting source stops the search
-        (LocationEvidence(institution_address="Toronto ON M5V 2T6", patient_address=TX_HOME), True,
-         "institution_address stops the search", [PAT]),
-        (LocationEvidence(institution_address="PSC 123 Box 4, APO AE 09012", region_of_residence="TX"), True,
-         "military address (APO AE)", [REGION]),
-        (LocationEvidence(institution_address="Dallas, TX 74103", patient_address="Tulsa OK"), True,
-         "state code TX and ZIP 74103 (OK) disagree", [INST, PAT]),
-        (LocationEvidence(region_of_residence="Ontario", patient_address="Austin TX"), True,
-         "region_of_residence stops the search", [PAT]),
-        (LocationEvidence(patient_address="^^Dallas^TX^75201~^^Tulsa^OK^74103"), True,
-         "repeated addresses disagree", [PAT]),
+        (
+            LocationEvidence(institution_address="Toronto ON M5V 2T6", patient_address=TX_HOME),
+            True,
+            "institution_address stops the search",
+            [PAT],
+        ),
+        (
+            LocationEvidence(institution_address="PSC 123 Box 4, APO AE 09012", region_of_residence="TX"),
+            True,
+            "military address (APO AE)",
+            [REGION],
+        ),
+        (
+            LocationEvidence(institution_address="Dallas, TX 74103", patient_address="Tulsa OK"),
+            True,
+            "state code TX and ZIP 74103 (OK) disagree",
+            [INST, PAT],
+        ),
+        (
+            LocationEvidence(region_of_residence="Ontario", patient_address="Austin TX"),
+            True,
+            "region_of_residence stops the search",
+            [PAT],
+        ),
+        (
+            LocationEvidence(patient_address="^^Dallas^TX^75201~^^Tulsa^OK^74103"),
+            True,
+            "repeated addresses disagree",
+            [PAT],
+        ),
         (LocationEvidence(patient_address="Majuro, MH 96960"), True, "freely associated state MH", []),
     ],
 )
@@ -120,8 +159,18 @@ def test_patient_fallback_switch(use_patient_address: bool, state: str | None, s
 
 @pytest.mark.parametrize(
     ("country", "state"),
-    [("USA", "TX"), ("United States", "TX"), ("Puerto Rico", "TX"), ("", "TX"), (None, "TX"), ("xyz", "TX"),
-     ("Canada", None), ("Mexico", None), ("MEX", None), ("Palau", None)],
+    [
+        ("USA", "TX"),
+        ("United States", "TX"),
+        ("Puerto Rico", "TX"),
+        ("", "TX"),
+        (None, "TX"),
+        ("xyz", "TX"),
+        ("Canada", None),
+        ("Mexico", None),
+        ("MEX", None),
+        ("Palau", None),
+    ],
 )
 def test_country_of_residence_boundary(country: str | None, state: str | None) -> None:
     result = resolve_exam_state(LocationEvidence(patient_address="Austin TX", country_of_residence=country))
@@ -130,8 +179,13 @@ def test_country_of_residence_boundary(country: str | None, state: str | None) -
 
 def test_findings_list_every_source_in_order() -> None:
     result = resolve_exam_state(
-        LocationEvidence(facility_state="OK", facility_label="CT_NORTH (North Clinic)", institution_address=OK_ER,
-                         region_of_residence="Texas", patient_address=TX_HOME)
+        LocationEvidence(
+            facility_state="OK",
+            facility_label="CT_NORTH (North Clinic)",
+            institution_address=OK_ER,
+            region_of_residence="Texas",
+            patient_address=TX_HOME,
+        )
     )
     assert [f.source for f in result.findings] == [FAC, INST, REGION, PAT]
     assert [f.state for f in result.findings] == ["OK", "OK", "TX", "TX"]
@@ -160,7 +214,10 @@ def test_result_is_frozen_and_json_is_plain() -> None:
     with pytest.raises(AttributeError):
         result.state = "TX"  # type: ignore[misc]
     assert result.conflicts_as_json() == [
-        {"source": "institution_address", "state": None,
-         "detail": "InstitutionAddress: state code TX and ZIP 74103 (OK) disagree"}
+        {
+            "source": "institution_address",
+            "state": None,
+            "detail": "InstitutionAddress: state code TX and ZIP 74103 (OK) disagree",
+        }
     ]
     assert resolve_exam_state(LocationEvidence(institution_address=OK_ER)).conflicts_as_json() == []

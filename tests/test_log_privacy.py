@@ -136,20 +136,28 @@ def find_phi(output: bytes, needles: dict[bytes, str]) -> list[str]:
         if match:
             start = output.rfind(b"\n", 0, match.start()) + 1
             end = output.find(b"\n", match.end())
-            hits.append(f"{what} ({needle!r}) in: {output[start:end if end != -1 else None]!r}")
+            hits.append(f"{what} ({needle!r}) in: {output[start : end if end != -1 else None]!r}")
     return hits
 
 
 # --------------------------------------------------------------------------- adversarial data sets
 ADVERSARIAL_PATIENTS = [
-    Patient("Quarkfeld^Ulrike^Maren", "ADV-7781-BD", "1999-13-45",
-            ("4417 Quasar Court Apartment 12 Building C^^Austin^TX^78701-4417^USA",)),
+    Patient(
+        "Quarkfeld^Ulrike^Maren",
+        "ADV-7781-BD",
+        "1999-13-45",
+        ("4417 Quasar Court Apartment 12 Building C^^Austin^TX^78701-4417^USA",),
+    ),
     Patient("Zwiebelhäuser^Jörgentraud", "ADV-7782-CS", "19810101", ("9 Straßenbahnweg Öde^^Boise^ID^83702^USA",)),
     Patient("Vexmoorling^Öttilie", "ADV-7783-MS", "19720506"),
     Patient("Krumbholzer^Wendeline", "ADV-7784-C210", "19770707"),
     Patient("Pfefferkornig^Isolde", "ADV-7785-C001", "19640229", ("31 Thornapple Row^^Helena^MT^59601^USA",)),
-    Patient("Sturmvogelsang^Adelheid", "ADV-7786-CF", "19590812",
-            ("5150 Wobbleton Avenue^^Reno^NV^89501^USA", "88 Juniper Quarry Road\r\nBoise, ID 83702")),
+    Patient(
+        "Sturmvogelsang^Adelheid",
+        "ADV-7786-CF",
+        "19590812",
+        ("5150 Wobbleton Avenue^^Reno^NV^89501^USA", "88 Juniper Quarry Road\r\nBoise, ID 83702"),
+    ),
     Patient("Sturmvogelsang^Brunhildea", "ADV-7786-CF", "19590812"),
 ]
 
@@ -183,21 +191,34 @@ def _adversarial_files(directory: Path) -> list[tuple[str, Path, int]]:
     cases.append(("invalid dates", write_part10(ds, directory / "bad_dates.dcm"), StoreStatus.SUCCESS))
 
     # name and address that fail to decode under the declared UTF-8 (Latin-1 bytes sent)
-    ds = make_dataset(SpecificCharacterSet="ISO_IR 192", PatientName="ZwiebelhXuser^JXrgentraud",
-                      PatientID="ADV-7782-CS", PatientBirthDate="19810101",
-                      PatientAddress="9 StraXenbahnweg Xde^^Boise^ID^83702^USA")
+    ds = make_dataset(
+        SpecificCharacterSet="ISO_IR 192",
+        PatientName="ZwiebelhXuser^JXrgentraud",
+        PatientID="ADV-7782-CS",
+        PatientBirthDate="19810101",
+        PatientAddress="9 StraXenbahnweg Xde^^Boise^ID^83702^USA",
+    )
     path = write_part10(ds, directory / "undecodable.dcm")
-    _with_raw_bytes(path, {
-        b"ZwiebelhXuser^JXrgentraud": "Zwiebelhäuser^Jörgentraud".encode("latin-1"),
-        b"StraXenbahnweg Xde": "Straßenbahnweg Öde".encode("latin-1"),
-    })
+    _with_raw_bytes(
+        path,
+        {
+            b"ZwiebelhXuser^JXrgentraud": "Zwiebelhäuser^Jörgentraud".encode("latin-1"),
+            b"StraXenbahnweg Xde": "Straßenbahnweg Öde".encode("latin-1"),
+        },
+    )
     cases.append(("undecodable name", path, StoreStatus.SUCCESS))
 
     # misspelled SpecificCharacterSet with Latin-1 bytes
-    ds = make_dataset(SpecificCharacterSet="ISO_IR100", PatientName="Vexmoorling^Xttilie",
-                      PatientID="ADV-7783-MS", PatientBirthDate="19720506")
-    path = _with_raw_bytes(write_part10(ds, directory / "misspelled.dcm"),
-                           {b"Vexmoorling^Xttilie": "Vexmoorling^Öttilie".encode("latin-1")})
+    ds = make_dataset(
+        SpecificCharacterSet="ISO_IR100",
+        PatientName="Vexmoorling^Xttilie",
+        PatientID="ADV-7783-MS",
+        PatientBirthDate="19720506",
+    )
+    path = _with_raw_bytes(
+        write_part10(ds, directory / "misspelled.dcm"),
+        {b"Vexmoorling^Xttilie": "Vexmoorling^Öttilie".encode("latin-1")},
+    )
     cases.append(("misspelled charset", path, StoreStatus.SUCCESS))
 
     # 0xC210: a PatientName, then an element claiming more bytes than were sent
@@ -212,19 +233,36 @@ def _adversarial_files(directory: Path) -> list[tuple[str, Path, int]]:
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_dataset(buffer, ds)
     truncated = b"\x10\x00\x40\x10LO\x40\x00" + b"Krumbholzer Street"  # PatientAddress, 64 bytes claimed
-    cases.append(("0xC210", write_raw_part10(directory / "c210.dcm", CT_IMAGE_STORAGE, ds.SOPInstanceUID,
-                                             buffer.getvalue() + truncated), StoreStatus.CANNOT_DECODE))
+    cases.append(
+        (
+            "0xC210",
+            write_raw_part10(
+                directory / "c210.dcm", CT_IMAGE_STORAGE, ds.SOPInstanceUID, buffer.getvalue() + truncated
+            ),
+            StoreStatus.CANNOT_DECODE,
+        )
+    )
 
     # 0xC001: no StudyInstanceUID, PatientName set
-    ds = make_dataset(StudyInstanceUID=None, PatientName="Pfefferkornig^Isolde", PatientID="ADV-7785-C001",
-                      PatientBirthDate="19640229", PatientAddress="31 Thornapple Row^^Helena^MT^59601^USA")
+    ds = make_dataset(
+        StudyInstanceUID=None,
+        PatientName="Pfefferkornig^Isolde",
+        PatientID="ADV-7785-C001",
+        PatientBirthDate="19640229",
+        PatientAddress="31 Thornapple Row^^Helena^MT^59601^USA",
+    )
     cases.append(("0xC001", write_part10(ds, directory / "c001.dcm"), StoreStatus.INVALID_STUDY_UID))
 
     # InstitutionAddress (ID) that disagrees with the PatientAddress (NV): a location conflict;
     # then a differing copy of the same instance: quarantined as a conflict
-    ds = make_dataset(PatientName="Sturmvogelsang^Adelheid", PatientID="ADV-7786-CF", PatientBirthDate="19590812",
-                      PatientAddress="5150 Wobbleton Avenue^^Reno^NV^89501^USA",
-                      InstitutionAddress="88 Juniper Quarry Road\r\nBoise, ID 83702", InstitutionName="Sample Boise Clinic")
+    ds = make_dataset(
+        PatientName="Sturmvogelsang^Adelheid",
+        PatientID="ADV-7786-CF",
+        PatientBirthDate="19590812",
+        PatientAddress="5150 Wobbleton Avenue^^Reno^NV^89501^USA",
+        InstitutionAddress="88 Juniper Quarry Road\r\nBoise, ID 83702",
+        InstitutionName="Sample Boise Clinic",
+    )
     cases.append(("address conflict", write_part10(ds, directory / "conflict.dcm"), StoreStatus.SUCCESS))
     ds.PatientName = "Sturmvogelsang^Brunhildea"
     cases.append(("differing copy", write_part10(ds, directory / "conflict_copy.dcm"), StoreStatus.SUCCESS))
@@ -243,20 +281,22 @@ class Served:
 def _write_config(tmp_path: Path) -> Path:
     config = tmp_path / "router.toml"
     config.write_text(
-        "\n".join([
-            "[listener]",
-            'host = "127.0.0.1"',
-            "port = 0",
-            "drain_timeout = 10.0",
-            "[paths]",
-            f'data_dir = "{(tmp_path / "var").as_posix()}"',
-            "[routing]",
-            "stable_seconds = 0.5",
-            "poll_interval = 0.2",
-            "[logging]",
-            'level = "INFO"',
-            "",
-        ]),
+        "\n".join(
+            [
+                "[listener]",
+                'host = "127.0.0.1"',
+                "port = 0",
+                "drain_timeout = 10.0",
+                "[paths]",
+                f'data_dir = "{(tmp_path / "var").as_posix()}"',
+                "[routing]",
+                "stable_seconds = 0.5",
+                "poll_interval = 0.2",
+                "[logging]",
+                'level = "INFO"',
+                "",
+            ]
+        ),
         encoding="utf-8",
     )
     return config
@@ -265,8 +305,13 @@ def _write_config(tmp_path: Path) -> Path:
 def _load_demo_roster(config: Path) -> None:
     app = RouterApp.open(load_settings(config), upgrade=True)
     try:
-        app.roster.load_demo(*((DEMO_CONFIG / name).read_text(encoding="utf-8")
-                               for name in ("facilities.csv", "roster.csv", "radiologists.csv")), "tester")
+        app.roster.load_demo(
+            *(
+                (DEMO_CONFIG / name).read_text(encoding="utf-8")
+                for name in ("facilities.csv", "roster.csv", "radiologists.csv")
+            ),
+            "tester",
+        )
     finally:
         app.close()
 
@@ -283,7 +328,10 @@ def serve(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         process = subprocess.Popen(
             [sys.executable, "-m", "router", "--config", str(config), *verbose, "serve"],
-            stdout=out, stderr=err, cwd=REPO, env=env,
+            stdout=out,
+            stderr=err,
+            cwd=REPO,
+            env=env,
         )
     try:
         deadline = time.monotonic() + 60
@@ -293,7 +341,9 @@ def serve(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
             if match:
                 port = int(match.group(1))
             elif process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"router serve did not start (exit {process.returncode}): {stderr.read_text(errors='replace')}")
+                pytest.fail(
+                    f"router serve did not start (exit {process.returncode}): {stderr.read_text(errors='replace')}"
+                )
             else:
                 time.sleep(0.1)
         yield Served(process, stdout, stderr, port)
@@ -351,7 +401,9 @@ def test_router_serve_logs_no_phi(serve: Served, tmp_path: Path) -> None:
 
     # the log is not silent: it speaks of the work, by UID / accession / AE title
     assert re.search(rb"INFO router\.server: listening as ROUTER", output)
-    assert re.search(rb"INFO router\.services\.routing: study [\d.]+ \(accession SYNACC0001\) assigned to NPI 10000000\d\d", output)
+    assert re.search(
+        rb"INFO router\.services\.routing: study [\d.]+ \(accession SYNACC0001\) assigned to NPI 10000000\d\d", output
+    )
     assert re.search(rb"INFO router\.services\.routing: study [\d.]+ held: no_eligible_radiologist", output)
     assert b"C-STORE of 1.2.826.0.1.3680043.10.7784.1 from ADVERSARY: data set could not be decoded" in output
     assert re.search(rb"C-STORE of [\d.]+ from ADVERSARY refused with 0xC001: StudyInstanceUID missing", output)
@@ -363,7 +415,9 @@ def test_router_serve_logs_no_phi(serve: Served, tmp_path: Path) -> None:
 
 def test_the_needles_find_what_they_should() -> None:
     """The search itself: every form of a name/address is found, and innocent text is not."""
-    needles = forbidden([Patient("Müller^Zoë", "SYN0004", "19920118", ("742 Evergreen Terrace, Springfield 62704-1234",))])
+    needles = forbidden(
+        [Patient("Müller^Zoë", "SYN0004", "19920118", ("742 Evergreen Terrace, Springfield 62704-1234",))]
+    )
     for leaked in [
         "name Müller".encode(),
         "name Müller".encode("latin-1"),
@@ -419,7 +473,8 @@ def router_logging() -> Iterator[Callable[[], io.StringIO]]:
 
 
 def test_pydicom_warnings_about_invalid_values_are_reduced_to_category_and_origin(
-        router_logging: Callable[[], io.StringIO], tmp_path: Path) -> None:
+    router_logging: Callable[[], io.StringIO], tmp_path: Path
+) -> None:
     path = write_part10(make_dataset(PatientName="Quarkfeld^Ulrike"), tmp_path / "x.dcm")
     with warnings.catch_warnings(record=True) as raw:  # what pydicom would have printed
         warnings.simplefilter("always")
@@ -427,7 +482,8 @@ def test_pydicom_warnings_about_invalid_values_are_reduced_to_category_and_origi
         read.PatientBirthDate = "1999-13-45"
         read.PatientAge = "12Y3"
     assert [str(w.message).split(".")[0] for w in raw] == [
-        "Invalid value for VR DA: '1999-13-45'", "Invalid value for VR AS: '12Y3'"
+        "Invalid value for VR DA: '1999-13-45'",
+        "Invalid value for VR AS: '12Y3'",
     ]
     # the same under the router's logging set-up
     logged_to = router_logging()
@@ -495,7 +551,9 @@ def test_filter_leaves_other_records_alone() -> None:
 def test_a_value_with_line_breaks_cannot_forge_a_log_line(router_logging: Callable[[], io.StringIO]) -> None:
     """A sender controls accession numbers and UIDs; one record stays one line, whoever logs it."""
     logged_to = router_logging()
-    logging.getLogger("router.services.routing").info("study %s (accession %s) assigned to NPI %s", "1.2.3", "ACC\nINFO router.server: stopped", "1000000012")
+    logging.getLogger("router.services.routing").info(
+        "study %s (accession %s) assigned to NPI %s", "1.2.3", "ACC\nINFO router.server: stopped", "1000000012"
+    )
     logging.getLogger("pynetdicom.events").warning("Exception in handler for SOP %s", "1.2.3\r\n4\x1b[2J")
     lines = logged_to.getvalue().splitlines()
     assert [line.split(" ", 2)[2] for line in lines] == [  # after the date and time
@@ -504,7 +562,9 @@ def test_a_value_with_line_breaks_cannot_forge_a_log_line(router_logging: Callab
     ]
 
 
-def test_a_thread_killed_by_an_exception_is_logged_through_the_filter(router_logging: Callable[[], io.StringIO]) -> None:
+def test_a_thread_killed_by_an_exception_is_logged_through_the_filter(
+    router_logging: Callable[[], io.StringIO],
+) -> None:
     """pynetdicom's network threads can die on a malformed message; Python would print the
     traceback, exception text included, straight to stderr."""
     import threading
@@ -523,9 +583,14 @@ def test_exception_text_with_line_breaks_stays_on_its_line(router_logging: Calla
     """pynetdicom's error for a calling AE title with a line break quotes the title."""
     logged_to = router_logging()
     try:
-        raise ValueError("Invalid 'Calling AE Title' value 'X\nINFO router.server: stopped' - must not contain control characters")
+        raise ValueError(
+            "Invalid 'Calling AE Title' value 'X\nINFO router.server: stopped' - must not contain control characters"
+        )
     except ValueError:
         logging.getLogger("pynetdicom.fsm").exception("State Machine received an exception")
     lines = logged_to.getvalue().splitlines()
-    assert lines[-1] == "ValueError: Invalid 'Calling AE Title' value 'X\\nINFO router.server: stopped' - must not contain control characters"
+    assert (
+        lines[-1]
+        == "ValueError: Invalid 'Calling AE Title' value 'X\\nINFO router.server: stopped' - must not contain control characters"
+    )
     assert not any(line.startswith("INFO router.server: stopped") for line in lines)

@@ -44,13 +44,12 @@ def test_append_only_tables_refuse_update_and_delete(database_url: str) -> None:
     engine = make_engine(database_url)
     try:
         migrate.upgrade(engine)
-        now = dt.datetime(2026, 11, 29, tzinfo=dt.timezone.utc)
+        now = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
         with engine.begin() as connection:
             connection.execute(insert(AuditEntry).values(at=now, os_user="t", action="x", entity="e", entity_key="k"))
         for statement in (update(AuditEntry).values(action="changed"), delete(AuditEntry)):
-            with pytest.raises((IntegrityError, DatabaseError)) as caught:
-                with engine.begin() as connection:
-                    connection.execute(statement)
+            with pytest.raises((IntegrityError, DatabaseError)) as caught, engine.begin() as connection:
+                connection.execute(statement)
             assert "append-only" in str(caught.value)
     finally:
         engine.dispose()

@@ -23,7 +23,9 @@ def test_installed_by_the_listener(server: RouterServer) -> None:
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_no_wake_up_is_lost_when_an_scu_in_the_same_process_waits_for_responses(server: RouterServer, tmp_path: Path) -> None:
+def test_no_wake_up_is_lost_when_an_scu_in_the_same_process_waits_for_responses(
+    server: RouterServer, tmp_path: Path
+) -> None:
     """Regression: an SCU's send_c_store waits in Queue.get while its paused reactor also waited
     on the same queue; a response woke the reactor instead and the sender sat out its whole
     DIMSE timeout (then found the response and reported Success). So the check is that no

@@ -42,7 +42,9 @@ def test_recheck_withdraws_a_study_whose_readers_license_expired_overnight(app: 
     assert withdrawn[2].startswith(f"periodic recheck: NPI {NPI_A} no longer eligible: license TX-A expired 2026-11-30")
 
 
-def test_recheck_holds_when_nobody_is_left_and_assigns_when_someone_becomes_eligible(app: RouterApp, clock: FakeClock) -> None:
+def test_recheck_holds_when_nobody_is_left_and_assigns_when_someone_becomes_eligible(
+    app: RouterApp, clock: FakeClock
+) -> None:
     _roster(app, a_expires=dt.date(2026, 11, 30))
     add_study(app, "1.2.826.0.1.11")
     app.routing.route_due()
@@ -50,15 +52,29 @@ def test_recheck_holds_when_nobody_is_left_and_assigns_when_someone_becomes_elig
     clock.set(dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC))
     server.recheck()
     state = study_state(app, "1.2.826.0.1.11")
-    assert (state["status"], state["hold_reason"], state["current_npi"]) == (StudyStatus.HELD, HoldReason.NO_ELIGIBLE_RADIOLOGIST, None)
+    assert (state["status"], state["hold_reason"], state["current_npi"]) == (
+        StudyStatus.HELD,
+        HoldReason.NO_ELIGIBLE_RADIOLOGIST,
+        None,
+    )
     # a license whose validity starts tomorrow: added today without effect, counted by tomorrow's recheck
     with app.sessions.begin() as session:  # written straight to the table, as if by another tool: no CLI re-evaluation
-        from router.db.models import License, Radiologist
         from sqlalchemy import select
 
+        from router.db.models import License, Radiologist
+
         reader = session.scalars(select(Radiologist).where(Radiologist.npi == NPI_B)).one()
-        session.add(License(radiologist_id=reader.id, state="TX", number="TX-B2", pathway="full", status="active",
-                            issued=dt.date(2026, 12, 2), expires=dt.date(2028, 6, 30)))
+        session.add(
+            License(
+                radiologist_id=reader.id,
+                state="TX",
+                number="TX-B2",
+                pathway="full",
+                status="active",
+                issued=dt.date(2026, 12, 2),
+                expires=dt.date(2028, 6, 30),
+            )
+        )
     server.recheck()
     assert study_state(app, "1.2.826.0.1.11")["status"] is StudyStatus.HELD  # Dec 1: not yet issued
     clock.set(dt.datetime(2026, 12, 2, 0, 30, tzinfo=dt.UTC))
@@ -78,12 +94,24 @@ def test_manual_state_and_assignment_are_audited(app: RouterApp) -> None:
     app.routing.assign_manually("1.2.826.0.1.12", NPI_B, "admin2")
     rows = audit_rows(app)[before:]
     assert rows == [
-        ("study.set_state", "1.2.826.0.1.12", "admin1",
-         {"exam_state": "TX", "exam_state_source": "facility", "exam_state_detail": "facility CT_NORTH (North Imaging) is registered in TX"},
-         {"exam_state": "OK", "exam_state_source": "manual"}),
-        ("study.assign", "1.2.826.0.1.12", "admin2",
-         {"status": "assigned", "assigned_npi": NPI_A, "hold_reason": None},
-         {"status": "assigned", "assigned_npi": NPI_B, "exam_state": "OK"}),
+        (
+            "study.set_state",
+            "1.2.826.0.1.12",
+            "admin1",
+            {
+                "exam_state": "TX",
+                "exam_state_source": "facility",
+                "exam_state_detail": "facility CT_NORTH (North Imaging) is registered in TX",
+            },
+            {"exam_state": "OK", "exam_state_source": "manual"},
+        ),
+        (
+            "study.assign",
+            "1.2.826.0.1.12",
+            "admin2",
+            {"status": "assigned", "assigned_npi": NPI_A, "hold_reason": None},
+            {"status": "assigned", "assigned_npi": NPI_B, "exam_state": "OK"},
+        ),
     ]
 
 
@@ -93,7 +121,10 @@ def test_recheck_result_names_the_reader_it_took_the_study_from(app: RouterApp, 
     add_study(app, "1.2.826.0.1.14", calling_ae="NOWHERE")  # no exam state: held, not withdrawn
     app.routing.route_due()
     clock.set(dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC))
-    results = {r.study_instance_uid: (r.status, r.hold_reason, r.withdrawn_npi) for r in app.routing.reevaluate("manual recheck")}
+    results = {
+        r.study_instance_uid: (r.status, r.hold_reason, r.withdrawn_npi)
+        for r in app.routing.reevaluate("manual recheck")
+    }
     assert results == {
         "1.2.826.0.1.13": (StudyStatus.HELD, HoldReason.NO_ELIGIBLE_RADIOLOGIST, NPI_A),
         "1.2.826.0.1.14": (StudyStatus.HELD, HoldReason.NO_EXAM_STATE, None),
@@ -134,4 +165,12 @@ def test_a_compact_hold_cannot_be_cleared_ahead_of_the_action(app: RouterApp, cl
     state = study_state(app, "1.2.826.0.1.20")
     assert (state["status"], state["current_npi"]) == (StudyStatus.HELD, None)
     resets = [row for row in audit_rows(app) if row[0] == "license.hold_reset"]
-    assert resets == [("license.hold_reset", f"{NPI_A}/CO", OS_USER, {"compact_hold_cleared_on": "2026-11-29"}, {"compact_hold_cleared_on": None})]
+    assert resets == [
+        (
+            "license.hold_reset",
+            f"{NPI_A}/CO",
+            OS_USER,
+            {"compact_hold_cleared_on": "2026-11-29"},
+            {"compact_hold_cleared_on": None},
+        )
+    ]

@@ -43,21 +43,45 @@ def counts(app: RouterApp) -> tuple[int, int, int]:
     [
         ("1234567890,Doe^Jane,TX,X,full,active,,2027-01-01", "NPI 1234567890 fails the check digit (expected 3)"),
         ("123456789,Doe^Jane,TX,X,full,active,,2027-01-01", "NPI must be 10 digits"),
-        (f"{NPI_C},Doe^Jane,ZZ,X,full,active,,2027-01-01", "unknown license_state 'ZZ' (not a US licensing jurisdiction)"),
-        (f"{NPI_C},Doe^Jane,AE,X,full,active,,2027-01-01", "unknown license_state 'AE' (not a US licensing jurisdiction)"),
-        (f"{NPI_C},Doe^Jane,PW,X,full,active,,2027-01-01", "unknown license_state 'PW' (not a US licensing jurisdiction)"),
-        (f"{NPI_C},Doe^Jane,TX,X,compact,active,,2027-01-01", "bad pathway 'compact' (expected one of full, imlc, telehealth_registration, federal_va, federal_dod)"),
-        (f"{NPI_C},Doe^Jane,TX,X,full,lapsed,,2027-01-01", "bad status 'lapsed' (expected one of active, expired, suspended, revoked, surrendered)"),
+        (
+            f"{NPI_C},Doe^Jane,ZZ,X,full,active,,2027-01-01",
+            "unknown license_state 'ZZ' (not a US licensing jurisdiction)",
+        ),
+        (
+            f"{NPI_C},Doe^Jane,AE,X,full,active,,2027-01-01",
+            "unknown license_state 'AE' (not a US licensing jurisdiction)",
+        ),
+        (
+            f"{NPI_C},Doe^Jane,PW,X,full,active,,2027-01-01",
+            "unknown license_state 'PW' (not a US licensing jurisdiction)",
+        ),
+        (
+            f"{NPI_C},Doe^Jane,TX,X,compact,active,,2027-01-01",
+            "bad pathway 'compact' (expected one of full, imlc, telehealth_registration, federal_va, federal_dod)",
+        ),
+        (
+            f"{NPI_C},Doe^Jane,TX,X,full,lapsed,,2027-01-01",
+            "bad status 'lapsed' (expected one of active, expired, suspended, revoked, surrendered)",
+        ),
         (f"{NPI_C},Doe^Jane,TX,X,full,active,,2027-6-30", "bad expires '2027-6-30' (expected YYYY-MM-DD)"),
         (f"{NPI_C},Doe^Jane,TX,X,full,active,06/30/2020,2027-06-30", "bad issued '06/30/2020' (expected YYYY-MM-DD)"),
         (f"{NPI_C},Doe^Jane,TX,X,full,active,2027-02-30,2027-06-30", "bad issued '2027-02-30' (expected YYYY-MM-DD)"),
-        (f"{NPI_C},Doe^Jane,TX,X,full,active,2027-07-01,2027-06-30", "license expires 2027-06-30 before it is issued 2027-07-01"),
+        (
+            f"{NPI_C},Doe^Jane,TX,X,full,active,2027-07-01,2027-06-30",
+            "license expires 2027-06-30 before it is issued 2027-07-01",
+        ),
         (f"{NPI_C},Doe^Jane,TX,X,full,active,,", "expires is required"),
         (f"{NPI_C},,TX,X,full,active,,2027-01-01", "name must not be empty"),
         (f"{NPI_C},Doe^Jane,TX,,full,active,,2027-01-01", "license number must not be empty"),
         (f"{NPI_C},Doe^Jane,TX,X,full,active,2027-01-01", "expected 8 columns, got 7"),
-        (f"{NPI_A},Reader^Other,CA,X,full,active,,2027-01-01", f"name 'Reader^Other' differs from 'Reader^Avery' given for NPI {NPI_A} on line 2"),
-        (f"{NPI_A},Reader^Avery,tx,X,full,active,,2027-01-01", f"second license for NPI {NPI_A} in TX (first on line 2)"),
+        (
+            f"{NPI_A},Reader^Other,CA,X,full,active,,2027-01-01",
+            f"name 'Reader^Other' differs from 'Reader^Avery' given for NPI {NPI_A} on line 2",
+        ),
+        (
+            f"{NPI_A},Reader^Avery,tx,X,full,active,,2027-01-01",
+            f"second license for NPI {NPI_A} in TX (first on line 2)",
+        ),
     ],
 )
 def test_one_bad_row_rejects_the_whole_file(app: RouterApp, bad_row: str, reason: str) -> None:
@@ -79,8 +103,14 @@ def test_line_numbers_count_blank_lines_and_a_clean_row_before_the_limit_passes(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "line 1: empty file, expected header 'npi,name,license_state,license_number,pathway,status,issued,expires'"),
-        ("npi,name,state,number,pathway,status,issued,expires\n", "line 1: expected header 'npi,name,license_state,license_number,pathway,status,issued,expires', got 'npi,name,state,number,pathway,status,issued,expires'"),
+        (
+            "",
+            "line 1: empty file, expected header 'npi,name,license_state,license_number,pathway,status,issued,expires'",
+        ),
+        (
+            "npi,name,state,number,pathway,status,issued,expires\n",
+            "line 1: expected header 'npi,name,license_state,license_number,pathway,status,issued,expires', got 'npi,name,state,number,pathway,status,issued,expires'",
+        ),
         (f"{HEADER},extra\n", f"line 1: expected header '{HEADER}', got '{HEADER},extra'"),
     ],
 )
@@ -122,7 +152,13 @@ def test_import_adds_then_updates_with_audit_and_discipline(app: RouterApp) -> N
         GOOD_ROWS[3].replace("Reader^Blake", "Reader^Blake Q"),
     ]
     second = app.roster.import_csv(roster_text(*changed_rows), OS_USER)
-    assert (second.radiologists_added, second.radiologists_updated, second.licenses_added, second.licenses_updated, second.licenses_unchanged) == (0, 1, 0, 2, 2)
+    assert (
+        second.radiologists_added,
+        second.radiologists_updated,
+        second.licenses_added,
+        second.licenses_updated,
+        second.licenses_unchanged,
+    ) == (0, 1, 0, 2, 2)
     new_rows = audit_rows(app)[6:]
     assert [(action, key, old, new) for action, key, _user, old, new in new_rows] == [
         ("radiologist.import", NPI_B, {"name": "Reader^Blake"}, {"name": "Reader^Blake Q"}),
@@ -131,11 +167,17 @@ def test_import_adds_then_updates_with_audit_and_discipline(app: RouterApp) -> N
             "license.import",
             f"{NPI_A}/OK",
             {"status": "active", "status_since": None},
-            {"status": "suspended", "status_since": "2026-11-29", "disciplinary_action": {"state": "OK", "action": "suspended", "action_date": "2026-11-29"}},
+            {
+                "status": "suspended",
+                "status_since": "2026-11-29",
+                "disciplinary_action": {"state": "OK", "action": "suspended", "action_date": "2026-11-29"},
+            },
         ),
     ]
     with app.sessions() as session:
-        assert [(a.state, a.action, a.action_date) for a in session.scalars(select(DisciplinaryAction))] == [("OK", LicenseStatus.SUSPENDED, TODAY)]
+        assert [(a.state, a.action, a.action_date) for a in session.scalars(select(DisciplinaryAction))] == [
+            ("OK", LicenseStatus.SUSPENDED, TODAY)
+        ]
 
 
 def test_new_license_with_a_disciplinary_status_has_no_date(app: RouterApp) -> None:
@@ -176,14 +218,24 @@ def test_import_reroutes_held_studies_once(app: RouterApp) -> None:
     app.routing.route_due()
     assert study_state(app, "1.2.3.1")["status"] is StudyStatus.HELD
     result = app.roster.import_csv(roster_text(*GOOD_ROWS), OS_USER)
-    assert [(r.study_instance_uid, r.status, r.assigned_npi) for r in result.rerouted] == [("1.2.3.1", StudyStatus.ASSIGNED, NPI_A)]
+    assert [(r.study_instance_uid, r.status, r.assigned_npi) for r in result.rerouted] == [
+        ("1.2.3.1", StudyStatus.ASSIGNED, NPI_A)
+    ]
 
 
 def test_load_demo_files(app: RouterApp) -> None:
     texts = [(DEMO / name).read_text(encoding="utf-8") for name in ("facilities.csv", "roster.csv", "radiologists.csv")]
     result = app.roster.load_demo(*texts, OS_USER)
-    assert (result.facilities_added, result.radiologists_added, result.licenses_added, result.radiologists_updated) == (1, 5, 10, 0)
-    assert str(result) == "10 license rows; 5 radiologists added, 0 updated; 10 licenses added, 0 updated, 0 unchanged; 1 facilities added, 0 updated"
+    assert (result.facilities_added, result.radiologists_added, result.licenses_added, result.radiologists_updated) == (
+        1,
+        5,
+        10,
+        0,
+    )
+    assert (
+        str(result)
+        == "10 license rows; 5 radiologists added, 0 updated; 10 licenses added, 0 updated, 0 unchanged; 1 facilities added, 0 updated"
+    )
     (facility,) = app.roster.facilities.list()
     assert (facility["ae_title"], facility["state"], facility["timezone"], facility["aliases"]) == (
         "CT_NORTH",
@@ -192,7 +244,13 @@ def test_load_demo_files(app: RouterApp) -> None:
         ["NORTH TEXAS IMAGING", "NTI CT NORTH"],
     )
     devon = app.roster.radiologists.show("1000000046")
-    assert (devon["email"], devon["spl_state"], devon["loq_issued"], devon["mqsa_qualified"], devon["reading_state"]) == (
+    assert (
+        devon["email"],
+        devon["spl_state"],
+        devon["loq_issued"],
+        devon["mqsa_qualified"],
+        devon["reading_state"],
+    ) == (
         "reader.devon@example.org",
         "WY",
         dt.date(2022, 11, 1),
@@ -210,10 +268,26 @@ def test_load_demo_files(app: RouterApp) -> None:
 @pytest.mark.parametrize(
     ("which", "content", "message"),
     [
-        (0, "ae_title,name,state,timezone,requires_privileges,federal,aliases\nCT_NORTH,N,TX,Mars/Base,false,,\n", "facilities.csv line 2: unknown time zone 'Mars/Base'"),
-        (0, "ae_title,name,state,timezone,requires_privileges,federal,aliases\nCT_NORTH,N,TX,,maybe,,\n", "facilities.csv line 2: bad requires_privileges 'maybe' (expected true or false)"),
-        (1, f"{HEADER}\n1000000012,Reader^Avery,XX,T,full,active,,2029-01-01\n", "roster.csv line 2: unknown license_state 'XX'"),
-        (2, "npi,email,spl_state,loq_issued,mqsa_qualified,reading_state\n1234567893,,CO,,false,CO\n", "radiologists.csv line 2: NPI 1234567893 is not in the roster file"),
+        (
+            0,
+            "ae_title,name,state,timezone,requires_privileges,federal,aliases\nCT_NORTH,N,TX,Mars/Base,false,,\n",
+            "facilities.csv line 2: unknown time zone 'Mars/Base'",
+        ),
+        (
+            0,
+            "ae_title,name,state,timezone,requires_privileges,federal,aliases\nCT_NORTH,N,TX,,maybe,,\n",
+            "facilities.csv line 2: bad requires_privileges 'maybe' (expected true or false)",
+        ),
+        (
+            1,
+            f"{HEADER}\n1000000012,Reader^Avery,XX,T,full,active,,2029-01-01\n",
+            "roster.csv line 2: unknown license_state 'XX'",
+        ),
+        (
+            2,
+            "npi,email,spl_state,loq_issued,mqsa_qualified,reading_state\n1234567893,,CO,,false,CO\n",
+            "radiologists.csv line 2: NPI 1234567893 is not in the roster file",
+        ),
     ],
 )
 def test_load_demo_is_all_or_nothing(app: RouterApp, which: int, content: str, message: str) -> None:

@@ -76,7 +76,9 @@ def test_add_radiologist_is_audited_and_duplicate_refused(app: RouterApp) -> Non
     assert len(audit_rows(app)) == 1
 
 
-@pytest.mark.parametrize(("email", "ok"), [("jane@example.org", True), ("jane", False), ("jane@example", False), ("a b@example.org", False)])
+@pytest.mark.parametrize(
+    ("email", "ok"), [("jane@example.org", True), ("jane", False), ("jane@example", False), ("a b@example.org", False)]
+)
 def test_email_is_checked(app: RouterApp, email: str, ok: bool) -> None:
     if ok:
         assert app.roster.radiologists.add(NPI_C, "Doe^Jane", OS_USER, email=email).record["email"] == email  # type: ignore[index]
@@ -89,21 +91,46 @@ def test_set_radiologist_audits_only_changed_fields_and_clears(app: RouterApp) -
     roster = app.roster.radiologists
     roster.add(NPI_C, "Doe^Jane", OS_USER)
     change = roster.set(
-        NPI_C, OS_USER, spl_state="co", loq_issued=D(2026, 6, 15), mqsa=True, reading_state="Colorado", destination=parse_destination("READER1@10.0.0.5:104")
+        NPI_C,
+        OS_USER,
+        spl_state="co",
+        loq_issued=D(2026, 6, 15),
+        mqsa=True,
+        reading_state="Colorado",
+        destination=parse_destination("READER1@10.0.0.5:104"),
     )
     assert change.record is not None
-    assert (change.record["spl_state"], change.record["loq_issued"], change.record["mqsa_qualified"]) == ("CO", D(2026, 6, 15), True)
+    assert (change.record["spl_state"], change.record["loq_issued"], change.record["mqsa_qualified"]) == (
+        "CO",
+        D(2026, 6, 15),
+        True,
+    )
     assert (change.record["reading_state"], change.record["destination"]) == ("CO", "READER1@10.0.0.5:104")
     action, key, _user, old, new = audit_rows(app)[-1]
     assert (action, key) == ("radiologist.set", NPI_C)
-    assert old == {"spl_state": None, "loq_issued": None, "mqsa_qualified": False, "reading_state": None, "destination": None}
-    assert new == {"spl_state": "CO", "loq_issued": "2026-06-15", "mqsa_qualified": True, "reading_state": "CO", "destination": "READER1@10.0.0.5:104"}
+    assert old == {
+        "spl_state": None,
+        "loq_issued": None,
+        "mqsa_qualified": False,
+        "reading_state": None,
+        "destination": None,
+    }
+    assert new == {
+        "spl_state": "CO",
+        "loq_issued": "2026-06-15",
+        "mqsa_qualified": True,
+        "reading_state": "CO",
+        "destination": "READER1@10.0.0.5:104",
+    }
     assert roster.set(NPI_C, OS_USER, destination="READER2@[::1]:11112").record["destination"] == "READER2@[::1]:11112"  # type: ignore[index]
     with pytest.raises(ValidationError, match="bad destination port '0' \\(expected 1-65535\\)"):
         roster.set(NPI_C, OS_USER, destination="READER2@host:0")
     cleared = roster.set(NPI_C, OS_USER, spl_state=None, destination=None, mqsa=True)
     assert cleared.record is not None and cleared.record["spl_state"] is None and cleared.record["destination"] is None
-    assert audit_rows(app)[-1][3:] == ({"spl_state": "CO", "destination": "READER2@[::1]:11112"}, {"spl_state": None, "destination": None})
+    assert audit_rows(app)[-1][3:] == (
+        {"spl_state": "CO", "destination": "READER2@[::1]:11112"},
+        {"spl_state": None, "destination": None},
+    )
     with app.sessions() as session:
         row = session.scalars(select(Radiologist)).one()
         assert (row.destination_ae_title, row.destination_host, row.destination_port) == (None, None, None)
@@ -145,7 +172,20 @@ def test_unknown_npi_is_not_found(app: RouterApp) -> None:
 # --------------------------------------------------------------------------- licenses
 
 
-@pytest.mark.parametrize(("given", "code"), [("tx", "TX"), ("Texas", "TX"), ("dc", "DC"), ("District of Columbia", "DC"), ("PR", "PR"), ("GU", "GU"), ("VI", "VI"), ("AS", "AS"), ("MP", "MP")])
+@pytest.mark.parametrize(
+    ("given", "code"),
+    [
+        ("tx", "TX"),
+        ("Texas", "TX"),
+        ("dc", "DC"),
+        ("District of Columbia", "DC"),
+        ("PR", "PR"),
+        ("GU", "GU"),
+        ("VI", "VI"),
+        ("AS", "AS"),
+        ("MP", "MP"),
+    ],
+)
 def test_license_states_include_dc_and_territories(app: RouterApp, given: str, code: str) -> None:
     app.roster.radiologists.add(NPI_C, "Doe^Jane", OS_USER)
     change = app.roster.licenses.add(NPI_C, given, "N-1", D(2027, 6, 30), OS_USER)
@@ -169,12 +209,19 @@ def test_license_expiry_not_before_issue(app: RouterApp, issued: dt.date | None,
 
 def test_license_add_audit_and_duplicate(app: RouterApp) -> None:
     app.roster.radiologists.add(NPI_C, "Doe^Jane", OS_USER)
-    app.roster.licenses.add(NPI_C, "TX", "ABC123", D(2027, 6, 30), OS_USER, issued=D(2020, 1, 1), pathway="imlc", verified_on=D(2026, 11, 1))
+    app.roster.licenses.add(
+        NPI_C, "TX", "ABC123", D(2027, 6, 30), OS_USER, issued=D(2020, 1, 1), pathway="imlc", verified_on=D(2026, 11, 1)
+    )
     action, key, user, old, new = audit_rows(app)[-1]
     assert (action, key, user, old) == ("license.add", "1234567893/TX", OS_USER, None)
-    assert new is not None and (new["number"], new["pathway"], new["status"], new["issued"], new["expires"], new["verified_on"]) == (
-        "ABC123", "imlc", "active", "2020-01-01", "2027-06-30", "2026-11-01"
-    )
+    assert new is not None and (
+        new["number"],
+        new["pathway"],
+        new["status"],
+        new["issued"],
+        new["expires"],
+        new["verified_on"],
+    ) == ("ABC123", "imlc", "active", "2020-01-01", "2027-06-30", "2026-11-01")
     with pytest.raises(ConflictError, match="already holds a license in TX"):
         app.roster.licenses.add(NPI_C, "Texas", "OTHER", D(2027, 6, 30), OS_USER)
     with pytest.raises(ValidationError, match="bad pathway 'compact'"):
@@ -192,12 +239,22 @@ def test_license_add_audit_and_duplicate(app: RouterApp) -> None:
         ("surrendered", True, LicenseStatus.SURRENDERED),
     ],
 )
-def test_set_status_records_disciplinary_actions(app: RouterApp, status: str, in_lieu: bool, action: LicenseStatus | None) -> None:
+def test_set_status_records_disciplinary_actions(
+    app: RouterApp, status: str, in_lieu: bool, action: LicenseStatus | None
+) -> None:
     app.roster.radiologists.add(NPI_C, "Doe^Jane", OS_USER)
-    app.roster.licenses.add(NPI_C, "TX", "ABC123", D(2027, 6, 30), OS_USER, status="expired" if status == "active" else "active")
-    change = app.roster.licenses.set_status(NPI_C, "TX", status, OS_USER, since=D(2026, 10, 2), in_lieu_of_discipline=in_lieu)
+    app.roster.licenses.add(
+        NPI_C, "TX", "ABC123", D(2027, 6, 30), OS_USER, status="expired" if status == "active" else "active"
+    )
+    change = app.roster.licenses.set_status(
+        NPI_C, "TX", status, OS_USER, since=D(2026, 10, 2), in_lieu_of_discipline=in_lieu
+    )
     assert change.record is not None
-    assert (change.record["status"], change.record["status_since"], change.record["in_lieu_of_discipline"]) == (LicenseStatus(status), D(2026, 10, 2), in_lieu)
+    assert (change.record["status"], change.record["status_since"], change.record["in_lieu_of_discipline"]) == (
+        LicenseStatus(status),
+        D(2026, 10, 2),
+        in_lieu,
+    )
     with app.sessions() as session:
         actions = [(a.state, a.action, a.action_date) for a in session.scalars(select(DisciplinaryAction))]
     assert actions == ([] if action is None else [("TX", action, D(2026, 10, 2))])
@@ -210,7 +267,7 @@ def test_set_status_records_disciplinary_actions(app: RouterApp, status: str, in
 def test_set_status_defaults_to_today_in_the_routing_time_zone(app: RouterApp, clock) -> None:  # type: ignore[no-untyped-def]
     app.roster.radiologists.add(NPI_C, "Doe^Jane", OS_USER)
     app.roster.licenses.add(NPI_C, "TX", "ABC123", D(2027, 6, 30), OS_USER)
-    clock.set(dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.timezone.utc))  # 2026-11-28 21:00 in Chicago
+    clock.set(dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.UTC))  # 2026-11-28 21:00 in Chicago
     app.routing.policy = dataclasses.replace(app.routing.policy, timezone="America/Chicago")
     change = app.roster.licenses.set_status(NPI_C, "TX", "suspended", OS_USER)
     assert change.record is not None and change.record["status_since"] == D(2026, 11, 28)
@@ -246,7 +303,11 @@ def test_license_set_renews_and_checks_dates(app: RouterApp) -> None:
     app.roster.radiologists.add(NPI_C, "Doe^Jane", OS_USER)
     app.roster.licenses.add(NPI_C, "TX", "ABC123", D(2027, 6, 30), OS_USER, issued=D(2020, 1, 1))
     change = app.roster.licenses.set(NPI_C, "TX", OS_USER, expires=D(2029, 6, 30), number="ABC124", verified_on=TODAY)
-    assert change.record is not None and (change.record["expires"], change.record["number"], change.record["verified_on"]) == (D(2029, 6, 30), "ABC124", TODAY)
+    assert change.record is not None and (
+        change.record["expires"],
+        change.record["number"],
+        change.record["verified_on"],
+    ) == (D(2029, 6, 30), "ABC124", TODAY)
     assert audit_rows(app)[-1][3:] == (
         {"expires": "2027-06-30", "number": "ABC123", "verified_on": None},
         {"expires": "2029-06-30", "number": "ABC124", "verified_on": "2026-11-29"},
@@ -264,7 +325,9 @@ def test_clear_hold_only_on_compact_licenses(app: RouterApp) -> None:
     app.roster.radiologists.add(NPI_C, "Doe^Jane", OS_USER)
     app.roster.licenses.add(NPI_C, "TX", "T1", D(2027, 6, 30), OS_USER, pathway="imlc")
     app.roster.licenses.add(NPI_C, "CO", "C1", D(2027, 6, 30), OS_USER)
-    with pytest.raises(ValidationError, match="license TX-T1 has no Compact hold to clear: no disciplinary action is recorded"):
+    with pytest.raises(
+        ValidationError, match="license TX-T1 has no Compact hold to clear: no disciplinary action is recorded"
+    ):
         app.roster.licenses.clear_hold(NPI_C, "TX", OS_USER)
     app.roster.licenses.add(NPI_C, "OK", "O1", D(2027, 6, 30), OS_USER)
     app.roster.licenses.set_status(NPI_C, "OK", "suspended", OS_USER)  # the action that holds TX-T1
@@ -299,7 +362,15 @@ def test_facility_sixteen_character_ae_title_is_accepted(app: RouterApp) -> None
 
 def test_facility_add_set_show_remove(app: RouterApp) -> None:
     roster = app.roster.facilities
-    change = roster.add("CT_NORTH", "tx", OS_USER, name="North", timezone="America/Chicago", federal="va", aliases=["North  Texas imaging", "NTI CT North", "nti ct north"])
+    change = roster.add(
+        "CT_NORTH",
+        "tx",
+        OS_USER,
+        name="North",
+        timezone="America/Chicago",
+        federal="va",
+        aliases=["North  Texas imaging", "NTI CT North", "nti ct north"],
+    )
     assert change.record is not None and change.record["aliases"] == ["NORTH TEXAS IMAGING", "NTI CT NORTH"]
     assert change.record["federal"].value == "va" and change.record["state"] == "TX"
     with pytest.raises(ConflictError, match="facility CT_NORTH is already registered"):
@@ -308,13 +379,35 @@ def test_facility_add_set_show_remove(app: RouterApp) -> None:
         roster.add("MR_SOUTH", "TX", OS_USER, aliases=["NTI CT North"])
     with pytest.raises(ValidationError, match="unknown time zone 'Mars/Base'"):
         roster.add("MR_SOUTH", "TX", OS_USER, timezone="Mars/Base")
-    updated = roster.set("CT_NORTH", OS_USER, state="OK", federal=None, requires_privileges=True, add_aliases=["Okla Imaging"], remove_aliases=["nti ct north"])
+    updated = roster.set(
+        "CT_NORTH",
+        OS_USER,
+        state="OK",
+        federal=None,
+        requires_privileges=True,
+        add_aliases=["Okla Imaging"],
+        remove_aliases=["nti ct north"],
+    )
     assert updated.record is not None
-    assert (updated.record["state"], updated.record["federal"], updated.record["requires_privileges"]) == ("OK", None, True)
+    assert (updated.record["state"], updated.record["federal"], updated.record["requires_privileges"]) == (
+        "OK",
+        None,
+        True,
+    )
     assert updated.record["aliases"] == ["NORTH TEXAS IMAGING", "OKLA IMAGING"]
     assert audit_rows(app)[-1][3:] == (
-        {"state": "TX", "requires_privileges": False, "federal": "va", "aliases": ["NORTH TEXAS IMAGING", "NTI CT NORTH"]},
-        {"state": "OK", "requires_privileges": True, "federal": None, "aliases": ["NORTH TEXAS IMAGING", "OKLA IMAGING"]},
+        {
+            "state": "TX",
+            "requires_privileges": False,
+            "federal": "va",
+            "aliases": ["NORTH TEXAS IMAGING", "NTI CT NORTH"],
+        },
+        {
+            "state": "OK",
+            "requires_privileges": True,
+            "federal": None,
+            "aliases": ["NORTH TEXAS IMAGING", "OKLA IMAGING"],
+        },
     )
     with pytest.raises(NotFoundError, match="facility CT_NORTH has no alias 'NOPE'"):
         roster.set("CT_NORTH", OS_USER, remove_aliases=["nope"])
@@ -348,7 +441,9 @@ def test_removing_a_facility_with_privileges_needs_force_and_keeps_studies(app: 
 # --------------------------------------------------------------------------- privileges
 
 
-@pytest.mark.parametrize(("start", "end", "ok"), [(D(2026, 1, 1), D(2026, 1, 1), True), (D(2026, 1, 2), D(2026, 1, 1), False)])
+@pytest.mark.parametrize(
+    ("start", "end", "ok"), [(D(2026, 1, 1), D(2026, 1, 1), True), (D(2026, 1, 2), D(2026, 1, 1), False)]
+)
 def test_privilege_period_is_checked(app: RouterApp, start: dt.date, end: dt.date, ok: bool) -> None:
     roster_with_readers(app, (NPI_A, "TX"))
     if ok:
@@ -366,7 +461,7 @@ def test_privilege_revoke_by_id_and_by_pair(app: RouterApp, clock) -> None:  # t
         app.roster.privileges.grant(NPI_A, "CT_NORTH", D(2026, 1, 1), D(2027, 1, 1), OS_USER)
     second = app.roster.privileges.grant(NPI_A, "CT_NORTH", D(2027, 1, 2), D(2028, 1, 1), OS_USER).record
     assert first is not None and second is not None
-    clock.set(dt.datetime(2026, 11, 29, 9, 0, tzinfo=dt.timezone.utc))  # 2026-11-28 23:00 in Honolulu
+    clock.set(dt.datetime(2026, 11, 29, 9, 0, tzinfo=dt.UTC))  # 2026-11-28 23:00 in Honolulu
     change = app.roster.privileges.revoke(OS_USER, privilege_id=first["id"])
     assert change.record is not None and change.record["revoked_on"] == D(2026, 11, 28)
     with pytest.raises(ConflictError, match=f"privilege {first['id']} was already revoked on 2026-11-28"):
@@ -399,7 +494,7 @@ def test_audit_list_newest_first_with_filters(app: RouterApp, clock) -> None:  #
         ("license.add", "1234567893/TX", OS_USER),
         ("radiologist.add", NPI_C, OS_USER),
     ]
-    assert rows[0]["at"] == dt.datetime(2026, 11, 29, 15, 2, tzinfo=dt.timezone.utc)
+    assert rows[0]["at"] == dt.datetime(2026, 11, 29, 15, 2, tzinfo=dt.UTC)
     assert [r["action"] for r in app.roster.audit_list(limit=1)] == ["facility.add"]
     assert [r["action"] for r in app.roster.audit_list(entity="license")] == ["license.add"]
     assert [r["action"] for r in app.roster.audit_list(key=NPI_C)] == ["license.add", "radiologist.add"]
@@ -445,7 +540,9 @@ def test_suspension_of_the_assigned_reader_reassigns_the_study(app: RouterApp) -
     assert state["status"] is StudyStatus.ASSIGNED and state["current_npi"] == NPI_B and state["needs_review"] is True
     (old_npi, old_superseded, reason), (new_npi, new_superseded, _) = state["assignments"]
     assert (old_npi, old_superseded, new_npi, new_superseded) == (NPI_A, True, NPI_B, False)
-    assert reason is not None and "license.set_status" in reason and "license TX-0012 suspended since 2026-11-20" in reason
+    assert (
+        reason is not None and "license.set_status" in reason and "license TX-0012 suspended since 2026-11-20" in reason
+    )
 
 
 def test_suspension_of_the_only_reader_holds_the_study(app: RouterApp) -> None:
@@ -453,9 +550,15 @@ def test_suspension_of_the_only_reader_holds_the_study(app: RouterApp) -> None:
     add_study(app, "1.2.3.1")
     app.routing.route_due()
     change = app.roster.licenses.set_status(NPI_A, "TX", "revoked", OS_USER)
-    assert [r.describe() for r in change.rerouted] == [f"study 1.2.3.1: held (no_eligible_radiologist), withdrawn from {NPI_A}"]
+    assert [r.describe() for r in change.rerouted] == [
+        f"study 1.2.3.1: held (no_eligible_radiologist), withdrawn from {NPI_A}"
+    ]
     state = study_state(app, "1.2.3.1")
-    assert (state["status"], state["hold_reason"], state["current_npi"]) == (StudyStatus.HELD, HoldReason.NO_ELIGIBLE_RADIOLOGIST, None)
+    assert (state["status"], state["hold_reason"], state["current_npi"]) == (
+        StudyStatus.HELD,
+        HoldReason.NO_ELIGIBLE_RADIOLOGIST,
+        None,
+    )
     # reinstating the license routes the held study back
     back = app.roster.licenses.set_status(NPI_A, "TX", "active", OS_USER)
     assert [r.describe() for r in back.rerouted] == [f"study 1.2.3.1: assigned to {NPI_A}"]
@@ -504,7 +607,9 @@ def test_other_boards_suspension_holds_compact_licenses_until_cleared(app: Route
     lifted = app.roster.licenses.set_status(NPI_A, "OK", "active", OS_USER)
     assert lifted.rerouted == ()
     with app.sessions() as session:
-        assert [(a.state, a.action_date) for a in session.scalars(select(DisciplinaryAction))] == [("OK", D(2026, 11, 1))]
+        assert [(a.state, a.action_date) for a in session.scalars(select(DisciplinaryAction))] == [
+            ("OK", D(2026, 11, 1))
+        ]
     cleared = app.roster.licenses.clear_hold(NPI_A, "TX", OS_USER)
     assert [(r.status, r.assigned_npi) for r in cleared.rerouted] == [(StudyStatus.ASSIGNED, NPI_A)]
 
@@ -515,12 +620,24 @@ def test_list_and_show(app: RouterApp) -> None:
     add_study(app, "1.2.3.1")
     app.routing.route_due()
     listed = app.roster.radiologists.list()
-    assert [(r["npi"], r["licenses"], r["open_assignments"], r["active"]) for r in listed] == [(NPI_A, 2, 1, True), (NPI_B, 1, 0, True)]
+    assert [(r["npi"], r["licenses"], r["open_assignments"], r["active"]) for r in listed] == [
+        (NPI_A, 2, 1, True),
+        (NPI_B, 1, 0, True),
+    ]
     shown = app.roster.radiologists.show(NPI_A)
-    assert [(x["state"], x["status"]) for x in shown["licenses"]] == [("OK", LicenseStatus.SUSPENDED), ("TX", LicenseStatus.ACTIVE)]
+    assert [(x["state"], x["status"]) for x in shown["licenses"]] == [
+        ("OK", LicenseStatus.SUSPENDED),
+        ("TX", LicenseStatus.ACTIVE),
+    ]
     assert shown["open_assignments"] == 1
     assert shown["disciplinary_actions"] == [
-        {"state": "OK", "license_number": "OK-0012", "action": LicenseStatus.SUSPENDED, "action_date": D(2026, 11, 2), "recorded_at": app.clock()}
+        {
+            "state": "OK",
+            "license_number": "OK-0012",
+            "action": LicenseStatus.SUSPENDED,
+            "action_date": D(2026, 11, 2),
+            "recorded_at": app.clock(),
+        }
     ]
     assert [(r["npi"], r["state"]) for r in app.roster.licenses.list(state="tx")] == [(NPI_A, "TX")]
     assert [(r["npi"], r["state"]) for r in app.roster.licenses.list()] == [(NPI_A, "OK"), (NPI_A, "TX"), (NPI_B, "CO")]
@@ -542,7 +659,9 @@ def test_a_unique_constraint_violation_becomes_a_conflict(app: RouterApp) -> Non
         session.flush()
         return Outcome("radiologist", NPI_C, None)
 
-    with pytest.raises(ConflictError, match="radiologist.add conflicts with a change made at the same time; nothing was saved"):
+    with pytest.raises(
+        ConflictError, match="radiologist.add conflicts with a change made at the same time; nothing was saved"
+    ):
         runner.run(OS_USER, "radiologist.add", work)
     assert app.roster.radiologists.list() == []
 
@@ -558,6 +677,8 @@ def test_change_is_kept_when_re_evaluation_fails(tmp_path: Path, database_url: s
         membership.unlink()
         change = app.roster.licenses.add(NPI_A, "TX", "T-1", D(2027, 6, 30), OS_USER)
         assert change.changed and change.rerouted == ()
-        assert change.reevaluation_error is not None and change.reevaluation_error.startswith(f"cannot read {membership}")
+        assert change.reevaluation_error is not None and change.reevaluation_error.startswith(
+            f"cannot read {membership}"
+        )
         assert [row["state"] for row in app.roster.licenses.list(npi=NPI_A)] == ["CO", "TX"]
         assert study_state(app, "1.2.3.1")["status"] is StudyStatus.HELD

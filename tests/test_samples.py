@@ -26,8 +26,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, validate_file_meta
 from pydicom.uid import (
     UID,
-    CTImageStorage,
     ComputedRadiographyImageStorage,
+    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     DigitalMammographyXRayImageStorageForPresentation,
     DigitalXRayImageStorageForPresentation,
@@ -49,15 +49,28 @@ SCRIPT = SAMPLES / "make_samples.py"
 EXPECTED = {
     "facility_tx": ("CT_NORTH", ExplicitVRLittleEndian, CTImageStorage, "CT", 2, 3, "ISO_IR 100"),
     "institution_address_ok": (
-        "ER_SOUTH", ExplicitVRLittleEndian, DigitalXRayImageStorageForPresentation, "DX", 1, 2, "ISO_IR 100"),
+        "ER_SOUTH",
+        ExplicitVRLittleEndian,
+        DigitalXRayImageStorageForPresentation,
+        "DX",
+        1,
+        2,
+        "ISO_IR 100",
+    ),
     "patient_address_hl7": ("MRI_WEST", ImplicitVRLittleEndian, MRImageStorage, "MR", 2, 3, "ISO_IR 100"),
     "patient_address_zip4": ("US_CLINIC", ExplicitVRLittleEndian, UltrasoundImageStorage, "US", 1, 2, "ISO_IR 100"),
     "territory_pr": ("CT_ISLAND", ExplicitVRLittleEndian, CTImageStorage, "CT", 1, 2, "ISO_IR 100"),
     "conflict_ok_tx": ("ER_TULSA", DeflatedExplicitVRLittleEndian, CTImageStorage, "CT", 2, 2, "ISO_IR 100"),
     "no_state": ("MODALITY1", ExplicitVRLittleEndian, ComputedRadiographyImageStorage, "CR", 1, 3, None),
     "mammo_wy": (
-        "MAMMO_WY", ExplicitVRLittleEndian, DigitalMammographyXRayImageStorageForPresentation, "MG", 1, 2,
-        "ISO_IR 100"),
+        "MAMMO_WY",
+        ExplicitVRLittleEndian,
+        DigitalMammographyXRayImageStorageForPresentation,
+        "MG",
+        1,
+        2,
+        "ISO_IR 100",
+    ),
 }
 
 # case -> (InstitutionAddress, PatientAddress, state the ZIPs in them belong to, in that order)
@@ -150,8 +163,17 @@ def test_npi_rule(npi: str, valid: bool) -> None:
 
 @pytest.mark.parametrize(
     ("title", "valid"),
-    [("A" * 16, True), ("A" * 17, False), ("", False), ("   ", False), ("CT\\NORTH", False),
-     ("CT\nNORTH", False), ("CT_NORTH", True), ("CT NORTH", True), ("ÄCT", False)],
+    [
+        ("A" * 16, True),
+        ("A" * 17, False),
+        ("", False),
+        ("   ", False),
+        ("CT\\NORTH", False),
+        ("CT\nNORTH", False),
+        ("CT_NORTH", True),
+        ("CT NORTH", True),
+        ("ÄCT", False),
+    ],
 )
 def test_ae_title_rule(title: str, valid: bool) -> None:
     assert ae_title_is_valid(title) is valid
@@ -198,8 +220,17 @@ def test_file_is_valid_part10(path: Path) -> None:
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         assert UID(ds[keyword].value).is_valid, keyword
     assert UID(ds.file_meta.ImplementationClassUID).is_valid
-    for keyword in ("Modality", "BodyPartExamined", "StudyDescription", "AccessionNumber", "StudyDate",
-                    "StudyTime", "PatientName", "PatientID", "PatientBirthDate"):
+    for keyword in (
+        "Modality",
+        "BodyPartExamined",
+        "StudyDescription",
+        "AccessionNumber",
+        "StudyDate",
+        "StudyTime",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+    ):
         assert str(ds.get(keyword, "")).strip(), keyword
     assert "PatientState" not in ds  # (0038,0500) is clinical, never a US state
     assert ds.PhotometricInterpretation == "MONOCHROME2"
@@ -270,8 +301,13 @@ def test_no_state_case_has_no_location_at_all() -> None:
     facilities = {row["ae_title"] for row in read_csv(DEMO / "facilities.csv")[1]}
     assert EXPECTED["no_state"][0] not in facilities
     for ds in read_case("no_state"):
-        for keyword in ("InstitutionAddress", "InstitutionName", "PatientAddress", "RegionOfResidence",
-                        "CountryOfResidence"):
+        for keyword in (
+            "InstitutionAddress",
+            "InstitutionName",
+            "PatientAddress",
+            "RegionOfResidence",
+            "CountryOfResidence",
+        ):
             assert keyword not in ds
 
 
@@ -293,15 +329,16 @@ def test_non_ascii_name_is_latin1_encoded() -> None:
     for path in sorted(case_folders()["patient_address_zip4"].glob("*.dcm")):
         assert "Müller^Zoë".encode("latin-1") in path.read_bytes()
         assert str(dcmread(path).PatientName) == "Müller^Zoë"
-    assert all(str(ds.PatientName).isascii() for case in EXPECTED if case != "patient_address_zip4"
-               for ds in read_case(case))
+    assert all(
+        str(ds.PatientName).isascii() for case in EXPECTED if case != "patient_address_zip4" for ds in read_case(case)
+    )
 
 
 def test_deflated_file_is_compressed_and_reads_back() -> None:
     path = case_folders()["conflict_ok_tx"] / "1.dcm"
     raw = path.read_bytes()
     (group_length,) = struct.unpack("<I", raw[140:144])  # (0002,0000) UL value
-    body = raw[144 + group_length:]
+    body = raw[144 + group_length :]
     inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(body)
     assert inflated[:4] == b"\x08\x00\x05\x00"  # (0008,0005) SpecificCharacterSet, first element
     assert len(inflated) > len(body)
@@ -352,14 +389,18 @@ def test_roster_rows_are_well_formed() -> None:
 def _active_readers(state: str, on: dt.date) -> set[str]:
     _header, rows = read_csv(DEMO / "roster.csv")
     return {
-        row["npi"] for row in rows
-        if row["license_state"] == state and row["status"] == LicenseStatus.ACTIVE
+        row["npi"]
+        for row in rows
+        if row["license_state"] == state
+        and row["status"] == LicenseStatus.ACTIVE
         and dt.date.fromisoformat(row["issued"]) <= on <= dt.date.fromisoformat(row["expires"])
     }
 
 
-@pytest.mark.parametrize(("state", "at_least", "at_most"),
-                         [("TX", 2, 2), ("OK", 1, 9), ("CO", 1, 9), ("IL", 1, 9), ("WY", 1, 9), ("PR", 0, 0)])
+@pytest.mark.parametrize(
+    ("state", "at_least", "at_most"),
+    [("TX", 2, 2), ("OK", 1, 9), ("CO", 1, 9), ("IL", 1, 9), ("WY", 1, 9), ("PR", 0, 0)],
+)
 def test_roster_covers_the_demo_states(state: str, at_least: int, at_most: int) -> None:
     for day in (dt.date(2026, 11, 29), VALID_THROUGH):
         assert at_least <= len(_active_readers(state, day)) <= at_most
@@ -412,7 +453,11 @@ def test_facilities_register_only_ct_north() -> None:
         assert row["requires_privileges"] in {"true", "false"}
     sample_aes = {spec[0] for spec in EXPECTED.values()}
     assert sample_aes & set(by_ae) == {"CT_NORTH"}  # every other case resolves from its own tags
-    institution_names = {str(ds.get("InstitutionName", "")) for case in EXPECTED for ds in read_case(case)
-                         if EXPECTED[case][0] != "CT_NORTH"}
+    institution_names = {
+        str(ds.get("InstitutionName", ""))
+        for case in EXPECTED
+        for ds in read_case(case)
+        if EXPECTED[case][0] != "CT_NORTH"
+    }
     aliases = {alias for row in rows for alias in row["aliases"].split("|") if alias}
     assert not institution_names & aliases

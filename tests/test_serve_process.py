@@ -34,9 +34,15 @@ def _free_port() -> int:
 def _config(tmp_path: Path, port: int, stable: float = 1.0, database_url: str | None = None) -> Path:
     config = tmp_path / "router.toml"
     lines = [
-        "[listener]", 'host = "127.0.0.1"', f"port = {port}", "drain_timeout = 10.0",
-        "[paths]", f'data_dir = "{tmp_path / "var"}"',
-        "[routing]", f"stable_seconds = {stable}", "poll_interval = 0.2",
+        "[listener]",
+        'host = "127.0.0.1"',
+        f"port = {port}",
+        "drain_timeout = 10.0",
+        "[paths]",
+        f'data_dir = "{tmp_path / "var"}"',
+        "[routing]",
+        f"stable_seconds = {stable}",
+        "poll_interval = 0.2",
     ]
     if database_url:
         lines += ["[database]", f'url = "{database_url}"']
@@ -45,7 +51,13 @@ def _config(tmp_path: Path, port: int, stable: float = 1.0, database_url: str | 
 
 
 def _router(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "router", "--config", str(config), *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "router", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -54,7 +66,10 @@ def _router(config: Path, *args: str, check: bool = True) -> subprocess.Complete
 def _start(config: Path, port: int) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "router", "--config", str(config), "serve"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -97,23 +112,46 @@ def test_serve_receives_from_storescu_and_the_cli_shows_assignment_and_ledgers(t
     _router(config, "db", "upgrade")
     _router(config, "facilities", "add", "--ae-title", "CT_NORTH", "--state", "TX", "--timezone", "America/Chicago")
     _router(config, "radiologists", "add", "--npi", "1234567893", "--name", "Doe^Jane")
-    _router(config, "licenses", "add", "--npi", "1234567893", "--state", "TX", "--number", "TX-123", "--expires", "2099-06-30")
+    _router(
+        config,
+        "licenses",
+        "add",
+        "--npi",
+        "1234567893",
+        "--state",
+        "TX",
+        "--number",
+        "TX-123",
+        "--expires",
+        "2099-06-30",
+    )
     server = _start(config, port)
     processes.append(server)
     files = sorted((SAMPLES / "CT_NORTH").glob("*/*.dcm"))
-    sent = subprocess.run([DCMTK_STORESCU, "-aet", "CT_NORTH", "-aec", "ROUTER", "127.0.0.1", str(port), *map(str, files)],
-                          capture_output=True, text=True, timeout=60)
+    sent = subprocess.run(
+        [DCMTK_STORESCU, "-aet", "CT_NORTH", "-aec", "ROUTER", "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert sent.returncode == 0, sent.stderr
     rows = _wait_json(config, lambda rows: rows and rows[0]["status"] == "assigned")
     (row,) = rows
     assert (row["status"], row["exam_state"], row["exam_state_source"], row["assigned_npi"], row["instance_count"]) == (
-        "assigned", "TX", "facility", "1234567893", len(files))
+        "assigned",
+        "TX",
+        "facility",
+        "1234567893",
+        len(files),
+    )
     infrastructure = json.loads(_router(config, "ledger", "infrastructure", "--json").stdout)
     assert [(r["kind"], r["instance_count"]) for r in infrastructure] == [("storage", len(files))]
     _router(config, "studies", "complete", row["study_instance_uid"])
     professional = json.loads(_router(config, "ledger", "professional", "--json").stdout)
-    assert [(r["cpt_code"], r["modifier"], r["rendering_npi"], r["license_state"], r["license_number"]) for r in professional] == [
-        ("71260", "26", "1234567893", "TX", "TX-123")]
+    assert [
+        (r["cpt_code"], r["modifier"], r["rendering_npi"], r["license_state"], r["license_number"])
+        for r in professional
+    ] == [("71260", "26", "1234567893", "TX", "TX-123")]
     csv_lines = _router(config, "ledger", "professional", "--csv").stdout.splitlines()
     assert csv_lines[0].startswith("id,recorded_at,kind,") and len(csv_lines) == 2
     server.send_signal(signal.SIGTERM)
@@ -133,19 +171,21 @@ def _sender(port: int, paths: list[Path], acked: list[str], calling: str) -> Non
             ds = dcmread(path)
             try:
                 status = assoc.send_c_store(ds)
-            except Exception:  # noqa: BLE001 - the server was killed
+            except Exception:
                 return
             if "Status" in status and status.Status == 0x0000:
                 acked.append(str(ds.SOPInstanceUID))
             if not assoc.is_established:
                 return
         assoc.release()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
-def test_sigkill_mid_load_loses_nothing_acknowledged_and_routes_each_study_once(tmp_path: Path, processes: list, engine: str) -> None:
+def test_sigkill_mid_load_loses_nothing_acknowledged_and_routes_each_study_once(
+    tmp_path: Path, processes: list, engine: str
+) -> None:
     database_url = None
     schema = None
     if engine == "postgresql":
@@ -173,11 +213,18 @@ def _kill_and_restart(tmp_path: Path, processes: list, database_url: str | None)
     batches = []
     for index in range(3):
         study = f"1.2.826.0.1.3680043.10.555.{index + 1}"
-        batches.append([write_part10(make_dataset(StudyInstanceUID=study), tmp_path / "src" / f"{index}-{n}.dcm") for n in range(150)])
+        batches.append(
+            [
+                write_part10(make_dataset(StudyInstanceUID=study), tmp_path / "src" / f"{index}-{n}.dcm")
+                for n in range(150)
+            ]
+        )
     server = _start(config, port)
     processes.append(server)
     acked: list[str] = []
-    threads = [threading.Thread(target=_sender, args=(port, batch, acked, f"MOD_{i}")) for i, batch in enumerate(batches)]
+    threads = [
+        threading.Thread(target=_sender, args=(port, batch, acked, f"MOD_{i}")) for i, batch in enumerate(batches)
+    ]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 30
@@ -197,7 +244,9 @@ def _kill_and_restart(tmp_path: Path, processes: list, database_url: str | None)
     archive = tmp_path / "var" / "archive"
     try:
         with engine.connect() as connection:
-            rows = {uid: path for uid, path in connection.execute(select(Instance.sop_instance_uid, Instance.relative_path))}
+            rows = {
+                uid: path for uid, path in connection.execute(select(Instance.sop_instance_uid, Instance.relative_path))
+            }
         # every acknowledged instance is on disk, readable and indexed
         assert acked_now <= set(rows)
         for uid in acked_now:
@@ -216,11 +265,15 @@ def _kill_and_restart(tmp_path: Path, processes: list, database_url: str | None)
         with engine.connect() as connection:
             assert connection.scalar(select(func.count(Study.id))) == 3
             decisions = connection.execute(
-                select(RoutingDecision.study_id, func.count(RoutingDecision.id)).where(RoutingDecision.trigger == "stable").group_by(RoutingDecision.study_id)
+                select(RoutingDecision.study_id, func.count(RoutingDecision.id))
+                .where(RoutingDecision.trigger == "stable")
+                .group_by(RoutingDecision.study_id)
             ).all()
             assert sorted(count for _, count in decisions) == [1, 1, 1]
             storage = connection.execute(
-                select(InfrastructureEntry.study_id, func.sum(InfrastructureEntry.instance_count)).group_by(InfrastructureEntry.study_id)
+                select(InfrastructureEntry.study_id, func.sum(InfrastructureEntry.instance_count)).group_by(
+                    InfrastructureEntry.study_id
+                )
             ).all()
             counts = dict(connection.execute(select(Study.id, Study.instance_count)).all())
             assert {study_id: int(total) for study_id, total in storage} == counts
@@ -258,4 +311,6 @@ def test_serve_refuses_to_start_on_a_broken_data_file(tmp_path: Path) -> None:
     result = _router(config, "serve", check=False)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert lines == ["error: imlc.csv line 1: expected header 'state,status,effective_date,note,source', got 'state,status'"]
+    assert lines == [
+        "error: imlc.csv line 1: expected header 'state,status,effective_date,note,source', got 'state,status'"
+    ]

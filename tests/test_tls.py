@@ -58,8 +58,11 @@ def _key() -> rsa.RSAPrivateKey:
 def _write(directory: Path, name: str, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> Pem:
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
     return Pem(cert_path, key_path)
 
 
@@ -67,7 +70,7 @@ def make_ca(directory: Path, name: str) -> tuple[Pem, x509.Certificate, rsa.RSAP
     """A self-signed CA valid from yesterday for a week."""
     key = _key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -77,9 +80,20 @@ def make_ca(directory: Path, name: str) -> tuple[Pem, x509.Certificate, rsa.RSAP
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=7))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -89,7 +103,7 @@ def make_ca(directory: Path, name: str) -> tuple[Pem, x509.Certificate, rsa.RSAP
 def make_leaf(directory: Path, name: str, ca_cert: x509.Certificate, ca_key: rsa.RSAPrivateKey, *, server: bool) -> Pem:
     """A certificate signed by the CA: a server one (SAN 127.0.0.1, ::1, localhost) or a client one."""
     key = _key()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
         x509.CertificateBuilder()
@@ -105,11 +119,13 @@ def make_leaf(directory: Path, name: str, ca_cert: x509.Certificate, ca_key: rsa
     )
     if server:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([
-                x509.DNSName("localhost"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("::1")),
-            ]),
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                ]
+            ),
             critical=False,
         )
     return _write(directory, name, builder.sign(ca_key, hashes.SHA256()), key)
@@ -147,11 +163,25 @@ def client_context(pki: Pki, cert: Pem | None) -> ssl.SSLContext:
 
 
 # --------------------------------------------------------------------------- router under test
-def _tls_settings(tmp_path: Path, database_url: str, pki: Pki, *, plain: bool = True,
-                  require_client_cert: bool = False, with_ca: bool = True, acse_timeout: float = 30.0) -> Settings:
+def _tls_settings(
+    tmp_path: Path,
+    database_url: str,
+    pki: Pki,
+    *,
+    plain: bool = True,
+    require_client_cert: bool = False,
+    with_ca: bool = True,
+    acse_timeout: float = 30.0,
+) -> Settings:
     settings = make_settings(tmp_path, database_url).replace("listener", enabled=plain, acse_timeout=acse_timeout)
-    tls = TlsSettings(enabled=True, port=0, cert_file=pki.server.cert, key_file=pki.server.key,
-                      ca_file=pki.ca.cert if with_ca else None, require_client_cert=require_client_cert)
+    tls = TlsSettings(
+        enabled=True,
+        port=0,
+        cert_file=pki.server.cert,
+        key_file=pki.server.key,
+        ca_file=pki.ca.cert if with_ca else None,
+        require_client_cert=require_client_cert,
+    )
     return settings.replace("listener", tls=tls)
 
 
@@ -220,8 +250,9 @@ def test_tls_only_listener_has_one_port(mtls_server: RouterServer) -> None:
 
 
 @pytest.mark.parametrize("server_hostname", ["127.0.0.1", "localhost"])
-def test_store_over_tls_with_a_client_certificate(mtls_server: RouterServer, pki: Pki, tmp_path: Path,
-                                                  server_hostname: str) -> None:
+def test_store_over_tls_with_a_client_certificate(
+    mtls_server: RouterServer, pki: Pki, tmp_path: Path, server_hostname: str
+) -> None:
     ds = make_dataset()
     path = write_part10(ds, tmp_path / "ct.dcm")
     port = mtls_server.ports[0]
@@ -232,8 +263,9 @@ def test_store_over_tls_with_a_client_certificate(mtls_server: RouterServer, pki
     assert str(dcmread(stored[ds.SOPInstanceUID]).PatientID) == "SYN-0001"
 
 
-def test_store_over_tls_without_a_client_certificate_when_none_is_required(tls_server: RouterServer, pki: Pki,
-                                                                           tmp_path: Path) -> None:
+def test_store_over_tls_without_a_client_certificate_when_none_is_required(
+    tls_server: RouterServer, pki: Pki, tmp_path: Path
+) -> None:
     ds = make_dataset()
     path = write_part10(ds, tmp_path / "ct.dcm")
     assert _store_over(tls_server.ports[1], (client_context(pki, None), "localhost"), path) == 0x0000
@@ -262,12 +294,16 @@ def test_tls_sender_is_refused(tmp_path: Path, database_url: str, pki: Pki, who:
         assert _stored(server) == {}
         # the listener keeps serving the right senders afterwards
         good = make_dataset()
-        assert _store_over(port, (client_context(pki, pki.client), "localhost"), write_part10(good, tmp_path / "g.dcm")) == 0
+        assert (
+            _store_over(port, (client_context(pki, pki.client), "localhost"), write_part10(good, tmp_path / "g.dcm"))
+            == 0
+        )
         assert list(_stored(server)) == [good.SOPInstanceUID]
 
 
-def test_client_certificates_are_checked_against_ca_file_only(tmp_path: Path, database_url: str, pki: Pki,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_client_certificates_are_checked_against_ca_file_only(
+    tmp_path: Path, database_url: str, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The system trust store (here pointed at another CA) must not vouch for senders."""
     monkeypatch.setenv("SSL_CERT_FILE", str(pki.other_ca.cert))
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-dir"))
@@ -280,7 +316,9 @@ def test_client_certificates_are_checked_against_ca_file_only(tmp_path: Path, da
     try:
         context = tls_context(app)
         assert context is not None
-        assert [dict(item[0] for item in ca["subject"])["commonName"] for ca in context.get_ca_certs()] == ["Router Test CA"]
+        assert [dict(item[0] for item in ca["subject"])["commonName"] for ca in context.get_ca_certs()] == [
+            "Router Test CA"
+        ]
         assert context.verify_mode == ssl.CERT_REQUIRED
         assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
     finally:
@@ -292,7 +330,9 @@ def test_client_certificates_are_checked_against_ca_file_only(tmp_path: Path, da
     [(True, True, ssl.CERT_REQUIRED), (False, True, ssl.CERT_OPTIONAL), (False, False, ssl.CERT_NONE)],
 )
 def test_tls_context_verify_mode(tmp_path: Path, pki: Pki, require: bool, with_ca: bool, mode: ssl.VerifyMode) -> None:
-    settings = _tls_settings(tmp_path, f"sqlite:///{tmp_path / 'r.db'}", pki, require_client_cert=require, with_ca=with_ca)
+    settings = _tls_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'r.db'}", pki, require_client_cert=require, with_ca=with_ca
+    )
     app = RouterApp.open(settings, upgrade=True)
     try:
         context = tls_context(app)
@@ -306,7 +346,9 @@ def test_tls_context_with_an_unreadable_key_is_a_config_error(tmp_path: Path, pk
     bad = tmp_path / "bad.key"
     bad.write_text("not a key")
     settings = _tls_settings(tmp_path, f"sqlite:///{tmp_path / 'r.db'}", pki)
-    settings = settings.replace("listener", tls=TlsSettings(enabled=True, port=0, cert_file=pki.server.cert, key_file=bad))
+    settings = settings.replace(
+        "listener", tls=TlsSettings(enabled=True, port=0, cert_file=pki.server.cert, key_file=bad)
+    )
     app = RouterApp.open(settings, upgrade=True)
     try:
         with pytest.raises(ConfigError, match="listener.tls"):
@@ -323,7 +365,9 @@ def test_plain_client_on_the_tls_port_fails_cleanly(tls_server: RouterServer, pk
     assert time.monotonic() - started < 5  # hung up on at once, not left to time out
     assert _stored(tls_server) == {}
     ds = make_dataset()
-    assert _store_over(tls_port, (client_context(pki, pki.client), "localhost"), write_part10(ds, tmp_path / "a.dcm")) == 0
+    assert (
+        _store_over(tls_port, (client_context(pki, pki.client), "localhost"), write_part10(ds, tmp_path / "a.dcm")) == 0
+    )
     assert list(_stored(tls_server)) == [ds.SOPInstanceUID]
 
 
@@ -391,9 +435,24 @@ def test_dcmtk_storescu_over_tls(mtls_server: RouterServer, pki: Pki, tmp_path: 
     path = write_part10(ds, tmp_path / "dcmtk.dcm")
     pem: Pem = getattr(pki, client)
     result = subprocess.run(
-        [DCMTK_STORESCU, "+tls", str(pem.key), str(pem.cert), "+cf", str(pki.ca.cert),
-         "-aet", "DCMTK_TLS", "-aec", "ROUTER", "127.0.0.1", str(mtls_server.ports[0]), str(path)],
-        capture_output=True, text=True, timeout=60,
+        [
+            DCMTK_STORESCU,
+            "+tls",
+            str(pem.key),
+            str(pem.cert),
+            "+cf",
+            str(pki.ca.cert),
+            "-aet",
+            "DCMTK_TLS",
+            "-aec",
+            "ROUTER",
+            "127.0.0.1",
+            str(mtls_server.ports[0]),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if ok:
         assert result.returncode == 0, result.stdout + result.stderr

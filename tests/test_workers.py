@@ -30,11 +30,21 @@ def test_two_workers_share_the_port_and_store_everything(tmp_path: Path) -> None
         pids = [worker.process.pid for worker in server.workers._workers]
         assert len(set(pids)) == 2 and os.getpid() not in pids
         batches = [
-            [write_part10(make_dataset(StudyInstanceUID=f"1.2.826.0.1.3680043.10.888.{b}"), tmp_path / f"{b}-{i}.dcm") for i in range(15)]
+            [
+                write_part10(
+                    make_dataset(StudyInstanceUID=f"1.2.826.0.1.3680043.10.888.{b}"), tmp_path / f"{b}-{i}.dcm"
+                )
+                for i in range(15)
+            ]
             for b in range(4)
         ]
         results: dict[int, list[int | None]] = {}
-        threads = [threading.Thread(target=lambda b=b: results.__setitem__(b, send_paths(server.ports[0], batches[b], calling_ae=f"MOD{b}"))) for b in range(4)]
+        threads = [
+            threading.Thread(
+                target=lambda b=b: results.__setitem__(b, send_paths(server.ports[0], batches[b], calling_ae=f"MOD{b}"))
+            )
+            for b in range(4)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -39,7 +39,11 @@ class Cell:
     @property
     def label(self) -> str:
         text = f"{self.size} x{self.associations} {'nodelay' if self.nodelay else 'nagle'}"
-        return text + ("" if self.receiver_nodelay is None else f" (DCMTK receivers {'nodelay' if self.receiver_nodelay else 'as shipped'})")
+        return text + (
+            ""
+            if self.receiver_nodelay is None
+            else f" (DCMTK receivers {'nodelay' if self.receiver_nodelay else 'as shipped'})"
+        )
 
 
 @dataclass
@@ -72,14 +76,24 @@ def _log(message: str) -> None:
     print(f"[ingest] {message}", file=sys.stderr, flush=True)
 
 
-def run_one(receivers: Receivers, receiver: str, cell: Cell, workload: Workload, rep: int, stable_seconds: float = 1.0) -> Run:
+def run_one(
+    receivers: Receivers, receiver: str, cell: Cell, workload: Workload, rep: int, stable_seconds: float = 1.0
+) -> Run:
     """Measure one run on a fresh ``receiver``."""
     run = Run(receiver, cell, rep, workload.count, workload.count * workload.file_bytes)
     running = None
     try:
         running = receivers.start(receiver, dcmtk_nodelay=cell.dcmtk_nodelay)
         before = cpu_seconds(running.proc.pid)
-        result = send(receivers.registry, workload, cell.associations, cell.nodelay, running.port, running.called_ae, running.folder)
+        result = send(
+            receivers.registry,
+            workload,
+            cell.associations,
+            cell.nodelay,
+            running.port,
+            running.called_ae,
+            running.folder,
+        )
         after = cpu_seconds(running.proc.pid)
         run.sender_returncodes = list(result.returncodes)
         run.wall_s = result.wall_s
@@ -103,7 +117,7 @@ def run_one(receivers: Receivers, receiver: str, cell: Cell, workload: Workload,
                 run.latency = wait_routed(engine, workload.study_uids, result.finished_at, timeout=stable_seconds + 20)
             finally:
                 engine.dispose()
-    except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the matrix goes on
+    except Exception as exc:
         run.error = f"{type(exc).__name__}: {exc}"
     finally:
         if running is not None:
@@ -117,8 +131,9 @@ def run_one(receivers: Receivers, receiver: str, cell: Cell, workload: Workload,
     return run
 
 
-def run_matrix(receivers: Receivers, plan: list[tuple[Cell, list[str]]], workloads: dict[str, Workload],
-               nagle_cap: int, reps: int) -> list[Run]:
+def run_matrix(
+    receivers: Receivers, plan: list[tuple[Cell, list[str]]], workloads: dict[str, Workload], nagle_cap: int, reps: int
+) -> list[Run]:
     """Every cell on each of its receivers, ``reps`` times.
 
     A cell where anything runs with Nagle on (the sender, or DCMTK receivers as shipped) sends
@@ -163,7 +178,9 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
             row["cpu_ms_per_instance"] = statistics.median(cpus) if cpus else None
         lat = [run.latency for run in items if run.latency and run.latency.get("ok")]
         if lat:
-            row["latency_last_study_s"] = statistics.median(item["last_study_s"] for item in lat if item["last_study_s"] is not None)
+            row["latency_last_study_s"] = statistics.median(
+                item["last_study_s"] for item in lat if item["last_study_s"] is not None
+            )
             row["latency_observed_s"] = statistics.median(item["observed_s"] for item in lat)
             row["routed_statuses"] = lat[-1]["statuses"]
         elif any(run.latency for run in items):

@@ -77,13 +77,15 @@ def measure(receivers: Receivers, name: str, workload: Workload) -> dict[str, An
         result["ok"] = stored == 1 and not sent.timed_out and all(code == 0 for code in sent.returncodes)
         if not result["ok"]:
             result["error"] = f"stored {stored}, storescu {list(sent.returncodes)}, timed out {sent.timed_out}"
-    except Exception as exc:  # noqa: BLE001 - recorded, the benchmark goes on
+    except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         if running is not None:
             receivers.stop(running)
     peak = result.get("hwm_all_processes_mib", result.get("hwm_after_mib"))
-    _log(f"{name:16s} peak RSS {peak if peak is None else round(peak)} MiB over {result.get('processes', 1)} process(es) "
-         f"(sampled {round(result.get('sampled_peak_mib', 0))} MiB, before {round(result.get('hwm_before_mib', 0))} MiB) "
-         f"in {result.get('wall_s', float('nan')):.1f} s {'' if result['ok'] else result.get('error')}")
+    _log(
+        f"{name:16s} peak RSS {peak if peak is None else round(peak)} MiB over {result.get('processes', 1)} process(es) "
+        f"(sampled {round(result.get('sampled_peak_mib', 0))} MiB, before {round(result.get('hwm_before_mib', 0))} MiB) "
+        f"in {result.get('wall_s', float('nan')):.1f} s {'' if result['ok'] else result.get('error')}"
+    )
     return result

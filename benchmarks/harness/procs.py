@@ -29,14 +29,25 @@ class Registry:
     def __init__(self) -> None:
         self._procs: list[subprocess.Popen[Any]] = []
 
-    def start(self, args: Sequence[str], *, env: dict[str, str] | None = None, log: Path | None = None,
-              cwd: Path | None = None) -> subprocess.Popen[Any]:
+    def start(
+        self,
+        args: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.Popen[Any]:
         """Start ``args`` in a new session; stdout and stderr go to ``log`` (or are discarded)."""
         handle = open(log, "ab") if log is not None else subprocess.DEVNULL
         try:
             proc = subprocess.Popen(
-                list(args), env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                list(args),
+                env=env,
+                cwd=cwd,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         finally:
             if log is not None:
@@ -62,7 +73,7 @@ class Registry:
         for proc in list(self._procs):
             try:
                 self.stop(proc, grace=5.0)
-            except Exception:  # noqa: BLE001 - keep stopping the others
+            except Exception:
                 pass
 
 
@@ -95,7 +106,8 @@ def wait_ready(port: int, proc: subprocess.Popen[Any], called_ae: str, timeout: 
             raise RuntimeError(f"receiver exited with status {proc.returncode} before listening")
         result = subprocess.run(
             [ECHOSCU, "-aet", "BENCHECHO", "-aec", called_ae, "-to", "2", LOOPBACK, str(port)],
-            capture_output=True, env=receiver_env(),
+            capture_output=True,
+            env=receiver_env(),
         )
         if result.returncode == 0:
             return

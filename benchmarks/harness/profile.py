@@ -111,7 +111,11 @@ def summarize(raw: Path, top: int = 20, associations_only: bool = False) -> dict
     def share(counter: Counter[str], n: int) -> list[list[Any]]:
         return [[name, round(100.0 * value / total, 1)] for name, value in counter.most_common(n)] if total else []
 
-    generic = {"Thread.run (threading.py)", "Thread._bootstrap_inner (threading.py)", "Thread._bootstrap (threading.py)"}
+    generic = {
+        "Thread.run (threading.py)",
+        "Thread._bootstrap_inner (threading.py)",
+        "Thread._bootstrap (threading.py)",
+    }
     return {
         "samples": total,
         "main_thread_samples": startup,
@@ -149,9 +153,14 @@ def run(receivers: Receivers, workload: Workload, out_dir: Path, stamp: str, idl
         return {"view": view, "error": "py-spy wrote no profile (see the receiver log)"}
     keep = out_dir / f"{stamp}-profile-{view}.txt.gz"
     # Keep the serving threads' stacks only (the main thread's imports and start-up are noise).
-    serving = "".join(line for line in raw.read_text(errors="replace").splitlines(keepends=True) if line.startswith("Thread."))
+    serving = "".join(
+        line for line in raw.read_text(errors="replace").splitlines(keepends=True) if line.startswith("Thread.")
+    )
     keep.write_bytes(gzip.compress(serving.encode()))
     summary = summarize(raw, associations_only=idle)
     summary.update({"view": view, "instances": workload.count, "wall_s": sent.wall_s, "raw_file": str(keep.name)})
-    _log(f"{view}: {summary['samples']} samples; top self: " + "; ".join(f"{name} {pct}%" for name, pct in summary["self"][:5]))
+    _log(
+        f"{view}: {summary['samples']} samples; top self: "
+        + "; ".join(f"{name} {pct}%" for name, pct in summary["self"][:5])
+    )
     return summary

@@ -24,9 +24,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness.procs import LOOPBACK, Registry, free_port, receiver_env, wait_ready
 from harness.routerdb import Postgres, SqliteTemplate, instance_count, reader_engine
@@ -97,7 +98,9 @@ def _count_files(folder: Path, depth: int | None = None) -> int:
 class Receivers:
     """Starts receivers of each kind; shared state (SQLite template, PostgreSQL) lives here."""
 
-    def __init__(self, registry: Registry, work: Path, postgres: Postgres | None, router_overrides: dict[str, Any]) -> None:
+    def __init__(
+        self, registry: Registry, work: Path, postgres: Postgres | None, router_overrides: dict[str, Any]
+    ) -> None:
         self.registry = registry
         self.work = work
         self.postgres = postgres
@@ -143,7 +146,7 @@ class Receivers:
         for action in running.cleanup:
             try:
                 action()
-            except Exception:  # noqa: BLE001 - clean-up is best effort
+            except Exception:
                 pass
 
     # ------------------------------------------------------------ kinds
@@ -167,7 +170,9 @@ class Receivers:
         router_config(config, port, data_dir, url, self.router_overrides)
         proc = self.registry.start(
             [*self.wrapper, sys.executable, "-m", "router", "--config", str(config), "serve"],
-            env=receiver_env(), log=folder / "receiver.log", cwd=REPO,
+            env=receiver_env(),
+            log=folder / "receiver.log",
+            cwd=REPO,
         )
         db_url = url or f"sqlite:///{(data_dir / 'router.db').resolve()}"
         engine = reader_engine(db_url)
@@ -179,7 +184,8 @@ class Receivers:
         out = folder / "out"
         proc = self.registry.start(
             [sys.executable, str(BENCH_DIR / "bare_scp.py"), str(port), str(out)],
-            env=receiver_env(), log=folder / "receiver.log",
+            env=receiver_env(),
+            log=folder / "receiver.log",
         )
         return Running(name, proc, port, "BARE", folder, lambda: _count_files(out))
 
@@ -209,7 +215,8 @@ class Receivers:
         out.mkdir()
         proc = self.registry.start(
             [STORESCP, "-aet", "STORESCP", "-od", str(out), str(port)],
-            env=self._env, log=folder / "receiver.log",
+            env=self._env,
+            log=folder / "receiver.log",
         )
         return Running(name, proc, port, "STORESCP", folder, lambda: _count_files(out))
 
@@ -221,7 +228,7 @@ def wait_count(running: Running, expected: int, timeout: float = 10.0) -> int:
     while time.monotonic() < deadline:
         try:
             count = running.count()
-        except Exception:  # noqa: BLE001 - e.g. SQLite busy for a moment
+        except Exception:
             count = -1
         if count >= expected:
             return count

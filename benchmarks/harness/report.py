@@ -43,7 +43,9 @@ def _cell_label(row: dict[str, Any]) -> str:
 
 
 def _index(summary: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    return {(r["size"], r["associations"], r["nodelay"], r["dcmtk_receiver_nodelay"], r["receiver"]): r for r in summary}
+    return {
+        (r["size"], r["associations"], r["nodelay"], r["dcmtk_receiver_nodelay"], r["receiver"]): r for r in summary
+    }
 
 
 def _cells(summary: list[dict[str, Any]], diagnostic: bool) -> list[tuple[Any, ...]]:
@@ -59,7 +61,9 @@ def ratio_table(summary: list[dict[str, Any]]) -> list[str]:
     """Instances/s per receiver for each cell, and the router's ratios."""
     index = _index(summary)
     lines = [
-        "| size, sender | N | " + " | ".join(COLUMNS) + " | sqlite / Orthanc | sqlite / bare | postgres / Orthanc | postgres / bare |",
+        "| size, sender | N | "
+        + " | ".join(COLUMNS)
+        + " | sqlite / Orthanc | sqlite / bare | postgres / Orthanc | postgres / bare |",
         "|---|---:|" + "---:|" * (len(COLUMNS) + 4),
     ]
     for cell in _cells(summary, diagnostic=False):
@@ -67,7 +71,10 @@ def ratio_table(summary: list[dict[str, Any]]) -> list[str]:
         rate = {name: (row or {}).get("instances_per_s") for name, row in rows.items()}
         count = next((row["instances"] for row in rows.values() if row), "-")
         first = next(row for row in rows.values() if row)
-        cells = [_f(rate[name]) if rows[name] and rows[name]["ok_reps"] else ("failed" if rows[name] else "-") for name in COLUMNS]
+        cells = [
+            _f(rate[name]) if rows[name] and rows[name]["ok_reps"] else ("failed" if rows[name] else "-")
+            for name in COLUMNS
+        ]
         ratios = [
             _f(_ratio(rate["router-sqlite"], rate["orthanc"]), 2),
             _f(_ratio(rate["router-sqlite"], rate["bare-pynetdicom"]), 2),
@@ -192,26 +199,42 @@ def targets(results: dict[str, Any]) -> list[str]:
         for size in ("small", "large"):
             for assoc, need in ((1, 1.0), (4, 1.2)):
                 value = _ratio(rate(size, assoc, True, router), rate(size, assoc, True, "orthanc"))
-                lines.append(f"| {short}: >= {need}x Orthanc, {SIZE_LABEL[size]}, {assoc} assoc, Nagle off | {_f(value, 2)}x | {_verdict(value, need)} |")
+                lines.append(
+                    f"| {short}: >= {need}x Orthanc, {SIZE_LABEL[size]}, {assoc} assoc, Nagle off | {_f(value, 2)}x | {_verdict(value, need)} |"
+                )
             value = _ratio(rate(size, 1, True, router), rate(size, 1, True, "bare-pynetdicom"))
-            lines.append(f"| {short}: >= 0.8x bare pynetdicom+fsync, {SIZE_LABEL[size]}, 1 assoc, Nagle off | {_f(value, 2)}x | {_verdict(value, 0.8)} |")
+            lines.append(
+                f"| {short}: >= 0.8x bare pynetdicom+fsync, {SIZE_LABEL[size]}, 1 assoc, Nagle off | {_f(value, 2)}x | {_verdict(value, 0.8)} |"
+            )
             for assoc in (1, 4):
                 value = _ratio(rate(size, assoc, False, router), rate(size, assoc, False, "orthanc"))
-                lines.append(f"| {short}: >= 3x Orthanc with a stock sender (Nagle on), {SIZE_LABEL[size]}, {assoc} assoc | {_f(value, 2)}x | {_verdict(value, 3.0)} |")
-        delays = [r.get("latency_last_study_s") for r in results["ingest"]["summary"] if r["receiver"] == router and r.get("latency_last_study_s") is not None]
+                lines.append(
+                    f"| {short}: >= 3x Orthanc with a stock sender (Nagle on), {SIZE_LABEL[size]}, {assoc} assoc | {_f(value, 2)}x | {_verdict(value, 3.0)} |"
+                )
+        delays = [
+            r.get("latency_last_study_s")
+            for r in results["ingest"]["summary"]
+            if r["receiver"] == router and r.get("latency_last_study_s") is not None
+        ]
         worst = max(delays) if delays else None
-        lines.append(f"| {short}: assigned within stable_seconds + 1 s = {stable + 1:.1f} s (worst run, router clock) | {_f(worst, 2)} s | {_verdict(worst, stable + 1, higher=False)} |")
+        lines.append(
+            f"| {short}: assigned within stable_seconds + 1 s = {stable + 1:.1f} s (worst run, router clock) | {_f(worst, 2)} s | {_verdict(worst, stable + 1, higher=False)} |"
+        )
     for backend in ("sqlite", "postgresql"):
         rows = [r for r in results.get("routing", []) if r["backend"] == backend]
         small = next((r for r in rows if r["studies"] <= 1000), None)
         large = next((r for r in rows if r["studies"] > 1000), None)
         if small and large:
             value = large["route_median_s"] / small["route_median_s"]
-            lines.append(f"| routing ({backend}): large roster <= 2x small | {value:.1f}x | {_verdict(value, 2.0, higher=False)} |")
+            lines.append(
+                f"| routing ({backend}): large roster <= 2x small | {value:.1f}x | {_verdict(value, 2.0, higher=False)} |"
+            )
     for m in results.get("memory", []):
         if m["receiver"] in ROUTERS and m.get("hwm_after_mib") is not None:
             mb = m.get("hwm_all_processes_mib", m["hwm_after_mib"]) * 2**20 / 1e6
-            lines.append(f"| {m['receiver']}: peak memory < 300 MB receiving a {m['instance_bytes'] / 1e6:.0f} MB instance | {mb:.0f} MB | {_verdict(mb, 300, higher=False)} |")
+            lines.append(
+                f"| {m['receiver']}: peak memory < 300 MB receiving a {m['instance_bytes'] / 1e6:.0f} MB instance | {mb:.0f} MB | {_verdict(mb, 300, higher=False)} |"
+            )
     return lines
 
 
@@ -228,7 +251,9 @@ def profile_section(profiles: list[dict[str, Any]]) -> list[str]:
             continue
         lines += [
             f"**{p['view']}** ({p['samples']} samples at 200 Hz while receiving {p['instances']} x 40 KB, 1 association; collapsed stacks, gzipped: "
-            f"`benchmarks/results/{p['raw_file']}`). By thread: " + "; ".join(f"{n} {v} %" for n, v in p["by_thread"]) + ". "
+            f"`benchmarks/results/{p['raw_file']}`). By thread: "
+            + "; ".join(f"{n} {v} %" for n, v in p["by_thread"])
+            + ". "
             "Self time by package: " + "; ".join(f"{n} {v} %" for n, v in p["self_by_package"]) + ".",
             "",
             "| self % | function | | inclusive % | function |",
@@ -280,8 +305,8 @@ def markdown(results: dict[str, Any]) -> str:
 METHOD = (
     "Sender: DCMTK `/usr/bin/storescu -aet BENCHSCU`, default options, one process with every file (1 assoc) or one process per "
     "study (4 assoc, in parallel). *Nagle off*: `TCP_NODELAY=1` in the environment of storescu and of the DCMTK-based receivers "
-    "(Orthanc, storescp), which read it too (\"Nagle off at both ends\"). *Nagle on*: the variable is unset everywhere, as shipped.",
-    "The rows of *Every cell* marked \"DCMTK receivers as shipped\" under Nagle off send with TCP_NODELAY=1 to Orthanc and storescp "
+    '(Orthanc, storescp), which read it too ("Nagle off at both ends"). *Nagle on*: the variable is unset everywhere, as shipped.',
+    'The rows of *Every cell* marked "DCMTK receivers as shipped" under Nagle off send with TCP_NODELAY=1 to Orthanc and storescp '
     "started without it: DCMTK then leaves Nagle on for the receiver's own responses and every C-STORE waits for the sender's delayed ACK.",
     "Instances/s and MB/s (10^6 bytes) use the sender's wall time, from just before the first storescu starts to the exit of the last; "
     "a run counts only if the receiver then holds every instance and every storescu exited 0.",

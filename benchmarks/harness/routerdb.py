@@ -69,20 +69,25 @@ class Postgres:
         try:
             with self._admin().connect() as conn:
                 conn.execute(text("SELECT 1"))
-        except Exception as exc:  # noqa: BLE001 - any failure means "skip PostgreSQL"
+        except Exception as exc:
             return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return None
 
     def _admin(self) -> Engine:
         if self._engine is None:
-            self._engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+            self._engine = create_engine(
+                self.admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+            )
         return self._engine
 
     def info(self) -> dict[str, str]:
         """Server version and the durability settings that matter for commit cost."""
         with self._admin().connect() as conn:
             version = conn.execute(text("SHOW server_version")).scalar_one()
-            settings = {name: conn.execute(text(f"SHOW {name}")).scalar_one() for name in ("fsync", "synchronous_commit", "wal_sync_method")}
+            settings = {
+                name: conn.execute(text(f"SHOW {name}")).scalar_one()
+                for name in ("fsync", "synchronous_commit", "wal_sync_method")
+            }
         return {"postgresql": f"{version} (" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")"}
 
     def new_schema(self) -> str:
@@ -107,7 +112,7 @@ class Postgres:
         for name in list(self._schemas):
             try:
                 self.drop(f"x%3D{name}")
-            except Exception:  # noqa: BLE001 - best effort at exit
+            except Exception:
                 pass
         if self._engine is not None:
             self._engine.dispose()
@@ -133,7 +138,7 @@ class SqliteTemplate:
 def reader_engine(url: str) -> Engine:
     """A plain engine for reading while the router serves (no router pragmas, no write lock)."""
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///") :]
         return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
     return create_engine(url, connect_args={"connect_timeout": 3})
 
@@ -158,13 +163,26 @@ def study_states(engine: Engine, uids: tuple[str, ...]) -> list[StudyState]:
     """Current state of the given studies."""
     studies, assignments = Study.__table__, Assignment.__table__
     query = (
-        select(studies.c.study_instance_uid, studies.c.status, studies.c.last_received_at, studies.c.routed_at, assignments.c.assigned_at)
-        .select_from(studies.outerjoin(assignments, (assignments.c.study_id == studies.c.id) & assignments.c.superseded_at.is_(None)))
+        select(
+            studies.c.study_instance_uid,
+            studies.c.status,
+            studies.c.last_received_at,
+            studies.c.routed_at,
+            assignments.c.assigned_at,
+        )
+        .select_from(
+            studies.outerjoin(
+                assignments, (assignments.c.study_id == studies.c.id) & assignments.c.superseded_at.is_(None)
+            )
+        )
         .where(studies.c.study_instance_uid.in_(uids))
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    return [StudyState(row[0], str(row[1].value if hasattr(row[1], "value") else row[1]), row[2], row[4] or row[3]) for row in rows]
+    return [
+        StudyState(row[0], str(row[1].value if hasattr(row[1], "value") else row[1]), row[2], row[4] or row[3])
+        for row in rows
+    ]
 
 
 def wait_routed(engine: Engine, uids: tuple[str, ...], since: float, timeout: float) -> dict[str, Any]:
@@ -179,7 +197,7 @@ def wait_routed(engine: Engine, uids: tuple[str, ...], since: float, timeout: fl
     while time.monotonic() < deadline:
         try:
             states = study_states(engine, uids)
-        except Exception:  # noqa: BLE001 - the database may be briefly locked; retry
+        except Exception:
             states = []
         if len(states) == len(uids) and all(state.status != "receiving" for state in states):
             break
@@ -187,8 +205,10 @@ def wait_routed(engine: Engine, uids: tuple[str, ...], since: float, timeout: fl
     else:
         return {"ok": False, "statuses": _counts(states), "observed_s": None, "last_study_s": None}
     observed = time.monotonic() - since
-    last = max(states, key=lambda state: state.last_received_at or dt.datetime.min.replace(tzinfo=dt.timezone.utc))
-    last_delay = (last.decided_at - last.last_received_at).total_seconds() if last.decided_at and last.last_received_at else None
+    last = max(states, key=lambda state: state.last_received_at or dt.datetime.min.replace(tzinfo=dt.UTC))
+    last_delay = (
+        (last.decided_at - last.last_received_at).total_seconds() if last.decided_at and last.last_received_at else None
+    )
     return {"ok": True, "statuses": _counts(states), "observed_s": observed, "last_study_s": last_delay}
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Table, text
 
+from harness.routerdb import EXAM_STATE, SENDER_AE, make_npi, settings_for
 from router.app import RouterApp
 from router.db.models import (
     Assignment,
@@ -38,8 +39,6 @@ from router.db.models import (
 )
 from router.domain.enums import ExamStateSource, InfrastructureKind, LicensePathway, LicenseStatus, StudyStatus
 from router.domain.jurisdictions import LICENSING_JURISDICTIONS
-
-from harness.routerdb import EXAM_STATE, SENDER_AE, make_npi, settings_for
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -63,15 +62,23 @@ def _insert(conn: Any, table: Table, rows: list[dict[str, Any]]) -> None:
 def populate(app: RouterApp, radiologists: int, licenses_each: int, studies: int, seed: int = 5) -> dict[str, int]:
     """Bulk-insert the roster and the past studies; returns row counts."""
     rng = random.Random(seed)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     states = sorted(LICENSING_JURISDICTIONS)
     rad_rows, lic_rows = [], []
     licenses_of: list[list[tuple[int, str, str]]] = []
     lic_id = 0
     for index in range(radiologists):
         rid = index + 1
-        rad_rows.append({"id": rid, "npi": make_npi(100 + index), "name": f"Reader^R{index:05d}", "active": True,
-                         "mqsa_qualified": False, "created_at": now})
+        rad_rows.append(
+            {
+                "id": rid,
+                "npi": make_npi(100 + index),
+                "name": f"Reader^R{index:05d}",
+                "active": True,
+                "mqsa_qualified": False,
+                "created_at": now,
+            }
+        )
         chosen = rng.sample(states, licenses_each)
         if index == 0 and EXAM_STATE not in chosen:
             chosen[0] = EXAM_STATE
@@ -79,9 +86,19 @@ def populate(app: RouterApp, radiologists: int, licenses_each: int, studies: int
         for state in chosen:
             lic_id += 1
             number = f"{state}-{index:05d}"
-            lic_rows.append({"id": lic_id, "radiologist_id": rid, "state": state, "number": number,
-                             "pathway": LicensePathway.FULL, "status": LicenseStatus.ACTIVE, "in_lieu_of_discipline": False,
-                             "issued": dt.date(2015, 1, 1), "expires": dt.date(2099, 12, 31)})
+            lic_rows.append(
+                {
+                    "id": lic_id,
+                    "radiologist_id": rid,
+                    "state": state,
+                    "number": number,
+                    "pathway": LicensePathway.FULL,
+                    "status": LicenseStatus.ACTIVE,
+                    "in_lieu_of_discipline": False,
+                    "issued": dt.date(2015, 1, 1),
+                    "expires": dt.date(2099, 12, 31),
+                }
+            )
             mine.append((lic_id, state, number))
         licenses_of.append(mine)
     study_rows, series_rows, ledger_rows, instance_rows, decision_rows, assignment_rows = [], [], [], [], [], []
@@ -91,40 +108,118 @@ def populate(app: RouterApp, radiologists: int, licenses_each: int, studies: int
         license_id, state, number = licenses_of[rad][index % licenses_each]
         received = now - dt.timedelta(days=1 + index % 700, minutes=index % 1440)
         open_read = index % 20 == 0
-        study_rows.append({
-            "id": sid, "study_instance_uid": _uid(1, index), "status": StudyStatus.ASSIGNED if open_read else StudyStatus.COMPLETED,
-            "accession_number": f"A{index:09d}", "modalities": "CT", "first_calling_ae_title": SENDER_AE, "facility_id": 1,
-            "exam_state": state, "exam_state_source": ExamStateSource.FACILITY, "instance_count": 1, "size_bytes": 40_000,
-            "first_received_at": received, "last_received_at": received, "routed_at": received, "needs_review": False,
-        })
+        study_rows.append(
+            {
+                "id": sid,
+                "study_instance_uid": _uid(1, index),
+                "status": StudyStatus.ASSIGNED if open_read else StudyStatus.COMPLETED,
+                "accession_number": f"A{index:09d}",
+                "modalities": "CT",
+                "first_calling_ae_title": SENDER_AE,
+                "facility_id": 1,
+                "exam_state": state,
+                "exam_state_source": ExamStateSource.FACILITY,
+                "instance_count": 1,
+                "size_bytes": 40_000,
+                "first_received_at": received,
+                "last_received_at": received,
+                "routed_at": received,
+                "needs_review": False,
+            }
+        )
         series_rows.append({"id": sid, "study_id": sid, "series_instance_uid": _uid(2, index), "modality": "CT"})
-        ledger_rows.append({"id": sid, "study_id": sid, "study_instance_uid": _uid(1, index), "kind": InfrastructureKind.STORAGE,
-                            "recorded_at": received, "instance_count": 1, "size_bytes": 40_000, "rate_cents_per_gib": 10,
-                            "amount_cents": 0, "note": "study routed"})
-        instance_rows.append({"id": sid, "study_id": sid, "series_id": sid, "sop_instance_uid": _uid(3, index),
-                              "sop_class_uid": CT_IMAGE_STORAGE, "transfer_syntax_uid": EXPLICIT_LE,
-                              "relative_path": f"{_uid(1, index)}/{_uid(2, index)}/{_uid(3, index)}.dcm", "size_bytes": 40_000,
-                              "dataset_sha256": "0" * 64, "calling_ae_title": SENDER_AE, "received_at": received,
-                              "infrastructure_entry_id": sid})
-        decision_rows.append({"id": sid, "study_id": sid, "decided_at": received, "read_date": received.date(), "trigger": "stable",
-                              "exam_state": state, "exam_state_source": ExamStateSource.FACILITY, "outcome": StudyStatus.ASSIGNED,
-                              "chosen_npi": rad_rows[rad]["npi"], "candidates": []})
-        assignment_rows.append({"id": sid, "study_id": sid, "radiologist_id": rad + 1, "decision_id": sid, "license_id": license_id,
-                                "license_state": state, "license_number": number, "assigned_at": received, "assigned_by": "router",
-                                "completed_at": None if open_read else received + dt.timedelta(hours=2)})
+        ledger_rows.append(
+            {
+                "id": sid,
+                "study_id": sid,
+                "study_instance_uid": _uid(1, index),
+                "kind": InfrastructureKind.STORAGE,
+                "recorded_at": received,
+                "instance_count": 1,
+                "size_bytes": 40_000,
+                "rate_cents_per_gib": 10,
+                "amount_cents": 0,
+                "note": "study routed",
+            }
+        )
+        instance_rows.append(
+            {
+                "id": sid,
+                "study_id": sid,
+                "series_id": sid,
+                "sop_instance_uid": _uid(3, index),
+                "sop_class_uid": CT_IMAGE_STORAGE,
+                "transfer_syntax_uid": EXPLICIT_LE,
+                "relative_path": f"{_uid(1, index)}/{_uid(2, index)}/{_uid(3, index)}.dcm",
+                "size_bytes": 40_000,
+                "dataset_sha256": "0" * 64,
+                "calling_ae_title": SENDER_AE,
+                "received_at": received,
+                "infrastructure_entry_id": sid,
+            }
+        )
+        decision_rows.append(
+            {
+                "id": sid,
+                "study_id": sid,
+                "decided_at": received,
+                "read_date": received.date(),
+                "trigger": "stable",
+                "exam_state": state,
+                "exam_state_source": ExamStateSource.FACILITY,
+                "outcome": StudyStatus.ASSIGNED,
+                "chosen_npi": rad_rows[rad]["npi"],
+                "candidates": [],
+            }
+        )
+        assignment_rows.append(
+            {
+                "id": sid,
+                "study_id": sid,
+                "radiologist_id": rad + 1,
+                "decision_id": sid,
+                "license_id": license_id,
+                "license_state": state,
+                "license_number": number,
+                "assigned_at": received,
+                "assigned_by": "router",
+                "completed_at": None if open_read else received + dt.timedelta(hours=2),
+            }
+        )
     tables: list[tuple[Table, list[dict[str, Any]]]] = [
-        (Facility.__table__, [{"id": 1, "ae_title": SENDER_AE, "name": "Benchmark sender", "state": EXAM_STATE,
-                               "timezone": "America/Chicago", "requires_privileges": False, "created_at": now}]),
-        (Radiologist.__table__, rad_rows), (License.__table__, lic_rows), (Study.__table__, study_rows),
-        (Series.__table__, series_rows), (InfrastructureEntry.__table__, ledger_rows), (Instance.__table__, instance_rows),
-        (RoutingDecision.__table__, decision_rows), (Assignment.__table__, assignment_rows),
+        (
+            Facility.__table__,
+            [
+                {
+                    "id": 1,
+                    "ae_title": SENDER_AE,
+                    "name": "Benchmark sender",
+                    "state": EXAM_STATE,
+                    "timezone": "America/Chicago",
+                    "requires_privileges": False,
+                    "created_at": now,
+                }
+            ],
+        ),
+        (Radiologist.__table__, rad_rows),
+        (License.__table__, lic_rows),
+        (Study.__table__, study_rows),
+        (Series.__table__, series_rows),
+        (InfrastructureEntry.__table__, ledger_rows),
+        (Instance.__table__, instance_rows),
+        (RoutingDecision.__table__, decision_rows),
+        (Assignment.__table__, assignment_rows),
     ]
     with app.engine.begin() as conn:
         for table, rows in tables:
             _insert(conn, table, rows)
         if app.engine.dialect.name == "postgresql":
             for table, _rows in tables:
-                conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), (SELECT max(id) FROM {table.name}))"))
+                conn.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), (SELECT max(id) FROM {table.name}))"
+                    )
+                )
         else:
             conn.exec_driver_sql("ANALYZE")
     if app.engine.dialect.name == "postgresql":
@@ -136,19 +231,46 @@ def populate(app: RouterApp, radiologists: int, licenses_each: int, studies: int
 def _new_receiving_study(app: RouterApp, instances: int = 10) -> str:
     _SEQ["n"] += 1
     n = _SEQ["n"]
-    quiet_since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    quiet_since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     study_uid, series_uid = _uid(7, n), _uid(8, n)
     with app.engine.begin() as conn:
-        study_id = conn.execute(Study.__table__.insert().returning(Study.__table__.c.id), {
-            "study_instance_uid": study_uid, "status": StudyStatus.RECEIVING, "modalities": "CT", "first_calling_ae_title": SENDER_AE,
-            "instance_count": instances, "size_bytes": 40_000 * instances, "first_received_at": quiet_since,
-            "last_received_at": quiet_since, "needs_review": False, "accession_number": f"R{n:09d}"}).scalar_one()
-        series_id = conn.execute(Series.__table__.insert().returning(Series.__table__.c.id),
-                                 {"study_id": study_id, "series_instance_uid": series_uid, "modality": "CT"}).scalar_one()
-        conn.execute(Instance.__table__.insert(), [{
-            "study_id": study_id, "series_id": series_id, "sop_instance_uid": _uid(9, n * 1000 + k), "sop_class_uid": CT_IMAGE_STORAGE,
-            "transfer_syntax_uid": EXPLICIT_LE, "relative_path": f"{study_uid}/{series_uid}/{k}.dcm", "size_bytes": 40_000,
-            "dataset_sha256": "0" * 64, "calling_ae_title": SENDER_AE, "received_at": quiet_since} for k in range(instances)])
+        study_id = conn.execute(
+            Study.__table__.insert().returning(Study.__table__.c.id),
+            {
+                "study_instance_uid": study_uid,
+                "status": StudyStatus.RECEIVING,
+                "modalities": "CT",
+                "first_calling_ae_title": SENDER_AE,
+                "instance_count": instances,
+                "size_bytes": 40_000 * instances,
+                "first_received_at": quiet_since,
+                "last_received_at": quiet_since,
+                "needs_review": False,
+                "accession_number": f"R{n:09d}",
+            },
+        ).scalar_one()
+        series_id = conn.execute(
+            Series.__table__.insert().returning(Series.__table__.c.id),
+            {"study_id": study_id, "series_instance_uid": series_uid, "modality": "CT"},
+        ).scalar_one()
+        conn.execute(
+            Instance.__table__.insert(),
+            [
+                {
+                    "study_id": study_id,
+                    "series_id": series_id,
+                    "sop_instance_uid": _uid(9, n * 1000 + k),
+                    "sop_class_uid": CT_IMAGE_STORAGE,
+                    "transfer_syntax_uid": EXPLICIT_LE,
+                    "relative_path": f"{study_uid}/{series_uid}/{k}.dcm",
+                    "size_bytes": 40_000,
+                    "dataset_sha256": "0" * 64,
+                    "calling_ae_title": SENDER_AE,
+                    "received_at": quiet_since,
+                }
+                for k in range(instances)
+            ],
+        )
     return study_uid
 
 
@@ -157,8 +279,22 @@ def hotspots(profiler: cProfile.Profile, top: int = 12) -> dict[str, list[list[A
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     rows = []
     for (path, line, func), (_cc, calls, own, cumulative, _callers) in stats.items():
-        short = path.split("site-packages/")[-1] if "site-packages/" in path else path.split("/work/main/")[-1] if "/router/" in path else Path(path).name
-        rows.append((f"{func} ({short}:{line})", calls, own * 1000, cumulative * 1000, "/router/" in path and "site-packages" not in path))
+        short = (
+            path.split("site-packages/")[-1]
+            if "site-packages/" in path
+            else path.split("/work/main/")[-1]
+            if "/router/" in path
+            else Path(path).name
+        )
+        rows.append(
+            (
+                f"{func} ({short}:{line})",
+                calls,
+                own * 1000,
+                cumulative * 1000,
+                "/router/" in path and "site-packages" not in path,
+            )
+        )
     ours = sorted((r for r in rows if r[4]), key=lambda r: -r[3])[:top]
     own_time = sorted(rows, key=lambda r: -r[2])[:top]
     return {
@@ -167,7 +303,9 @@ def hotspots(profiler: cProfile.Profile, top: int = 12) -> dict[str, list[list[A
     }
 
 
-def measure(work: Path, label: str, url: str | None, radiologists: int, licenses_each: int, studies: int, repeats: int) -> dict[str, Any]:
+def measure(
+    work: Path, label: str, url: str | None, radiologists: int, licenses_each: int, studies: int, repeats: int
+) -> dict[str, Any]:
     """Populate a fresh database and time ``route_due()`` for one stable study, ``repeats`` times."""
     data_dir = work / f"routing-{label}"
     settings = settings_for(data_dir, url)
@@ -208,7 +346,9 @@ def measure(work: Path, label: str, url: str | None, radiologists: int, licenses
         "outcomes": outcomes,
         "cprofile": hotspots(profiler),
     }
-    _log(f"{label:28s} populate {populate_s:5.1f} s; route_due first {timings[0] * 1000:7.1f} ms, "
-         f"median {result['route_median_s'] * 1000:7.1f} ms ({', '.join(sorted(set(outcomes)))}); "
-         f"{licensed} readers licensed in {EXAM_STATE}")
+    _log(
+        f"{label:28s} populate {populate_s:5.1f} s; route_due first {timings[0] * 1000:7.1f} ms, "
+        f"median {result['route_median_s'] * 1000:7.1f} ms ({', '.join(sorted(set(outcomes)))}); "
+        f"{licensed} readers licensed in {EXAM_STATE}"
+    )
     return result

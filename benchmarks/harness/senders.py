@@ -48,8 +48,16 @@ def timeout_for(workload: Workload, nodelay: bool) -> float:
     return 30.0 + workload.count * per_instance
 
 
-def send(registry: Registry, workload: Workload, associations: int, nodelay: bool, port: int, called_ae: str,
-         log_dir: Path, timeout: float | None = None) -> SendResult:
+def send(
+    registry: Registry,
+    workload: Workload,
+    associations: int,
+    nodelay: bool,
+    port: int,
+    called_ae: str,
+    log_dir: Path,
+    timeout: float | None = None,
+) -> SendResult:
     """Send ``workload`` with ``associations`` storescu processes (1, or one per study chunk)."""
     if associations == 1:
         groups = [workload.files]

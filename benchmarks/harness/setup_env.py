@@ -57,7 +57,11 @@ def ensure_debian_packages() -> None:
             _log("apt-get update")
             _run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL)
             _log(f"apt-get install {' '.join(missing)}")
-            _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env, stdout=subprocess.DEVNULL)
+            _run(
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
         finally:
             if ours:
                 POLICY_RC_D.unlink(missing_ok=True)
@@ -71,7 +75,11 @@ def stop_orthanc_service() -> None:
     if found.returncode != 0:
         return
     _log("the packaged Orthanc service is running: stopping and disabling it")
-    for command in (["service", "orthanc", "stop"], ["systemctl", "disable", "--now", "orthanc"], ["update-rc.d", "orthanc", "disable"]):
+    for command in (
+        ["service", "orthanc", "stop"],
+        ["systemctl", "disable", "--now", "orthanc"],
+        ["update-rc.d", "orthanc", "disable"],
+    ):
         if shutil.which(command[0]):
             subprocess.run(command, capture_output=True)
 

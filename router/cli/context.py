@@ -42,5 +42,3 @@ class CliContext:
             return getpass.getuser()
         except (KeyError, OSError):
             return os.environ.get("USER", f"uid:{os.getuid()}")
-
-

@@ -41,10 +41,32 @@ def sample_studies(samples: Path) -> list[tuple[str, Path, list[Path]]]:
 
 
 @click.command("demo")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Data directory (default: a fresh temporary one).")
-@click.option("--samples", type=click.Path(file_okay=False, exists=True, path_type=Path), default=DEFAULT_SAMPLES, show_default=True, help="Folder of sample studies: <calling AE>/<case>/*.dcm.")
-@click.option("--roster-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=DEFAULT_DEMO_CONFIG, show_default=True, help="Folder with facilities.csv, roster.csv and radiologists.csv.")
-@click.option("--stable-seconds", type=click.FloatRange(0.0, 60.0), default=2.0, show_default=True, help="Quiet time before a study is routed.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Data directory (default: a fresh temporary one).",
+)
+@click.option(
+    "--samples",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=DEFAULT_SAMPLES,
+    show_default=True,
+    help="Folder of sample studies: <calling AE>/<case>/*.dcm.",
+)
+@click.option(
+    "--roster-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=DEFAULT_DEMO_CONFIG,
+    show_default=True,
+    help="Folder with facilities.csv, roster.csv and radiologists.csv.",
+)
+@click.option(
+    "--stable-seconds",
+    type=click.FloatRange(0.0, 60.0),
+    default=2.0,
+    show_default=True,
+    help="Quiet time before a study is routed.",
+)
 @click.pass_obj
 def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path, stable_seconds: float) -> None:
     """Run the whole job on the embedded default and print assignments and both ledgers.
@@ -54,7 +76,9 @@ def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path
     """
     data_dir = data_dir or obj.data_dir_option  # `router --data-dir DIR demo` too
     if data_dir is not None and data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
-        raise RouterError(f"--data-dir {data_dir} is not empty: the demo loads a sample roster and bills sample reads, so it only runs in a new or empty folder")
+        raise RouterError(
+            f"--data-dir {data_dir} is not empty: the demo loads a sample roster and bills sample reads, so it only runs in a new or empty folder"
+        )
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="router-demo-"))
     settings = (
         obj.settings.with_data_dir(data_dir)
@@ -92,7 +116,9 @@ def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path
             if bad:
                 raise RouterError(f"C-STORE of {case_dir.name} failed: {', '.join(bad)}")
             sent += len(results)
-        click.echo(f"sent {sent} instance(s) of {len(cases)} stud(ies) over C-STORE to port {server.ports[0]}", err=True)
+        click.echo(
+            f"sent {sent} instance(s) of {len(cases)} stud(ies) over C-STORE to port {server.ports[0]}", err=True
+        )
         views = StudyViews(app.sessions, app.routing)
         deadline = time.monotonic() + stable_seconds + 30
         while time.monotonic() < deadline:
@@ -111,7 +137,17 @@ def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path
     details = {row["study_instance_uid"]: views.show(row["study_instance_uid"]) for row in rows}
     emit_table(
         "Assignments (reads marked reported: status completed)",
-        ["case", "sender AE", "status", "exam state", "from", "radiologist (NPI)", "license relied on", "hold reason / note", "study"],
+        [
+            "case",
+            "sender AE",
+            "status",
+            "exam state",
+            "from",
+            "radiologist (NPI)",
+            "license relied on",
+            "hold reason / note",
+            "study",
+        ],
         [
             (
                 case_of.get(row["study_instance_uid"]),
@@ -162,7 +198,10 @@ def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path
             for entry in infrastructure
         ],
     )
-    click.echo(f"explore further: router --data-dir {data_dir} studies list  (also: studies explain UID, ledger professional --csv)", err=True)
+    click.echo(
+        f"explore further: router --data-dir {data_dir} studies list  (also: studies explain UID, ledger professional --csv)",
+        err=True,
+    )
 
 
 def _study_uid(path: Path) -> str:

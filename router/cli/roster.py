@@ -62,7 +62,18 @@ def list_radiologists(obj: CliContext, as_json: bool) -> None:
         None,
         ["NPI", "name", "active", "SPL", "LoQ issued", "MQSA", "reads from", "licenses", "open", "destination"],
         [
-            (r["npi"], r["name"], yes_no(r["active"]), r["spl_state"], r["loq_issued"], yes_no(r["mqsa_qualified"]), r["reading_state"], r["licenses"], r["open_assignments"], r["destination"])
+            (
+                r["npi"],
+                r["name"],
+                yes_no(r["active"]),
+                r["spl_state"],
+                r["loq_issued"],
+                yes_no(r["mqsa_qualified"]),
+                r["reading_state"],
+                r["licenses"],
+                r["open_assignments"],
+                r["destination"],
+            )
             for r in rows
         ],
     )
@@ -93,22 +104,52 @@ def show(obj: CliContext, npi: str, as_json: bool) -> None:
         ],
     )
     if doc["licenses"]:
-        emit_table("Licenses", ["state", "number", "pathway", "status", "issued", "expires", "verified", "hold cleared"],
-                   [(x["state"], x["number"], x["pathway"], license_status_text(x), x["issued"], x["expires"], x["verified_on"], x["compact_hold_cleared_on"]) for x in doc["licenses"]])
+        emit_table(
+            "Licenses",
+            ["state", "number", "pathway", "status", "issued", "expires", "verified", "hold cleared"],
+            [
+                (
+                    x["state"],
+                    x["number"],
+                    x["pathway"],
+                    license_status_text(x),
+                    x["issued"],
+                    x["expires"],
+                    x["verified_on"],
+                    x["compact_hold_cleared_on"],
+                )
+                for x in doc["licenses"]
+            ],
+        )
     if doc["privileges"]:
-        emit_table("Privileges", ["id", "facility", "from", "until", "by proxy", "revoked"],
-                   [(p["id"], p["facility"], p["valid_from"], p["valid_until"], yes_no(p["by_proxy"]), p["revoked_on"]) for p in doc["privileges"]])
+        emit_table(
+            "Privileges",
+            ["id", "facility", "from", "until", "by proxy", "revoked"],
+            [
+                (p["id"], p["facility"], p["valid_from"], p["valid_until"], yes_no(p["by_proxy"]), p["revoked_on"])
+                for p in doc["privileges"]
+            ],
+        )
     if doc["disciplinary_actions"]:
-        emit_table("Disciplinary actions", ["state", "license", "action", "date"],
-                   [(a["state"], a["license_number"], a["action"], a["action_date"]) for a in doc["disciplinary_actions"]])
+        emit_table(
+            "Disciplinary actions",
+            ["state", "license", "action", "date"],
+            [(a["state"], a["license_number"], a["action"], a["action_date"]) for a in doc["disciplinary_actions"]],
+        )
 
 
 @radiologists_group.command("set")
 @click.argument("npi")
 @click.option("--name", help='New name in DICOM PN form, e.g. "Doe^Jane".')
 @click.option("--email", help="E-mail address ('none' clears it).")
-@click.option("--spl", "spl", metavar="STATE|none", help="Designated IMLC State of Principal License, e.g. CO ('none' clears it).")
-@click.option("--loq-issued", type=IsoDate(clearable=True), help="Issue date of the IMLC Letter of Qualification (valid 365 days; 'none' clears it).")
+@click.option(
+    "--spl", "spl", metavar="STATE|none", help="Designated IMLC State of Principal License, e.g. CO ('none' clears it)."
+)
+@click.option(
+    "--loq-issued",
+    type=IsoDate(clearable=True),
+    help="Issue date of the IMLC Letter of Qualification (valid 365 days; 'none' clears it).",
+)
 @click.option("--mqsa/--no-mqsa", default=None, help="MQSA-qualified to read mammography (21 CFR 900.12).")
 @click.option("--reading-state", metavar="STATE|none", help="State the radiologist reads from ('none' clears it).")
 @click.option("--destination", type=DestinationType(), help="C-STORE SCP receiving the reader's studies, AE@host:port.")
@@ -143,7 +184,9 @@ def set_radiologist(
     if all(value is UNSET for value in changes.values()):
         raise click.UsageError("nothing to change: give at least one option")
     change = roster(obj).radiologists.set(npi, obj.os_user(), **changes)
-    report(change, as_json, f"updated radiologist {change.entity_key}", f"radiologist {change.entity_key}: nothing changed")
+    report(
+        change, as_json, f"updated radiologist {change.entity_key}", f"radiologist {change.entity_key}: nothing changed"
+    )
 
 
 @radiologists_group.command("deactivate")
@@ -156,7 +199,12 @@ def deactivate(obj: CliContext, npi: str, yes: bool, as_json: bool) -> None:
     roster(obj).radiologists.show(npi)  # a bad or unknown NPI fails here, before the question
     confirm(yes, f"Deactivate radiologist {npi}? Their open assignments will be withdrawn.")
     change = roster(obj).radiologists.deactivate(npi, obj.os_user())
-    report(change, as_json, f"deactivated radiologist {change.entity_key}", f"radiologist {change.entity_key} is already inactive")
+    report(
+        change,
+        as_json,
+        f"deactivated radiologist {change.entity_key}",
+        f"radiologist {change.entity_key} is already inactive",
+    )
 
 
 @radiologists_group.command("activate")
@@ -166,7 +214,12 @@ def deactivate(obj: CliContext, npi: str, yes: bool, as_json: bool) -> None:
 def activate(obj: CliContext, npi: str, as_json: bool) -> None:
     """Put a deactivated radiologist back into routing (held studies are re-routed)."""
     change = roster(obj).radiologists.activate(npi, obj.os_user())
-    report(change, as_json, f"activated radiologist {change.entity_key}", f"radiologist {change.entity_key} is already active")
+    report(
+        change,
+        as_json,
+        f"activated radiologist {change.entity_key}",
+        f"radiologist {change.entity_key} is already active",
+    )
 
 
 @radiologists_group.command("import")
@@ -201,12 +254,17 @@ def import_roster(obj: CliContext, csv_file: Path, yes: bool, as_json: bool) -> 
         for item in result.rerouted:
             click.echo(item.describe())
     if result.reevaluation_error:
-        click.echo(f"warning: import saved, but studies were not re-evaluated: {result.reevaluation_error}; run `router studies recheck` (a running server rechecks every routing.recheck_interval seconds)", err=True)
+        click.echo(
+            f"warning: import saved, but studies were not re-evaluated: {result.reevaluation_error}; run `router studies recheck` (a running server rechecks every routing.recheck_interval seconds)",
+            err=True,
+        )
         click.get_current_context().exit(1)
 
 
 @radiologists_group.command("export")
-@click.argument("csv_file", metavar="[FILE]", required=False, type=click.Path(dir_okay=False, writable=True, path_type=Path))
+@click.argument(
+    "csv_file", metavar="[FILE]", required=False, type=click.Path(dir_okay=False, writable=True, path_type=Path)
+)
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
 @click.pass_obj
 def export_roster(obj: CliContext, csv_file: Path | None, force: bool) -> None:
@@ -232,9 +290,21 @@ def audit_group() -> None:
 
 
 @audit_group.command("list")
-@click.option("--limit", type=click.IntRange(1, 1_000_000), default=50, show_default=True, help="At most this many entries, newest first.")
-@click.option("--entity", type=click.Choice(["radiologist", "license", "facility", "privilege", "roster", "study"]), help="Only entries about this kind of record.")
-@click.option("--key", help="Only entries for this key, e.g. an NPI (also finds its licenses and privileges) or 1234567893/TX.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1_000_000),
+    default=50,
+    show_default=True,
+    help="At most this many entries, newest first.",
+)
+@click.option(
+    "--entity",
+    type=click.Choice(["radiologist", "license", "facility", "privilege", "roster", "study"]),
+    help="Only entries about this kind of record.",
+)
+@click.option(
+    "--key", help="Only entries for this key, e.g. an NPI (also finds its licenses and privileges) or 1234567893/TX."
+)
 @json_option
 @click.pass_obj
 def audit_list(obj: CliContext, limit: int, entity: str | None, key: str | None, as_json: bool) -> None:
@@ -246,7 +316,10 @@ def audit_list(obj: CliContext, limit: int, entity: str | None, key: str | None,
     emit_table(
         None,
         ["when (UTC)", "user", "action", "key", "change"],
-        [(r["at"], r["os_user"], r["action"], r["entity_key"], _change_text(r["old_values"], r["new_values"])) for r in rows],
+        [
+            (r["at"], r["os_user"], r["action"], r["entity_key"], _change_text(r["old_values"], r["new_values"]))
+            for r in rows
+        ],
     )
 
 

@@ -104,7 +104,10 @@ def report(change: RosterChange, as_json: bool, done: str, unchanged: str | None
         for item in change.rerouted:
             click.echo(item.describe())
     if change.reevaluation_error:
-        click.echo(f"warning: change saved, but studies were not re-evaluated: {change.reevaluation_error}; run `router studies recheck` (a running server rechecks every routing.recheck_interval seconds)", err=True)
+        click.echo(
+            f"warning: change saved, but studies were not re-evaluated: {change.reevaluation_error}; run `router studies recheck` (a running server rechecks every routing.recheck_interval seconds)",
+            err=True,
+        )
         click.get_current_context().exit(1)
 
 

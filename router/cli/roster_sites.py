@@ -24,17 +24,44 @@ def facilities_group() -> None:
 @click.option("--state", required=True, help="Jurisdiction where its exams are performed (TX, DC, PR...).")
 @click.option("--name", help="Facility name, for people.")
 @click.option("--timezone", help="IANA time zone of the facility, e.g. America/Chicago (default: routing.timezone).")
-@click.option("--requires-privileges", is_flag=True, help="Readers must hold privileges here active on the day of the read.")
-@click.option("--federal", type=click.Choice(FederalFacility.values()), help="VA or DoD facility (federal license pathways count here).")
-@click.option("--alias", "aliases", multiple=True, metavar="NAME", help="InstitutionName (0008,0080) value identifying it; repeatable.")
+@click.option(
+    "--requires-privileges", is_flag=True, help="Readers must hold privileges here active on the day of the read."
+)
+@click.option(
+    "--federal",
+    type=click.Choice(FederalFacility.values()),
+    help="VA or DoD facility (federal license pathways count here).",
+)
+@click.option(
+    "--alias",
+    "aliases",
+    multiple=True,
+    metavar="NAME",
+    help="InstitutionName (0008,0080) value identifying it; repeatable.",
+)
 @json_option
 @click.pass_obj
 def add(
-    obj: CliContext, ae_title: str, state: str, name: str | None, timezone: str | None, requires_privileges: bool, federal: str | None, aliases: tuple[str, ...], as_json: bool
+    obj: CliContext,
+    ae_title: str,
+    state: str,
+    name: str | None,
+    timezone: str | None,
+    requires_privileges: bool,
+    federal: str | None,
+    aliases: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Register a facility; held studies it sent are re-routed."""
     change = roster(obj).facilities.add(
-        ae_title, state, obj.os_user(), name=name, timezone=timezone, requires_privileges=requires_privileges, federal=federal, aliases=aliases
+        ae_title,
+        state,
+        obj.os_user(),
+        name=name,
+        timezone=timezone,
+        requires_privileges=requires_privileges,
+        federal=federal,
+        aliases=aliases,
     )
     record = change.record or {}
     report(change, as_json, f"registered facility {change.entity_key} in {record.get('state')}")
@@ -45,7 +72,9 @@ def add(
 @click.option("--name", help="Facility name ('none' clears it).")
 @click.option("--state", help="Jurisdiction where its exams are performed.")
 @click.option("--timezone", help="IANA time zone ('none' clears it: routing.timezone applies).")
-@click.option("--requires-privileges/--no-requires-privileges", default=None, help="Whether readers need privileges here.")
+@click.option(
+    "--requires-privileges/--no-requires-privileges", default=None, help="Whether readers need privileges here."
+)
 @click.option("--federal", type=click.Choice([*FederalFacility.values(), "none"]), help="VA, DoD, or none.")
 @click.option("--alias", "aliases", multiple=True, metavar="NAME", help="Add an InstitutionName alias; repeatable.")
 @click.option("--remove-alias", "remove_aliases", multiple=True, metavar="NAME", help="Remove an alias; repeatable.")
@@ -73,7 +102,9 @@ def set_facility(
     }
     if all(value is UNSET for value in changes.values()) and not aliases and not remove_aliases:
         raise click.UsageError("nothing to change: give at least one option")
-    change = roster(obj).facilities.set(ae_title, obj.os_user(), add_aliases=aliases, remove_aliases=remove_aliases, **changes)
+    change = roster(obj).facilities.set(
+        ae_title, obj.os_user(), add_aliases=aliases, remove_aliases=remove_aliases, **changes
+    )
     report(change, as_json, f"updated facility {change.entity_key}", f"facility {change.entity_key}: nothing changed")
 
 
@@ -89,7 +120,18 @@ def list_facilities(obj: CliContext, as_json: bool) -> None:
     emit_table(
         None,
         ["AE title", "name", "state", "time zone", "privileges required", "federal", "aliases"],
-        [(r["ae_title"], r["name"], r["state"], r["timezone"], yes_no(r["requires_privileges"]), r["federal"], " | ".join(r["aliases"]) or None) for r in rows],
+        [
+            (
+                r["ae_title"],
+                r["name"],
+                r["state"],
+                r["timezone"],
+                yes_no(r["requires_privileges"]),
+                r["federal"],
+                " | ".join(r["aliases"]) or None,
+            )
+            for r in rows
+        ],
     )
 
 
@@ -116,13 +158,21 @@ def show(obj: CliContext, ae_title: str, as_json: bool) -> None:
         ],
     )
     if doc["privileges"]:
-        emit_table("Privileges", ["id", "NPI", "from", "until", "by proxy", "revoked"],
-                   [(p["id"], p["npi"], p["valid_from"], p["valid_until"], yes_no(p["by_proxy"]), p["revoked_on"]) for p in doc["privileges"]])
+        emit_table(
+            "Privileges",
+            ["id", "NPI", "from", "until", "by proxy", "revoked"],
+            [
+                (p["id"], p["npi"], p["valid_from"], p["valid_until"], yes_no(p["by_proxy"]), p["revoked_on"])
+                for p in doc["privileges"]
+            ],
+        )
 
 
 @facilities_group.command("remove")
 @click.argument("ae_title")
-@click.option("--force", is_flag=True, help="Also delete the privilege grants at this facility (listed in the audit log).")
+@click.option(
+    "--force", is_flag=True, help="Also delete the privilege grants at this facility (listed in the audit log)."
+)
 @yes_option
 @json_option
 @click.pass_obj
@@ -144,14 +194,24 @@ def privileges_group() -> None:
 @click.option("--facility", required=True, metavar="AE_TITLE", help="AE title of the registered facility.")
 @click.option("--from", "valid_from", required=True, type=IsoDate(), help="First day of the privileges (included).")
 @click.option("--until", "valid_until", required=True, type=IsoDate(), help="Last day of the privileges (included).")
-@click.option("--by-proxy", is_flag=True, help="Granted by proxy, relying on the distant site's credentialing (42 CFR 482.22(a)(3)).")
+@click.option(
+    "--by-proxy",
+    is_flag=True,
+    help="Granted by proxy, relying on the distant site's credentialing (42 CFR 482.22(a)(3)).",
+)
 @json_option
 @click.pass_obj
-def grant(obj: CliContext, npi: str, facility: str, valid_from: dt.date, valid_until: dt.date, by_proxy: bool, as_json: bool) -> None:
+def grant(
+    obj: CliContext, npi: str, facility: str, valid_from: dt.date, valid_until: dt.date, by_proxy: bool, as_json: bool
+) -> None:
     """Grant privileges at a facility for a period; held studies from it are re-routed."""
     change = roster(obj).privileges.grant(npi, facility, valid_from, valid_until, obj.os_user(), by_proxy=by_proxy)
     record = change.record or {}
-    report(change, as_json, f"granted privilege {record.get('id')}: {change.entity_key} from {valid_from} until {valid_until}{' by proxy' if by_proxy else ''}")
+    report(
+        change,
+        as_json,
+        f"granted privilege {record.get('id')}: {change.entity_key} from {valid_from} until {valid_until}{' by proxy' if by_proxy else ''}",
+    )
 
 
 @privileges_group.command("list")
@@ -168,7 +228,19 @@ def list_privileges(obj: CliContext, npi: str | None, facility: str | None, as_j
     emit_table(
         None,
         ["id", "NPI", "name", "facility", "from", "until", "by proxy", "revoked"],
-        [(r["id"], r["npi"], r["name"], r["facility"], r["valid_from"], r["valid_until"], yes_no(r["by_proxy"]), r["revoked_on"]) for r in rows],
+        [
+            (
+                r["id"],
+                r["npi"],
+                r["name"],
+                r["facility"],
+                r["valid_from"],
+                r["valid_until"],
+                yes_no(r["by_proxy"]),
+                r["revoked_on"],
+            )
+            for r in rows
+        ],
     )
 
 
@@ -180,7 +252,15 @@ def list_privileges(obj: CliContext, npi: str | None, facility: str | None, as_j
 @yes_option
 @json_option
 @click.pass_obj
-def revoke(obj: CliContext, privilege_id: int | None, npi: str | None, facility: str | None, on: dt.date | None, yes: bool, as_json: bool) -> None:
+def revoke(
+    obj: CliContext,
+    privilege_id: int | None,
+    npi: str | None,
+    facility: str | None,
+    on: dt.date | None,
+    yes: bool,
+    as_json: bool,
+) -> None:
     """Revoke privileges by ID, or all of a radiologist's at a facility; studies relying on them are withdrawn."""
     if privilege_id is not None and (npi or facility):
         raise click.UsageError("give an ID, or --npi and --facility, not both")
@@ -192,7 +272,9 @@ def revoke(obj: CliContext, privilege_id: int | None, npi: str | None, facility:
     if privilege_id is not None and all(item["id"] != privilege_id for item in existing):
         raise NotFoundError(f"no privilege with id {privilege_id}")
     confirm(yes, f"Revoke {target}? Studies relying on them will be withdrawn.")
-    change = roster(obj).privileges.revoke(obj.os_user(), privilege_id=privilege_id, npi=npi, facility_ae=facility, on=on)
+    change = roster(obj).privileges.revoke(
+        obj.os_user(), privilege_id=privilege_id, npi=npi, facility_ae=facility, on=on
+    )
     record = change.record or {}
     ids = ", ".join(str(item["id"]) for item in record.get("revoked", []))
     report(change, as_json, f"revoked privilege {ids} ({change.entity_key}) from {record.get('revoked_on')}")

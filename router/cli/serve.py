@@ -19,7 +19,9 @@ from router.server import RouterServer
 @click.command("serve")
 @click.option("--port", type=click.IntRange(0, 65535), help="Override listener.port (0 picks a free port).")
 @click.option("--host", help="Override listener.host.")
-@click.option("--workers", type=click.IntRange(1, 64), help="Override listener.workers (receiving processes sharing the port).")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), help="Override listener.workers (receiving processes sharing the port)."
+)
 @click.pass_obj
 def serve(obj: CliContext, port: int | None, host: str | None, workers: int | None) -> None:
     """Receive studies over DICOM (C-STORE SCP), route them and forward them; upgrades an empty database.
@@ -99,10 +101,11 @@ def _hold_serve_lock(data_dir: Path) -> Any:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         handle.close()
-        raise RouterError(f"another `router serve` is running on data directory {data_dir} ({data_dir / 'serve.lock'} is locked)") from exc
+        raise RouterError(
+            f"another `router serve` is running on data directory {data_dir} ({data_dir / 'serve.lock'} is locked)"
+        ) from exc
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
-

@@ -48,7 +48,7 @@ def list_studies(obj: CliContext, status: str | None, limit: int | None, as_json
                 row["exam_state"],
                 row["exam_state_source"],
                 row["assigned_npi"],
-                license_tag(row['license_state'], row['license_number']) if row["license_state"] else None,
+                license_tag(row["license_state"], row["license_number"]) if row["license_state"] else None,
                 row["hold_reason"],
                 row["instance_count"],
             )
@@ -76,9 +76,18 @@ def show(obj: CliContext, study_instance_uid: str, as_json: bool) -> None:
             ("exam state", document["exam_state"]),
             ("state source", document["exam_state_source"]),
             ("state detail", document["exam_state_detail"]),
-            ("conflicts", "; ".join(f"{c['source']}: {c['state'] or '-'} ({c['detail']})" for c in document["location_conflicts"]) or None),
+            (
+                "conflicts",
+                "; ".join(f"{c['source']}: {c['state'] or '-'} ({c['detail']})" for c in document["location_conflicts"])
+                or None,
+            ),
             ("assigned NPI", document["assigned_npi"]),
-            ("license relied on", license_tag(document['license_state'], document['license_number']) if document["license_state"] else None),
+            (
+                "license relied on",
+                license_tag(document["license_state"], document["license_number"])
+                if document["license_state"]
+                else None,
+            ),
             ("accession", document["accession_number"]),
             ("facility", document["facility"]),
             ("instances", document["instance_count"]),
@@ -87,19 +96,41 @@ def show(obj: CliContext, study_instance_uid: str, as_json: bool) -> None:
         ],
     )
     if document["senders"]:
-        emit_table("Senders", ["calling AE", "address", "instances", "first", "last"],
-                   [(s["calling_ae_title"], s["peer_address"], s["instance_count"], s["first_received_at"], s["last_received_at"]) for s in document["senders"]])
+        emit_table(
+            "Senders",
+            ["calling AE", "address", "instances", "first", "last"],
+            [
+                (
+                    s["calling_ae_title"],
+                    s["peer_address"],
+                    s["instance_count"],
+                    s["first_received_at"],
+                    s["last_received_at"],
+                )
+                for s in document["senders"]
+            ],
+        )
     if document["instance_conflicts"]:
-        emit_table("Instance conflicts (differing copies kept aside)", ["SOP Instance UID", "quarantined as", "from", "received"],
-                   [(c["sop_instance_uid"], c["quarantined_as"], c["calling_ae_title"], c["received_at"]) for c in document["instance_conflicts"]])
+        emit_table(
+            "Instance conflicts (differing copies kept aside)",
+            ["SOP Instance UID", "quarantined as", "from", "received"],
+            [
+                (c["sop_instance_uid"], c["quarantined_as"], c["calling_ae_title"], c["received_at"])
+                for c in document["instance_conflicts"]
+            ],
+        )
     if document["decisions"]:
         last = document["decisions"][-1]
         if last["candidates"]:
-            _print_candidates(last["candidates"], f"Radiologists considered at {last['decided_at']} ({last['trigger']})")
+            _print_candidates(
+                last["candidates"], f"Radiologists considered at {last['decided_at']} ({last['trigger']})"
+            )
         if last["not_evaluated_npis"]:
             click.echo(f"ranked after the chosen reader, not evaluated: {', '.join(last['not_evaluated_npis'])}")
         if last["unlicensed_npis"]:
-            click.echo(f"no license in {last['exam_state']} (at {last['decided_at']}): {', '.join(last['unlicensed_npis'])}")
+            click.echo(
+                f"no license in {last['exam_state']} (at {last['decided_at']}): {', '.join(last['unlicensed_npis'])}"
+            )
 
 
 def _print_candidates(candidates: list[dict[str, object]], title: str) -> None:
@@ -121,7 +152,7 @@ def _print_candidates(candidates: list[dict[str, object]], title: str) -> None:
 
 def _license_text(value: object) -> str | None:
     if isinstance(value, dict):
-        return license_tag(str(value.get('state')), str(value.get('number')))
+        return license_tag(str(value.get("state")), str(value.get("number")))
     return None
 
 
@@ -135,16 +166,21 @@ def explain(obj: CliContext, study_instance_uid: str, as_json: bool) -> None:
     if as_json:
         emit_json(document)
         return
-    click.echo(f"Study {document['study_instance_uid']}: {document['status']}"
-               + (f" ({document['hold_reason']})" if document["hold_reason"] else ""))
+    click.echo(
+        f"Study {document['study_instance_uid']}: {document['status']}"
+        + (f" ({document['hold_reason']})" if document["hold_reason"] else "")
+    )
     click.echo(f"Exam state: {document['exam_state'] or 'unknown'} from {document['exam_state_source'] or '-'}")
     for finding in document["location_findings"]:
         click.echo(f"  {finding['source']}: {finding['state'] or '-'} - {finding['detail']}")
     if document["radiologists"]:
         _print_candidates(document["radiologists"], f"Radiologists judged for {document['judged_on']}")
     if document["fastest_paths"]:
-        emit_table("Fastest path to an eligible reader", ["NPI", "name", "tier", "path", "detail"],
-                   [(p["npi"], p["name"], p["tier"], p["path"], p["detail"]) for p in document["fastest_paths"]])
+        emit_table(
+            "Fastest path to an eligible reader",
+            ["NPI", "name", "tier", "path", "detail"],
+            [(p["npi"], p["name"], p["tier"], p["path"], p["detail"]) for p in document["fastest_paths"]],
+        )
     if document.get("fastest_path_note"):
         click.echo(document["fastest_path_note"])
 
@@ -165,11 +201,20 @@ def complete(obj: CliContext, study_instance_uid: str, at: str | None, as_json: 
             raise click.BadParameter(f"{at!r} is not an ISO-8601 date-time", param_hint="--at") from exc
     done = app.reads.complete(study_instance_uid, moment)
     if as_json:
-        emit_json({"study_instance_uid": done.study_instance_uid, "npi": done.npi, "date_of_service": done.date_of_service,
-                   "ledger_ids": list(done.entry_ids), "cpt_codes": list(done.cpt_codes)})
+        emit_json(
+            {
+                "study_instance_uid": done.study_instance_uid,
+                "npi": done.npi,
+                "date_of_service": done.date_of_service,
+                "ledger_ids": list(done.entry_ids),
+                "cpt_codes": list(done.cpt_codes),
+            }
+        )
         return
     codes = ", ".join(code or "coder review" for code in done.cpt_codes)
-    click.echo(f"study {done.study_instance_uid}: read by NPI {done.npi}, date of service {done.date_of_service}, billed {codes}")
+    click.echo(
+        f"study {done.study_instance_uid}: read by NPI {done.npi}, date of service {done.date_of_service}, billed {codes}"
+    )
 
 
 @studies_group.command("set-state")
@@ -223,12 +268,18 @@ def recheck(obj: CliContext) -> None:
     for result in [*withdrawn, *assigned]:
         _say(result)
     held = sum(1 for result in results if result.status == StudyStatus.HELD)
-    click.echo(f"rechecked: {len(withdrawn)} withdrawn from a reader no longer eligible, "
-               f"{len(assigned)} held stud{'y' if len(assigned) == 1 else 'ies'} assigned, {held} held")
+    click.echo(
+        f"rechecked: {len(withdrawn)} withdrawn from a reader no longer eligible, "
+        f"{len(assigned)} held stud{'y' if len(assigned) == 1 else 'ies'} assigned, {held} held"
+    )
 
 
 def _say(result: RouteResult) -> None:
-    uid = f"{result.study_instance_uid} (withdrawn from NPI {result.withdrawn_npi})" if result.withdrawn_npi else result.study_instance_uid
+    uid = (
+        f"{result.study_instance_uid} (withdrawn from NPI {result.withdrawn_npi})"
+        if result.withdrawn_npi
+        else result.study_instance_uid
+    )
     if result.status == StudyStatus.ASSIGNED:
         click.echo(f"study {uid}: assigned to NPI {result.assigned_npi} ({result.exam_state})")
     elif result.status == StudyStatus.HELD:

@@ -48,7 +48,9 @@ def make_engine(url: str, busy_timeout: float = 10.0, *, create: bool = True, **
     try:
         return _make_engine(url, busy_timeout, create, **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
-        raise DatabaseUnavailable(f"database.url {_safe(url)!r} cannot be used: {first_line(exc) or type(exc).__name__}") from exc
+        raise DatabaseUnavailable(
+            f"database.url {_safe(url)!r} cannot be used: {first_line(exc) or type(exc).__name__}"
+        ) from exc
 
 
 def safe_url(url: URL) -> str:

@@ -75,14 +75,14 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given for a UTC column")
-        return value.astimezone(dt.timezone.utc)
+        return value.astimezone(dt.UTC)
 
     def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=dt.timezone.utc)
-        return value.astimezone(dt.timezone.utc)
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
 
 
 def _enum(enum_cls: type, name: str) -> Enum:
@@ -458,7 +458,9 @@ class ForwardedInstance(Base):
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sent_at: Mapped[dt.datetime]
-    infrastructure_entry_id: Mapped[int | None] = mapped_column(ForeignKey("infrastructure_ledger.id", ondelete="RESTRICT"))
+    infrastructure_entry_id: Mapped[int | None] = mapped_column(
+        ForeignKey("infrastructure_ledger.id", ondelete="RESTRICT")
+    )
 
 
 # --------------------------------------------------------------------------- ledgers
@@ -491,9 +493,7 @@ class ProfessionalEntry(Base):
     __tablename__ = "professional_ledger"
     __table_args__ = (
         UniqueConstraint("reverses_id"),
-        CheckConstraint(
-            "(kind = 'reversal') = (reverses_id IS NOT NULL)", name="reversal_points_at_charge"
-        ),
+        CheckConstraint("(kind = 'reversal') = (reverses_id IS NOT NULL)", name="reversal_points_at_charge"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -555,4 +555,9 @@ class NodeRun(Base):
     stopped_at: Mapped[dt.datetime | None]
 
 
-APPEND_ONLY_TABLES = ("infrastructure_ledger", "professional_ledger", "audit_log", "routing_decisions")  # see migration 0002
+APPEND_ONLY_TABLES = (
+    "infrastructure_ledger",
+    "professional_ledger",
+    "audit_log",
+    "routing_decisions",
+)  # see migration 0002

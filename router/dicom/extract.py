@@ -131,9 +131,22 @@ def read_header(path: Path) -> InstanceHeader:
             _ = element.value
     except UndecodableDataSet:
         raise
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError,
-            OSError, OverflowError, IndexError, NotImplementedError, LookupError,
-            struct.error, zlib.error, RecursionError) as exc:
+    except (
+        InvalidDicomError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        OSError,
+        OverflowError,
+        IndexError,
+        NotImplementedError,
+        LookupError,
+        struct.error,
+        zlib.error,
+        RecursionError,
+    ) as exc:
         raise UndecodableDataSet(type(exc).__name__) from exc
     return header_from_dataset(dataset, str(syntax))
 
@@ -258,7 +271,7 @@ def _is_video(syntax: UID) -> bool:
     """MPEG-2, MPEG-4 and HEVC transfer syntaxes (1.2.840.10008.1.2.4.100-108): one stream for
     all frames, in as few fragments as the sender likes (PS3.5 sections 8.2.5-8.2.8)."""
     prefix = "1.2.840.10008.1.2.4.10"
-    return str(syntax).startswith(prefix) and str(syntax)[len(prefix):len(prefix) + 1].isdigit()
+    return str(syntax).startswith(prefix) and str(syntax)[len(prefix) : len(prefix) + 1].isdigit()
 
 
 def _normalize_character_set(dataset: Dataset) -> None:
@@ -378,8 +391,9 @@ def _items(dataset: Dataset, keyword: str) -> list[Dataset]:
         return []
 
 
-def _codes(dataset: Dataset, keyword: str, source: CptSource,
-           text: Callable[[Dataset, str], str | None]) -> list[ProcedureCode]:
+def _codes(
+    dataset: Dataset, keyword: str, source: CptSource, text: Callable[[Dataset, str], str | None]
+) -> list[ProcedureCode]:
     codes: list[ProcedureCode] = []
     for item in _items(dataset, keyword):
         value = text(item, "CodeValue")

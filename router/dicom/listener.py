@@ -46,8 +46,15 @@ class RouterAssociationServer(ThreadedAssociationServer):
 
     daemon_threads = True
 
-    def __init__(self, *args: Any, allowed_networks: Iterable[Any] = (), tcp_nodelay: bool = True,
-                 handshake_timeout: float = 30.0, reuse_port: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        allowed_networks: Iterable[Any] = (),
+        tcp_nodelay: bool = True,
+        handshake_timeout: float = 30.0,
+        reuse_port: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.allowed_networks = tuple(allowed_networks)
         self.tcp_nodelay = tcp_nodelay
         self.handshake_timeout = handshake_timeout
@@ -108,7 +115,9 @@ class RouterAssociationServer(ThreadedAssociationServer):
                 return _closed(current)
             if self.ssl_context is not None:
                 if first != b"\x16":  # not a TLS handshake record (RFC 8446 section 5.1)
-                    LOG.warning("connection from %s to the TLS port is not TLS (first byte 0x%02X); closed", peer, first[0])
+                    LOG.warning(
+                        "connection from %s to the TLS port is not TLS (first byte 0x%02X); closed", peer, first[0]
+                    )
                     return _closed(current)
                 current = self.ssl_context.wrap_socket(current, server_side=True, do_handshake_on_connect=False)
                 current.do_handshake()
@@ -132,7 +141,7 @@ def _closed(sock: socket.socket) -> None:
             step()
         except OSError:
             pass
-    return None
+    return
 
 
 @dataclass(frozen=True)
@@ -244,7 +253,11 @@ def _log_rejected(event: evt.Event) -> None:
     called = str(getattr(request, "called_ae_title", "") or "").strip()
     LOG.warning(
         "association from %r at %s:%s calling %r rejected: %s",
-        calling, assoc.requestor.address, assoc.requestor.port, called, _rejection_reason(assoc, calling, called),
+        calling,
+        assoc.requestor.address,
+        assoc.requestor.port,
+        called,
+        _rejection_reason(assoc, calling, called),
     )
 
 
@@ -278,8 +291,13 @@ def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
     """
     ae = build_ae(options)
     networks = tuple(ipaddress.ip_network(item, strict=False) for item in options.allowed_addresses)
-    handlers = [(evt.EVT_C_STORE, handler), (evt.EVT_C_ECHO, _handle_echo), (evt.EVT_REJECTED, _log_rejected),
-                (evt.EVT_CONN_OPEN, handler.connection_opened), (evt.EVT_CONN_CLOSE, handler.connection_closed)]
+    handlers = [
+        (evt.EVT_C_STORE, handler),
+        (evt.EVT_C_ECHO, _handle_echo),
+        (evt.EVT_REJECTED, _log_rejected),
+        (evt.EVT_CONN_OPEN, handler.connection_opened),
+        (evt.EVT_CONN_CLOSE, handler.connection_closed),
+    ]
     servers: list[RouterAssociationServer] = []
     threads: list[threading.Thread] = []
     binds: list[tuple[str, int, ssl.SSLContext | None]] = []

@@ -52,7 +52,9 @@ def strict_unrestricted(original: Any, known_transfer_syntaxes: frozenset[str]) 
     contexts sorted by context ID, role selection items).
     """
 
-    def negotiate(rq_contexts: list[PresentationContext], ac_contexts: list[PresentationContext], roles: Any = None) -> Any:
+    def negotiate(
+        rq_contexts: list[PresentationContext], ac_contexts: list[PresentationContext], roles: Any = None
+    ) -> Any:
         refused: list[PresentationContext] = []
         passed: list[PresentationContext] = []
         for proposed in rq_contexts:

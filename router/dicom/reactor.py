@@ -146,7 +146,11 @@ def install() -> bool:
     with _LOCK:
         if _INSTALLED:
             return True
-        if not (hasattr(DULServiceProvider, "send_pdu") and hasattr(_association_module, "time") and hasattr(_dul_module, "time")):
+        if not (
+            hasattr(DULServiceProvider, "send_pdu")
+            and hasattr(_association_module, "time")
+            and hasattr(_dul_module, "time")
+        ):
             return False
         shim = types.SimpleNamespace(**{name: getattr(_time, name) for name in dir(_time) if not name.startswith("__")})
         shim.sleep = _sleep

@@ -229,8 +229,10 @@ class StoreHandler:
         except OSError as exc:
             LOG.warning("could not remove the partial data set %s: %s", path.name, exc.strerror)
             return
-        LOG.info("connection from %s closed during a C-STORE data set; the partial data set was discarded",
-                 str(event.assoc.requestor.ae_title).strip() or event.assoc.requestor.address)
+        LOG.info(
+            "connection from %s closed during a C-STORE data set; the partial data set was discarded",
+            str(event.assoc.requestor.ae_title).strip() or event.assoc.requestor.address,
+        )
 
     @staticmethod
     def _check(header: InstanceHeader, request: Any) -> tuple[StoreStatus, str] | None:

@@ -169,8 +169,11 @@ def _signals_hl7(text: str) -> _Signals:
     elif filled:
         last = filled[-1]
         before_has_digit = any(ch.isdigit() for ch in comps[last - 1])
-        if last == 5 or comps[last] in COUNTRY_NAMES and comps[last] not in REGIONS or (
-                comps[last] in COUNTRY_ALPHA2 and before_has_digit):
+        if (
+            last == 5
+            or (comps[last] in COUNTRY_NAMES and comps[last] not in REGIONS)
+            or (comps[last] in COUNTRY_ALPHA2 and before_has_digit)
+        ):
             country_at = last
             rest = [i for i in filled if i < last]
             last = rest[-1] if rest else 0

@@ -51,14 +51,31 @@ US_TERRITORIES = frozenset(state.abbr for state in us.states.TERRITORIES) & LICE
 # Region table: key -> (kind, code); kind is "us", "military", "fas" or "province".
 _EXTRA_REGIONS = {
     "DC": ("WASHINGTON DC", "DIST OF COLUMBIA", "D C", "WASHINGTON D C"),
-    "VI": ("US VIRGIN ISLANDS", "USVI", "U S VIRGIN ISLANDS", "UNITED STATES VIRGIN ISLANDS",
-           "VIRGIN ISLANDS OF THE UNITED STATES", "VIRGIN ISLANDS US"),
+    "VI": (
+        "US VIRGIN ISLANDS",
+        "USVI",
+        "U S VIRGIN ISLANDS",
+        "UNITED STATES VIRGIN ISLANDS",
+        "VIRGIN ISLANDS OF THE UNITED STATES",
+        "VIRGIN ISLANDS US",
+    ),
     "MP": ("CNMI", "NORTHERN MARIANAS", "COMMONWEALTH OF THE NORTHERN MARIANA ISLANDS"),
-    "WV": ("W VA",), "TX": ("TEX",), "PA": ("PENNA",), "WI": ("WISC",), "NE": ("NEBR",),
-    "OR": ("OREG",), "KS": ("KANS",),
+    "WV": ("W VA",),
+    "TX": ("TEX",),
+    "PA": ("PENNA",),
+    "WI": ("WISC",),
+    "NE": ("NEBR",),
+    "OR": ("OREG",),
+    "KS": ("KANS",),
 }
-_MILITARY_NAMES = {"ARMED FORCES AMERICAS": "AA", "ARMED FORCES EUROPE": "AE", "ARMED FORCES AFRICA": "AE",
-                   "ARMED FORCES MIDDLE EAST": "AE", "ARMED FORCES CANADA": "AE", "ARMED FORCES PACIFIC": "AP"}
+_MILITARY_NAMES = {
+    "ARMED FORCES AMERICAS": "AA",
+    "ARMED FORCES EUROPE": "AE",
+    "ARMED FORCES AFRICA": "AE",
+    "ARMED FORCES MIDDLE EAST": "AE",
+    "ARMED FORCES CANADA": "AE",
+    "ARMED FORCES PACIFIC": "AP",
+}
 _FAS_NAMES = {"MICRONESIA": "FM", "REPUBLIC OF PALAU": "PW", "REPUBLIC OF THE MARSHALL ISLANDS": "MH"}
 _PROVINCE_CODES = ("AB", "BC", "MB", "NB", "NL", "NS", "NT", "NU", "ON", "PE", "QC", "SK", "YT")
 
@@ -81,12 +98,35 @@ def _build_regions() -> dict[str, tuple[str, str]]:
 
 
 _COUNTRY_ALIASES = {
-    "US": "US", "U S": "US", "U S A": "US", "AMERICA": "US", "UNITED STATES OF AMERICA": "US",
-    "UK": "GB", "GREAT BRITAIN": "GB", "BRITAIN": "GB", "ENGLAND": "GB", "SCOTLAND": "GB",
-    "WALES": "GB", "NORTHERN IRELAND": "GB", "RUSSIA": "RU", "KOREA": "KR", "TURKEY": "TR",
-    "CZECH REPUBLIC": "CZ", "HOLLAND": "NL", "THE NETHERLANDS": "NL", "IVORY COAST": "CI",
-    "BURMA": "MM", "UAE": "AE", "MACEDONIA": "MK", "SWAZILAND": "SZ", "CAPE VERDE": "CV",
-    "VATICAN": "VA", "PALESTINE": "PS", "PRC": "CN", "MICRONESIA": "FM", "FEDERATED STATES OF MICRONESIA": "FM",
+    "US": "US",
+    "U S": "US",
+    "U S A": "US",
+    "AMERICA": "US",
+    "UNITED STATES OF AMERICA": "US",
+    "UK": "GB",
+    "GREAT BRITAIN": "GB",
+    "BRITAIN": "GB",
+    "ENGLAND": "GB",
+    "SCOTLAND": "GB",
+    "WALES": "GB",
+    "NORTHERN IRELAND": "GB",
+    "RUSSIA": "RU",
+    "KOREA": "KR",
+    "TURKEY": "TR",
+    "CZECH REPUBLIC": "CZ",
+    "HOLLAND": "NL",
+    "THE NETHERLANDS": "NL",
+    "IVORY COAST": "CI",
+    "BURMA": "MM",
+    "UAE": "AE",
+    "MACEDONIA": "MK",
+    "SWAZILAND": "SZ",
+    "CAPE VERDE": "CV",
+    "VATICAN": "VA",
+    "PALESTINE": "PS",
+    "PRC": "CN",
+    "MICRONESIA": "FM",
+    "FEDERATED STATES OF MICRONESIA": "FM",
 }
 
 
@@ -94,8 +134,12 @@ def _build_countries() -> tuple[dict[str, str], dict[str, str]]:
     """Return (names and alpha-3 codes -> alpha-2, alpha-2 -> alpha-2); ISO 3166-1 via pycountry."""
     names: dict[str, str] = {}
     for country in pycountry.countries:
-        for name in (country.alpha_3, country.name, getattr(country, "official_name", None),
-                     getattr(country, "common_name", None)):
+        for name in (
+            country.alpha_3,
+            country.name,
+            getattr(country, "official_name", None),
+            getattr(country, "common_name", None),
+        ):
             if name:
                 names[name_key(name)] = country.alpha_2
     names.update(_COUNTRY_ALIASES)

@@ -83,8 +83,9 @@ def compact_reason(reader: ReaderFacts, lic: LicenseFacts, day: date, rules: Eli
     if spl is None:
         return f"IMLC license {tag} does not count: no designated SPL"
     key = (lic.state, lic.number)
-    in_spl = sorted((x for x in reader.licenses if x.state == spl and (x.state, x.number) != key),
-                    key=lambda x: x.number)
+    in_spl = sorted(
+        (x for x in reader.licenses if x.state == spl and (x.state, x.number) != key), key=lambda x: x.number
+    )
     for other in in_spl:  # section 10(b): same status as the SPL license
         if other.disciplined:
             since = f" {other.status_since.isoformat()}" if other.status_since else ""
@@ -138,8 +139,7 @@ def _hold_reason(lic: LicenseFacts, actions: list[_Action], day: date, rules: El
     what = f"{act.state} {_DISCIPLINE_WORD[act.action]} of license {license_tag(act.state, act.number)}"
     if act.day is None:
         return (
-            f"IMLC license {lic.tag} held after {what} on an unrecorded date until its board acts "
-            "(Compact section 10)"
+            f"IMLC license {lic.tag} held after {what} on an unrecorded date until its board acts (Compact section 10)"
         )
     held = f"IMLC license {lic.tag} held until {end.isoformat()}"
     return f"{held} after {what} on {act.day.isoformat()} (Compact section 10)"
@@ -158,4 +158,3 @@ def compact_capable_license(reader: ReaderFacts, day: date, rules: EligibilityRu
     """A usable full license in an SPL-capable state, the designated SPL first, else by state."""
     usable = [x for x in reader.licenses if _full_and_usable(x, day) and rules.imlc.can_serve_as_spl(x.state, day)]
     return min(usable, key=lambda x: (x.state != reader.spl_state, x.state, x.number), default=None)
-

@@ -43,13 +43,21 @@ class FastestPath:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {
-            "npi": self.npi, "name": self.name, "tier": self.tier, "path": self.path, "detail": self.detail,
+            "npi": self.npi,
+            "name": self.name,
+            "tier": self.tier,
+            "path": self.path,
+            "detail": self.detail,
         }
 
 
 def fastest_paths(
-    readers: Iterable[ReaderFacts], exam_state: str, day: date, rules: EligibilityRules,
-    *, study: StudyFacts | None = None,
+    readers: Iterable[ReaderFacts],
+    exam_state: str,
+    day: date,
+    rules: EligibilityRules,
+    *,
+    study: StudyFacts | None = None,
 ) -> list[FastestPath]:
     """Who could become licensed in ``exam_state`` fastest through the Compact.
 

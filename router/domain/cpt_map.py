@@ -59,11 +59,26 @@ def validate_cpt_code(value: str) -> str:
 #: upper-casing and dropping everything but letters and digits (``L-SPINE`` -> ``LSPINE``).
 BODY_PART_SYNONYMS = MappingProxyType(
     {
-        "THORAX": "CHEST", "LUNG": "CHEST", "LUNGS": "CHEST", "ABD": "ABDOMEN", "SKULL": "HEAD",
-        "ABDPELVIS": "ABDOMENPELVIS", "ABDOMENANDPELVIS": "ABDOMENPELVIS", "ABDPEL": "ABDOMENPELVIS",
-        "CERVICALSPINE": "CSPINE", "LUMBARSPINE": "LSPINE", "BREASTS": "BREAST", "KIDNEYS": "KIDNEY",
-        "RENAL": "KIDNEY", "SINUSES": "SINUS", "MAXILLOFACIAL": "FACE", "LOWEREXTREMITY": "LEG",
-        "UPPEREXTREMITY": "EXTREMITY", "ARM": "EXTREMITY", "CAROTIDS": "CAROTID", "GB": "GALLBLADDER",
+        "THORAX": "CHEST",
+        "LUNG": "CHEST",
+        "LUNGS": "CHEST",
+        "ABD": "ABDOMEN",
+        "SKULL": "HEAD",
+        "ABDPELVIS": "ABDOMENPELVIS",
+        "ABDOMENANDPELVIS": "ABDOMENPELVIS",
+        "ABDPEL": "ABDOMENPELVIS",
+        "CERVICALSPINE": "CSPINE",
+        "LUMBARSPINE": "LSPINE",
+        "BREASTS": "BREAST",
+        "KIDNEYS": "KIDNEY",
+        "RENAL": "KIDNEY",
+        "SINUSES": "SINUS",
+        "MAXILLOFACIAL": "FACE",
+        "LOWEREXTREMITY": "LEG",
+        "UPPEREXTREMITY": "EXTREMITY",
+        "ARM": "EXTREMITY",
+        "CAROTIDS": "CAROTID",
+        "GB": "GALLBLADDER",
     }
 )
 
@@ -79,8 +94,18 @@ _DESCRIPTION_REWRITES = (
 )
 
 _WORD_SYNONYMS = MappingProxyType(
-    {"lateral": "lat", "one": "1", "single": "1", "two": "2", "three": "3", "bilat": "bilateral",
-     "unilat": "unilateral", "screen": "screening", "diag": "diagnostic", "dexa": "dxa"}
+    {
+        "lateral": "lat",
+        "one": "1",
+        "single": "1",
+        "two": "2",
+        "three": "3",
+        "bilat": "bilateral",
+        "unilat": "unilateral",
+        "screen": "screening",
+        "diag": "diagnostic",
+        "dexa": "dxa",
+    }
 )
 
 
@@ -216,9 +241,7 @@ class CptMap:
                 CptMapRow(
                     cpt=cpt,
                     modalities=modalities,
-                    body_parts=tuple(
-                        key for key in map(body_part_key, _split_hints(value["body_part_hints"])) if key
-                    ),
+                    body_parts=tuple(key for key in map(body_part_key, _split_hints(value["body_part_hints"])) if key),
                     description_hints=tuple(_split_hints(value["description_hints"])),
                     summary=value["summary"],
                     pc_tc_split=value["pc_tc_split"] == "1",
@@ -242,9 +265,7 @@ class CptMap:
         """Best map row for one modality, BodyPartExamined and a description; see :meth:`infer_any`."""
         return self.infer_any([modality] if modality else [], body_part, description)
 
-    def infer_any(
-        self, modalities: Iterable[str], body_part: str | None, description: str | None
-    ) -> CptMapRow | None:
+    def infer_any(self, modalities: Iterable[str], body_part: str | None, description: str | None) -> CptMapRow | None:
         """Best map row for a study's modalities, body part and description, or ``None``.
 
         Scoring (deterministic):

@@ -17,7 +17,6 @@ from router.domain.imlc import ImlcMembership
 from router.errors import ValidationError
 
 
-
 def license_tag(state: str, number: str) -> str:
     """A license as named in reasons and listings: ``TX-123`` for Texas license ``123``.
 
@@ -25,9 +24,10 @@ def license_tag(state: str, number: str) -> str:
     repeated (``TX-123``, not ``TX-TX-123``).
     """
     upper = number.upper()
-    if upper.startswith(state.upper()) and upper[len(state):len(state) + 1] in ("-", " ", "_", "."):
+    if upper.startswith(state.upper()) and upper[len(state) : len(state) + 1] in ("-", " ", "_", "."):
         return number
     return f"{state}-{number}"
+
 
 @dataclass(frozen=True)
 class LicenseFacts:

@@ -148,9 +148,7 @@ class ImlcMembership:
                 header_seen = True
                 continue
             if len(cells) != len(COLUMNS):
-                raise DataFileError(
-                    _where(source_name, line_no) + f"expected {len(COLUMNS)} columns, got {len(cells)}"
-                )
+                raise DataFileError(_where(source_name, line_no) + f"expected {len(COLUMNS)} columns, got {len(cells)}")
             raw_state, raw_status, raw_date, note, source = cells
             state = raw_state.upper()
             if state not in LICENSING_JURISDICTIONS:

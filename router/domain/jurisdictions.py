@@ -19,7 +19,9 @@ FREELY_ASSOCIATED_STATES: frozenset[str] = frozenset({"MH", "FM", "PW"})
 
 
 _BY_NAME: dict[str, str] = {
-    " ".join(state.name.lower().split()): state.abbr for state in us.states.STATES_AND_TERRITORIES if state.abbr in LICENSING_JURISDICTIONS
+    " ".join(state.name.lower().split()): state.abbr
+    for state in us.states.STATES_AND_TERRITORIES
+    if state.abbr in LICENSING_JURISDICTIONS
 }
 
 

@@ -89,12 +89,16 @@ def _patient_looks(evidence: LocationEvidence, use_patient_address: bool) -> lis
         (ExamStateSource.PATIENT_ADDRESS, "PatientAddress", evidence.patient_address, parse_address),
     )
     if not use_patient_address:
-        return [_Look(SourceFinding(source, None, f"{tag} not used: use_patient_address is off"))
-                for source, tag, _, _ in tags]
+        return [
+            _Look(SourceFinding(source, None, f"{tag} not used: use_patient_address is off"))
+            for source, tag, _, _ in tags
+        ]
     if is_foreign_country(evidence.country_of_residence):
         country = " ".join(str(evidence.country_of_residence).split()).strip("\x00 ")
-        return [_Look(SourceFinding(source, None, f"{tag} not used: CountryOfResidence {country} is outside the US"))
-                for source, tag, _, _ in tags]
+        return [
+            _Look(SourceFinding(source, None, f"{tag} not used: CountryOfResidence {country} is outside the US"))
+            for source, tag, _, _ in tags
+        ]
     return [_from_address(source, tag, text, parse(text)) for source, tag, text, parse in tags]
 
 
@@ -130,8 +134,9 @@ def resolve_exam_state(evidence: LocationEvidence, *, use_patient_address: bool 
     institution = evidence.institution_address
     looks = [
         _facility(evidence),
-        _from_address(ExamStateSource.INSTITUTION_ADDRESS, "InstitutionAddress", institution,
-                      parse_address(institution)),
+        _from_address(
+            ExamStateSource.INSTITUTION_ADDRESS, "InstitutionAddress", institution, parse_address(institution)
+        ),
         *_patient_looks(evidence, use_patient_address),
     ]
     findings = tuple(look.finding for look in looks)

@@ -48,7 +48,9 @@ def diff_values(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict[st
     return {key: old.get(key) for key in keys}, {key: new[key] for key in keys}
 
 
-def audit_entries(session: Session, limit: int = 50, entity: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
+def audit_entries(
+    session: Session, limit: int = 50, entity: str | None = None, key: str | None = None
+) -> list[dict[str, Any]]:
     """Audit rows, newest first.
 
     Parameters
@@ -65,7 +67,9 @@ def audit_entries(session: Session, limit: int = 50, entity: str | None = None, 
     if entity:
         statement = statement.where(AuditEntry.entity == entity)
     if key:
-        statement = statement.where(or_(AuditEntry.entity_key == key, AuditEntry.entity_key.startswith(f"{key}/", autoescape=True)))
+        statement = statement.where(
+            or_(AuditEntry.entity_key == key, AuditEntry.entity_key.startswith(f"{key}/", autoescape=True))
+        )
     return [
         {
             "id": row.id,
@@ -194,7 +198,9 @@ class ChangeRunner:
         at = self._clock()
         return ChangeContext(os_user=os_user, at=at, today=local_date(at, self._routing.policy.timezone))
 
-    def run(self, os_user: str, action: str, work: Callable[[Session, ChangeContext], Outcome], dry_run: bool = False) -> tuple[Outcome, RosterChange]:
+    def run(
+        self, os_user: str, action: str, work: Callable[[Session, ChangeContext], Outcome], dry_run: bool = False
+    ) -> tuple[Outcome, RosterChange]:
         """Run ``work`` in one transaction; after commit, re-evaluate routing when it changed something.
 
         ``dry_run`` rolls the transaction back (nothing written, no re-evaluation).
@@ -219,7 +225,9 @@ class ChangeRunner:
             except IntegrityError as exc:
                 # a unique constraint caught what the checks missed: a concurrent change
                 transaction.rollback()
-                raise ConflictError(f"{action} conflicts with a change made at the same time; nothing was saved, try again") from exc
+                raise ConflictError(
+                    f"{action} conflicts with a change made at the same time; nothing was saved, try again"
+                ) from exc
             except BaseException:
                 transaction.rollback()
                 raise

@@ -43,7 +43,7 @@ from router.services.facts import license_facts, load_readers
 
 #: Readers evaluated in full per database round trip.
 BATCH = 8
-_NEVER = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,16 @@ def ranked_readers(session: Session, state: str, day: dt.date) -> list[Ranked]:
     """
     open_count = (
         select(func.count(Assignment.id))
-        .where(Assignment.radiologist_id == Radiologist.id, Assignment.superseded_at.is_(None), Assignment.completed_at.is_(None))
+        .where(
+            Assignment.radiologist_id == Radiologist.id,
+            Assignment.superseded_at.is_(None),
+            Assignment.completed_at.is_(None),
+        )
         .scalar_subquery()
     )
-    last_assigned = select(func.max(Assignment.assigned_at)).where(Assignment.radiologist_id == Radiologist.id).scalar_subquery()
+    last_assigned = (
+        select(func.max(Assignment.assigned_at)).where(Assignment.radiologist_id == Radiologist.id).scalar_subquery()
+    )
     usable = case(
         (
             and_(
@@ -114,16 +120,20 @@ def ranked_readers(session: Session, state: str, day: dt.date) -> list[Ranked]:
         if isinstance(last, str):  # SQLite returns a scalar subquery's datetime untyped
             last = dt.datetime.fromisoformat(last)
         if last is not None and last.tzinfo is None:
-            last = last.replace(tzinfo=dt.timezone.utc)
+            last = last.replace(tzinfo=dt.UTC)
         ranked.append(Ranked(row[0], row[1], row[2], bool(row[3]), int(row[4] or 0), last, bool(row[6])))
     settled = [item.radiologist_id for item in ranked if not (item.active and item.usable_row)]
     if settled:
         licenses = {
             lic.radiologist_id: license_facts(lic)
-            for lic in session.scalars(select(License).where(License.state == state, License.radiologist_id.in_(settled)))
+            for lic in session.scalars(
+                select(License).where(License.state == state, License.radiologist_id.in_(settled))
+            )
         }
         ranked = [
-            dataclasses.replace(item, license=licenses.get(item.radiologist_id)) if item.radiologist_id in licenses else item
+            dataclasses.replace(item, license=licenses.get(item.radiologist_id))
+            if item.radiologist_id in licenses
+            else item
             for item in ranked
         ]
     return sorted(ranked, key=lambda item: item.rank_key)
@@ -167,7 +177,9 @@ def judge(session: Session, study: StudyFacts, day: dt.date, rules: EligibilityR
     while position < len(pending) and judgement.chosen is None:
         group = pending[position : position + BATCH]
         position += len(group)
-        readers = {reader.radiologist_id: reader for reader in load_readers(session, [item.radiologist_id for item in group])}
+        readers = {
+            reader.radiologist_id: reader for reader in load_readers(session, [item.radiologist_id for item in group])
+        }
         for item in group:
             reader = readers[item.radiologist_id]
             verdict = evaluate_reader(reader, study, day, rules)

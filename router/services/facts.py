@@ -70,7 +70,9 @@ def load_readers(session: Session, radiologist_ids: Iterable[int] | None = None)
 def unlicensed_npis(session: Session, state: str) -> list[str]:
     """NPIs of radiologists with no license row in ``state``, in NPI order."""
     licensed = select(License.radiologist_id).where(License.state == state)
-    return list(session.scalars(select(Radiologist.npi).where(Radiologist.id.not_in(licensed)).order_by(Radiologist.npi)))
+    return list(
+        session.scalars(select(Radiologist.npi).where(Radiologist.id.not_in(licensed)).order_by(Radiologist.npi))
+    )
 
 
 def _to_facts(session: Session, rows: Sequence[Radiologist]) -> list[ReaderFacts]:
@@ -100,13 +102,15 @@ def _to_facts(session: Session, rows: Sequence[Radiologist]) -> list[ReaderFacts
     for action in session.scalars(select(DisciplinaryAction).where(DisciplinaryAction.radiologist_id.in_(ids))):
         number = numbers.get(action.license_id, "")
         actions.setdefault(action.radiologist_id, []).append(
-            DisciplinaryActionFacts(state=action.state, license_number=number, action=action.action, action_date=action.action_date)
+            DisciplinaryActionFacts(
+                state=action.state, license_number=number, action=action.action, action_date=action.action_date
+            )
         )
     facts = []
     for row in rows:
         last = last_assigned.get(row.id)
         if last is not None and last.tzinfo is None:
-            last = last.replace(tzinfo=dt.timezone.utc)
+            last = last.replace(tzinfo=dt.UTC)
         facts.append(
             ReaderFacts(
                 radiologist_id=row.id,

@@ -51,7 +51,14 @@ class ForwardingPolicy:
 class ForwardingService:
     """Works the outbox."""
 
-    def __init__(self, sessions: sessionmaker[Session], archive: Archive, send: Sender, policy: ForwardingPolicy, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        archive: Archive,
+        send: Sender,
+        policy: ForwardingPolicy,
+        clock: Clock = utcnow,
+    ) -> None:
         self._sessions = sessions
         self._archive = archive
         self._send = send
@@ -80,7 +87,9 @@ class ForwardingService:
                 if destination in self._busy:
                     continue
                 self._busy.add(destination)
-            thread = threading.Thread(target=self._work_destination, args=(destination,), name=f"forward:{destination}", daemon=True)
+            thread = threading.Thread(
+                target=self._work_destination, args=(destination,), name=f"forward:{destination}", daemon=True
+            )
             thread.start()
             started.append(thread)
         if wait:
@@ -95,7 +104,11 @@ class ForwardingService:
                 with self._sessions() as session:
                     job_id = session.scalar(
                         select(OutboxJob.id)
-                        .where(OutboxJob.destination == destination, OutboxJob.status == OutboxStatus.PENDING, OutboxJob.next_attempt_at <= now)
+                        .where(
+                            OutboxJob.destination == destination,
+                            OutboxJob.status == OutboxStatus.PENDING,
+                            OutboxJob.next_attempt_at <= now,
+                        )
                         .order_by(OutboxJob.next_attempt_at, OutboxJob.id)
                         .limit(1)
                     )
@@ -103,7 +116,7 @@ class ForwardingService:
                     return
                 if not self._work_job(job_id):
                     return  # destination failing: leave its other jobs for the next tick
-        except Exception:  # noqa: BLE001 - a worker thread must log, not die silently
+        except Exception:
             LOG.exception("forwarding to %s stopped on an unexpected error", destination)
         finally:
             with self._lock:
@@ -123,11 +136,15 @@ class ForwardingService:
                 job.last_error = "cancelled: the radiologist is no longer assigned this study"
                 job.updated_at = self._clock()
                 return True
-            sent_ids = set(session.scalars(select(ForwardedInstance.instance_id).where(ForwardedInstance.outbox_id == job.id)))
+            sent_ids = set(
+                session.scalars(select(ForwardedInstance.instance_id).where(ForwardedInstance.outbox_id == job.id))
+            )
             pending = [
                 (instance_id, relative, size)
                 for instance_id, relative, size in session.execute(
-                    select(Instance.id, Instance.relative_path, Instance.size_bytes).where(Instance.study_id == job.study_id).order_by(Instance.id)
+                    select(Instance.id, Instance.relative_path, Instance.size_bytes)
+                    .where(Instance.study_id == job.study_id)
+                    .order_by(Instance.id)
                 ).all()
                 if instance_id not in sent_ids
             ]
@@ -154,7 +171,9 @@ class ForwardingService:
         with self._sessions.begin() as session:
             job = session.get(OutboxJob, job_id)
             assert job is not None
-            forwarded = [ForwardedInstance(outbox_id=job.id, instance_id=iid, size_bytes=size, sent_at=now) for iid, size in done]
+            forwarded = [
+                ForwardedInstance(outbox_id=job.id, instance_id=iid, size_bytes=size, sent_at=now) for iid, size in done
+            ]
             session.add_all(forwarded)
             session.flush()
             study = session.get(Study, job.study_id)
@@ -170,6 +189,11 @@ class ForwardingService:
             job.last_error = error
             if job.attempts >= self.policy.max_attempts:
                 job.status = OutboxStatus.FAILED
-                LOG.error("forwarding study %s to %s failed %d times; giving up", study.study_instance_uid, job.destination, job.attempts)
+                LOG.error(
+                    "forwarding study %s to %s failed %d times; giving up",
+                    study.study_instance_uid,
+                    job.destination,
+                    job.attempts,
+                )
             else:
                 job.next_attempt_at = now + self.policy.backoff(job.attempts)

@@ -58,15 +58,17 @@ def enqueue_forwarding(session: Session, study: Study, radiologist: Radiologist,
     return job
 
 
-def cancel_forwarding(session: Session, study_id: int, keep_radiologist_id: int | None, reason: str, now: dt.datetime) -> int:
+def cancel_forwarding(
+    session: Session, study_id: int, keep_radiologist_id: int | None, reason: str, now: dt.datetime
+) -> int:
     """Mark unfinished jobs of a study for other radiologists as failed; returns how many."""
     statement = update(OutboxJob).where(OutboxJob.study_id == study_id, OutboxJob.status == OutboxStatus.PENDING)
     if keep_radiologist_id is not None:
         statement = statement.where(OutboxJob.radiologist_id != keep_radiologist_id)
     result = session.execute(
-        statement.values(status=OutboxStatus.FAILED, last_error=f"cancelled: {reason}", updated_at=now).execution_options(
-            synchronize_session=False
-        )
+        statement.values(
+            status=OutboxStatus.FAILED, last_error=f"cancelled: {reason}", updated_at=now
+        ).execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)
 
@@ -107,15 +109,20 @@ def requeue_study(session: Session, study_instance_uid: str, now: dt.datetime) -
     """
     study = study_by_uid(session, study_instance_uid)
     assignment = session.scalar(
-        select(Assignment).where(Assignment.study_id == study.id, Assignment.superseded_at.is_(None), Assignment.completed_at.is_(None))
+        select(Assignment).where(
+            Assignment.study_id == study.id, Assignment.superseded_at.is_(None), Assignment.completed_at.is_(None)
+        )
     )
     if assignment is None:
-        raise IneligibleError(f"study {study_instance_uid} has no open assignment to forward (status {study.status.value})")
+        raise IneligibleError(
+            f"study {study_instance_uid} has no open assignment to forward (status {study.status.value})"
+        )
     radiologist = session.get(Radiologist, assignment.radiologist_id)
     assert radiologist is not None
     destination = destination_of(radiologist)
     if destination is None:
-        raise IneligibleError(f"NPI {radiologist.npi} has no destination (`router radiologists set {radiologist.npi} --destination AE@host:port`)")
+        raise IneligibleError(
+            f"NPI {radiologist.npi} has no destination (`router radiologists set {radiologist.npi} --destination AE@host:port`)"
+        )
     enqueue_forwarding(session, study, radiologist, now)
     return destination
-

@@ -98,8 +98,14 @@ class IntakeService:
             # ``place`` does not fsync the file again).
             self._archive.sync_temp(temp_path)
             try:
-                self._index(header, sender, relative_path, size, sha256,
-                            place=lambda: self._archive.place(temp_path, relative_path, replace=True, synced=True))
+                self._index(
+                    header,
+                    sender,
+                    relative_path,
+                    size,
+                    sha256,
+                    place=lambda: self._archive.place(temp_path, relative_path, replace=True, synced=True),
+                )
             except IntegrityError as exc:
                 # Already indexed (a resend, or another node first): the stored file stands.
                 existing = self._existing(header.sop_instance_uid)
@@ -159,7 +165,11 @@ class IntakeService:
                 # The row outlived its file (restored database, deleted file): the identical
                 # copy just received puts it back.
                 self._archive.place(temp_path, relative_path, replace=False)
-                LOG.warning("SOP Instance %s had a row but no file: restored from %s", header.sop_instance_uid, sender.calling_ae_title)
+                LOG.warning(
+                    "SOP Instance %s had a row but no file: restored from %s",
+                    header.sop_instance_uid,
+                    sender.calling_ae_title,
+                )
                 return StoreOutcome.DUPLICATE
             self._archive.remove_temp(temp_path)
             LOG.debug("duplicate of SOP Instance %s from %s ignored", header.sop_instance_uid, sender.calling_ae_title)
@@ -194,8 +204,15 @@ class IntakeService:
         )
         return StoreOutcome.QUARANTINED
 
-    def _index(self, header: InstanceHeader, sender: Sender, relative_path: str, size: int, sha256: str,
-               place: Callable[[], object] | None = None) -> None:
+    def _index(
+        self,
+        header: InstanceHeader,
+        sender: Sender,
+        relative_path: str,
+        size: int,
+        sha256: str,
+        place: Callable[[], object] | None = None,
+    ) -> None:
         """Insert the rows; ``place`` (which may raise ArchiveError) runs before the commit.
 
         Raises
@@ -205,7 +222,12 @@ class IntakeService:
         IndexWriteError
             Any other database failure.
         """
-        assert header.study_instance_uid and header.series_instance_uid and header.sop_instance_uid and header.sop_class_uid
+        assert (
+            header.study_instance_uid
+            and header.series_instance_uid
+            and header.sop_instance_uid
+            and header.sop_class_uid
+        )
         row = IndexRow(
             study_instance_uid=header.study_instance_uid,
             series_instance_uid=header.series_instance_uid,

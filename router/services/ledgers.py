@@ -177,9 +177,9 @@ def _row(entry: Any, columns: tuple[str, ...]) -> dict[str, Any]:
             value = iso_utc(value)
         elif isinstance(value, dt.date):
             value = value.isoformat()
-        elif hasattr(value, "value") and not isinstance(value, (int, str)):
-            value = value.value
-        elif isinstance(value, str) and hasattr(value, "value"):
+        elif (hasattr(value, "value") and not isinstance(value, (int, str))) or (
+            isinstance(value, str) and hasattr(value, "value")
+        ):
             value = value.value
         out[column] = value
     return out

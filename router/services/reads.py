@@ -43,7 +43,9 @@ class CompletedRead:
 class ReadService:
     """Records reported reads and writes the professional ledger."""
 
-    def __init__(self, sessions: sessionmaker[Session], reference: ReferenceData, routing: RoutingService, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], reference: ReferenceData, routing: RoutingService, clock: Clock = utcnow
+    ) -> None:
         self._sessions = sessions
         self._reference = reference
         self._routing = routing
@@ -72,7 +74,9 @@ class ReadService:
         if moment > now + dt.timedelta(minutes=5):
             raise ValidationError("interpretation time is in the future")
         with self._sessions.begin() as session:
-            study = session.scalars(for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)).one_or_none()
+            study = session.scalars(
+                for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)
+            ).one_or_none()
             if study is None:
                 study_by_uid(session, study_instance_uid)
                 raise AssertionError  # pragma: no cover
@@ -82,11 +86,15 @@ class ReadService:
                 select(Assignment).where(Assignment.study_id == study.id, Assignment.superseded_at.is_(None))
             )
             if assignment is None or study.status != StudyStatus.ASSIGNED:
-                raise IneligibleError(f"study {study_instance_uid} has no open assignment (status {study.status.value})")
+                raise IneligibleError(
+                    f"study {study_instance_uid} has no open assignment (status {study.status.value})"
+                )
             # Five minutes of slack for a reading workstation's clock, except after a
             # reassignment: the read cannot be billed to this reader for a time another held it.
             reassigned = session.scalar(
-                select(Assignment.id).where(Assignment.study_id == study.id, Assignment.superseded_at.is_not(None)).limit(1)
+                select(Assignment.id)
+                .where(Assignment.study_id == study.id, Assignment.superseded_at.is_not(None))
+                .limit(1)
             )
             slack = dt.timedelta(0) if reassigned is not None else dt.timedelta(minutes=5)
             if moment < assignment.assigned_at - slack:
@@ -96,7 +104,9 @@ class ReadService:
             assert radiologist is not None and study.exam_state
             day = self._routing.read_day(facility, moment)
             readers = load_readers(session, [radiologist.id])
-            verdict = evaluate_reader(readers[0], study_facts(study, study.exam_state, facility), day, self._routing.rules())
+            verdict = evaluate_reader(
+                readers[0], study_facts(study, study.exam_state, facility), day, self._routing.rules()
+            )
             if not verdict.eligible or verdict.license is None:
                 raise IneligibleError(
                     f"NPI {radiologist.npi} may not report study {study_instance_uid} on {day.isoformat()}: {'; '.join(verdict.reasons)}"

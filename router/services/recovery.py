@@ -115,11 +115,17 @@ class RecoveryService:
     def _unclean_since(self) -> dt.datetime | None:
         """Scan start if the latest run did not stop cleanly (``None``: nothing to scan)."""
         with self._sessions() as session:
-            runs = list(session.scalars(select(NodeRun).where(NodeRun.node == self.node).order_by(NodeRun.id.desc()).limit(50)))
+            runs = list(
+                session.scalars(select(NodeRun).where(NodeRun.node == self.node).order_by(NodeRun.id.desc()).limit(50))
+            )
         if not runs:
             # First start of this node: an archive that predates the index is scanned whole.
-            has_files = any(not name.startswith(".") for name in os.listdir(self._archive.root)) if self._archive.root.exists() else False
-            return dt.datetime.fromtimestamp(0, dt.timezone.utc) if has_files else None
+            has_files = (
+                any(not name.startswith(".") for name in os.listdir(self._archive.root))
+                if self._archive.root.exists()
+                else False
+            )
+            return dt.datetime.fromtimestamp(0, dt.UTC) if has_files else None
         if runs[0].stopped_at is not None:
             return None
         clean = [run.stopped_at for run in runs if run.stopped_at is not None]
@@ -129,7 +135,11 @@ class RecoveryService:
 
     def _known_paths(self, since: dt.datetime) -> set[str]:
         with self._sessions() as session:
-            return set(session.scalars(select(Instance.relative_path).where(Instance.received_at >= since - dt.timedelta(days=1))))
+            return set(
+                session.scalars(
+                    select(Instance.relative_path).where(Instance.received_at >= since - dt.timedelta(days=1))
+                )
+            )
 
     def _adopt_or_quarantine(self, relative: str, report: RecoveryReport) -> None:
         path = self._archive.path(relative)
@@ -140,7 +150,10 @@ class RecoveryService:
         except Exception as exc:  # noqa: BLE001 - any unreadable file is set aside, never deleted
             reason = f"unreadable ({type(exc).__name__})"
         if header is not None:
-            problems = [uid_problem(uid) for uid in (header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid)]
+            problems = [
+                uid_problem(uid)
+                for uid in (header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid)
+            ]
             if any(problems):
                 reason = "invalid UIDs"
             elif relative != f"{header.study_instance_uid}/{header.series_instance_uid}/{header.sop_instance_uid}.dcm":

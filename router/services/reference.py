@@ -62,7 +62,9 @@ class ReferenceData:
         DataFileError
             If the file is missing or malformed (the message names the line).
         """
-        return self._imlc.get(self.imlc_file, lambda text: ImlcMembership.from_csv_text(text, source_name=self.imlc_file.name))
+        return self._imlc.get(
+            self.imlc_file, lambda text: ImlcMembership.from_csv_text(text, source_name=self.imlc_file.name)
+        )
 
     def cpt_map(self) -> CptMap:
         """The CPT map; its version is taken from the file name (``cpt_map_2026.csv`` -> 2026).

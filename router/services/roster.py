@@ -80,14 +80,22 @@ class RosterService:
             return import_outcome(apply_roster(session, ctx, rows))
 
         outcome, change = self._runner.run(os_user, "roster.import", work, dry_run=dry_run)
-        return ImportResult(rows=len(rows), dry_run=dry_run, rerouted=change.rerouted, reevaluation_error=change.reevaluation_error, **_counts(outcome.record))
+        return ImportResult(
+            rows=len(rows),
+            dry_run=dry_run,
+            rerouted=change.rerouted,
+            reevaluation_error=change.reevaluation_error,
+            **_counts(outcome.record),
+        )
 
     def export_csv(self) -> str:
         """The roster as CSV text in the import format (header plus one row per license)."""
         with self._runner.sessions() as session:
             return export_roster(session)
 
-    def load_demo(self, facilities_csv_text: str, roster_csv_text: str, radiologists_csv_text: str, os_user: str) -> ImportResult:
+    def load_demo(
+        self, facilities_csv_text: str, roster_csv_text: str, radiologists_csv_text: str, os_user: str
+    ) -> ImportResult:
         """Load the demo files of ``config/demo/`` in one transaction, then re-evaluate routing.
 
         Parameters
@@ -115,7 +123,12 @@ class RosterService:
             return import_outcome(apply_demo(session, ctx, facilities, rows, details))
 
         outcome, change = self._runner.run(os_user, "roster.demo", work)
-        return ImportResult(rows=len(rows), rerouted=change.rerouted, reevaluation_error=change.reevaluation_error, **_counts(outcome.record))
+        return ImportResult(
+            rows=len(rows),
+            rerouted=change.rerouted,
+            reevaluation_error=change.reevaluation_error,
+            **_counts(outcome.record),
+        )
 
     def audit_list(self, limit: int = 50, entity: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
         """Audit rows, newest first (see :func:`router.services.audit.audit_entries`)."""
@@ -124,7 +137,15 @@ class RosterService:
 
 
 def _counts(record: dict[str, Any] | None) -> dict[str, int]:
-    wanted = ("radiologists_added", "radiologists_updated", "licenses_added", "licenses_updated", "licenses_unchanged", "facilities_added", "facilities_updated")
+    wanted = (
+        "radiologists_added",
+        "radiologists_updated",
+        "licenses_added",
+        "licenses_updated",
+        "licenses_unchanged",
+        "facilities_added",
+        "facilities_updated",
+    )
     return {key: int((record or {}).get(key, 0)) for key in wanted}
 
 

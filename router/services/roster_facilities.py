@@ -159,7 +159,12 @@ def insert_facility(session: Session, ctx: ChangeContext, spec: FacilitySpec) ->
 
 
 def update_facility(
-    session: Session, ctx: ChangeContext, row: Facility, wanted: dict[str, Any], add_aliases: Sequence[str] = (), remove_aliases: Sequence[str] = ()
+    session: Session,
+    ctx: ChangeContext,
+    row: Facility,
+    wanted: dict[str, Any],
+    add_aliases: Sequence[str] = (),
+    remove_aliases: Sequence[str] = (),
 ) -> bool:
     """Apply field changes and alias additions/removals, audited as ``facility.set``; whether anything changed.
 
@@ -258,7 +263,9 @@ class FacilityRoster:
         """
         wanted: dict[str, Any] = {}
         if name is not UNSET:
-            wanted["name"] = check_name(name, "facility name", FACILITY_NAME_MAX_LENGTH) if name and name.strip() else None
+            wanted["name"] = (
+                check_name(name, "facility name", FACILITY_NAME_MAX_LENGTH) if name and name.strip() else None
+            )
         if state is not UNSET:
             wanted["state"] = parse_state(state)
         if timezone is not UNSET:
@@ -294,7 +301,9 @@ class FacilityRoster:
 
         def work(session: Session, ctx: ChangeContext) -> Outcome:
             row = find_facility(session, ae_title)
-            grants = list(session.scalars(select(Privilege).where(Privilege.facility_id == row.id).order_by(Privilege.id)))
+            grants = list(
+                session.scalars(select(Privilege).where(Privilege.facility_id == row.id).order_by(Privilege.id))
+            )
             if grants and not force:
                 raise ConflictError(
                     f"facility {row.ae_title} has {len(grants)} privilege grant(s); revoke them, or remove with --force to delete them"
@@ -320,7 +329,10 @@ class FacilityRoster:
         with self._runner.sessions() as session:
             row = find_facility(session, ae_title)
             grants = session.scalars(
-                select(Privilege).where(Privilege.facility_id == row.id).options(selectinload(Privilege.radiologist)).order_by(Privilege.id)
+                select(Privilege)
+                .where(Privilege.facility_id == row.id)
+                .options(selectinload(Privilege.radiologist))
+                .order_by(Privilege.id)
             )
             studies = session.scalar(select(func.count(Study.id)).where(Study.facility_id == row.id))
             return {

@@ -32,7 +32,13 @@ from router.domain.enums import LicensePathway, LicenseStatus
 from router.domain.npi import validate_npi
 from router.errors import ValidationError
 from router.services.audit import ChangeContext, Outcome, Rerouted, diff_values, record_audit
-from router.services.roster_facilities import FacilitySpec, facility_record, facility_spec, insert_facility, update_facility
+from router.services.roster_facilities import (
+    FacilitySpec,
+    facility_record,
+    facility_spec,
+    insert_facility,
+    update_facility,
+)
 from router.services.roster_licenses import apply_status
 from router.services.roster_people import license_key, license_record, radiologist_record
 from router.services.roster_values import (
@@ -47,9 +53,26 @@ from router.services.roster_values import (
 )
 
 #: Header of a roster file, in order.
-ROSTER_COLUMNS: tuple[str, ...] = ("npi", "name", "license_state", "license_number", "pathway", "status", "issued", "expires")
+ROSTER_COLUMNS: tuple[str, ...] = (
+    "npi",
+    "name",
+    "license_state",
+    "license_number",
+    "pathway",
+    "status",
+    "issued",
+    "expires",
+)
 #: Header of the demo facilities file; ``aliases`` are ``|``-separated InstitutionName values.
-FACILITY_COLUMNS: tuple[str, ...] = ("ae_title", "name", "state", "timezone", "requires_privileges", "federal", "aliases")
+FACILITY_COLUMNS: tuple[str, ...] = (
+    "ae_title",
+    "name",
+    "state",
+    "timezone",
+    "requires_privileges",
+    "federal",
+    "aliases",
+)
 #: Header of the demo radiologists file (details not carried by the roster file).
 RADIOLOGIST_COLUMNS: tuple[str, ...] = ("npi", "email", "spl_state", "loq_issued", "mqsa_qualified", "reading_state")
 
@@ -101,7 +124,16 @@ class ImportResult:
     @property
     def changed(self) -> bool:
         """Whether anything was (or, in a dry run, would be) written."""
-        return any((self.radiologists_added, self.radiologists_updated, self.licenses_added, self.licenses_updated, self.facilities_added, self.facilities_updated))
+        return any(
+            (
+                self.radiologists_added,
+                self.radiologists_updated,
+                self.licenses_added,
+                self.licenses_updated,
+                self.facilities_added,
+                self.facilities_updated,
+            )
+        )
 
     def __str__(self) -> str:
         parts = [
@@ -159,7 +191,9 @@ def read_csv(text: str, columns: Sequence[str], source: str = "") -> Iterator[tu
                 continue
             if not header_seen:
                 if tuple(cell.strip() for cell in cells) != tuple(columns):
-                    raise ValidationError(_prefix(source, line) + f"expected header {','.join(columns)!r}, got {','.join(cells)!r}")
+                    raise ValidationError(
+                        _prefix(source, line) + f"expected header {','.join(columns)!r}, got {','.join(cells)!r}"
+                    )
                 header_seen = True
                 continue
             if len(cells) != len(columns):
@@ -208,7 +242,11 @@ def parse_roster_csv(text: str, source: str = "") -> list[RosterRow]:
 
 
 def apply_roster(
-    session: Session, ctx: ChangeContext, rows: Sequence[RosterRow], action_prefix: str = "import", updated_npis: set[str] | None = None
+    session: Session,
+    ctx: ChangeContext,
+    rows: Sequence[RosterRow],
+    action_prefix: str = "import",
+    updated_npis: set[str] | None = None,
 ) -> dict[str, int]:
     """Upsert validated rows in the caller's transaction, one audit row per change.
 
@@ -216,7 +254,9 @@ def apply_roster(
     ``licenses_updated``, ``licenses_unchanged``. NPIs of radiologists whose name changed are
     added to ``updated_npis`` when given.
     """
-    counts = dict.fromkeys(("radiologists_added", "radiologists_updated", "licenses_added", "licenses_updated", "licenses_unchanged"), 0)
+    counts = dict.fromkeys(
+        ("radiologists_added", "radiologists_updated", "licenses_added", "licenses_updated", "licenses_unchanged"), 0
+    )
     people: dict[str, Radiologist] = {}
     for row in rows:
         if row.npi in people:
@@ -226,10 +266,20 @@ def apply_roster(
             person = Radiologist(npi=row.npi, name=row.name, active=True, mqsa_qualified=False, created_at=ctx.at)
             session.add(person)
             session.flush()
-            record_audit(session, ctx, f"radiologist.{action_prefix}", "radiologist", row.npi, None, radiologist_record(person))
+            record_audit(
+                session, ctx, f"radiologist.{action_prefix}", "radiologist", row.npi, None, radiologist_record(person)
+            )
             counts["radiologists_added"] += 1
         elif person.name != row.name:
-            record_audit(session, ctx, f"radiologist.{action_prefix}", "radiologist", row.npi, {"name": person.name}, {"name": row.name})
+            record_audit(
+                session,
+                ctx,
+                f"radiologist.{action_prefix}",
+                "radiologist",
+                row.npi,
+                {"name": person.name},
+                {"name": row.name},
+            )
             person.name = row.name
             counts["radiologists_updated"] += 1
             if updated_npis is not None:
@@ -282,11 +332,22 @@ def export_roster(session: Session) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(ROSTER_COLUMNS)
     rows = session.execute(
-        select(Radiologist.npi, Radiologist.name, License).join(License, License.radiologist_id == Radiologist.id).order_by(Radiologist.npi, License.state)
+        select(Radiologist.npi, Radiologist.name, License)
+        .join(License, License.radiologist_id == Radiologist.id)
+        .order_by(Radiologist.npi, License.state)
     )
     for npi, name, lic in rows:
         writer.writerow(
-            [npi, name, lic.state, lic.number, lic.pathway.value, lic.status.value, lic.issued.isoformat() if lic.issued else "", lic.expires.isoformat()]
+            [
+                npi,
+                name,
+                lic.state,
+                lic.number,
+                lic.pathway.value,
+                lic.status.value,
+                lic.issued.isoformat() if lic.issued else "",
+                lic.expires.isoformat(),
+            ]
         )
     return buffer.getvalue()
 
@@ -341,7 +402,9 @@ def parse_radiologists_csv(text: str, source: str = "radiologists.csv") -> list[
                     spl_state=parse_state(cells["spl_state"], "spl_state") if cells["spl_state"] else None,
                     loq_issued=parse_iso_date(cells["loq_issued"], "loq_issued") if cells["loq_issued"] else None,
                     mqsa_qualified=parse_bool(cells["mqsa_qualified"], "mqsa_qualified"),
-                    reading_state=parse_state(cells["reading_state"], "reading_state") if cells["reading_state"] else None,
+                    reading_state=parse_state(cells["reading_state"], "reading_state")
+                    if cells["reading_state"]
+                    else None,
                 )
             )
         except ValidationError as exc:
@@ -350,7 +413,11 @@ def parse_radiologists_csv(text: str, source: str = "radiologists.csv") -> list[
 
 
 def apply_demo(
-    session: Session, ctx: ChangeContext, facilities: Sequence[FacilitySpec], rows: Sequence[RosterRow], details: Sequence[ReaderDetails]
+    session: Session,
+    ctx: ChangeContext,
+    facilities: Sequence[FacilitySpec],
+    rows: Sequence[RosterRow],
+    details: Sequence[ReaderDetails],
 ) -> dict[str, int]:
     """Write validated demo files in the caller's transaction (facilities, roster, reader details).
 
@@ -394,7 +461,12 @@ def apply_demo(
             if person.npi in existing:
                 updated_npis.add(person.npi)
     session.flush()
-    return {**counts, "radiologists_updated": len(updated_npis), "facilities_added": added, "facilities_updated": updated}
+    return {
+        **counts,
+        "radiologists_updated": len(updated_npis),
+        "facilities_added": added,
+        "facilities_updated": updated,
+    }
 
 
 def import_outcome(counts: dict[str, int]) -> Outcome:

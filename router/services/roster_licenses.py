@@ -59,7 +59,12 @@ def is_disciplinary(status: LicenseStatus, in_lieu_of_discipline: bool) -> bool:
 
 
 def apply_status(
-    session: Session, ctx: ChangeContext, lic: License, status: LicenseStatus, since: dt.date, in_lieu_of_discipline: bool
+    session: Session,
+    ctx: ChangeContext,
+    lic: License,
+    status: LicenseStatus,
+    since: dt.date,
+    in_lieu_of_discipline: bool,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Set a license's status, recording a disciplinary action when it is one.
 
@@ -68,7 +73,11 @@ def apply_status(
     (at most one per license, action and date).
     """
     in_lieu = bool(in_lieu_of_discipline and status is LicenseStatus.SURRENDERED)
-    before = {"status": lic.status, "status_since": lic.status_since, "in_lieu_of_discipline": lic.in_lieu_of_discipline}
+    before = {
+        "status": lic.status,
+        "status_since": lic.status_since,
+        "in_lieu_of_discipline": lic.in_lieu_of_discipline,
+    }
     after = {"status": status, "status_since": since, "in_lieu_of_discipline": in_lieu}
     old, new = diff_values(before, after)
     if not new:
@@ -77,13 +86,20 @@ def apply_status(
     if is_disciplinary(status, in_lieu):
         exists = session.scalar(
             select(DisciplinaryAction.id).where(
-                DisciplinaryAction.license_id == lic.id, DisciplinaryAction.action == status, DisciplinaryAction.action_date == since
+                DisciplinaryAction.license_id == lic.id,
+                DisciplinaryAction.action == status,
+                DisciplinaryAction.action_date == since,
             )
         )
         if exists is None:
             session.add(
                 DisciplinaryAction(
-                    radiologist_id=lic.radiologist_id, license_id=lic.id, state=lic.state, action=status, action_date=since, recorded_at=ctx.at
+                    radiologist_id=lic.radiologist_id,
+                    license_id=lic.id,
+                    state=lic.state,
+                    action=status,
+                    action_date=since,
+                    recorded_at=ctx.at,
                 )
             )
             new["disciplinary_action"] = {"state": lic.state, "action": status, "action_date": since}
@@ -114,8 +130,15 @@ def _reset_cleared_holds(session: Session, ctx: ChangeContext, disciplined: Lice
     )
     for other in others:
         npi_code = other.radiologist.npi
-        record_audit(session, ctx, "license.hold_reset", "license", license_key(npi_code, other.state),
-                     {"compact_hold_cleared_on": other.compact_hold_cleared_on}, {"compact_hold_cleared_on": None})
+        record_audit(
+            session,
+            ctx,
+            "license.hold_reset",
+            "license",
+            license_key(npi_code, other.state),
+            {"compact_hold_cleared_on": other.compact_hold_cleared_on},
+            {"compact_hold_cleared_on": None},
+        )
         other.compact_hold_cleared_on = None
         reset.append(license_tag(other.state, other.number))
     return reset
@@ -161,9 +184,13 @@ class LicenseRoster:
             radiologist = find_radiologist(session, npi)
             check_not_future(verified_on, ctx.today, "verified-on date")
             key = license_key(radiologist.npi, code)
-            taken = session.scalar(select(License.id).where(License.radiologist_id == radiologist.id, License.state == code))
+            taken = session.scalar(
+                select(License.id).where(License.radiologist_id == radiologist.id, License.state == code)
+            )
             if taken is not None:
-                raise ConflictError(f"NPI {radiologist.npi} already holds a license in {code}; change it with `router licenses set`")
+                raise ConflictError(
+                    f"NPI {radiologist.npi} already holds a license in {code}; change it with `router licenses set`"
+                )
             row = License(
                 radiologist_id=radiologist.id,
                 state=code,
@@ -222,7 +249,9 @@ class LicenseRoster:
             old, new = apply_status(session, ctx, lic, status_value, day, in_lieu_of_discipline)
             if new:
                 record_audit(session, ctx, "license.set_status", "license", key, old, new)
-            return Outcome("license", key, license_record(lic, npi_code), changed=bool(new), radiologist_id=lic.radiologist_id)
+            return Outcome(
+                "license", key, license_record(lic, npi_code), changed=bool(new), radiologist_id=lic.radiologist_id
+            )
 
         return self._runner.run(os_user, "license.set_status", work)[1]
 
@@ -279,7 +308,9 @@ class LicenseRoster:
             if new:
                 session.flush()
                 record_audit(session, ctx, "license.set", "license", key, old, new)
-            return Outcome("license", key, license_record(lic, npi_code), changed=bool(new), radiologist_id=lic.radiologist_id)
+            return Outcome(
+                "license", key, license_record(lic, npi_code), changed=bool(new), radiologist_id=lic.radiologist_id
+            )
 
         return self._runner.run(os_user, "license.set", work)[1]
 
@@ -302,8 +333,14 @@ class LicenseRoster:
             day = on if on is not None else ctx.today
             check_not_future(day, ctx.today, "hold cleared date")
             if lic.pathway is not LicensePathway.IMLC:
-                raise ValidationError(f"license {license_tag(lic.state, lic.number)} is a {lic.pathway.value} license; only IMLC licenses are held")
-            actions = session.scalar(select(func.count()).select_from(DisciplinaryAction).where(DisciplinaryAction.radiologist_id == lic.radiologist_id))
+                raise ValidationError(
+                    f"license {license_tag(lic.state, lic.number)} is a {lic.pathway.value} license; only IMLC licenses are held"
+                )
+            actions = session.scalar(
+                select(func.count())
+                .select_from(DisciplinaryAction)
+                .where(DisciplinaryAction.radiologist_id == lic.radiologist_id)
+            )
             if not actions:
                 raise ValidationError(
                     f"license {license_tag(lic.state, lic.number)} has no Compact hold to clear: no disciplinary action is recorded "
@@ -311,12 +348,16 @@ class LicenseRoster:
                 )
             npi_code = lic.radiologist.npi
             key = license_key(npi_code, lic.state)
-            old, new = diff_values({"compact_hold_cleared_on": lic.compact_hold_cleared_on}, {"compact_hold_cleared_on": day})
+            old, new = diff_values(
+                {"compact_hold_cleared_on": lic.compact_hold_cleared_on}, {"compact_hold_cleared_on": day}
+            )
             if new:
                 lic.compact_hold_cleared_on = day
                 session.flush()
                 record_audit(session, ctx, "license.clear_hold", "license", key, old, new)
-            return Outcome("license", key, license_record(lic, npi_code), changed=bool(new), radiologist_id=lic.radiologist_id)
+            return Outcome(
+                "license", key, license_record(lic, npi_code), changed=bool(new), radiologist_id=lic.radiologist_id
+            )
 
         return self._runner.run(os_user, "license.clear_hold", work)[1]
 
@@ -331,7 +372,9 @@ class LicenseRoster:
             Unknown NPI.
         """
         with self._runner.sessions() as session:
-            statement = select(License, Radiologist.npi, Radiologist.name).join(Radiologist, Radiologist.id == License.radiologist_id)
+            statement = select(License, Radiologist.npi, Radiologist.name).join(
+                Radiologist, Radiologist.id == License.radiologist_id
+            )
             if npi is not None:
                 statement = statement.where(License.radiologist_id == find_radiologist(session, npi).id)
             if state is not None:

@@ -127,7 +127,9 @@ class RadiologistRoster:
         def work(session: Session, ctx: ChangeContext) -> Outcome:
             if session.scalar(select(Radiologist.id).where(Radiologist.npi == code)) is not None:
                 raise ConflictError(f"NPI {code} is already on the roster")
-            row = Radiologist(npi=code, name=clean_name, email=clean_email, active=True, mqsa_qualified=False, created_at=ctx.at)
+            row = Radiologist(
+                npi=code, name=clean_name, email=clean_email, active=True, mqsa_qualified=False, created_at=ctx.at
+            )
             session.add(row)
             session.flush()
             record = radiologist_record(row)
@@ -260,15 +262,22 @@ class RadiologistRoster:
             row = find_radiologist(session, npi)
             open_count = session.scalar(
                 select(func.count(Assignment.id)).where(
-                    Assignment.radiologist_id == row.id, Assignment.superseded_at.is_(None), Assignment.completed_at.is_(None)
+                    Assignment.radiologist_id == row.id,
+                    Assignment.superseded_at.is_(None),
+                    Assignment.completed_at.is_(None),
                 )
             )
             numbers = {lic.id: lic.number for lic in row.licenses}
             actions = session.scalars(
-                select(DisciplinaryAction).where(DisciplinaryAction.radiologist_id == row.id).order_by(DisciplinaryAction.action_date)
+                select(DisciplinaryAction)
+                .where(DisciplinaryAction.radiologist_id == row.id)
+                .order_by(DisciplinaryAction.action_date)
             )
             privileges = session.scalars(
-                select(Privilege).where(Privilege.radiologist_id == row.id).options(selectinload(Privilege.facility)).order_by(Privilege.id)
+                select(Privilege)
+                .where(Privilege.radiologist_id == row.id)
+                .options(selectinload(Privilege.facility))
+                .order_by(Privilege.id)
             )
             return {
                 **radiologist_record(row),
@@ -308,9 +317,17 @@ class RadiologistRoster:
                     .group_by(Assignment.radiologist_id)
                 ).all()
             )
-            license_counts = dict(session.execute(select(License.radiologist_id, func.count(License.id)).group_by(License.radiologist_id)).all())
+            license_counts = dict(
+                session.execute(
+                    select(License.radiologist_id, func.count(License.id)).group_by(License.radiologist_id)
+                ).all()
+            )
             rows = session.scalars(select(Radiologist).order_by(Radiologist.npi))
             return [
-                {**radiologist_record(row), "licenses": int(license_counts.get(row.id, 0)), "open_assignments": int(open_counts.get(row.id, 0))}
+                {
+                    **radiologist_record(row),
+                    "licenses": int(license_counts.get(row.id, 0)),
+                    "open_assignments": int(open_counts.get(row.id, 0)),
+                }
                 for row in rows
             ]

@@ -30,7 +30,14 @@ class PrivilegeRoster:
         self._runner = runner
 
     def grant(
-        self, npi: str, facility_ae: str, valid_from: dt.date, valid_until: dt.date, os_user: str, *, by_proxy: bool = False
+        self,
+        npi: str,
+        facility_ae: str,
+        valid_from: dt.date,
+        valid_until: dt.date,
+        os_user: str,
+        *,
+        by_proxy: bool = False,
     ) -> RosterChange:
         """Grant privileges valid ``valid_from`` to ``valid_until``, both days included.
 
@@ -47,7 +54,9 @@ class PrivilegeRoster:
             The same grant (same dates, not revoked) exists.
         """
         if valid_until < valid_from:
-            raise ValidationError(f"privileges end {valid_until.isoformat()} before they start {valid_from.isoformat()}")
+            raise ValidationError(
+                f"privileges end {valid_until.isoformat()} before they start {valid_from.isoformat()}"
+            )
 
         def work(session: Session, ctx: ChangeContext) -> Outcome:
             radiologist = find_radiologist(session, npi)
@@ -63,9 +72,16 @@ class PrivilegeRoster:
                 )
             )
             if same is not None:
-                raise ConflictError(f"privilege {same} already grants {key} from {valid_from.isoformat()} to {valid_until.isoformat()}")
+                raise ConflictError(
+                    f"privilege {same} already grants {key} from {valid_from.isoformat()} to {valid_until.isoformat()}"
+                )
             row = Privilege(
-                radiologist=radiologist, facility=facility, valid_from=valid_from, valid_until=valid_until, by_proxy=by_proxy, created_at=ctx.at
+                radiologist=radiologist,
+                facility=facility,
+                valid_from=valid_from,
+                valid_until=valid_until,
+                by_proxy=by_proxy,
+                created_at=ctx.at,
             )
             session.add(row)
             session.flush()
@@ -108,7 +124,9 @@ class PrivilegeRoster:
                 if grant is None:
                     raise NotFoundError(f"no privilege with id {privilege_id}")
                 if grant.revoked_on is not None:
-                    raise ConflictError(f"privilege {privilege_id} was already revoked on {grant.revoked_on.isoformat()}")
+                    raise ConflictError(
+                        f"privilege {privilege_id} was already revoked on {grant.revoked_on.isoformat()}"
+                    )
                 grants = [grant]
             else:
                 assert npi is not None and facility_ae is not None
@@ -116,18 +134,34 @@ class PrivilegeRoster:
                 grants = list(
                     session.scalars(
                         select(Privilege)
-                        .where(Privilege.radiologist_id == radiologist.id, Privilege.facility_id == facility.id, Privilege.revoked_on.is_(None))
+                        .where(
+                            Privilege.radiologist_id == radiologist.id,
+                            Privilege.facility_id == facility.id,
+                            Privilege.revoked_on.is_(None),
+                        )
                         .order_by(Privilege.id)
                     )
                 )
                 if not grants:
                     raise NotFoundError(f"NPI {radiologist.npi} holds no unrevoked privileges at {facility.ae_title}")
             facility_row = grants[0].facility
-            day = on if on is not None else (local_date(ctx.at, facility_row.timezone) if facility_row.timezone else ctx.today)
+            day = (
+                on
+                if on is not None
+                else (local_date(ctx.at, facility_row.timezone) if facility_row.timezone else ctx.today)
+            )
             key = f"{grants[0].radiologist.npi}/{facility_row.ae_title}"
             for grant in grants:
                 grant.revoked_on = day
-                record_audit(session, ctx, "privilege.revoke", "privilege", key, {"id": grant.id, "revoked_on": None}, {"id": grant.id, "revoked_on": day})
+                record_audit(
+                    session,
+                    ctx,
+                    "privilege.revoke",
+                    "privilege",
+                    key,
+                    {"id": grant.id, "revoked_on": None},
+                    {"id": grant.id, "revoked_on": day},
+                )
             session.flush()
             record = {"revoked_on": day, "revoked": [privilege_record(grant) for grant in grants]}
             return Outcome("privilege", key, record, radiologist_id=grants[0].radiologist_id)
@@ -153,5 +187,7 @@ class PrivilegeRoster:
                 statement = statement.where(Privilege.radiologist_id == find_radiologist(session, npi).id)
             if facility is not None:
                 statement = statement.where(Privilege.facility_id == find_facility(session, facility).id)
-            rows = session.scalars(statement.order_by(Radiologist.npi, Facility.ae_title, Privilege.valid_from, Privilege.id))
+            rows = session.scalars(
+                statement.order_by(Radiologist.npi, Facility.ae_title, Privilege.valid_from, Privilege.id)
+            )
             return [{**privilege_record(row), "name": row.radiologist.name} for row in rows]

@@ -80,7 +80,9 @@ class RouteResult:
 class RoutingService:
     """Routes studies. Each public method runs its own transaction(s)."""
 
-    def __init__(self, sessions: sessionmaker[Session], reference: ReferenceData, policy: RoutingPolicy, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], reference: ReferenceData, policy: RoutingPolicy, clock: Clock = utcnow
+    ) -> None:
         self._sessions = sessions
         self._reference = reference
         self.policy = policy
@@ -225,7 +227,17 @@ class RoutingService:
         study.routed_at = now
         record_storage(session, study, now, self.policy.storage_cents_per_gib)
         if not study.exam_state:
-            return self._hold(session, study, HoldReason.NO_EXAM_STATE, study.exam_state_detail or "no exam state", trigger, day, [], None, note)
+            return self._hold(
+                session,
+                study,
+                HoldReason.NO_EXAM_STATE,
+                study.exam_state_detail or "no exam state",
+                trigger,
+                day,
+                [],
+                None,
+                note,
+            )
         state = study.exam_state
         facts = study_facts(study, state, facility)
         rules = self.rules()
@@ -237,7 +249,18 @@ class RoutingService:
             everyone = load_readers(session)
             paths = [path.to_json() for path in fastest_paths(everyone, state, day, rules, study=facts)]
             detail = f"nobody is eligible to read in {state} on {day.isoformat()}"
-            return self._hold(session, study, HoldReason.NO_ELIGIBLE_RADIOLOGIST, detail, trigger, day, candidates, paths, note, unlicensed)
+            return self._hold(
+                session,
+                study,
+                HoldReason.NO_ELIGIBLE_RADIOLOGIST,
+                detail,
+                trigger,
+                day,
+                candidates,
+                paths,
+                note,
+                unlicensed,
+            )
         decision = RoutingDecision(
             study_id=study.id,
             decided_at=now,
@@ -257,7 +280,15 @@ class RoutingService:
         self._assign(session, study, chosen, decision, now, assigned_by="router")
         return _result(study, chosen.npi)
 
-    def _assign(self, session: Session, study: Study, verdict: Verdict, decision: RoutingDecision, now: dt.datetime, assigned_by: str) -> Assignment:
+    def _assign(
+        self,
+        session: Session,
+        study: Study,
+        verdict: Verdict,
+        decision: RoutingDecision,
+        now: dt.datetime,
+        assigned_by: str,
+    ) -> Assignment:
         assert verdict.eligible and verdict.license is not None, "never assign to an ineligible reader"
         radiologist = session.get(Radiologist, verdict.radiologist_id)
         assert radiologist is not None
@@ -302,7 +333,10 @@ class RoutingService:
     ) -> RouteResult:
         now = self._clock()
         last = session.scalar(
-            select(RoutingDecision).where(RoutingDecision.study_id == study.id).order_by(RoutingDecision.id.desc()).limit(1)
+            select(RoutingDecision)
+            .where(RoutingDecision.study_id == study.id)
+            .order_by(RoutingDecision.id.desc())
+            .limit(1)
         )
         unchanged = (
             study.status == StudyStatus.HELD
@@ -353,12 +387,18 @@ class RoutingService:
             query = (
                 select(Assignment.id)
                 .join(Study, Study.id == Assignment.study_id)
-                .where(Assignment.superseded_at.is_(None), Assignment.completed_at.is_(None), Study.status == StudyStatus.ASSIGNED)
+                .where(
+                    Assignment.superseded_at.is_(None),
+                    Assignment.completed_at.is_(None),
+                    Study.status == StudyStatus.ASSIGNED,
+                )
             )
             if radiologist_id is not None:
                 query = query.where(Assignment.radiologist_id == radiologist_id)
             open_ids = list(session.scalars(query.order_by(Assignment.id)))
-            held_ids = list(session.scalars(select(Study.id).where(Study.status == StudyStatus.HELD).order_by(Study.id)))
+            held_ids = list(
+                session.scalars(select(Study.id).where(Study.status == StudyStatus.HELD).order_by(Study.id))
+            )
         for assignment_id in open_ids:
             result = self._recheck_assignment(assignment_id, trigger)
             if result is not None:
@@ -395,10 +435,21 @@ class RoutingService:
                 return None
             reason = "; ".join(verdict.reasons)
             self._supersede(session, study, assignment, f"{trigger}: NPI {verdict.npi} no longer eligible: {reason}")
-            result = self._decide(session, study, trigger=trigger, note=f"reassigned: NPI {verdict.npi} no longer eligible ({reason})")
+            result = self._decide(
+                session, study, trigger=trigger, note=f"reassigned: NPI {verdict.npi} no longer eligible ({reason})"
+            )
             return dataclasses.replace(result, withdrawn_npi=verdict.npi)
 
-    def _audit(self, session: Session, by_user: str, at: dt.datetime, action: str, study: Study, old: dict[str, object], new: dict[str, object]) -> None:
+    def _audit(
+        self,
+        session: Session,
+        by_user: str,
+        at: dt.datetime,
+        action: str,
+        study: Study,
+        old: dict[str, object],
+        new: dict[str, object],
+    ) -> None:
         """One append-only audit row for a manual study action (``router audit list --entity study``)."""
         context = ChangeContext(os_user=by_user, at=at, today=local_date(at, self.policy.timezone))
         record_audit(session, context, action, "study", study.study_instance_uid, old, new)
@@ -407,17 +458,25 @@ class RoutingService:
         assignment.superseded_at = self._clock()
         assignment.superseded_reason = reason
         study.needs_review = True
-        cancel_forwarding(session, study.id, keep_radiologist_id=None, reason="assignment withdrawn", now=assignment.superseded_at)
+        cancel_forwarding(
+            session, study.id, keep_radiologist_id=None, reason="assignment withdrawn", now=assignment.superseded_at
+        )
         session.flush()
-        LOG.warning("assignment of study %s to radiologist id %s withdrawn", study.study_instance_uid, assignment.radiologist_id)
+        LOG.warning(
+            "assignment of study %s to radiologist id %s withdrawn", study.study_instance_uid, assignment.radiologist_id
+        )
 
-    def _verdict_for(self, session: Session, study: Study, facility: Facility | None, radiologist_id: int, moment: dt.datetime) -> Verdict:
+    def _verdict_for(
+        self, session: Session, study: Study, facility: Facility | None, radiologist_id: int, moment: dt.datetime
+    ) -> Verdict:
         readers = load_readers(session, [radiologist_id])
         if not readers:
             raise ValidationError(f"radiologist id {radiologist_id} not found")
         study.modalities = study_modalities(session, study.id)
         assert study.exam_state
-        return evaluate_reader(readers[0], study_facts(study, study.exam_state, facility), self.read_day(facility, moment), self.rules())
+        return evaluate_reader(
+            readers[0], study_facts(study, study.exam_state, facility), self.read_day(facility, moment), self.rules()
+        )
 
     def assign_manually(self, study_instance_uid: str, npi: str, by_user: str) -> RouteResult:
         """Give a study to a named radiologist, if eligible today.
@@ -431,7 +490,9 @@ class RoutingService:
             no exam state yet, or its read is already completed.
         """
         with self._sessions.begin() as session:
-            study = session.scalars(for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)).one_or_none()
+            study = session.scalars(
+                for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)
+            ).one_or_none()
             if study is None:
                 study_by_uid(session, study_instance_uid)  # raises NotFoundError
                 raise AssertionError  # pragma: no cover
@@ -439,7 +500,9 @@ class RoutingService:
                 raise IneligibleError(f"study {study_instance_uid} is already completed")
             facility, _ = self._locate(session, study)
             if not study.exam_state:
-                raise IneligibleError(f"study {study_instance_uid} has no exam state; set it first with `router studies set-state`")
+                raise IneligibleError(
+                    f"study {study_instance_uid} has no exam state; set it first with `router studies set-state`"
+                )
             radiologist = session.scalar(select(Radiologist).where(Radiologist.npi == npi))
             if radiologist is None:
                 from router.db.queries import radiologist_by_npi
@@ -449,7 +512,9 @@ class RoutingService:
             now = self._clock()
             verdict = self._verdict_for(session, study, facility, radiologist.id, now)
             if not verdict.eligible:
-                raise IneligibleError(f"NPI {npi} may not read study {study_instance_uid}: {'; '.join(verdict.reasons)}")
+                raise IneligibleError(
+                    f"NPI {npi} may not read study {study_instance_uid}: {'; '.join(verdict.reasons)}"
+                )
             current = _current_assignment(session, study.id)
             previous_npi = None
             if current is not None:
@@ -459,7 +524,11 @@ class RoutingService:
                 self._supersede(session, study, current, f"manually reassigned by {by_user}")
                 study.needs_review = False
             self._audit(
-                session, by_user, now, "study.assign", study,
+                session,
+                by_user,
+                now,
+                "study.assign",
+                study,
                 {"status": study.status, "assigned_npi": previous_npi, "hold_reason": study.hold_reason},
                 {"status": StudyStatus.ASSIGNED, "assigned_npi": npi, "exam_state": study.exam_state},
             )
@@ -496,15 +565,27 @@ class RoutingService:
             The read is already completed (its billing record names the old state).
         """
         with self._sessions.begin() as session:
-            study = session.scalars(for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)).one_or_none()
+            study = session.scalars(
+                for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)
+            ).one_or_none()
             if study is None:
                 study_by_uid(session, study_instance_uid)
                 raise AssertionError  # pragma: no cover
             if study.status == StudyStatus.COMPLETED:
-                raise IneligibleError(f"study {study_instance_uid} is already completed; its read was billed in {study.exam_state}")
+                raise IneligibleError(
+                    f"study {study_instance_uid} is already completed; its read was billed in {study.exam_state}"
+                )
             self._audit(
-                session, by_user, self._clock(), "study.set_state", study,
-                {"exam_state": study.exam_state, "exam_state_source": study.exam_state_source, "exam_state_detail": study.exam_state_detail},
+                session,
+                by_user,
+                self._clock(),
+                "study.set_state",
+                study,
+                {
+                    "exam_state": study.exam_state,
+                    "exam_state_source": study.exam_state_source,
+                    "exam_state_detail": study.exam_state_detail,
+                },
                 {"exam_state": state, "exam_state_source": ExamStateSource.MANUAL},
             )
             study.exam_state = state
@@ -518,7 +599,9 @@ class RoutingService:
                 verdict = self._verdict_for(session, study, facility, current.radiologist_id, self._clock())
                 if verdict.eligible:
                     return _result(study, verdict.npi)
-                self._supersede(session, study, current, f"exam state set to {state} by {by_user}: {'; '.join(verdict.reasons)}")
+                self._supersede(
+                    session, study, current, f"exam state set to {state} by {by_user}: {'; '.join(verdict.reasons)}"
+                )
             return self._decide(session, study, trigger="manual_state", note=f"exam state set to {state} by {by_user}")
 
 

@@ -93,7 +93,9 @@ class StudyViews:
         """
         with self.sessions() as session:
             study = study_by_uid(session, study_instance_uid)
-            assignments = list(session.scalars(select(Assignment).where(Assignment.study_id == study.id).order_by(Assignment.id)))
+            assignments = list(
+                session.scalars(select(Assignment).where(Assignment.study_id == study.id).order_by(Assignment.id))
+            )
             current = next((item for item in assignments if item.superseded_at is None), None)
             document = study_summary(study, current, current.radiologist.npi if current else None)
             facility = session.get(Facility, study.facility_id) if study.facility_id else None
@@ -138,7 +140,9 @@ class StudyViews:
                             "reason": conflict.reason,
                         }
                         for conflict in session.scalars(
-                            select(InstanceConflict).where(InstanceConflict.study_id == study.id).order_by(InstanceConflict.id)
+                            select(InstanceConflict)
+                            .where(InstanceConflict.study_id == study.id)
+                            .order_by(InstanceConflict.id)
                         )
                     ],
                     "assignments": [
@@ -163,16 +167,23 @@ class StudyViews:
                             "sent_instance_count": job.sent_instance_count,
                             "last_error": job.last_error,
                         }
-                        for job in session.scalars(select(OutboxJob).where(OutboxJob.study_id == study.id).order_by(OutboxJob.id))
+                        for job in session.scalars(
+                            select(OutboxJob).where(OutboxJob.study_id == study.id).order_by(OutboxJob.id)
+                        )
                     ],
                     "infrastructure_cents": int(
                         session.scalar(
-                            select(func.coalesce(func.sum(InfrastructureEntry.amount_cents), 0)).where(InfrastructureEntry.study_id == study.id)
+                            select(func.coalesce(func.sum(InfrastructureEntry.amount_cents), 0)).where(
+                                InfrastructureEntry.study_id == study.id
+                            )
                         )
                         or 0
                     ),
                     "professional_records": int(
-                        session.scalar(select(func.count(ProfessionalEntry.id)).where(ProfessionalEntry.study_id == study.id)) or 0
+                        session.scalar(
+                            select(func.count(ProfessionalEntry.id)).where(ProfessionalEntry.study_id == study.id)
+                        )
+                        or 0
                     ),
                 }
             )
@@ -210,7 +221,8 @@ class StudyViews:
                 "exam_state_source": study.exam_state_source.value if study.exam_state_source else None,
                 "exam_state_detail": study.exam_state_detail,
                 "location_findings": [
-                    {"source": item.source.value, "state": item.state, "detail": item.detail} for item in location.findings
+                    {"source": item.source.value, "state": item.state, "detail": item.detail}
+                    for item in location.findings
                 ],
                 "location_conflicts": study.location_conflicts or [],
                 "judged_on": day.isoformat(),
@@ -228,7 +240,9 @@ class StudyViews:
             verdicts = evaluate_readers(readers, facts, day, rules)
             document["radiologists"] = [verdict.to_json() for verdict in verdicts]
             if not any(verdict.eligible for verdict in verdicts):
-                document["fastest_paths"] = [path.to_json() for path in fastest_paths(readers, study.exam_state, day, rules, study=facts)]
+                document["fastest_paths"] = [
+                    path.to_json() for path in fastest_paths(readers, study.exam_state, day, rules, study=facts)
+                ]
                 if not rules.imlc.is_operating(study.exam_state, day):
                     document["fastest_path_note"] = (
                         f"{study.exam_state} is not an operating IMLC member on {day.isoformat()} "
@@ -239,7 +253,11 @@ class StudyViews:
 
 
 def _decisions(session: Session, study_id: int) -> list[RoutingDecision]:
-    return list(session.scalars(select(RoutingDecision).where(RoutingDecision.study_id == study_id).order_by(RoutingDecision.id)))
+    return list(
+        session.scalars(
+            select(RoutingDecision).where(RoutingDecision.study_id == study_id).order_by(RoutingDecision.id)
+        )
+    )
 
 
 def _decision_json(decision: RoutingDecision) -> dict[str, Any]:
@@ -258,5 +276,3 @@ def _decision_json(decision: RoutingDecision) -> dict[str, Any]:
         "fastest_paths": decision.fastest_paths or [],
         "note": decision.note,
     }
-
-
