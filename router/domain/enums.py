@@ -108,3 +108,16 @@ class OutboxStatus(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"  # gave up after the configured attempts; an admin can retry
+
+
+class Priority(StrEnum):
+    """How urgently a study must be read, highest first.
+
+    From the order (HL7 v2 ORC-7 / TQ1-9 / OBR-27 priority component: ``S`` stat, ``A`` ASAP,
+    ``R`` routine; HL7 v2.5.1 table 0027) or, without an order, from DICOM Requested Procedure
+    Priority (0040,1003) (PS3.3 C.4.11: STAT, HIGH, ROUTINE, MEDIUM, LOW; HIGH is read as ASAP).
+    """
+
+    STAT = "stat"
+    ASAP = "asap"
+    ROUTINE = "routine"
