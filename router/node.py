@@ -125,7 +125,8 @@ class ListenerNode:
             allowed = settings.allowed_calling_ae_titles
         options = listener_options(self.app, allowed, port=port, tls_port=tls_port, reuse_port=reuse_port)
         try:
-            self.listener = start_listener(options, StoreHandler(self.app.intake, Sender))
+            handler = StoreHandler(self.app.intake, Sender, max_inflated_bytes=settings.max_inflated_bytes)
+            self.listener = start_listener(options, handler)
         except OSError as exc:
             raise ListenerError(f"cannot listen on {settings.host} port {options.port}: {exc.strerror or exc}") from exc
 
