@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
@@ -232,10 +232,10 @@ class GuardedRequestHandler(RequestHandler):
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
-        sock = assoc.dul.socket
+        sock: Any = assoc.dul.socket
         # pynetdicom builds its AssociationSocket here (queueing the transport-connected event,
         # Evt5, once); that same object becomes the guarded subclass, which adds no state that
         # needs its constructor and changes only ``recv``.
         sock.__class__ = GuardedAssociationSocket
-        sock.guard(self.server.peer_limits, self.deadline)
+        sock.guard(cast(Any, self.server).peer_limits, self.deadline)
         return assoc

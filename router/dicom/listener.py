@@ -126,7 +126,7 @@ class RouterAssociationServer(ThreadedAssociationServer):
         try:
             ready = self._prepare(request, str(client_address[0]), deadline)
             if ready is not None:
-                self.RequestHandlerClass(ready, client_address, self, deadline)  # type: ignore[call-arg]
+                self.RequestHandlerClass(ready, client_address, self, deadline)  # type: ignore[call-arg, arg-type]
         finally:
             self.limiter.started(str(client_address[0]))
 
