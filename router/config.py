@@ -78,6 +78,7 @@ class ForwardingTlsSettings:
     cert_file: Path | None = None  # client certificate, for destinations that require one
     key_file: Path | None = None
     check_hostname: bool = True  # the destination's certificate must name its host
+    destinations: tuple[str, ...] = ()  # "host:port" always reached over TLS (also: tls://AE@host:port)
 
 
 @dataclass(frozen=True)
@@ -440,6 +441,10 @@ def _validate(settings: Settings) -> Settings:
     _check_seconds("forwarding.max_backoff", forwarding.max_backoff)
     if (forwarding.tls.cert_file is None) != (forwarding.tls.key_file is None):
         raise ConfigError("forwarding.tls.key_file", "cert_file and key_file go together")
+    for index, address in enumerate(forwarding.tls.destinations):
+        host, colon, port = address.rpartition(":")
+        if not colon or not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"forwarding.tls.destinations[{index}]", f"{address!r} is not host:port")
     for index, state in enumerate(settings.licensure.telehealth_registration_states):
         if normalize_jurisdiction(state) is None:
             raise ConfigError(

@@ -83,6 +83,7 @@ def listener_options(
         max_connections_per_address=listener.max_connections_per_address,
         association_request_timeout=listener.association_request_timeout,
         max_association_request_bytes=listener.max_association_request_bytes,
+        ae_title_subjects=tuple(tls.subject_bindings().items()) if tls.enabled else (),
     )
 
 

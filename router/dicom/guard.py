@@ -15,14 +15,19 @@ pynetdicom where it is meant to be extended, for its own server only:
   ``max_association_request_bytes``; P-DATA-TF at most the Maximum Length we offered,
   PS3.8 Annex D.1; release and abort PDUs are 4 bytes) and answers a longer one with A-ABORT
   (source: service provider, reason: invalid PDU parameter value; PS3.8 section 9.3.8) and
-  closes the connection; and which gives the whole A-ASSOCIATE-RQ one deadline counted from
-  the connection (``association_request_timeout``), not one per read.
+  closes the connection; which gives the whole A-ASSOCIATE-RQ one deadline counted from
+  the connection (``association_request_timeout``), not one per read; and which, when calling
+  AE titles are bound to client certificates (``[listener.tls] ae_title_subjects``), answers
+  an A-ASSOCIATE-RQ whose calling AE title is bound to another certificate name, or that
+  came without a client certificate, with A-ASSOCIATE-RJ (rejected-permanent, service-user,
+  calling-AE-title-not-recognized; PS3.8 section 9.3.4, Table 9-21).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -41,6 +46,12 @@ A_ABORT_INVALID_PARAMETER = struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 0x02, 0x06
 #: A-RELEASE-RQ/RP and A-ABORT are 4 bytes), in bytes.
 OTHER_PDU_MAX = 65_536
 _PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x04: "P-DATA-TF"}
+#: A-ASSOCIATE-RJ PDU: result 1 (rejected-permanent), source 1 (service-user), reason 3
+#: (calling-AE-title-not-recognized). PS3.8 section 9.3.4.
+A_ASSOCIATE_RJ_CALLING_AE = struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 1, 1, 3)
+#: Offset of the Calling-AE-title field in an A-ASSOCIATE-RQ body (after the 6-byte header):
+#: protocol version (2), reserved (2), Called-AE-title (16). PS3.8 section 9.3.2, Table 9-11.
+_CALLING_AE_OFFSET = 20
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,8 @@ class PeerLimits:
     association_request_timeout: float = 10.0
     max_association_request_bytes: int = 1 << 20
     max_pdu_length: int = 262_144  # 0: no limit on P-DATA-TF (the offer was "unlimited")
+    #: (calling AE title, certificate name) pairs: that AE title only with that client certificate
+    ae_title_subjects: tuple[tuple[str, str], ...] = ()
 
     def pdu_limit(self, pdu_type: int) -> tuple[int | None, str]:
         """Largest length accepted for ``pdu_type`` (``None``: no limit) and the config key behind it."""
@@ -123,12 +136,14 @@ class GuardedAssociationSocket(AssociationSocket):
     _limits: PeerLimits
     _deadline: float | None
     _header_next: bool
+    _pdu_type: int
 
     def guard(self, limits: PeerLimits, deadline: float | None) -> None:
         """Start enforcing ``limits``; the A-ASSOCIATE-RQ must be complete by ``deadline`` (monotonic)."""
         self._limits = limits
         self._deadline = deadline
         self._header_next = True
+        self._pdu_type = 0
 
     def recv(self, nr_bytes: int) -> bytearray:
         """Read ``nr_bytes`` as pynetdicom expects; refuse an over-long PDU from its header.
@@ -139,6 +154,11 @@ class GuardedAssociationSocket(AssociationSocket):
         data = self._read(nr_bytes) if self._deadline is not None else super().recv(nr_bytes)
         if not self._header_next:
             self._header_next = True
+            if self._pdu_type == 0x01 and self._limits.ae_title_subjects and len(data) == nr_bytes:
+                refusal = self._certificate_refusal(bytes(data[_CALLING_AE_OFFSET : _CALLING_AE_OFFSET + 16]))
+                if refusal is not None:
+                    self._reject(refusal)
+                    return bytearray()
             if self._deadline is not None and len(data) == nr_bytes:
                 self._deadline = None  # the first PDU is in: ordinary per-read timeouts from now
                 if self.socket is not None:
@@ -152,7 +172,40 @@ class GuardedAssociationSocket(AssociationSocket):
             self._refuse(pdu_type, length, limit, key)
             return bytearray()
         self._header_next = False
+        self._pdu_type = pdu_type
         return data
+
+    def _certificate_refusal(self, field: bytes) -> str | None:
+        """Why the calling AE title in ``field`` may not use this connection, or ``None``."""
+        calling = field.decode("ascii", "replace").strip()
+        expected = dict(self._limits.ae_title_subjects).get(calling)
+        if expected is None:
+            return None
+        if not isinstance(self.socket, ssl.SSLSocket):
+            return f"calling AE title {calling!r} is bound to a client certificate and came without TLS"
+        names = certificate_names(self.socket.getpeercert() or {})
+        if not names:
+            return f"calling AE title {calling!r} is bound to a client certificate and came without one"
+        if expected.lower() not in {name.lower() for name in names}:
+            return (
+                f"calling AE title {calling!r} is bound to {expected!r}; the client certificate names {sorted(names)}"
+            )
+        return None
+
+    def _reject(self, reason: str) -> None:
+        LOG.warning(
+            "association from %s rejected: %s (listener.tls.ae_title_subjects)",
+            self._peer(),
+            reason,
+        )
+        sock = self.socket
+        if sock is not None:
+            try:
+                sock.settimeout(1.0)
+                sock.sendall(A_ASSOCIATE_RJ_CALLING_AE)
+            except OSError:
+                pass
+        self._close_now()
 
     def _read(self, nr_bytes: int) -> bytearray:
         """``recv`` with one deadline for the whole association request (and ``network_timeout``
@@ -218,6 +271,20 @@ class GuardedAssociationSocket(AssociationSocket):
         title = str(getattr(requestor, "ae_title", "") or "").strip()
         address = f"{requestor.address}:{requestor.port}"
         return f"{title!r} at {address}" if title else address
+
+
+def certificate_names(certificate: dict[str, Any]) -> set[str]:
+    """Subject common names and DNS / IP subject alternative names of a peer certificate
+    (as :meth:`ssl.SSLSocket.getpeercert` gives it)."""
+    names: set[str] = set()
+    for rdn in certificate.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                names.add(str(value))
+    for kind, value in certificate.get("subjectAltName", ()):
+        if kind in ("DNS", "IP Address"):
+            names.add(str(value))
+    return names
 
 
 class GuardedRequestHandler(RequestHandler):

@@ -195,6 +195,7 @@ class ListenerOptions:
     max_connections_per_address: int = 8
     association_request_timeout: float = 10.0  # seconds from the accept to a complete A-ASSOCIATE-RQ
     max_association_request_bytes: int = 1 << 20
+    ae_title_subjects: tuple[tuple[str, str], ...] = ()  # calling AE title -> client certificate name
 
 
 class Listener:
@@ -352,6 +353,7 @@ def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
                     association_request_timeout=options.association_request_timeout,
                     max_association_request_bytes=options.max_association_request_bytes,
                     max_pdu_length=options.max_pdu_length,
+                    ae_title_subjects=options.ae_title_subjects,
                 ),
             )
             ae._servers.append(server)  # so ae.shutdown() stops it (as start_server does)
