@@ -26,6 +26,7 @@ from router.server import RouterServer
 from tests.conftest import make_settings, running_router
 from tests.dicom_bytes import associate_rq
 from tests.dicom_helpers import make_dataset, send_datasets
+from tests.test_tls import pki as pki  # the module-scoped throwaway PKI fixture
 
 pytestmark = [pytest.mark.network, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
 
@@ -214,3 +215,39 @@ def test_a_second_address_is_not_held_back_by_the_first(tmp_path: Path, database
         for sock in [*held, extra, other]:
             sock.close()
         assert generate_uid()
+
+
+def test_tls_handshake_trickled_byte_by_byte_is_cut_at_its_deadline(
+    tmp_path: Path,
+    database_url: str,
+    pki,  # type: ignore[no-untyped-def]
+) -> None:
+    import ssl
+
+    from tests.test_tls import _tls_settings, client_context
+
+    settings = _tls_settings(tmp_path, database_url, pki, acse_timeout=30.0)
+    settings = settings.replace("listener", association_request_timeout=2.0)
+    # a real ClientHello, captured from an in-memory handshake, then sent one byte every 0.2 s
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_context(pki, None).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    hello = outgoing.read()
+    with running_router(settings) as server:
+        tls_port = server.ports[1]
+        sock = _connect(tls_port)
+        started = time.monotonic()
+        try:
+            for byte in hello:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.2)
+                if time.monotonic() - started > 10:
+                    break
+        except OSError:
+            pass
+        waited = time.monotonic() - started
+        sock.close()
+        # association_request_timeout (2 s) counted from the connection, not acse_timeout (30 s);
+        # CPython gives do_handshake one deadline from the socket's timeout, not one per read
+        assert waited < 5

@@ -134,6 +134,8 @@ class RouterAssociationServer(ThreadedAssociationServer):
         """The socket to run the association on; ``None`` once a refused connection is closed."""
         current = request
         try:
+            # the first byte, then the whole TLS handshake (CPython applies a socket timeout to
+            # do_handshake as a whole, not per read), by the association-request deadline
             current.settimeout(max(0.001, min(self.handshake_timeout, deadline - time.monotonic())))
             first = current.recv(1, socket.MSG_PEEK)
             if not first:
@@ -146,6 +148,7 @@ class RouterAssociationServer(ThreadedAssociationServer):
                     )
                     return _closed(current)
                 current = self.ssl_context.wrap_socket(current, server_side=True, do_handshake_on_connect=False)
+                current.settimeout(max(0.001, min(self.handshake_timeout, deadline - time.monotonic())))
                 current.do_handshake()
             current.settimeout(None)  # pynetdicom expects a blocking socket (it selects before reading)
         except TimeoutError:
