@@ -105,6 +105,7 @@ class ListenerSettings:
     association_request_timeout: float = 10.0  # seconds from connect to a complete A-ASSOCIATE-RQ
     max_connections: int = 64  # TCP connections at once, at any stage, per process
     max_connections_per_address: int = 8  # of those, from one peer IP address
+    idle_eviction_seconds: float = 5.0  # when all associations are taken, abort one idle this long; 0: never
     tls: TlsSettings = field(default_factory=TlsSettings)
 
 
@@ -415,6 +416,7 @@ def _validate(settings: Settings) -> Settings:
         ZoneInfo(routing.timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ConfigError("routing.timezone", f"unknown IANA time zone {routing.timezone!r}") from exc
+    _check_seconds("listener.idle_eviction_seconds", listener.idle_eviction_seconds, allow_zero=True)
     _check_seconds("database.busy_timeout", settings.database.busy_timeout)
     _check_seconds("database.statement_timeout", settings.database.statement_timeout, allow_zero=True)
     billing = settings.billing

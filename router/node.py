@@ -84,6 +84,7 @@ def listener_options(
         association_request_timeout=listener.association_request_timeout,
         max_association_request_bytes=listener.max_association_request_bytes,
         ae_title_subjects=tuple(tls.subject_bindings().items()) if tls.enabled else (),
+        idle_eviction_seconds=listener.idle_eviction_seconds,
     )
 
 

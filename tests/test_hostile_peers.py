@@ -70,6 +70,25 @@ def _answer(sock: socket.socket, limit: float = 5.0) -> bytes:
     return data
 
 
+def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """One whole PDU: (type, body)."""
+    sock.settimeout(sock.gettimeout() or 5)
+    head = b""
+    while len(head) < 6:
+        chunk = sock.recv(6 - len(head))
+        if not chunk:
+            return 0, b""
+        head += chunk
+    kind, _, length = struct.unpack(">BBI", head)
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return kind, body
+
+
 def _rss() -> int:
     return psutil.Process().memory_info().rss
 
@@ -251,3 +270,28 @@ def test_tls_handshake_trickled_byte_by_byte_is_cut_at_its_deadline(
         # association_request_timeout (2 s) counted from the connection, not acse_timeout (30 s);
         # CPython gives do_handshake one deadline from the socket's timeout, not one per read
         assert waited < 5
+
+
+def test_idle_associations_from_many_addresses_make_room_for_a_sender(tmp_path: Path, database_url: str) -> None:
+    with _router(tmp_path, database_url, max_associations=8, idle_eviction_seconds=1.0) as server:
+        port = server.ports[0]
+        idle: list[socket.socket] = []
+        try:
+            for index in range(8):  # every slot, one per address: the per-address limit does not help
+                sock = _connect(port, source=f"127.0.0.{10 + index}")
+                sock.sendall(associate_rq())
+                assert _read_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
+                idle.append(sock)
+            time.sleep(1.2)
+            assert _legitimate_store_seconds(port) < 5
+            aborted = 0
+            for sock in idle:
+                sock.settimeout(0.2)
+                try:
+                    aborted += _read_pdu(sock)[0] == 0x07  # A-ABORT
+                except TimeoutError:
+                    pass
+            assert aborted == 1  # one idle association made room; the others keep their slots
+        finally:
+            for sock in idle:
+                sock.close()

@@ -65,6 +65,10 @@ class PeerLimits:
     max_pdu_length: int = 262_144  # 0: no limit on P-DATA-TF (the offer was "unlimited")
     #: (calling AE title, certificate name) pairs: that AE title only with that client certificate
     ae_title_subjects: tuple[tuple[str, str], ...] = ()
+    max_associations: int = 16
+    #: when every association slot is taken, one idle at least this long (seconds) is aborted to
+    #: make room for a new connection; 0: never
+    idle_eviction_seconds: float = 5.0
 
     def pdu_limit(self, pdu_type: int) -> tuple[int | None, str]:
         """Largest length accepted for ``pdu_type`` (``None``: no limit) and the config key behind it."""
@@ -114,6 +118,37 @@ class ConnectionLimiter:
             else:
                 self._pending.pop(address, None)
 
+    def make_room(self, address: str, wait: float = 2.0) -> None:
+        """When every association slot is taken, abort the established association idle the
+        longest (at least ``idle_eviction_seconds``), so a new sender is not kept out by
+        associations that hold a slot and send nothing. Runs in the new connection's thread
+        and returns once the evicted association has ended (at most ``wait`` seconds).
+        """
+        limit = self.limits.idle_eviction_seconds
+        if limit <= 0:
+            return
+        with self._lock:
+            live = [assoc for assoc in self._associations() if assoc.is_acceptor and assoc.is_alive()]
+            if len(live) < self.limits.max_associations:
+                return
+            idle = [(_idle_seconds(assoc), assoc) for assoc in live if assoc.is_established]
+            idle = [(seconds, assoc) for seconds, assoc in idle if seconds >= limit and not _evicted(assoc)]
+            if not idle:
+                return
+            seconds, victim = max(idle, key=lambda pair: pair[0])
+            victim._router_evicted = True
+        LOG.warning(
+            "all %d association slots taken: aborting the association from %r at %s, idle for %.0f s, "
+            "to let in a connection from %s (listener.idle_eviction_seconds)",
+            self.limits.max_associations,
+            str(victim.requestor.ae_title).strip(),
+            victim.requestor.address,
+            seconds,
+            address,
+        )
+        victim.abort(block=False)
+        victim.join(timeout=wait)
+
     def should_warn(self, address: str, every: float = 60.0) -> bool:
         """Whether to log a refusal for ``address`` now (once a minute per address, not per connection)."""
         now = time.monotonic()
@@ -124,6 +159,20 @@ class ConnectionLimiter:
                 self._last_warning.clear()
             self._last_warning[address] = now
         return True
+
+
+def _idle_seconds(assoc: Any) -> float:
+    """Seconds since the association last received a PDU (pynetdicom's idle timer); 0 if unknown."""
+    timer = getattr(getattr(assoc, "dul", None), "_idle_timer", None)
+    try:
+        return max(0.0, float(timer.timeout) - float(timer.remaining))  # type: ignore[union-attr]
+    except (AttributeError, TypeError, ValueError):
+        return 0.0
+
+
+def _evicted(assoc: Any) -> bool:
+    """Already chosen for eviction, or storing a data set right now (never evicted mid-store)."""
+    return bool(getattr(assoc, "_router_evicted", False) or getattr(assoc, "_router_busy", False))
 
 
 class GuardedAssociationSocket(AssociationSocket):

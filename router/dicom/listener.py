@@ -126,6 +126,7 @@ class RouterAssociationServer(ThreadedAssociationServer):
         try:
             ready = self._prepare(request, str(client_address[0]), deadline)
             if ready is not None:
+                self.limiter.make_room(str(client_address[0]))
                 self.RequestHandlerClass(ready, client_address, self, deadline)  # type: ignore[call-arg, arg-type]
         finally:
             self.limiter.started(str(client_address[0]))
@@ -199,6 +200,7 @@ class ListenerOptions:
     association_request_timeout: float = 10.0  # seconds from the accept to a complete A-ASSOCIATE-RQ
     max_association_request_bytes: int = 1 << 20
     ae_title_subjects: tuple[tuple[str, str], ...] = ()  # calling AE title -> client certificate name
+    idle_eviction_seconds: float = 5.0  # when full, abort an association idle this long for a newcomer
 
 
 class Listener:
@@ -357,6 +359,8 @@ def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
                     max_association_request_bytes=options.max_association_request_bytes,
                     max_pdu_length=options.max_pdu_length,
                     ae_title_subjects=options.ae_title_subjects,
+                    max_associations=options.max_associations,
+                    idle_eviction_seconds=options.idle_eviction_seconds,
                 ),
             )
             ae._servers.append(server)  # so ae.shutdown() stops it (as start_server does)

@@ -134,6 +134,14 @@ class StoreHandler:
             Series, SOP Instance or SOP Class UID; 0xA900 data set UIDs differ from the
             request; 0xA700 archive write failed; 0xA701 index write failed.
         """
+        # never evicted as idle while a data set is being stored (router.dicom.guard.make_room)
+        event.assoc._router_busy = True
+        try:
+            return self._handle(event)
+        finally:
+            event.assoc._router_busy = False
+
+    def _handle(self, event: Any) -> Dataset:
         request = event.request
         requestor = event.assoc.requestor
         sender = self.make_sender(str(requestor.ae_title).strip(), str(requestor.address))
