@@ -464,7 +464,7 @@ def _validate_peer_limits(listener: ListenerSettings) -> None:
         raise ConfigError("listener.max_inflated_bytes", "must be at least 1048576 bytes (1 MiB)")
     if not 16_384 <= listener.max_association_request_bytes <= 1 << 30:
         raise ConfigError("listener.max_association_request_bytes", "must be 16384-1073741824 bytes")
-    if listener.max_connections < listener.max_associations:
-        raise ConfigError("listener.max_connections", "must be at least listener.max_associations")
-    if not 1 <= listener.max_connections_per_address <= listener.max_connections:
-        raise ConfigError("listener.max_connections_per_address", "must be 1 to listener.max_connections")
+    if listener.max_connections < 1:
+        raise ConfigError("listener.max_connections", "must be at least 1 (max_associations is used if larger)")
+    if listener.max_connections_per_address < 1:
+        raise ConfigError("listener.max_connections_per_address", "must be at least 1")

@@ -79,7 +79,7 @@ def listener_options(
         reuse_port=reuse_port,
         allowed_calling_ae_titles=allowed,
         require_called_ae_title=listener.require_called_ae_title,
-        max_connections=listener.max_connections,
+        max_connections=max(listener.max_connections, listener.max_associations),
         max_connections_per_address=listener.max_connections_per_address,
         association_request_timeout=listener.association_request_timeout,
         max_association_request_bytes=listener.max_association_request_bytes,

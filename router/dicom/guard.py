@@ -46,6 +46,7 @@ A_ABORT_INVALID_PARAMETER = struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 0x02, 0x06
 #: A-RELEASE-RQ/RP and A-ABORT are 4 bytes), in bytes.
 OTHER_PDU_MAX = 65_536
 _PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x04: "P-DATA-TF"}
+_PDU_TYPES = frozenset(range(0x01, 0x08))  # PS3.8 section 9.3.1
 #: A-ASSOCIATE-RJ PDU: result 1 (rejected-permanent), source 1 (service-user), reason 3
 #: (calling-AE-title-not-recognized). PS3.8 section 9.3.4.
 A_ASSOCIATE_RJ_CALLING_AE = struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 1, 1, 3)
@@ -220,8 +221,9 @@ class GuardedAssociationSocket(AssociationSocket):
         if limit is not None and length > limit:
             self._refuse(pdu_type, length, limit, key)
             return bytearray()
-        self._header_next = False
-        self._pdu_type = pdu_type
+        if pdu_type in _PDU_TYPES:  # pynetdicom reads the body of a known type only (else Evt19)
+            self._header_next = False
+            self._pdu_type = pdu_type
         return data
 
     def _certificate_refusal(self, field: bytes) -> str | None:
