@@ -92,11 +92,8 @@ class RouterAssociationServer(ThreadedAssociationServer):
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """``True`` if the peer is in ``allowed_networks`` (or the list is empty) and within the
         connection limits (then it is counted until its association ends).
-
-        An IPv4-mapped IPv6 peer (``::ffff:a.b.c.d``, seen on a dual-stack ``::`` listener) is
-        compared as the IPv4 address; an IPv6 zone (``%eth0``) is ignored.
         """
-        if not self._address_allowed(client_address):
+        if not self.address_allowed(client_address):
             return False
         address = str(client_address[0])
         refused = self.limiter.admit(address)
@@ -106,7 +103,12 @@ class RouterAssociationServer(ThreadedAssociationServer):
             return False
         return True
 
-    def _address_allowed(self, client_address: Any) -> bool:
+    def address_allowed(self, client_address: Any) -> bool:
+        """``True`` if the peer is in ``allowed_networks`` (or the list is empty).
+
+        An IPv4-mapped IPv6 peer (``::ffff:a.b.c.d``, seen on a dual-stack ``::`` listener) is
+        compared as the IPv4 address; an IPv6 zone (``%eth0``) is ignored.
+        """
         if not self.allowed_networks:
             return True
         try:
