@@ -76,7 +76,12 @@ class RouterApp:
         DatabaseNotReady
             If the schema is not at the newest revision and ``upgrade`` is false.
         """
-        engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout, create=upgrade)
+        engine = make_engine(
+            settings.database_url,
+            busy_timeout=settings.database.busy_timeout,
+            create=upgrade,
+            statement_timeout=settings.database.statement_timeout,
+        )
         try:
             check_connection(engine)
             if upgrade:

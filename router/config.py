@@ -61,6 +61,24 @@ class TlsSettings:
     key_file: Path | None = None
     ca_file: Path | None = None
     require_client_cert: bool = False
+    # "AE=NAME": calling AE title AE is accepted on the TLS port only with a client certificate
+    # whose subject CN or a DNS/IP subject alternative name is NAME
+    ae_title_subjects: tuple[str, ...] = ()
+
+    def subject_bindings(self) -> dict[str, str]:
+        """``ae_title_subjects`` as {calling AE title: expected certificate name}."""
+        return {entry.partition("=")[0].strip(): entry.partition("=")[2].strip() for entry in self.ae_title_subjects}
+
+
+@dataclass(frozen=True)
+class ForwardingTlsSettings:
+    """DICOM TLS towards destinations written ``tls://AE@host:port`` (PS3.15 Annex B.1)."""
+
+    ca_file: Path | None = None  # None: the system's trusted CAs
+    cert_file: Path | None = None  # client certificate, for destinations that require one
+    key_file: Path | None = None
+    check_hostname: bool = True  # the destination's certificate must name its host
+    destinations: tuple[str, ...] = ()  # "host:port" always reached over TLS (also: tls://AE@host:port)
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,12 @@ class ListenerSettings:
     require_called_ae_title: bool = False  # refuse associations calling another AE title
     allowed_addresses: tuple[str, ...] = ()  # IPs or CIDR networks; empty: any address
     drain_timeout: float = 30.0  # seconds to finish in-flight associations on SIGTERM
+    max_inflated_bytes: int = 1 << 30  # largest inflated deflated data set; more is answered 0xA700
+    max_association_request_bytes: int = 1 << 20  # largest A-ASSOCIATE-RQ PDU accepted
+    association_request_timeout: float = 10.0  # seconds from connect to a complete A-ASSOCIATE-RQ
+    max_connections: int = 64  # TCP connections at once, at any stage, per process
+    max_connections_per_address: int = 8  # of those, from one peer IP address
+    idle_eviction_seconds: float = 5.0  # when all associations are taken, abort one idle this long; 0: never
     tls: TlsSettings = field(default_factory=TlsSettings)
 
 
@@ -104,6 +128,7 @@ class DatabaseSettings:
 
     url: str | None = None  # None: sqlite:///<data_dir>/router.db
     busy_timeout: float = 10.0  # seconds to wait for a lock before answering 0xA701
+    statement_timeout: float = 30.0  # seconds any one statement may run (PostgreSQL) before 0xA701
 
 
 @dataclass(frozen=True)
@@ -153,6 +178,7 @@ class ForwardingSettings:
     max_attempts: int = 8
     initial_backoff: float = 5.0  # seconds; doubles per attempt
     max_backoff: float = 600.0  # seconds
+    tls: ForwardingTlsSettings = field(default_factory=ForwardingTlsSettings)
 
 
 @dataclass(frozen=True)
@@ -243,6 +269,7 @@ _SECTION_TYPES: dict[str, type] = {
     "imlc": ImlcSettings,
     "licensure": LicensureSettings,
     "forwarding": ForwardingSettings,
+    "forwarding.tls": ForwardingTlsSettings,
     "logging": LoggingSettings,
 }
 
@@ -301,6 +328,9 @@ _OPTIONAL_PATHS = {
     "listener.tls.cert_file",
     "listener.tls.key_file",
     "listener.tls.ca_file",
+    "forwarding.tls.ca_file",
+    "forwarding.tls.cert_file",
+    "forwarding.tls.key_file",
 }
 _OPTIONAL_STRINGS = {"database.url", "forwarding.calling_ae_title", "listener.tls.host"}
 
@@ -338,8 +368,9 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError("listener.max_associations", "must be at least 1")
     if not 1 <= listener.workers <= 64:
         raise ConfigError("listener.workers", "must be 1-64 processes")
-    for key in ("acse_timeout", "dimse_timeout", "network_timeout", "drain_timeout"):
+    for key in ("acse_timeout", "dimse_timeout", "network_timeout", "drain_timeout", "association_request_timeout"):
         _check_seconds(f"listener.{key}", getattr(listener, key))
+    _validate_peer_limits(listener)
     if listener.max_pdu_length != 0 and not 4096 <= listener.max_pdu_length <= 2**32 - 1:
         raise ConfigError("listener.max_pdu_length", "must be 0 (unlimited) or 4096-4294967295 bytes")
     for index, title in enumerate(listener.allowed_calling_ae_titles):
@@ -359,6 +390,14 @@ def _validate(settings: Settings) -> Settings:
                 raise ConfigError(f"listener.tls.{key}", "is required when TLS is enabled")
         if tls.require_client_cert and tls.ca_file is None:
             raise ConfigError("listener.tls.ca_file", "is required when require_client_cert is true")
+    for index, entry in enumerate(tls.ae_title_subjects):
+        key = f"listener.tls.ae_title_subjects[{index}]"
+        title, equals, name = entry.partition("=")
+        if not equals or not name.strip():
+            raise ConfigError(key, f"{entry!r} is not AE_TITLE=certificate name")
+        validate_ae_title(title, key)
+    if tls.ae_title_subjects and tls.ca_file is None:
+        raise ConfigError("listener.tls.ca_file", "is required when ae_title_subjects is set")
     if not listener.enabled and not tls.enabled:
         raise ConfigError("listener.enabled", "the plain listener is off and TLS is not enabled")
     for key, path in (
@@ -377,7 +416,9 @@ def _validate(settings: Settings) -> Settings:
         ZoneInfo(routing.timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ConfigError("routing.timezone", f"unknown IANA time zone {routing.timezone!r}") from exc
+    _check_seconds("listener.idle_eviction_seconds", listener.idle_eviction_seconds, allow_zero=True)
     _check_seconds("database.busy_timeout", settings.database.busy_timeout)
+    _check_seconds("database.statement_timeout", settings.database.statement_timeout, allow_zero=True)
     billing = settings.billing
     _check_positive(
         "billing.storage_cents_per_gib", billing.storage_cents_per_gib, allow_zero=True, maximum=10**9, unit=" cents"
@@ -400,6 +441,12 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError("forwarding.max_attempts", "must be at least 1")
     _check_seconds("forwarding.initial_backoff", forwarding.initial_backoff)
     _check_seconds("forwarding.max_backoff", forwarding.max_backoff)
+    if (forwarding.tls.cert_file is None) != (forwarding.tls.key_file is None):
+        raise ConfigError("forwarding.tls.key_file", "cert_file and key_file go together")
+    for index, address in enumerate(forwarding.tls.destinations):
+        host, colon, port = address.rpartition(":")
+        if not colon or not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"forwarding.tls.destinations[{index}]", f"{address!r} is not host:port")
     for index, state in enumerate(settings.licensure.telehealth_registration_states):
         if normalize_jurisdiction(state) is None:
             raise ConfigError(
@@ -409,3 +456,15 @@ def _validate(settings: Settings) -> Settings:
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError("logging.level", f"unknown level {settings.logging.level!r}")
     return settings
+
+
+def _validate_peer_limits(listener: ListenerSettings) -> None:
+    """Limits that bound what one hostile peer can hold (bytes, connections)."""
+    if listener.max_inflated_bytes < 1 << 20:
+        raise ConfigError("listener.max_inflated_bytes", "must be at least 1048576 bytes (1 MiB)")
+    if not 16_384 <= listener.max_association_request_bytes <= 1 << 30:
+        raise ConfigError("listener.max_association_request_bytes", "must be 16384-1073741824 bytes")
+    if listener.max_connections < 1:
+        raise ConfigError("listener.max_connections", "must be at least 1 (max_associations is used if larger)")
+    if listener.max_connections_per_address < 1:
+        raise ConfigError("listener.max_connections_per_address", "must be at least 1")

@@ -79,6 +79,12 @@ def listener_options(
         reuse_port=reuse_port,
         allowed_calling_ae_titles=allowed,
         require_called_ae_title=listener.require_called_ae_title,
+        max_connections=max(listener.max_connections, listener.max_associations),
+        max_connections_per_address=listener.max_connections_per_address,
+        association_request_timeout=listener.association_request_timeout,
+        max_association_request_bytes=listener.max_association_request_bytes,
+        ae_title_subjects=tuple(tls.subject_bindings().items()) if tls.enabled else (),
+        idle_eviction_seconds=listener.idle_eviction_seconds,
     )
 
 
@@ -125,7 +131,8 @@ class ListenerNode:
             allowed = settings.allowed_calling_ae_titles
         options = listener_options(self.app, allowed, port=port, tls_port=tls_port, reuse_port=reuse_port)
         try:
-            self.listener = start_listener(options, StoreHandler(self.app.intake, Sender))
+            handler = StoreHandler(self.app.intake, Sender, max_inflated_bytes=settings.max_inflated_bytes)
+            self.listener = start_listener(options, handler)
         except OSError as exc:
             raise ListenerError(f"cannot listen on {settings.host} port {options.port}: {exc.strerror or exc}") from exc
 

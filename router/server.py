@@ -12,14 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from pathlib import Path
 
 from router.app import RouterApp
+from router.config import Settings
 from router.dicom.extract import read_header
 from router.dicom.listener import Listener
 from router.dicom.scp import ConditionLog, configure_pynetdicom
-from router.dicom.scu import Destination, send_files
+from router.dicom.scu import Forwarder, client_tls_context
 from router.domain.enums import StudyStatus
 from router.errors import first_line
 from router.node import ListenerNode
@@ -30,9 +29,17 @@ from router.workers import WorkerPool
 LOG = logging.getLogger(__name__)
 
 
-def _send(paths: Sequence[Path], destination: str, calling_ae_title: str) -> list[bool]:
-    results = send_files(list(paths), Destination.parse(destination), calling_ae_title=calling_ae_title)
-    return [result.ok for result in results]
+def forwarder(settings: Settings) -> Forwarder:
+    """The forwarding sender, with the ``[forwarding.tls]`` client context.
+
+    Raises
+    ------
+    SendError
+        If the CA, certificate or key cannot be loaded.
+    """
+    tls = settings.forwarding.tls
+    context = client_tls_context(tls.ca_file, tls.cert_file, tls.key_file, tls.check_hostname)
+    return Forwarder(context, tls.destinations)
 
 
 class RouterServer:
@@ -44,7 +51,7 @@ class RouterServer:
         self.forwarding = ForwardingService(
             app.sessions,
             app.archive,
-            _send,
+            forwarder(settings),
             ForwardingPolicy(
                 calling_ae_title=settings.forwarding.calling_ae_title or settings.listener.ae_title,
                 max_attempts=settings.forwarding.max_attempts,

@@ -65,9 +65,19 @@ def config_error_line(exc: ConfigError) -> str:
     help="Override paths.data_dir (SQLite database and archive live under it by default).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG on stderr (may show UIDs, never PHI).")
+@click.option(
+    "--as",
+    "acting_as",
+    metavar="NAME",
+    callback=lambda _ctx, _param, value: _acting_as(value),
+    help="Who you are, when several people share one account: recorded in the audit log beside the "
+    "account (which always comes from the real user id).",
+)
 @click.version_option(package_name="teleradiology-router", prog_name="router")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, data_dir: Path | None, verbose: bool) -> None:
+def cli(
+    ctx: click.Context, config_path: Path | None, data_dir: Path | None, verbose: bool, acting_as: str | None
+) -> None:
     """Teleradiology study router: DICOM in, licensed reader assigned, read billed apart from infrastructure."""
     try:
         settings = load_settings(config_path)
@@ -76,8 +86,20 @@ def cli(ctx: click.Context, config_path: Path | None, data_dir: Path | None, ver
     except ConfigError as exc:
         click.echo(config_error_line(exc), err=True)
         ctx.exit(2)
-    ctx.obj = CliContext(settings=settings, config_path=config_path, verbose=verbose, data_dir_option=data_dir)
+    ctx.obj = CliContext(
+        settings=settings, config_path=config_path, verbose=verbose, data_dir_option=data_dir, acting_as=acting_as
+    )
     ctx.call_on_close(ctx.obj.close)
+
+
+def _acting_as(value: str | None) -> str | None:
+    """Check ``--as NAME``: 1-128 printable characters (it is shown in audit listings)."""
+    if value is None:
+        return None
+    name = value.strip()
+    if not name or len(name) > 128 or not name.isprintable():
+        raise click.BadParameter("must be 1-128 printable characters", param_hint="--as")
+    return name
 
 
 def _register() -> None:

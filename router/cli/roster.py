@@ -317,7 +317,13 @@ def audit_list(obj: CliContext, limit: int, entity: str | None, key: str | None,
         None,
         ["when (UTC)", "user", "action", "key", "change"],
         [
-            (r["at"], r["os_user"], r["action"], r["entity_key"], _change_text(r["old_values"], r["new_values"]))
+            (
+                r["at"],
+                r["os_user"] + (f" (as {r['acting_as']})" if r.get("acting_as") else ""),
+                r["action"],
+                r["entity_key"],
+                _change_text(r["old_values"], r["new_values"]),
+            )
             for r in rows
         ],
     )

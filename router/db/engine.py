@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from router.errors import DatabaseUnavailable, first_line
 
 
-def make_engine(url: str, busy_timeout: float = 10.0, *, create: bool = True, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str, busy_timeout: float = 10.0, *, create: bool = True, statement_timeout: float = 0.0, **kwargs: Any
+) -> Engine:
     """Create an engine for ``url``.
 
     Parameters
@@ -35,6 +37,14 @@ def make_engine(url: str, busy_timeout: float = 10.0, *, create: bool = True, **
         SQLite only: create the database file (and its folder) if missing. When false, a
         missing file raises instead, so a mistyped ``--data-dir`` does not create an empty
         database in the wrong place.
+    statement_timeout : float
+        PostgreSQL only, seconds; 0 for none. Each session gets ``statement_timeout`` and
+        ``idle_in_transaction_session_timeout`` (PostgreSQL manual, "Client Connection
+        Defaults"), so a statement stuck behind anything (a lock, a saturated server) fails
+        with an error the C-STORE handler answers 0xA701, instead of holding the association
+        thread; and TCP keepalives with ``tcp_user_timeout`` (libpq connection parameters), so
+        a server that stops answering at the TCP level is given up after about that long
+        plus 5 s. SQLite waits at most ``busy_timeout`` for its lock and has no other wait.
 
     Raises
     ------
@@ -46,7 +56,7 @@ def make_engine(url: str, busy_timeout: float = 10.0, *, create: bool = True, **
     holds patient addresses, and exception text can reach logs.
     """
     try:
-        return _make_engine(url, busy_timeout, create, **kwargs)
+        return _make_engine(url, busy_timeout, create, statement_timeout, **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
         raise DatabaseUnavailable(
             f"database.url {_safe(url)!r} cannot be used: {first_line(exc) or type(exc).__name__}"
@@ -84,7 +94,7 @@ def check_connection(engine: Engine) -> None:
         ) from exc
 
 
-def _make_engine(url: str, busy_timeout: float, create: bool, **kwargs: Any) -> Engine:
+def _make_engine(url: str, busy_timeout: float, create: bool, statement_timeout: float, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
@@ -144,7 +154,16 @@ def _make_engine(url: str, busy_timeout: float, create: bool, **kwargs: Any) -> 
         # Keep options given in the URL (e.g. -csearch_path=...) and add the lock timeout.
         url_options = parsed.query.get("options")
         base = url_options if isinstance(url_options, str) else " ".join(url_options or ())
-        connect_args.setdefault("options", f"{base} -c lock_timeout={timeout_ms}".strip())
+        options = f"{base} -c lock_timeout={timeout_ms}"
+        if statement_timeout > 0:
+            statement_ms = max(1, int(statement_timeout * 1000))
+            options += f" -c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={statement_ms}"
+            connect_args.setdefault("keepalives", 1)
+            connect_args.setdefault("keepalives_idle", max(1, int(statement_timeout)))
+            connect_args.setdefault("keepalives_interval", 5)
+            connect_args.setdefault("keepalives_count", 3)
+            connect_args.setdefault("tcp_user_timeout", statement_ms + 5000)
+        connect_args.setdefault("options", options.strip())
         connect_args.setdefault("connect_timeout", max(1, int(busy_timeout)))
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args, hide_parameters=True, **kwargs)
 

@@ -532,7 +532,8 @@ class AuditEntry(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(index=True)
-    os_user: Mapped[str] = mapped_column(String(128))
+    os_user: Mapped[str] = mapped_column(String(128))  # the process's real account (getpwuid)
+    acting_as: Mapped[str | None] = mapped_column(String(128))  # `router --as NAME`, a claim beside it
     action: Mapped[str] = mapped_column(String(64))  # e.g. license.set_status
     entity: Mapped[str] = mapped_column(String(32))  # radiologist, license, facility, privilege, study
     entity_key: Mapped[str] = mapped_column(String(128))  # e.g. "1234567893/TX"

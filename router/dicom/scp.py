@@ -22,9 +22,10 @@ from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import _config, dimse_messages
 
 from router.dicom import negotiation, reactor
-from router.dicom.extract import UndecodableDataSet, read_header
+from router.dicom.extract import DEFAULT_MAX_INFLATED_BYTES, UndecodableDataSet, read_header
 from router.dicom.spool import SpoolFile, spool_factory
 from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
+from router.dicom.structure import InflationLimitExceeded
 from router.domain.instance import InstanceHeader, uid_problem
 from router.errors import ArchiveError, IndexWriteError
 
@@ -118,6 +119,8 @@ class StoreHandler:
     store: InstanceStore
     make_sender: SenderFactory
     conditions: ConditionLog = field(default_factory=lambda: ConditionLog(LOG))
+    #: Largest inflated size of a deflated data set, in bytes (``listener.max_inflated_bytes``).
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
 
     def __call__(self, event: Any) -> Dataset:
         """Handle one C-STORE request.
@@ -131,6 +134,14 @@ class StoreHandler:
             Series, SOP Instance or SOP Class UID; 0xA900 data set UIDs differ from the
             request; 0xA700 archive write failed; 0xA701 index write failed.
         """
+        # never evicted as idle while a data set is being stored (router.dicom.guard.make_room)
+        event.assoc._router_busy = True
+        try:
+            return self._handle(event)
+        finally:
+            event.assoc._router_busy = False
+
+    def _handle(self, event: Any) -> Dataset:
         request = event.request
         requestor = event.assoc.requestor
         sender = self.make_sender(str(requestor.ae_title).strip(), str(requestor.address))
@@ -138,7 +149,15 @@ class StoreHandler:
         if temp_path is None:
             return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "archive write failed")
         try:
-            header = read_header(temp_path)
+            header = read_header(temp_path, self.max_inflated_bytes)
+        except InflationLimitExceeded as exc:
+            LOG.warning(
+                "C-STORE of %s from %s refused with 0xA700: %s (listener.max_inflated_bytes)",
+                _uid_for_log(request.AffectedSOPInstanceUID),
+                sender.calling_ae_title,
+                exc,
+            )
+            return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "inflated data set over the size limit")
         except UndecodableDataSet as exc:
             LOG.warning(
                 "C-STORE of %s from %s: data set could not be decoded (%s)",
