@@ -17,16 +17,15 @@ from pydicom import dcmread
 
 from router.cli.context import CliContext
 from router.cli.output import emit_table
-from router.config import CONFIG_DIR
 from router.dicom.scu import Destination, SendError, send_files
 from router.domain.enums import StudyStatus
 from router.errors import RouterError
+from router.resources import PACKAGED_CONFIG_DIR, PACKAGED_SAMPLES_DIR
 from router.server import RouterServer
 from router.services.studies import StudyViews
 
-REPO_DIR = CONFIG_DIR.parent
-DEFAULT_SAMPLES = REPO_DIR / "sample_dicom"
-DEFAULT_DEMO_CONFIG = CONFIG_DIR / "demo"
+DEFAULT_SAMPLES = PACKAGED_SAMPLES_DIR
+DEFAULT_DEMO_CONFIG = PACKAGED_CONFIG_DIR / "demo"
 
 
 def sample_studies(samples: Path) -> list[tuple[str, Path, list[Path]]]:
@@ -86,6 +85,7 @@ def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path
         .replace("paths", archive_dir=None)
         .replace("listener", host="127.0.0.1", port=0, allowed_calling_ae_titles=(), allowed_addresses=())
         .replace("routing", stable_seconds=stable_seconds, poll_interval=0.25)
+        .replace("http", enabled=False)
     )
     if not obj.verbose:
         settings = settings.replace("logging", level="WARNING")
