@@ -70,9 +70,9 @@ import json, sys
 rows = json.load(open(sys.argv[1]))
 assert len(rows) == 1 and rows[0]["instance_count"] == 2, rows
 PY
-curl -fsS "http://127.0.0.1:$http_port/healthz"
-echo
-curl -fsS "http://127.0.0.1:$http_port/metrics" > "$work/metrics.txt"
+fetch() { "$work/venv/bin/python" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "$1"; }
+fetch "http://127.0.0.1:$http_port/healthz"
+fetch "http://127.0.0.1:$http_port/metrics" > "$work/metrics.txt"
 grep -q '^router_instances_received_total{status="0x0000"} 2.0$' "$work/metrics.txt" || { cat "$work/metrics.txt"; exit 1; }
 
 kill -TERM "$server_pid"
