@@ -119,7 +119,7 @@ class PhiRedactingFilter(logging.Filter):
             return True
         if record.exc_info and record.exc_info[1] is not None and not getattr(record, "router_safe_exc", False):
             record.exc_text = format_exception_safely(record.exc_info[1])
-            record.router_safe_exc = True  # type: ignore[attr-defined]
+            record.router_safe_exc = True
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - leave a malformed record to logging's own error path
@@ -202,7 +202,7 @@ def install_library_guards(*, verbose: bool = False) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(item, PhiRedactingFilter) for item in handler.filters):
             handler.addFilter(PhiRedactingFilter())
-    warnings.showwarning = _showwarning  # type: ignore[assignment]
+    warnings.showwarning = _showwarning
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
     # An exception that kills a thread (pynetdicom's network threads) goes through the log and
     # its filter, not straight to stderr with the exception text as it is.
