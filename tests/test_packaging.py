@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 import router
 from router.cli.demo import DEFAULT_DEMO_CONFIG, DEFAULT_SAMPLES, sample_studies
-from router.config import CONFIG_DIR, Settings, settings_from_mapping
+from router.config import CONFIG_DIR, Settings, load_settings, settings_from_mapping
 from router.errors import ConfigError
 from router.resources import PACKAGED_CONFIG_DIR, PACKAGED_SAMPLES_DIR, packaged_path
 from router.services.reference import ReferenceData
@@ -72,3 +73,25 @@ def test_http_and_logging_format_keys() -> None:
         settings_from_mapping({"logging": {"format": "xml"}})
     with pytest.raises(ConfigError, match=r"http\.path: unknown key"):
         settings_from_mapping({"http": {"path": "/x"}})
+
+
+def test_deploy_postgresql_example_is_a_valid_config_once_placeholders_are_filled(tmp_path: Path) -> None:
+    text = (REPO / "deploy" / "router.postgresql.toml").read_text(encoding="utf-8")
+    filled = re.sub(r"<([^<>]*)>", lambda match: match.group(1).strip(), text)
+    assert "<" not in filled
+    config = tmp_path / "router.toml"
+    config.write_text(filled, encoding="utf-8")
+    settings = load_settings(config)
+    assert settings.database_url == "postgresql+psycopg://router:password@db.example.org:5432/router"
+    assert settings.paths.archive == Path("/srv/dicom/archive")
+    assert (settings.http.enabled, settings.logging.format, settings.listener.workers) == (True, "json", 2)
+
+
+def test_systemd_unit_runs_serve_with_the_config_and_a_safe_umask() -> None:
+    unit = (REPO / "deploy" / "router.service").read_text(encoding="utf-8")
+    lines = {line.partition("=")[0]: line.partition("=")[2] for line in unit.splitlines() if "=" in line[:40]}
+    assert lines["ExecStart"] == "/opt/router/bin/router serve"
+    assert lines["Environment"] == "ROUTER_CONFIG=/etc/router/router.toml"
+    assert lines["UMask"] == "0027"
+    assert lines["KillSignal"] == "SIGTERM"
+    assert lines["User"] == "router"
