@@ -19,14 +19,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from router.domain.jurisdictions import normalize_jurisdiction
 from router.errors import ConfigError
+from router.resources import PACKAGED_CONFIG_DIR
 
 #: DICOM PS3.8 section 9.3.2 / PS3.5 section 6.2: an AE title is at most 16 characters of the
 #: default character repertoire, without backslash or control characters.
 AE_TITLE_MAX_LENGTH = 16
 
-#: The repository's ``config/`` folder: dated data files (IMLC membership, CPT map) and examples.
-#: Relative paths in a config file resolve against that file's directory instead.
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+#: ``[logging] format`` values.
+LOG_FORMATS = ("text", "json")
+
+#: The ``config/`` folder shipped in the package (:mod:`router.resources`): dated data files (IMLC
+#: membership, CPT map), the example config and the demo roster. A path in a config file
+#: overrides each data file; relative paths there resolve against that file's directory.
+CONFIG_DIR = PACKAGED_CONFIG_DIR
 
 
 def validate_ae_title(value: object, key: str) -> str:
@@ -186,6 +191,16 @@ class LoggingSettings:
     """Logging (the CLI configures handlers)."""
 
     level: str = "INFO"
+    format: str = "text"  # "text": one line per record; "json": one JSON object per line
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The operations endpoint of ``router serve``: ``/healthz`` and ``/metrics`` (no authentication)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # a management address; 0.0.0.0 exposes it to the network
+    port: int = 9464  # 0 picks a free port
 
 
 @dataclass(frozen=True)
@@ -201,6 +216,7 @@ class Settings:
     licensure: LicensureSettings = field(default_factory=LicensureSettings)
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     @property
     def database_url(self) -> str:
@@ -271,6 +287,7 @@ _SECTION_TYPES: dict[str, type] = {
     "forwarding": ForwardingSettings,
     "forwarding.tls": ForwardingTlsSettings,
     "logging": LoggingSettings,
+    "http": HttpSettings,
 }
 
 
@@ -455,6 +472,9 @@ def _validate(settings: Settings) -> Settings:
     level = settings.logging.level.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError("logging.level", f"unknown level {settings.logging.level!r}")
+    if settings.logging.format not in LOG_FORMATS:
+        raise ConfigError("logging.format", f"must be one of {', '.join(LOG_FORMATS)}, got {settings.logging.format!r}")
+    _check_port("http.port", settings.http.port)
     return settings
 
 

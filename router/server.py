@@ -10,18 +10,26 @@ shutdown is recorded.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
+
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from router.app import RouterApp
 from router.config import Settings
+from router.db.engine import check_connection
 from router.dicom.extract import read_header
 from router.dicom.listener import Listener
 from router.dicom.scp import ConditionLog, configure_pynetdicom
 from router.dicom.scu import Forwarder, client_tls_context
 from router.domain.enums import StudyStatus
-from router.errors import first_line
+from router.errors import RouterError, first_line
+from router.metrics import ReceiveMetrics, ServerMetrics, server_registry
 from router.node import ListenerNode
+from router.ops_http import Check, HttpEndpoint, archive_writable
 from router.services.forwarding import ForwardingPolicy, ForwardingService
 from router.services.recovery import RecoveryReport, RecoveryService
 from router.workers import WorkerPool
@@ -70,6 +78,12 @@ class RouterServer:
         self._timer: threading.Thread | None = None
         self._timer_condition = ConditionLog(LOG)
         self._next_recheck: float | None = None  # time.monotonic(); None: at the first pass
+        # Metrics: the database gauges and, when this process listens, its C-STORE counters.
+        self.registry = server_registry(app.sessions, None)
+        self.metrics = ServerMetrics(self.registry)
+        self.receive_metrics = ReceiveMetrics(self.registry) if settings.listener.workers == 1 else None
+        self._metrics_dir: Path | None = None  # worker processes' counters (multiprocess mode)
+        self.http: HttpEndpoint | None = None
 
     @property
     def listener(self) -> Listener | None:
@@ -100,11 +114,18 @@ class RouterServer:
         self._run_id = self.recovery.start_run()
         listener_settings = app.settings.listener
         if listener_settings.workers > 1:
-            self.workers = WorkerPool(app.settings)
+            self._metrics_dir = Path(tempfile.mkdtemp(prefix="router-metrics-"))
+            MultiProcessCollector(self.registry, path=str(self._metrics_dir))
+            self.workers = WorkerPool(app.settings, self._metrics_dir)
             self.workers.start()
         else:
-            self.node = ListenerNode(app)
+            self.node = ListenerNode(app, self.receive_metrics)
             self.node.start()
+        http = app.settings.http
+        if http.enabled:
+            self.http = HttpEndpoint(http.host, http.port, self.registry, self.health_checks())
+            self.http.start()
+            LOG.info("HTTP /healthz and /metrics on %s port %d", http.host, self.http.bound_port)
         self._timer = threading.Thread(target=self._tick_loop, name="router-timer", daemon=True)
         self._timer.start()
         LOG.info(
@@ -119,7 +140,9 @@ class RouterServer:
     def tick(self) -> None:
         """One pass of the timer: route, re-check when due, forward, refresh the allow-list,
         clean stale temp files."""
-        self.app.routing.route_due()
+        started = time.perf_counter()
+        routed = self.app.routing.route_due()
+        self.metrics.observe_routing([result.status.value for result in routed], time.perf_counter() - started)
         now = time.monotonic()
         if self._next_recheck is None or now >= self._next_recheck:
             self.recheck()
@@ -151,6 +174,29 @@ class RouterServer:
                 "periodic recheck: %d withdrawn from a reader no longer eligible, %d held assigned", withdrawn, assigned
             )
 
+    def health_checks(self) -> dict[str, Check]:
+        """The ``/healthz`` checks: listener up, database reachable, archive writable."""
+        return {
+            "listener": self._listener_health,
+            "database": self._database_health,
+            "archive": lambda: archive_writable(self.app.archive.incoming),
+        }
+
+    def _database_health(self) -> str:
+        check_connection(self.app.engine)
+        return "connected"
+
+    def _listener_health(self) -> str:
+        if self._stop.is_set():
+            raise RouterError("stopping")
+        if self.workers is not None:
+            alive = self.workers.alive()
+            if alive < self.workers.count:
+                raise RouterError(f"{alive} of {self.workers.count} receiving processes running")
+        elif self.node is None or not self.node.ports:
+            raise RouterError("not listening")
+        return f"listening on port(s) {', '.join(str(port) for port in self.ports)}"
+
     def _tick_loop(self) -> None:
         interval = self.app.settings.routing.poll_interval
         while not self._stop.wait(interval):
@@ -176,6 +222,8 @@ class RouterServer:
         """Drain and stop; records a clean shutdown. Returns True if nothing had to be aborted."""
         timeout = self.app.settings.listener.drain_timeout if drain_timeout is None else drain_timeout
         finished = True
+        if self.http is not None:
+            self.http.stop()
         if self.node is not None:
             finished = self.node.drain(timeout)
         if self.workers is not None:
@@ -187,5 +235,7 @@ class RouterServer:
             # Only a full drain is a clean shutdown: an aborted association's handler may still
             # have been storing, so the next start reconciles.
             self.recovery.finish_run(self._run_id)
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
         LOG.info("stopped%s", "" if finished else " (associations still open after the drain timeout were aborted)")
         return finished

@@ -110,7 +110,7 @@ def test_explain_gives_reasons_and_mqsa(routed) -> None:  # type: ignore[no-unty
 
 def test_assign_refuses_an_ineligible_reader_with_the_reason(routed) -> None:  # type: ignore[no-untyped-def]
     _, config, cases = routed
-    code, out, err = _run(config, "studies", "assign", cases["territory_pr"], "--npi", "1000000012")
+    code, _, err = _run(config, "studies", "assign", cases["territory_pr"], "--npi", "1000000012")
     assert code == 1
     assert err.strip() == f"error: NPI 1000000012 may not read study {cases['territory_pr']}: no license in PR"
     code, _, err = _run(config, "studies", "assign", cases["territory_pr"], "--npi", "1234567890")

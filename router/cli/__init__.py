@@ -7,6 +7,7 @@ usage and configuration errors exit 2 (click's convention).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,7 @@ def cli(
     ctx: click.Context, config_path: Path | None, data_dir: Path | None, verbose: bool, acting_as: str | None
 ) -> None:
     """Teleradiology study router: DICOM in, licensed reader assigned, read billed apart from infrastructure."""
+    restrict_umask()
     try:
         settings = load_settings(config_path)
         if data_dir is not None:
@@ -100,6 +102,22 @@ def _acting_as(value: str | None) -> str | None:
     if not name or len(name) > 128 or not name.isprintable():
         raise click.BadParameter("must be 1-128 printable characters", param_hint="--as")
     return name
+
+
+#: Permission bits the router never grants: write for the group, anything for others. The
+#: database, the archive (PHI), serve.lock and any log file are then at most rw-r----- (files)
+#: and rwxr-x--- (folders), whatever umask the caller had (systemd's default is 0022).
+SAFE_UMASK = 0o027
+
+
+def restrict_umask() -> int:
+    """Add :data:`SAFE_UMASK` to the process umask (a stricter one is kept); returns the new umask.
+
+    Called first thing by the CLI, before anything creates a file; worker processes inherit it.
+    """
+    previous = os.umask(SAFE_UMASK)
+    os.umask(previous | SAFE_UMASK)
+    return previous | SAFE_UMASK
 
 
 def _register() -> None:

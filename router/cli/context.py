@@ -27,7 +27,9 @@ class CliContext:
     def app(self, *, upgrade: bool = False) -> RouterApp:
         """Open the router app (database, archive, services) once per invocation."""
         if self._app is None:
-            configure_logging(self.settings.logging.level, verbose=self.verbose)
+            configure_logging(
+                self.settings.logging.level, verbose=self.verbose, log_format=self.settings.logging.format
+            )
             self._app = RouterApp.open(self.settings, upgrade=upgrade)
         return self._app
 

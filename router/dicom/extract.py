@@ -38,18 +38,19 @@ from pydicom.dataelem import convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator
-
-try:  # pydicom's own check of the VR encoding actually used (private, so optional)
-    from pydicom.filereader import _is_implicit_vr
-except ImportError:  # pragma: no cover - a pydicom without it
-    _is_implicit_vr = None
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from router.dicom.structure import InflationLimitExceeded, MalformedDataSet, check_to_end, inflate_dataset
 from router.domain.billing import ProcedureCode
 from router.domain.enums import CptSource
 from router.domain.instance import InstanceHeader
+
+_is_implicit_vr: Callable[..., bool] | None
+try:  # pydicom's own check of the VR encoding actually used (private, so optional)
+    from pydicom.filereader import _is_implicit_vr
+except ImportError:  # pragma: no cover - a pydicom without it
+    _is_implicit_vr = None
 
 #: Attributes read from each data set (DICOM PS3.6 keywords).
 HEADER_KEYWORDS = (
@@ -77,7 +78,7 @@ HEADER_KEYWORDS = (
 #: Default of ``listener.max_inflated_bytes``: largest inflated deflated data set, in bytes (1 GiB).
 DEFAULT_MAX_INFLATED_BYTES = 1 << 30
 _NUMBER_OF_FRAMES = Tag("NumberOfFrames")
-_SPECIFIC_TAGS = [*(Tag(keyword) for keyword in HEADER_KEYWORDS), _NUMBER_OF_FRAMES]
+_SPECIFIC_TAGS: list[BaseTag | int] = [*(Tag(keyword) for keyword in HEADER_KEYWORDS), _NUMBER_OF_FRAMES]
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _PREAMBLE_AND_PREFIX = 132  # 128-byte preamble + "DICM" (PS3.10 section 7.1)
 _PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
@@ -130,6 +131,7 @@ def read_header(path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
         If a deflated data set inflates to more than ``max_inflated_bytes``.
     """
     try:
+        dataset: Dataset
         with open(path, "rb") as handle:
             syntax = _read_transfer_syntax(handle)
             if syntax.is_deflated:

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from router.dicom.guard import ConnectionLimiter, GuardedRequestHandler, PeerLimits
-from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, StoreHandler
+from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS, StoreHandler
 
 LOG = logging.getLogger(__name__)
 
@@ -166,14 +166,15 @@ class RouterAssociationServer(ThreadedAssociationServer):
         return current
 
 
-def _closed(sock: socket.socket) -> None:
-    """Shut down and close a connection that never became an association."""
+def _closed(sock: socket.socket) -> socket.socket | None:
+    """Shut down and close a connection that never became an association; returns ``None``
+    (no socket to run an association on)."""
     for step in (lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
         try:
             step()
         except OSError:
             pass
-    return
+    return None
 
 
 @dataclass(frozen=True)
@@ -309,13 +310,14 @@ def build_ae(options: ListenerOptions) -> AE:
     ae.maximum_pdu_size = options.max_pdu_length
     ae.require_calling_aet = sorted({title.strip() for title in options.allowed_calling_ae_titles if title.strip()})
     ae.require_called_aet = options.require_called_ae_title
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(VERIFICATION_SOP_CLASS)
     # With UNRESTRICTED_STORAGE_SERVICE every storage SOP class proposed is accepted with one of
     # these transfer syntaxes; list the standard ones too so negotiation works without it.
     from pynetdicom import AllStoragePresentationContexts
 
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES))
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES))
     return ae
 
 
@@ -329,7 +331,7 @@ def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
     """
     ae = build_ae(options)
     networks = tuple(ipaddress.ip_network(item, strict=False) for item in options.allowed_addresses)
-    handlers = [
+    handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, handler),
         (evt.EVT_C_ECHO, _handle_echo),
         (evt.EVT_REJECTED, _log_rejected),
@@ -365,6 +367,7 @@ def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
                     idle_eviction_seconds=options.idle_eviction_seconds,
                 ),
             )
+            assert isinstance(server, RouterAssociationServer)  # made with server_class
             ae._servers.append(server)  # so ae.shutdown() stops it (as start_server does)
             thread = threading.Thread(target=server.serve_forever, name=f"listener:{port}", daemon=True)
             thread.start()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import _config, dimse_messages
 
 from router.dicom import negotiation, reactor
@@ -55,7 +55,8 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
       under a valid UID and with a transfer syntax pydicom knows (:mod:`router.dicom.negotiation`).
     """
     incoming_dir.mkdir(parents=True, exist_ok=True)
-    dimse_messages.NamedTemporaryFile = spool_factory(incoming_dir)  # type: ignore[attr-defined]
+    # pynetdicom calls it as tempfile.NamedTemporaryFile (keyword arguments only), so its overloads do not apply.
+    dimse_messages.NamedTemporaryFile = spool_factory(incoming_dir)  # type: ignore[assignment]
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.UNRESTRICTED_STORAGE_SERVICE = True
     # Forwarding sends archived files byte for byte, streamed from disk.
@@ -73,6 +74,9 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
 #: endian, deflated, big endian, the JPEG family, JPEG-LS, JPEG 2000, HTJ2K, RLE, MPEG/HEVC).
 #: The router stores the bytes as received and reads only the header, so it needs no codec.
 STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(str(uid) for uid in AllTransferSyntaxes)
+
+#: Verification SOP Class (C-ECHO), PS3.4 Annex A.4 (pynetdicom makes its constant at run time).
+VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
 
 
 class ConditionLog:

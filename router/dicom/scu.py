@@ -219,13 +219,13 @@ def _tls_args(destination: Destination, context: ssl.SSLContext | None) -> tuple
 
 def echo(destination: Destination, calling_ae_title: str = "ROUTER", timeout: float = 10.0) -> int | None:
     """C-ECHO a destination; returns its status or ``None`` when there is no answer."""
-    from pynetdicom.sop_class import Verification
+    from router.dicom.scp import VERIFICATION_SOP_CLASS
 
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(VERIFICATION_SOP_CLASS)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         return None

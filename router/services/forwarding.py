@@ -160,7 +160,8 @@ class ForwardingService:
         except Exception as exc:  # noqa: BLE001 - any failure to reach the destination is retried
             accepted = [False] * len(pending)
             error = f"{type(exc).__name__}: {str(exc)[:200]}"
-        done = [(instance_id, size) for (instance_id, _, size), ok in zip(pending, accepted) if ok]
+        # A sender that stopped early answers for fewer files: the rest were not sent.
+        done = [(instance_id, size) for (instance_id, _, size), ok in zip(pending, accepted, strict=False) if ok]
         self._finish(job_id, done, error)
         if error:
             LOG.warning("forwarding study %s to %s failed: %s", study_uid, destination, error)

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Table, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -180,7 +181,7 @@ class IntakeService:
             with self._sessions.begin() as session:
                 insert_ignore(
                     session,
-                    InstanceConflict.__table__,
+                    cast(Table, InstanceConflict.__table__),  # a declarative class's table
                     {
                         "study_id": study_id,
                         "sop_instance_uid": header.sop_instance_uid,

@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -171,8 +171,9 @@ class RoutingService:
                 .where(Study.id == study_id, Study.status == StudyStatus.RECEIVING, Study.last_received_at <= cutoff)
                 .values(status=StudyStatus.HELD)
                 .execution_options(synchronize_session=False)
-            ).rowcount
-            if claimed != 1:
+            )
+            assert isinstance(claimed, CursorResult)  # an UPDATE's result carries its row count
+            if claimed.rowcount != 1:
                 return None  # another timer or node routed it, or an instance just arrived
             study = session.get(Study, study_id)
             assert study is not None
