@@ -642,5 +642,8 @@ class Report(Base):
     signed_at: Mapped[dt.datetime | None]
     hl7_message_id: Mapped[int | None] = mapped_column(ForeignKey("hl7_messages.id", ondelete="RESTRICT"))
     sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    # SR: where the document is kept, relative to the archive root (``.sr``: not an image file,
+    # so start-up recovery never adopts it as an instance)
+    archive_path: Mapped[str | None] = mapped_column(String(400))
     professional_entry_ids: Mapped[list[Any] | None] = mapped_column(JSON)
     received_at: Mapped[dt.datetime]

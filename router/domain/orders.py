@@ -7,6 +7,9 @@ VerificationFlag, CompletionFlag, PredecessorDocumentsSequence).
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+
 from router.domain.enums import Priority, ReportStatus
 
 #: ORC-1 order control codes that withdraw an order (HL7 v2.5.1 table 0119).
@@ -61,3 +64,34 @@ def names_match(roster_name: str, family: str, given: str) -> bool:
     if not family.strip() or parts[0] != family.strip().casefold():
         return False
     return not (given.strip() and parts[1]) or parts[1] == given.strip().casefold()
+
+
+#: Structured Report storage SOP classes that carry a report (PS3.4 Table B.5-1): Basic Text,
+#: Enhanced, Comprehensive, Comprehensive 3D and Extensible SR.
+REPORT_SR_SOP_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.88.11",
+        "1.2.840.10008.5.1.4.1.1.88.22",
+        "1.2.840.10008.5.1.4.1.1.88.33",
+        "1.2.840.10008.5.1.4.1.1.88.34",
+        "1.2.840.10008.5.1.4.1.1.88.35",
+    }
+)
+
+
+@dataclass(frozen=True)
+class SrReportFacts:
+    """What an SR document says about its signing (PS3.3 C.17.2 SR Document General Module).
+
+    ``signer_id`` is the CodeValue of VerifyingObserverIdentificationCodeSequence (an NPI
+    where the reporting system sends one); ``verified_at`` is VerificationDateTime, naive when
+    sent without an offset.
+    """
+
+    verification_flag: str
+    completion_flag: str
+    has_predecessor: bool
+    signer_id: str
+    signer_family: str
+    signer_given: str
+    verified_at: dt.datetime | None

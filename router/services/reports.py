@@ -56,7 +56,14 @@ class ReportService:
         self._reads = reads
         self._routing = routing
 
-    def apply(self, session: Session, report: SignedReport, now: dt.datetime, hl7_message_id: int | None = None) -> str:
+    def apply(
+        self,
+        session: Session,
+        report: SignedReport,
+        now: dt.datetime,
+        hl7_message_id: int | None = None,
+        archive_path: str | None = None,
+    ) -> str:
         """Record ``report`` and bill the read when it is a final report by the assigned reader.
 
         Runs in the caller's transaction. Returns what it did (UIDs, NPIs, no PHI).
@@ -83,6 +90,7 @@ class ReportService:
             signed_at=signed_at,
             hl7_message_id=hl7_message_id,
             sop_instance_uid=report.sop_instance_uid,
+            archive_path=archive_path,
             received_at=now,
         )
         outcome, reason = self._decide(session, study, report.status, signer, signed_at, row)

@@ -95,6 +95,7 @@ def upgrade() -> None:
         sa.Column("signed_at", utc, nullable=True),
         sa.Column("hl7_message_id", sa.Integer(), nullable=True),
         sa.Column("sop_instance_uid", sa.String(length=64), nullable=True),
+        sa.Column("archive_path", sa.String(length=400), nullable=True),
         sa.Column("professional_entry_ids", sa.JSON(), nullable=True),
         sa.Column("received_at", utc, nullable=False),
         sa.ForeignKeyConstraint(
