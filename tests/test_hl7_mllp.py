@@ -189,6 +189,20 @@ def test_cancel_before_the_read_blocks_billing(hl7_server: RouterServer) -> None
     assert row.outcome == ReportOutcome.FLAGGED and row.reason is not None and "cancelled" in row.reason
 
 
+def test_a_final_report_signed_before_the_assignment_is_flagged_not_billed(hl7_server: RouterServer) -> None:
+    roster_with_readers(hl7_server.app, (NPI_A, "TX"))
+    uid = _assigned_study(hl7_server, "ACC-HL7-5")
+    signed = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=1)
+    assert ack_fields(_send(hl7_server, report("ACC-HL7-5", "RPT-5", "2.5", "F", NPI_A, signed)))[0] == "AA"
+    assert _ledger(hl7_server) == []
+    with hl7_server.app.sessions() as session:
+        row = session.scalars(select(Report)).one()
+    assert row.outcome == ReportOutcome.FLAGGED
+    assert row.reason == "not billed: interpretation time is before the study was assigned to this radiologist"
+    study = _study(hl7_server, uid)
+    assert study is not None and study.needs_review and study.status == StudyStatus.ASSIGNED
+
+
 def _raw_exchange(port: int, data: bytes, close_write: bool = False) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(data)

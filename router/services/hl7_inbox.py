@@ -121,6 +121,12 @@ class Hl7Inbox:
         except DBAPIError as exc:
             LOG.warning("HL7 control ID %s not stored: database error %s", head.control_id, first_line(exc))
             reason = "database unavailable, send again"
+        except Exception as exc:  # one bad message never stops the listener; the sender is told
+            LOG.exception("HL7 control ID %s failed: %s", head.control_id, type(exc).__name__)
+            reason = f"internal error ({type(exc).__name__}): not applied"
+            ack = build_ack(head, AckCode.AE, head.control_id, now, reason, self._application)
+            self._record_refusal(payload, peer, head, AckCode.AE, reason, ack)
+            return ack
         return build_ack(head, AckCode.AE, head.control_id, now, reason, self._application)
 
     def refuse_frame(self, received: bytes, peer: str, reason: str) -> bytes:
