@@ -203,6 +203,17 @@ def test_a_final_report_signed_before_the_assignment_is_flagged_not_billed(hl7_s
     assert study is not None and study.needs_review and study.status == StudyStatus.ASSIGNED
 
 
+def test_a_signer_without_npi_is_matched_by_name_to_the_roster(hl7_server: RouterServer) -> None:
+    roster_with_readers(hl7_server.app, (NPI_A, "TX"))  # roster name Reader^012
+    _assigned_study(hl7_server, "ACC-HL7-6")
+    signed = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    # OBR-32 as a v2.3 sender writes it: no ID, family^given as components.
+    payload = report("ACC-HL7-6", "RPT-6", "2.3", "F", "", signed).replace(b"|&Reader&Avery", b"|^READER^012")
+    assert ack_fields(_send(hl7_server, payload))[0] == "AA"
+    (entry,) = _ledger(hl7_server)
+    assert (entry.rendering_npi, entry.date_of_service) == (NPI_A, signed.date())
+
+
 def _raw_exchange(port: int, data: bytes, close_write: bool = False) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(data)

@@ -113,3 +113,22 @@ def test_hl7_config_is_checked(mapping: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         settings_from_mapping(mapping)
     assert caught.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("obr32", "expected"),
+    [
+        ("1000000012&Reader&Avery^20261201", ("1000000012", "Reader", "Avery")),  # v2.5 NDL: CNN subcomponents
+        ("1000000012^Reader^Avery", ("1000000012", "Reader", "Avery")),  # v2.3 senders: components
+        ("1000000012", ("1000000012", "", "")),
+        ("&Reader&Avery", ("", "Reader", "Avery")),
+        ("1000000012&Reader&Avery~1234567893&Other&X", ("1000000012", "Reader", "Avery")),  # first repetition
+        ("", ("", "", "")),
+    ],
+)
+def test_obr32_principal_result_interpreter_forms(obr32: str, expected: tuple[str, str, str]) -> None:
+    obr = ["OBR", "1", "", "ACC", *[""] * 21, "F", *[""] * 6, obr32]
+    message = parse(("MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.3\r" + "|".join(obr) + "\r").encode())
+    parsed = parse_report(message, header(message))
+    assert (parsed.interpreter_id, parsed.interpreter_family, parsed.interpreter_given) == expected
+    assert parsed.signed_at is None and parsed.result_status == "F"

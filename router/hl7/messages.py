@@ -288,6 +288,10 @@ def parse_report(message: Any, head: MessageHeader) -> ReportMessage:
             first = first[0]
         interpreter = [first] if isinstance(first, str) else [str(part) for part in first]
         interpreter = [message.unescape(part).strip() for part in interpreter]
+        components = _field_reps(message, obr, 32)
+        if len(interpreter) == 1 and components and len(components[0]) > 1:
+            # v2.3 senders often send ID^family^given as components rather than subcomponents
+            interpreter = [part.strip() for part in components[0][:3]]
     interpreter += ["", "", ""]
     stamp = _component(message, obr, 22, 1) or _component(message, obr, 7, 1)
     signed_at = None
