@@ -260,8 +260,12 @@ def _send_hl7(port: int, payload: bytes) -> None:
 
 
 def _current(document: dict[str, object]) -> dict[str, object] | None:
-    assignments = [a for a in document.get("assignments", []) if not a.get("superseded_at")]  # type: ignore[union-attr]
-    return assignments[-1] if assignments else None
+    """The open assignment of a ``studies show`` document (``None`` if there is none)."""
+    assignments = document.get("assignments")
+    if not isinstance(assignments, list):
+        return None
+    open_ones = [a for a in assignments if isinstance(a, dict) and not a.get("superseded_at")]
+    return open_ones[-1] if open_ones else None
 
 
 def _study_uid(path: Path) -> str:
