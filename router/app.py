@@ -14,13 +14,16 @@ from router.archive import Archive
 from router.config import Settings
 from router.db import migrate
 from router.db.engine import check_connection, make_engine, make_session_factory
+from router.dicom.sr import read_sr_facts
 from router.errors import RouterError
 from router.services.intake import IntakeService
 from router.services.ledgers import LedgerService
 from router.services.reads import ReadService
 from router.services.reference import ReferenceData
+from router.services.reports import ReportService
 from router.services.roster import RosterService
 from router.services.routing import RoutingPolicy, RoutingService
+from router.services.sr_reports import SrReportIntake
 from router.timeutil import Clock, utcnow
 
 
@@ -95,15 +98,18 @@ class RouterApp:
         archive = Archive(settings.paths.archive)
         reference = ReferenceData(settings.imlc.membership_file, settings.billing.cpt_map)
         routing = RoutingService(sessions, reference, routing_policy(settings), clock)
+        reads = ReadService(sessions, reference, routing, clock)
+        intake = IntakeService(sessions, archive, clock)
+        intake.report_hook = SrReportIntake(sessions, archive, ReportService(reads, routing), read_sr_facts, clock)
         return cls(
             settings=settings,
             engine=engine,
             sessions=sessions,
             archive=archive,
             reference=reference,
-            intake=IntakeService(sessions, archive, clock),
+            intake=intake,
             routing=routing,
-            reads=ReadService(sessions, reference, routing, clock),
+            reads=reads,
             ledgers=LedgerService(sessions),
             roster=RosterService(sessions, routing, clock),
             clock=clock,

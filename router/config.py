@@ -187,6 +187,22 @@ class ForwardingSettings:
 
 
 @dataclass(frozen=True)
+class Hl7Settings:
+    """HL7 v2 MLLP listener for orders and signed reports (HL7 v2.5.1 Appendix C)."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 2575  # IANA "hl7"
+    max_message_bytes: int = 1_048_576  # a larger frame is answered AR and the connection closed
+    timeout: float = 60.0  # seconds of silence before a connection is closed
+    application: str = "ROUTER"  # MSH-3 of the ACKs we send
+    tls: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None  # set: clients must present a certificate it signed
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     """Logging (the CLI configures handlers)."""
 
@@ -217,6 +233,7 @@ class Settings:
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    hl7: Hl7Settings = field(default_factory=Hl7Settings)
 
     @property
     def database_url(self) -> str:
@@ -288,6 +305,7 @@ _SECTION_TYPES: dict[str, type] = {
     "forwarding.tls": ForwardingTlsSettings,
     "logging": LoggingSettings,
     "http": HttpSettings,
+    "hl7": Hl7Settings,
 }
 
 
@@ -348,6 +366,9 @@ _OPTIONAL_PATHS = {
     "forwarding.tls.ca_file",
     "forwarding.tls.cert_file",
     "forwarding.tls.key_file",
+    "hl7.cert_file",
+    "hl7.key_file",
+    "hl7.ca_file",
 }
 _OPTIONAL_STRINGS = {"database.url", "forwarding.calling_ae_title", "listener.tls.host"}
 
@@ -469,6 +490,7 @@ def _validate(settings: Settings) -> Settings:
             raise ConfigError(
                 f"licensure.telehealth_registration_states[{index}]", f"{state!r} is not a US licensing jurisdiction"
             )
+    _validate_hl7(settings.hl7)
     level = settings.logging.level.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError("logging.level", f"unknown level {settings.logging.level!r}")
@@ -488,3 +510,16 @@ def _validate_peer_limits(listener: ListenerSettings) -> None:
         raise ConfigError("listener.max_connections", "must be at least 1 (max_associations is used if larger)")
     if listener.max_connections_per_address < 1:
         raise ConfigError("listener.max_connections_per_address", "must be at least 1")
+
+
+def _validate_hl7(hl7: Hl7Settings) -> None:
+    _check_port("hl7.port", hl7.port)
+    if not 1024 <= hl7.max_message_bytes <= 256 * 1024 * 1024:
+        raise ConfigError("hl7.max_message_bytes", "must be 1024-268435456 bytes")
+    _check_seconds("hl7.timeout", hl7.timeout)
+    if not hl7.application or len(hl7.application) > 180 or any(ch in hl7.application for ch in "|^~\\&\r\n"):
+        raise ConfigError("hl7.application", "must be 1-180 characters without HL7 delimiters")
+    if hl7.tls:
+        for key in ("cert_file", "key_file"):
+            if getattr(hl7, key) is None:
+                raise ConfigError(f"hl7.{key}", "is required when hl7.tls is true")

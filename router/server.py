@@ -27,11 +27,15 @@ from router.dicom.scp import ConditionLog, configure_pynetdicom
 from router.dicom.scu import Forwarder, client_tls_context
 from router.domain.enums import StudyStatus
 from router.errors import RouterError, first_line
+from router.hl7.mllp import MllpListener, TlsFiles
 from router.metrics import ReceiveMetrics, ServerMetrics, server_registry
-from router.node import ListenerNode
+from router.node import ListenerError, ListenerNode
 from router.ops_http import Check, HttpEndpoint, archive_writable
 from router.services.forwarding import ForwardingPolicy, ForwardingService
+from router.services.hl7_inbox import Hl7Inbox
+from router.services.orders import OrderService
 from router.services.recovery import RecoveryReport, RecoveryService
+from router.services.reports import ReportService
 from router.workers import WorkerPool
 
 LOG = logging.getLogger(__name__)
@@ -70,6 +74,15 @@ class RouterServer:
             app.clock,
         )
         self.recovery = RecoveryService(app.sessions, app.archive, app.intake, read_header, app.clock)
+        self.orders = OrderService(app.sessions, app.clock)
+        self.hl7_inbox = Hl7Inbox(
+            app.sessions,
+            self.orders,
+            ReportService(app.reads, app.routing),
+            app.clock,
+            settings.hl7.application,
+        )
+        self.hl7: MllpListener | None = None
         self.node: ListenerNode | None = None
         self.workers: WorkerPool | None = None
         self.recovery_report: RecoveryReport | None = None
@@ -126,6 +139,7 @@ class RouterServer:
             self.http = HttpEndpoint(http.host, http.port, self.registry, self.health_checks())
             self.http.start()
             LOG.info("HTTP /healthz and /metrics on %s port %d", http.host, self.http.bound_port)
+        self._start_hl7()
         self._timer = threading.Thread(target=self._tick_loop, name="router-timer", daemon=True)
         self._timer.start()
         LOG.info(
@@ -137,9 +151,42 @@ class RouterServer:
             app.archive.root,
         )
 
+    @property
+    def hl7_port(self) -> int | None:
+        """The bound MLLP port, or ``None`` when ``[hl7] enabled`` is false."""
+        return self.hl7.port if self.hl7 is not None else None
+
+    def _start_hl7(self) -> None:
+        settings = self.app.settings.hl7
+        if not settings.enabled:
+            return
+        tls = None
+        if settings.tls:
+            assert settings.cert_file is not None and settings.key_file is not None
+            tls = TlsFiles(
+                str(settings.cert_file), str(settings.key_file), str(settings.ca_file) if settings.ca_file else None
+            )
+        try:
+            self.hl7 = MllpListener(
+                settings.host,
+                settings.port,
+                self.hl7_inbox.handle,
+                self.hl7_inbox.refuse_frame,
+                settings.max_message_bytes,
+                settings.timeout,
+                tls,
+            )
+        except OSError as exc:
+            raise ListenerError(
+                f"cannot listen for HL7 on {settings.host}:{settings.port}: {exc.strerror or exc}"
+            ) from exc
+        self.hl7.start()
+        LOG.info("HL7 MLLP listening on %s port %d%s", settings.host, self.hl7.port, " (TLS)" if tls else "")
+
     def tick(self) -> None:
-        """One pass of the timer: route, re-check when due, forward, refresh the allow-list,
-        clean stale temp files."""
+        """One pass of the timer: match orders to new studies, route, re-check when due, forward,
+        refresh the allow-list, clean stale temp files."""
+        self.orders.match_pending()
         started = time.perf_counter()
         routed = self.app.routing.route_due()
         self.metrics.observe_routing([result.status.value for result in routed], time.perf_counter() - started)
@@ -224,6 +271,8 @@ class RouterServer:
         finished = True
         if self.http is not None:
             self.http.stop()
+        if self.hl7 is not None:
+            self.hl7.stop()
         if self.node is not None:
             finished = self.node.drain(timeout)
         if self.workers is not None:

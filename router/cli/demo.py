@@ -2,12 +2,15 @@
 
 Fresh data directory (SQLite + archive folder), the real listener on a free local port, the
 sample roster and facilities from ``config/demo/``, every study in ``sample_dicom/`` sent over
-real C-STORE (the first folder under ``sample_dicom/`` is the calling AE title), routing, reads
-marked reported, then the assignments and both ledgers printed.
+real C-STORE (the first folder under ``sample_dicom/`` is the calling AE title) after its order
+(ORM^O01 over MLLP, from ``config/demo/orders.csv``), routing, then a final signed report
+(ORU^R01 over MLLP) from each assigned radiologist, which completes the read and bills it; then
+the assignments and both ledgers printed. No read is marked complete by hand.
 """
 
 from __future__ import annotations
 
+import csv
 import tempfile
 import time
 from pathlib import Path
@@ -20,8 +23,10 @@ from router.app import RouterApp
 from router.cli.context import CliContext
 from router.cli.output import HELD_STYLE, emit_notes, emit_table, label, wide_option
 from router.dicom.scu import Destination, SendError, send_files
-from router.domain.enums import StudyStatus
+from router.domain.enums import Priority, StudyStatus
 from router.errors import RouterError
+from router.hl7.compose import compose_order, compose_report
+from router.hl7.mllp import MllpError, send_message
 from router.resources import PACKAGED_CONFIG_DIR, PACKAGED_SAMPLES_DIR
 from router.server import RouterServer
 from router.services.studies import StudyViews
@@ -91,6 +96,7 @@ def demo(
         .replace("listener", host="127.0.0.1", port=0, allowed_calling_ae_titles=(), allowed_addresses=())
         .replace("routing", stable_seconds=stable_seconds, poll_interval=0.25)
         .replace("http", enabled=False)
+        .replace("hl7", enabled=True, host="127.0.0.1", port=0, tls=False)
     )
     if not obj.verbose:
         settings = settings.replace("logging", level="WARNING")
@@ -111,6 +117,14 @@ def demo(
         cases = sample_studies(samples)
         if not cases:
             raise RouterError(f"no sample studies under {samples}")
+        assert server.hl7_port is not None
+        hl7_port = server.hl7_port
+        orders = _demo_orders(roster_dir / "orders.csv")
+        for accession, (cpt, description, priority) in orders.items():
+            _send_hl7(
+                hl7_port, compose_order(accession, cpt, description, priority, f"DEMO-ORD-{accession}", app.clock())
+            )
+        click.echo(f"sent {len(orders)} order(s) over MLLP to port {hl7_port}", err=True)
         sent = 0
         for calling_ae, case_dir, files in cases:
             try:
@@ -132,18 +146,39 @@ def demo(
             time.sleep(0.2)
         else:
             raise RouterError("studies were not routed in time")
+        reports = 0
+        for row in views.list():
+            if row["status"] != StudyStatus.ASSIGNED.value or not row["accession_number"]:
+                continue
+            reader = _current(views.show(row["study_instance_uid"]))
+            if reader is None:
+                continue
+            family, _, given = str(reader["name"]).partition("^")
+            now = app.clock()
+            _send_hl7(
+                hl7_port,
+                compose_report(
+                    str(row["accession_number"]),
+                    "F",
+                    str(reader["npi"]),
+                    family,
+                    given,
+                    now.replace(microsecond=0),
+                    f"DEMO-RPT-{row['accession_number']}",
+                    now,
+                ),
+            )
+            reports += 1
+        click.echo(f"sent {reports} final signed report(s) over MLLP: each completes its read", err=True)
     finally:
         server.stop(drain_timeout=5)
-    for row in views.list():
-        if row["status"] == StudyStatus.ASSIGNED.value:
-            app.reads.complete(row["study_instance_uid"])
     case_of = {_study_uid(files[0]): f"{case_dir.name}" for _, case_dir, files in cases}
     rows = sorted(views.list(), key=lambda row: case_of.get(row["study_instance_uid"], row["study_instance_uid"]))
     details = {row["study_instance_uid"]: views.show(row["study_instance_uid"]) for row in rows}
     held = [row["status"] == StudyStatus.HELD.value for row in rows]
     case_names = [label(case_of.get(row["study_instance_uid"])) or "?" for row in rows]
     emit_table(
-        "Assignments (reads marked reported: status completed)",
+        "Assignments (reads completed by the signed HL7 reports: status completed)",
         ["case", "sender AE", "status", "exam state (from)", "radiologist", "license relied on"]
         + (["hold reason / note", "study"] if wide else []),
         [
@@ -177,7 +212,7 @@ def _print_ledgers(app: RouterApp, case_of: dict[str, str], wide: bool) -> None:
     """Both ledgers, one row per record; without ``wide`` the columns that fit 80 characters."""
     professional = app.ledgers.professional()
     emit_table(
-        "Professional ledger: the read, CPT + modifier 26, date of service = interpretation date",
+        "Professional ledger: from the signed reports, CPT + modifier 26, date of service = signing date",
         ["case", "accession", "rendering NPI", "CPT", "CPT from", "DOS"]
         + (["license", "coder review"] if wide else []),
         [
@@ -212,6 +247,35 @@ def _print_ledgers(app: RouterApp, case_of: dict[str, str], wide: bool) -> None:
         ],
         wide=wide,
     )
+
+
+def _demo_orders(path: Path) -> dict[str, tuple[str, str, Priority]]:
+    """``accession -> (CPT, description, priority)`` from the demo's orders.csv (none if absent)."""
+    if not path.exists():
+        return {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        return {
+            row["accession"]: (row["cpt"], row["description"], Priority(row["priority"]))
+            for row in csv.DictReader(handle)
+        }
+
+
+def _send_hl7(port: int, payload: bytes) -> None:
+    try:
+        ack = send_message("127.0.0.1", port, payload, timeout=10)
+    except (OSError, MllpError) as exc:
+        raise RouterError(f"sending HL7 to the demo listener failed: {exc}") from exc
+    if b"MSA|AA|" not in ack:
+        raise RouterError(f"the demo listener did not accept a message: {ack.decode('utf-8', 'replace')!r}")
+
+
+def _current(document: dict[str, object]) -> dict[str, object] | None:
+    """The open assignment of a ``studies show`` document (``None`` if there is none)."""
+    assignments = document.get("assignments")
+    if not isinstance(assignments, list):
+        return None
+    open_ones = [a for a in assignments if isinstance(a, dict) and not a.get("superseded_at")]
+    return open_ones[-1] if open_ones else None
 
 
 def _study_uid(path: Path) -> str:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -34,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from router.domain.enums import (
+    AckCode,
     CptSource,
     ExamStateSource,
     FederalFacility,
@@ -41,8 +43,13 @@ from router.domain.enums import (
     InfrastructureKind,
     LicensePathway,
     LicenseStatus,
+    OrderStatus,
     OutboxStatus,
+    Priority,
     ProfessionalEntryKind,
+    ReportOutcome,
+    ReportSource,
+    ReportStatus,
     StudyStatus,
 )
 
@@ -562,3 +569,82 @@ APPEND_ONLY_TABLES = (
     "audit_log",
     "routing_decisions",
 )  # see migration 0002
+
+
+# --------------------------------------------------------------------------- orders and reports
+
+
+class Hl7Message(Base):
+    """Every HL7 v2 message received over MLLP, as received, with the answer given.
+
+    ``accepted_key`` (``MSH-3|MSH-4|MSH-10``) is set only on accepted (AA) messages and is
+    unique: a duplicate of an accepted message gets the stored ACK again and has no effect,
+    while a message once answered AE/AR may be sent again and is processed again.
+    """
+
+    __tablename__ = "hl7_messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    control_id: Mapped[str | None] = mapped_column(String(199))  # MSH-10
+    message_type: Mapped[str | None] = mapped_column(String(16))  # MSH-9, e.g. ORM^O01
+    sending_application: Mapped[str | None] = mapped_column(String(180))  # MSH-3.1
+    sending_facility: Mapped[str | None] = mapped_column(String(180))  # MSH-4.1
+    version: Mapped[str | None] = mapped_column(String(16))  # MSH-12
+    peer_address: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime]
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    ack_code: Mapped[AckCode] = mapped_column(_enum(AckCode, "ack_code"))
+    outcome: Mapped[str | None] = mapped_column(Text)  # what it did, or why it was refused (no PHI)
+    ack: Mapped[bytes | None] = mapped_column(LargeBinary)
+    accepted_key: Mapped[str | None] = mapped_column(String(600), unique=True)
+
+
+class Order(Base):
+    """The current state of an order (ORM^O01 / OMI^O23), one row per accession number."""
+
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    accession_number: Mapped[str] = mapped_column(String(64), unique=True)
+    placer_order_number: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[OrderStatus] = mapped_column(_enum(OrderStatus, "order_status"))
+    order_control: Mapped[str] = mapped_column(String(8))  # ORC-1 of the last message
+    procedures: Mapped[list[Any]] = mapped_column(JSON)  # [{code, text, system}] as ordered
+    diagnoses: Mapped[list[Any]] = mapped_column(JSON)  # [{code, text, system}]
+    priority: Mapped[Priority | None] = mapped_column(_enum(Priority, "order_priority"))
+    priority_code: Mapped[str | None] = mapped_column(String(8))  # as sent
+    referring_npi: Mapped[str | None] = mapped_column(String(NPI_LENGTH))  # only a valid NPI
+    referring_id: Mapped[str | None] = mapped_column(String(64))  # OBR-16.1 / ORC-12.1 as sent
+    ordering_facility: Mapped[str | None] = mapped_column(String(128))
+    patient_class: Mapped[str | None] = mapped_column(String(8))  # PV1-2
+    patient_location: Mapped[str | None] = mapped_column(String(128))  # PV1-3
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"), index=True)
+    hl7_message_id: Mapped[int] = mapped_column(ForeignKey("hl7_messages.id", ondelete="RESTRICT"))
+    received_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    cancelled_at: Mapped[dt.datetime | None]
+
+
+class Report(Base):
+    """A received report (ORU^R01 or SR) and what it did; the reason when it was not billed."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[ReportSource] = mapped_column(_enum(ReportSource, "report_source"))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"), index=True)
+    status: Mapped[ReportStatus] = mapped_column(_enum(ReportStatus, "report_status"))
+    outcome: Mapped[ReportOutcome] = mapped_column(_enum(ReportOutcome, "report_outcome"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    signer_npi: Mapped[str | None] = mapped_column(String(NPI_LENGTH))
+    signer_name: Mapped[str | None] = mapped_column(String(200))
+    signed_at: Mapped[dt.datetime | None]
+    hl7_message_id: Mapped[int | None] = mapped_column(ForeignKey("hl7_messages.id", ondelete="RESTRICT"))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    # SR: where the document is kept, relative to the archive root (``.sr``: not an image file,
+    # so start-up recovery never adopts it as an instance)
+    archive_path: Mapped[str | None] = mapped_column(String(400))
+    professional_entry_ids: Mapped[list[Any] | None] = mapped_column(JSON)
+    received_at: Mapped[dt.datetime]

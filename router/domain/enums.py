@@ -121,3 +121,41 @@ class Priority(StrEnum):
     STAT = "stat"
     ASAP = "asap"
     ROUTINE = "routine"
+
+
+class AckCode(StrEnum):
+    """MSA-1 acknowledgment code (HL7 v2.5.1 table 0008, original mode)."""
+
+    AA = "AA"  # accepted: the message and its effects are committed
+    AE = "AE"  # error: the message could not be processed (reason in MSA-3 / ERR)
+    AR = "AR"  # rejected: unknown message type, unreadable header or frame
+
+
+class OrderStatus(StrEnum):
+    """State of an order received from the RIS."""
+
+    ACTIVE = "active"
+    CANCELLED = "cancelled"  # ORC-1 CA (cancel request) or OC (order cancelled)
+
+
+class ReportStatus(StrEnum):
+    """Status of a received report (HL7 v2.5.1 table 0123 OBR-25; DICOM SR flags, PS3.3 C.17.2)."""
+
+    PRELIMINARY = "preliminary"  # OBR-25 P; SR UNVERIFIED or PARTIAL
+    FINAL = "final"  # OBR-25 F; SR VERIFIED and COMPLETE
+    CORRECTED = "corrected"  # OBR-25 C; SR with PredecessorDocumentsSequence (amendment/addendum)
+
+
+class ReportOutcome(StrEnum):
+    """What a received report did."""
+
+    BILLED = "billed"  # completed the read: professional records written
+    NOT_BILLED = "not_billed"  # preliminary, or a correction of a read already billed
+    FLAGGED = "flagged"  # never billed: signed by someone else / not eligible; admin to review
+
+
+class ReportSource(StrEnum):
+    """How a report reached the router."""
+
+    HL7 = "hl7"  # ORU^R01 over MLLP
+    DICOM_SR = "dicom_sr"  # Basic/Enhanced/Comprehensive SR by C-STORE

@@ -63,6 +63,9 @@ class IntakeService:
         self._clock = clock
         # Two associations sending the same SOP Instance UID at once must not both place a file.
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        #: Set by the composition root: takes a report SR on a routed study (True) so it is kept
+        #: as a report, not indexed as a late image (router.services.sr_reports).
+        self.report_hook: Callable[[InstanceHeader, Path], bool] | None = None
 
     @property
     def archive(self) -> Archive:
@@ -83,6 +86,8 @@ class IntakeService:
             The database could not record it (answer 0xA701).
         """
         assert header.study_instance_uid and header.series_instance_uid and header.sop_instance_uid
+        if self.report_hook is not None and self.report_hook(header, temp_path):
+            return StoreOutcome.STORED
         sha256, size = dataset_sha256(temp_path)
         relative_path = self._archive.instance_relpath(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
