@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.archive import Archive
+from router.archive_backend import ArchiveBackend, open_archive
 from router.config import Settings
 from router.db import migrate
 from router.db.engine import check_connection, make_engine, make_session_factory
@@ -49,7 +49,7 @@ class RouterApp:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    archive: Archive
+    archive: ArchiveBackend
     reference: ReferenceData
     intake: IntakeService
     routing: RoutingService
@@ -87,7 +87,7 @@ class RouterApp:
             engine.dispose()
             raise
         sessions = make_session_factory(engine)
-        archive = Archive(settings.paths.archive)
+        archive = open_archive(settings)
         reference = ReferenceData(settings.imlc.membership_file, settings.billing.cpt_map)
         routing = RoutingService(sessions, reference, routing_policy(settings), clock)
         return cls(

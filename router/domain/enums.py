@@ -121,3 +121,10 @@ class Priority(StrEnum):
     STAT = "stat"
     ASAP = "asap"
     ROUTINE = "routine"
+
+
+class ArchiveBackendKind(StrEnum):
+    """Where archive files are kept (``[archive] backend``)."""
+
+    FOLDER = "folder"  # a POSIX folder: temp file, fsync, rename, folder fsync
+    S3 = "s3"  # an S3-compatible object store: PUT with Content-MD5 after a local fsync

@@ -22,7 +22,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.archive import Archive, dataset_sha256
+from router.archive import dataset_sha256
+from router.archive_backend import ArchiveBackend
 from router.db.instance_index import IndexRow, InstanceIndex
 from router.db.models import Instance, InstanceConflict
 from router.db.queries import insert_ignore
@@ -54,7 +55,7 @@ class StoreOutcome(Enum):
 class IntakeService:
     """Stores received instances. Thread-safe: one session per call, striped per-UID locks."""
 
-    def __init__(self, sessions: sessionmaker[Session], archive: Archive, clock: Clock = utcnow) -> None:
+    def __init__(self, sessions: sessionmaker[Session], archive: ArchiveBackend, clock: Clock = utcnow) -> None:
         self._sessions = sessions
         self._engine: Engine = sessions.kw["bind"]
         self._indexer = InstanceIndex(self._engine.dialect.name)
@@ -64,7 +65,7 @@ class IntakeService:
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
 
     @property
-    def archive(self) -> Archive:
+    def archive(self) -> ArchiveBackend:
         """The archive this service writes to."""
         return self._archive
 
@@ -125,7 +126,8 @@ class IntakeService:
             The database could not record it.
         """
         assert header.sop_instance_uid
-        sha256, size = dataset_sha256(self._archive.path(relative_path))
+        with self._archive.local_copy(relative_path) as path:
+            sha256, size = dataset_sha256(path)
         lock = self._locks[zlib.crc32(header.sop_instance_uid.encode()) % _LOCK_STRIPES]
         with lock:
             if self._existing(header.sop_instance_uid) is not None:
@@ -161,7 +163,7 @@ class IntakeService:
     ) -> StoreOutcome:
         study_id, stored_sha, relative_path = existing
         if stored_sha == sha256:
-            if not self._archive.path(relative_path).exists():
+            if not self._archive.exists(relative_path):
                 # The row outlived its file (restored database, deleted file): the identical
                 # copy just received puts it back.
                 self._archive.place(temp_path, relative_path, replace=False)
