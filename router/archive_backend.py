@@ -14,6 +14,7 @@ from typing import BinaryIO, Protocol
 from router.archive import Archive, StoredFile
 from router.config import Settings
 from router.domain.enums import ArchiveBackendKind
+from router.keyring import KeyRing
 
 
 class ArchiveBackend(Protocol):
@@ -43,13 +44,36 @@ class ArchiveBackend(Protocol):
     def files_modified_since(self, since_epoch: float) -> list[str]: ...
 
 
-def open_archive(settings: Settings) -> Archive:
-    """The archive backend ``[archive] backend`` names, rooted at ``paths.archive``.
+def open_keyring(settings: Settings) -> KeyRing | None:
+    """The key ring ``[encryption]`` describes, or ``None`` when encryption is off.
+
+    Raises
+    ------
+    KeyRingError
+        If a listed key is missing or malformed.
+    """
+    encryption = settings.encryption
+    if not encryption.enabled:
+        return None
+    assert encryption.active_key is not None  # checked when the settings were loaded
+    return KeyRing.load(encryption.keys, encryption.active_key, settings.key_dir)
+
+
+def open_archive(settings: Settings, keyring: KeyRing | None = None) -> ArchiveBackend:
+    """The archive backend ``[archive] backend`` names, rooted at ``paths.archive``, encrypting
+    with ``keyring`` when one is given.
 
     With ``s3`` the local folder holds only this node's temporary files.
     """
+    backend: ArchiveBackend
     if settings.archive.backend == ArchiveBackendKind.S3:
         from router.archive_s3 import S3Archive
 
-        return S3Archive(settings.paths.archive, settings.archive)
-    return Archive(settings.paths.archive)
+        backend = S3Archive(settings.paths.archive, settings.archive)
+    else:
+        backend = Archive(settings.paths.archive)
+    if keyring is None:
+        return backend
+    from router.archive_crypto import EncryptedArchive
+
+    return EncryptedArchive(backend, keyring)

@@ -412,6 +412,11 @@ class EncryptedArchive:
         temp = self.incoming / f"{os.getpid()}-{os.urandom(8).hex()}.rewrap"
         try:
             with contextlib.closing(self.inner.open_read(relative_path)) as source:
+                start = _read_exact(source, len(MAGIC))
+            if start != MAGIC:
+                self._seal_plain(relative_path, temp)
+                return True
+            with contextlib.closing(self.inner.open_read(relative_path)) as source:
                 header = read_header(source)
                 if header.key_id == active:
                     return False
@@ -428,3 +433,19 @@ class EncryptedArchive:
             _remove_quietly(temp)
             raise ArchiveError(f"cannot re-wrap {relative_path.rsplit('/', 1)[-1]}: {exc.strerror}") from exc
         return True
+
+    def _seal_plain(self, relative_path: str, temp: Path) -> None:
+        """Encrypt a file stored in plain text before encryption was turned on.
+
+        Raises
+        ------
+        KeyRingError
+            If it is not a Part 10 file either (never encrypt unknown bytes as if they were).
+        """
+        with contextlib.closing(self.inner.open_read(relative_path)) as source:
+            preamble = _read_exact(source, 132)
+            if preamble[128:132] != b"DICM":
+                raise KeyRingError("neither an encrypted archive file nor a Part 10 file")
+            with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as target:
+                encrypt_stream(self.keyring, _Prepended(preamble, source), target)  # type: ignore[arg-type]
+        self.inner.place(temp, relative_path, replace=True)

@@ -5,8 +5,10 @@ differing copy is quarantined; S3 down answers 0xA700 and the sender's retry suc
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from sqlalchemy import select
 
 from router.config import Settings
 from router.db.models import Instance, InstanceConflict
+from router.keyring import env_name
 from router.server import RouterServer
 from router.services.recovery import RecoveryService
 from tests.conftest import make_settings, running_router
@@ -163,3 +166,23 @@ def test_recovery_on_s3_reports_rows_without_objects_and_lists_no_bucket(
         assert report.files_checked == 0
         assert report.missing_files == [str(ds.SOPInstanceUID)]
         recovery.finish_run(run_id)
+
+
+def test_encrypted_objects_in_s3_are_forwarded_as_the_original_bytes(
+    tmp_path: Path, sqlite_url: str, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(env_name("k1"), base64.b64encode(os.urandom(32)).decode())
+    settings = s3_settings(tmp_path, sqlite_url, s3).replace("encryption", enabled=True, keys=("k1",), active_key="k1")
+    reader = RecordingScp()
+    try:
+        with running_router(settings) as server:
+            _add_reader(server, reader.destination)
+            ds = make_dataset(PatientName="Quixotebottom^Marguerite")
+            path = write_part10(ds, tmp_path / "one.dcm")
+            assert send_paths(server.ports[0], [path], calling_ae="CT_NORTH") == [0x0000]
+            (stored,) = s3.objects().values()
+            assert stored.startswith(b"RTRENC") and b"Quixotebottom" not in stored
+            wait_for(lambda: len(reader.received) == 1)
+            assert reader.received == {str(ds.SOPInstanceUID): dataset_bytes(path)}
+    finally:
+        reader.stop()
