@@ -153,6 +153,7 @@ class DecryptingReader(io.RawIOBase):
         self._cipher = AESGCM(_unwrap(keyring, self._header))
         self._counter = 0
         self._buffer = b""
+        self._pushback = b""  # bytes read ahead of the next chunk
         self._done = False
 
     def readable(self) -> bool:
@@ -167,10 +168,10 @@ class DecryptingReader(io.RawIOBase):
         return count
 
     def _next_chunk(self) -> None:
-        sealed = _read_exact(self._source, self._header.chunk_size + TAG)
+        sealed = self._read(self._header.chunk_size + TAG)
         if len(sealed) < TAG:
             raise KeyRingError("encrypted archive file is truncated")
-        last = len(sealed) < self._header.chunk_size + TAG or not self._peek_more()
+        last = len(sealed) < self._header.chunk_size + TAG or not self._more()
         try:
             self._buffer = self._cipher.decrypt(
                 _nonce(self._header.nonce_prefix, self._counter, last), sealed, self._header.aad
@@ -180,17 +181,16 @@ class DecryptingReader(io.RawIOBase):
         self._counter += 1
         self._done = last
 
-    def _peek_more(self) -> bool:
-        """Whether more bytes follow (a full-size chunk may or may not be the last)."""
-        position = self._source.tell() if self._source.seekable() else None
-        if position is not None:
-            more = bool(self._source.read(1))
-            self._source.seek(position)
-            return more
-        extra = self._source.read(1)
-        if extra:
-            self._source = cast(BinaryIO, _Prepended(extra, self._source))
-        return bool(extra)
+    def _read(self, size: int) -> bytes:
+        head, self._pushback = self._pushback[:size], self._pushback[size:]
+        return head + _read_exact(self._source, size - len(head))
+
+    def _more(self) -> bool:
+        """Whether more bytes follow (a full-size chunk may or may not be the last); a byte
+        read to find out is kept for the next chunk (S3 response bodies cannot seek)."""
+        if not self._pushback:
+            self._pushback = self._source.read(1)
+        return bool(self._pushback)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -447,5 +447,5 @@ class EncryptedArchive:
             if preamble[128:132] != b"DICM":
                 raise KeyRingError("neither an encrypted archive file nor a Part 10 file")
             with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as target:
-                encrypt_stream(self.keyring, _Prepended(preamble, source), target)  # type: ignore[arg-type]
+                encrypt_stream(self.keyring, cast(BinaryIO, _Prepended(preamble, source)), target)
         self.inner.place(temp, relative_path, replace=True)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from router.archive import Archive
-from router.archive_crypto import CHUNK, EncryptedArchive, read_header
+from router.archive_crypto import CHUNK, DecryptingReader, EncryptedArchive, encrypt_stream, read_header
 from router.cli import cli
 from router.config import Settings
 from router.db.models import Study
@@ -252,3 +252,45 @@ def test_missing_key_stops_start_up_with_one_line(tmp_path: Path) -> None:
 def _status(server) -> StudyStatus | None:  # type: ignore[no-untyped-def]
     with server.app.sessions() as session:
         return session.scalars(select(Study.status)).first()
+
+
+class _NoSeek(io.RawIOBase):
+    """A stream that cannot seek and returns short reads (like an S3 response body)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:  # type: ignore[no-untyped-def]
+        data = self._data.read(min(len(target), 70_000))
+        target[: len(data)] = data
+        return len(data)
+
+
+def test_non_seekable_source_of_many_chunks_decrypts(tmp_path: Path) -> None:
+    keyring = KeyRing({"k1": _key()}, "k1")
+    data = os.urandom(5 * CHUNK + 3)
+    sealed = io.BytesIO()
+    encrypt_stream(keyring, io.BytesIO(data), sealed)
+    with io.BufferedReader(DecryptingReader(keyring, _NoSeek(sealed.getvalue()))) as stream:  # type: ignore[arg-type]
+        assert stream.read() == data
+    truncated = sealed.getvalue()[: -(CHUNK // 2)]
+    with pytest.raises(KeyRingError), io.BufferedReader(DecryptingReader(keyring, _NoSeek(truncated))) as stream:  # type: ignore[arg-type]
+        stream.read()
+
+
+def test_rewrap_encrypts_a_file_stored_before_encryption_was_on(tmp_path: Path) -> None:
+    plain = Archive(tmp_path / "archive")
+    plain.prepare()
+    source = write_part10(make_dataset(PatientName=NAME), tmp_path / "src.dcm")
+    plain.place(plain.write_temp(source.read_bytes()), "1.2/3.4/5.6.dcm")
+    archive = _archive(tmp_path, KeyRing({"k1": _key()}, "k1"))
+    assert archive.rewrap("1.2/3.4/5.6.dcm") is True
+    raw = (archive.root / "1.2/3.4/5.6.dcm").read_bytes()
+    assert raw.startswith(b"RTRENC") and b"Quixotebottom" not in raw
+    with archive.open_read("1.2/3.4/5.6.dcm") as stream:
+        assert stream.read() == source.read_bytes()
+    assert archive.rewrap("1.2/3.4/5.6.dcm") is False  # current: nothing to do
