@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import io
 import os
 import stat
@@ -294,3 +295,34 @@ def test_rewrap_encrypts_a_file_stored_before_encryption_was_on(tmp_path: Path) 
     with archive.open_read("1.2/3.4/5.6.dcm") as stream:
         assert stream.read() == source.read_bytes()
     assert archive.rewrap("1.2/3.4/5.6.dcm") is False  # current: nothing to do
+
+
+def test_recovery_adopts_an_encrypted_orphan_and_sets_aside_a_misplaced_one(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from router.app import RouterApp
+    from router.db.models import Instance
+    from router.dicom.extract import read_header as read_instance_header
+    from router.services.recovery import RecoveryService
+
+    monkeypatch.setenv(env_name("k1"), base64.b64encode(_key()).decode())
+    settings = _encrypted_settings(tmp_path, sqlite_url, ("k1",), "k1")
+    with RouterApp.open(settings, upgrade=True) as app:
+        app.archive.prepare()
+        recovery = RecoveryService(app.sessions, app.archive, app.intake, read_instance_header, app.clock)
+        recovery.start_run()  # never finished: the node crashed
+        good, stray = make_dataset(), make_dataset()
+        good_path = f"{good.StudyInstanceUID}/{good.SeriesInstanceUID}/{good.SOPInstanceUID}.dcm"
+        for ds, relative in ((good, good_path), (stray, f"{stray.StudyInstanceUID}/1.2.3/4.5.6.dcm")):
+            source = write_part10(ds, tmp_path / "src" / f"{ds.SOPInstanceUID}.dcm")
+            app.archive.place(app.archive.write_temp(source.read_bytes()), relative)
+        report = recovery.reconcile()
+        assert report.indexed == [good_path]
+        assert report.quarantined == [f".quarantine/orphans/{stray.StudyInstanceUID}_1.2.3_4.5.6.dcm"]
+        with app.sessions() as session:
+            row = session.scalars(select(Instance)).one()
+        source = tmp_path / "src" / f"{good.SOPInstanceUID}.dcm"
+        source_bytes = source.read_bytes()
+        assert row.dataset_sha256 == hashlib.sha256(dataset_bytes(source)).hexdigest()
+        with app.archive.open_read(good_path) as stream:
+            assert stream.read() == source_bytes
