@@ -7,8 +7,10 @@ Keys keep the folder layout: ``<prefix><Study>/<Series>/<SOP Instance>.dcm`` and
 Durability (DESIGN.md decision 1, "ack only after durable"): an instance is received into a
 temporary file in this node's local ``<archive_dir>/.incoming`` folder and fsynced there; the
 upload is one PUT carrying its Content-MD5, which the server checks before it stores anything
-(a differing body is refused with ``BadDigest``; Amazon S3 API reference, PutObject), and an S3
-PUT is durable once it returns 200. Only then is the instance's row committed and Success sent.
+(a differing body is refused with ``BadDigest``; Amazon S3 API reference, PutObject), and the
+returned ETag, the MD5 of what was stored for a single-part PUT, is compared with it too (some
+S3-compatible servers, moto among them, do not check Content-MD5). An S3 PUT is durable once it
+returns 200. Only then is the instance's row committed and Success sent.
 Any S3 failure raises :class:`~router.errors.ArchiveError` (C-STORE 0xA700: the sender retries).
 
 One PUT holds at most 5 GiB (the S3 single-PUT limit); DICOM instances above that are refused
@@ -23,6 +25,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,7 +122,7 @@ class S3Archive(Archive):
             if not replace and self.exists(relative_path):
                 raise FileExistsError(errno.EEXIST, "exists", relative_path)
             with open(temp, "rb") as body:
-                self._client.put_object(
+                response = self._client.put_object(
                     Bucket=self.bucket,
                     Key=self._key(relative_path),
                     Body=body,
@@ -127,6 +130,11 @@ class S3Archive(Archive):
                     ContentMD5=base64.b64encode(md5.digest()).decode("ascii"),
                     ContentType="application/dicom",
                 )
+            # Servers that do not check Content-MD5 still report the MD5 of what they stored as
+            # the ETag of a single-part PUT (not under SSE-KMS, where it is opaque).
+            etag = str(response.get("ETag", "")).strip('"')
+            if re.fullmatch(r"[0-9a-f]{32}", etag) and etag != md5.hexdigest():
+                raise ArchiveError(f"cannot store {name}: the stored object's MD5 differs from the file's")
         except FileExistsError:
             raise
         except ArchiveError:

@@ -186,3 +186,26 @@ def test_encrypted_objects_in_s3_are_forwarded_as_the_original_bytes(
             assert reader.received == {str(ds.SOPInstanceUID): dataset_bytes(path)}
     finally:
         reader.stop()
+
+
+def test_bytes_changed_on_the_way_to_s3_answer_a700(tmp_path: Path, sqlite_url: str, s3: S3Server) -> None:
+    """The stored object's MD5 (its ETag) must match the file's: moto, like some S3-compatible
+    servers, does not check Content-MD5 itself. The body is altered after signing, in botocore's
+    own send hook."""
+    with running_router(s3_settings(tmp_path, sqlite_url, s3).replace("forwarding", enabled=False)) as server:
+        archive = server.app.archive
+
+        def corrupt(request, **_kwargs):  # type: ignore[no-untyped-def]
+            if request.method == "PUT" and request.body is not None:
+                data = request.body.read() if hasattr(request.body, "read") else bytes(request.body)
+                request.body = bytes([data[0] ^ 0xFF]) + data[1:]
+
+        archive._client.meta.events.register("before-send.s3.PutObject", corrupt)
+        path = write_part10(make_dataset(), tmp_path / "one.dcm")
+        assert send_paths(server.ports[0], [path]) == [0xA700]
+        with server.app.sessions() as session:
+            assert session.scalars(select(Instance)).all() == []
+        archive._client.meta.events.unregister("before-send.s3.PutObject", corrupt)
+        assert send_paths(server.ports[0], [path]) == [0x0000]  # the sender's retry
+        (stored,) = s3.objects().values()
+        assert stored.endswith(dataset_bytes(path))
