@@ -180,4 +180,12 @@ class RecoveryService:
             rows = session.execute(
                 select(Instance.sop_instance_uid, Instance.relative_path).where(Instance.received_at >= since)
             ).all()
-        return [uid for uid, relative in rows if not self._archive.exists(relative)]
+        missing = []
+        for uid, relative in rows:
+            try:
+                if not self._archive.exists(relative):
+                    missing.append(uid)
+            except ArchiveError as exc:  # object storage unreachable: start anyway, intake answers 0xA700
+                LOG.warning("could not check archive files after an unclean shutdown: %s", exc)
+                break
+        return missing
