@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.archive import Archive
+from router.archive_backend import ArchiveBackend, open_archive, open_keyring
 from router.config import Settings
 from router.db import migrate
 from router.db.engine import check_connection, make_engine, make_session_factory
 from router.dicom.sr import read_sr_facts
 from router.errors import RouterError
+from router.keyring import KeyRing
 from router.services.intake import IntakeService
 from router.services.ledgers import LedgerService
 from router.services.reads import ReadService
@@ -31,7 +32,7 @@ class DatabaseNotReady(RouterError):
     """The database schema is missing or older than the code (run ``router db upgrade``)."""
 
 
-def routing_policy(settings: Settings) -> RoutingPolicy:
+def routing_policy(settings: Settings, keyring: KeyRing | None = None) -> RoutingPolicy:
     """The routing policy the settings describe."""
     return RoutingPolicy(
         stable_seconds=settings.routing.stable_seconds,
@@ -42,6 +43,7 @@ def routing_policy(settings: Settings) -> RoutingPolicy:
         suspension_hold_days=settings.imlc.suspension_hold_days,
         storage_cents_per_gib=settings.billing.storage_cents_per_gib,
         forwarding_enabled=settings.forwarding.enabled,
+        keyring=keyring,
     )
 
 
@@ -52,7 +54,7 @@ class RouterApp:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    archive: Archive
+    archive: ArchiveBackend
     reference: ReferenceData
     intake: IntakeService
     routing: RoutingService
@@ -60,6 +62,7 @@ class RouterApp:
     ledgers: LedgerService
     roster: RosterService
     clock: Clock = field(default=utcnow)
+    keyring: KeyRing | None = None  # encryption at rest; None when off
 
     @classmethod
     def open(cls, settings: Settings, *, clock: Clock = utcnow, upgrade: bool = False) -> RouterApp:
@@ -79,6 +82,7 @@ class RouterApp:
         DatabaseNotReady
             If the schema is not at the newest revision and ``upgrade`` is false.
         """
+        keyring = open_keyring(settings)
         engine = make_engine(
             settings.database_url,
             busy_timeout=settings.database.busy_timeout,
@@ -95,11 +99,11 @@ class RouterApp:
             engine.dispose()
             raise
         sessions = make_session_factory(engine)
-        archive = Archive(settings.paths.archive)
+        archive = open_archive(settings, keyring)
         reference = ReferenceData(settings.imlc.membership_file, settings.billing.cpt_map)
-        routing = RoutingService(sessions, reference, routing_policy(settings), clock)
+        routing = RoutingService(sessions, reference, routing_policy(settings, keyring), clock)
         reads = ReadService(sessions, reference, routing, clock)
-        intake = IntakeService(sessions, archive, clock)
+        intake = IntakeService(sessions, archive, clock, keyring)
         intake.report_hook = SrReportIntake(sessions, archive, ReportService(reads, routing), read_sr_facts, clock)
         return cls(
             settings=settings,
@@ -113,6 +117,7 @@ class RouterApp:
             ledgers=LedgerService(sessions),
             roster=RosterService(sessions, routing, clock),
             clock=clock,
+            keyring=keyring,
         )
 
     def close(self) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from router.domain.enums import ArchiveBackendKind
 from router.domain.jurisdictions import normalize_jurisdiction
 from router.errors import ConfigError
 from router.resources import PACKAGED_CONFIG_DIR
@@ -128,6 +130,37 @@ class PathSettings:
 
 
 @dataclass(frozen=True)
+class ArchiveSettings:
+    """Archive backend (``[archive]``): the folder under ``paths.archive_dir``, or S3-compatible storage.
+
+    With ``s3`` the local archive folder keeps only this node's ``.incoming`` temporary files;
+    credentials not given here come from the standard AWS chain (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, profiles, instance roles).
+    """
+
+    backend: str = "folder"  # ArchiveBackendKind
+    endpoint_url: str | None = None  # None: AWS itself; e.g. "http://minio.internal:9000"
+    bucket: str | None = None  # required with backend = "s3"
+    prefix: str = ""  # key prefix inside the bucket, e.g. "router/"
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    connect_timeout: float = 5.0  # seconds
+    read_timeout: float = 60.0  # seconds
+
+
+@dataclass(frozen=True)
+class EncryptionSettings:
+    """Encryption at rest (``[encryption]``): archive files and the patient's location text in
+    the database, AES-256-GCM under key-encryption keys listed by id (see router/keyring.py)."""
+
+    enabled: bool = False
+    keys: tuple[str, ...] = ()  # key ids loaded at start, e.g. ("2026-01", "2026-07")
+    active_key: str | None = None  # id new data keys are wrapped with; must be in keys
+    key_dir: Path | None = None  # None: <data_dir>/keys; files <id>.key (or ROUTER_KEK_<ID>)
+
+
+@dataclass(frozen=True)
 class DatabaseSettings:
     """The index database."""
 
@@ -225,6 +258,8 @@ class Settings:
 
     listener: ListenerSettings = field(default_factory=ListenerSettings)
     paths: PathSettings = field(default_factory=PathSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    encryption: EncryptionSettings = field(default_factory=EncryptionSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     billing: BillingSettings = field(default_factory=BillingSettings)
@@ -241,6 +276,12 @@ class Settings:
         if self.database.url:
             return self.database.url
         return f"sqlite:///{(self.paths.data_dir / 'router.db').resolve()}"
+
+    @property
+    def key_dir(self) -> Path:
+        """Folder of key-encryption key files: ``encryption.key_dir`` or ``<data_dir>/keys``."""
+        key_dir = self.encryption.key_dir
+        return key_dir if key_dir is not None else self.paths.data_dir / "keys"
 
     def with_data_dir(self, data_dir: Path) -> Settings:
         """A copy whose data directory (and so default database and archive) is ``data_dir``."""
@@ -296,6 +337,8 @@ _SECTION_TYPES: dict[str, type] = {
     "listener": ListenerSettings,
     "listener.tls": TlsSettings,
     "paths": PathSettings,
+    "archive": ArchiveSettings,
+    "encryption": EncryptionSettings,
     "database": DatabaseSettings,
     "routing": RoutingSettings,
     "billing": BillingSettings,
@@ -360,6 +403,7 @@ def _coerce(key: str, default: Any, value: Any, base_dir: Path) -> Any:
 
 _OPTIONAL_PATHS = {
     "paths.archive_dir",
+    "encryption.key_dir",
     "listener.tls.cert_file",
     "listener.tls.key_file",
     "listener.tls.ca_file",
@@ -370,7 +414,17 @@ _OPTIONAL_PATHS = {
     "hl7.key_file",
     "hl7.ca_file",
 }
-_OPTIONAL_STRINGS = {"database.url", "forwarding.calling_ae_title", "listener.tls.host"}
+_OPTIONAL_STRINGS = {
+    "database.url",
+    "forwarding.calling_ae_title",
+    "listener.tls.host",
+    "archive.endpoint_url",
+    "archive.bucket",
+    "archive.region",
+    "archive.access_key_id",
+    "archive.secret_access_key",
+    "encryption.active_key",
+}
 
 
 def _check_port(key: str, port: int, allow_zero: bool = True) -> None:
@@ -395,6 +449,33 @@ def _check_positive(
 
 def _check_seconds(key: str, value: float, allow_zero: bool = False) -> None:
     _check_positive(key, value, allow_zero, maximum=_MAX_SECONDS, unit=" seconds (a year)")
+
+
+def _validate_archive(archive: ArchiveSettings) -> None:
+    kinds = [kind.value for kind in ArchiveBackendKind]
+    if archive.backend not in kinds:
+        raise ConfigError("archive.backend", f"must be one of {', '.join(kinds)}, got {archive.backend!r}")
+    if archive.backend == ArchiveBackendKind.S3 and not archive.bucket:
+        raise ConfigError("archive.bucket", "is required when backend is s3")
+    if (archive.access_key_id is None) != (archive.secret_access_key is None):
+        raise ConfigError("archive.secret_access_key", "access_key_id and secret_access_key go together")
+    if archive.endpoint_url is not None and not archive.endpoint_url.startswith(("http://", "https://")):
+        raise ConfigError("archive.endpoint_url", "must start with http:// or https://")
+    if archive.prefix.startswith("/") or "\\" in archive.prefix:
+        raise ConfigError("archive.prefix", "must not start with / or contain a backslash")
+    _check_seconds("archive.connect_timeout", archive.connect_timeout)
+    _check_seconds("archive.read_timeout", archive.read_timeout)
+
+
+def _validate_encryption(encryption: EncryptionSettings) -> None:
+    for index, key_id in enumerate(encryption.keys):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", key_id):
+            raise ConfigError(f"encryption.keys[{index}]", f"{key_id!r} is not a key id (letters, digits, _ . -)")
+    if encryption.enabled:
+        if not encryption.keys:
+            raise ConfigError("encryption.keys", "list at least one key id when encryption is enabled")
+        if encryption.active_key not in encryption.keys:
+            raise ConfigError("encryption.active_key", "must be one of encryption.keys")
 
 
 def _validate(settings: Settings) -> Settings:
@@ -457,6 +538,8 @@ def _validate(settings: Settings) -> Settings:
     _check_seconds("listener.idle_eviction_seconds", listener.idle_eviction_seconds, allow_zero=True)
     _check_seconds("database.busy_timeout", settings.database.busy_timeout)
     _check_seconds("database.statement_timeout", settings.database.statement_timeout, allow_zero=True)
+    _validate_archive(settings.archive)
+    _validate_encryption(settings.encryption)
     billing = settings.billing
     _check_positive(
         "billing.storage_cents_per_gib", billing.storage_cents_per_gib, allow_zero=True, maximum=10**9, unit=" cents"

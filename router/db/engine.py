@@ -7,6 +7,7 @@ wait for the write lock instead of failing at once. PostgreSQL is used as is.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -181,6 +182,14 @@ def _sqlite_file(url: URL, path: Path, create: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DatabaseUnavailable(f"cannot create the folder of {url.database}: {exc.strerror}") from exc
+    # router.db holds PHI-bearing text: owner-only whatever the umask. SQLite gives its -wal and
+    # -shm files the database file's mode.
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError as exc:
+        raise DatabaseUnavailable(f"cannot create {url.database}: {exc.strerror}") from exc
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

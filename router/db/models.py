@@ -268,9 +268,9 @@ class Study(Base):
     procedure_codes: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True))
     institution_name: Mapped[str | None] = mapped_column(String(128))
     institution_address: Mapped[str | None] = mapped_column(Text)
-    patient_address: Mapped[str | None] = mapped_column(Text)
-    region_of_residence: Mapped[str | None] = mapped_column(String(128))
-    country_of_residence: Mapped[str | None] = mapped_column(String(128))
+    patient_address: Mapped[str | None] = mapped_column(Text)  # encrypted when encryption is on
+    region_of_residence: Mapped[str | None] = mapped_column(Text)  # encrypted when encryption is on
+    country_of_residence: Mapped[str | None] = mapped_column(Text)  # encrypted when encryption is on
     first_calling_ae_title: Mapped[str | None] = mapped_column(String(AE_LENGTH))
     facility_id: Mapped[int | None] = mapped_column(ForeignKey("facilities.id", ondelete="SET NULL"))
     exam_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))

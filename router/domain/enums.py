@@ -159,3 +159,10 @@ class ReportSource(StrEnum):
 
     HL7 = "hl7"  # ORU^R01 over MLLP
     DICOM_SR = "dicom_sr"  # Basic/Enhanced/Comprehensive SR by C-STORE
+
+
+class ArchiveBackendKind(StrEnum):
+    """Where archive files are kept (``[archive] backend``)."""
+
+    FOLDER = "folder"  # a POSIX folder: temp file, fsync, rename, folder fsync
+    S3 = "s3"  # an S3-compatible object store: PUT with Content-MD5 after a local fsync

@@ -39,6 +39,7 @@ from router.domain.enums import ExamStateSource, HoldReason, StudyStatus
 from router.domain.licensure import Verdict, evaluate_reader
 from router.domain.location import ExamLocation, LocationEvidence, resolve_exam_state
 from router.errors import DataFileError, IneligibleError, ValidationError
+from router.keyring import KeyRing
 from router.services.audit_log import ChangeContext, record_audit
 from router.services.candidates import judge
 from router.services.facts import load_readers, study_facts, unlicensed_npis
@@ -62,6 +63,17 @@ class RoutingPolicy:
     suspension_hold_days: int = 90
     storage_cents_per_gib: int = 10
     forwarding_enabled: bool = True
+    keyring: KeyRing | None = None  # decrypts the patient's location text (encryption at rest)
+
+    def plain(self, value: str | None, column: str) -> str | None:
+        """A study's ``column`` value as text: decrypted when it was stored encrypted.
+
+        Raises
+        ------
+        KeyRingError
+            If it was encrypted with a key not in the key ring, or was altered.
+        """
+        return value if self.keyring is None else self.keyring.decrypt_value(value, column)
 
 
 @dataclass(frozen=True)
@@ -208,9 +220,9 @@ class RoutingService:
             facility_state=facility.state if facility is not None else None,
             facility_label=_facility_label(facility),
             institution_address=study.institution_address,
-            region_of_residence=study.region_of_residence,
-            patient_address=study.patient_address,
-            country_of_residence=study.country_of_residence,
+            region_of_residence=self.policy.plain(study.region_of_residence, "region_of_residence"),
+            patient_address=self.policy.plain(study.patient_address, "patient_address"),
+            country_of_residence=self.policy.plain(study.country_of_residence, "country_of_residence"),
         )
         location = resolve_exam_state(evidence, use_patient_address=self.policy.use_patient_address)
         study.exam_state = location.state

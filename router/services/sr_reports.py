@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.archive import Archive
+from router.archive_backend import ArchiveBackend
 from router.db.models import Report, Study
 from router.domain.enums import ReportSource, StudyStatus
 from router.domain.instance import InstanceHeader
@@ -39,7 +39,7 @@ class SrReportIntake:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        archive: Archive,
+        archive: ArchiveBackend,
         reports: ReportService,
         read_facts: SrReader,
         clock: Clock = utcnow,

@@ -206,9 +206,9 @@ class StudyViews:
                 facility_state=facility.state if facility else None,
                 facility_label=facility.ae_title if facility else None,
                 institution_address=study.institution_address,
-                region_of_residence=study.region_of_residence,
-                patient_address=study.patient_address,
-                country_of_residence=study.country_of_residence,
+                region_of_residence=self.routing.policy.plain(study.region_of_residence, "region_of_residence"),
+                patient_address=self.routing.policy.plain(study.patient_address, "patient_address"),
+                country_of_residence=self.routing.policy.plain(study.country_of_residence, "country_of_residence"),
             )
             location = resolve_exam_state(evidence, use_patient_address=self.routing.policy.use_patient_address)
             now = self.routing.now()
