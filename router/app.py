@@ -34,6 +34,8 @@ def routing_policy(settings: Settings) -> RoutingPolicy:
         stable_seconds=settings.routing.stable_seconds,
         timezone=settings.routing.timezone,
         use_patient_address=settings.routing.use_patient_address,
+        stat_stable_seconds=settings.routing.stat_stable_seconds,
+        require_shift=settings.routing.require_shift,
         require_reading_state_license=settings.routing.require_reading_state_license,
         telehealth_registration_states=frozenset(s.upper() for s in settings.licensure.telehealth_registration_states),
         suspension_hold_days=settings.imlc.suspension_hold_days,

@@ -114,7 +114,10 @@ class RoutingSettings:
     poll_interval: float = 1.0  # seconds between checks of the routing timer
     recheck_interval: float = 300.0  # seconds between re-checks of open assignments and held studies
     timezone: str = "UTC"  # IANA name; "today" where no facility time zone is known
-    use_patient_address: bool = True  # fall back to the patient's residence tags
+    # fall back to the patient's residence tags: provisional (off by default; issue 13 review)
+    use_patient_address: bool = False
+    stat_stable_seconds: float = 5.0  # quiet time for a STAT study (skips most of stable_seconds)
+    require_shift: bool = False  # a reader with no shifts defined is off duty (else always on duty)
     require_reading_state_license: bool = False  # reader also licensed where they read from
 
 
@@ -371,6 +374,7 @@ def _validate(settings: Settings) -> Settings:
             raise ConfigError(key, f"{path} is not a file")
     routing = settings.routing
     _check_seconds("routing.stable_seconds", routing.stable_seconds, allow_zero=True)
+    _check_seconds("routing.stat_stable_seconds", routing.stat_stable_seconds, allow_zero=True)
     _check_seconds("routing.poll_interval", routing.poll_interval)
     _check_seconds("routing.recheck_interval", routing.recheck_interval)
     try:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    Time,
     TypeDecorator,
     UniqueConstraint,
     text,
@@ -36,6 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from router.domain.enums import (
     CptSource,
     ExamStateSource,
+    FacilityReaderRule,
     FederalFacility,
     HoldReason,
     InfrastructureKind,
@@ -164,6 +166,33 @@ class Radiologist(Base):
         back_populates="radiologist", cascade="all, delete-orphan", order_by="License.state"
     )
     privileges: Mapped[list[Privilege]] = relationship(back_populates="radiologist", cascade="all, delete-orphan")
+
+
+class ReaderShift(Base):
+    """A weekly shift of a reader in the reader's own IANA time zone (see router.domain.shifts)."""
+
+    __tablename__ = "reader_shifts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    radiologist_id: Mapped[int] = mapped_column(ForeignKey("radiologists.id", ondelete="CASCADE"), index=True)
+    weekdays: Mapped[str] = mapped_column(String(32))  # e.g. "mon,tue,wed,thu,fri"
+    start_time: Mapped[dt.time] = mapped_column(Time)  # local wall clock
+    end_time: Mapped[dt.time] = mapped_column(Time)  # <= start_time: ends the next day
+    timezone: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+
+
+class FacilityReader(Base):
+    """A facility's preference for, or exclusion of, one reader (one rule per pair)."""
+
+    __tablename__ = "facility_readers"
+    __table_args__ = (UniqueConstraint("facility_id", "radiologist_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"))
+    radiologist_id: Mapped[int] = mapped_column(ForeignKey("radiologists.id", ondelete="CASCADE"))
+    rule: Mapped[FacilityReaderRule] = mapped_column(_enum(FacilityReaderRule, "facility_reader_rule"))
+    created_at: Mapped[dt.datetime]
 
 
 class License(Base):

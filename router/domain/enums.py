@@ -31,6 +31,8 @@ class HoldReason(StrEnum):
 
     NO_EXAM_STATE = "no_exam_state"
     NO_ELIGIBLE_RADIOLOGIST = "no_eligible_radiologist"
+    NO_READER_ON_SHIFT = "no_reader_on_shift"  # licensed readers exist, none on shift (or all at their cap)
+    FACILITY_ADDRESS_CONFLICT = "facility_address_conflict"  # facility state != InstitutionAddress state
 
 
 class ExamStateSource(StrEnum):
@@ -121,3 +123,10 @@ class Priority(StrEnum):
     STAT = "stat"
     ASAP = "asap"
     ROUTINE = "routine"
+
+
+class FacilityReaderRule(StrEnum):
+    """A facility's standing instruction about one reader."""
+
+    PREFER = "prefer"  # wins ties against readers with the same workload
+    EXCLUDE = "exclude"  # never assigned studies from this facility

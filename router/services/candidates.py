@@ -39,6 +39,7 @@ from router.domain.eligibility_facts import (
 )
 from router.domain.enums import LicenseStatus
 from router.domain.licensure import Verdict, evaluate_reader, license_standing
+from router.services.assignment_gates import Gates
 from router.services.facts import license_facts, load_readers
 
 #: Readers evaluated in full per database round trip.
@@ -77,6 +78,7 @@ class Judgement:
     records: list[dict[str, Any]] = field(default_factory=list)  # JSON-ready: evaluated and settled readers
     not_evaluated: list[str] = field(default_factory=list)  # NPIs ranked after the chosen reader
     evaluated: list[ReaderFacts] = field(default_factory=list)
+    off_shift: list[str] = field(default_factory=list)  # NPIs eligible by licensure but off shift
 
 
 def ranked_readers(session: Session, state: str, day: dt.date) -> list[Ranked]:
@@ -157,18 +159,35 @@ def _settled_reason(item: Ranked, day: dt.date, rules: EligibilityRules) -> list
     return reasons
 
 
-def judge(session: Session, study: StudyFacts, day: dt.date, rules: EligibilityRules) -> Judgement:
+def judge(
+    session: Session, study: StudyFacts, day: dt.date, rules: EligibilityRules, gates: Gates | None = None
+) -> Judgement:
     """Find the reader the assignment policy chooses for ``study`` on ``day``, and why.
+
+    ``gates`` (shifts, facility preferences and exclusions) turn away readers licensure allows
+    and make a preferred reader win ties on workload.
 
     Returns a :class:`Judgement` whose ``chosen`` is ``None`` when nobody is eligible (every
     licensed reader has then been evaluated or settled).
     """
     ranked = ranked_readers(session, study.exam_state, day)
+    if gates is not None:
+        ranked.sort(
+            key=lambda item: (
+                item.open_assignments,
+                not gates.is_preferred(item.radiologist_id),
+                item.last_assigned_at or _NEVER,
+                item.npi,
+            )
+        )
     judgement = Judgement(chosen=None)
     pending: list[Ranked] = []
     settled: list[dict[str, Any]] = []
     for item in ranked:
         reasons = _settled_reason(item, day, rules)
+        excluded = gates.exclusion_reason(item.radiologist_id) if gates is not None else None
+        if excluded is not None:
+            reasons = [*(reasons or []), excluded]
         if reasons is None:
             pending.append(item)
         else:
@@ -184,7 +203,18 @@ def judge(session: Session, study: StudyFacts, day: dt.date, rules: EligibilityR
             reader = readers[item.radiologist_id]
             verdict = evaluate_reader(reader, study, day, rules)
             judgement.evaluated.append(reader)
-            judgement.records.append({**verdict.to_json(), "open_assignments": reader.open_assignments})
+            record = {**verdict.to_json(), "open_assignments": reader.open_assignments}
+            if gates is not None:
+                record["preferred"] = gates.is_preferred(item.radiologist_id)
+                off = gates.shift_reason(item.radiologist_id)
+                if off is not None:
+                    record["reasons"] = [*record.get("reasons", []), off]
+                    if verdict.eligible:
+                        record["eligible"] = False
+                        judgement.off_shift.append(item.npi)
+                    judgement.records.append(record)
+                    continue
+            judgement.records.append(record)
             if verdict.eligible:
                 # the first eligible in rank order is the policy's choice; the domain confirms it
                 judgement.chosen = choose_reader([verdict], {reader.radiologist_id: reader})

@@ -35,10 +35,12 @@ from router.db.queries import (
 )
 from router.domain.compact_paths import fastest_paths
 from router.domain.eligibility_facts import EligibilityRules, ReaderFacts
-from router.domain.enums import ExamStateSource, HoldReason, StudyStatus
+from router.domain.enums import ExamStateSource, HoldReason, Priority, StudyStatus
 from router.domain.licensure import Verdict, evaluate_reader
 from router.domain.location import ExamLocation, LocationEvidence, resolve_exam_state
+from router.domain.priority import RANK, study_priority
 from router.errors import DataFileError, IneligibleError, ValidationError
+from router.services.assignment_gates import load_gates
 from router.services.audit_log import ChangeContext, record_audit
 from router.services.candidates import judge
 from router.services.facts import load_readers, study_facts, unlicensed_npis
@@ -56,7 +58,9 @@ class RoutingPolicy:
 
     stable_seconds: float = 30.0
     timezone: str = "UTC"
-    use_patient_address: bool = True
+    use_patient_address: bool = False
+    stat_stable_seconds: float = 5.0
+    require_shift: bool = False
     require_reading_state_license: bool = False
     telehealth_registration_states: frozenset[str] = frozenset()
     suspension_hold_days: int = 90
@@ -121,14 +125,9 @@ class RoutingService:
         """
         now = self._clock()
         cutoff = now - dt.timedelta(seconds=self.policy.stable_seconds)
+        stat_cutoff = now - dt.timedelta(seconds=min(self.policy.stat_stable_seconds, self.policy.stable_seconds))
         with self._sessions() as session:
-            due = list(
-                session.scalars(
-                    select(Study.id)
-                    .where(Study.status == StudyStatus.RECEIVING, Study.last_received_at <= cutoff)
-                    .order_by(Study.last_received_at)
-                )
-            )
+            due = _due_by_priority(session, cutoff, stat_cutoff)
             late = list(
                 session.scalars(
                     select(Instance.study_id)
@@ -142,9 +141,9 @@ class RoutingService:
                 )
             )
         results: list[RouteResult] = []
-        for study_id in due:
+        for study_id, study_cutoff in due:
             try:
-                result = self._route_claimed(study_id, cutoff)
+                result = self._route_claimed(study_id, study_cutoff)
             except (DataFileError, DBAPIError):
                 raise  # not this study's fault: the pass fails and the timer logs the condition once
             except Exception:  # one bad study must not stop the loop (set aside, logged)
@@ -238,13 +237,27 @@ class RoutingService:
                 None,
                 note,
             )
+        conflict = facility_address_conflict(study, _location)
+        if conflict is not None:
+            return self._hold(
+                session, study, HoldReason.FACILITY_ADDRESS_CONFLICT, conflict, trigger, day, [], None, note
+            )
         state = study.exam_state
         facts = study_facts(study, state, facility)
         rules = self.rules()
-        judgement = judge(session, facts, day, rules)
+        gates = load_gates(session, facility, now, self.policy.require_shift)
+        judgement = judge(session, facts, day, rules, gates)
         chosen = judgement.chosen
         unlicensed = unlicensed_npis(session, state)
         candidates = judgement.records
+        if chosen is None and judgement.off_shift:
+            detail = (
+                f"{len(judgement.off_shift)} reader(s) may read in {state} but none is on shift at "
+                f"{now.isoformat(timespec='minutes')}; re-routed by the periodic recheck when a shift starts"
+            )
+            return self._hold(
+                session, study, HoldReason.NO_READER_ON_SHIFT, detail, trigger, day, candidates, None, note, unlicensed
+            )
         if chosen is None:
             everyone = load_readers(session)
             paths = [path.to_json() for path in fastest_paths(everyone, state, day, rules, study=facts)]
@@ -431,9 +444,14 @@ class RoutingService:
                 result = self._decide(session, study, trigger=trigger, note="assignment withdrawn: no exam state")
                 return dataclasses.replace(result, withdrawn_npi=previous_npi)
             verdict = self._verdict_for(session, study, facility, assignment.radiologist_id, self._clock())
+            reasons = list(verdict.reasons)
             if verdict.eligible:
-                return None
-            reason = "; ".join(verdict.reasons)
+                gates = load_gates(session, facility, self._clock(), self.policy.require_shift)
+                excluded = gates.exclusion_reason(assignment.radiologist_id)
+                if excluded is None:
+                    return None
+                reasons = [excluded]
+            reason = "; ".join(reasons)
             self._supersede(session, study, assignment, f"{trigger}: NPI {verdict.npi} no longer eligible: {reason}")
             result = self._decide(
                 session, study, trigger=trigger, note=f"reassigned: NPI {verdict.npi} no longer eligible ({reason})"
@@ -614,6 +632,49 @@ def study_modalities(session: Session, study_id: int) -> str | None:
             if item and item not in seen:
                 seen.append(item)
     return "\\".join(seen)[:64] or None
+
+
+def _due_by_priority(session: Session, cutoff: dt.datetime, stat_cutoff: dt.datetime) -> list[tuple[int, dt.datetime]]:
+    """Receiving studies due for routing with the cutoff each is claimed with, most urgent first.
+
+    A STAT study (router.domain.priority) is due once quiet for ``stat_stable_seconds``; the
+    others after ``stable_seconds``. Within a priority, the longest quiet goes first.
+    """
+    rows = session.execute(
+        select(Study.id, Study.priority, Study.last_received_at).where(
+            Study.status == StudyStatus.RECEIVING, Study.last_received_at <= stat_cutoff
+        )
+    ).all()
+    due = []
+    for study_id, priority_value, last in rows:
+        priority = study_priority(priority_value)
+        limit = stat_cutoff if priority is Priority.STAT else cutoff
+        if last <= limit:
+            due.append((RANK[priority], last, study_id, limit))
+    due.sort()
+    return [(study_id, limit) for _, _, study_id, limit in due]
+
+
+def facility_address_conflict(study: Study, location: ExamLocation | None) -> str | None:
+    """Why a registered facility's state cannot be trusted for this study, or ``None``.
+
+    When the facility gave the exam state but InstitutionAddress (0008,0081) names another
+    state, the sender may be a multi-state PACS gateway: the study is held for an admin, who
+    resolves it with ``router studies set-state`` (a manual state is never second-guessed).
+    """
+    if location is None or location.source is not ExamStateSource.FACILITY:
+        return None
+    for finding in location.findings:
+        if (
+            finding.source is ExamStateSource.INSTITUTION_ADDRESS
+            and finding.state is not None
+            and finding.state != location.state
+        ):
+            return (
+                f"facility registered in {location.state} but InstitutionAddress names {finding.state} "
+                "(a multi-state gateway?); set the exam state with `router studies set-state`"
+            )
+    return None
 
 
 def _current_assignment(session: Session, study_id: int) -> Assignment | None:

@@ -1,0 +1,78 @@
+"""Gates applied on top of licensure when choosing a reader: shifts and facility rules.
+
+Licensure decides who *may* read a study (router.domain.licensure); these gates decide who is
+*offered* it: a reader off shift (router.domain.shifts) or excluded by the sending facility is
+never assigned, and a reader the facility prefers wins ties on workload. Every gate that turns a
+reader away gives a reason kept in the routing decision.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from router.db.models import Facility, FacilityReader, ReaderShift
+from router.domain.enums import FacilityReaderRule
+from router.domain.shifts import Shift, on_shift, parse_weekdays
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Shift and facility gates for one routing decision at ``moment`` (UTC)."""
+
+    moment: dt.datetime
+    require_shift: bool = False
+    facility_label: str | None = None
+    preferred: frozenset[int] = frozenset()  # radiologist ids
+    excluded: frozenset[int] = frozenset()
+    shifts: dict[int, tuple[Shift, ...]] = field(default_factory=dict)
+
+    def exclusion_reason(self, radiologist_id: int) -> str | None:
+        """Why the facility turns this reader away, or ``None``."""
+        if radiologist_id in self.excluded:
+            return f"excluded by facility {self.facility_label}"
+        return None
+
+    def shift_reason(self, radiologist_id: int) -> str | None:
+        """Why this reader is not on duty at ``moment``, or ``None``."""
+        ok, reason = on_shift(self.shifts.get(radiologist_id, ()), self.moment, self.require_shift)
+        return None if ok else reason
+
+    def is_preferred(self, radiologist_id: int) -> bool:
+        """Whether the facility prefers this reader (wins ties on workload)."""
+        return radiologist_id in self.preferred
+
+
+def shift_facts(row: ReaderShift) -> Shift:
+    """The domain shift of a stored row."""
+    return Shift(
+        weekdays=parse_weekdays(row.weekdays),
+        start=row.start_time,
+        end=row.end_time,
+        timezone=row.timezone,
+    )
+
+
+def load_gates(session: Session, facility: Facility | None, moment: dt.datetime, require_shift: bool) -> Gates:
+    """Read every reader's shifts and the facility's rules (two small queries)."""
+    shifts: dict[int, list[Shift]] = {}
+    for row in session.scalars(select(ReaderShift).order_by(ReaderShift.id)):
+        shifts.setdefault(row.radiologist_id, []).append(shift_facts(row))
+    preferred: set[int] = set()
+    excluded: set[int] = set()
+    label = None
+    if facility is not None:
+        label = facility.ae_title
+        for rule in session.scalars(select(FacilityReader).where(FacilityReader.facility_id == facility.id)):
+            (preferred if rule.rule == FacilityReaderRule.PREFER else excluded).add(rule.radiologist_id)
+    return Gates(
+        moment=moment,
+        require_shift=require_shift,
+        facility_label=label,
+        preferred=frozenset(preferred),
+        excluded=frozenset(excluded),
+        shifts={key: tuple(value) for key, value in shifts.items()},
+    )
