@@ -42,7 +42,12 @@ def _roster(app: RouterApp, *npis: str) -> None:
 
 
 def _study(
-    app: RouterApp, uid: str, quiet_seconds: float, priority: str | None = None, institution_address: str | None = None
+    app: RouterApp,
+    uid: str,
+    quiet_seconds: float,
+    priority: str | None = None,
+    institution_address: str | None = None,
+    calling_ae: str = "CT_NORTH",
 ) -> None:
     received = app.clock() - dt.timedelta(seconds=quiet_seconds)
     with app.sessions.begin() as session:
@@ -50,7 +55,7 @@ def _study(
             Study(
                 study_instance_uid=uid,
                 status=StudyStatus.RECEIVING,
-                first_calling_ae_title="CT_NORTH",
+                first_calling_ae_title=calling_ae,
                 modalities="CT",
                 priority=priority,
                 institution_address=institution_address,
@@ -214,3 +219,17 @@ def test_shift_and_facility_rule_commands(app: RouterApp, tmp_path: Path) -> Non
     assert run("shifts", "remove", "1", "--yes")[0] == 0
     code, out = run("shifts", "list", "--json")
     assert code == 0 and out.strip() == "[]"
+
+
+def test_today_without_a_facility_is_the_exam_states_day_not_utc(app: RouterApp, clock: FakeClock) -> None:
+    app.roster.radiologists.add(NPI_A, "Reader^A", OS_USER)
+    app.roster.licenses.add(NPI_A, "HI", "HI-A", dt.date(2026, 11, 30), OS_USER, issued=dt.date(2020, 1, 1))
+    clock.set(dt.datetime(2026, 12, 1, 9, 59, tzinfo=dt.UTC))  # Dec 1 in UTC, 23:59 Nov 30 in Honolulu
+    _study(app, "1.2.3.70", quiet_seconds=120, institution_address="1 Kalakaua Ave, Honolulu, HI 96815", calling_ae="X")
+    app.routing.route_due()
+    assert study_state(app, "1.2.3.70")["current_npi"] == NPI_A
+    assert _last_decision(app, "1.2.3.70").read_date == dt.date(2026, 11, 30)
+    clock.set(dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC))  # midnight in Honolulu: the license lapsed
+    _study(app, "1.2.3.71", quiet_seconds=120, institution_address="1 Kalakaua Ave, Honolulu, HI 96815", calling_ae="X")
+    app.routing.route_due()
+    assert study_state(app, "1.2.3.71")["hold_reason"] is HoldReason.NO_ELIGIBLE_RADIOLOGIST

@@ -91,3 +91,19 @@ def test_weekday_and_time_parsing() -> None:
 )
 def test_study_priority_maps_dicom_terms_and_order_values(stored: str | None, priority: Priority) -> None:
     assert study_priority(stored) is priority
+
+
+# --------------------------------------------------------------------------- exam-state day
+
+
+def test_exam_state_day_is_the_cautious_one_where_a_state_spans_zones() -> None:
+    from router.domain.state_zones import state_local_date
+
+    # 05:30 UTC Dec 1: 23:30 Nov 30 in Chicago and 22:30 in Denver (El Paso): both Nov 30
+    assert state_local_date("TX", _utc(2026, 12, 1, 5, 30)) == (dt.date(2026, 11, 30), "America/Chicago")
+    # 06:30 UTC: Dec 1 in Houston, still Nov 30 in El Paso: Dec 1 (a license expiring Nov 30 has lapsed)
+    assert state_local_date("TX", _utc(2026, 12, 1, 6, 30)) == (dt.date(2026, 12, 1), "America/Chicago")
+    # UTC would already say Dec 1 at 05:30; Hawaii is still on Nov 30 at 09:59 UTC
+    assert state_local_date("HI", _utc(2026, 12, 1, 9, 59)) == (dt.date(2026, 11, 30), "Pacific/Honolulu")
+    assert state_local_date("HI", _utc(2026, 12, 1, 10, 0))[0] == dt.date(2026, 12, 1)
+    assert state_local_date("ZZ", _utc(2026, 12, 1, 5, 30), "UTC") == (dt.date(2026, 12, 1), "UTC")

@@ -39,6 +39,7 @@ from router.domain.enums import ExamStateSource, HoldReason, Priority, StudyStat
 from router.domain.licensure import Verdict, evaluate_reader
 from router.domain.location import ExamLocation, LocationEvidence, resolve_exam_state
 from router.domain.priority import RANK, study_priority
+from router.domain.state_zones import state_local_date
 from router.errors import DataFileError, IneligibleError, ValidationError
 from router.services.assignment_gates import load_gates
 from router.services.audit_log import ChangeContext, record_audit
@@ -106,10 +107,18 @@ class RoutingService:
             require_reading_state_license=self.policy.require_reading_state_license,
         )
 
-    def read_day(self, facility: Facility | None, moment: dt.datetime) -> dt.date:
-        """The calendar day of ``moment`` where the exam happened (facility time zone, else ``routing.timezone``)."""
-        zone = facility.timezone if facility is not None and facility.timezone else self.policy.timezone
-        return local_date(moment, zone)
+    def read_day(self, facility: Facility | None, moment: dt.datetime, state: str | None = None) -> dt.date:
+        """The calendar day of ``moment`` where the exam happened.
+
+        A registered facility's time zone (``routing.timezone`` when it has none registered);
+        with no registered facility and an exam ``state``, the state's zone that is cautious for
+        license expiry (router.domain.state_zones); else ``routing.timezone``.
+        """
+        if facility is not None:
+            return local_date(moment, facility.timezone or self.policy.timezone)
+        if state:
+            return state_local_date(state, moment, self.policy.timezone)[0]
+        return local_date(moment, self.policy.timezone)
 
     # ------------------------------------------------------------------ the timer
     def route_due(self) -> list[RouteResult]:
@@ -222,7 +231,7 @@ class RoutingService:
         now = self._clock()
         study.modalities = study_modalities(session, study.id)
         facility, _location = self._locate(session, study)
-        day = self.read_day(facility, now)
+        day = self.read_day(facility, now, study.exam_state)
         study.routed_at = now
         record_storage(session, study, now, self.policy.storage_cents_per_gib)
         if not study.exam_state:
@@ -493,7 +502,10 @@ class RoutingService:
         study.modalities = study_modalities(session, study.id)
         assert study.exam_state
         return evaluate_reader(
-            readers[0], study_facts(study, study.exam_state, facility), self.read_day(facility, moment), self.rules()
+            readers[0],
+            study_facts(study, study.exam_state, facility),
+            self.read_day(facility, moment, study.exam_state),
+            self.rules(),
         )
 
     def assign_manually(self, study_instance_uid: str, npi: str, by_user: str) -> RouteResult:
@@ -554,7 +566,7 @@ class RoutingService:
             decision = RoutingDecision(
                 study_id=study.id,
                 decided_at=now,
-                read_date=self.read_day(facility, now),
+                read_date=self.read_day(facility, now, study.exam_state),
                 trigger="manual_assign",
                 exam_state=study.exam_state,
                 exam_state_source=study.exam_state_source,

@@ -212,7 +212,7 @@ class StudyViews:
             )
             location = resolve_exam_state(evidence, use_patient_address=self.routing.policy.use_patient_address)
             now = self.routing.now()
-            day = self.routing.read_day(facility, now)
+            day = self.routing.read_day(facility, now, study.exam_state)
             document: dict[str, Any] = {
                 "study_instance_uid": study.study_instance_uid,
                 "status": study.status.value,
