@@ -14,6 +14,7 @@ from router.archive import Archive
 from router.config import Settings
 from router.db import migrate
 from router.db.engine import check_connection, make_engine, make_session_factory
+from router.domain.enums import Priority
 from router.errors import RouterError
 from router.services.intake import IntakeService
 from router.services.ledgers import LedgerService
@@ -36,6 +37,11 @@ def routing_policy(settings: Settings) -> RoutingPolicy:
         use_patient_address=settings.routing.use_patient_address,
         stat_stable_seconds=settings.routing.stat_stable_seconds,
         require_shift=settings.routing.require_shift,
+        turnaround_seconds=(
+            (Priority.STAT, settings.routing.tat_stat_minutes * 60.0),
+            (Priority.ASAP, settings.routing.tat_asap_minutes * 60.0),
+            (Priority.ROUTINE, settings.routing.tat_routine_minutes * 60.0),
+        ),
         require_reading_state_license=settings.routing.require_reading_state_license,
         telehealth_registration_states=frozenset(s.upper() for s in settings.licensure.telehealth_registration_states),
         suspension_hold_days=settings.imlc.suspension_hold_days,

@@ -23,6 +23,7 @@ from router.dicom.scu import Destination, send_files
 from router.domain.enums import StudyStatus
 from router.errors import first_line
 from router.node import ListenerNode
+from router.services.escalation import escalate_breached
 from router.services.forwarding import ForwardingPolicy, ForwardingService
 from router.services.recovery import RecoveryReport, RecoveryService
 from router.workers import WorkerPool
@@ -135,6 +136,9 @@ class RouterServer:
         busy) relies on this pass.
         """
         results = self.app.routing.reevaluate("periodic recheck")
+        escalated = escalate_breached(self.app.routing)
+        if escalated:
+            LOG.warning("periodic recheck: %d read(s) past their turnaround target escalated", len(escalated))
         withdrawn = sum(1 for result in results if result.withdrawn_npi is not None)
         assigned = sum(
             1 for result in results if result.withdrawn_npi is None and result.status == StudyStatus.ASSIGNED

@@ -233,3 +233,52 @@ def test_today_without_a_facility_is_the_exam_states_day_not_utc(app: RouterApp,
     _study(app, "1.2.3.71", quiet_seconds=120, institution_address="1 Kalakaua Ave, Honolulu, HI 96815", calling_ae="X")
     app.routing.route_due()
     assert study_state(app, "1.2.3.71")["hold_reason"] is HoldReason.NO_ELIGIBLE_RADIOLOGIST
+
+
+def test_breached_turnaround_reassigns_to_another_on_shift_reader_once(app: RouterApp, clock: FakeClock) -> None:
+    from router.services.escalation import escalate_breached
+
+    _roster(app, NPI_A, NPI_B, NPI_C)
+    app.roster.shifts.add(NPI_B, "mon-fri", "07:00", "19:00", CHICAGO, OS_USER)  # off on Sunday
+    _study(app, "1.2.3.80", quiet_seconds=10, priority="STAT")  # received 14:59:50 UTC, due 15:59:50
+    app.routing.route_due()
+    assert study_state(app, "1.2.3.80")["current_npi"] == NPI_A
+    clock.set(dt.datetime(2026, 11, 29, 15, 59, 49, tzinfo=dt.UTC))
+    assert escalate_breached(app.routing) == []  # one second before the STAT target
+    clock.set(dt.datetime(2026, 11, 29, 15, 59, 50, tzinfo=dt.UTC))
+    results = escalate_breached(app.routing)
+    assert [(r.withdrawn_npi, r.assigned_npi) for r in results] == [(NPI_A, NPI_C)]  # B is off shift
+    state = study_state(app, "1.2.3.80")
+    assert state["current_npi"] == NPI_C and state["needs_review"] is True
+    assert state["assignments"][0][2] == (
+        f"turnaround breached: stat read due 2026-11-29T15:59+00:00 still open with NPI {NPI_A}"
+    )
+    decision = _last_decision(app, "1.2.3.80")
+    assert decision.trigger == "tat_escalation" and decision.chosen_npi == NPI_C
+    assert _reasons(decision)[NPI_A] == [state["assignments"][0][2]]
+    assert _reasons(decision)[NPI_B][0].startswith("off shift")
+    clock.set(dt.datetime(2026, 11, 29, 18, 0, tzinfo=dt.UTC))
+    assert escalate_breached(app.routing) == []  # escalated once: no ping-pong between readers
+    with app.sessions() as session:
+        from router.db.models import AuditEntry
+
+        actions = list(session.scalars(select(AuditEntry.action).where(AuditEntry.action == "study.escalate")))
+    assert actions == ["study.escalate"]
+
+
+def test_breached_turnaround_with_nobody_else_flags_an_admin(app: RouterApp, clock: FakeClock) -> None:
+    from router.services.escalation import escalate_breached
+
+    _roster(app, NPI_A)
+    _study(app, "1.2.3.81", quiet_seconds=120)  # routine: received 14:58 UTC, due 24 h later
+    app.routing.route_due()
+    clock.set(dt.datetime(2026, 11, 30, 14, 57, 59, tzinfo=dt.UTC))
+    assert escalate_breached(app.routing) == []
+    clock.set(dt.datetime(2026, 11, 30, 14, 58, tzinfo=dt.UTC))
+    results = escalate_breached(app.routing)
+    assert [(r.withdrawn_npi, r.assigned_npi) for r in results] == [(None, NPI_A)]
+    state = study_state(app, "1.2.3.81")
+    assert (state["current_npi"], state["needs_review"], len(state["assignments"])) == (NPI_A, True, 1)
+    decision = _last_decision(app, "1.2.3.81")
+    assert decision.trigger == "tat_escalation"
+    assert decision.note.endswith("no other eligible reader on shift: flagged for an admin")

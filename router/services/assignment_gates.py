@@ -29,9 +29,12 @@ class Gates:
     preferred: frozenset[int] = frozenset()  # radiologist ids
     excluded: frozenset[int] = frozenset()
     shifts: dict[int, tuple[Shift, ...]] = field(default_factory=dict)
+    avoid: dict[int, str] = field(default_factory=dict)  # readers passed over for this decision, with why
 
     def exclusion_reason(self, radiologist_id: int) -> str | None:
-        """Why the facility turns this reader away, or ``None``."""
+        """Why the facility (or an escalation) turns this reader away, or ``None``."""
+        if radiologist_id in self.avoid:
+            return self.avoid[radiologist_id]
         if radiologist_id in self.excluded:
             return f"excluded by facility {self.facility_label}"
         return None
@@ -56,8 +59,17 @@ def shift_facts(row: ReaderShift) -> Shift:
     )
 
 
-def load_gates(session: Session, facility: Facility | None, moment: dt.datetime, require_shift: bool) -> Gates:
-    """Read every reader's shifts and the facility's rules (two small queries)."""
+def load_gates(
+    session: Session,
+    facility: Facility | None,
+    moment: dt.datetime,
+    require_shift: bool,
+    avoid: dict[int, str] | None = None,
+) -> Gates:
+    """Read every reader's shifts and the facility's rules (two small queries).
+
+    ``avoid`` names readers to pass over for this decision (radiologist id -> reason).
+    """
     shifts: dict[int, list[Shift]] = {}
     for row in session.scalars(select(ReaderShift).order_by(ReaderShift.id)):
         shifts.setdefault(row.radiologist_id, []).append(shift_facts(row))
@@ -75,4 +87,5 @@ def load_gates(session: Session, facility: Facility | None, moment: dt.datetime,
         preferred=frozenset(preferred),
         excluded=frozenset(excluded),
         shifts={key: tuple(value) for key, value in shifts.items()},
+        avoid=dict(avoid or {}),
     )

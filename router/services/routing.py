@@ -62,6 +62,12 @@ class RoutingPolicy:
     use_patient_address: bool = False
     stat_stable_seconds: float = 5.0
     require_shift: bool = False
+    # turnaround clock per priority, seconds from the first instance received (router.services.escalation)
+    turnaround_seconds: tuple[tuple[Priority, float], ...] = (
+        (Priority.STAT, 3600.0),
+        (Priority.ASAP, 4 * 3600.0),
+        (Priority.ROUTINE, 24 * 3600.0),
+    )
     require_reading_state_license: bool = False
     telehealth_registration_states: frozenset[str] = frozenset()
     suspension_hold_days: int = 90
@@ -226,8 +232,19 @@ class RoutingService:
         study.location_conflicts = location.conflicts_as_json() or None
         return facility, location
 
-    def _decide(self, session: Session, study: Study, trigger: str, note: str | None = None) -> RouteResult:
-        """Locate, judge, assign or hold; writes the decision, the ledger and the outbox."""
+    def _decide(
+        self,
+        session: Session,
+        study: Study,
+        trigger: str,
+        note: str | None = None,
+        avoid: dict[int, str] | None = None,
+    ) -> RouteResult:
+        """Locate, judge, assign or hold; writes the decision, the ledger and the outbox.
+
+        ``avoid`` passes over the readers it names (radiologist id -> reason), e.g. the reader
+        whose turnaround was breached.
+        """
         now = self._clock()
         study.modalities = study_modalities(session, study.id)
         facility, _location = self._locate(session, study)
@@ -254,7 +271,7 @@ class RoutingService:
         state = study.exam_state
         facts = study_facts(study, state, facility)
         rules = self.rules()
-        gates = load_gates(session, facility, now, self.policy.require_shift)
+        gates = load_gates(session, facility, now, self.policy.require_shift, avoid)
         judgement = judge(session, facts, day, rules, gates)
         chosen = judgement.chosen
         unlicensed = unlicensed_npis(session, state)
@@ -395,6 +412,21 @@ class RoutingService:
         study.hold_detail = detail
         LOG.info("study %s held: %s", study.study_instance_uid, reason.value)
         return _result(study, None)
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """The session factory (for services that decide inside their own transactions)."""
+        return self._sessions
+
+    def decide(
+        self, session: Session, study: Study, trigger: str, note: str | None = None, avoid: dict[int, str] | None = None
+    ) -> RouteResult:
+        """Route ``study`` again inside the caller's transaction (see ``_decide``)."""
+        return self._decide(session, study, trigger=trigger, note=note, avoid=avoid)
+
+    def withdraw(self, session: Session, study: Study, assignment: Assignment, reason: str) -> None:
+        """Withdraw an open assignment with ``reason`` inside the caller's transaction."""
+        self._supersede(session, study, assignment, reason)
 
     # ------------------------------------------------------------------ admin actions
     def reevaluate(self, trigger: str, radiologist_id: int | None = None) -> list[RouteResult]:
