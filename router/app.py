@@ -37,6 +37,7 @@ def routing_policy(settings: Settings) -> RoutingPolicy:
         use_patient_address=settings.routing.use_patient_address,
         stat_stable_seconds=settings.routing.stat_stable_seconds,
         require_shift=settings.routing.require_shift,
+        max_open_reads=settings.routing.max_open_reads,
         turnaround_seconds=(
             (Priority.STAT, settings.routing.tat_stat_minutes * 60.0),
             (Priority.ASAP, settings.routing.tat_asap_minutes * 60.0),

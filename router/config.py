@@ -118,6 +118,7 @@ class RoutingSettings:
     use_patient_address: bool = False
     stat_stable_seconds: float = 5.0  # quiet time for a STAT study (skips most of stable_seconds)
     require_shift: bool = False  # a reader with no shifts defined is off duty (else always on duty)
+    max_open_reads: int = 0  # per-reader cap on open (assigned, unreported) reads; 0: no cap
     tat_stat_minutes: float = 60.0  # turnaround targets from first receipt; breached reads are escalated
     tat_asap_minutes: float = 240.0
     tat_routine_minutes: float = 1440.0
@@ -378,6 +379,8 @@ def _validate(settings: Settings) -> Settings:
     routing = settings.routing
     _check_seconds("routing.stable_seconds", routing.stable_seconds, allow_zero=True)
     _check_seconds("routing.stat_stable_seconds", routing.stat_stable_seconds, allow_zero=True)
+    if routing.max_open_reads < 0:
+        raise ConfigError("routing.max_open_reads", "must be 0 (no cap) or a positive count")
     for key in ("tat_stat_minutes", "tat_asap_minutes", "tat_routine_minutes"):
         _check_seconds(f"routing.{key}", getattr(routing, key))
     _check_seconds("routing.poll_interval", routing.poll_interval)

@@ -282,3 +282,18 @@ def test_breached_turnaround_with_nobody_else_flags_an_admin(app: RouterApp, clo
     decision = _last_decision(app, "1.2.3.81")
     assert decision.trigger == "tat_escalation"
     assert decision.note.endswith("no other eligible reader on shift: flagged for an admin")
+
+
+def test_open_read_cap_skips_a_full_reader_and_holds_when_everyone_is_full(
+    tmp_path: Path, database_url: str, clock: FakeClock
+) -> None:
+    settings = make_settings(tmp_path, database_url, stable_seconds=60.0, max_open_reads=1)
+    with RouterApp.open(settings, upgrade=True, clock=clock) as router_app:
+        _roster(router_app, NPI_A, NPI_B)
+        for uid in ("1.2.3.90", "1.2.3.91", "1.2.3.92"):
+            _study(router_app, uid, quiet_seconds=120)
+        router_app.routing.route_due()
+        assert [study_state(router_app, uid)["current_npi"] for uid in ("1.2.3.90", "1.2.3.91")] == [NPI_A, NPI_B]
+        assert study_state(router_app, "1.2.3.92")["hold_reason"] is HoldReason.NO_READER_ON_SHIFT
+        reasons = _reasons(_last_decision(router_app, "1.2.3.92"))
+        assert reasons[NPI_A] == ["at the open-read cap (1 open, routing.max_open_reads = 1)"]

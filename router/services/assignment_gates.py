@@ -30,6 +30,16 @@ class Gates:
     excluded: frozenset[int] = frozenset()
     shifts: dict[int, tuple[Shift, ...]] = field(default_factory=dict)
     avoid: dict[int, str] = field(default_factory=dict)  # readers passed over for this decision, with why
+    max_open_reads: int = 0  # per-reader cap on open reads; 0: no cap
+
+    def availability_reason(self, radiologist_id: int, open_reads: int) -> str | None:
+        """Why this reader cannot take another read now (off shift, at the cap), or ``None``."""
+        off = self.shift_reason(radiologist_id)
+        if off is not None:
+            return off
+        if self.max_open_reads and open_reads >= self.max_open_reads:
+            return f"at the open-read cap ({open_reads} open, routing.max_open_reads = {self.max_open_reads})"
+        return None
 
     def exclusion_reason(self, radiologist_id: int) -> str | None:
         """Why the facility (or an escalation) turns this reader away, or ``None``."""
@@ -65,6 +75,7 @@ def load_gates(
     moment: dt.datetime,
     require_shift: bool,
     avoid: dict[int, str] | None = None,
+    max_open_reads: int = 0,
 ) -> Gates:
     """Read every reader's shifts and the facility's rules (two small queries).
 
@@ -88,4 +99,5 @@ def load_gates(
         excluded=frozenset(excluded),
         shifts={key: tuple(value) for key, value in shifts.items()},
         avoid=dict(avoid or {}),
+        max_open_reads=max_open_reads,
     )

@@ -78,7 +78,7 @@ class Judgement:
     records: list[dict[str, Any]] = field(default_factory=list)  # JSON-ready: evaluated and settled readers
     not_evaluated: list[str] = field(default_factory=list)  # NPIs ranked after the chosen reader
     evaluated: list[ReaderFacts] = field(default_factory=list)
-    off_shift: list[str] = field(default_factory=list)  # NPIs eligible by licensure but off shift
+    off_shift: list[str] = field(default_factory=list)  # NPIs eligible by licensure but off shift or at their cap
 
 
 def ranked_readers(session: Session, state: str, day: dt.date) -> list[Ranked]:
@@ -206,7 +206,7 @@ def judge(
             record = {**verdict.to_json(), "open_assignments": reader.open_assignments}
             if gates is not None:
                 record["preferred"] = gates.is_preferred(item.radiologist_id)
-                off = gates.shift_reason(item.radiologist_id)
+                off = gates.availability_reason(item.radiologist_id, reader.open_assignments)
                 if off is not None:
                     record["reasons"] = [*record.get("reasons", []), off]
                     if verdict.eligible:

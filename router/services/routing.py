@@ -62,6 +62,7 @@ class RoutingPolicy:
     use_patient_address: bool = False
     stat_stable_seconds: float = 5.0
     require_shift: bool = False
+    max_open_reads: int = 0  # per-reader cap on open reads; 0: no cap
     # turnaround clock per priority, seconds from the first instance received (router.services.escalation)
     turnaround_seconds: tuple[tuple[Priority, float], ...] = (
         (Priority.STAT, 3600.0),
@@ -271,15 +272,15 @@ class RoutingService:
         state = study.exam_state
         facts = study_facts(study, state, facility)
         rules = self.rules()
-        gates = load_gates(session, facility, now, self.policy.require_shift, avoid)
+        gates = load_gates(session, facility, now, self.policy.require_shift, avoid, self.policy.max_open_reads)
         judgement = judge(session, facts, day, rules, gates)
         chosen = judgement.chosen
         unlicensed = unlicensed_npis(session, state)
         candidates = judgement.records
         if chosen is None and judgement.off_shift:
             detail = (
-                f"{len(judgement.off_shift)} reader(s) may read in {state} but none is on shift at "
-                f"{now.isoformat(timespec='minutes')}; re-routed by the periodic recheck when a shift starts"
+                f"{len(judgement.off_shift)} reader(s) may read in {state} but none is on shift (or under the "
+                f"open-read cap) at {now.isoformat(timespec='minutes')}; re-routed by the periodic recheck"
             )
             return self._hold(
                 session, study, HoldReason.NO_READER_ON_SHIFT, detail, trigger, day, candidates, None, note, unlicensed
