@@ -97,7 +97,9 @@ class RouterApp:
             raise
         sessions = make_session_factory(engine)
         archive = Archive(settings.paths.archive)
-        reference = ReferenceData(settings.imlc.membership_file, settings.billing.cpt_map)
+        reference = ReferenceData(
+            settings.imlc.membership_file, settings.billing.cpt_map, settings.routing.subspecialty_rules
+        )
         routing = RoutingService(sessions, reference, routing_policy(settings), clock)
         return cls(
             settings=settings,

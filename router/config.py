@@ -118,6 +118,7 @@ class RoutingSettings:
     use_patient_address: bool = False
     stat_stable_seconds: float = 5.0  # quiet time for a STAT study (skips most of stable_seconds)
     require_shift: bool = False  # a reader with no shifts defined is off duty (else always on duty)
+    subspecialty_rules: Path = CONFIG_DIR / "subspecialty_rules.csv"  # study -> required/preferred subspecialty
     max_open_reads: int = 0  # per-reader cap on open (assigned, unreported) reads; 0: no cap
     tat_stat_minutes: float = 60.0  # turnaround targets from first receipt; breached reads are escalated
     tat_asap_minutes: float = 240.0
@@ -371,6 +372,7 @@ def _validate(settings: Settings) -> Settings:
     for key, path in (
         ("imlc.membership_file", settings.imlc.membership_file),
         ("billing.cpt_map", settings.billing.cpt_map),
+        ("routing.subspecialty_rules", settings.routing.subspecialty_rules),
     ):
         if not path.exists():
             raise ConfigError(key, f"file not found: {path} (a relative path is read from the config file's folder)")

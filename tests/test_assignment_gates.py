@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from router.app import RouterApp
 from router.cli import cli
-from router.db.models import RoutingDecision, Study
+from router.db.models import RoutingDecision, Series, Study
 from router.domain.enums import HoldReason, StudyStatus
 from router.server import RouterServer
 from tests.conftest import FakeClock, make_settings
@@ -48,6 +48,9 @@ def _study(
     priority: str | None = None,
     institution_address: str | None = None,
     calling_ae: str = "CT_NORTH",
+    modality: str = "CT",
+    body_part: str | None = None,
+    description: str | None = None,
 ) -> None:
     received = app.clock() - dt.timedelta(seconds=quiet_seconds)
     with app.sessions.begin() as session:
@@ -56,7 +59,9 @@ def _study(
                 study_instance_uid=uid,
                 status=StudyStatus.RECEIVING,
                 first_calling_ae_title=calling_ae,
-                modalities="CT",
+                modalities=modality,
+                body_part=body_part,
+                study_description=description,
                 priority=priority,
                 institution_address=institution_address,
                 instance_count=0,
@@ -64,6 +69,7 @@ def _study(
                 first_received_at=received,
                 last_received_at=received,
                 needs_review=False,
+                series=[Series(series_instance_uid=f"{uid}.1", modality=modality, body_part=body_part)],
             )
         )
 
@@ -297,3 +303,31 @@ def test_open_read_cap_skips_a_full_reader_and_holds_when_everyone_is_full(
         assert study_state(router_app, "1.2.3.92")["hold_reason"] is HoldReason.NO_READER_ON_SHIFT
         reasons = _reasons(_last_decision(router_app, "1.2.3.92"))
         assert reasons[NPI_A] == ["at the open-read cap (1 open, routing.max_open_reads = 1)"]
+
+
+def test_required_subspecialty_limits_readers_and_preferred_one_wins_ties(app: RouterApp) -> None:
+    _roster(app, NPI_A, NPI_B)
+    app.roster.credentials.set(NPI_B, ["neuro"], OS_USER)
+    # CT head "stroke" protocol: neuro required (config/subspecialty_rules.csv line 6)
+    _study(app, "1.2.3.100", quiet_seconds=120, body_part="HEAD", description="CT HEAD STROKE PROTOCOL")
+    app.routing.route_due()
+    assert study_state(app, "1.2.3.100")["current_npi"] == NPI_B
+    assert _reasons(_last_decision(app, "1.2.3.100"))[NPI_A] == [
+        "lacks the neuro credential the study requires (neuro required (subspecialty rule line 6))"
+    ]
+    app.roster.credentials.set(NPI_B, [], OS_USER)
+    _study(app, "1.2.3.101", quiet_seconds=120, body_part="HEAD", description="CTA HEAD")
+    app.routing.route_due()
+    assert study_state(app, "1.2.3.101")["hold_reason"] is HoldReason.NO_ELIGIBLE_RADIOLOGIST
+    app.roster.credentials.set(NPI_B, ["neuro", "msk"], OS_USER)  # held study re-routed by the change
+    assert study_state(app, "1.2.3.101")["current_npi"] == NPI_B
+    # plain CT head: neuro preferred. A and B are even (one open read each): B, the neuro reader, wins the tie
+    _study(app, "1.2.3.102", quiet_seconds=120, body_part="HEAD", description="CT HEAD WO")
+    app.routing.route_due()
+    assert study_state(app, "1.2.3.102")["current_npi"] == NPI_A  # A has 0 open reads, B has 2
+    _study(app, "1.2.3.103", quiet_seconds=120, body_part="HEAD", description="CT HEAD WO")
+    _study(app, "1.2.3.104", quiet_seconds=120, body_part="HEAD", description="CT HEAD WO")
+    app.routing.route_due()
+    assert study_state(app, "1.2.3.103")["current_npi"] == NPI_A  # A 1 open vs B 2
+    assert study_state(app, "1.2.3.104")["current_npi"] == NPI_B  # 2 vs 2: the neuro reader wins the tie
+    assert app.roster.credentials.list()[1]["subspecialties"] == ["neuro", "msk"]

@@ -107,3 +107,26 @@ def test_exam_state_day_is_the_cautious_one_where_a_state_spans_zones() -> None:
     assert state_local_date("HI", _utc(2026, 12, 1, 9, 59)) == (dt.date(2026, 11, 30), "Pacific/Honolulu")
     assert state_local_date("HI", _utc(2026, 12, 1, 10, 0))[0] == dt.date(2026, 12, 1)
     assert state_local_date("ZZ", _utc(2026, 12, 1, 5, 30), "UTC") == (dt.date(2026, 12, 1), "UTC")
+
+
+def test_subspecialty_rules_first_match_and_bad_rows() -> None:
+    from router.domain.enums import Subspecialty, SubspecialtyNeed
+    from router.domain.subspecialty import SubspecialtyRules, parse_subspecialties
+    from router.errors import DataFileError
+
+    rules = SubspecialtyRules.from_csv_text(
+        "# c\nmodality,body_part,description_keywords,subspecialty,need\n"
+        "MG,,,breast,required\nCT|MR,,stroke,neuro,required\nCT,HEAD,,neuro,preferred\n"
+    )
+    assert rules.rule_for(["MG"], None, None).subspecialty is Subspecialty.BREAST  # type: ignore[union-attr]
+    stroke = rules.rule_for(["CT", "SR"], "HEAD", "CT Head Stroke Protocol")
+    assert (stroke.need, stroke.line) == (SubspecialtyNeed.REQUIRED, 4)  # type: ignore[union-attr]
+    assert rules.rule_for(["CT"], "HEAD", "routine").need is SubspecialtyNeed.PREFERRED  # type: ignore[union-attr]
+    assert rules.rule_for(["CT"], "CHEST", "routine") is None
+    with pytest.raises(DataFileError, match="line 2: subspecialty must be one of"):
+        SubspecialtyRules.from_csv_text(
+            "modality,body_part,description_keywords,subspecialty,need\nCT,,,dental,required\n"
+        )
+    assert parse_subspecialties(["msk,neuro", "neuro"]) == (Subspecialty.NEURO, Subspecialty.MSK)
+    with pytest.raises(ValueError, match="unknown subspecialty 'dental'"):
+        parse_subspecialties(["dental"])

@@ -1,4 +1,4 @@
-"""``router shifts`` (add, list, remove) and the facility reader rules (``router facilities prefer|exclude|clear-reader|readers``)."""
+"""``router shifts`` (add, list, remove) and facility reader rules (``router facilities prefer|exclude|...``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import click
 from router.cli.context import CliContext
 from router.cli.output import emit_json, emit_table
 from router.cli.roster_common import confirm, json_option, report, roster, yes_option
-from router.domain.enums import FacilityReaderRule
+from router.domain.enums import FacilityReaderRule, Subspecialty
 
 
 @click.group("shifts")
@@ -111,11 +111,51 @@ def list_readers(obj: CliContext, ae_title: str | None, as_json: bool) -> None:
     )
 
 
+@click.group("credentials")
+def credentials_group() -> None:
+    """Readers' subspecialty credentials, matched against config/subspecialty_rules.csv."""
+
+
+@credentials_group.command("set")
+@click.argument("npi")
+@click.option(
+    "--subspecialty",
+    "subspecialties",
+    multiple=True,
+    type=click.Choice(Subspecialty.values()),
+    help="A subspecialty the reader is credentialed in; repeatable. None given: clears them.",
+)
+@json_option
+@click.pass_obj
+def set_credentials(obj: CliContext, npi: str, subspecialties: tuple[str, ...], as_json: bool) -> None:
+    """Replace a reader's subspecialties; held studies are re-routed."""
+    change = roster(obj).credentials.set(npi, list(subspecialties), obj.os_user())
+    subs = (change.record or {}).get("subspecialties") or "none"
+    report(change, as_json, f"NPI {npi}: subspecialties {subs}", f"NPI {npi}: subspecialties unchanged ({subs})")
+
+
+@credentials_group.command("list")
+@json_option
+@click.pass_obj
+def list_credentials(obj: CliContext, as_json: bool) -> None:
+    """List readers' subspecialties and MQSA qualification."""
+    rows = roster(obj).credentials.list()
+    if as_json:
+        emit_json(rows)
+        return
+    emit_table(
+        "Credentials",
+        ["npi", "name", "subspecialties", "MQSA"],
+        [[r["npi"], r["name"], ", ".join(r["subspecialties"]), "yes" if r["mqsa_qualified"] else "no"] for r in rows],
+    )
+
+
 def register(cli: click.Group) -> None:
     """Add ``shifts`` to the root group and the reader-rule commands to ``facilities``."""
     from router.cli.roster_sites import facilities_group
 
     cli.add_command(shifts_group)
+    cli.add_command(credentials_group)
     facilities_group.add_command(
         _rule_command(FacilityReaderRule.PREFER, "Prefer a reader at a facility: wins ties on workload.")
     )

@@ -155,6 +155,7 @@ class Radiologist(Base):
     spl_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))  # designated SPL
     loq_issued: Mapped[dt.date | None] = mapped_column(Date)  # IMLC Letter of Qualification
     mqsa_qualified: Mapped[bool] = mapped_column(Boolean, default=False)
+    subspecialties: Mapped[str | None] = mapped_column(String(128))  # comma-joined Subspecialty values
     reading_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))
     # where assigned studies are forwarded (C-STORE SCP of the reader's workstation or PACS)
     destination_ae_title: Mapped[str | None] = mapped_column(String(AE_LENGTH))

@@ -130,3 +130,24 @@ class FacilityReaderRule(StrEnum):
 
     PREFER = "prefer"  # wins ties against readers with the same workload
     EXCLUDE = "exclude"  # never assigned studies from this facility
+
+
+class Subspecialty(StrEnum):
+    """Radiology subspecialty credentials a reader may hold (ABR subspecialty areas, in practice terms)."""
+
+    NEURO = "neuro"
+    MSK = "msk"
+    BREAST = "breast"
+    PEDS = "peds"
+    BODY = "body"
+    CHEST = "chest"
+    CARDIAC = "cardiac"
+    IR = "ir"
+    NUCLEAR = "nuclear"
+
+
+class SubspecialtyNeed(StrEnum):
+    """How strongly a subspecialty rule asks for its credential."""
+
+    REQUIRED = "required"  # only credentialed readers may be assigned
+    PREFERRED = "preferred"  # credentialed readers win ties on workload

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from router.db.models import Facility, FacilityReader, ReaderShift
-from router.domain.enums import FacilityReaderRule
+from router.db.models import Facility, FacilityReader, Radiologist, ReaderShift
+from router.domain.enums import FacilityReaderRule, SubspecialtyNeed
 from router.domain.shifts import Shift, on_shift, parse_weekdays
+from router.domain.subspecialty import SubspecialtyRule
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,20 @@ class Gates:
     shifts: dict[int, tuple[Shift, ...]] = field(default_factory=dict)
     avoid: dict[int, str] = field(default_factory=dict)  # readers passed over for this decision, with why
     max_open_reads: int = 0  # per-reader cap on open reads; 0: no cap
+    need: SubspecialtyRule | None = None  # the subspecialty the study asks for
+    subspecialties: dict[int, frozenset[str]] = field(default_factory=dict)  # radiologist id -> credentials
+
+    def has_subspecialty(self, radiologist_id: int) -> bool:
+        """Whether the reader holds the subspecialty the study asks for (False when it asks none)."""
+        return self.need is not None and self.need.subspecialty.value in self.subspecialties.get(radiologist_id, ())
+
+    def credential_reason(self, radiologist_id: int) -> str | None:
+        """Why a required subspecialty rules this reader out, or ``None``."""
+        if self.need is None or self.need.need is not SubspecialtyNeed.REQUIRED:
+            return None
+        if self.has_subspecialty(radiologist_id):
+            return None
+        return f"lacks the {self.need.subspecialty.value} credential the study requires ({self.need.describe()})"
 
     def availability_reason(self, radiologist_id: int, open_reads: int) -> str | None:
         """Why this reader cannot take another read now (off shift, at the cap), or ``None``."""
@@ -47,7 +62,7 @@ class Gates:
             return self.avoid[radiologist_id]
         if radiologist_id in self.excluded:
             return f"excluded by facility {self.facility_label}"
-        return None
+        return self.credential_reason(radiologist_id)
 
     def shift_reason(self, radiologist_id: int) -> str | None:
         """Why this reader is not on duty at ``moment``, or ``None``."""
@@ -76,6 +91,7 @@ def load_gates(
     require_shift: bool,
     avoid: dict[int, str] | None = None,
     max_open_reads: int = 0,
+    need: SubspecialtyRule | None = None,
 ) -> Gates:
     """Read every reader's shifts and the facility's rules (two small queries).
 
@@ -100,4 +116,13 @@ def load_gates(
         shifts={key: tuple(value) for key, value in shifts.items()},
         avoid=dict(avoid or {}),
         max_open_reads=max_open_reads,
+        need=need,
+        subspecialties=_subspecialties(session) if need is not None else {},
     )
+
+
+def _subspecialties(session: Session) -> dict[int, frozenset[str]]:
+    rows = session.execute(
+        select(Radiologist.id, Radiologist.subspecialties).where(Radiologist.subspecialties.is_not(None))
+    ).all()
+    return {row[0]: frozenset(part for part in (row[1] or "").split(",") if part) for row in rows}

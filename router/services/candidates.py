@@ -175,6 +175,7 @@ def judge(
         ranked.sort(
             key=lambda item: (
                 item.open_assignments,
+                not gates.has_subspecialty(item.radiologist_id),
                 not gates.is_preferred(item.radiologist_id),
                 item.last_assigned_at or _NEVER,
                 item.npi,
@@ -206,6 +207,8 @@ def judge(
             record = {**verdict.to_json(), "open_assignments": reader.open_assignments}
             if gates is not None:
                 record["preferred"] = gates.is_preferred(item.radiologist_id)
+                if gates.need is not None:
+                    record["subspecialty_match"] = gates.has_subspecialty(item.radiologist_id)
                 off = gates.availability_reason(item.radiologist_id, reader.open_assignments)
                 if off is not None:
                     record["reasons"] = [*record.get("reasons", []), off]

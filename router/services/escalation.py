@@ -101,7 +101,15 @@ def _escalate(routing: RoutingService, assignment_id: int, now: dt.datetime) -> 
         )
         facility = session.get(Facility, study.facility_id) if study.facility_id else None
         avoid = {assignment.radiologist_id: reason}
-        gates = load_gates(session, facility, now, routing.policy.require_shift, avoid, routing.policy.max_open_reads)
+        gates = load_gates(
+            session,
+            facility,
+            now,
+            routing.policy.require_shift,
+            avoid,
+            routing.policy.max_open_reads,
+            routing.need_for(study),
+        )
         day = routing.read_day(facility, now, study.exam_state)
         judgement = judge(session, study_facts(study, study.exam_state, facility), day, routing.rules(), gates)
         context = ChangeContext(os_user="router", at=now, today=local_date(now, routing.policy.timezone))

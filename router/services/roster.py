@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from router.services.audit import UNSET, ChangeContext, ChangeRunner, Rerouted, RosterChange, audit_entries
-from router.services.roster_duty import FacilityReaderRoster, ShiftRoster
+from router.services.roster_duty import CredentialRoster, FacilityReaderRoster, ShiftRoster
 from router.services.roster_facilities import FacilityRoster
 from router.services.roster_import import (
     ImportResult,
@@ -64,6 +64,7 @@ class RosterService:
         self.privileges = PrivilegeRoster(self._runner)
         self.shifts = ShiftRoster(self._runner)
         self.facility_readers = FacilityReaderRoster(self._runner)
+        self.credentials = CredentialRoster(self._runner)
 
     def import_csv(self, text: str, os_user: str, *, dry_run: bool = False) -> ImportResult:
         """Import a roster file (one row per license), all or nothing.

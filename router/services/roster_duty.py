@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from router.db.models import Facility, FacilityReader, Radiologist, ReaderShift
 from router.domain.enums import FacilityReaderRule
 from router.domain.shifts import ShiftError, check_timezone, format_weekdays, parse_clock, parse_weekdays
+from router.domain.subspecialty import parse_subspecialties
 from router.errors import NotFoundError, ValidationError
 from router.services.audit import ChangeContext, ChangeRunner, Outcome, RosterChange
 from router.services.audit_log import record_audit
@@ -198,3 +199,56 @@ class FacilityReaderRoster:
                 query = query.where(Facility.id == find_facility(session, ae_title).id)
             rows = session.execute(query.order_by(Facility.ae_title, Radiologist.npi)).all()
             return [_rule_record(facility, npi, row.rule) for row, facility, npi in rows]
+
+
+class CredentialRoster:
+    """Readers' subspecialty credentials (router.domain.subspecialty)."""
+
+    def __init__(self, runner: ChangeRunner) -> None:
+        self._runner = runner
+
+    def set(self, npi: str, subspecialties: builtins.list[str], os_user: str) -> RosterChange:
+        """Replace a reader's subspecialties (an empty list clears them); held studies are re-routed.
+
+        Raises
+        ------
+        ValidationError
+            Unknown subspecialty or bad NPI.
+        NotFoundError
+            Unknown NPI.
+        """
+        try:
+            wanted = ",".join(item.value for item in parse_subspecialties(subspecialties)) or None
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from exc
+
+        def work(session: Session, ctx: ChangeContext) -> Outcome:
+            reader = find_radiologist(session, npi)
+            old = {"npi": reader.npi, "subspecialties": reader.subspecialties}
+            new = {"npi": reader.npi, "subspecialties": wanted}
+            if reader.subspecialties == wanted:
+                return Outcome("radiologist", reader.npi, new, changed=False)
+            reader.subspecialties = wanted
+            session.flush()
+            record_audit(session, ctx, "radiologist.credentials", "radiologist", reader.npi, old, new)
+            return Outcome("radiologist", reader.npi, new, radiologist_id=reader.id)
+
+        return self._runner.run(os_user, "radiologist.credentials", work)[1]
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        """Every reader's subspecialties, by NPI."""
+        with self._runner.sessions() as session:
+            rows = session.execute(
+                select(
+                    Radiologist.npi, Radiologist.name, Radiologist.subspecialties, Radiologist.mqsa_qualified
+                ).order_by(Radiologist.npi)
+            ).all()
+        return [
+            {
+                "npi": npi,
+                "name": name,
+                "subspecialties": (subs or "").split(",") if subs else [],
+                "mqsa_qualified": mqsa,
+            }
+            for npi, name, subs, mqsa in rows
+        ]

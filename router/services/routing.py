@@ -40,6 +40,7 @@ from router.domain.licensure import Verdict, evaluate_reader
 from router.domain.location import ExamLocation, LocationEvidence, resolve_exam_state
 from router.domain.priority import RANK, study_priority
 from router.domain.state_zones import state_local_date
+from router.domain.subspecialty import SubspecialtyRule
 from router.errors import DataFileError, IneligibleError, ValidationError
 from router.services.assignment_gates import load_gates
 from router.services.audit_log import ChangeContext, record_audit
@@ -272,7 +273,9 @@ class RoutingService:
         state = study.exam_state
         facts = study_facts(study, state, facility)
         rules = self.rules()
-        gates = load_gates(session, facility, now, self.policy.require_shift, avoid, self.policy.max_open_reads)
+        gates = load_gates(
+            session, facility, now, self.policy.require_shift, avoid, self.policy.max_open_reads, self.need_for(study)
+        )
         judgement = judge(session, facts, day, rules, gates)
         chosen = judgement.chosen
         unlicensed = unlicensed_npis(session, state)
@@ -413,6 +416,11 @@ class RoutingService:
         study.hold_detail = detail
         LOG.info("study %s held: %s", study.study_instance_uid, reason.value)
         return _result(study, None)
+
+    def need_for(self, study: Study) -> SubspecialtyRule | None:
+        """The subspecialty rule the study falls under (``[routing] subspecialty_rules``), or ``None``."""
+        modalities = [item for item in (study.modalities or "").split("\\") if item]
+        return self._reference.subspecialty_rules().rule_for(modalities, study.body_part, study.study_description)
 
     @property
     def sessions(self) -> sessionmaker[Session]:
