@@ -38,6 +38,7 @@ def routing_policy(settings: Settings) -> RoutingPolicy:
         stat_stable_seconds=settings.routing.stat_stable_seconds,
         require_shift=settings.routing.require_shift,
         max_open_reads=settings.routing.max_open_reads,
+        default_work_rvu_centi=round(settings.routing.default_work_rvu * 100),
         turnaround_seconds=(
             (Priority.STAT, settings.routing.tat_stat_minutes * 60.0),
             (Priority.ASAP, settings.routing.tat_asap_minutes * 60.0),
@@ -98,7 +99,10 @@ class RouterApp:
         sessions = make_session_factory(engine)
         archive = Archive(settings.paths.archive)
         reference = ReferenceData(
-            settings.imlc.membership_file, settings.billing.cpt_map, settings.routing.subspecialty_rules
+            settings.imlc.membership_file,
+            settings.billing.cpt_map,
+            settings.routing.subspecialty_rules,
+            settings.routing.work_rvu_file,
         )
         routing = RoutingService(sessions, reference, routing_policy(settings), clock)
         return cls(

@@ -305,15 +305,28 @@ def test_open_read_cap_skips_a_full_reader_and_holds_when_everyone_is_full(
         assert reasons[NPI_A] == ["at the open-read cap (1 open, routing.max_open_reads = 1)"]
 
 
-def test_required_subspecialty_limits_readers_and_preferred_one_wins_ties(app: RouterApp) -> None:
+def test_required_subspecialty_limits_readers(tmp_path: Path, database_url: str, clock: FakeClock) -> None:
+    rules = tmp_path / "rules.csv"
+    rules.write_text(
+        "# test rules\nmodality,body_part,description_keywords,subspecialty,need\n"
+        "MG,,,breast,preferred\n"
+        "CT|MR,,stroke|cta head,neuro,required\n",
+        encoding="utf-8",
+    )
+    settings = make_settings(tmp_path, database_url, stable_seconds=60.0, subspecialty_rules=rules)
+    with RouterApp.open(settings, upgrade=True, clock=clock) as app:
+        _required_subspecialty_case(app)
+
+
+def _required_subspecialty_case(app: RouterApp) -> None:
     _roster(app, NPI_A, NPI_B)
     app.roster.credentials.set(NPI_B, ["neuro"], OS_USER)
-    # CT head "stroke" protocol: neuro required (config/subspecialty_rules.csv line 6)
+    # CT head "stroke" protocol: neuro required (line 4 of the rules file)
     _study(app, "1.2.3.100", quiet_seconds=120, body_part="HEAD", description="CT HEAD STROKE PROTOCOL")
     app.routing.route_due()
     assert study_state(app, "1.2.3.100")["current_npi"] == NPI_B
     assert _reasons(_last_decision(app, "1.2.3.100"))[NPI_A] == [
-        "lacks the neuro credential the study requires (neuro required (subspecialty rule line 6))"
+        "lacks the neuro credential the study requires (neuro required (subspecialty rule line 4))"
     ]
     app.roster.credentials.set(NPI_B, [], OS_USER)
     _study(app, "1.2.3.101", quiet_seconds=120, body_part="HEAD", description="CTA HEAD")
@@ -321,13 +334,36 @@ def test_required_subspecialty_limits_readers_and_preferred_one_wins_ties(app: R
     assert study_state(app, "1.2.3.101")["hold_reason"] is HoldReason.NO_ELIGIBLE_RADIOLOGIST
     app.roster.credentials.set(NPI_B, ["neuro", "msk"], OS_USER)  # held study re-routed by the change
     assert study_state(app, "1.2.3.101")["current_npi"] == NPI_B
-    # plain CT head: neuro preferred. A and B are even (one open read each): B, the neuro reader, wins the tie
-    _study(app, "1.2.3.102", quiet_seconds=120, body_part="HEAD", description="CT HEAD WO")
-    app.routing.route_due()
-    assert study_state(app, "1.2.3.102")["current_npi"] == NPI_A  # A has 0 open reads, B has 2
-    _study(app, "1.2.3.103", quiet_seconds=120, body_part="HEAD", description="CT HEAD WO")
-    _study(app, "1.2.3.104", quiet_seconds=120, body_part="HEAD", description="CT HEAD WO")
-    app.routing.route_due()
-    assert study_state(app, "1.2.3.103")["current_npi"] == NPI_A  # A 1 open vs B 2
-    assert study_state(app, "1.2.3.104")["current_npi"] == NPI_B  # 2 vs 2: the neuro reader wins the tie
     assert app.roster.credentials.list()[1]["subspecialties"] == ["neuro", "msk"]
+
+
+def test_preferred_subspecialty_wins_a_tie_on_workload(app: RouterApp) -> None:
+    _roster(app, NPI_A, NPI_B)
+    app.roster.credentials.set(NPI_B, ["neuro"], OS_USER)
+    _study(app, "1.2.3.110", quiet_seconds=120, body_part="HEAD", description="CT HEAD WO")  # neuro preferred
+    app.routing.route_due()
+    assert study_state(app, "1.2.3.110")["current_npi"] == NPI_B  # without the credential: A (lowest NPI)
+    decision = _last_decision(app, "1.2.3.110")
+    assert {c["npi"]: c.get("subspecialty_match") for c in decision.candidates}[NPI_B] is True
+
+
+def test_workload_is_open_work_rvus_not_open_count(app: RouterApp) -> None:
+    _roster(app, NPI_A, NPI_B)
+    cases = [
+        ("1.2.3.120", "CT", "ABDOMEN", "CT ABDOMEN PELVIS WITH CONTRAST"),  # 74177: 1.82 wRVU
+        ("1.2.3.121", "CR", "CHEST", "CHEST 2 VIEWS"),  # 71046: 0.22
+        ("1.2.3.122", "CR", "CHEST", "CHEST 1 VIEW"),  # 71045: 0.18
+        ("1.2.3.123", "CR", "CHEST", "CHEST 1 VIEW"),
+    ]
+    for offset, (uid, modality, body_part, description) in enumerate(cases):
+        _study(app, uid, quiet_seconds=120 - offset, modality=modality, body_part=body_part, description=description)
+        app.routing.route_due()
+    assert [study_state(app, uid)["current_npi"] for uid, *_ in cases] == [NPI_A, NPI_B, NPI_B, NPI_B]
+    # by open count, the third read would have gone to A (one open read each, A waiting longest)
+    loads = {c["npi"]: c["open_work_rvu"] for c in _last_decision(app, "1.2.3.123").candidates}
+    assert loads == {NPI_B: 0.40}  # B chosen first in rank order; A (1.82) ranked after, not evaluated
+    with app.sessions() as session:
+        from router.db.models import Assignment
+
+        centi = sorted(session.scalars(select(Assignment.work_rvu_centi)))
+    assert centi == [18, 18, 22, 182]

@@ -451,6 +451,7 @@ class Assignment(Base):
     license_number: Mapped[str] = mapped_column(String(64))
     assigned_at: Mapped[dt.datetime]
     assigned_by: Mapped[str] = mapped_column(String(64))  # "router" or the OS user of a manual assignment
+    work_rvu_centi: Mapped[int | None] = mapped_column(Integer)  # the read's work RVUs x 100 (workload)
     completed_at: Mapped[dt.datetime | None]
     superseded_at: Mapped[dt.datetime | None]
     superseded_reason: Mapped[str | None] = mapped_column(Text)

@@ -49,6 +49,7 @@ from router.services.facts import load_readers, study_facts, unlicensed_npis
 from router.services.forwarding_queue import cancel_forwarding, enqueue_forwarding
 from router.services.ledgers import record_storage
 from router.services.reference import ReferenceData
+from router.services.workload import study_work_rvu_centi
 from router.timeutil import Clock, local_date, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class RoutingPolicy:
     stat_stable_seconds: float = 5.0
     require_shift: bool = False
     max_open_reads: int = 0  # per-reader cap on open reads; 0: no cap
+    default_work_rvu_centi: int = 100  # workload of a read whose CPT has no work RVU
     # turnaround clock per priority, seconds from the first instance received (router.services.escalation)
     turnaround_seconds: tuple[tuple[Priority, float], ...] = (
         (Priority.STAT, 3600.0),
@@ -344,6 +346,7 @@ class RoutingService:
             license_number=verdict.license.number,
             assigned_at=now,
             assigned_by=assigned_by,
+            work_rvu_centi=study_work_rvu_centi(study, self._reference, self.policy.default_work_rvu_centi),
         )
         session.add(assignment)
         study.status = StudyStatus.ASSIGNED

@@ -4,7 +4,7 @@ Revision ID: 0014_assignment
 Revises: 0002
 Create Date: 2026-12-05
 
-Adds ``reader_shifts``, ``facility_readers`` and ``radiologists.subspecialties``, and widens the hold-reason CHECK constraints of
+Adds ``reader_shifts``, ``facility_readers`` and ``radiologists.subspecialties``, ``assignments.work_rvu_centi``, and widens the hold-reason CHECK constraints of
 ``studies`` and ``routing_decisions`` with ``no_reader_on_shift`` and
 ``facility_address_conflict``. SQLite cannot alter a CHECK constraint in place, so those two
 tables are rebuilt in batch mode; the append-only triggers of ``routing_decisions`` (0002) are
@@ -98,6 +98,7 @@ def upgrade() -> None:
         ),
     )
     op.add_column("radiologists", sa.Column("subspecialties", sa.String(length=128), nullable=True))
+    op.add_column("assignments", sa.Column("work_rvu_centi", sa.Integer(), nullable=True))
     _hold_reasons(OLD_REASONS, NEW_REASONS)
 
 
@@ -105,6 +106,8 @@ def downgrade() -> None:
     _hold_reasons(NEW_REASONS, OLD_REASONS)
     with op.batch_alter_table("radiologists") as batch:
         batch.drop_column("subspecialties")
+    with op.batch_alter_table("assignments") as batch:
+        batch.drop_column("work_rvu_centi")
     op.drop_table("facility_readers")
     op.drop_index(op.f("ix_reader_shifts_radiologist_id"), table_name="reader_shifts")
     op.drop_table("reader_shifts")
