@@ -112,6 +112,13 @@ def test_off_shift_reader_is_never_assigned_and_the_study_waits_for_the_shift(ap
     state = study_state(app, "1.2.3.10")
     assert (state["status"], state["hold_reason"]) == (StudyStatus.HELD, HoldReason.NO_READER_ON_SHIFT)
     assert _last_decision(app, "1.2.3.10").hold_reason is HoldReason.NO_READER_ON_SHIFT
+    from router.services.studies import StudyViews
+
+    explained = StudyViews(app.sessions, app.routing).explain("1.2.3.10")
+    reader = next(item for item in explained["radiologists"] if item["npi"] == NPI_A)
+    assert (reader["eligible"], reader["offered_now"]) == (True, False)
+    assert reader["reasons"] == ["off shift (mon,tue,wed,thu,fri 07:00-19:00 America/Chicago)"]
+    assert explained["decisions"][-1]["hold_reason"] == "no_reader_on_shift"
     server = RouterServer(app)
     clock.set(dt.datetime(2026, 11, 30, 12, 59, tzinfo=dt.UTC))  # Monday 06:59 CST
     server.recheck()
