@@ -15,6 +15,7 @@ from router.config import Settings
 from router.db import migrate
 from router.db.engine import check_connection, make_engine, make_session_factory
 from router.dicom.sr import read_sr_facts
+from router.domain.enums import Priority
 from router.errors import RouterError
 from router.keyring import KeyRing
 from router.services.intake import IntakeService
@@ -38,6 +39,15 @@ def routing_policy(settings: Settings, keyring: KeyRing | None = None) -> Routin
         stable_seconds=settings.routing.stable_seconds,
         timezone=settings.routing.timezone,
         use_patient_address=settings.routing.use_patient_address,
+        stat_stable_seconds=settings.routing.stat_stable_seconds,
+        require_shift=settings.routing.require_shift,
+        max_open_reads=settings.routing.max_open_reads,
+        default_work_rvu_centi=round(settings.routing.default_work_rvu * 100),
+        turnaround_seconds=(
+            (Priority.STAT, settings.routing.tat_stat_minutes * 60.0),
+            (Priority.ASAP, settings.routing.tat_asap_minutes * 60.0),
+            (Priority.ROUTINE, settings.routing.tat_routine_minutes * 60.0),
+        ),
         require_reading_state_license=settings.routing.require_reading_state_license,
         telehealth_registration_states=frozenset(s.upper() for s in settings.licensure.telehealth_registration_states),
         suspension_hold_days=settings.imlc.suspension_hold_days,
@@ -100,7 +110,12 @@ class RouterApp:
             raise
         sessions = make_session_factory(engine)
         archive = open_archive(settings, keyring)
-        reference = ReferenceData(settings.imlc.membership_file, settings.billing.cpt_map)
+        reference = ReferenceData(
+            settings.imlc.membership_file,
+            settings.billing.cpt_map,
+            settings.routing.subspecialty_rules,
+            settings.routing.work_rvu_file,
+        )
         routing = RoutingService(sessions, reference, routing_policy(settings, keyring), clock)
         reads = ReadService(sessions, reference, routing, clock)
         intake = IntakeService(sessions, archive, clock, keyring)

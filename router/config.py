@@ -177,7 +177,17 @@ class RoutingSettings:
     poll_interval: float = 1.0  # seconds between checks of the routing timer
     recheck_interval: float = 300.0  # seconds between re-checks of open assignments and held studies
     timezone: str = "UTC"  # IANA name; "today" where no facility time zone is known
-    use_patient_address: bool = True  # fall back to the patient's residence tags
+    # fall back to the patient's residence tags: provisional (off by default; issue 13 review)
+    use_patient_address: bool = False
+    stat_stable_seconds: float = 5.0  # quiet time for a STAT study (skips most of stable_seconds)
+    require_shift: bool = False  # a reader with no shifts defined is off duty (else always on duty)
+    subspecialty_rules: Path = CONFIG_DIR / "subspecialty_rules.csv"  # study -> required/preferred subspecialty
+    work_rvu_file: Path = CONFIG_DIR / "work_rvu_2026.csv"  # work RVU per CPT: workload of open reads
+    default_work_rvu: float = 1.0  # a read whose CPT has no work RVU (or no CPT) counts this
+    max_open_reads: int = 0  # per-reader cap on open (assigned, unreported) reads; 0: no cap
+    tat_stat_minutes: float = 60.0  # turnaround targets from first receipt; breached reads are escalated
+    tat_asap_minutes: float = 240.0
+    tat_routine_minutes: float = 1440.0
     require_reading_state_license: bool = False  # reader also licensed where they read from
 
 
@@ -522,6 +532,8 @@ def _validate(settings: Settings) -> Settings:
     for key, path in (
         ("imlc.membership_file", settings.imlc.membership_file),
         ("billing.cpt_map", settings.billing.cpt_map),
+        ("routing.subspecialty_rules", settings.routing.subspecialty_rules),
+        ("routing.work_rvu_file", settings.routing.work_rvu_file),
     ):
         if not path.exists():
             raise ConfigError(key, f"file not found: {path} (a relative path is read from the config file's folder)")
@@ -529,6 +541,12 @@ def _validate(settings: Settings) -> Settings:
             raise ConfigError(key, f"{path} is not a file")
     routing = settings.routing
     _check_seconds("routing.stable_seconds", routing.stable_seconds, allow_zero=True)
+    _check_seconds("routing.stat_stable_seconds", routing.stat_stable_seconds, allow_zero=True)
+    _check_positive("routing.default_work_rvu", routing.default_work_rvu, False, maximum=100.0, unit="")
+    if routing.max_open_reads < 0:
+        raise ConfigError("routing.max_open_reads", "must be 0 (no cap) or a positive count")
+    for key in ("tat_stat_minutes", "tat_asap_minutes", "tat_routine_minutes"):
+        _check_seconds(f"routing.{key}", getattr(routing, key))
     _check_seconds("routing.poll_interval", routing.poll_interval)
     _check_seconds("routing.recheck_interval", routing.recheck_interval)
     try:

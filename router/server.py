@@ -31,6 +31,7 @@ from router.hl7.mllp import MllpListener, TlsFiles
 from router.metrics import ReceiveMetrics, ServerMetrics, server_registry
 from router.node import ListenerError, ListenerNode
 from router.ops_http import Check, HttpEndpoint, archive_writable
+from router.services.escalation import escalate_breached
 from router.services.forwarding import ForwardingPolicy, ForwardingService
 from router.services.hl7_inbox import Hl7Inbox
 from router.services.orders import OrderService
@@ -212,6 +213,9 @@ class RouterServer:
         busy) relies on this pass.
         """
         results = self.app.routing.reevaluate("periodic recheck")
+        escalated = escalate_breached(self.app.routing)
+        if escalated:
+            LOG.warning("periodic recheck: %d read(s) past their turnaround target escalated", len(escalated))
         withdrawn = sum(1 for result in results if result.withdrawn_npi is not None)
         assigned = sum(
             1 for result in results if result.withdrawn_npi is None and result.status == StudyStatus.ASSIGNED

@@ -12,13 +12,20 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from router.cli import cli
+from router.config import Settings
 from router.db.models import Study
 from router.domain.enums import StudyStatus
 from router.server import RouterServer
-from tests.conftest import DEMO_CONFIG, SAMPLES
+from tests.conftest import DEMO_CONFIG, SAMPLES, make_settings
 from tests.dicom_helpers import send_paths
 
 pytestmark = pytest.mark.network
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """These tests show the patient-residence conflicts, so the provisional source is switched on."""
+    return make_settings(tmp_path, database_url, use_patient_address=True)
 
 
 @pytest.fixture

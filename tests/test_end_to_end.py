@@ -28,8 +28,9 @@ EXPECTED = {
     # case folder: (status after routing, exam state, source, hold reason)
     "facility_tx": (StudyStatus.ASSIGNED, "TX", ExamStateSource.FACILITY, None),
     "institution_address_ok": (StudyStatus.ASSIGNED, "OK", ExamStateSource.INSTITUTION_ADDRESS, None),
-    "patient_address_hl7": (StudyStatus.ASSIGNED, "CO", ExamStateSource.PATIENT_ADDRESS, None),
-    "patient_address_zip4": (StudyStatus.ASSIGNED, "IL", ExamStateSource.PATIENT_ADDRESS, None),
+    # the patient's residence alone is provisional and off by default (issue 13): held for an admin
+    "patient_address_hl7": (StudyStatus.HELD, None, None, HoldReason.NO_EXAM_STATE),
+    "patient_address_zip4": (StudyStatus.HELD, None, None, HoldReason.NO_EXAM_STATE),
     "territory_pr": (StudyStatus.HELD, "PR", ExamStateSource.INSTITUTION_ADDRESS, HoldReason.NO_ELIGIBLE_RADIOLOGIST),
     "conflict_ok_tx": (StudyStatus.ASSIGNED, "OK", ExamStateSource.INSTITUTION_ADDRESS, None),
     "no_state": (StudyStatus.HELD, None, None, HoldReason.NO_EXAM_STATE),
@@ -99,10 +100,8 @@ def test_samples_are_routed_to_licensed_readers_and_billed_apart(server: RouterS
             assert license_row.expires >= dt.date.today()
             if case == "mammo_wy":
                 assert session.get(Radiologist, assignment.radiologist_id).mqsa_qualified
-            if case == "conflict_ok_tx":
-                assert study.location_conflicts == [
-                    {"source": "patient_address", "state": "TX", "detail": study.location_conflicts[0]["detail"]}
-                ]
+            if case == "conflict_ok_tx":  # the patient's TX residence is not read (use_patient_address off)
+                assert study.location_conflicts is None
         storage = list(session.scalars(select(InfrastructureEntry).order_by(InfrastructureEntry.id)))
     # one storage record per study, for exactly the bytes stored, at the configured rate
     assert len(storage) == len(EXPECTED)
@@ -236,8 +235,8 @@ def test_demo_command_runs_the_main_job_and_refuses_a_used_data_dir(tmp_path: Pa
         "institution address ok": "completed",
         "mammo wy": "completed",
         "no state": "HELD",
-        "patient address hl7": "completed",
-        "patient address zip4": "completed",
+        "patient address hl7": "HELD",
+        "patient address zip4": "HELD",
         "territory pr": "HELD",
     }
     assert "Professional ledger" in result.stdout and "Infrastructure ledger" in result.stdout

@@ -354,9 +354,10 @@ def _value(value: Any) -> str:
 
 def register(cli: click.Group) -> None:
     """Add the roster groups to the root group: radiologists, licenses, imlc, facilities, privileges, audit."""
-    from router.cli import roster_licenses, roster_sites
+    from router.cli import roster_duty, roster_licenses, roster_sites
 
     cli.add_command(radiologists_group)
     cli.add_command(audit_group)
     roster_licenses.register(cli)
     roster_sites.register(cli)
+    roster_duty.register(cli)

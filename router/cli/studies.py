@@ -286,7 +286,8 @@ def recheck(obj: CliContext) -> None:
     """Re-check every open assignment and held study against today's roster.
 
     A running server does this every ``routing.recheck_interval`` seconds and after each roster
-    command; run it by hand after a roster command that warned its re-evaluation failed.
+    command; run it by hand after a roster command that warned its re-evaluation failed. Reads
+    past their turnaround target are escalated (reassigned, or flagged for an admin).
     """
     results = obj.app().routing.reevaluate("manual recheck")
     withdrawn = [result for result in results if result.withdrawn_npi is not None]
@@ -298,6 +299,11 @@ def recheck(obj: CliContext) -> None:
         f"rechecked: {len(withdrawn)} withdrawn from a reader no longer eligible, "
         f"{len(assigned)} held stud{'y' if len(assigned) == 1 else 'ies'} assigned, {held} held"
     )
+    from router.services.escalation import escalate_breached
+
+    for result in escalate_breached(obj.app().routing):
+        target = f"reassigned to NPI {result.assigned_npi}" if result.withdrawn_npi else "flagged for an admin"
+        click.echo(f"{result.study_instance_uid}: turnaround breached, {target}")
 
 
 def _say(result: RouteResult) -> None:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    Time,
     TypeDecorator,
     UniqueConstraint,
     text,
@@ -38,6 +39,7 @@ from router.domain.enums import (
     AckCode,
     CptSource,
     ExamStateSource,
+    FacilityReaderRule,
     FederalFacility,
     HoldReason,
     InfrastructureKind,
@@ -160,6 +162,7 @@ class Radiologist(Base):
     spl_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))  # designated SPL
     loq_issued: Mapped[dt.date | None] = mapped_column(Date)  # IMLC Letter of Qualification
     mqsa_qualified: Mapped[bool] = mapped_column(Boolean, default=False)
+    subspecialties: Mapped[str | None] = mapped_column(String(128))  # comma-joined Subspecialty values
     reading_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))
     # where assigned studies are forwarded (C-STORE SCP of the reader's workstation or PACS)
     destination_ae_title: Mapped[str | None] = mapped_column(String(AE_LENGTH))
@@ -171,6 +174,33 @@ class Radiologist(Base):
         back_populates="radiologist", cascade="all, delete-orphan", order_by="License.state"
     )
     privileges: Mapped[list[Privilege]] = relationship(back_populates="radiologist", cascade="all, delete-orphan")
+
+
+class ReaderShift(Base):
+    """A weekly shift of a reader in the reader's own IANA time zone (see router.domain.shifts)."""
+
+    __tablename__ = "reader_shifts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    radiologist_id: Mapped[int] = mapped_column(ForeignKey("radiologists.id", ondelete="CASCADE"), index=True)
+    weekdays: Mapped[str] = mapped_column(String(32))  # e.g. "mon,tue,wed,thu,fri"
+    start_time: Mapped[dt.time] = mapped_column(Time)  # local wall clock
+    end_time: Mapped[dt.time] = mapped_column(Time)  # <= start_time: ends the next day
+    timezone: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+
+
+class FacilityReader(Base):
+    """A facility's preference for, or exclusion of, one reader (one rule per pair)."""
+
+    __tablename__ = "facility_readers"
+    __table_args__ = (UniqueConstraint("facility_id", "radiologist_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"))
+    radiologist_id: Mapped[int] = mapped_column(ForeignKey("radiologists.id", ondelete="CASCADE"))
+    rule: Mapped[FacilityReaderRule] = mapped_column(_enum(FacilityReaderRule, "facility_reader_rule"))
+    created_at: Mapped[dt.datetime]
 
 
 class License(Base):
@@ -428,6 +458,7 @@ class Assignment(Base):
     license_number: Mapped[str] = mapped_column(String(64))
     assigned_at: Mapped[dt.datetime]
     assigned_by: Mapped[str] = mapped_column(String(64))  # "router" or the OS user of a manual assignment
+    work_rvu_centi: Mapped[int | None] = mapped_column(Integer)  # the read's work RVUs x 100 (workload)
     completed_at: Mapped[dt.datetime | None]
     superseded_at: Mapped[dt.datetime | None]
     superseded_reason: Mapped[str | None] = mapped_column(Text)

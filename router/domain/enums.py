@@ -31,6 +31,8 @@ class HoldReason(StrEnum):
 
     NO_EXAM_STATE = "no_exam_state"
     NO_ELIGIBLE_RADIOLOGIST = "no_eligible_radiologist"
+    NO_READER_ON_SHIFT = "no_reader_on_shift"  # licensed readers exist, none on shift (or all at their cap)
+    FACILITY_ADDRESS_CONFLICT = "facility_address_conflict"  # facility state != InstitutionAddress state
 
 
 class ExamStateSource(StrEnum):
@@ -166,3 +168,31 @@ class ArchiveBackendKind(StrEnum):
 
     FOLDER = "folder"  # a POSIX folder: temp file, fsync, rename, folder fsync
     S3 = "s3"  # an S3-compatible object store: PUT with Content-MD5 after a local fsync
+
+
+class FacilityReaderRule(StrEnum):
+    """A facility's standing instruction about one reader."""
+
+    PREFER = "prefer"  # wins ties against readers with the same workload
+    EXCLUDE = "exclude"  # never assigned studies from this facility
+
+
+class Subspecialty(StrEnum):
+    """Radiology subspecialty credentials a reader may hold (ABR subspecialty areas, in practice terms)."""
+
+    NEURO = "neuro"
+    MSK = "msk"
+    BREAST = "breast"
+    PEDS = "peds"
+    BODY = "body"
+    CHEST = "chest"
+    CARDIAC = "cardiac"
+    IR = "ir"
+    NUCLEAR = "nuclear"
+
+
+class SubspecialtyNeed(StrEnum):
+    """How strongly a subspecialty rule asks for its credential."""
+
+    REQUIRED = "required"  # only credentialed readers may be assigned
+    PREFERRED = "preferred"  # credentialed readers win ties on workload

@@ -112,7 +112,7 @@ class ReadService:
         facility = session.get(Facility, study.facility_id) if study.facility_id else None
         radiologist = session.get(Radiologist, assignment.radiologist_id)
         assert radiologist is not None and study.exam_state
-        day = self._routing.read_day(facility, moment)
+        day = self._routing.read_day(facility, moment, study.exam_state)
         readers = load_readers(session, [radiologist.id])
         verdict = evaluate_reader(
             readers[0], study_facts(study, study.exam_state, facility), day, self._routing.rules()

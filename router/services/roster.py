@@ -23,6 +23,7 @@ from typing import Any, TypedDict
 from sqlalchemy.orm import Session, sessionmaker
 
 from router.services.audit import UNSET, ChangeContext, ChangeRunner, Rerouted, RosterChange, audit_entries
+from router.services.roster_duty import CredentialRoster, FacilityReaderRoster, ShiftRoster
 from router.services.roster_facilities import FacilityRoster
 from router.services.roster_import import (
     ImportResult,
@@ -61,6 +62,9 @@ class RosterService:
         self.licenses = LicenseRoster(self._runner)
         self.facilities = FacilityRoster(self._runner)
         self.privileges = PrivilegeRoster(self._runner)
+        self.shifts = ShiftRoster(self._runner)
+        self.facility_readers = FacilityReaderRoster(self._runner)
+        self.credentials = CredentialRoster(self._runner)
 
     def import_csv(self, text: str, os_user: str, *, dry_run: bool = False) -> ImportResult:
         """Import a roster file (one row per license), all or nothing.
