@@ -117,7 +117,8 @@ def test_database_values_are_encrypted_bound_to_their_column_and_key(tmp_path: P
 
 
 def _encrypted_settings(tmp_path: Path, database_url: str, keys: tuple[str, ...], active: str) -> Settings:
-    settings = make_settings(tmp_path, database_url).replace(
+    # Routed by the patient's residence (off by default) so the encrypted location columns are read.
+    settings = make_settings(tmp_path, database_url, use_patient_address=True).replace(
         "forwarding", enabled=True, initial_backoff=0.2, max_backoff=0.4, max_attempts=3
     )
     return settings.replace("encryption", enabled=True, keys=keys, active_key=active)

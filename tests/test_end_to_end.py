@@ -241,9 +241,9 @@ def test_demo_command_runs_the_main_job_and_refuses_a_used_data_dir(tmp_path: Pa
     }
     assert "Professional ledger" in result.stdout and "Infrastructure ledger" in result.stdout
     assert "sent 19 instance(s) of 8 stud(ies)" in result.stderr
-    # No read is completed by hand: the six assigned studies are billed from their signed reports (ORU^R01).
+    # No read is completed by hand: the four assigned studies are billed from their signed reports (ORU^R01).
     assert "sent 8 order(s) over MLLP" in result.stderr
-    assert "sent 6 final signed report(s) over MLLP" in result.stderr
+    assert "sent 4 final signed report(s) over MLLP" in result.stderr
     ledger = result.stdout.split("Professional ledger")[1].split("Infrastructure ledger")[0]
     billed = {
         cells[1]: (cells[2], cells[3].removesuffix("-26"))
@@ -253,8 +253,6 @@ def test_demo_command_runs_the_main_job_and_refuses_a_used_data_dir(tmp_path: Pa
     assert billed == {
         "SYNACC0001": ("1000000012", "71260"),
         "SYNACC0002": ("1000000012", "71046"),
-        "SYNACC0003": ("1000000020", "70551"),
-        "SYNACC0004": ("1000000038", "76700"),
         "SYNACC0006": ("1000000012", "74177"),
         "SYNACC0008": ("1000000046", "77067"),
     }

@@ -107,7 +107,7 @@ def test_serve_under_umask_000_creates_nothing_world_readable(tmp_path: Path) ->
     assert world == {}, f"world-accessible: {world}"
     group_writable = {name: oct(mode) for name, mode in modes.items() if mode & 0o020}
     assert group_writable == {}
-    assert modes["router.db"] == 0o640
+    assert modes["router.db"] == 0o600  # created owner-only by the engine (it holds patient location)
     assert modes["archive"] == 0o750
     assert all(modes[name] in (0o600, 0o640) for name in stored)
 

@@ -37,6 +37,7 @@ def test_demo_roster_and_studies_are_package_data() -> None:
     assert DEFAULT_SAMPLES == PACKAGED_SAMPLES_DIR
     assert sorted(p.name for p in DEFAULT_DEMO_CONFIG.glob("*.csv")) == [
         "facilities.csv",
+        "orders.csv",
         "radiologists.csv",
         "roster.csv",
     ]
