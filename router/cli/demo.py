@@ -284,7 +284,8 @@ def _study_uid(path: Path) -> str:
 
 def _note(row: dict[str, Any], document: dict[str, Any]) -> str | None:
     if row["hold_reason"]:
-        return f"{label(str(row['hold_reason']))}: {row['hold_detail']}"
+        reason, detail = label(str(row["hold_reason"])), str(row["hold_detail"] or "")
+        return detail if detail.startswith(f"{reason}:") else f"{reason}: {detail}"
     conflicts = document.get("location_conflicts") or []
     if conflicts:
         return "conflict: " + "; ".join(f"{c['source']} says {c['state']}" for c in conflicts)
