@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from router.archive import Archive
 from router.config import Settings
 from router.db import migrate
-from router.db.engine import check_connection, make_engine, make_session_factory
+from router.db.engine import ServerOptions, check_connection, make_engine, make_session_factory
 from router.errors import RouterError
+from router.services.cluster import keep_node_id, new_node_id, resolve_node_id
 from router.services.intake import IntakeService
 from router.services.ledgers import LedgerService
 from router.services.reads import ReadService
@@ -42,6 +43,19 @@ def routing_policy(settings: Settings) -> RoutingPolicy:
     )
 
 
+def server_options(settings: Settings, node_id: str | None) -> ServerOptions:
+    """PostgreSQL session settings and pool size from ``[database]``; the application name
+    carries the node id (``router:<node id>``, or ``router:cli`` for other commands)."""
+    database = settings.database
+    return ServerOptions(
+        statement_timeout=database.statement_timeout,
+        idle_in_transaction_timeout=database.idle_in_transaction_timeout,
+        application_name=f"{database.application_name}:{node_id or 'cli'}",
+        pool_size=database.pool_size,
+        max_overflow=database.max_overflow,
+    )
+
+
 @dataclass
 class RouterApp:
     """Everything a command needs, wired together."""
@@ -57,6 +71,7 @@ class RouterApp:
     ledgers: LedgerService
     roster: RosterService
     clock: Clock = field(default=utcnow)
+    node_id: str | None = None  # None: a command that is not a node (no id kept yet)
 
     @classmethod
     def open(cls, settings: Settings, *, clock: Clock = utcnow, upgrade: bool = False) -> RouterApp:
@@ -76,18 +91,28 @@ class RouterApp:
         DatabaseNotReady
             If the schema is not at the newest revision and ``upgrade`` is false.
         """
-        engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout, create=upgrade)
+        node_id = resolve_node_id(settings, create=False)
+        # serve/demo are nodes: a new id is generated now and kept once the database is usable
+        fresh = new_node_id() if node_id is None and upgrade else None
+        engine = make_engine(
+            settings.database_url,
+            busy_timeout=settings.database.busy_timeout,
+            create=upgrade,
+            server=server_options(settings, node_id or fresh),
+        )
         try:
             check_connection(engine)
             if upgrade:
                 migrate.upgrade(engine)
             elif not migrate.is_current(engine):
                 raise DatabaseNotReady("the database schema is not up to date: run `router db upgrade`")
+            if fresh is not None:
+                node_id = keep_node_id(settings, fresh)
         except Exception:
             engine.dispose()
             raise
         sessions = make_session_factory(engine)
-        archive = Archive(settings.paths.archive)
+        archive = Archive(settings.paths.archive, node_id=node_id)
         reference = ReferenceData(settings.imlc.membership_file, settings.billing.cpt_map)
         routing = RoutingService(sessions, reference, routing_policy(settings), clock)
         return cls(
@@ -102,6 +127,7 @@ class RouterApp:
             ledgers=LedgerService(sessions),
             roster=RosterService(sessions, routing, clock),
             clock=clock,
+            node_id=node_id,
         )
 
     def close(self) -> None:

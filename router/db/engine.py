@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,29 @@ from sqlalchemy.orm import Session, sessionmaker
 from router.errors import DatabaseUnavailable, first_line
 
 
-def make_engine(url: str, busy_timeout: float = 10.0, *, create: bool = True, **kwargs: Any) -> Engine:
+@dataclass(frozen=True)
+class ServerOptions:
+    """PostgreSQL session settings and pool size (``[database]``); SQLite ignores them.
+
+    Timeouts are in seconds; 0 turns one off. ``application_name`` shows in
+    ``pg_stat_activity`` (PostgreSQL truncates it to 63 bytes).
+    """
+
+    statement_timeout: float = 0.0
+    idle_in_transaction_timeout: float = 0.0
+    application_name: str | None = None
+    pool_size: int = 5
+    max_overflow: int = 10
+
+
+def make_engine(
+    url: str,
+    busy_timeout: float = 10.0,
+    *,
+    create: bool = True,
+    server: ServerOptions | None = None,
+    **kwargs: Any,
+) -> Engine:
     """Create an engine for ``url``.
 
     Parameters
@@ -35,6 +58,10 @@ def make_engine(url: str, busy_timeout: float = 10.0, *, create: bool = True, **
         SQLite only: create the database file (and its folder) if missing. When false, a
         missing file raises instead, so a mistyped ``--data-dir`` does not create an empty
         database in the wrong place.
+    server : ServerOptions, optional
+        PostgreSQL only: ``statement_timeout``, ``idle_in_transaction_session_timeout``,
+        ``application_name`` and the pool size (a stalled node's transaction is ended by the
+        server, so its row locks cost other nodes at most that long).
 
     Raises
     ------
@@ -46,7 +73,7 @@ def make_engine(url: str, busy_timeout: float = 10.0, *, create: bool = True, **
     holds patient addresses, and exception text can reach logs.
     """
     try:
-        return _make_engine(url, busy_timeout, create, **kwargs)
+        return _make_engine(url, busy_timeout, create, server or ServerOptions(), **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
         raise DatabaseUnavailable(
             f"database.url {_safe(url)!r} cannot be used: {first_line(exc) or type(exc).__name__}"
@@ -84,7 +111,7 @@ def check_connection(engine: Engine) -> None:
         ) from exc
 
 
-def _make_engine(url: str, busy_timeout: float, create: bool, **kwargs: Any) -> Engine:
+def _make_engine(url: str, busy_timeout: float, create: bool, server: ServerOptions, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
@@ -144,8 +171,15 @@ def _make_engine(url: str, busy_timeout: float, create: bool, **kwargs: Any) -> 
         # Keep options given in the URL (e.g. -csearch_path=...) and add the lock timeout.
         url_options = parsed.query.get("options")
         base = url_options if isinstance(url_options, str) else " ".join(url_options or ())
-        connect_args.setdefault("options", f"{base} -c lock_timeout={timeout_ms}".strip())
+        options = f"{base} -c lock_timeout={timeout_ms}"
+        options += f" -c statement_timeout={int(server.statement_timeout * 1000)}"
+        options += f" -c idle_in_transaction_session_timeout={int(server.idle_in_transaction_timeout * 1000)}"
+        connect_args.setdefault("options", options.strip())
         connect_args.setdefault("connect_timeout", max(1, int(busy_timeout)))
+        if server.application_name:
+            connect_args.setdefault("application_name", server.application_name[:63])
+        kwargs.setdefault("pool_size", server.pool_size)
+        kwargs.setdefault("max_overflow", server.max_overflow)
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args, hide_parameters=True, **kwargs)
 
 
