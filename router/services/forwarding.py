@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from router.archive import Archive
 from router.db.models import Assignment, ForwardedInstance, Instance, OutboxJob, Study
@@ -220,6 +222,16 @@ class ForwardingService:
         return error is None
 
     def _finish(self, job_id: int, done: list[tuple[int, int]], error: str | None) -> None:
+        """Record the outcome of a send; retried on a new connection when the database dropped
+        this one (e.g. ``idle_in_transaction_timeout`` ended a node frozen mid-transaction),
+        since the instances were sent: unrecorded, they would be sent again."""
+        for attempt in Retrying(
+            retry=retry_if_exception(_connection_lost), stop=stop_after_attempt(3), wait=wait_fixed(0.2), reraise=True
+        ):
+            with attempt:
+                self._record(job_id, done, error)
+
+    def _record(self, job_id: int, done: list[tuple[int, int]], error: str | None) -> None:
         """Record what the destination accepted (ledger: the bytes sent) and give the claim back.
 
         The job is locked while recorded; an instance already recorded (by a node that took the
@@ -276,6 +288,10 @@ class ForwardingService:
                 )
             else:
                 job.next_attempt_at = now + self.policy.backoff(job.attempts)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _unclaimed(now: dt.datetime) -> Any:
