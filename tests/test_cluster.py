@@ -456,3 +456,25 @@ def test_concurrent_reevaluations_never_collide_on_the_current_assignment(pg_set
                 .where(Radiologist.npi == NPI_B, Assignment.superseded_at.is_(None))
             )
         assert withdrawn_from_a == len(results) and current_b == 8  # each withdrawal done exactly once
+
+
+def test_nodes_list_shows_each_node_alive_or_stopped(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from router.cli import cli
+
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'var' / 'router.db'}")
+    with RouterApp.open(settings, upgrade=True) as app:
+        ClusterService(app.sessions, "router-a", lease_seconds=30).register()
+        stopped = ClusterService(app.sessions, "router-b", lease_seconds=30)
+        stopped.register()
+        stopped.stop()
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "var"), "nodes", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(row["node_id"], row["alive"], row["stopped_at"] is not None) for row in rows] == [
+        ("router-a", True, False),
+        ("router-b", False, True),
+    ]

@@ -81,9 +81,9 @@ def cli(ctx: click.Context, config_path: Path | None, data_dir: Path | None, ver
 
 
 def _register() -> None:
-    from router.cli import db, demo, ledger, serve, studies
+    from router.cli import db, demo, ledger, nodes, serve, studies
 
-    for module in (db, demo, ledger, serve, studies):
+    for module in (db, demo, ledger, nodes, serve, studies):
         module.register(cli)
     try:
         from router.cli import roster
