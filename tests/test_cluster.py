@@ -302,6 +302,31 @@ def test_a_node_stalled_inside_a_routing_transaction_costs_the_others_nothing(pg
         stalled.close()
 
 
+def test_three_nodes_upgrading_an_empty_database_at_once_all_succeed(pg_settings: Settings) -> None:
+    from router.db import migrate
+
+    engines = [make_engine(pg_settings.database_url) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def upgrade(engine) -> None:  # type: ignore[no-untyped-def]
+        try:
+            migrate.upgrade(engine)
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(engine,)) for engine in engines]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert all(migrate.is_current(engine) for engine in engines)
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
 def test_server_options_reach_the_postgresql_session(pg_settings: Settings) -> None:
     options = ServerOptions(
         statement_timeout=7, idle_in_transaction_timeout=9, application_name="router:n1", pool_size=2, max_overflow=1
