@@ -115,12 +115,12 @@ class RouterServer:
             thread.start()
             self._background.append(thread)
         LOG.info(
-            "node %s listening as %s on %s port(s) %s with %d process(es); archive %s",
-            self.node_id,
+            "listening as %s on %s port(s) %s with %d process(es) as node %s; archive %s",
             listener_settings.ae_title,
             listener_settings.host,
             ",".join(str(port) for port in self.ports),
             listener_settings.workers,
+            self.node_id,
             app.archive.root,
         )
 
