@@ -291,9 +291,11 @@ def _assert_exact_outcome(app: RouterApp, readers: dict[str, ReceivingScp], arch
         )
         current_count = session.scalar(select(func.count(Assignment.id)).where(Assignment.superseded_at.is_(None)))
         paths = list(session.scalars(select(Instance.relative_path)))
-        storage, transmitted = (
-            session.scalar(select(func.sum(InfrastructureEntry.size_bytes)).where(InfrastructureEntry.kind == kind))
-            for kind in (InfrastructureKind.STORAGE, InfrastructureKind.TRANSMISSION)
+        storage = session.scalar(
+            select(func.sum(InfrastructureEntry.size_bytes)).where(
+                InfrastructureEntry.kind == InfrastructureKind.STORAGE
+            )
+        )
         )
         recheck = session.get(ClusterLease, "recheck")
         nodes = {node.node_id for node in session.scalars(select(Node))}
