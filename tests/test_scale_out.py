@@ -296,7 +296,6 @@ def _assert_exact_outcome(app: RouterApp, readers: dict[str, ReceivingScp], arch
                 InfrastructureEntry.kind == InfrastructureKind.STORAGE
             )
         )
-        )
         recheck = session.get(ClusterLease, "recheck")
         nodes = {node.node_id for node in session.scalars(select(Node))}
     # every instance stored once, on disk, whichever node received it
