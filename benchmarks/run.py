@@ -39,7 +39,7 @@ def _reexec_in_venv() -> None:
         if venv_python.exists() and not in_venv and "ROUTER_BENCH_REEXEC" not in os.environ:
             os.environ["ROUTER_BENCH_REEXEC"] = "1"
             os.execv(str(venv_python), [str(venv_python), *sys.argv])
-        raise SystemExit("the router is not importable: activate the project's venv (pip install -e .) first")
+        raise SystemExit("the router is not importable: activate the project's venv (pip install -e .) first") from None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -10,18 +10,23 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.archive import Archive
+from router.archive_backend import ArchiveBackend, open_archive, open_keyring
 from router.config import Settings
 from router.db import migrate
 from router.db.engine import ServerOptions, check_connection, make_engine, make_session_factory
+from router.dicom.sr import read_sr_facts
+from router.domain.enums import Priority
 from router.errors import RouterError
+from router.keyring import KeyRing
 from router.services.cluster import keep_node_id, new_node_id, resolve_node_id
 from router.services.intake import IntakeService
 from router.services.ledgers import LedgerService
 from router.services.reads import ReadService
 from router.services.reference import ReferenceData
+from router.services.reports import ReportService
 from router.services.roster import RosterService
 from router.services.routing import RoutingPolicy, RoutingService
+from router.services.sr_reports import SrReportIntake
 from router.timeutil import Clock, utcnow
 
 
@@ -29,17 +34,27 @@ class DatabaseNotReady(RouterError):
     """The database schema is missing or older than the code (run ``router db upgrade``)."""
 
 
-def routing_policy(settings: Settings) -> RoutingPolicy:
+def routing_policy(settings: Settings, keyring: KeyRing | None = None) -> RoutingPolicy:
     """The routing policy the settings describe."""
     return RoutingPolicy(
         stable_seconds=settings.routing.stable_seconds,
         timezone=settings.routing.timezone,
         use_patient_address=settings.routing.use_patient_address,
+        stat_stable_seconds=settings.routing.stat_stable_seconds,
+        require_shift=settings.routing.require_shift,
+        max_open_reads=settings.routing.max_open_reads,
+        default_work_rvu_centi=round(settings.routing.default_work_rvu * 100),
+        turnaround_seconds=(
+            (Priority.STAT, settings.routing.tat_stat_minutes * 60.0),
+            (Priority.ASAP, settings.routing.tat_asap_minutes * 60.0),
+            (Priority.ROUTINE, settings.routing.tat_routine_minutes * 60.0),
+        ),
         require_reading_state_license=settings.routing.require_reading_state_license,
         telehealth_registration_states=frozenset(s.upper() for s in settings.licensure.telehealth_registration_states),
         suspension_hold_days=settings.imlc.suspension_hold_days,
         storage_cents_per_gib=settings.billing.storage_cents_per_gib,
         forwarding_enabled=settings.forwarding.enabled,
+        keyring=keyring,
     )
 
 
@@ -63,7 +78,7 @@ class RouterApp:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    archive: Archive
+    archive: ArchiveBackend
     reference: ReferenceData
     intake: IntakeService
     routing: RoutingService
@@ -72,6 +87,7 @@ class RouterApp:
     roster: RosterService
     clock: Clock = field(default=utcnow)
     node_id: str | None = None  # None: a command that is not a node (no id kept yet)
+    keyring: KeyRing | None = None  # encryption at rest; None when off
 
     @classmethod
     def open(cls, settings: Settings, *, clock: Clock = utcnow, upgrade: bool = False) -> RouterApp:
@@ -94,6 +110,7 @@ class RouterApp:
         node_id = resolve_node_id(settings, create=False)
         # serve/demo are nodes: a new id is generated now and kept once the database is usable
         fresh = new_node_id() if node_id is None and upgrade else None
+        keyring = open_keyring(settings)
         engine = make_engine(
             settings.database_url,
             busy_timeout=settings.database.busy_timeout,
@@ -112,22 +129,31 @@ class RouterApp:
             engine.dispose()
             raise
         sessions = make_session_factory(engine)
-        archive = Archive(settings.paths.archive, node_id=node_id)
-        reference = ReferenceData(settings.imlc.membership_file, settings.billing.cpt_map)
-        routing = RoutingService(sessions, reference, routing_policy(settings), clock)
+        archive = open_archive(settings, keyring, node_id=node_id)
+        reference = ReferenceData(
+            settings.imlc.membership_file,
+            settings.billing.cpt_map,
+            settings.routing.subspecialty_rules,
+            settings.routing.work_rvu_file,
+        )
+        routing = RoutingService(sessions, reference, routing_policy(settings, keyring), clock)
+        reads = ReadService(sessions, reference, routing, clock)
+        intake = IntakeService(sessions, archive, clock, keyring)
+        intake.report_hook = SrReportIntake(sessions, archive, ReportService(reads, routing), read_sr_facts, clock)
         return cls(
             settings=settings,
             engine=engine,
             sessions=sessions,
             archive=archive,
             reference=reference,
-            intake=IntakeService(sessions, archive, clock),
+            intake=intake,
             routing=routing,
-            reads=ReadService(sessions, reference, routing, clock),
+            reads=reads,
             ledgers=LedgerService(sessions),
             roster=RosterService(sessions, routing, clock),
             clock=clock,
             node_id=node_id,
+            keyring=keyring,
         )
 
     def close(self) -> None:

@@ -16,13 +16,16 @@ UIDs are validated (:func:`router.domain.instance.uid_problem`) before they beco
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from router.domain.instance import uid_problem
 from router.errors import ArchiveError
@@ -33,6 +36,9 @@ LOG = logging.getLogger(__name__)
 INCOMING = ".incoming"
 QUARANTINE = ".quarantine"
 _HASH_CHUNK = 1 << 20  # bytes read at a time when hashing
+#: Archive files and temporary files: owner read/write, group read, never world-readable
+#: (whatever the process umask).
+FILE_MODE = 0o640
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,17 @@ def dataset_sha256(path: Path, offset: int | None = None) -> tuple[str, int]:
 
 
 class Archive:
-    """File operations on one archive root. Thread-safe: it keeps no mutable state."""
+    """The folder backend: file operations on one archive root. Thread-safe: no mutable state.
+
+    This class is also the archive interface every backend keeps (see
+    :mod:`router.archive_backend`): the node-local ``.incoming`` folder and temporary files,
+    :meth:`place` / :meth:`quarantine` of a synced temporary file under a key (the relative
+    path), :meth:`exists`, :meth:`open_read` (a stream), :meth:`local_copy` (a readable file
+    for the forwarding SCU), and :meth:`files_modified_since` for start-up recovery.
+    """
+
+    #: Whether start-up recovery may look for files without a row (cheap here: folder mtimes).
+    scans_for_orphans = True
 
     def __init__(self, root: Path, node_id: str | None = None) -> None:
         self.root = Path(root).resolve()
@@ -118,7 +134,7 @@ class Archive:
         """
         temp = self.new_temp_path()
         try:
-            with open(temp, "wb") as handle:
+            with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
                 handle.write(data)
         except OSError as exc:
             _remove_quietly(temp)
@@ -156,6 +172,7 @@ class Archive:
         target = self.root / relative_path
         try:
             size = os.stat(temp).st_size if synced else _fsync_file(temp)
+            os.chmod(temp, FILE_MODE)
             self._make_dirs(target.parent)
             if not replace and target.exists():
                 raise FileExistsError(errno.EEXIST, "exists", str(target))
@@ -188,7 +205,70 @@ class Archive:
         except FileExistsError:
             # The very same bytes are already quarantined: nothing more to keep.
             _remove_quietly(temp)
-            return StoredFile(relative_path=relative, size_bytes=(self.root / relative).stat().st_size)
+            return StoredFile(relative_path=relative, size_bytes=self.size(relative))
+
+    # ------------------------------------------------------------------ reads
+    def exists(self, relative_path: str) -> bool:
+        """Whether an archive file exists at ``relative_path``."""
+        return (self.root / relative_path).is_file()
+
+    def size(self, relative_path: str) -> int:
+        """Size in bytes of a stored file.
+
+        Raises
+        ------
+        ArchiveError
+            If it cannot be read.
+        """
+        try:
+            return (self.root / relative_path).stat().st_size
+        except OSError as exc:
+            raise ArchiveError(f"cannot read {relative_path.rsplit('/', 1)[-1]}: {exc.strerror}") from exc
+
+    def open_read(self, relative_path: str) -> BinaryIO:
+        """A binary stream of a stored file, as received (the caller closes it).
+
+        Raises
+        ------
+        ArchiveError
+            If it cannot be opened.
+        """
+        try:
+            return open(self.root / relative_path, "rb")
+        except OSError as exc:
+            raise ArchiveError(f"cannot read {relative_path.rsplit('/', 1)[-1]}: {exc.strerror}") from exc
+
+    @contextlib.contextmanager
+    def local_copy(self, relative_path: str) -> Iterator[Path]:
+        """A local Part 10 file with the stored bytes, for as long as the context lasts.
+
+        The folder backend gives the archive file itself (no copy).
+
+        Raises
+        ------
+        ArchiveError
+            If the file is missing or unreadable.
+        """
+        path = self.root / relative_path
+        if not path.is_file():
+            raise ArchiveError(f"{relative_path.rsplit('/', 1)[-1]} is missing from the archive")
+        yield path
+
+    def move(self, relative_path: str, target_relative_path: str) -> None:
+        """Move a stored file to another key (recovery sets orphans aside with it).
+
+        Raises
+        ------
+        ArchiveError
+            On I/O errors.
+        """
+        target = self.root / target_relative_path
+        try:
+            self._make_dirs(target.parent)
+            os.replace(self.root / relative_path, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise ArchiveError(f"cannot move {relative_path}: {exc.strerror}") from exc
 
     def remove_temp(self, temp: Path) -> None:
         """Delete a temporary file if it still exists."""

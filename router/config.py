@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from router.domain.enums import ArchiveBackendKind
 from router.domain.jurisdictions import normalize_jurisdiction
 from router.errors import ConfigError
+from router.resources import PACKAGED_CONFIG_DIR
 
 #: DICOM PS3.8 section 9.3.2 / PS3.5 section 6.2: an AE title is at most 16 characters of the
 #: default character repertoire, without backslash or control characters.
@@ -28,9 +30,13 @@ AE_TITLE_MAX_LENGTH = 16
 #: A node id ([node] id): it names the node's incoming folder, so no path separators.
 NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
-#: The repository's ``config/`` folder: dated data files (IMLC membership, CPT map) and examples.
-#: Relative paths in a config file resolve against that file's directory instead.
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+#: ``[logging] format`` values.
+LOG_FORMATS = ("text", "json")
+
+#: The ``config/`` folder shipped in the package (:mod:`router.resources`): dated data files (IMLC
+#: membership, CPT map), the example config and the demo roster. A path in a config file
+#: overrides each data file; relative paths there resolve against that file's directory.
+CONFIG_DIR = PACKAGED_CONFIG_DIR
 
 
 def validate_ae_title(value: object, key: str) -> str:
@@ -65,6 +71,24 @@ class TlsSettings:
     key_file: Path | None = None
     ca_file: Path | None = None
     require_client_cert: bool = False
+    # "AE=NAME": calling AE title AE is accepted on the TLS port only with a client certificate
+    # whose subject CN or a DNS/IP subject alternative name is NAME
+    ae_title_subjects: tuple[str, ...] = ()
+
+    def subject_bindings(self) -> dict[str, str]:
+        """``ae_title_subjects`` as {calling AE title: expected certificate name}."""
+        return {entry.partition("=")[0].strip(): entry.partition("=")[2].strip() for entry in self.ae_title_subjects}
+
+
+@dataclass(frozen=True)
+class ForwardingTlsSettings:
+    """DICOM TLS towards destinations written ``tls://AE@host:port`` (PS3.15 Annex B.1)."""
+
+    ca_file: Path | None = None  # None: the system's trusted CAs
+    cert_file: Path | None = None  # client certificate, for destinations that require one
+    key_file: Path | None = None
+    check_hostname: bool = True  # the destination's certificate must name its host
+    destinations: tuple[str, ...] = ()  # "host:port" always reached over TLS (also: tls://AE@host:port)
 
 
 @dataclass(frozen=True)
@@ -86,6 +110,12 @@ class ListenerSettings:
     require_called_ae_title: bool = False  # refuse associations calling another AE title
     allowed_addresses: tuple[str, ...] = ()  # IPs or CIDR networks; empty: any address
     drain_timeout: float = 30.0  # seconds to finish in-flight associations on SIGTERM
+    max_inflated_bytes: int = 1 << 30  # largest inflated deflated data set; more is answered 0xA700
+    max_association_request_bytes: int = 1 << 20  # largest A-ASSOCIATE-RQ PDU accepted
+    association_request_timeout: float = 10.0  # seconds from connect to a complete A-ASSOCIATE-RQ
+    max_connections: int = 64  # TCP connections at once, at any stage, per process
+    max_connections_per_address: int = 8  # of those, from one peer IP address
+    idle_eviction_seconds: float = 5.0  # when all associations are taken, abort one idle this long; 0: never
     tls: TlsSettings = field(default_factory=TlsSettings)
 
 
@@ -103,13 +133,44 @@ class PathSettings:
 
 
 @dataclass(frozen=True)
+class ArchiveSettings:
+    """Archive backend (``[archive]``): the folder under ``paths.archive_dir``, or S3-compatible storage.
+
+    With ``s3`` the local archive folder keeps only this node's ``.incoming`` temporary files;
+    credentials not given here come from the standard AWS chain (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, profiles, instance roles).
+    """
+
+    backend: str = "folder"  # ArchiveBackendKind
+    endpoint_url: str | None = None  # None: AWS itself; e.g. "http://minio.internal:9000"
+    bucket: str | None = None  # required with backend = "s3"
+    prefix: str = ""  # key prefix inside the bucket, e.g. "router/"
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    connect_timeout: float = 5.0  # seconds
+    read_timeout: float = 60.0  # seconds
+
+
+@dataclass(frozen=True)
+class EncryptionSettings:
+    """Encryption at rest (``[encryption]``): archive files and the patient's location text in
+    the database, AES-256-GCM under key-encryption keys listed by id (see router/keyring.py)."""
+
+    enabled: bool = False
+    keys: tuple[str, ...] = ()  # key ids loaded at start, e.g. ("2026-01", "2026-07")
+    active_key: str | None = None  # id new data keys are wrapped with; must be in keys
+    key_dir: Path | None = None  # None: <data_dir>/keys; files <id>.key (or ROUTER_KEK_<ID>)
+
+
+@dataclass(frozen=True)
 class DatabaseSettings:
     """The index database."""
 
     url: str | None = None  # None: sqlite:///<data_dir>/router.db
     busy_timeout: float = 10.0  # seconds to wait for a lock before answering 0xA701
     # PostgreSQL only (docs/scale-out.md); 0 turns a timeout off.
-    statement_timeout: float = 60.0  # seconds one statement may run
+    statement_timeout: float = 30.0  # seconds any one statement may run before 0xA701
     idle_in_transaction_timeout: float = 30.0  # seconds a stalled node may sit inside a transaction
     pool_size: int = 5  # connections kept open per process
     max_overflow: int = 10  # extra connections opened under load
@@ -124,7 +185,17 @@ class RoutingSettings:
     poll_interval: float = 1.0  # seconds between checks of the routing timer
     recheck_interval: float = 300.0  # seconds between re-checks of open assignments and held studies
     timezone: str = "UTC"  # IANA name; "today" where no facility time zone is known
-    use_patient_address: bool = True  # fall back to the patient's residence tags
+    # fall back to the patient's residence tags: provisional (off by default; issue 13 review)
+    use_patient_address: bool = False
+    stat_stable_seconds: float = 5.0  # quiet time for a STAT study (skips most of stable_seconds)
+    require_shift: bool = False  # a reader with no shifts defined is off duty (else always on duty)
+    subspecialty_rules: Path = CONFIG_DIR / "subspecialty_rules.csv"  # study -> required/preferred subspecialty
+    work_rvu_file: Path = CONFIG_DIR / "work_rvu_2026.csv"  # work RVU per CPT: workload of open reads
+    default_work_rvu: float = 1.0  # a read whose CPT has no work RVU (or no CPT) counts this
+    max_open_reads: int = 0  # per-reader cap on open (assigned, unreported) reads; 0: no cap
+    tat_stat_minutes: float = 60.0  # turnaround targets from first receipt; breached reads are escalated
+    tat_asap_minutes: float = 240.0
+    tat_routine_minutes: float = 1440.0
     require_reading_state_license: bool = False  # reader also licensed where they read from
 
 
@@ -163,6 +234,23 @@ class ForwardingSettings:
     max_attempts: int = 8
     initial_backoff: float = 5.0  # seconds; doubles per attempt
     max_backoff: float = 600.0  # seconds
+    tls: ForwardingTlsSettings = field(default_factory=ForwardingTlsSettings)
+
+
+@dataclass(frozen=True)
+class Hl7Settings:
+    """HL7 v2 MLLP listener for orders and signed reports (HL7 v2.5.1 Appendix C)."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 2575  # IANA "hl7"
+    max_message_bytes: int = 1_048_576  # a larger frame is answered AR and the connection closed
+    timeout: float = 60.0  # seconds of silence before a connection is closed
+    application: str = "ROUTER"  # MSH-3 of the ACKs we send
+    tls: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None  # set: clients must present a certificate it signed
 
 
 @dataclass(frozen=True)
@@ -179,6 +267,16 @@ class LoggingSettings:
     """Logging (the CLI configures handlers)."""
 
     level: str = "INFO"
+    format: str = "text"  # "text": one line per record; "json": one JSON object per line
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The operations endpoint of ``router serve``: ``/healthz`` and ``/metrics`` (no authentication)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # a management address; 0.0.0.0 exposes it to the network
+    port: int = 9464  # 0 picks a free port
 
 
 @dataclass(frozen=True)
@@ -187,6 +285,8 @@ class Settings:
 
     listener: ListenerSettings = field(default_factory=ListenerSettings)
     paths: PathSettings = field(default_factory=PathSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    encryption: EncryptionSettings = field(default_factory=EncryptionSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     billing: BillingSettings = field(default_factory=BillingSettings)
@@ -195,6 +295,8 @@ class Settings:
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    hl7: Hl7Settings = field(default_factory=Hl7Settings)
 
     @property
     def database_url(self) -> str:
@@ -202,6 +304,12 @@ class Settings:
         if self.database.url:
             return self.database.url
         return f"sqlite:///{(self.paths.data_dir / 'router.db').resolve()}"
+
+    @property
+    def key_dir(self) -> Path:
+        """Folder of key-encryption key files: ``encryption.key_dir`` or ``<data_dir>/keys``."""
+        key_dir = self.encryption.key_dir
+        return key_dir if key_dir is not None else self.paths.data_dir / "keys"
 
     def with_data_dir(self, data_dir: Path) -> Settings:
         """A copy whose data directory (and so default database and archive) is ``data_dir``."""
@@ -257,6 +365,8 @@ _SECTION_TYPES: dict[str, type] = {
     "listener": ListenerSettings,
     "listener.tls": TlsSettings,
     "paths": PathSettings,
+    "archive": ArchiveSettings,
+    "encryption": EncryptionSettings,
     "database": DatabaseSettings,
     "routing": RoutingSettings,
     "billing": BillingSettings,
@@ -264,7 +374,10 @@ _SECTION_TYPES: dict[str, type] = {
     "licensure": LicensureSettings,
     "forwarding": ForwardingSettings,
     "node": NodeSettings,
+    "forwarding.tls": ForwardingTlsSettings,
     "logging": LoggingSettings,
+    "http": HttpSettings,
+    "hl7": Hl7Settings,
 }
 
 
@@ -319,11 +432,29 @@ def _coerce(key: str, default: Any, value: Any, base_dir: Path) -> Any:
 
 _OPTIONAL_PATHS = {
     "paths.archive_dir",
+    "encryption.key_dir",
     "listener.tls.cert_file",
     "listener.tls.key_file",
     "listener.tls.ca_file",
+    "forwarding.tls.ca_file",
+    "forwarding.tls.cert_file",
+    "forwarding.tls.key_file",
+    "hl7.cert_file",
+    "hl7.key_file",
+    "hl7.ca_file",
 }
-_OPTIONAL_STRINGS = {"database.url", "node.id", "forwarding.calling_ae_title", "listener.tls.host"}
+_OPTIONAL_STRINGS = {
+    "database.url",
+    "node.id",
+    "forwarding.calling_ae_title",
+    "listener.tls.host",
+    "archive.endpoint_url",
+    "archive.bucket",
+    "archive.region",
+    "archive.access_key_id",
+    "archive.secret_access_key",
+    "encryption.active_key",
+}
 
 
 def _check_port(key: str, port: int, allow_zero: bool = True) -> None:
@@ -350,6 +481,33 @@ def _check_seconds(key: str, value: float, allow_zero: bool = False) -> None:
     _check_positive(key, value, allow_zero, maximum=_MAX_SECONDS, unit=" seconds (a year)")
 
 
+def _validate_archive(archive: ArchiveSettings) -> None:
+    kinds = [kind.value for kind in ArchiveBackendKind]
+    if archive.backend not in kinds:
+        raise ConfigError("archive.backend", f"must be one of {', '.join(kinds)}, got {archive.backend!r}")
+    if archive.backend == ArchiveBackendKind.S3 and not archive.bucket:
+        raise ConfigError("archive.bucket", "is required when backend is s3")
+    if (archive.access_key_id is None) != (archive.secret_access_key is None):
+        raise ConfigError("archive.secret_access_key", "access_key_id and secret_access_key go together")
+    if archive.endpoint_url is not None and not archive.endpoint_url.startswith(("http://", "https://")):
+        raise ConfigError("archive.endpoint_url", "must start with http:// or https://")
+    if archive.prefix.startswith("/") or "\\" in archive.prefix:
+        raise ConfigError("archive.prefix", "must not start with / or contain a backslash")
+    _check_seconds("archive.connect_timeout", archive.connect_timeout)
+    _check_seconds("archive.read_timeout", archive.read_timeout)
+
+
+def _validate_encryption(encryption: EncryptionSettings) -> None:
+    for index, key_id in enumerate(encryption.keys):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", key_id):
+            raise ConfigError(f"encryption.keys[{index}]", f"{key_id!r} is not a key id (letters, digits, _ . -)")
+    if encryption.enabled:
+        if not encryption.keys:
+            raise ConfigError("encryption.keys", "list at least one key id when encryption is enabled")
+        if encryption.active_key not in encryption.keys:
+            raise ConfigError("encryption.active_key", "must be one of encryption.keys")
+
+
 def _validate(settings: Settings) -> Settings:
     """Check cross-field limits; returns ``settings`` unchanged."""
     listener = settings.listener
@@ -359,8 +517,9 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError("listener.max_associations", "must be at least 1")
     if not 1 <= listener.workers <= 64:
         raise ConfigError("listener.workers", "must be 1-64 processes")
-    for key in ("acse_timeout", "dimse_timeout", "network_timeout", "drain_timeout"):
+    for key in ("acse_timeout", "dimse_timeout", "network_timeout", "drain_timeout", "association_request_timeout"):
         _check_seconds(f"listener.{key}", getattr(listener, key))
+    _validate_peer_limits(listener)
     if listener.max_pdu_length != 0 and not 4096 <= listener.max_pdu_length <= 2**32 - 1:
         raise ConfigError("listener.max_pdu_length", "must be 0 (unlimited) or 4096-4294967295 bytes")
     for index, title in enumerate(listener.allowed_calling_ae_titles):
@@ -380,11 +539,21 @@ def _validate(settings: Settings) -> Settings:
                 raise ConfigError(f"listener.tls.{key}", "is required when TLS is enabled")
         if tls.require_client_cert and tls.ca_file is None:
             raise ConfigError("listener.tls.ca_file", "is required when require_client_cert is true")
+    for index, entry in enumerate(tls.ae_title_subjects):
+        key = f"listener.tls.ae_title_subjects[{index}]"
+        title, equals, name = entry.partition("=")
+        if not equals or not name.strip():
+            raise ConfigError(key, f"{entry!r} is not AE_TITLE=certificate name")
+        validate_ae_title(title, key)
+    if tls.ae_title_subjects and tls.ca_file is None:
+        raise ConfigError("listener.tls.ca_file", "is required when ae_title_subjects is set")
     if not listener.enabled and not tls.enabled:
         raise ConfigError("listener.enabled", "the plain listener is off and TLS is not enabled")
     for key, path in (
         ("imlc.membership_file", settings.imlc.membership_file),
         ("billing.cpt_map", settings.billing.cpt_map),
+        ("routing.subspecialty_rules", settings.routing.subspecialty_rules),
+        ("routing.work_rvu_file", settings.routing.work_rvu_file),
     ):
         if not path.exists():
             raise ConfigError(key, f"file not found: {path} (a relative path is read from the config file's folder)")
@@ -392,12 +561,19 @@ def _validate(settings: Settings) -> Settings:
             raise ConfigError(key, f"{path} is not a file")
     routing = settings.routing
     _check_seconds("routing.stable_seconds", routing.stable_seconds, allow_zero=True)
+    _check_seconds("routing.stat_stable_seconds", routing.stat_stable_seconds, allow_zero=True)
+    _check_positive("routing.default_work_rvu", routing.default_work_rvu, False, maximum=100.0, unit="")
+    if routing.max_open_reads < 0:
+        raise ConfigError("routing.max_open_reads", "must be 0 (no cap) or a positive count")
+    for key in ("tat_stat_minutes", "tat_asap_minutes", "tat_routine_minutes"):
+        _check_seconds(f"routing.{key}", getattr(routing, key))
     _check_seconds("routing.poll_interval", routing.poll_interval)
     _check_seconds("routing.recheck_interval", routing.recheck_interval)
     try:
         ZoneInfo(routing.timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ConfigError("routing.timezone", f"unknown IANA time zone {routing.timezone!r}") from exc
+    _check_seconds("listener.idle_eviction_seconds", listener.idle_eviction_seconds, allow_zero=True)
     _check_seconds("database.busy_timeout", settings.database.busy_timeout)
     database = settings.database
     _check_seconds("database.statement_timeout", database.statement_timeout, allow_zero=True)
@@ -417,6 +593,8 @@ def _validate(settings: Settings) -> Settings:
     _check_seconds("node.lease_seconds", node.lease_seconds)
     if node.lease_seconds < 2 * node.heartbeat_interval:
         raise ConfigError("node.lease_seconds", "must be at least twice node.heartbeat_interval")
+    _validate_archive(settings.archive)
+    _validate_encryption(settings.encryption)
     billing = settings.billing
     _check_positive(
         "billing.storage_cents_per_gib", billing.storage_cents_per_gib, allow_zero=True, maximum=10**9, unit=" cents"
@@ -439,12 +617,47 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError("forwarding.max_attempts", "must be at least 1")
     _check_seconds("forwarding.initial_backoff", forwarding.initial_backoff)
     _check_seconds("forwarding.max_backoff", forwarding.max_backoff)
+    if (forwarding.tls.cert_file is None) != (forwarding.tls.key_file is None):
+        raise ConfigError("forwarding.tls.key_file", "cert_file and key_file go together")
+    for index, address in enumerate(forwarding.tls.destinations):
+        host, colon, port = address.rpartition(":")
+        if not colon or not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"forwarding.tls.destinations[{index}]", f"{address!r} is not host:port")
     for index, state in enumerate(settings.licensure.telehealth_registration_states):
         if normalize_jurisdiction(state) is None:
             raise ConfigError(
                 f"licensure.telehealth_registration_states[{index}]", f"{state!r} is not a US licensing jurisdiction"
             )
+    _validate_hl7(settings.hl7)
     level = settings.logging.level.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError("logging.level", f"unknown level {settings.logging.level!r}")
+    if settings.logging.format not in LOG_FORMATS:
+        raise ConfigError("logging.format", f"must be one of {', '.join(LOG_FORMATS)}, got {settings.logging.format!r}")
+    _check_port("http.port", settings.http.port)
     return settings
+
+
+def _validate_peer_limits(listener: ListenerSettings) -> None:
+    """Limits that bound what one hostile peer can hold (bytes, connections)."""
+    if listener.max_inflated_bytes < 1 << 20:
+        raise ConfigError("listener.max_inflated_bytes", "must be at least 1048576 bytes (1 MiB)")
+    if not 16_384 <= listener.max_association_request_bytes <= 1 << 30:
+        raise ConfigError("listener.max_association_request_bytes", "must be 16384-1073741824 bytes")
+    if listener.max_connections < 1:
+        raise ConfigError("listener.max_connections", "must be at least 1 (max_associations is used if larger)")
+    if listener.max_connections_per_address < 1:
+        raise ConfigError("listener.max_connections_per_address", "must be at least 1")
+
+
+def _validate_hl7(hl7: Hl7Settings) -> None:
+    _check_port("hl7.port", hl7.port)
+    if not 1024 <= hl7.max_message_bytes <= 256 * 1024 * 1024:
+        raise ConfigError("hl7.max_message_bytes", "must be 1024-268435456 bytes")
+    _check_seconds("hl7.timeout", hl7.timeout)
+    if not hl7.application or len(hl7.application) > 180 or any(ch in hl7.application for ch in "|^~\\&\r\n"):
+        raise ConfigError("hl7.application", "must be 1-180 characters without HL7 delimiters")
+    if hl7.tls:
+        for key in ("cert_file", "key_file"):
+            if getattr(hl7, key) is None:
+                raise ConfigError(f"hl7.{key}", "is required when hl7.tls is true")

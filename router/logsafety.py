@@ -26,8 +26,11 @@ import sys
 import threading
 import traceback
 import warnings
+from typing import Any
 
 import pydicom
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
 
 _REDACTED_SOURCES = ("pydicom", "py.warnings")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -116,7 +119,7 @@ class PhiRedactingFilter(logging.Filter):
             return True
         if record.exc_info and record.exc_info[1] is not None and not getattr(record, "router_safe_exc", False):
             record.exc_text = format_exception_safely(record.exc_info[1])
-            record.router_safe_exc = True  # type: ignore[attr-defined]
+            record.router_safe_exc = True
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - leave a malformed record to logging's own error path
@@ -150,18 +153,45 @@ def _showwarning(
     logging.getLogger("py.warnings").warning("%s at %s:%s", category.__name__, filename, lineno, extra={_REDUCED: True})
 
 
-def configure_logging(level: str = "INFO", *, verbose: bool = False) -> None:
-    """Send log records to stderr with the PHI filter installed. Idempotent."""
+def configure_logging(level: str = "INFO", *, verbose: bool = False, log_format: str = "text") -> None:
+    """Send log records to stderr with the PHI filter installed. Idempotent.
+
+    ``log_format`` ``"json"`` writes one JSON object per line (``time``, ``level``, ``logger``,
+    ``message``, and ``exc_info`` with the redacted traceback) for log collectors; ``"text"``
+    one line per record.
+    """
     root = logging.getLogger()
     chosen = logging.DEBUG if verbose else getattr(logging, level.upper(), logging.INFO)
-    if not any(getattr(handler, "_router_handler", False) for handler in root.handlers):
+    existing: list[logging.Handler] = [item for item in root.handlers if getattr(item, "_router_handler", False)]
+    if not existing:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(_FORMAT))
         handler.addFilter(PhiRedactingFilter())
         handler._router_handler = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+        existing = [handler]
+    for item in existing:
+        item.setFormatter(_formatter(log_format))
     root.setLevel(chosen)
     install_library_guards(verbose=verbose)
+
+
+class _SafeJsonFormatter(JsonFormatter):
+    """python-json-logger's formatter, with tracebacks through :func:`format_exception_safely`."""
+
+    def formatException(self, ei: Any) -> str:
+        return format_exception_safely(ei[1]) if ei and ei[1] is not None else ""
+
+
+def _formatter(log_format: str) -> logging.Formatter:
+    if log_format == "json":
+        return _SafeJsonFormatter(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",  # ISO-8601 UTC
+            reserved_attrs=[*RESERVED_ATTRS, "router_safe_exc", _REDUCED],
+            json_ensure_ascii=False,
+        )
+    return logging.Formatter(_FORMAT)
 
 
 def install_library_guards(*, verbose: bool = False) -> None:
@@ -172,7 +202,7 @@ def install_library_guards(*, verbose: bool = False) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(item, PhiRedactingFilter) for item in handler.filters):
             handler.addFilter(PhiRedactingFilter())
-    warnings.showwarning = _showwarning  # type: ignore[assignment]
+    warnings.showwarning = _showwarning
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
     # An exception that kills a thread (pynetdicom's network threads) goes through the log and
     # its filter, not straight to stderr with the exception text as it is.

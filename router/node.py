@@ -14,8 +14,8 @@ from sqlalchemy import select
 from router.app import RouterApp
 from router.db.models import Facility
 from router.dicom.listener import Listener, ListenerOptions, start_listener
-from router.dicom.scp import StoreHandler
 from router.errors import ConfigError, RouterError
+from router.metrics import MeteredStoreHandler, ReceiveMetrics
 from router.services.intake import Sender
 
 LOG = logging.getLogger(__name__)
@@ -79,6 +79,12 @@ def listener_options(
         reuse_port=reuse_port,
         allowed_calling_ae_titles=allowed,
         require_called_ae_title=listener.require_called_ae_title,
+        max_connections=max(listener.max_connections, listener.max_associations),
+        max_connections_per_address=listener.max_connections_per_address,
+        association_request_timeout=listener.association_request_timeout,
+        max_association_request_bytes=listener.max_association_request_bytes,
+        ae_title_subjects=tuple(tls.subject_bindings().items()) if tls.enabled else (),
+        idle_eviction_seconds=listener.idle_eviction_seconds,
     )
 
 
@@ -101,8 +107,9 @@ def allowed_calling_ae_titles(app: RouterApp) -> tuple[str, ...]:
 class ListenerNode:
     """The C-STORE SCP of one process, with its allow-list kept up to date."""
 
-    def __init__(self, app: RouterApp) -> None:
+    def __init__(self, app: RouterApp, metrics: ReceiveMetrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics  # counts each C-STORE answer when given
         self.listener: Listener | None = None
 
     @property
@@ -125,7 +132,10 @@ class ListenerNode:
             allowed = settings.allowed_calling_ae_titles
         options = listener_options(self.app, allowed, port=port, tls_port=tls_port, reuse_port=reuse_port)
         try:
-            self.listener = start_listener(options, StoreHandler(self.app.intake, Sender))
+            handler = MeteredStoreHandler(
+                self.app.intake, Sender, max_inflated_bytes=settings.max_inflated_bytes, metrics=self.metrics
+            )
+            self.listener = start_listener(options, handler)
         except OSError as exc:
             raise ListenerError(f"cannot listen on {settings.host} port {options.port}: {exc.strerror or exc}") from exc
 

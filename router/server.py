@@ -13,29 +13,50 @@ is recorded and this node's claims are given back.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import threading
-from collections.abc import Sequence
+import time
 from pathlib import Path
 
+from prometheus_client.multiprocess import MultiProcessCollector
+
 from router.app import RouterApp
+from router.config import Settings
+from router.db.engine import check_connection
 from router.dicom.extract import read_header
 from router.dicom.listener import Listener
 from router.dicom.scp import ConditionLog, configure_pynetdicom
-from router.dicom.scu import Destination, send_files
+from router.dicom.scu import Forwarder, client_tls_context
 from router.domain.enums import StudyStatus
-from router.errors import first_line
-from router.node import ListenerNode
+from router.errors import RouterError, first_line
+from router.hl7.mllp import MllpListener, TlsFiles
+from router.metrics import ReceiveMetrics, ServerMetrics, server_registry
+from router.node import ListenerError, ListenerNode
+from router.ops_http import Check, HttpEndpoint, archive_writable
 from router.services.cluster import ClusterService, resolve_node_id
+from router.services.escalation import escalate_breached
 from router.services.forwarding import ForwardingPolicy, ForwardingService
+from router.services.hl7_inbox import Hl7Inbox
+from router.services.orders import OrderService
 from router.services.recovery import RecoveryReport, RecoveryService
+from router.services.reports import ReportService
 from router.workers import WorkerPool
 
 LOG = logging.getLogger(__name__)
 
 
-def _send(paths: Sequence[Path], destination: str, calling_ae_title: str) -> list[bool]:
-    results = send_files(list(paths), Destination.parse(destination), calling_ae_title=calling_ae_title)
-    return [result.ok for result in results]
+def forwarder(settings: Settings) -> Forwarder:
+    """The forwarding sender, with the ``[forwarding.tls]`` client context.
+
+    Raises
+    ------
+    SendError
+        If the CA, certificate or key cannot be loaded.
+    """
+    tls = settings.forwarding.tls
+    context = client_tls_context(tls.ca_file, tls.cert_file, tls.key_file, tls.check_hostname)
+    return Forwarder(context, tls.destinations)
 
 
 class RouterServer:
@@ -51,7 +72,7 @@ class RouterServer:
         self.forwarding = ForwardingService(
             app.sessions,
             app.archive,
-            _send,
+            forwarder(settings),
             ForwardingPolicy(
                 calling_ae_title=settings.forwarding.calling_ae_title or settings.listener.ae_title,
                 max_attempts=settings.forwarding.max_attempts,
@@ -64,6 +85,15 @@ class RouterServer:
             claim_seconds=settings.node.lease_seconds,
         )
         self.recovery = RecoveryService(app.sessions, app.archive, app.intake, read_header, app.clock, node_id=node_id)
+        self.orders = OrderService(app.sessions, app.clock)
+        self.hl7_inbox = Hl7Inbox(
+            app.sessions,
+            self.orders,
+            ReportService(app.reads, app.routing),
+            app.clock,
+            settings.hl7.application,
+        )
+        self.hl7: MllpListener | None = None
         self.node: ListenerNode | None = None
         self.workers: WorkerPool | None = None
         self.recovery_report: RecoveryReport | None = None
@@ -72,6 +102,12 @@ class RouterServer:
         self._timer: threading.Thread | None = None
         self._timer_condition = ConditionLog(LOG)
         self._background: list[threading.Thread] = []
+        # Metrics: the database gauges and, when this process listens, its C-STORE counters.
+        self.registry = server_registry(app.sessions, None)
+        self.metrics = ServerMetrics(self.registry)
+        self.receive_metrics = ReceiveMetrics(self.registry) if settings.listener.workers == 1 else None
+        self._metrics_dir: Path | None = None  # worker processes' counters (multiprocess mode)
+        self.http: HttpEndpoint | None = None
 
     @property
     def listener(self) -> Listener | None:
@@ -103,11 +139,19 @@ class RouterServer:
         self._run_id = self.recovery.start_run()
         listener_settings = app.settings.listener
         if listener_settings.workers > 1:
-            self.workers = WorkerPool(app.settings)
+            self._metrics_dir = Path(tempfile.mkdtemp(prefix="router-metrics-"))
+            MultiProcessCollector(self.registry, path=str(self._metrics_dir))
+            self.workers = WorkerPool(app.settings, self._metrics_dir)
             self.workers.start()
         else:
-            self.node = ListenerNode(app)
+            self.node = ListenerNode(app, self.receive_metrics)
             self.node.start()
+        http = app.settings.http
+        if http.enabled:
+            self.http = HttpEndpoint(http.host, http.port, self.registry, self.health_checks())
+            self.http.start()
+            LOG.info("HTTP /healthz and /metrics on %s port %d", http.host, self.http.bound_port)
+        self._start_hl7()
         self._timer = threading.Thread(target=self._tick_loop, name="router-timer", daemon=True)
         self._timer.start()
         for target, name in ((self._heartbeat_loop, "router-heartbeat"), (self._recheck_loop, "router-recheck")):
@@ -124,9 +168,45 @@ class RouterServer:
             app.archive.root,
         )
 
+    @property
+    def hl7_port(self) -> int | None:
+        """The bound MLLP port, or ``None`` when ``[hl7] enabled`` is false."""
+        return self.hl7.port if self.hl7 is not None else None
+
+    def _start_hl7(self) -> None:
+        settings = self.app.settings.hl7
+        if not settings.enabled:
+            return
+        tls = None
+        if settings.tls:
+            assert settings.cert_file is not None and settings.key_file is not None
+            tls = TlsFiles(
+                str(settings.cert_file), str(settings.key_file), str(settings.ca_file) if settings.ca_file else None
+            )
+        try:
+            self.hl7 = MllpListener(
+                settings.host,
+                settings.port,
+                self.hl7_inbox.handle,
+                self.hl7_inbox.refuse_frame,
+                settings.max_message_bytes,
+                settings.timeout,
+                tls,
+            )
+        except OSError as exc:
+            raise ListenerError(
+                f"cannot listen for HL7 on {settings.host}:{settings.port}: {exc.strerror or exc}"
+            ) from exc
+        self.hl7.start()
+        LOG.info("HL7 MLLP listening on %s port %d%s", settings.host, self.hl7.port, " (TLS)" if tls else "")
+
     def tick(self) -> None:
-        """One pass of the timer: route, forward, refresh the allow-list, clean stale temp files."""
-        self.app.routing.route_due()
+        """One pass of the timer: match orders to new studies, route, forward, refresh the
+        allow-list, clean stale temp files (the periodic re-check has its own thread)."""
+        self.orders.match_pending()
+        started = time.perf_counter()
+        routed = self.app.routing.route_due()
+        self.metrics.observe_routing([result.status.value for result in routed], time.perf_counter() - started)
         if self.app.settings.forwarding.enabled:
             self.forwarding.run_due()
         if self.node is not None:
@@ -145,6 +225,9 @@ class RouterServer:
         busy) relies on this pass.
         """
         results = self.app.routing.reevaluate("periodic recheck", skip_locked=True)
+        escalated = escalate_breached(self.app.routing)
+        if escalated:
+            LOG.warning("periodic recheck: %d read(s) past their turnaround target escalated", len(escalated))
         withdrawn = sum(1 for result in results if result.withdrawn_npi is not None)
         assigned = sum(
             1 for result in results if result.withdrawn_npi is None and result.status == StudyStatus.ASSIGNED
@@ -153,6 +236,29 @@ class RouterServer:
             LOG.info(
                 "periodic recheck: %d withdrawn from a reader no longer eligible, %d held assigned", withdrawn, assigned
             )
+
+    def health_checks(self) -> dict[str, Check]:
+        """The ``/healthz`` checks: listener up, database reachable, archive writable."""
+        return {
+            "listener": self._listener_health,
+            "database": self._database_health,
+            "archive": lambda: archive_writable(self.app.archive.incoming),
+        }
+
+    def _database_health(self) -> str:
+        check_connection(self.app.engine)
+        return "connected"
+
+    def _listener_health(self) -> str:
+        if self._stop.is_set():
+            raise RouterError("stopping")
+        if self.workers is not None:
+            alive = self.workers.alive()
+            if alive < self.workers.count:
+                raise RouterError(f"{alive} of {self.workers.count} receiving processes running")
+        elif self.node is None or not self.node.ports:
+            raise RouterError("not listening")
+        return f"listening on port(s) {', '.join(str(port) for port in self.ports)}"
 
     def _tick_loop(self) -> None:
         interval = self.app.settings.routing.poll_interval
@@ -213,6 +319,10 @@ class RouterServer:
         """Drain and stop; records a clean shutdown. Returns True if nothing had to be aborted."""
         timeout = self.app.settings.listener.drain_timeout if drain_timeout is None else drain_timeout
         finished = True
+        if self.http is not None:
+            self.http.stop()
+        if self.hl7 is not None:
+            self.hl7.stop()
         if self.node is not None:
             finished = self.node.drain(timeout)
         if self.workers is not None:
@@ -230,5 +340,7 @@ class RouterServer:
             # Only a full drain is a clean shutdown: an aborted association's handler may still
             # have been storing, so the next start reconciles.
             self.recovery.finish_run(self._run_id)
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
         LOG.info("stopped%s", "" if finished else " (associations still open after the drain timeout were aborted)")
         return finished

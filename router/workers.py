@@ -15,17 +15,21 @@ restarted router never shares its port with orphans.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from router.config import Settings
+from router.metrics import MULTIPROCESS_ENV
 from router.node import ListenerError
 
 LOG = logging.getLogger(__name__)
@@ -35,15 +39,28 @@ START_TIMEOUT = 60.0
 
 
 def _worker_main(
-    settings: Settings, index: int, port: int | None, tls_port: int | None, conn: Connection, parent_pid: int
+    settings: Settings,
+    index: int,
+    port: int | None,
+    tls_port: int | None,
+    conn: Connection,
+    parent_pid: int,
+    metrics_dir: str | None = None,
 ) -> None:
-    """Entry point of a worker process (spawned: nothing is inherited but the arguments)."""
+    """Entry point of a worker process (spawned: nothing is inherited but the arguments and the
+    environment, which carries ``PROMETHEUS_MULTIPROC_DIR`` when ``metrics_dir`` is set)."""
+    from prometheus_client import CollectorRegistry
+
     from router.app import RouterApp
     from router.dicom.scp import configure_pynetdicom
     from router.logsafety import configure_logging
+    from router.metrics import ReceiveMetrics
     from router.node import ListenerNode
 
-    configure_logging(settings.logging.level)
+    configure_logging(settings.logging.level, log_format=settings.logging.format)
+    # In multiprocess mode (set before this interpreter started) the counters go to files in
+    # metrics_dir, summed by the parent at scrape time.
+    metrics = ReceiveMetrics(CollectorRegistry()) if metrics_dir is not None else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
@@ -51,7 +68,7 @@ def _worker_main(
         app = RouterApp.open(settings)
         app.archive.prepare()
         configure_pynetdicom(app.archive.incoming)
-        node = ListenerNode(app)
+        node = ListenerNode(app, metrics)
         node.start(port=port, tls_port=tls_port, reuse_port=True)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails start-up
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -70,6 +87,24 @@ def _worker_main(
     os._exit(0 if finished else 3)
 
 
+@contextlib.contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """Set (or, with ``None``, leave alone) one environment variable while a child is spawned:
+    prometheus-client picks its multiprocess mode when the child imports it."""
+    if value is None:
+        yield
+        return
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 @dataclass
 class _Worker:
     index: int
@@ -79,8 +114,9 @@ class _Worker:
 class WorkerPool:
     """Starts, supervises and stops the worker processes of one router node."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics_dir: Path | None = None) -> None:
         self.settings = settings
+        self.metrics_dir = metrics_dir  # workers count C-STORE answers in files here when set
         self.count = settings.listener.workers
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []
@@ -140,13 +176,15 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> _Worker:
         parent_end, child_end = self._context.Pipe(duplex=False)
+        metrics_dir = str(self.metrics_dir) if self.metrics_dir is not None else None
         process = self._context.Process(
             target=_worker_main,
-            args=(self.settings, index, self._plain_port, self._tls_port, child_end, os.getpid()),
+            args=(self.settings, index, self._plain_port, self._tls_port, child_end, os.getpid(), metrics_dir),
             name=f"router-worker-{index}",
             daemon=False,
         )
-        process.start()
+        with _environment(MULTIPROCESS_ENV, metrics_dir):
+            process.start()
         child_end.close()
         if not parent_end.poll(START_TIMEOUT):
             process.kill()
@@ -163,6 +201,10 @@ class WorkerPool:
             raise ListenerError(f"worker {index} could not start: {payload}")
         self._ports = list(payload)
         return _Worker(index, process)
+
+    def alive(self) -> int:
+        """How many worker processes are running."""
+        return sum(1 for worker in self._workers if worker.process.is_alive())
 
     def supervise(self) -> None:
         """Start again any worker that has died (called by the timer)."""

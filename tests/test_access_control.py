@@ -275,13 +275,13 @@ def test_allowed_addresses_on_a_dual_stack_listener(
 def test_verify_request_maps_ipv4_mapped_peers(peer: str, allowed: bool) -> None:
     server = RouterAssociationServer.__new__(RouterAssociationServer)  # no socket needed
     server.allowed_networks = (ipaddress.ip_network("127.0.0.0/8"),)
-    assert server.verify_request(None, (peer, 1234)) is allowed
+    assert server.address_allowed((peer, 1234)) is allowed
 
 
 def test_verify_request_with_no_networks_allows_everyone() -> None:
     server = RouterAssociationServer.__new__(RouterAssociationServer)
     server.allowed_networks = ()
-    assert server.verify_request(None, ("203.0.113.9", 1)) is True
+    assert server.address_allowed(("203.0.113.9", 1)) is True
 
 
 # --------------------------------------------------------------------------- called AE title, and the log

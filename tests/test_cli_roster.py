@@ -28,7 +28,7 @@ from router.config import load_settings
 from router.domain.enums import StudyStatus
 from router.timeutil import local_date, utcnow
 
-ROSTER_GROUPS = ("radiologists", "licenses", "imlc", "facilities", "privileges", "audit")
+ROSTER_GROUPS = ("radiologists", "licenses", "imlc", "facilities", "privileges", "audit", "shifts", "credentials")
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -12,13 +12,20 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from router.cli import cli
+from router.config import Settings
 from router.db.models import Study
 from router.domain.enums import StudyStatus
 from router.server import RouterServer
-from tests.conftest import DEMO_CONFIG, SAMPLES
+from tests.conftest import DEMO_CONFIG, SAMPLES, make_settings
 from tests.dicom_helpers import send_paths
 
 pytestmark = pytest.mark.network
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """These tests show the patient-residence conflicts, so the provisional source is switched on."""
+    return make_settings(tmp_path, database_url, use_patient_address=True)
 
 
 @pytest.fixture
@@ -110,7 +117,7 @@ def test_explain_gives_reasons_and_mqsa(routed) -> None:  # type: ignore[no-unty
 
 def test_assign_refuses_an_ineligible_reader_with_the_reason(routed) -> None:  # type: ignore[no-untyped-def]
     _, config, cases = routed
-    code, out, err = _run(config, "studies", "assign", cases["territory_pr"], "--npi", "1000000012")
+    code, _, err = _run(config, "studies", "assign", cases["territory_pr"], "--npi", "1000000012")
     assert code == 1
     assert err.strip() == f"error: NPI 1000000012 may not read study {cases['territory_pr']}: no license in PR"
     code, _, err = _run(config, "studies", "assign", cases["territory_pr"], "--npi", "1234567890")

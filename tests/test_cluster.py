@@ -40,6 +40,13 @@ INSTANCES_PER_STUDY = 3
 INSTANCE_BYTES = 1000
 
 
+def _store_file(app: RouterApp, relative_path: str) -> None:
+    """A stand-in archive file (forwarding reads each instance through the archive)."""
+    stored = app.archive.root / relative_path
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(b"\0" * INSTANCE_BYTES)
+
+
 def _add_instances(app: RouterApp, uid: str, count: int = INSTANCES_PER_STUDY) -> None:
     with app.sessions.begin() as session:
         study = session.scalars(select(Study).where(Study.study_instance_uid == uid)).one()
@@ -48,6 +55,7 @@ def _add_instances(app: RouterApp, uid: str, count: int = INSTANCES_PER_STUDY) -
         session.flush()
         for index in range(count):
             sop = f"{uid}.1.{index + 1}"
+            _store_file(app, f"{uid}/{uid}.1/{sop}.dcm")
             session.add(
                 Instance(
                     study_id=study.id,
@@ -168,6 +176,7 @@ def test_a_late_instance_arriving_while_a_job_is_sent_is_sent_next(app: RouterAp
 
     def send_and_receive_one_more(paths: Sequence[Path], destination: str, calling_ae_title: str) -> list[bool]:
         if not sent:  # while the first batch is on the wire, one more instance is stored
+            _store_file(app, f"{uids[0]}/{uids[0]}.1/{uids[0]}.1.99.dcm")
             with app.sessions.begin() as session:
                 study = session.scalars(select(Study)).one()
                 series = session.scalars(select(Series)).one()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -27,8 +28,9 @@ EXPECTED = {
     # case folder: (status after routing, exam state, source, hold reason)
     "facility_tx": (StudyStatus.ASSIGNED, "TX", ExamStateSource.FACILITY, None),
     "institution_address_ok": (StudyStatus.ASSIGNED, "OK", ExamStateSource.INSTITUTION_ADDRESS, None),
-    "patient_address_hl7": (StudyStatus.ASSIGNED, "CO", ExamStateSource.PATIENT_ADDRESS, None),
-    "patient_address_zip4": (StudyStatus.ASSIGNED, "IL", ExamStateSource.PATIENT_ADDRESS, None),
+    # the patient's residence alone is provisional and off by default (issue 13): held for an admin
+    "patient_address_hl7": (StudyStatus.HELD, None, None, HoldReason.NO_EXAM_STATE),
+    "patient_address_zip4": (StudyStatus.HELD, None, None, HoldReason.NO_EXAM_STATE),
     "territory_pr": (StudyStatus.HELD, "PR", ExamStateSource.INSTITUTION_ADDRESS, HoldReason.NO_ELIGIBLE_RADIOLOGIST),
     "conflict_ok_tx": (StudyStatus.ASSIGNED, "OK", ExamStateSource.INSTITUTION_ADDRESS, None),
     "no_state": (StudyStatus.HELD, None, None, HoldReason.NO_EXAM_STATE),
@@ -98,10 +100,8 @@ def test_samples_are_routed_to_licensed_readers_and_billed_apart(server: RouterS
             assert license_row.expires >= dt.date.today()
             if case == "mammo_wy":
                 assert session.get(Radiologist, assignment.radiologist_id).mqsa_qualified
-            if case == "conflict_ok_tx":
-                assert study.location_conflicts == [
-                    {"source": "patient_address", "state": "TX", "detail": study.location_conflicts[0]["detail"]}
-                ]
+            if case == "conflict_ok_tx":  # the patient's TX residence is not read (use_patient_address off)
+                assert study.location_conflicts is None
         storage = list(session.scalars(select(InfrastructureEntry).order_by(InfrastructureEntry.id)))
     # one storage record per study, for exactly the bytes stored, at the configured rate
     assert len(storage) == len(EXPECTED)
@@ -224,24 +224,38 @@ def test_demo_command_runs_the_main_job_and_refuses_a_used_data_dir(tmp_path: Pa
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    assignments = result.stdout.split("Professional ledger")[0].split("Assignments")[1]
+    assignments = result.stdout.split("Hold reasons")[0].split("Assignments")[1]
     rows = {
-        cells[1].strip(): cells[3].strip()
-        for line in assignments.splitlines()
-        if (cells := line.split("│")) and len(cells) > 5 and cells[1].strip()
+        cells[0]: cells[2] for line in assignments.splitlines() if len(cells := re.split(r"\s{2,}", line.strip())) > 5
     }
+    rows.pop("case")  # the header
     assert rows == {
-        "conflict_ok_tx": "completed",
-        "facility_tx": "completed",
-        "institution_address_ok": "completed",
-        "mammo_wy": "completed",
-        "no_state": "held",
-        "patient_address_hl7": "completed",
-        "patient_address_zip4": "completed",
-        "territory_pr": "held",
+        "conflict ok tx": "completed",
+        "facility tx": "completed",
+        "institution address ok": "completed",
+        "mammo wy": "completed",
+        "no state": "HELD",
+        "patient address hl7": "HELD",
+        "patient address zip4": "HELD",
+        "territory pr": "HELD",
     }
     assert "Professional ledger" in result.stdout and "Infrastructure ledger" in result.stdout
     assert "sent 19 instance(s) of 8 stud(ies)" in result.stderr
+    # No read is completed by hand: the four assigned studies are billed from their signed reports (ORU^R01).
+    assert "sent 8 order(s) over MLLP" in result.stderr
+    assert "sent 4 final signed report(s) over MLLP" in result.stderr
+    ledger = result.stdout.split("Professional ledger")[1].split("Infrastructure ledger")[0]
+    billed = {
+        cells[1]: (cells[2], cells[3].removesuffix("-26"))
+        for line in ledger.splitlines()
+        if len(cells := re.split(r"\s{2,}", line.strip())) >= 6 and cells[1].startswith("SYNACC")
+    }
+    assert billed == {
+        "SYNACC0001": ("1000000012", "71260"),
+        "SYNACC0002": ("1000000012", "71046"),
+        "SYNACC0006": ("1000000012", "74177"),
+        "SYNACC0008": ("1000000046", "77067"),
+    }
     for args in (["demo", "--data-dir", str(data_dir)], ["--data-dir", str(data_dir), "demo"]):  # either place
         again = subprocess.run([sys.executable, "-m", "router", *args], capture_output=True, text=True, timeout=60)
         assert again.returncode == 1

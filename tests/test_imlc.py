@@ -81,10 +81,15 @@ def test_status_on_small(
         ("RI", date(2026, 11, 29), ImlcStatus.AT_RISK),
         ("DC", date(2026, 11, 29), ImlcStatus.SPL),
         ("GU", date(2026, 11, 29), ImlcStatus.SPL),
-        ("PA", date(2025, 7, 6), ImlcStatus.PENDING),
+        # dated history rows (issue 13): the status on the day asked, both sides of each change
+        ("PA", date(2024, 8, 25), ImlcStatus.PENDING),  # before its first row
+        ("PA", date(2024, 8, 26), ImlcStatus.NON_SPL),  # issuing Compact licenses
+        ("PA", date(2025, 7, 6), ImlcStatus.NON_SPL),
         ("PA", date(2025, 7, 7), ImlcStatus.SPL),
-        ("AL", date(2024, 10, 28), ImlcStatus.PENDING),
+        ("AL", date(2024, 10, 28), ImlcStatus.NON_SPL),
         ("AL", date(2024, 10, 29), ImlcStatus.SPL),
+        ("MI", date(2026, 3, 27), ImlcStatus.SPL),
+        ("MI", date(2026, 3, 28), ImlcStatus.AT_RISK),
         ("CA", date(2026, 11, 29), None),
         ("NY", date(2026, 11, 29), None),
         ("AK", date(2026, 11, 29), None),
@@ -129,7 +134,7 @@ def _file(*rows: str, as_of: str | None = "# as_of: 2026-11-29") -> str:
         (_file("TX,spl,20230101,,s"), "line 3: bad effective_date '20230101'"),
         (
             _file("TX,spl,2023-01-01,,s", "CO,spl,2016-01-01,,s", "TX,non_spl,2023-01-01,,s"),
-            "line 5: duplicate state TX",
+            "line 5: duplicate state TX for effective_date 2023-01-01",
         ),
         (_file("TX,spl,2023-01-01,s"), "line 3: expected 5 columns, got 4"),
         ("# as_of: 2026-11-29\nstate,status,date,note,source\n", "line 2: expected header"),
@@ -154,3 +159,15 @@ def test_empty_member_list_is_allowed() -> None:
     parsed = ImlcMembership.from_csv_text(_file())
     assert dict(parsed.members) == {}
     assert parsed.status_on("TX", date(2026, 1, 1)) is None
+
+
+def test_history_rows_in_any_order_and_latest_as_member() -> None:
+    parsed = ImlcMembership.from_csv_text(
+        f"# as_of: 2026-11-29\n{HEADER}\nMI,at_risk,2026-03-28,,s\nMI,spl,2019-03-28,,s\nTX,spl,2023-01-01,,s\n"
+    )
+    assert [row.status for row in parsed.history["MI"]] == [ImlcStatus.SPL, ImlcStatus.AT_RISK]
+    assert parsed.members["MI"].status is ImlcStatus.AT_RISK
+    assert parsed.status_on("MI", date(2019, 3, 27)) is ImlcStatus.PENDING
+    assert parsed.status_on("MI", date(2019, 3, 28)) is ImlcStatus.SPL
+    assert parsed.status_on("MI", date(2026, 3, 27)) is ImlcStatus.SPL
+    assert parsed.can_serve_as_spl("MI", date(2026, 3, 28)) is False

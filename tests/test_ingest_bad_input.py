@@ -170,7 +170,7 @@ def test_character_set_trouble_is_stored_byte_for_byte_and_undecodable_text_coun
 ) -> None:
     sop, study_uid, series_uid = generate_uid(), generate_uid(), generate_uid()
     data = identifiers(sop, study_uid, series_uid, charset=charset, middle=fields)
-    instance, study = _send_and_check_stored(server, tmp_path, data, sop)
+    _, study = _send_and_check_stored(server, tmp_path, data, sop)
     assert study.study_instance_uid == study_uid
     assert study.accession_number == "ACC-1"  # the ASCII fields are still read
     assert study.modalities == "CT"

@@ -92,7 +92,9 @@ def test_full_disk_answers_a700_keeps_nothing_partial_and_logs_once(
         assert sorted(str(p.relative_to(small_archive)) for p in files) == sorted(row.relative_path for row in rows)
         assert all(
             p.stat().st_size == row.size_bytes
-            for p, row in zip(sorted(files), sorted(rows, key=lambda r: str(small_archive / r.relative_path)))
+            for p, row in zip(
+                sorted(files), sorted(rows, key=lambda r: str(small_archive / r.relative_path)), strict=True
+            )
         )
         assert [p for p in (small_archive / ".incoming").rglob("*") if p.is_file()] == []
         # the listener keeps serving; one log line for the condition, not one per instance

@@ -288,7 +288,7 @@ def test_assignment_never_goes_to_an_ineligible_reader(
     verdicts = evaluate_readers(roster, study, day, rules)
     by_id = {r.radiologist_id: r for r in roster}
     assert [v.radiologist_id for v in verdicts] == [r.radiologist_id for r in roster]
-    for reader, verdict in zip(roster, verdicts):
+    for reader, verdict in zip(roster, verdicts, strict=True):
         assert verdict.eligible is (not verdict.reasons)
         assert verdict.eligible is _plainly_eligible(reader, study, day, rules, rows), verdict.reasons
         if verdict.eligible:
@@ -308,7 +308,7 @@ def test_assignment_never_goes_to_an_ineligible_reader(
         assert reader.open_assignments == min(by_id[v.radiologist_id].open_assignments for v in verdicts if v.eligible)
 
     # A reader whose SPL license is suspended is exactly as eligible without their IMLC licenses.
-    for reader, verdict in zip(roster, verdicts):
+    for reader, verdict in zip(roster, verdicts, strict=True):
         if any(x.state == reader.spl_state and x.status is LicenseStatus.SUSPENDED for x in reader.licenses):
             stripped = replace(
                 reader, licenses=tuple(x for x in reader.licenses if x.pathway is not LicensePathway.IMLC)

@@ -490,7 +490,9 @@ def test_pydicom_warnings_about_invalid_values_are_reduced_to_category_and_origi
     read = dcmread(path)
     read.PatientBirthDate = "1999-13-45"
     read.PatientAge = "12Y3"
-    warnings.warn("patient Quarkfeld^Ulrike born 1999-13-45", UserWarning)  # not from pydicom: reduced too
+    warnings.warn(
+        "patient Quarkfeld^Ulrike born 1999-13-45", UserWarning, stacklevel=1
+    )  # not from pydicom: reduced too
     logging.getLogger("pydicom").warning("Invalid value for VR DA: '1999-13-45'")
     logging.getLogger("pydicom.valuerep").error("Invalid value for VR AS: '12Y3' of Quarkfeld")
     logging.getLogger("router.test").info("study 1.2.3 held: no_exam_state")
@@ -527,7 +529,7 @@ def test_tracebacks_withhold_messages_that_may_quote_values(router_logging: Call
             connection.execute(text("INSERT INTO t VALUES (:a)"), {"a": address})
     except IntegrityError as exc:
         assert "123 Elm St" in str(exc)  # SQLAlchemy quotes the parameters
-        log.error("index write failed", exc_info=True)
+        log.exception("index write failed")
     try:
         raise RuntimeError("outer") from KeyError("inner")
     except RuntimeError:

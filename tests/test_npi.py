@@ -98,7 +98,7 @@ def test_invalid_npi_reason(value: str, message: str) -> None:
 def test_leading_digit_is_checked_even_when_the_luhn_passes(first: str) -> None:
     npi = first + "23456789" + str(oracle_check_digit(first + "23456789"))
     assert luhn.is_valid("80840" + npi)
-    with pytest.raises(ValidationError, match="^NPI must start with 1 or 2$"):
+    with pytest.raises(ValidationError, match=r"^NPI must start with 1 or 2$"):
         validate_npi(npi)
 
 
@@ -111,7 +111,7 @@ def test_both_leading_digits_accepted(first: str) -> None:
 @pytest.mark.parametrize("value", [None, 1234567893])
 def test_non_string_is_invalid(value: object) -> None:
     assert not is_valid_npi(value)  # type: ignore[arg-type]
-    with pytest.raises(ValidationError, match="^NPI must be 10 digits$"):
+    with pytest.raises(ValidationError, match=r"^NPI must be 10 digits$"):
         validate_npi(value)  # type: ignore[arg-type]
 
 

@@ -4,13 +4,22 @@ study actions are audited."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
+import pytest
 from roster_fixtures import NPI_A, NPI_B, OS_USER, add_study, audit_rows, study_state
 
 from router.app import RouterApp
+from router.config import Settings
 from router.domain.enums import HoldReason, StudyStatus
 from router.server import RouterServer
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, make_settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Reads stay open for days here: a week's routine turnaround keeps escalation out of these tests."""
+    return make_settings(tmp_path, database_url, tat_routine_minutes=7 * 1440.0)
 
 
 def _roster(app: RouterApp, a_expires: dt.date) -> None:

@@ -95,7 +95,7 @@ def test_one_bad_row_rejects_the_whole_file(app: RouterApp, bad_row: str, reason
 
 def test_line_numbers_count_blank_lines_and_a_clean_row_before_the_limit_passes(app: RouterApp) -> None:
     text = "\n".join([HEADER, "", GOOD_ROWS[0], "", "1234567890,X,TX,X,full,active,,2027-01-01"]) + "\n"
-    with pytest.raises(ValidationError, match="^line 5: NPI 1234567890 fails the check digit"):
+    with pytest.raises(ValidationError, match=r"^line 5: NPI 1234567890 fails the check digit"):
         app.roster.import_csv(text, OS_USER)
     assert counts(app) == (0, 0, 0)
 

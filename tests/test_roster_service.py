@@ -660,7 +660,7 @@ def test_a_unique_constraint_violation_becomes_a_conflict(app: RouterApp) -> Non
         return Outcome("radiologist", NPI_C, None)
 
     with pytest.raises(
-        ConflictError, match="radiologist.add conflicts with a change made at the same time; nothing was saved"
+        ConflictError, match=r"radiologist\.add conflicts with a change made at the same time; nothing was saved"
     ):
         runner.run(OS_USER, "radiologist.add", work)
     assert app.roster.radiologists.list() == []

@@ -351,14 +351,14 @@ def test_tls_context_with_an_unreadable_key_is_a_config_error(tmp_path: Path, pk
     )
     app = RouterApp.open(settings, upgrade=True)
     try:
-        with pytest.raises(ConfigError, match="listener.tls"):
+        with pytest.raises(ConfigError, match=r"listener\.tls"):
             tls_context(app)
     finally:
         app.close()
 
 
 def test_plain_client_on_the_tls_port_fails_cleanly(tls_server: RouterServer, pki: Pki, tmp_path: Path) -> None:
-    plain_port, tls_port = tls_server.ports
+    _, tls_port = tls_server.ports
     started = time.monotonic()
     assoc = _associate(tls_port, None)  # its ACSE timeout is 10 s
     assert not assoc.is_established

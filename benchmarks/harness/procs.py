@@ -7,6 +7,7 @@ stopped by its own id; nothing is ever stopped by name. Receivers get the enviro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -38,8 +39,8 @@ class Registry:
         cwd: Path | None = None,
     ) -> subprocess.Popen[Any]:
         """Start ``args`` in a new session; stdout and stderr go to ``log`` (or are discarded)."""
-        handle = open(log, "ab") if log is not None else subprocess.DEVNULL
-        try:
+        with open(log, "ab") if log is not None else contextlib.nullcontext(subprocess.DEVNULL) as handle:
+            # The child has its own copy of the descriptor: ours is closed once it started.
             proc = subprocess.Popen(
                 list(args),
                 env=env,
@@ -49,9 +50,6 @@ class Registry:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        finally:
-            if log is not None:
-                handle.close()  # type: ignore[union-attr]
         self._procs.append(proc)
         return proc
 

@@ -154,7 +154,9 @@ def routing_profile(routing: list[dict[str, Any]]) -> list[str]:
         "| router function | calls | cumulative ms | | function | calls | own ms |",
         "|---|---:|---:|---|---|---:|---:|",
     ]
-    for (name, calls, ms), (oname, ocalls, oms) in zip(prof["router_by_cumulative_ms"], prof["all_by_own_ms"]):
+    for (name, calls, ms), (oname, ocalls, oms) in zip(
+        prof["router_by_cumulative_ms"], prof["all_by_own_ms"], strict=False
+    ):
         lines.append(f"| `{name}` | {calls} | {ms} | | `{oname}` | {ocalls} | {oms} |")
     return lines
 
@@ -259,7 +261,7 @@ def profile_section(profiles: list[dict[str, Any]]) -> list[str]:
             "| self % | function | | inclusive % | function |",
             "|---:|---|---|---:|---|",
         ]
-        for (sname, sval), (iname, ival) in zip(p["self"][:15], p["inclusive"][:15]):
+        for (sname, sval), (iname, ival) in zip(p["self"][:15], p["inclusive"][:15], strict=False):
             lines.append(f"| {sval} | `{sname}` | | {ival} | `{iname}` |")
         lines.append("")
     return lines
@@ -286,19 +288,19 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     if results.get("notes"):
-        out += [f"- {note}" for note in results["notes"]] + [""]
-    out += ["### Ingest: instances/s per receiver and the router's ratios", ""] + ratio_table(summary) + [""]
-    out += ["### Targets (issue 5)", ""] + targets(results) + [""]
-    out += ["### Assignment latency", ""] + latency_table(summary, cfg["stable_seconds"]) + [""]
+        out += [*(f"- {note}" for note in results["notes"]), ""]
+    out += ["### Ingest: instances/s per receiver and the router's ratios", "", *ratio_table(summary), ""]
+    out += ["### Targets (issue 5)", "", *targets(results), ""]
+    out += ["### Assignment latency", "", *latency_table(summary, cfg["stable_seconds"]), ""]
     if results.get("routing"):
-        out += ["### Routing cost as the roster grows", ""] + routing_table(results["routing"]) + [""]
-        out += routing_profile(results["routing"]) + [""]
+        out += ["### Routing cost as the roster grows", "", *routing_table(results["routing"]), ""]
+        out += [*routing_profile(results["routing"]), ""]
     if results.get("memory"):
-        out += ["### Peak memory receiving one multi-frame instance", ""] + memory_table(results["memory"]) + [""]
+        out += ["### Peak memory receiving one multi-frame instance", "", *memory_table(results["memory"]), ""]
     if results.get("profile"):
-        out += ["### Where the router spends its time (py-spy, separate run)", ""] + profile_section(results["profile"])
-    out += ["### Every cell", ""] + detail_table(summary) + [""]
-    out += ["### How it was measured", ""] + [f"- {line}" for line in METHOD] + ["", END]
+        out += ["### Where the router spends its time (py-spy, separate run)", "", *profile_section(results["profile"])]
+    out += ["### Every cell", "", *detail_table(summary), ""]
+    out += ["### How it was measured", "", *(f"- {line}" for line in METHOD), "", END]
     return "\n".join(out) + "\n"
 
 

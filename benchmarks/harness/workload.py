@@ -58,8 +58,8 @@ class Workload:
                 if remaining and keep[index] < per[index]:
                     keep[index] += 1
                     remaining -= 1
-        chunks = tuple(chunk[:n] for chunk, n in zip(self.chunks, keep) if n)
-        uids = tuple(uid for uid, n in zip(self.study_uids, keep) if n)
+        chunks = tuple(chunk[:n] for chunk, n in zip(self.chunks, keep, strict=True) if n)
+        uids = tuple(uid for uid, n in zip(self.study_uids, keep, strict=True) if n)
         return Workload(self.name, chunks, uids, self.file_bytes)
 
 

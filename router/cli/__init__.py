@@ -7,6 +7,7 @@ usage and configuration errors exit 2 (click's convention).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,21 @@ def config_error_line(exc: ConfigError) -> str:
     help="Override paths.data_dir (SQLite database and archive live under it by default).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG on stderr (may show UIDs, never PHI).")
+@click.option(
+    "--as",
+    "acting_as",
+    metavar="NAME",
+    callback=lambda _ctx, _param, value: _acting_as(value),
+    help="Who you are, when several people share one account: recorded in the audit log beside the "
+    "account (which always comes from the real user id).",
+)
 @click.version_option(package_name="teleradiology-router", prog_name="router")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, data_dir: Path | None, verbose: bool) -> None:
+def cli(
+    ctx: click.Context, config_path: Path | None, data_dir: Path | None, verbose: bool, acting_as: str | None
+) -> None:
     """Teleradiology study router: DICOM in, licensed reader assigned, read billed apart from infrastructure."""
+    restrict_umask()
     try:
         settings = load_settings(config_path)
         if data_dir is not None:
@@ -76,14 +88,42 @@ def cli(ctx: click.Context, config_path: Path | None, data_dir: Path | None, ver
     except ConfigError as exc:
         click.echo(config_error_line(exc), err=True)
         ctx.exit(2)
-    ctx.obj = CliContext(settings=settings, config_path=config_path, verbose=verbose, data_dir_option=data_dir)
+    ctx.obj = CliContext(
+        settings=settings, config_path=config_path, verbose=verbose, data_dir_option=data_dir, acting_as=acting_as
+    )
     ctx.call_on_close(ctx.obj.close)
 
 
-def _register() -> None:
-    from router.cli import db, demo, ledger, nodes, serve, studies
+def _acting_as(value: str | None) -> str | None:
+    """Check ``--as NAME``: 1-128 printable characters (it is shown in audit listings)."""
+    if value is None:
+        return None
+    name = value.strip()
+    if not name or len(name) > 128 or not name.isprintable():
+        raise click.BadParameter("must be 1-128 printable characters", param_hint="--as")
+    return name
 
-    for module in (db, demo, ledger, nodes, serve, studies):
+
+#: Permission bits the router never grants: write for the group, anything for others. The
+#: database, the archive (PHI), serve.lock and any log file are then at most rw-r----- (files)
+#: and rwxr-x--- (folders), whatever umask the caller had (systemd's default is 0022).
+SAFE_UMASK = 0o027
+
+
+def restrict_umask() -> int:
+    """Add :data:`SAFE_UMASK` to the process umask (a stricter one is kept); returns the new umask.
+
+    Called first thing by the CLI, before anything creates a file; worker processes inherit it.
+    """
+    previous = os.umask(SAFE_UMASK)
+    os.umask(previous | SAFE_UMASK)
+    return previous | SAFE_UMASK
+
+
+def _register() -> None:
+    from router.cli import db, demo, hl7, keys, ledger, nodes, serve, studies
+
+    for module in (db, demo, hl7, keys, ledger, nodes, serve, studies):
         module.register(cli)
     try:
         from router.cli import roster

@@ -2,31 +2,37 @@
 
 Fresh data directory (SQLite + archive folder), the real listener on a free local port, the
 sample roster and facilities from ``config/demo/``, every study in ``sample_dicom/`` sent over
-real C-STORE (the first folder under ``sample_dicom/`` is the calling AE title), routing, reads
-marked reported, then the assignments and both ledgers printed.
+real C-STORE (the first folder under ``sample_dicom/`` is the calling AE title) after its order
+(ORM^O01 over MLLP, from ``config/demo/orders.csv``), routing, then a final signed report
+(ORU^R01 over MLLP) from each assigned radiologist, which completes the read and bills it; then
+the assignments and both ledgers printed. No read is marked complete by hand.
 """
 
 from __future__ import annotations
 
+import csv
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from pydicom import dcmread
 
+from router.app import RouterApp
 from router.cli.context import CliContext
-from router.cli.output import emit_table
-from router.config import CONFIG_DIR
+from router.cli.output import HELD_STYLE, emit_notes, emit_table, label, wide_option
 from router.dicom.scu import Destination, SendError, send_files
-from router.domain.enums import StudyStatus
+from router.domain.enums import Priority, StudyStatus
 from router.errors import RouterError
+from router.hl7.compose import compose_order, compose_report
+from router.hl7.mllp import MllpError, send_message
+from router.resources import PACKAGED_CONFIG_DIR, PACKAGED_SAMPLES_DIR
 from router.server import RouterServer
 from router.services.studies import StudyViews
 
-REPO_DIR = CONFIG_DIR.parent
-DEFAULT_SAMPLES = REPO_DIR / "sample_dicom"
-DEFAULT_DEMO_CONFIG = CONFIG_DIR / "demo"
+DEFAULT_SAMPLES = PACKAGED_SAMPLES_DIR
+DEFAULT_DEMO_CONFIG = PACKAGED_CONFIG_DIR / "demo"
 
 
 def sample_studies(samples: Path) -> list[tuple[str, Path, list[Path]]]:
@@ -67,8 +73,11 @@ def sample_studies(samples: Path) -> list[tuple[str, Path, list[Path]]]:
     show_default=True,
     help="Quiet time before a study is routed.",
 )
+@wide_option
 @click.pass_obj
-def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path, stable_seconds: float) -> None:
+def demo(
+    obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path, stable_seconds: float, wide: bool
+) -> None:
     """Run the whole job on the embedded default and print assignments and both ledgers.
 
     The demo loads a sample roster, marks every read reported and bills it: it only ever runs in
@@ -86,6 +95,8 @@ def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path
         .replace("paths", archive_dir=None)
         .replace("listener", host="127.0.0.1", port=0, allowed_calling_ae_titles=(), allowed_addresses=())
         .replace("routing", stable_seconds=stable_seconds, poll_interval=0.25)
+        .replace("http", enabled=False)
+        .replace("hl7", enabled=True, host="127.0.0.1", port=0, tls=False)
     )
     if not obj.verbose:
         settings = settings.replace("logging", level="WARNING")
@@ -106,6 +117,14 @@ def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path
         cases = sample_studies(samples)
         if not cases:
             raise RouterError(f"no sample studies under {samples}")
+        assert server.hl7_port is not None
+        hl7_port = server.hl7_port
+        orders = _demo_orders(roster_dir / "orders.csv")
+        for accession, (cpt, description, priority) in orders.items():
+            _send_hl7(
+                hl7_port, compose_order(accession, cpt, description, priority, f"DEMO-ORD-{accession}", app.clock())
+            )
+        click.echo(f"sent {len(orders)} order(s) over MLLP to port {hl7_port}", err=True)
         sent = 0
         for calling_ae, case_dir, files in cases:
             try:
@@ -127,68 +146,97 @@ def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path
             time.sleep(0.2)
         else:
             raise RouterError("studies were not routed in time")
+        reports = 0
+        for row in views.list():
+            if row["status"] != StudyStatus.ASSIGNED.value or not row["accession_number"]:
+                continue
+            reader = _current(views.show(row["study_instance_uid"]))
+            if reader is None:
+                continue
+            family, _, given = str(reader["name"]).partition("^")
+            now = app.clock()
+            _send_hl7(
+                hl7_port,
+                compose_report(
+                    str(row["accession_number"]),
+                    "F",
+                    str(reader["npi"]),
+                    family,
+                    given,
+                    now.replace(microsecond=0),
+                    f"DEMO-RPT-{row['accession_number']}",
+                    now,
+                ),
+            )
+            reports += 1
+        click.echo(f"sent {reports} final signed report(s) over MLLP: each completes its read", err=True)
     finally:
         server.stop(drain_timeout=5)
-    for row in views.list():
-        if row["status"] == StudyStatus.ASSIGNED.value:
-            app.reads.complete(row["study_instance_uid"])
     case_of = {_study_uid(files[0]): f"{case_dir.name}" for _, case_dir, files in cases}
     rows = sorted(views.list(), key=lambda row: case_of.get(row["study_instance_uid"], row["study_instance_uid"]))
     details = {row["study_instance_uid"]: views.show(row["study_instance_uid"]) for row in rows}
+    held = [row["status"] == StudyStatus.HELD.value for row in rows]
+    case_names = [label(case_of.get(row["study_instance_uid"])) or "?" for row in rows]
     emit_table(
-        "Assignments (reads marked reported: status completed)",
-        [
-            "case",
-            "sender AE",
-            "status",
-            "exam state",
-            "from",
-            "radiologist (NPI)",
-            "license relied on",
-            "hold reason / note",
-            "study",
-        ],
+        "Assignments (reads completed by the signed HL7 reports: status completed)",
+        ["case", "sender AE", "status", "exam state (from)", "radiologist", "license relied on"]
+        + (["hold reason / note", "study"] if wide else []),
         [
             (
-                case_of.get(row["study_instance_uid"]),
+                case,
                 row["calling_ae_title"],
-                row["status"],
-                row["exam_state"],
-                row["exam_state_source"],
-                _reader(details[row["study_instance_uid"]]),
+                "HELD" if is_held else row["status"],
+                f"{row['exam_state']} ({label(row['exam_state_source'])})" if row["exam_state"] else None,
+                _reader(details[row["study_instance_uid"]], wide),
                 f"{row['license_state']}-{row['license_number']}" if row["license_state"] else None,
-                _note(row, details[row["study_instance_uid"]]),
-                row["study_instance_uid"],
             )
-            for row in rows
+            + ((_note(row, details[row["study_instance_uid"]]), row["study_instance_uid"]) if wide else ())
+            for case, row, is_held in zip(case_names, rows, held, strict=True)
         ],
+        wide=wide,
+        row_styles=[HELD_STYLE if is_held else None for is_held in held],
     )
+    if not wide:
+        hold_notes = [
+            (case, _note(row, details[row["study_instance_uid"]])) for case, row in zip(case_names, rows, strict=True)
+        ]
+        emit_notes("Hold reasons and location conflicts", [(case, note) for case, note in hold_notes if note])
+    _print_ledgers(app, case_of, wide)
+    click.echo(
+        f"explore further: router --data-dir {data_dir} studies list  (also: studies explain UID, ledger professional --csv)",
+        err=True,
+    )
+
+
+def _print_ledgers(app: RouterApp, case_of: dict[str, str], wide: bool) -> None:
+    """Both ledgers, one row per record; without ``wide`` the columns that fit 80 characters."""
     professional = app.ledgers.professional()
     emit_table(
-        "Professional ledger: the read, CPT + modifier 26, date of service = interpretation date",
-        ["case", "accession", "rendering NPI", "license", "CPT", "mod", "CPT from", "coder review", "DOS"],
+        "Professional ledger: from the signed reports, CPT + modifier 26, date of service = signing date",
+        ["case", "accession", "rendering NPI", "CPT", "CPT from", "DOS"]
+        + (["license", "coder review"] if wide else []),
         [
             (
-                case_of.get(entry["study_instance_uid"]),
+                label(case_of.get(entry["study_instance_uid"])),
                 entry["accession_number"],
                 entry["rendering_npi"],
-                f"{entry['license_state']}-{entry['license_number']}",
-                entry["cpt_code"],
-                entry["modifier"],
-                entry["cpt_source"],
-                entry["review_reason"] if entry["coder_review"] else "no",
+                "-".join(part for part in (entry["cpt_code"], entry["modifier"]) if part) or None,
+                f"{label(entry['cpt_source'])}{' (coder review)' if entry['coder_review'] and not wide else ''}",
                 entry["date_of_service"],
             )
+            + ((f"{entry['license_state']}-{entry['license_number']}", entry["review_reason"] or "no") if wide else ())
             for entry in professional
         ],
+        wide=wide,
     )
     infrastructure = app.ledgers.infrastructure()
+    rate = app.settings.billing.storage_cents_per_gib
     emit_table(
-        f"Infrastructure ledger: storage and transmission cost, never on a claim ({settings.billing.storage_cents_per_gib} cents/GiB stored)",
+        f"Infrastructure ledger: storage and transmission cost, never on a claim ({rate} cents/GiB stored)",
         ["case", "kind", "instances", "bytes", "cents", "note"],
         [
             (
-                case_of.get(entry["study_instance_uid"]),
+                label(case_of.get(entry["study_instance_uid"])),
                 entry["kind"],
                 entry["instance_count"],
                 entry["size_bytes"],
@@ -197,32 +245,58 @@ def demo(obj: CliContext, data_dir: Path | None, samples: Path, roster_dir: Path
             )
             for entry in infrastructure
         ],
+        wide=wide,
     )
-    click.echo(
-        f"explore further: router --data-dir {data_dir} studies list  (also: studies explain UID, ledger professional --csv)",
-        err=True,
-    )
+
+
+def _demo_orders(path: Path) -> dict[str, tuple[str, str, Priority]]:
+    """``accession -> (CPT, description, priority)`` from the demo's orders.csv (none if absent)."""
+    if not path.exists():
+        return {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        return {
+            row["accession"]: (row["cpt"], row["description"], Priority(row["priority"]))
+            for row in csv.DictReader(handle)
+        }
+
+
+def _send_hl7(port: int, payload: bytes) -> None:
+    try:
+        ack = send_message("127.0.0.1", port, payload, timeout=10)
+    except (OSError, MllpError) as exc:
+        raise RouterError(f"sending HL7 to the demo listener failed: {exc}") from exc
+    if b"MSA|AA|" not in ack:
+        raise RouterError(f"the demo listener did not accept a message: {ack.decode('utf-8', 'replace')!r}")
+
+
+def _current(document: dict[str, object]) -> dict[str, object] | None:
+    """The open assignment of a ``studies show`` document (``None`` if there is none)."""
+    assignments = document.get("assignments")
+    if not isinstance(assignments, list):
+        return None
+    open_ones = [a for a in assignments if isinstance(a, dict) and not a.get("superseded_at")]
+    return open_ones[-1] if open_ones else None
 
 
 def _study_uid(path: Path) -> str:
     return str(dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
 
 
-def _note(row: dict[str, object], document: dict[str, object]) -> str | None:
+def _note(row: dict[str, Any], document: dict[str, Any]) -> str | None:
     if row["hold_reason"]:
-        return f"{row['hold_reason']}: {row['hold_detail']}"
+        return f"{label(str(row['hold_reason']))}: {row['hold_detail']}"
     conflicts = document.get("location_conflicts") or []
     if conflicts:
-        return "conflict: " + "; ".join(f"{c['source']} says {c['state']}" for c in conflicts)  # type: ignore[index,union-attr]
+        return "conflict: " + "; ".join(f"{c['source']} says {c['state']}" for c in conflicts)
     return None
 
 
-def _reader(document: dict[str, object]) -> str | None:
-    assignments = [a for a in document.get("assignments", []) if not a.get("superseded_at")]  # type: ignore[union-attr]
+def _reader(document: dict[str, Any], wide: bool = False) -> str | None:
+    assignments = [a for a in document.get("assignments", []) if not a.get("superseded_at")]
     if not assignments:
         return None
     current = assignments[-1]
-    return f"{current['name']} ({current['npi']})"
+    return f"{current['name']} ({current['npi']})" if wide else str(current["name"])
 
 
 def register(cli: click.Group) -> None:

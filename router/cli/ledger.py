@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import click
 
 from router.cli.context import CliContext
-from router.cli.output import emit_csv, emit_json, emit_table
+from router.cli.output import (
+    emit_csv,
+    emit_json,
+    emit_table,
+    label,
+    short_uid,
+    shortened_caption,
+    to_jsonable,
+    wide_option,
+)
 from router.cli.roster_common import IsoDate
 from router.domain.eligibility_facts import license_tag
 from router.services.ledgers import INFRASTRUCTURE_COLUMNS, PROFESSIONAL_COLUMNS
@@ -20,7 +30,7 @@ _FORMAT = [
 ]
 
 
-def _formats(function):  # type: ignore[no-untyped-def]
+def _formats(function: Any) -> Any:
     for option in reversed(_FORMAT):
         function = option(function)
     return function
@@ -40,11 +50,16 @@ def ledger_group() -> None:
 
 @ledger_group.command("professional")
 @_formats
+@wide_option
 @click.pass_obj
-def professional(obj: CliContext, since: dt.date | None, until: dt.date | None, as_json: bool, as_csv: bool) -> None:
+def professional(
+    obj: CliContext, since: dt.date | None, until: dt.date | None, as_json: bool, as_csv: bool, wide: bool
+) -> None:
     """Professional-component records: one per CPT code of each reported read (modifier 26).
 
-    --from/--until select by date of service (the interpretation date).
+    --from/--until select by date of service (the interpretation date). The table shows the
+    columns that fit 80 characters and UIDs shortened to their end; --wide shows every column
+    and whole UIDs, --csv and --json every field.
     """
     _check(since, until, as_json, as_csv)
     rows = obj.app().ledgers.professional(since, until)
@@ -52,36 +67,50 @@ def professional(obj: CliContext, since: dt.date | None, until: dt.date | None, 
         emit_json(rows)
     elif as_csv:
         emit_csv(rows, PROFESSIONAL_COLUMNS)
+    elif not rows:
+        click.echo("no professional records" + _period(since, until))
     else:
         emit_table(
             "Professional ledger (date of service = interpretation date)",
-            ["id", "kind", "study", "accession", "NPI", "license", "CPT", "mod", "source", "review", "DOS"],
+            ["id", "kind", "study", "accession", "NPI", "CPT", "DOS"]
+            + (["license", "CPT from", "coder review"] if wide else []),
             [
                 (
                     row["id"],
                     row["kind"],
-                    row["study_instance_uid"],
+                    short_uid(row["study_instance_uid"], wide),
                     row["accession_number"],
                     row["rendering_npi"],
-                    license_tag(row["license_state"], row["license_number"]),
-                    row["cpt_code"],
-                    row["modifier"],
-                    row["cpt_source"],
-                    row["review_reason"] if row["coder_review"] else "",
+                    "-".join(part for part in (row["cpt_code"], row["modifier"]) if part)
+                    + (" review" if row["coder_review"] and not wide else ""),
                     row["date_of_service"],
+                )
+                + (
+                    (
+                        license_tag(row["license_state"], row["license_number"]),
+                        label(row["cpt_source"]),
+                        row["review_reason"] if row["coder_review"] else "",
+                    )
+                    if wide
+                    else ()
                 )
                 for row in rows
             ],
+            wide=wide,
+            caption=shortened_caption(wide),
         )
 
 
 @ledger_group.command("infrastructure")
 @_formats
+@wide_option
 @click.pass_obj
-def infrastructure(obj: CliContext, since: dt.date | None, until: dt.date | None, as_json: bool, as_csv: bool) -> None:
+def infrastructure(
+    obj: CliContext, since: dt.date | None, until: dt.date | None, as_json: bool, as_csv: bool, wide: bool
+) -> None:
     """Infrastructure cost records: bytes stored and bytes forwarded, in cents.
 
-    --from/--until select by the UTC day the record was made.
+    --from/--until select by the UTC day the record was made. --wide shows whole UIDs and the rate.
     """
     _check(since, until, as_json, as_csv)
     rows = obj.app().ledgers.infrastructure(since, until)
@@ -89,25 +118,35 @@ def infrastructure(obj: CliContext, since: dt.date | None, until: dt.date | None
         emit_json(rows)
     elif as_csv:
         emit_csv(rows, INFRASTRUCTURE_COLUMNS)
+    elif not rows:
+        click.echo("no infrastructure records" + _period(since, until))
     else:
         emit_table(
             "Infrastructure ledger (not billable to payers)",
-            ["id", "recorded", "study", "kind", "instances", "bytes", "cents/GiB", "cents", "note"],
+            ["id", "recorded (UTC)", "study", "kind", "inst.", "bytes", "cents"]
+            + (["cents/GiB", "note"] if wide else ["note"]),
             [
                 (
                     row["id"],
-                    row["recorded_at"],
-                    row["study_instance_uid"],
+                    row["recorded_at"] if wide else str(to_jsonable(row["recorded_at"])).replace("T", " ").rstrip("Z"),
+                    short_uid(row["study_instance_uid"], wide),
                     row["kind"],
                     row["instance_count"],
                     row["size_bytes"],
-                    row["rate_cents_per_gib"],
                     row["amount_cents"],
-                    row["note"],
                 )
+                + ((row["rate_cents_per_gib"], row["note"]) if wide else (row["note"],))
                 for row in rows
             ],
+            wide=wide,
+            caption=shortened_caption(wide),
         )
+
+
+def _period(since: dt.date | None, until: dt.date | None) -> str:
+    if since is None and until is None:
+        return ""
+    return f" from {since.isoformat() if since else 'the start'} to {until.isoformat() if until else 'today'}"
 
 
 def register(cli: click.Group) -> None:

@@ -317,7 +317,13 @@ def audit_list(obj: CliContext, limit: int, entity: str | None, key: str | None,
         None,
         ["when (UTC)", "user", "action", "key", "change"],
         [
-            (r["at"], r["os_user"], r["action"], r["entity_key"], _change_text(r["old_values"], r["new_values"]))
+            (
+                r["at"],
+                r["os_user"] + (f" (as {r['acting_as']})" if r.get("acting_as") else ""),
+                r["action"],
+                r["entity_key"],
+                _change_text(r["old_values"], r["new_values"]),
+            )
             for r in rows
         ],
     )
@@ -348,9 +354,10 @@ def _value(value: Any) -> str:
 
 def register(cli: click.Group) -> None:
     """Add the roster groups to the root group: radiologists, licenses, imlc, facilities, privileges, audit."""
-    from router.cli import roster_licenses, roster_sites
+    from router.cli import roster_duty, roster_licenses, roster_sites
 
     cli.add_command(radiologists_group)
     cli.add_command(audit_group)
     roster_licenses.register(cli)
     roster_sites.register(cli)
+    roster_duty.register(cli)

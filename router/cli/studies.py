@@ -5,7 +5,16 @@ from __future__ import annotations
 import click
 
 from router.cli.context import CliContext
-from router.cli.output import emit_fields, emit_json, emit_table
+from router.cli.output import (
+    HELD_STYLE,
+    emit_fields,
+    emit_json,
+    emit_table,
+    label,
+    short_uid,
+    shortened_caption,
+    wide_option,
+)
 from router.domain.eligibility_facts import license_tag
 from router.domain.enums import StudyStatus
 from router.domain.jurisdictions import normalize_jurisdiction
@@ -31,29 +40,46 @@ def studies_group() -> None:
 @click.option("--status", type=click.Choice(StudyStatus.values()), help="Only studies with this status.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), help="At most this many (newest first).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (an array of studies).")
+@wide_option
 @click.pass_obj
-def list_studies(obj: CliContext, status: str | None, limit: int | None, as_json: bool) -> None:
-    """List studies, newest first."""
+def list_studies(obj: CliContext, status: str | None, limit: int | None, as_json: bool, wide: bool) -> None:
+    """List studies, newest first; held studies (an admin must act) in capitals.
+
+    UIDs are shortened to their end in the table; --wide or --json gives them whole.
+    """
     rows = _views(obj).list(StudyStatus(status) if status else None, limit)
     if as_json:
         emit_json(rows)
         return
+    if not rows:
+        click.echo(f"no {status + ' ' if status else ''}studies")
+        return
+    held = StudyStatus.HELD.value
     emit_table(
         None,
-        ["study", "status", "state", "source", "NPI", "license", "hold reason", "instances"],
+        ["study", "status", "exam state (from)", "reader NPI, license", "hold reason", "inst."],
         [
             (
-                row["study_instance_uid"],
-                row["status"],
-                row["exam_state"],
-                row["exam_state_source"],
-                row["assigned_npi"],
-                license_tag(row["license_state"], row["license_number"]) if row["license_state"] else None,
-                row["hold_reason"],
+                short_uid(row["study_instance_uid"], wide),
+                "HELD" if row["status"] == held else row["status"],
+                f"{row['exam_state']} ({label(row['exam_state_source'])})" if row["exam_state"] else None,
+                " ".join(
+                    part
+                    for part in (
+                        row["assigned_npi"],
+                        license_tag(row["license_state"], row["license_number"]) if row["license_state"] else None,
+                    )
+                    if part
+                )
+                or None,
+                label(row["hold_reason"]),
                 row["instance_count"],
             )
             for row in rows
         ],
+        wide=wide,
+        row_styles=[HELD_STYLE if row["status"] == held else None for row in rows],
+        caption=shortened_caption(wide),
     )
 
 
@@ -260,7 +286,8 @@ def recheck(obj: CliContext) -> None:
     """Re-check every open assignment and held study against today's roster.
 
     A running server does this every ``routing.recheck_interval`` seconds and after each roster
-    command; run it by hand after a roster command that warned its re-evaluation failed.
+    command; run it by hand after a roster command that warned its re-evaluation failed. Reads
+    past their turnaround target are escalated (reassigned, or flagged for an admin).
     """
     results = obj.app().routing.reevaluate("manual recheck")
     withdrawn = [result for result in results if result.withdrawn_npi is not None]
@@ -272,6 +299,11 @@ def recheck(obj: CliContext) -> None:
         f"rechecked: {len(withdrawn)} withdrawn from a reader no longer eligible, "
         f"{len(assigned)} held stud{'y' if len(assigned) == 1 else 'ies'} assigned, {held} held"
     )
+    from router.services.escalation import escalate_breached
+
+    for result in escalate_breached(obj.app().routing):
+        target = f"reassigned to NPI {result.assigned_npi}" if result.withdrawn_npi else "flagged for an admin"
+        click.echo(f"{result.study_instance_uid}: turnaround breached, {target}")
 
 
 def _say(result: RouteResult) -> None:

@@ -7,6 +7,7 @@ wait for the write lock instead of failing at once. PostgreSQL is used as is.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -61,7 +62,12 @@ def make_engine(
     server : ServerOptions, optional
         PostgreSQL only: ``statement_timeout``, ``idle_in_transaction_session_timeout``,
         ``application_name`` and the pool size (a stalled node's transaction is ended by the
-        server, so its row locks cost other nodes at most that long).
+        server, so its row locks cost other nodes at most that long). With a statement timeout,
+        a statement stuck behind anything (a lock, a saturated server) fails with an error the
+        C-STORE handler answers 0xA701 instead of holding the association thread; TCP
+        keepalives with ``tcp_user_timeout`` (libpq connection parameters) give up on a server
+        that stops answering at the TCP level after about that long plus 5 s. SQLite waits at
+        most ``busy_timeout`` for its lock and has no other wait.
 
     Raises
     ------
@@ -172,8 +178,17 @@ def _make_engine(url: str, busy_timeout: float, create: bool, server: ServerOpti
         url_options = parsed.query.get("options")
         base = url_options if isinstance(url_options, str) else " ".join(url_options or ())
         options = f"{base} -c lock_timeout={timeout_ms}"
-        options += f" -c statement_timeout={int(server.statement_timeout * 1000)}"
-        options += f" -c idle_in_transaction_session_timeout={int(server.idle_in_transaction_timeout * 1000)}"
+        if server.statement_timeout > 0:
+            statement_ms = max(1, int(server.statement_timeout * 1000))
+            options += f" -c statement_timeout={statement_ms}"
+            connect_args.setdefault("keepalives", 1)
+            connect_args.setdefault("keepalives_idle", max(1, int(server.statement_timeout)))
+            connect_args.setdefault("keepalives_interval", 5)
+            connect_args.setdefault("keepalives_count", 3)
+            connect_args.setdefault("tcp_user_timeout", statement_ms + 5000)
+        if server.idle_in_transaction_timeout > 0:
+            idle_ms = max(1, int(server.idle_in_transaction_timeout * 1000))
+            options += f" -c idle_in_transaction_session_timeout={idle_ms}"
         connect_args.setdefault("options", options.strip())
         connect_args.setdefault("connect_timeout", max(1, int(busy_timeout)))
         if server.application_name:
@@ -196,6 +211,14 @@ def _sqlite_file(url: URL, path: Path, create: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DatabaseUnavailable(f"cannot create the folder of {url.database}: {exc.strerror}") from exc
+    # router.db holds PHI-bearing text: owner-only whatever the umask. SQLite gives its -wal and
+    # -shm files the database file's mode.
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError as exc:
+        raise DatabaseUnavailable(f"cannot create {url.database}: {exc.strerror}") from exc
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, bindparam, func
+from sqlalchemy import Connection, Table, bindparam, func
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql import Insert
 
 from router.db.models import Instance, Series, Study, StudySender
 from router.domain.enums import StudyStatus
 
-_STUDY = Study.__table__
-_SERIES = Series.__table__
-_INSTANCE = Instance.__table__
-_SENDER = StudySender.__table__
+# A declarative class's __table__ is a Table (SQLAlchemy types it as the wider FromClause).
+_STUDY = cast(Table, Study.__table__)
+_SERIES = cast(Table, Series.__table__)
+_INSTANCE = cast(Table, Instance.__table__)
+_SENDER = cast(Table, StudySender.__table__)
 
 #: Study columns filled from the first instance that has a value.
 _EVIDENCE = (
@@ -66,7 +66,7 @@ class IndexRow:
     evidence: dict[str, Any]  # keys: _EVIDENCE
 
 
-def _insert(dialect: str, table: Any) -> Insert:
+def _insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
     if dialect == "postgresql":
         return postgresql.insert(table)
     if dialect == "sqlite":

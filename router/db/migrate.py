@@ -31,9 +31,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     config = alembic_config(engine)
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
+            # a migration may rewrite big tables: no database.statement_timeout for it
+            connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
             # released at commit; other nodes' upgrades wait here (PostgreSQL 9.1+ advisory locks)
             connection.execute(text("SET LOCAL lock_timeout = '300s'"))
-            connection.execute(text("SET LOCAL statement_timeout = '300s'"))
             connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('router.migrate:' || current_schema()))"))
         config.attributes["connection"] = connection
         command.upgrade(config, revision)

@@ -11,7 +11,7 @@ checks that models and migrations agree.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -24,9 +24,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
+    Time,
     TypeDecorator,
     UniqueConstraint,
     text,
@@ -34,15 +36,22 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from router.domain.enums import (
+    AckCode,
     CptSource,
     ExamStateSource,
+    FacilityReaderRule,
     FederalFacility,
     HoldReason,
     InfrastructureKind,
     LicensePathway,
     LicenseStatus,
+    OrderStatus,
     OutboxStatus,
+    Priority,
     ProfessionalEntryKind,
+    ReportOutcome,
+    ReportSource,
+    ReportStatus,
     StudyStatus,
 )
 
@@ -103,7 +112,7 @@ class Base(DeclarativeBase):
     """Declarative base with the constraint naming convention."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dt.datetime: UtcDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dt.datetime: UtcDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
 
 
 # --------------------------------------------------------------------------- roster
@@ -154,6 +163,7 @@ class Radiologist(Base):
     spl_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))  # designated SPL
     loq_issued: Mapped[dt.date | None] = mapped_column(Date)  # IMLC Letter of Qualification
     mqsa_qualified: Mapped[bool] = mapped_column(Boolean, default=False)
+    subspecialties: Mapped[str | None] = mapped_column(String(128))  # comma-joined Subspecialty values
     reading_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))
     # where assigned studies are forwarded (C-STORE SCP of the reader's workstation or PACS)
     destination_ae_title: Mapped[str | None] = mapped_column(String(AE_LENGTH))
@@ -165,6 +175,33 @@ class Radiologist(Base):
         back_populates="radiologist", cascade="all, delete-orphan", order_by="License.state"
     )
     privileges: Mapped[list[Privilege]] = relationship(back_populates="radiologist", cascade="all, delete-orphan")
+
+
+class ReaderShift(Base):
+    """A weekly shift of a reader in the reader's own IANA time zone (see router.domain.shifts)."""
+
+    __tablename__ = "reader_shifts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    radiologist_id: Mapped[int] = mapped_column(ForeignKey("radiologists.id", ondelete="CASCADE"), index=True)
+    weekdays: Mapped[str] = mapped_column(String(32))  # e.g. "mon,tue,wed,thu,fri"
+    start_time: Mapped[dt.time] = mapped_column(Time)  # local wall clock
+    end_time: Mapped[dt.time] = mapped_column(Time)  # <= start_time: ends the next day
+    timezone: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+
+
+class FacilityReader(Base):
+    """A facility's preference for, or exclusion of, one reader (one rule per pair)."""
+
+    __tablename__ = "facility_readers"
+    __table_args__ = (UniqueConstraint("facility_id", "radiologist_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id", ondelete="CASCADE"))
+    radiologist_id: Mapped[int] = mapped_column(ForeignKey("radiologists.id", ondelete="CASCADE"))
+    rule: Mapped[FacilityReaderRule] = mapped_column(_enum(FacilityReaderRule, "facility_reader_rule"))
+    created_at: Mapped[dt.datetime]
 
 
 class License(Base):
@@ -262,9 +299,9 @@ class Study(Base):
     procedure_codes: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True))
     institution_name: Mapped[str | None] = mapped_column(String(128))
     institution_address: Mapped[str | None] = mapped_column(Text)
-    patient_address: Mapped[str | None] = mapped_column(Text)
-    region_of_residence: Mapped[str | None] = mapped_column(String(128))
-    country_of_residence: Mapped[str | None] = mapped_column(String(128))
+    patient_address: Mapped[str | None] = mapped_column(Text)  # encrypted when encryption is on
+    region_of_residence: Mapped[str | None] = mapped_column(Text)  # encrypted when encryption is on
+    country_of_residence: Mapped[str | None] = mapped_column(Text)  # encrypted when encryption is on
     first_calling_ae_title: Mapped[str | None] = mapped_column(String(AE_LENGTH))
     facility_id: Mapped[int | None] = mapped_column(ForeignKey("facilities.id", ondelete="SET NULL"))
     exam_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))
@@ -422,6 +459,7 @@ class Assignment(Base):
     license_number: Mapped[str] = mapped_column(String(64))
     assigned_at: Mapped[dt.datetime]
     assigned_by: Mapped[str] = mapped_column(String(64))  # "router" or the OS user of a manual assignment
+    work_rvu_centi: Mapped[int | None] = mapped_column(Integer)  # the read's work RVUs x 100 (workload)
     completed_at: Mapped[dt.datetime | None]
     superseded_at: Mapped[dt.datetime | None]
     superseded_reason: Mapped[str | None] = mapped_column(Text)
@@ -537,7 +575,8 @@ class AuditEntry(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(index=True)
-    os_user: Mapped[str] = mapped_column(String(128))
+    os_user: Mapped[str] = mapped_column(String(128))  # the process's real account (getpwuid)
+    acting_as: Mapped[str | None] = mapped_column(String(128))  # `router --as NAME`, a claim beside it
     action: Mapped[str] = mapped_column(String(64))  # e.g. license.set_status
     entity: Mapped[str] = mapped_column(String(32))  # radiologist, license, facility, privilege, study
     entity_key: Mapped[str] = mapped_column(String(128))  # e.g. "1234567893/TX"
@@ -609,3 +648,82 @@ APPEND_ONLY_TABLES = (
     "audit_log",
     "routing_decisions",
 )  # see migration 0002
+
+
+# --------------------------------------------------------------------------- orders and reports
+
+
+class Hl7Message(Base):
+    """Every HL7 v2 message received over MLLP, as received, with the answer given.
+
+    ``accepted_key`` (``MSH-3|MSH-4|MSH-10``) is set only on accepted (AA) messages and is
+    unique: a duplicate of an accepted message gets the stored ACK again and has no effect,
+    while a message once answered AE/AR may be sent again and is processed again.
+    """
+
+    __tablename__ = "hl7_messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    control_id: Mapped[str | None] = mapped_column(String(199))  # MSH-10
+    message_type: Mapped[str | None] = mapped_column(String(16))  # MSH-9, e.g. ORM^O01
+    sending_application: Mapped[str | None] = mapped_column(String(180))  # MSH-3.1
+    sending_facility: Mapped[str | None] = mapped_column(String(180))  # MSH-4.1
+    version: Mapped[str | None] = mapped_column(String(16))  # MSH-12
+    peer_address: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime]
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    ack_code: Mapped[AckCode] = mapped_column(_enum(AckCode, "ack_code"))
+    outcome: Mapped[str | None] = mapped_column(Text)  # what it did, or why it was refused (no PHI)
+    ack: Mapped[bytes | None] = mapped_column(LargeBinary)
+    accepted_key: Mapped[str | None] = mapped_column(String(600), unique=True)
+
+
+class Order(Base):
+    """The current state of an order (ORM^O01 / OMI^O23), one row per accession number."""
+
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    accession_number: Mapped[str] = mapped_column(String(64), unique=True)
+    placer_order_number: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[OrderStatus] = mapped_column(_enum(OrderStatus, "order_status"))
+    order_control: Mapped[str] = mapped_column(String(8))  # ORC-1 of the last message
+    procedures: Mapped[list[Any]] = mapped_column(JSON)  # [{code, text, system}] as ordered
+    diagnoses: Mapped[list[Any]] = mapped_column(JSON)  # [{code, text, system}]
+    priority: Mapped[Priority | None] = mapped_column(_enum(Priority, "order_priority"))
+    priority_code: Mapped[str | None] = mapped_column(String(8))  # as sent
+    referring_npi: Mapped[str | None] = mapped_column(String(NPI_LENGTH))  # only a valid NPI
+    referring_id: Mapped[str | None] = mapped_column(String(64))  # OBR-16.1 / ORC-12.1 as sent
+    ordering_facility: Mapped[str | None] = mapped_column(String(128))
+    patient_class: Mapped[str | None] = mapped_column(String(8))  # PV1-2
+    patient_location: Mapped[str | None] = mapped_column(String(128))  # PV1-3
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"), index=True)
+    hl7_message_id: Mapped[int] = mapped_column(ForeignKey("hl7_messages.id", ondelete="RESTRICT"))
+    received_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    cancelled_at: Mapped[dt.datetime | None]
+
+
+class Report(Base):
+    """A received report (ORU^R01 or SR) and what it did; the reason when it was not billed."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[ReportSource] = mapped_column(_enum(ReportSource, "report_source"))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"), index=True)
+    status: Mapped[ReportStatus] = mapped_column(_enum(ReportStatus, "report_status"))
+    outcome: Mapped[ReportOutcome] = mapped_column(_enum(ReportOutcome, "report_outcome"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    signer_npi: Mapped[str | None] = mapped_column(String(NPI_LENGTH))
+    signer_name: Mapped[str | None] = mapped_column(String(200))
+    signed_at: Mapped[dt.datetime | None]
+    hl7_message_id: Mapped[int | None] = mapped_column(ForeignKey("hl7_messages.id", ondelete="RESTRICT"))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    # SR: where the document is kept, relative to the archive root (``.sr``: not an image file,
+    # so start-up recovery never adopts it as an instance)
+    archive_path: Mapped[str | None] = mapped_column(String(400))
+    professional_entry_ids: Mapped[list[Any] | None] = mapped_column(JSON)
+    received_at: Mapped[dt.datetime]

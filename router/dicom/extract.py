@@ -26,6 +26,7 @@ import datetime as dt
 import os
 import re
 import struct
+import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -37,17 +38,19 @@ from pydicom.dataelem import convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from router.dicom.structure import InflationLimitExceeded, MalformedDataSet, check_to_end, inflate_dataset
+from router.domain.billing import ProcedureCode
+from router.domain.enums import CptSource
+from router.domain.instance import InstanceHeader
+
+_is_implicit_vr: Callable[..., bool] | None
 try:  # pydicom's own check of the VR encoding actually used (private, so optional)
     from pydicom.filereader import _is_implicit_vr
 except ImportError:  # pragma: no cover - a pydicom without it
     _is_implicit_vr = None
-from pydicom.tag import Tag
-from pydicom.uid import UID
-
-from router.domain.billing import ProcedureCode
-from router.domain.enums import CptSource
-from router.domain.instance import InstanceHeader
 
 #: Attributes read from each data set (DICOM PS3.6 keywords).
 HEADER_KEYWORDS = (
@@ -72,8 +75,10 @@ HEADER_KEYWORDS = (
     "RequestAttributesSequence",
     "RequestedProcedurePriority",
 )
+#: Default of ``listener.max_inflated_bytes``: largest inflated deflated data set, in bytes (1 GiB).
+DEFAULT_MAX_INFLATED_BYTES = 1 << 30
 _NUMBER_OF_FRAMES = Tag("NumberOfFrames")
-_SPECIFIC_TAGS = [*(Tag(keyword) for keyword in HEADER_KEYWORDS), _NUMBER_OF_FRAMES]
+_SPECIFIC_TAGS: list[BaseTag | int] = [*(Tag(keyword) for keyword in HEADER_KEYWORDS), _NUMBER_OF_FRAMES]
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _PREAMBLE_AND_PREFIX = 132  # 128-byte preamble + "DICM" (PS3.10 section 7.1)
 _PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
@@ -100,28 +105,41 @@ class UndecodableDataSet(Exception):
     """The received data set cannot be parsed (maps to C-STORE status 0xC210)."""
 
 
-def read_header(path: Path) -> InstanceHeader:
-    """Read an :class:`InstanceHeader` from a Part 10 file, in one pass over its header.
+def read_header(path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES) -> InstanceHeader:
+    """Read an :class:`InstanceHeader` from a Part 10 file, in one pass over its data set.
 
-    The File Meta Information gives the transfer syntax; the data set is then walked once up to
-    Pixel Data: only the wanted elements' values are read, every other value is skipped
-    (``specific_tags``), and the walk checks that no element claims bytes that were not
-    received (see :func:`_walk`). A deflated data set is inflated by :func:`pydicom.dcmread`.
+    The File Meta Information gives the transfer syntax; the data set is then walked once to
+    its end: only the wanted elements' values are read, every other value (Pixel Data
+    included) is skipped, and the walk checks that no element claims bytes that were not
+    received and that the elements after Pixel Data parse to the last byte (see :func:`_walk`).
+    A deflated data set (PS3.5 section A.5) is first inflated, in bounded steps, to an
+    anonymous temporary file beside ``path`` (:func:`~router.dicom.structure.inflate_dataset`).
 
     Parameters
     ----------
     path : Path
         A Part 10 file (preamble, File Meta Information, data set as received).
+    max_inflated_bytes : int
+        Largest inflated size of a deflated data set, in bytes (``listener.max_inflated_bytes``).
 
     Raises
     ------
     UndecodableDataSet
-        If the file meta or the data set cannot be parsed, or the data set is truncated.
+        If the file meta or the data set cannot be parsed, or the data set is truncated or has
+        anything malformed after Pixel Data.
+    InflationLimitExceeded
+        If a deflated data set inflates to more than ``max_inflated_bytes``.
     """
     try:
+        dataset: Dataset
         with open(path, "rb") as handle:
             syntax = _read_transfer_syntax(handle)
-            if syntax.is_deflated or not syntax.is_transfer_syntax:
+            if syntax.is_deflated:
+                with tempfile.TemporaryFile(dir=path.parent) as inflated:
+                    size = inflate_dataset(handle, inflated, max_inflated_bytes)
+                    inflated.seek(0)
+                    dataset = _walk(inflated, UID(ExplicitVRLittleEndian), size)
+            elif not syntax.is_transfer_syntax:
                 dataset = dcmread(path, stop_before_pixels=True, specific_tags=_SPECIFIC_TAGS)
             else:
                 dataset = _walk(handle, syntax, os.fstat(handle.fileno()).st_size)
@@ -129,8 +147,10 @@ def read_header(path: Path) -> InstanceHeader:
         # Touch every element once: a structurally broken data set fails here, not later.
         for element in dataset.iterall():
             _ = element.value
-    except UndecodableDataSet:
+    except (UndecodableDataSet, InflationLimitExceeded):
         raise
+    except MalformedDataSet as exc:
+        raise UndecodableDataSet(str(exc)) from exc
     except (
         InvalidDicomError,
         EOFError,
@@ -177,7 +197,9 @@ def _walk(reader: Any, syntax: UID, size: int) -> Dataset:
     skipped). The walk stops at Pixel Data, whose defined length is checked without reading it;
     encapsulated Pixel Data is checked fragment by fragment, from the item headers only, up to
     its sequence delimiter (:func:`_check_encapsulated`). An undefined-length sequence is
-    parsed to its delimiter by pydicom (a truncated one raises).
+    parsed to its delimiter by pydicom (a truncated one raises). What follows Pixel Data is
+    walked by its element headers to the last byte (:func:`~router.dicom.structure.check_to_end`):
+    trailing garbage, a length past the end or an unterminated sequence raises.
     """
     start = reader.tell()
     implicit = syntax.is_implicit_VR
@@ -197,6 +219,7 @@ def _walk(reader: Any, syntax: UID, size: int) -> Dataset:
             state["end"] = end
         if tag in _PIXEL_TAGS:
             state["pixel"] = True
+            state["pixel_tag"] = tag
             return True
         return False
 
@@ -213,6 +236,10 @@ def _walk(reader: Any, syntax: UID, size: int) -> Dataset:
         frames = _number_of_frames(raws)
         if frames is not None and fragments < frames and not _is_video(syntax):
             raise UndecodableDataSet(f"encapsulated Pixel Data holds {fragments} fragment(s) for {frames} frames")
+    elif state["pixel"]:
+        reader.seek(state["end"])
+    if state["pixel"]:
+        check_to_end(reader, implicit, syntax.is_little_endian, size, int(state["pixel_tag"]))
     dataset = Dataset(raws)
     encoding: Any = default_encoding
     if _CHARSET_TAG in raws:

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
-from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, StoreHandler
+from router.dicom.guard import ConnectionLimiter, GuardedRequestHandler, PeerLimits
+from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS, StoreHandler
 
 LOG = logging.getLogger(__name__)
 
@@ -41,7 +42,12 @@ class RouterAssociationServer(ThreadedAssociationServer):
       pynetdicom would hold it as one until its ARTIM timer expired, taking a place among
       ``max_associations`` and delaying a drain;
     - connection threads are daemon threads: a stalled handshake never holds up shutdown
-      (``socketserver.ThreadingMixIn`` would otherwise join them on close).
+      (``socketserver.ThreadingMixIn`` would otherwise join them on close);
+    - connections over ``max_connections`` or ``max_connections_per_address`` are closed in
+      the accept loop, and every association reads through
+      :class:`~router.dicom.guard.GuardedAssociationSocket` (PDU length limits, one deadline
+      for the whole association request from the accept, TLS handshake included);
+      see :mod:`router.dicom.guard`.
     """
 
     daemon_threads = True
@@ -53,13 +59,17 @@ class RouterAssociationServer(ThreadedAssociationServer):
         tcp_nodelay: bool = True,
         handshake_timeout: float = 30.0,
         reuse_port: bool = False,
+        peer_limits: PeerLimits | None = None,
         **kwargs: Any,
     ) -> None:
         self.allowed_networks = tuple(allowed_networks)
         self.tcp_nodelay = tcp_nodelay
         self.handshake_timeout = handshake_timeout
         self.reuse_port = reuse_port
+        self.peer_limits = peer_limits or PeerLimits()
+        kwargs.setdefault("request_handler", GuardedRequestHandler)
         super().__init__(*args, **kwargs)
+        self.limiter = ConnectionLimiter(self.peer_limits, lambda: self.ae.active_associations)
 
     def server_bind(self) -> None:
         """Bind as pynetdicom does, with ``SO_REUSEPORT`` first when several processes share the port."""
@@ -80,6 +90,20 @@ class RouterAssociationServer(ThreadedAssociationServer):
         return client_socket, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
+        """``True`` if the peer is in ``allowed_networks`` (or the list is empty) and within the
+        connection limits (then it is counted until its association ends).
+        """
+        if not self.address_allowed(client_address):
+            return False
+        address = str(client_address[0])
+        refused = self.limiter.admit(address)
+        if refused is not None:
+            if self.limiter.should_warn(address):
+                LOG.warning("connections from %s refused: %s (logged once a minute per address)", address, refused)
+            return False
+        return True
+
+    def address_allowed(self, client_address: Any) -> bool:
         """``True`` if the peer is in ``allowed_networks`` (or the list is empty).
 
         An IPv4-mapped IPv6 peer (``::ffff:a.b.c.d``, seen on a dual-stack ``::`` listener) is
@@ -100,15 +124,22 @@ class RouterAssociationServer(ThreadedAssociationServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Runs in the connection's thread: pre-checks and TLS, then hand over to pynetdicom."""
-        ready = self._prepare(request, str(client_address[0]))
-        if ready is not None:
-            super().finish_request(ready, client_address)
+        deadline = time.monotonic() + self.peer_limits.association_request_timeout
+        try:
+            ready = self._prepare(request, str(client_address[0]), deadline)
+            if ready is not None:
+                self.limiter.make_room(str(client_address[0]))
+                self.RequestHandlerClass(ready, client_address, self, deadline)  # type: ignore[call-arg, arg-type]
+        finally:
+            self.limiter.started(str(client_address[0]))
 
-    def _prepare(self, request: socket.socket, peer: str) -> socket.socket | None:
+    def _prepare(self, request: socket.socket, peer: str, deadline: float) -> socket.socket | None:
         """The socket to run the association on; ``None`` once a refused connection is closed."""
         current = request
         try:
-            current.settimeout(self.handshake_timeout)
+            # the first byte, then the whole TLS handshake (CPython applies a socket timeout to
+            # do_handshake as a whole, not per read), by the association-request deadline
+            current.settimeout(max(0.001, min(self.handshake_timeout, deadline - time.monotonic())))
             first = current.recv(1, socket.MSG_PEEK)
             if not first:
                 LOG.debug("connection from %s closed before sending anything", peer)
@@ -120,6 +151,7 @@ class RouterAssociationServer(ThreadedAssociationServer):
                     )
                     return _closed(current)
                 current = self.ssl_context.wrap_socket(current, server_side=True, do_handshake_on_connect=False)
+                current.settimeout(max(0.001, min(self.handshake_timeout, deadline - time.monotonic())))
                 current.do_handshake()
             current.settimeout(None)  # pynetdicom expects a blocking socket (it selects before reading)
         except TimeoutError:
@@ -134,14 +166,15 @@ class RouterAssociationServer(ThreadedAssociationServer):
         return current
 
 
-def _closed(sock: socket.socket) -> None:
-    """Shut down and close a connection that never became an association."""
+def _closed(sock: socket.socket) -> socket.socket | None:
+    """Shut down and close a connection that never became an association; returns ``None``
+    (no socket to run an association on)."""
     for step in (lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
         try:
             step()
         except OSError:
             pass
-    return
+    return None
 
 
 @dataclass(frozen=True)
@@ -165,6 +198,12 @@ class ListenerOptions:
     reuse_port: bool = False  # several router processes listen on the same port(s)
     allowed_calling_ae_titles: tuple[str, ...] = ()  # set before the first association is accepted
     require_called_ae_title: bool = False  # refuse associations that call another AE title
+    max_connections: int = 64
+    max_connections_per_address: int = 8
+    association_request_timeout: float = 10.0  # seconds from the accept to a complete A-ASSOCIATE-RQ
+    max_association_request_bytes: int = 1 << 20
+    ae_title_subjects: tuple[tuple[str, str], ...] = ()  # calling AE title -> client certificate name
+    idle_eviction_seconds: float = 5.0  # when full, abort an association idle this long for a newcomer
 
 
 class Listener:
@@ -271,13 +310,14 @@ def build_ae(options: ListenerOptions) -> AE:
     ae.maximum_pdu_size = options.max_pdu_length
     ae.require_calling_aet = sorted({title.strip() for title in options.allowed_calling_ae_titles if title.strip()})
     ae.require_called_aet = options.require_called_ae_title
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(VERIFICATION_SOP_CLASS)
     # With UNRESTRICTED_STORAGE_SERVICE every storage SOP class proposed is accepted with one of
     # these transfer syntaxes; list the standard ones too so negotiation works without it.
     from pynetdicom import AllStoragePresentationContexts
 
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES))
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES))
     return ae
 
 
@@ -291,7 +331,7 @@ def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
     """
     ae = build_ae(options)
     networks = tuple(ipaddress.ip_network(item, strict=False) for item in options.allowed_addresses)
-    handlers = [
+    handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, handler),
         (evt.EVT_C_ECHO, _handle_echo),
         (evt.EVT_REJECTED, _log_rejected),
@@ -316,7 +356,18 @@ def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
                 tcp_nodelay=options.tcp_nodelay,
                 handshake_timeout=options.acse_timeout,
                 reuse_port=options.reuse_port,
+                peer_limits=PeerLimits(
+                    max_connections=options.max_connections,
+                    max_connections_per_address=options.max_connections_per_address,
+                    association_request_timeout=options.association_request_timeout,
+                    max_association_request_bytes=options.max_association_request_bytes,
+                    max_pdu_length=options.max_pdu_length,
+                    ae_title_subjects=options.ae_title_subjects,
+                    max_associations=options.max_associations,
+                    idle_eviction_seconds=options.idle_eviction_seconds,
+                ),
             )
+            assert isinstance(server, RouterAssociationServer)  # made with server_class
             ae._servers.append(server)  # so ae.shutdown() stops it (as start_server does)
             thread = threading.Thread(target=server.serve_forever, name=f"listener:{port}", daemon=True)
             thread.start()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from pydicom.uid import UID
 from pynetdicom import acse as _acse_module
 from pynetdicom.presentation import PresentationContext
 
@@ -61,7 +62,9 @@ def strict_unrestricted(original: Any, known_transfer_syntaxes: frozenset[str]) 
             if uid_problem(str(proposed.abstract_syntax or "")) is not None:
                 refused.append(_refused(proposed, ABSTRACT_SYNTAX_NOT_SUPPORTED))
                 continue
-            known = [syntax for syntax in proposed.transfer_syntax if str(syntax) in known_transfer_syntaxes]
+            known: list[str | bytes | UID] = [
+                syntax for syntax in proposed.transfer_syntax if str(syntax) in known_transfer_syntaxes
+            ]
             if not known:
                 refused.append(_refused(proposed, TRANSFER_SYNTAXES_NOT_SUPPORTED))
                 continue
@@ -92,6 +95,6 @@ def install(known_transfer_syntaxes: frozenset[str]) -> bool:
         original = getattr(_acse_module, "negotiate_unrestricted", None)
         if original is None:
             return False
-        _acse_module.negotiate_unrestricted = strict_unrestricted(original, known_transfer_syntaxes)  # type: ignore[attr-defined]
+        _acse_module.negotiate_unrestricted = strict_unrestricted(original, known_transfer_syntaxes)
         _INSTALLED = True
         return True

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import _config, dimse_messages
 
 from router.dicom import negotiation, reactor
-from router.dicom.extract import UndecodableDataSet, read_header
+from router.dicom.extract import DEFAULT_MAX_INFLATED_BYTES, UndecodableDataSet, read_header
 from router.dicom.spool import SpoolFile, spool_factory
 from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
+from router.dicom.structure import InflationLimitExceeded
 from router.domain.instance import InstanceHeader, uid_problem
 from router.errors import ArchiveError, IndexWriteError
 
@@ -54,7 +55,8 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
       under a valid UID and with a transfer syntax pydicom knows (:mod:`router.dicom.negotiation`).
     """
     incoming_dir.mkdir(parents=True, exist_ok=True)
-    dimse_messages.NamedTemporaryFile = spool_factory(incoming_dir)  # type: ignore[attr-defined]
+    # pynetdicom calls it as tempfile.NamedTemporaryFile (keyword arguments only), so its overloads do not apply.
+    dimse_messages.NamedTemporaryFile = spool_factory(incoming_dir)  # type: ignore[assignment]
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.UNRESTRICTED_STORAGE_SERVICE = True
     # Forwarding sends archived files byte for byte, streamed from disk.
@@ -72,6 +74,9 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
 #: endian, deflated, big endian, the JPEG family, JPEG-LS, JPEG 2000, HTJ2K, RLE, MPEG/HEVC).
 #: The router stores the bytes as received and reads only the header, so it needs no codec.
 STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(str(uid) for uid in AllTransferSyntaxes)
+
+#: Verification SOP Class (C-ECHO), PS3.4 Annex A.4 (pynetdicom makes its constant at run time).
+VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
 
 
 class ConditionLog:
@@ -118,6 +123,8 @@ class StoreHandler:
     store: InstanceStore
     make_sender: SenderFactory
     conditions: ConditionLog = field(default_factory=lambda: ConditionLog(LOG))
+    #: Largest inflated size of a deflated data set, in bytes (``listener.max_inflated_bytes``).
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
 
     def __call__(self, event: Any) -> Dataset:
         """Handle one C-STORE request.
@@ -131,6 +138,14 @@ class StoreHandler:
             Series, SOP Instance or SOP Class UID; 0xA900 data set UIDs differ from the
             request; 0xA700 archive write failed; 0xA701 index write failed.
         """
+        # never evicted as idle while a data set is being stored (router.dicom.guard.make_room)
+        event.assoc._router_busy = True
+        try:
+            return self._handle(event)
+        finally:
+            event.assoc._router_busy = False
+
+    def _handle(self, event: Any) -> Dataset:
         request = event.request
         requestor = event.assoc.requestor
         sender = self.make_sender(str(requestor.ae_title).strip(), str(requestor.address))
@@ -138,7 +153,15 @@ class StoreHandler:
         if temp_path is None:
             return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "archive write failed")
         try:
-            header = read_header(temp_path)
+            header = read_header(temp_path, self.max_inflated_bytes)
+        except InflationLimitExceeded as exc:
+            LOG.warning(
+                "C-STORE of %s from %s refused with 0xA700: %s (listener.max_inflated_bytes)",
+                _uid_for_log(request.AffectedSOPInstanceUID),
+                sender.calling_ae_title,
+                exc,
+            )
+            return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "inflated data set over the size limit")
         except UndecodableDataSet as exc:
             LOG.warning(
                 "C-STORE of %s from %s: data set could not be decoded (%s)",

@@ -3,12 +3,16 @@
 Files are sent byte for byte as stored, in their own transfer syntax (pynetdicom's
 ``STORE_SEND_CHUNKED_DATASET``: the data set is streamed from the file, never decoded and
 re-encoded): one presentation context is proposed per (SOP class, transfer syntax) pair.
+A destination reached over DICOM TLS (PS3.15 Annex B.1: TLS 1.2 or later, the server's
+certificate checked against the configured CA and, by default, its host name) is written
+``tls://AE@host:port`` or listed in ``[forwarding.tls] destinations``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import ssl
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,31 +32,108 @@ class SendError(RouterError):
     """The destination could not be reached or refused the association."""
 
 
+TLS_SCHEME = "tls://"
+
+
 @dataclass(frozen=True)
 class Destination:
-    """A C-STORE SCP: AE title, host and TCP port."""
+    """A C-STORE SCP: AE title, host and TCP port; ``tls`` when reached over DICOM TLS."""
 
     ae_title: str
     host: str
     port: int
+    tls: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Destination:
-        """Parse ``AE@host:port``.
+        """Parse ``AE@host:port`` or ``tls://AE@host:port`` (IPv6 host in brackets).
 
         Raises
         ------
         ValueError
             If the text is not of that form.
         """
-        ae_title, _, rest = text.partition("@")
+        tls = text.startswith(TLS_SCHEME)
+        body = text[len(TLS_SCHEME) :] if tls else text
+        ae_title, _, rest = body.partition("@")
         host, _, port = rest.rpartition(":")
         if not ae_title or not host or not port.isdigit():
-            raise ValueError(f"{text!r} is not AE@host:port")
-        return cls(ae_title=ae_title, host=host.strip("[]"), port=int(port))
+            raise ValueError(f"{text!r} is not AE@host:port or tls://AE@host:port")
+        return cls(ae_title=ae_title, host=host.strip("[]"), port=int(port), tls=tls)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (IPv6 host in brackets), as listed in ``[forwarding.tls] destinations``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{TLS_SCHEME if self.tls else ''}{self.ae_title}@{self.address}"
+
+
+def client_tls_context(
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    check_hostname: bool = True,
+) -> ssl.SSLContext:
+    """A client-side TLS context for DICOM TLS (PS3.15 Annex B.1; TLS 1.2 or later).
+
+    The destination's certificate must chain to ``ca_file`` (or to the system's trusted CAs)
+    and, with ``check_hostname``, name the host it is reached at; ``cert_file``/``key_file``
+    are presented to destinations that ask for a client certificate.
+
+    Raises
+    ------
+    SendError
+        If a file cannot be loaded.
+    """
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = check_hostname
+        if cert_file is not None:
+            context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise SendError(f"cannot load the forwarding TLS CA, certificate or key: {exc}") from exc
+    return context
+
+
+class Forwarder:
+    """Sends files to destinations given as text, over TLS where asked (the forwarding service's ``send``).
+
+    Parameters
+    ----------
+    tls_context : ssl.SSLContext, optional
+        Used for ``tls://`` destinations and those whose ``host:port`` is in ``tls_addresses``;
+        without one, such a destination fails with :class:`SendError` (never sent in the clear).
+    tls_addresses : iterable of str
+        ``host:port`` of destinations always reached over TLS.
+    """
+
+    def __init__(self, tls_context: ssl.SSLContext | None = None, tls_addresses: Iterable[str] = ()) -> None:
+        self.tls_context = tls_context
+        self.tls_addresses = frozenset(address.strip().lower() for address in tls_addresses)
+
+    def destination(self, text: str) -> Destination:
+        """The destination ``text`` names, with ``tls`` set when it is to be reached over TLS."""
+        destination = Destination.parse(text)
+        if not destination.tls and destination.address.lower() in self.tls_addresses:
+            destination = Destination(destination.ae_title, destination.host, destination.port, tls=True)
+        return destination
+
+    def __call__(self, paths: Sequence[Path], destination: str, calling_ae_title: str) -> list[bool]:
+        """Send ``paths`` to ``destination``; one accepted flag per path.
+
+        Raises
+        ------
+        SendError
+            As :func:`send_files`.
+        """
+        results = send_files(
+            list(paths), self.destination(destination), calling_ae_title=calling_ae_title, tls_context=self.tls_context
+        )
+        return [result.ok for result in results]
 
 
 @dataclass(frozen=True)
@@ -74,13 +155,18 @@ def send_files(
     calling_ae_title: str = "ROUTER",
     timeout: float = 30.0,
     max_pdu: int = 0,
+    tls_context: ssl.SSLContext | None = None,
 ) -> list[SendResult]:
     """Send files over one association and return one result per file, in order.
+
+    A ``destination.tls`` destination is reached over DICOM TLS with ``tls_context``, the
+    host name checked by the context's rules (server name indication is the host).
 
     Raises
     ------
     SendError
-        If the association is refused, aborted before it starts, or no file can be read.
+        If the association is refused, aborted before it starts (a failed TLS handshake
+        included), no file can be read, or a TLS destination is given without ``tls_context``.
     """
     # Send the stored bytes as they are (never decoded and re-encoded): process-wide, idempotent.
     _config.STORE_SEND_CHUNKED_DATASET = True
@@ -104,7 +190,9 @@ def send_files(
     if len(contexts) > MAX_CONTEXTS:
         raise SendError(f"{len(contexts)} presentation contexts needed; at most {MAX_CONTEXTS} per association")
     ae.requested_contexts = contexts
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=_tls_args(destination, tls_context)
+    )
     if not assoc.is_established:
         raise SendError(f"association with {destination} was not accepted")
     results: list[SendResult] = []
@@ -121,15 +209,23 @@ def send_files(
     return results
 
 
+def _tls_args(destination: Destination, context: ssl.SSLContext | None) -> tuple[ssl.SSLContext, str] | None:
+    if not destination.tls:
+        return None
+    if context is None:
+        raise SendError(f"{destination} is a TLS destination and no TLS context is configured ([forwarding.tls])")
+    return context, destination.host
+
+
 def echo(destination: Destination, calling_ae_title: str = "ROUTER", timeout: float = 10.0) -> int | None:
     """C-ECHO a destination; returns its status or ``None`` when there is no answer."""
-    from pynetdicom.sop_class import Verification
+    from router.dicom.scp import VERIFICATION_SOP_CLASS
 
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(VERIFICATION_SOP_CLASS)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         return None

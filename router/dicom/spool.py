@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ class SpoolFile:
             pass
 
 
-def spool_factory(directory: Path):  # type: ignore[no-untyped-def]
+def spool_factory(directory: Path) -> Callable[..., SpoolFile]:
     """A drop-in for ``tempfile.NamedTemporaryFile`` as pynetdicom calls it (keyword arguments)."""
 
     def make(*_args: Any, suffix: str = ".dcm", **_kwargs: Any) -> SpoolFile:

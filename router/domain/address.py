@@ -135,7 +135,7 @@ def _signals_free_text(text: str) -> _Signals:
     sig = _Signals()
     segments = [words for part in _SEGMENT_SEP.split(text) if (words := tokens(part))]
     if segments:
-        count, key, region, alpha2 = trailing_name(segments[-1])
+        count, key, region, _ = trailing_name(segments[-1])
         after_zip = count < len(segments[-1]) and _ZIP.match(segments[-1][-count - 1]) is not None
         if region is not None and REGIONS[region][1] in US_TERRITORIES and after_zip:
             sig.country, sig.country_alpha2 = key, REGIONS[region][1]  # "San Juan PR 00901 Puerto Rico"

@@ -11,6 +11,7 @@ review (:func:`router.domain.billing.resolve_billing_lines`).
 from __future__ import annotations
 
 import csv
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -295,7 +296,7 @@ class CptMap:
             evidence = {explicit}
         else:
             ordered = re.findall(r"[a-z0-9]+", (description or "").lower())
-            pairs = [a + b for a, b in zip(ordered, ordered[1:])]
+            pairs = [a + b for a, b in itertools.pairwise(ordered)]
             evidence = {key for key in map(body_part_key, ordered + pairs) if key}
         best: tuple[int, int, int, int] | None = None
         best_row: CptMapRow | None = None

@@ -31,6 +31,8 @@ class HoldReason(StrEnum):
 
     NO_EXAM_STATE = "no_exam_state"
     NO_ELIGIBLE_RADIOLOGIST = "no_eligible_radiologist"
+    NO_READER_ON_SHIFT = "no_reader_on_shift"  # licensed readers exist, none on shift (or all at their cap)
+    FACILITY_ADDRESS_CONFLICT = "facility_address_conflict"  # facility state != InstitutionAddress state
 
 
 class ExamStateSource(StrEnum):
@@ -121,3 +123,76 @@ class Priority(StrEnum):
     STAT = "stat"
     ASAP = "asap"
     ROUTINE = "routine"
+
+
+class AckCode(StrEnum):
+    """MSA-1 acknowledgment code (HL7 v2.5.1 table 0008, original mode)."""
+
+    AA = "AA"  # accepted: the message and its effects are committed
+    AE = "AE"  # error: the message could not be processed (reason in MSA-3 / ERR)
+    AR = "AR"  # rejected: unknown message type, unreadable header or frame
+
+
+class OrderStatus(StrEnum):
+    """State of an order received from the RIS."""
+
+    ACTIVE = "active"
+    CANCELLED = "cancelled"  # ORC-1 CA (cancel request) or OC (order cancelled)
+
+
+class ReportStatus(StrEnum):
+    """Status of a received report (HL7 v2.5.1 table 0123 OBR-25; DICOM SR flags, PS3.3 C.17.2)."""
+
+    PRELIMINARY = "preliminary"  # OBR-25 P; SR UNVERIFIED or PARTIAL
+    FINAL = "final"  # OBR-25 F; SR VERIFIED and COMPLETE
+    CORRECTED = "corrected"  # OBR-25 C; SR with PredecessorDocumentsSequence (amendment/addendum)
+
+
+class ReportOutcome(StrEnum):
+    """What a received report did."""
+
+    BILLED = "billed"  # completed the read: professional records written
+    NOT_BILLED = "not_billed"  # preliminary, or a correction of a read already billed
+    FLAGGED = "flagged"  # never billed: signed by someone else / not eligible; admin to review
+
+
+class ReportSource(StrEnum):
+    """How a report reached the router."""
+
+    HL7 = "hl7"  # ORU^R01 over MLLP
+    DICOM_SR = "dicom_sr"  # Basic/Enhanced/Comprehensive SR by C-STORE
+
+
+class ArchiveBackendKind(StrEnum):
+    """Where archive files are kept (``[archive] backend``)."""
+
+    FOLDER = "folder"  # a POSIX folder: temp file, fsync, rename, folder fsync
+    S3 = "s3"  # an S3-compatible object store: PUT with Content-MD5 after a local fsync
+
+
+class FacilityReaderRule(StrEnum):
+    """A facility's standing instruction about one reader."""
+
+    PREFER = "prefer"  # wins ties against readers with the same workload
+    EXCLUDE = "exclude"  # never assigned studies from this facility
+
+
+class Subspecialty(StrEnum):
+    """Radiology subspecialty credentials a reader may hold (ABR subspecialty areas, in practice terms)."""
+
+    NEURO = "neuro"
+    MSK = "msk"
+    BREAST = "breast"
+    PEDS = "peds"
+    BODY = "body"
+    CHEST = "chest"
+    CARDIAC = "cardiac"
+    IR = "ir"
+    NUCLEAR = "nuclear"
+
+
+class SubspecialtyNeed(StrEnum):
+    """How strongly a subspecialty rule asks for its credential."""
+
+    REQUIRED = "required"  # only credentialed readers may be assigned
+    PREFERRED = "preferred"  # credentialed readers win ties on workload

@@ -20,6 +20,10 @@ File format (UTF-8 text)::
 
 Comment lines start with ``#`` (blank lines are ignored); exactly one comment must be
 ``# as_of: YYYY-MM-DD``. Each data row is one physical line (no quoted line breaks).
+
+A state may have several rows: its dated history. Each row is in force from its
+``effective_date`` until the day before the state's next row (e.g. MI ``spl`` from 2019-03-28,
+``at_risk`` from 2026-03-28), so the licensure engine asks the status on the day of the read.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from types import MappingProxyType
 
@@ -102,6 +106,8 @@ class ImlcMembership:
     as_of: date
     members: Mapping[str, MemberJurisdiction]
     source_name: str = ""
+    #: every row of each state, oldest first (``members`` holds the latest one)
+    history: Mapping[str, tuple[MemberJurisdiction, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_csv_text(cls, text: str, source_name: str = "") -> ImlcMembership:
@@ -127,7 +133,7 @@ class ImlcMembership:
         """
         as_of: date | None = None
         header_seen = False
-        members: dict[str, MemberJurisdiction] = {}
+        history: dict[str, list[MemberJurisdiction]] = {}
         for line_no, line in enumerate(text.splitlines(), start=1):
             stripped = line.strip()
             if not stripped:
@@ -153,8 +159,6 @@ class ImlcMembership:
             state = raw_state.upper()
             if state not in LICENSING_JURISDICTIONS:
                 raise DataFileError(_where(source_name, line_no) + f"unknown state {raw_state!r}")
-            if state in members:
-                raise DataFileError(_where(source_name, line_no) + f"duplicate state {state}")
             try:
                 status = ImlcStatus(raw_status.lower())
             except ValueError as exc:
@@ -163,12 +167,23 @@ class ImlcMembership:
                     + f"bad status {raw_status!r} (expected one of {', '.join(ImlcStatus.values())})"
                 ) from exc
             effective = _parse_date(raw_date, line_no, "effective_date", source_name)
-            members[state] = MemberJurisdiction(state, status, effective, note, source)
+            rows = history.setdefault(state, [])
+            if any(row.effective_date == effective for row in rows):
+                raise DataFileError(
+                    _where(source_name, line_no) + f"duplicate state {state} for effective_date {effective}"
+                )
+            rows.append(MemberJurisdiction(state, status, effective, note, source))
         if as_of is None:
             raise DataFileError(_where(source_name, 1) + "missing '# as_of: YYYY-MM-DD' line")
         if not header_seen:
             raise DataFileError(_where(source_name, 1) + f"missing header {','.join(COLUMNS)!r}")
-        return cls(as_of=as_of, members=MappingProxyType(members), source_name=source_name)
+        ordered = {state: tuple(sorted(rows, key=lambda row: row.effective_date)) for state, rows in history.items()}
+        return cls(
+            as_of=as_of,
+            members=MappingProxyType({state: rows[-1] for state, rows in ordered.items()}),
+            source_name=source_name,
+            history=MappingProxyType(ordered),
+        )
 
     def status_on(self, state: str, day: date) -> ImlcStatus | None:
         """Compact status of a jurisdiction on a day.
@@ -183,17 +198,23 @@ class ImlcMembership:
         Returns
         -------
         ImlcStatus or None
-            ``None`` when the jurisdiction is not in the file (not a member). Before the row's
-            ``effective_date`` the status is not yet in force and ``PENDING`` is returned: the
-            file holds one status per state, so an earlier status is not known and the state is
+            ``None`` when the jurisdiction is not in the file (not a member). Otherwise the
+            status of the state's latest row whose ``effective_date`` is on or before ``day``;
+            before its first row, ``PENDING``: an earlier status is not known and the state is
             treated as not operating (the safe reading).
         """
-        member = self.members.get(state.strip().upper())
-        if member is None:
+        code = state.strip().upper()
+        rows = self.history.get(code)
+        if rows is None:
+            member = self.members.get(code)  # built without history (direct construction)
+            rows = (member,) if member is not None else ()
+        if not rows:
             return None
-        if day < member.effective_date:
-            return ImlcStatus.PENDING
-        return member.status
+        current = None
+        for row in rows:
+            if row.effective_date <= day:
+                current = row
+        return current.status if current is not None else ImlcStatus.PENDING
 
     def can_serve_as_spl(self, state: str, day: date) -> bool:
         """Whether ``state`` can be designated as State of Principal License on ``day``.

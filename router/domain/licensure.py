@@ -111,9 +111,8 @@ def license_standing(
         return False, f"license {lic.tag} not valid before {lic.issued.isoformat()}"
     if day > lic.expires:
         return False, f"license {lic.tag} expired {lic.expires.isoformat()}"
-    if lic.pathway is LicensePathway.TELEHEALTH_REGISTRATION:
-        if lic.state not in rules.telehealth_registration_states:
-            return False, f"telehealth registration in {lic.state} does not cover store-and-forward reads"
+    if lic.pathway is LicensePathway.TELEHEALTH_REGISTRATION and lic.state not in rules.telehealth_registration_states:
+        return False, f"telehealth registration in {lic.state} does not cover store-and-forward reads"
     if lic.pathway in _FEDERAL_PATHWAYS:
         kind, label = _FEDERAL_PATHWAYS[lic.pathway]
         if study is None or study.facility_federal is not kind:

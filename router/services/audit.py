@@ -76,6 +76,7 @@ def audit_entries(
             "id": row.id,
             "at": row.at,
             "os_user": row.os_user,
+            "acting_as": row.acting_as,
             "action": row.action,
             "entity": row.entity,
             "entity_key": row.entity_key,

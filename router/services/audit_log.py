@@ -34,6 +34,22 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+class Actor(str):
+    """Who makes a change: the operating-system account, as the plain string every service takes,
+    carrying the name given with ``router --as NAME`` (``acting_as``, ``None`` without it).
+
+    The account is the one the CLI resolves from the real user id; ``acting_as`` is what a
+    person running under a shared account says about themselves, recorded beside it.
+    """
+
+    acting_as: str | None
+
+    def __new__(cls, os_user: str, acting_as: str | None = None) -> Actor:
+        actor = super().__new__(cls, os_user)
+        actor.acting_as = acting_as
+        return actor
+
+
 @dataclass(frozen=True)
 class ChangeContext:
     """Who makes a change and when.
@@ -41,7 +57,8 @@ class ChangeContext:
     Attributes
     ----------
     os_user : str
-        Operating-system user recorded in the audit log.
+        Operating-system user recorded in the audit log (an :class:`Actor` also gives the
+        ``--as`` name, recorded as ``acting_as``).
     at : datetime
         Time of the change (timezone-aware UTC, from the service clock).
     today : date
@@ -76,9 +93,11 @@ def record_audit(
         Values before and after (only the fields that changed, for updates); dates are stored
         as ISO strings. ``old`` is ``None`` for a creation and ``new`` for a removal.
     """
+    acting_as = getattr(ctx.os_user, "acting_as", None)
     entry = AuditEntry(
         at=ctx.at,
         os_user=ctx.os_user[:128],
+        acting_as=acting_as[:128] if acting_as else None,
         action=action,
         entity=entity,
         entity_key=entity_key[:128],

@@ -1,6 +1,7 @@
 """Judge the roster for one study without loading all of it: rank, then evaluate in rank order.
 
-The assignment policy picks, among eligible readers, the one with the fewest open assignments,
+The assignment policy picks, among eligible readers, the one with the least open workload (the
+work RVUs of their open reads, router.domain.workload; formerly the count of open assignments),
 then the longest since their last assignment, then the lowest NPI
 (:func:`router.domain.assignment.choose_reader`). So the router:
 
@@ -39,8 +40,11 @@ from router.domain.eligibility_facts import (
 )
 from router.domain.enums import LicenseStatus
 from router.domain.licensure import Verdict, evaluate_reader, license_standing
+from router.services.assignment_gates import Gates
 from router.services.facts import license_facts, load_readers
 
+#: Workload of an open read assigned before work RVUs were recorded (1.00 wRVU).
+UNKNOWN_WORK_RVU_CENTI = 100
 #: Readers evaluated in full per database round trip.
 BATCH = 8
 _NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -62,11 +66,12 @@ class Ranked:
     last_assigned_at: dt.datetime | None
     usable_row: bool  # exam-state license active and covering the day
     license: LicenseFacts | None = None
+    open_work_rvu_centi: int = 0  # work RVUs x 100 of the open reads (router.domain.workload)
 
     @property
     def rank_key(self) -> tuple[int, dt.datetime, str]:
-        """Fewest open assignments, then longest since the last one (never first), then NPI."""
-        return (self.open_assignments, self.last_assigned_at or _NEVER, self.npi)
+        """Least open workload (work RVUs), then longest since the last assignment (never first), then NPI."""
+        return (self.open_work_rvu_centi, self.last_assigned_at or _NEVER, self.npi)
 
 
 @dataclass
@@ -77,6 +82,7 @@ class Judgement:
     records: list[dict[str, Any]] = field(default_factory=list)  # JSON-ready: evaluated and settled readers
     not_evaluated: list[str] = field(default_factory=list)  # NPIs ranked after the chosen reader
     evaluated: list[ReaderFacts] = field(default_factory=list)
+    off_shift: list[str] = field(default_factory=list)  # NPIs eligible by licensure but off shift or at their cap
 
 
 def ranked_readers(session: Session, state: str, day: dt.date) -> list[Ranked]:
@@ -88,6 +94,15 @@ def ranked_readers(session: Session, state: str, day: dt.date) -> list[Ranked]:
     """
     open_count = (
         select(func.count(Assignment.id))
+        .where(
+            Assignment.radiologist_id == Radiologist.id,
+            Assignment.superseded_at.is_(None),
+            Assignment.completed_at.is_(None),
+        )
+        .scalar_subquery()
+    )
+    open_load = (
+        select(func.coalesce(func.sum(func.coalesce(Assignment.work_rvu_centi, UNKNOWN_WORK_RVU_CENTI)), 0))
         .where(
             Assignment.radiologist_id == Radiologist.id,
             Assignment.superseded_at.is_(None),
@@ -110,7 +125,16 @@ def ranked_readers(session: Session, state: str, day: dt.date) -> list[Ranked]:
         else_=0,
     )
     rows = session.execute(
-        select(Radiologist.id, Radiologist.npi, Radiologist.name, Radiologist.active, open_count, last_assigned, usable)
+        select(
+            Radiologist.id,
+            Radiologist.npi,
+            Radiologist.name,
+            Radiologist.active,
+            open_count,
+            last_assigned,
+            usable,
+            open_load,
+        )
         .join(License, License.radiologist_id == Radiologist.id)
         .where(License.state == state)
     ).all()
@@ -121,7 +145,18 @@ def ranked_readers(session: Session, state: str, day: dt.date) -> list[Ranked]:
             last = dt.datetime.fromisoformat(last)
         if last is not None and last.tzinfo is None:
             last = last.replace(tzinfo=dt.UTC)
-        ranked.append(Ranked(row[0], row[1], row[2], bool(row[3]), int(row[4] or 0), last, bool(row[6])))
+        ranked.append(
+            Ranked(
+                row[0],
+                row[1],
+                row[2],
+                bool(row[3]),
+                int(row[4] or 0),
+                last,
+                bool(row[6]),
+                open_work_rvu_centi=int(row[7] or 0),
+            )
+        )
     settled = [item.radiologist_id for item in ranked if not (item.active and item.usable_row)]
     if settled:
         licenses = {
@@ -157,18 +192,36 @@ def _settled_reason(item: Ranked, day: dt.date, rules: EligibilityRules) -> list
     return reasons
 
 
-def judge(session: Session, study: StudyFacts, day: dt.date, rules: EligibilityRules) -> Judgement:
+def judge(
+    session: Session, study: StudyFacts, day: dt.date, rules: EligibilityRules, gates: Gates | None = None
+) -> Judgement:
     """Find the reader the assignment policy chooses for ``study`` on ``day``, and why.
+
+    ``gates`` (shifts, facility preferences and exclusions) turn away readers licensure allows
+    and make a preferred reader win ties on workload.
 
     Returns a :class:`Judgement` whose ``chosen`` is ``None`` when nobody is eligible (every
     licensed reader has then been evaluated or settled).
     """
     ranked = ranked_readers(session, study.exam_state, day)
+    if gates is not None:
+        ranked.sort(
+            key=lambda item: (
+                item.open_work_rvu_centi,
+                not gates.has_subspecialty(item.radiologist_id),
+                not gates.is_preferred(item.radiologist_id),
+                item.last_assigned_at or _NEVER,
+                item.npi,
+            )
+        )
     judgement = Judgement(chosen=None)
     pending: list[Ranked] = []
     settled: list[dict[str, Any]] = []
     for item in ranked:
         reasons = _settled_reason(item, day, rules)
+        excluded = gates.exclusion_reason(item.radiologist_id) if gates is not None else None
+        if excluded is not None:
+            reasons = [*(reasons or []), excluded]
         if reasons is None:
             pending.append(item)
         else:
@@ -184,7 +237,24 @@ def judge(session: Session, study: StudyFacts, day: dt.date, rules: EligibilityR
             reader = readers[item.radiologist_id]
             verdict = evaluate_reader(reader, study, day, rules)
             judgement.evaluated.append(reader)
-            judgement.records.append({**verdict.to_json(), "open_assignments": reader.open_assignments})
+            record = {
+                **verdict.to_json(),
+                "open_assignments": reader.open_assignments,
+                "open_work_rvu": item.open_work_rvu_centi / 100,
+            }
+            if gates is not None:
+                record["preferred"] = gates.is_preferred(item.radiologist_id)
+                if gates.need is not None:
+                    record["subspecialty_match"] = gates.has_subspecialty(item.radiologist_id)
+                off = gates.availability_reason(item.radiologist_id, reader.open_assignments)
+                if off is not None:
+                    record["reasons"] = [*record.get("reasons", []), off]
+                    if verdict.eligible:
+                        record["eligible"] = False
+                        judgement.off_shift.append(item.npi)
+                    judgement.records.append(record)
+                    continue
+            judgement.records.append(record)
             if verdict.eligible:
                 # the first eligible in rank order is the policy's choice; the domain confirms it
                 judgement.chosen = choose_reader([verdict], {reader.radiologist_id: reader})
@@ -204,4 +274,5 @@ def _record(item: Ranked, eligible: bool | None, reasons: list[str]) -> dict[str
         "reasons": reasons,
         "license": None,
         "open_assignments": item.open_assignments,
+        "open_work_rvu": item.open_work_rvu_centi / 100,
     }

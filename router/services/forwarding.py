@@ -15,6 +15,7 @@ or frozen node stopped renewing expires and another node takes the job over.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -28,7 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
-from router.archive import Archive
+from router.archive_backend import ArchiveBackend
 from router.db.models import Assignment, ForwardedInstance, Instance, OutboxJob, Study
 from router.db.queries import skip_locked
 from router.domain.enums import OutboxStatus
@@ -63,7 +64,7 @@ class ForwardingService:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        archive: Archive,
+        archive: ArchiveBackend,
         send: Sender,
         policy: ForwardingPolicy,
         clock: Clock = utcnow,
@@ -208,13 +209,17 @@ class ForwardingService:
         if not pending:
             self._finish(job_id, [], None)
             return True
-        paths = [self._archive.path(relative) for _, relative, _ in pending]
         try:
-            accepted = self._send(paths, destination, self.policy.calling_ae_title)
+            # Local copies of what the backend holds (the folder's own files; a download from
+            # object storage, removed once sent).
+            with contextlib.ExitStack() as copies:
+                paths = [copies.enter_context(self._archive.local_copy(relative)) for _, relative, _ in pending]
+                accepted = self._send(paths, destination, self.policy.calling_ae_title)
             error = None if all(accepted) else f"{accepted.count(False)} of {len(accepted)} instance(s) refused"
-        except Exception as exc:  # noqa: BLE001 - any failure to reach the destination is retried
+        except Exception as exc:  # noqa: BLE001 - any failure to read the archive or reach the destination is retried
             accepted = [False] * len(pending)
             error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        # A sender that stopped early answers for fewer files: the rest were not sent.
         done = [(instance_id, size) for (instance_id, _, size), ok in zip(pending, accepted, strict=False) if ok]
         self._finish(job_id, done, error)
         if error:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from router.db.models import Assignment, OutboxJob, Radiologist, Study
@@ -70,6 +70,7 @@ def cancel_forwarding(
             status=OutboxStatus.FAILED, last_error=f"cancelled: {reason}", updated_at=now
         ).execution_options(synchronize_session=False)
     )
+    assert isinstance(result, CursorResult)  # an UPDATE's result carries its row count
     return int(result.rowcount or 0)
 
 

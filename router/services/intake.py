@@ -17,17 +17,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Table, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.archive import Archive, dataset_sha256
+from router.archive import dataset_sha256
+from router.archive_backend import ArchiveBackend
 from router.db.instance_index import IndexRow, InstanceIndex
 from router.db.models import Instance, InstanceConflict
 from router.db.queries import insert_ignore
 from router.domain.instance import InstanceHeader
 from router.errors import ArchiveError, IndexWriteError, first_line
+from router.keyring import KeyRing
 from router.timeutil import Clock, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -54,17 +57,27 @@ class StoreOutcome(Enum):
 class IntakeService:
     """Stores received instances. Thread-safe: one session per call, striped per-UID locks."""
 
-    def __init__(self, sessions: sessionmaker[Session], archive: Archive, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        archive: ArchiveBackend,
+        clock: Clock = utcnow,
+        keyring: KeyRing | None = None,
+    ) -> None:
         self._sessions = sessions
         self._engine: Engine = sessions.kw["bind"]
         self._indexer = InstanceIndex(self._engine.dialect.name)
         self._archive = archive
         self._clock = clock
+        self._keyring = keyring  # encrypts the patient's location text in the index
         # Two associations sending the same SOP Instance UID at once must not both place a file.
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        #: Set by the composition root: takes a report SR on a routed study (True) so it is kept
+        #: as a report, not indexed as a late image (router.services.sr_reports).
+        self.report_hook: Callable[[InstanceHeader, Path], bool] | None = None
 
     @property
-    def archive(self) -> Archive:
+    def archive(self) -> ArchiveBackend:
         """The archive this service writes to."""
         return self._archive
 
@@ -82,6 +95,8 @@ class IntakeService:
             The database could not record it (answer 0xA701).
         """
         assert header.study_instance_uid and header.series_instance_uid and header.sop_instance_uid
+        if self.report_hook is not None and self.report_hook(header, temp_path):
+            return StoreOutcome.STORED
         sha256, size = dataset_sha256(temp_path)
         relative_path = self._archive.instance_relpath(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
@@ -125,7 +140,8 @@ class IntakeService:
             The database could not record it.
         """
         assert header.sop_instance_uid
-        sha256, size = dataset_sha256(self._archive.path(relative_path))
+        with self._archive.local_copy(relative_path) as path:
+            sha256, size = dataset_sha256(path)
         lock = self._locks[zlib.crc32(header.sop_instance_uid.encode()) % _LOCK_STRIPES]
         with lock:
             if self._existing(header.sop_instance_uid) is not None:
@@ -137,6 +153,13 @@ class IntakeService:
         return StoreOutcome.STORED
 
     # ------------------------------------------------------------------ internals
+    def _patient_location(self, header: InstanceHeader) -> dict[str, str | None]:
+        """The patient's address and residence tags, encrypted when encryption is on (PHI)."""
+        plain = _patient_location_plain(header)
+        if self._keyring is None:
+            return plain
+        return {column: self._keyring.encrypt_value(value, column) for column, value in plain.items()}
+
     def _existing(self, sop_instance_uid: str) -> tuple[int, str, str] | None:
         """``(study id, data set SHA-256, relative path)`` of a stored SOP instance, or ``None``."""
         try:
@@ -161,7 +184,7 @@ class IntakeService:
     ) -> StoreOutcome:
         study_id, stored_sha, relative_path = existing
         if stored_sha == sha256:
-            if not self._archive.path(relative_path).exists():
+            if not self._archive.exists(relative_path):
                 # The row outlived its file (restored database, deleted file): the identical
                 # copy just received puts it back.
                 self._archive.place(temp_path, relative_path, replace=False)
@@ -180,7 +203,7 @@ class IntakeService:
             with self._sessions.begin() as session:
                 insert_ignore(
                     session,
-                    InstanceConflict.__table__,
+                    cast(Table, InstanceConflict.__table__),  # a declarative class's table
                     {
                         "study_id": study_id,
                         "sop_instance_uid": header.sop_instance_uid,
@@ -253,9 +276,7 @@ class IntakeService:
                 "procedure_codes": _codes_json(header) or None,
                 "institution_name": _cut(header.institution_name, 128),
                 "institution_address": header.institution_address,
-                "patient_address": header.patient_address,
-                "region_of_residence": _cut(header.region_of_residence, 128),
-                "country_of_residence": _cut(header.country_of_residence, 128),
+                **self._patient_location(header),
             },
         )
         try:
@@ -267,6 +288,14 @@ class IntakeService:
             raise
         except SQLAlchemyError as exc:
             raise IndexWriteError(_db_reason(exc)) from exc
+
+
+def _patient_location_plain(header: InstanceHeader) -> dict[str, str | None]:
+    return {
+        "patient_address": header.patient_address,
+        "region_of_residence": _cut(header.region_of_residence, 128),
+        "country_of_residence": _cut(header.country_of_residence, 128),
+    }
 
 
 def _codes_json(header: InstanceHeader) -> list[dict[str, str]]:

@@ -27,7 +27,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.archive import QUARANTINE, Archive
+from router.archive import QUARANTINE
+from router.archive_backend import ArchiveBackend
 from router.db.models import Instance, NodeRun
 from router.domain.instance import InstanceHeader, uid_problem
 from router.errors import ArchiveError, IndexWriteError
@@ -60,7 +61,7 @@ class RecoveryService:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        archive: Archive,
+        archive: ArchiveBackend,
         intake: IntakeService,
         read_header: Callable[[Path], InstanceHeader],
         clock: Clock = utcnow,
@@ -82,7 +83,7 @@ class RecoveryService:
             return report
         report.clean_previous_shutdown = False
         report.scanned_since = since
-        known = self._known_paths(since)
+        known = self._known_paths(since) if self._archive.scans_for_orphans else set()
         for relative in self._archive.files_modified_since(since.timestamp()):
             report.files_checked += 1
             if relative in known:
@@ -150,11 +151,11 @@ class RecoveryService:
             )
 
     def _adopt_or_quarantine(self, relative: str, report: RecoveryReport) -> None:
-        path = self._archive.path(relative)
         reason = None
         header = None
         try:
-            header = self._read_header(path)
+            with self._archive.local_copy(relative) as path:
+                header = self._read_header(path)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is set aside, never deleted
             reason = f"unreadable ({type(exc).__name__})"
         if header is not None:
@@ -175,10 +176,9 @@ class RecoveryService:
                 reason = str(exc)
         target = f"{QUARANTINE}/orphans/{relative.replace('/', '_')}"
         try:
-            (self._archive.root / target).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, self._archive.root / target)
-        except OSError as exc:
-            LOG.error("could not quarantine orphan file %s: %s", relative, exc.strerror)
+            self._archive.move(relative, target)
+        except ArchiveError as exc:
+            LOG.error("could not quarantine orphan file %s: %s", relative, exc)
             return
         LOG.warning("orphan file %s quarantined as %s: %s", relative, target, reason)
         report.quarantined.append(target)
@@ -188,4 +188,12 @@ class RecoveryService:
             rows = session.execute(
                 select(Instance.sop_instance_uid, Instance.relative_path).where(Instance.received_at >= since)
             ).all()
-        return [uid for uid, relative in rows if not self._archive.path(relative).exists()]
+        missing = []
+        for uid, relative in rows:
+            try:
+                if not self._archive.exists(relative):
+                    missing.append(uid)
+            except ArchiveError as exc:  # object storage unreachable: start anyway, intake answers 0xA700
+                LOG.warning("could not check archive files after an unclean shutdown: %s", exc)
+                break
+        return missing

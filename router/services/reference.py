@@ -14,6 +14,8 @@ from typing import Generic, TypeVar
 
 from router.domain.cpt_map import CptMap
 from router.domain.imlc import ImlcMembership
+from router.domain.subspecialty import SubspecialtyRules
+from router.domain.workload import WorkRvuTable
 from router.errors import DataFileError
 
 T = TypeVar("T")
@@ -48,9 +50,19 @@ class _FileCache(Generic[T]):
 class ReferenceData:
     """Loads and caches the IMLC membership file and the CPT map."""
 
-    def __init__(self, imlc_file: Path, cpt_map_file: Path) -> None:
+    def __init__(
+        self,
+        imlc_file: Path,
+        cpt_map_file: Path,
+        subspecialty_file: Path | None = None,
+        work_rvu_file: Path | None = None,
+    ) -> None:
         self.imlc_file = Path(imlc_file)
         self.cpt_map_file = Path(cpt_map_file)
+        self.subspecialty_file = Path(subspecialty_file) if subspecialty_file is not None else None
+        self._subspecialty: _FileCache[SubspecialtyRules] = _FileCache()
+        self.work_rvu_file = Path(work_rvu_file) if work_rvu_file is not None else None
+        self._work_rvu: _FileCache[WorkRvuTable] = _FileCache()
         self._imlc: _FileCache[ImlcMembership] = _FileCache()
         self._cpt: _FileCache[CptMap] = _FileCache()
 
@@ -77,3 +89,29 @@ class ReferenceData:
         match = re.search(r"(\d{4})", self.cpt_map_file.stem)
         version = match.group(1) if match else self.cpt_map_file.stem
         return self._cpt.get(self.cpt_map_file, lambda text: CptMap.from_csv_text(text, version=version))
+
+    def subspecialty_rules(self) -> SubspecialtyRules:
+        """The subspecialty rules (none when no file is configured).
+
+        Raises
+        ------
+        DataFileError
+            If the file is missing or malformed.
+        """
+        path = self.subspecialty_file
+        if path is None:
+            return SubspecialtyRules()
+        return self._subspecialty.get(path, lambda text: SubspecialtyRules.from_csv_text(text, source_name=path.name))
+
+    def work_rvus(self) -> WorkRvuTable:
+        """The work RVU table (empty when no file is configured: every read counts the default).
+
+        Raises
+        ------
+        DataFileError
+            If the file is missing or malformed.
+        """
+        path = self.work_rvu_file
+        if path is None:
+            return WorkRvuTable()
+        return self._work_rvu.get(path, lambda text: WorkRvuTable.from_csv_text(text, source_name=path.name))

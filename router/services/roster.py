@@ -18,11 +18,12 @@ routing changed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from router.services.audit import UNSET, ChangeContext, ChangeRunner, Rerouted, RosterChange, audit_entries
+from router.services.roster_duty import CredentialRoster, FacilityReaderRoster, ShiftRoster
 from router.services.roster_facilities import FacilityRoster
 from router.services.roster_import import (
     ImportResult,
@@ -61,6 +62,9 @@ class RosterService:
         self.licenses = LicenseRoster(self._runner)
         self.facilities = FacilityRoster(self._runner)
         self.privileges = PrivilegeRoster(self._runner)
+        self.shifts = ShiftRoster(self._runner)
+        self.facility_readers = FacilityReaderRoster(self._runner)
+        self.credentials = CredentialRoster(self._runner)
 
     def import_csv(self, text: str, os_user: str, *, dry_run: bool = False) -> ImportResult:
         """Import a roster file (one row per license), all or nothing.
@@ -136,17 +140,27 @@ class RosterService:
             return audit_entries(session, limit=limit, entity=entity, key=key)
 
 
-def _counts(record: dict[str, Any] | None) -> dict[str, int]:
-    wanted = (
-        "radiologists_added",
-        "radiologists_updated",
-        "licenses_added",
-        "licenses_updated",
-        "licenses_unchanged",
-        "facilities_added",
-        "facilities_updated",
+class _ImportCounts(TypedDict):
+    radiologists_added: int
+    radiologists_updated: int
+    licenses_added: int
+    licenses_updated: int
+    licenses_unchanged: int
+    facilities_added: int
+    facilities_updated: int
+
+
+def _counts(record: dict[str, Any] | None) -> _ImportCounts:
+    values = record or {}
+    return _ImportCounts(
+        radiologists_added=int(values.get("radiologists_added", 0)),
+        radiologists_updated=int(values.get("radiologists_updated", 0)),
+        licenses_added=int(values.get("licenses_added", 0)),
+        licenses_updated=int(values.get("licenses_updated", 0)),
+        licenses_unchanged=int(values.get("licenses_unchanged", 0)),
+        facilities_added=int(values.get("facilities_added", 0)),
+        facilities_updated=int(values.get("facilities_updated", 0)),
     )
-    return {key: int((record or {}).get(key, 0)) for key in wanted}
 
 
 __all__ = ["UNSET", "Destination", "ImportResult", "Rerouted", "RosterChange", "RosterService", "parse_destination"]

@@ -42,16 +42,22 @@ from router.db.queries import (
 )
 from router.domain.compact_paths import fastest_paths
 from router.domain.eligibility_facts import EligibilityRules, ReaderFacts
-from router.domain.enums import ExamStateSource, HoldReason, StudyStatus
+from router.domain.enums import ExamStateSource, HoldReason, Priority, StudyStatus
 from router.domain.licensure import Verdict, evaluate_reader
 from router.domain.location import ExamLocation, LocationEvidence, resolve_exam_state
+from router.domain.priority import RANK, study_priority
+from router.domain.state_zones import state_local_date
+from router.domain.subspecialty import SubspecialtyRule
 from router.errors import DataFileError, IneligibleError, ValidationError
+from router.keyring import KeyRing
+from router.services.assignment_gates import load_gates
 from router.services.audit_log import ChangeContext, record_audit
 from router.services.candidates import judge
 from router.services.facts import load_readers, study_facts, unlicensed_npis
 from router.services.forwarding_queue import cancel_forwarding, enqueue_forwarding
 from router.services.ledgers import record_storage
 from router.services.reference import ReferenceData
+from router.services.workload import study_work_rvu_centi
 from router.timeutil import Clock, local_date, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -63,12 +69,33 @@ class RoutingPolicy:
 
     stable_seconds: float = 30.0
     timezone: str = "UTC"
-    use_patient_address: bool = True
+    use_patient_address: bool = False
+    stat_stable_seconds: float = 5.0
+    require_shift: bool = False
+    max_open_reads: int = 0  # per-reader cap on open reads; 0: no cap
+    default_work_rvu_centi: int = 100  # workload of a read whose CPT has no work RVU
+    # turnaround clock per priority, seconds from the first instance received (router.services.escalation)
+    turnaround_seconds: tuple[tuple[Priority, float], ...] = (
+        (Priority.STAT, 3600.0),
+        (Priority.ASAP, 4 * 3600.0),
+        (Priority.ROUTINE, 24 * 3600.0),
+    )
     require_reading_state_license: bool = False
     telehealth_registration_states: frozenset[str] = frozenset()
     suspension_hold_days: int = 90
     storage_cents_per_gib: int = 10
     forwarding_enabled: bool = True
+    keyring: KeyRing | None = None  # decrypts the patient's location text (encryption at rest)
+
+    def plain(self, value: str | None, column: str) -> str | None:
+        """A study's ``column`` value as text: decrypted when it was stored encrypted.
+
+        Raises
+        ------
+        KeyRingError
+            If it was encrypted with a key not in the key ring, or was altered.
+        """
+        return value if self.keyring is None else self.keyring.decrypt_value(value, column)
 
 
 @dataclass(frozen=True)
@@ -109,10 +136,18 @@ class RoutingService:
             require_reading_state_license=self.policy.require_reading_state_license,
         )
 
-    def read_day(self, facility: Facility | None, moment: dt.datetime) -> dt.date:
-        """The calendar day of ``moment`` where the exam happened (facility time zone, else ``routing.timezone``)."""
-        zone = facility.timezone if facility is not None and facility.timezone else self.policy.timezone
-        return local_date(moment, zone)
+    def read_day(self, facility: Facility | None, moment: dt.datetime, state: str | None = None) -> dt.date:
+        """The calendar day of ``moment`` where the exam happened.
+
+        A registered facility's time zone (``routing.timezone`` when it has none registered);
+        with no registered facility and an exam ``state``, the state's zone that is cautious for
+        license expiry (router.domain.state_zones); else ``routing.timezone``.
+        """
+        if facility is not None:
+            return local_date(moment, facility.timezone or self.policy.timezone)
+        if state:
+            return state_local_date(state, moment, self.policy.timezone)[0]
+        return local_date(moment, self.policy.timezone)
 
     # ------------------------------------------------------------------ the timer
     def route_due(self) -> list[RouteResult]:
@@ -128,14 +163,9 @@ class RoutingService:
         """
         now = self._clock()
         cutoff = now - dt.timedelta(seconds=self.policy.stable_seconds)
+        stat_cutoff = now - dt.timedelta(seconds=min(self.policy.stat_stable_seconds, self.policy.stable_seconds))
         with self._sessions() as session:
-            due = list(
-                session.scalars(
-                    select(Study.id)
-                    .where(Study.status == StudyStatus.RECEIVING, Study.last_received_at <= cutoff)
-                    .order_by(Study.last_received_at)
-                )
-            )
+            due = _due_by_priority(session, cutoff, stat_cutoff)
             late = list(
                 session.scalars(
                     select(Instance.study_id)
@@ -149,9 +179,9 @@ class RoutingService:
                 )
             )
         results: list[RouteResult] = []
-        for study_id in due:
+        for study_id, study_cutoff in due:
             try:
-                result = self._route_claimed(study_id, cutoff)
+                result = self._route_claimed(study_id, study_cutoff)
             except DBAPIError as exc:
                 if exc.connection_invalidated:
                     raise  # the database is gone: the pass fails and the timer logs the condition once
@@ -225,9 +255,9 @@ class RoutingService:
             facility_state=facility.state if facility is not None else None,
             facility_label=_facility_label(facility),
             institution_address=study.institution_address,
-            region_of_residence=study.region_of_residence,
-            patient_address=study.patient_address,
-            country_of_residence=study.country_of_residence,
+            region_of_residence=self.policy.plain(study.region_of_residence, "region_of_residence"),
+            patient_address=self.policy.plain(study.patient_address, "patient_address"),
+            country_of_residence=self.policy.plain(study.country_of_residence, "country_of_residence"),
         )
         location = resolve_exam_state(evidence, use_patient_address=self.policy.use_patient_address)
         study.exam_state = location.state
@@ -236,13 +266,24 @@ class RoutingService:
         study.location_conflicts = location.conflicts_as_json() or None
         return facility, location
 
-    def _decide(self, session: Session, study: Study, trigger: str, note: str | None = None) -> RouteResult:
-        """Locate, judge, assign or hold; writes the decision, the ledger and the outbox."""
+    def _decide(
+        self,
+        session: Session,
+        study: Study,
+        trigger: str,
+        note: str | None = None,
+        avoid: dict[int, str] | None = None,
+    ) -> RouteResult:
+        """Locate, judge, assign or hold; writes the decision, the ledger and the outbox.
+
+        ``avoid`` passes over the readers it names (radiologist id -> reason), e.g. the reader
+        whose turnaround was breached.
+        """
         share_roster(session)  # before the roster is read: see the module docstring
         now = self._clock()
         study.modalities = study_modalities(session, study.id)
         facility, _location = self._locate(session, study)
-        day = self.read_day(facility, now)
+        day = self.read_day(facility, now, study.exam_state)
         study.routed_at = now
         record_storage(session, study, now, self.policy.storage_cents_per_gib)
         if not study.exam_state:
@@ -257,13 +298,29 @@ class RoutingService:
                 None,
                 note,
             )
+        conflict = facility_address_conflict(study, _location)
+        if conflict is not None:
+            return self._hold(
+                session, study, HoldReason.FACILITY_ADDRESS_CONFLICT, conflict, trigger, day, [], None, note
+            )
         state = study.exam_state
         facts = study_facts(study, state, facility)
         rules = self.rules()
-        judgement = judge(session, facts, day, rules)
+        gates = load_gates(
+            session, facility, now, self.policy.require_shift, avoid, self.policy.max_open_reads, self.need_for(study)
+        )
+        judgement = judge(session, facts, day, rules, gates)
         chosen = judgement.chosen
         unlicensed = unlicensed_npis(session, state)
         candidates = judgement.records
+        if chosen is None and judgement.off_shift:
+            detail = (
+                f"{len(judgement.off_shift)} reader(s) may read in {state} but none is on shift (or under the "
+                f"open-read cap) at {now.isoformat(timespec='minutes')}; re-routed by the periodic recheck"
+            )
+            return self._hold(
+                session, study, HoldReason.NO_READER_ON_SHIFT, detail, trigger, day, candidates, None, note, unlicensed
+            )
         if chosen is None:
             everyone = load_readers(session)
             paths = [path.to_json() for path in fastest_paths(everyone, state, day, rules, study=facts)]
@@ -320,6 +377,7 @@ class RoutingService:
             license_number=verdict.license.number,
             assigned_at=now,
             assigned_by=assigned_by,
+            work_rvu_centi=study_work_rvu_centi(study, self._reference, self.policy.default_work_rvu_centi),
         )
         session.add(assignment)
         study.status = StudyStatus.ASSIGNED
@@ -392,6 +450,26 @@ class RoutingService:
         study.hold_detail = detail
         LOG.info("study %s held: %s", study.study_instance_uid, reason.value)
         return _result(study, None)
+
+    def need_for(self, study: Study) -> SubspecialtyRule | None:
+        """The subspecialty rule the study falls under (``[routing] subspecialty_rules``), or ``None``."""
+        modalities = [item for item in (study.modalities or "").split("\\") if item]
+        return self._reference.subspecialty_rules().rule_for(modalities, study.body_part, study.study_description)
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """The session factory (for services that decide inside their own transactions)."""
+        return self._sessions
+
+    def decide(
+        self, session: Session, study: Study, trigger: str, note: str | None = None, avoid: dict[int, str] | None = None
+    ) -> RouteResult:
+        """Route ``study`` again inside the caller's transaction (see ``_decide``)."""
+        return self._decide(session, study, trigger=trigger, note=note, avoid=avoid)
+
+    def withdraw(self, session: Session, study: Study, assignment: Assignment, reason: str) -> None:
+        """Withdraw an open assignment with ``reason`` inside the caller's transaction."""
+        self._supersede(session, study, assignment, reason)
 
     # ------------------------------------------------------------------ admin actions
     def reevaluate(
@@ -468,9 +546,14 @@ class RoutingService:
                 result = self._decide(session, study, trigger=trigger, note="assignment withdrawn: no exam state")
                 return dataclasses.replace(result, withdrawn_npi=previous_npi)
             verdict = self._verdict_for(session, study, facility, assignment.radiologist_id, self._clock())
+            reasons = list(verdict.reasons)
             if verdict.eligible:
-                return None
-            reason = "; ".join(verdict.reasons)
+                gates = load_gates(session, facility, self._clock(), self.policy.require_shift)
+                excluded = gates.exclusion_reason(assignment.radiologist_id)
+                if excluded is None:
+                    return None
+                reasons = [excluded]
+            reason = "; ".join(reasons)
             self._supersede(session, study, assignment, f"{trigger}: NPI {verdict.npi} no longer eligible: {reason}")
             result = self._decide(
                 session, study, trigger=trigger, note=f"reassigned: NPI {verdict.npi} no longer eligible ({reason})"
@@ -512,7 +595,10 @@ class RoutingService:
         study.modalities = study_modalities(session, study.id)
         assert study.exam_state
         return evaluate_reader(
-            readers[0], study_facts(study, study.exam_state, facility), self.read_day(facility, moment), self.rules()
+            readers[0],
+            study_facts(study, study.exam_state, facility),
+            self.read_day(facility, moment, study.exam_state),
+            self.rules(),
         )
 
     def assign_manually(self, study_instance_uid: str, npi: str, by_user: str) -> RouteResult:
@@ -574,7 +660,7 @@ class RoutingService:
             decision = RoutingDecision(
                 study_id=study.id,
                 decided_at=now,
-                read_date=self.read_day(facility, now),
+                read_date=self.read_day(facility, now, study.exam_state),
                 trigger="manual_assign",
                 exam_state=study.exam_state,
                 exam_state_source=study.exam_state_source,
@@ -653,6 +739,49 @@ def study_modalities(session: Session, study_id: int) -> str | None:
             if item and item not in seen:
                 seen.append(item)
     return "\\".join(seen)[:64] or None
+
+
+def _due_by_priority(session: Session, cutoff: dt.datetime, stat_cutoff: dt.datetime) -> list[tuple[int, dt.datetime]]:
+    """Receiving studies due for routing with the cutoff each is claimed with, most urgent first.
+
+    A STAT study (router.domain.priority) is due once quiet for ``stat_stable_seconds``; the
+    others after ``stable_seconds``. Within a priority, the longest quiet goes first.
+    """
+    rows = session.execute(
+        select(Study.id, Study.priority, Study.last_received_at).where(
+            Study.status == StudyStatus.RECEIVING, Study.last_received_at <= stat_cutoff
+        )
+    ).all()
+    due = []
+    for study_id, priority_value, last in rows:
+        priority = study_priority(priority_value)
+        limit = stat_cutoff if priority is Priority.STAT else cutoff
+        if last <= limit:
+            due.append((RANK[priority], last, study_id, limit))
+    due.sort()
+    return [(study_id, limit) for _, _, study_id, limit in due]
+
+
+def facility_address_conflict(study: Study, location: ExamLocation | None) -> str | None:
+    """Why a registered facility's state cannot be trusted for this study, or ``None``.
+
+    When the facility gave the exam state but InstitutionAddress (0008,0081) names another
+    state, the sender may be a multi-state PACS gateway: the study is held for an admin, who
+    resolves it with ``router studies set-state`` (a manual state is never second-guessed).
+    """
+    if location is None or location.source is not ExamStateSource.FACILITY:
+        return None
+    for finding in location.findings:
+        if (
+            finding.source is ExamStateSource.INSTITUTION_ADDRESS
+            and finding.state is not None
+            and finding.state != location.state
+        ):
+            return (
+                f"facility registered in {location.state} but InstitutionAddress names {finding.state} "
+                "(a multi-state gateway?); set the exam state with `router studies set-state`"
+            )
+    return None
 
 
 def _current_assignment(session: Session, study_id: int) -> Assignment | None:

@@ -32,6 +32,7 @@ from router.domain.eligibility_facts import license_tag
 from router.domain.enums import StudyStatus
 from router.domain.licensure import evaluate_readers
 from router.domain.location import LocationEvidence, resolve_exam_state
+from router.services.assignment_gates import load_gates
 from router.services.facts import load_readers, study_facts
 from router.services.routing import RoutingService, study_modalities
 from router.timeutil import iso_utc
@@ -206,13 +207,13 @@ class StudyViews:
                 facility_state=facility.state if facility else None,
                 facility_label=facility.ae_title if facility else None,
                 institution_address=study.institution_address,
-                region_of_residence=study.region_of_residence,
-                patient_address=study.patient_address,
-                country_of_residence=study.country_of_residence,
+                region_of_residence=self.routing.policy.plain(study.region_of_residence, "region_of_residence"),
+                patient_address=self.routing.policy.plain(study.patient_address, "patient_address"),
+                country_of_residence=self.routing.policy.plain(study.country_of_residence, "country_of_residence"),
             )
             location = resolve_exam_state(evidence, use_patient_address=self.routing.policy.use_patient_address)
             now = self.routing.now()
-            day = self.routing.read_day(facility, now)
+            day = self.routing.read_day(facility, now, study.exam_state)
             document: dict[str, Any] = {
                 "study_instance_uid": study.study_instance_uid,
                 "status": study.status.value,
@@ -238,7 +239,30 @@ class StudyViews:
             study.modalities = study_modalities(session, study.id)  # not flushed: a read-only view
             facts = study_facts(study, study.exam_state, facility)
             verdicts = evaluate_readers(readers, facts, day, rules)
-            document["radiologists"] = [verdict.to_json() for verdict in verdicts]
+            gates = load_gates(
+                session,
+                facility,
+                now,
+                self.routing.policy.require_shift,
+                None,
+                0,
+                self.routing.need_for(study),
+            )
+            document["radiologists"] = []
+            for verdict in verdicts:
+                record = verdict.to_json()
+                # licensure decides "eligible"; shifts, facility rules and credentials decide who is offered it now
+                blocked = [
+                    reason
+                    for reason in (
+                        gates.exclusion_reason(verdict.radiologist_id),
+                        gates.shift_reason(verdict.radiologist_id),
+                    )
+                    if reason is not None
+                ]
+                record["reasons"] = [*record["reasons"], *blocked]
+                record["offered_now"] = verdict.eligible and not blocked
+                document["radiologists"].append(record)
             if not any(verdict.eligible for verdict in verdicts):
                 document["fastest_paths"] = [
                     path.to_json() for path in fastest_paths(readers, study.exam_state, day, rules, study=facts)

@@ -1,0 +1,359 @@
+"""Limits on what one peer can hold: connections, bytes buffered, time to associate.
+
+pynetdicom reads each PDU whole into memory after its 6-byte header (PS3.8 section 9.3.1:
+type, reserved, 4-byte length), whatever the length says, and reads an A-ASSOCIATE-RQ with no
+deadline but the socket's per-read timeout, so a peer trickling one byte a second holds its
+thread and a place among ``max_associations`` for as long as it likes. The router hooks
+pynetdicom where it is meant to be extended, for its own server only:
+
+- :class:`ConnectionLimiter`, asked by the server's ``verify_request`` in the accept loop:
+  at most ``max_connections`` connections at any stage and ``max_connections_per_address``
+  from one IP address; a connection over either limit is closed before any DICOM exchange;
+- :class:`GuardedRequestHandler`, the server's ``request_handler``: the association it builds
+  reads through a :class:`GuardedAssociationSocket`, which checks each PDU's length in its
+  header **before** reading the body (A-ASSOCIATE-RQ at most
+  ``max_association_request_bytes``; P-DATA-TF at most the Maximum Length we offered,
+  PS3.8 Annex D.1; release and abort PDUs are 4 bytes) and answers a longer one with A-ABORT
+  (source: service provider, reason: invalid PDU parameter value; PS3.8 section 9.3.8) and
+  closes the connection; which gives the whole A-ASSOCIATE-RQ one deadline counted from
+  the connection (``association_request_timeout``), not one per read; and which, when calling
+  AE titles are bound to client certificates (``[listener.tls] ae_title_subjects``), answers
+  an A-ASSOCIATE-RQ whose calling AE title is bound to another certificate name, or that
+  came without a client certificate, with A-ASSOCIATE-RJ (rejected-permanent, service-user,
+  calling-AE-title-not-recognized; PS3.8 section 9.3.4, Table 9-21).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+LOG = logging.getLogger(__name__)
+
+#: A-ABORT PDU: type 7, length 4, reserved, reserved, source 2 (service provider), reason 6
+#: (invalid PDU parameter value). PS3.8 section 9.3.8, Table 9-26.
+A_ABORT_INVALID_PARAMETER = struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 0x02, 0x06)
+#: Largest PDU of any other type accepted (A-ASSOCIATE-AC/RJ are not expected by an acceptor;
+#: A-RELEASE-RQ/RP and A-ABORT are 4 bytes), in bytes.
+OTHER_PDU_MAX = 65_536
+_PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x04: "P-DATA-TF"}
+_PDU_TYPES = frozenset(range(0x01, 0x08))  # PS3.8 section 9.3.1
+#: A-ASSOCIATE-RJ PDU: result 1 (rejected-permanent), source 1 (service-user), reason 3
+#: (calling-AE-title-not-recognized). PS3.8 section 9.3.4.
+A_ASSOCIATE_RJ_CALLING_AE = struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 1, 1, 3)
+#: Offset of the Calling-AE-title field in an A-ASSOCIATE-RQ body (after the 6-byte header):
+#: protocol version (2), reserved (2), Called-AE-title (16). PS3.8 section 9.3.2, Table 9-11.
+_CALLING_AE_OFFSET = 20
+
+
+@dataclass(frozen=True)
+class PeerLimits:
+    """The limits (from ``[listener]``); sizes in bytes, times in seconds."""
+
+    max_connections: int = 64
+    max_connections_per_address: int = 8
+    association_request_timeout: float = 10.0
+    max_association_request_bytes: int = 1 << 20
+    max_pdu_length: int = 262_144  # 0: no limit on P-DATA-TF (the offer was "unlimited")
+    #: (calling AE title, certificate name) pairs: that AE title only with that client certificate
+    ae_title_subjects: tuple[tuple[str, str], ...] = ()
+    max_associations: int = 16
+    #: when every association slot is taken, one idle at least this long (seconds) is aborted to
+    #: make room for a new connection; 0: never
+    idle_eviction_seconds: float = 5.0
+
+    def pdu_limit(self, pdu_type: int) -> tuple[int | None, str]:
+        """Largest length accepted for ``pdu_type`` (``None``: no limit) and the config key behind it."""
+        if pdu_type == 0x01:
+            return self.max_association_request_bytes, "listener.max_association_request_bytes"
+        if pdu_type == 0x04:
+            return (self.max_pdu_length or None), "listener.max_pdu_length"
+        return OTHER_PDU_MAX, "the PDU's size in PS3.8"
+
+
+class ConnectionLimiter:
+    """Counts the connections of one server, per peer address; used from its accept loop.
+
+    A connection counts from the accept until its association thread has started
+    (``pending``), then as long as that thread lives (pynetdicom's ``active_associations``), so
+    a count can never leak: a connection whose thread ended no longer counts.
+    """
+
+    def __init__(self, limits: PeerLimits, associations: Callable[[], list[Any]]) -> None:
+        self.limits = limits
+        self._associations = associations
+        self._pending: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._last_warning: dict[str, float] = {}
+
+    def admit(self, address: str) -> str | None:
+        """Count a new connection from ``address``; returns why it is refused, or ``None``."""
+        with self._lock:
+            live = [assoc for assoc in self._associations() if assoc.is_acceptor]
+            total = len(live) + sum(self._pending.values())
+            from_peer = self._pending.get(address, 0) + sum(
+                1 for assoc in live if str(assoc.requestor.address) == address
+            )
+            if total >= self.limits.max_connections:
+                return f"listener.max_connections ({self.limits.max_connections}) reached"
+            if from_peer >= self.limits.max_connections_per_address:
+                return f"listener.max_connections_per_address ({self.limits.max_connections_per_address}) reached"
+            self._pending[address] = self._pending.get(address, 0) + 1
+        return None
+
+    def started(self, address: str) -> None:
+        """The connection from ``address`` now has its association thread, or was closed."""
+        with self._lock:
+            count = self._pending.get(address, 0) - 1
+            if count > 0:
+                self._pending[address] = count
+            else:
+                self._pending.pop(address, None)
+
+    def make_room(self, address: str, wait: float = 2.0) -> None:
+        """When every association slot is taken, abort the established association idle the
+        longest (at least ``idle_eviction_seconds``), so a new sender is not kept out by
+        associations that hold a slot and send nothing. Runs in the new connection's thread
+        and returns once the evicted association has ended (at most ``wait`` seconds).
+        """
+        limit = self.limits.idle_eviction_seconds
+        if limit <= 0:
+            return
+        with self._lock:
+            live = [assoc for assoc in self._associations() if assoc.is_acceptor and assoc.is_alive()]
+            if len(live) < self.limits.max_associations:
+                return
+            idle = [(_idle_seconds(assoc), assoc) for assoc in live if assoc.is_established]
+            idle = [(seconds, assoc) for seconds, assoc in idle if seconds >= limit and not _evicted(assoc)]
+            if not idle:
+                return
+            seconds, victim = max(idle, key=lambda pair: pair[0])
+            victim._router_evicted = True
+        LOG.warning(
+            "all %d association slots taken: aborting the association from %r at %s, idle for %.0f s, "
+            "to let in a connection from %s (listener.idle_eviction_seconds)",
+            self.limits.max_associations,
+            str(victim.requestor.ae_title).strip(),
+            victim.requestor.address,
+            seconds,
+            address,
+        )
+        victim.abort(block=False)
+        victim.join(timeout=wait)
+
+    def should_warn(self, address: str, every: float = 60.0) -> bool:
+        """Whether to log a refusal for ``address`` now (once a minute per address, not per connection)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_warning.get(address, -every) < every:
+                return False
+            if len(self._last_warning) > 4096:
+                self._last_warning.clear()
+            self._last_warning[address] = now
+        return True
+
+
+def _idle_seconds(assoc: Any) -> float:
+    """Seconds since the association last received a PDU (pynetdicom's idle timer); 0 if unknown."""
+    timer = getattr(getattr(assoc, "dul", None), "_idle_timer", None)
+    try:
+        return max(0.0, float(timer.timeout) - float(timer.remaining))  # type: ignore[union-attr]
+    except (AttributeError, TypeError, ValueError):
+        return 0.0
+
+
+def _evicted(assoc: Any) -> bool:
+    """Already chosen for eviction, or storing a data set right now (never evicted mid-store)."""
+    return bool(getattr(assoc, "_router_evicted", False) or getattr(assoc, "_router_busy", False))
+
+
+class GuardedAssociationSocket(AssociationSocket):
+    """pynetdicom's association socket with PDU length limits and an association-request deadline.
+
+    pynetdicom reads a PDU as ``recv(6)`` (the header) then ``recv(length)``; this class sees
+    the header first, so an over-long PDU is refused before a byte of its body is read.
+    """
+
+    _limits: PeerLimits
+    _deadline: float | None
+    _header_next: bool
+    _pdu_type: int
+
+    def guard(self, limits: PeerLimits, deadline: float | None) -> None:
+        """Start enforcing ``limits``; the A-ASSOCIATE-RQ must be complete by ``deadline`` (monotonic)."""
+        self._limits = limits
+        self._deadline = deadline
+        self._header_next = True
+        self._pdu_type = 0
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        """Read ``nr_bytes`` as pynetdicom expects; refuse an over-long PDU from its header.
+
+        Returns fewer bytes than asked (pynetdicom then closes the connection, Evt17) when the
+        peer closed, the association-request deadline passed, or a PDU was refused.
+        """
+        data = self._read(nr_bytes) if self._deadline is not None else super().recv(nr_bytes)
+        if not self._header_next:
+            self._header_next = True
+            if self._pdu_type == 0x01 and self._limits.ae_title_subjects and len(data) == nr_bytes:
+                refusal = self._certificate_refusal(bytes(data[_CALLING_AE_OFFSET : _CALLING_AE_OFFSET + 16]))
+                if refusal is not None:
+                    self._reject(refusal)
+                    return bytearray()
+            if self._deadline is not None and len(data) == nr_bytes:
+                self._deadline = None  # the first PDU is in: ordinary per-read timeouts from now
+                if self.socket is not None:
+                    self.socket.settimeout(self.assoc.network_timeout)
+            return data
+        if len(data) < 6:
+            return data
+        pdu_type, _, length = struct.unpack(">BBL", bytes(data[:6]))
+        limit, key = self._limits.pdu_limit(pdu_type)
+        if limit is not None and length > limit:
+            self._refuse(pdu_type, length, limit, key)
+            return bytearray()
+        if pdu_type in _PDU_TYPES:  # pynetdicom reads the body of a known type only (else Evt19)
+            self._header_next = False
+            self._pdu_type = pdu_type
+        return data
+
+    def _certificate_refusal(self, field: bytes) -> str | None:
+        """Why the calling AE title in ``field`` may not use this connection, or ``None``."""
+        calling = field.decode("ascii", "replace").strip()
+        expected = dict(self._limits.ae_title_subjects).get(calling)
+        if expected is None:
+            return None
+        if not isinstance(self.socket, ssl.SSLSocket):
+            return f"calling AE title {calling!r} is bound to a client certificate and came without TLS"
+        names = certificate_names(self.socket.getpeercert() or {})
+        if not names:
+            return f"calling AE title {calling!r} is bound to a client certificate and came without one"
+        if expected.lower() not in {name.lower() for name in names}:
+            return (
+                f"calling AE title {calling!r} is bound to {expected!r}; the client certificate names {sorted(names)}"
+            )
+        return None
+
+    def _reject(self, reason: str) -> None:
+        LOG.warning(
+            "association from %s rejected: %s (listener.tls.ae_title_subjects)",
+            self._peer(),
+            reason,
+        )
+        sock = self.socket
+        if sock is not None:
+            try:
+                sock.settimeout(1.0)
+                sock.sendall(A_ASSOCIATE_RJ_CALLING_AE)
+            except OSError:
+                pass
+        self._close_now()
+
+    def _read(self, nr_bytes: int) -> bytearray:
+        """``recv`` with one deadline for the whole association request (and ``network_timeout``
+        for any one read, as after it)."""
+        assert self._deadline is not None and self.socket is not None
+        idle = self.assoc.network_timeout
+        data = bytearray()
+        try:
+            while len(data) < nr_bytes:
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                self.socket.settimeout(remaining if idle is None else min(remaining, idle))
+                chunk = self.socket.recv(min(65_536, nr_bytes - len(data)))
+                if not chunk:
+                    break
+                data.extend(chunk)
+        except TimeoutError:
+            if time.monotonic() >= self._deadline:
+                LOG.warning(
+                    "connection from %s sent no complete A-ASSOCIATE-RQ within %.0f s "
+                    "(listener.association_request_timeout); closed",
+                    self._peer(),
+                    self._limits.association_request_timeout,
+                )
+            else:
+                LOG.info("connection from %s stalled in its A-ASSOCIATE-RQ for %.0f s; closed", self._peer(), idle)
+            self._close_now()
+            return bytearray()
+        except OSError:
+            return data
+        return data
+
+    def _refuse(self, pdu_type: int, length: int, limit: int, key: str) -> None:
+        LOG.warning(
+            "%s from %s declares %d bytes, more than %d (%s); A-ABORT sent and connection closed",
+            _PDU_NAMES.get(pdu_type, f"PDU type 0x{pdu_type:02X}"),
+            self._peer(),
+            length,
+            limit,
+            key,
+        )
+        sock = self.socket
+        if sock is not None:
+            try:
+                sock.settimeout(1.0)
+                sock.sendall(A_ABORT_INVALID_PARAMETER)
+            except OSError:
+                pass
+        self._close_now()
+
+    def _close_now(self) -> None:
+        """Stop reading and writing at once; pynetdicom closes the socket when it sees the short read."""
+        sock = self.socket
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _peer(self) -> str:
+        requestor = self.assoc.requestor
+        title = str(getattr(requestor, "ae_title", "") or "").strip()
+        address = f"{requestor.address}:{requestor.port}"
+        return f"{title!r} at {address}" if title else address
+
+
+def certificate_names(certificate: dict[str, Any]) -> set[str]:
+    """Subject common names and DNS / IP subject alternative names of a peer certificate
+    (as :meth:`ssl.SSLSocket.getpeercert` gives it)."""
+    names: set[str] = set()
+    for rdn in certificate.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                names.add(str(value))
+    for kind, value in certificate.get("subjectAltName", ()):
+        if kind in ("DNS", "IP Address"):
+            names.add(str(value))
+    return names
+
+
+class GuardedRequestHandler(RequestHandler):
+    """pynetdicom's request handler whose associations read through :class:`GuardedAssociationSocket`.
+
+    The server passes ``deadline`` (monotonic seconds) by which the A-ASSOCIATE-RQ must be in.
+    """
+
+    def __init__(self, request: Any, client_address: Any, server: Any, deadline: float | None = None) -> None:
+        self.deadline = deadline
+        super().__init__(request, client_address, server)
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        sock: Any = assoc.dul.socket
+        # pynetdicom builds its AssociationSocket here (queueing the transport-connected event,
+        # Evt5, once); that same object becomes the guarded subclass, which adds no state that
+        # needs its constructor and changes only ``recv``.
+        sock.__class__ = GuardedAssociationSocket
+        sock.guard(cast(Any, self.server).peer_limits, self.deadline)
+        return assoc

@@ -1,0 +1,297 @@
+"""Hostile peers against the real listener on 127.0.0.1 (issue 12): over-long PDUs are refused
+from their header, a trickled association request is cut at its deadline, one address cannot
+take every connection; meanwhile a legitimate sender on 127.0.0.1 gets through in seconds and
+the process stays within a memory bound.
+
+Attackers connect from 127.0.0.2 (the whole 127.0.0.0/8 is loopback on Linux), so the
+per-address limit tells them from the legitimate sender.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from pydicom.uid import generate_uid
+
+from router.dicom.status import StoreStatus
+from router.server import RouterServer
+from tests.conftest import make_settings, running_router
+from tests.dicom_bytes import associate_rq
+from tests.dicom_helpers import make_dataset, send_datasets
+from tests.test_tls import pki as pki  # the module-scoped throwaway PKI fixture
+
+pytestmark = [pytest.mark.network, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
+
+MIB = 1 << 20
+ATTACKER = "127.0.0.2"
+
+
+@contextlib.contextmanager
+def _router(tmp_path: Path, database_url: str, **listener: object) -> Iterator[RouterServer]:
+    settings = make_settings(tmp_path, database_url).replace(
+        "listener",
+        **{"max_connections_per_address": 4, "association_request_timeout": 2.0, "network_timeout": 30.0, **listener},
+    )
+    with running_router(settings) as server:
+        yield server
+
+
+def _connect(port: int, source: str = ATTACKER) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _legitimate_store_seconds(port: int) -> float:
+    """Seconds a pynetdicom SCU on 127.0.0.1 takes to associate and store one instance (Success asserted)."""
+    started = time.monotonic()
+    (status,) = send_datasets(port, [make_dataset()])
+    assert status.Status == StoreStatus.SUCCESS
+    return time.monotonic() - started
+
+
+def _answer(sock: socket.socket, limit: float = 5.0) -> bytes:
+    """What the server sends before it closes (b"" if it closes without a word)."""
+    sock.settimeout(limit)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """One whole PDU: (type, body)."""
+    sock.settimeout(sock.gettimeout() or 5)
+    head = b""
+    while len(head) < 6:
+        chunk = sock.recv(6 - len(head))
+        if not chunk:
+            return 0, b""
+        head += chunk
+    kind, _, length = struct.unpack(">BBI", head)
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return kind, body
+
+
+def _rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def _stream_huge_pdu(sock: socket.socket, pdu_type: int, length: int, seconds: float) -> int:
+    """Send a PDU header declaring ``length`` bytes, then its body until refused; bytes sent."""
+    sock.sendall(struct.pack(">BBI", pdu_type, 0, length))
+    chunk = b"\x00" * MIB
+    sent = 0
+    deadline = time.monotonic() + seconds
+    try:
+        while sent < length and time.monotonic() < deadline:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        pass
+    return sent
+
+
+def test_oversized_association_requests_are_refused_from_their_header(tmp_path: Path, database_url: str) -> None:
+    with _router(tmp_path, database_url) as server:
+        port = server.ports[0]
+        before = _rss()
+        results: list[tuple[int, bytes]] = []
+
+        def attack() -> None:
+            sock = _connect(port)
+            sent = _stream_huge_pdu(sock, 0x01, 256 * MIB, seconds=5)
+            results.append((sent, _answer(sock)))
+            sock.close()
+
+        threads = [threading.Thread(target=attack) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        seconds = _legitimate_store_seconds(port)
+        for thread in threads:
+            thread.join(timeout=15)
+        assert len(results) == 4
+        for sent, answer in results:
+            assert sent < 256 * MIB  # refused long before the declared length
+            assert answer[:1] in (b"\x07", b"")  # A-ABORT, or closed
+            if answer:
+                assert answer == struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 2, 6)
+        assert seconds < 5
+        assert _rss() - before < 300 * MIB
+
+
+def test_oversized_p_data_pdu_is_aborted_before_it_is_buffered(tmp_path: Path, database_url: str) -> None:
+    with _router(tmp_path, database_url) as server:
+        port = server.ports[0]
+        before = _rss()
+        sock = _connect(port)
+        sock.sendall(associate_rq(max_pdu=16384))
+        kind = sock.recv(1)
+        assert kind == b"\x02"  # A-ASSOCIATE-AC
+        sock.recv(65536)
+        sent = _stream_huge_pdu(sock, 0x04, 256 * MIB, seconds=5)
+        answer = _answer(sock)
+        sock.close()
+        assert sent < 256 * MIB
+        assert struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 2, 6) in answer
+        assert _legitimate_store_seconds(port) < 5
+        assert _rss() - before < 300 * MIB
+        assert list(server.app.archive.incoming.iterdir()) == []
+
+
+def test_association_request_trickled_byte_by_byte_is_cut_at_its_deadline(tmp_path: Path, database_url: str) -> None:
+    request = associate_rq()
+    stop = threading.Event()
+    closed_after: list[float] = []
+
+    def slow_sender(port: int) -> None:
+        try:
+            sock = _connect(port)
+        except OSError:
+            return
+        started = time.monotonic()
+        try:
+            for byte in request:
+                if stop.wait(0.25):
+                    break
+                sock.sendall(bytes([byte]))
+        except OSError:
+            closed_after.append(time.monotonic() - started)
+        finally:
+            sock.close()
+
+    with _router(tmp_path, database_url) as server:
+        port = server.ports[0]
+        threads = [threading.Thread(target=slow_sender, args=(port,)) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # the attack is under way (20 connections, 4 admitted from one address)
+        try:
+            seconds = _legitimate_store_seconds(port)
+        finally:
+            # wait for the admitted trickles to be cut by the 2 s deadline
+            deadline = time.monotonic() + 8
+            while len(closed_after) < 20 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=10)
+        assert seconds < 5
+        assert len(closed_after) == 20  # none was let trickle on
+        assert max(closed_after) < 5  # 2 s deadline, not acse_timeout or network_timeout
+
+
+def test_idle_associations_from_one_address_cannot_take_every_slot(tmp_path: Path, database_url: str) -> None:
+    with _router(tmp_path, database_url, max_associations=16, max_connections=64) as server:
+        port = server.ports[0]
+        idle: list[socket.socket] = []
+        accepted = 0
+        try:
+            for _ in range(50):
+                sock = _connect(port)
+                idle.append(sock)
+                try:
+                    sock.sendall(associate_rq())
+                    sock.settimeout(5)
+                    if sock.recv(1) == b"\x02":
+                        accepted += 1
+                except OSError:
+                    pass
+            assert accepted == 4  # max_connections_per_address; the others were closed at once
+            assert _legitimate_store_seconds(port) < 5
+            assert server.listener is not None
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_a_second_address_is_not_held_back_by_the_first(tmp_path: Path, database_url: str) -> None:
+    with _router(tmp_path, database_url) as server:
+        port = server.ports[0]
+        held = [_connect(port) for _ in range(4)]
+        extra = _connect(port)
+        assert _answer(extra, limit=1) == b""  # fifth from 127.0.0.2: closed at once
+        other = _connect(port, source="127.0.0.3")
+        other.sendall(associate_rq())
+        other.settimeout(5)
+        assert other.recv(1) == b"\x02"
+        for sock in [*held, extra, other]:
+            sock.close()
+        assert generate_uid()
+
+
+def test_tls_handshake_trickled_byte_by_byte_is_cut_at_its_deadline(
+    tmp_path: Path,
+    database_url: str,
+    pki,  # type: ignore[no-untyped-def]
+) -> None:
+    import ssl
+
+    from tests.test_tls import _tls_settings, client_context
+
+    settings = _tls_settings(tmp_path, database_url, pki, acse_timeout=30.0)
+    settings = settings.replace("listener", association_request_timeout=2.0)
+    # a real ClientHello, captured from an in-memory handshake, then sent one byte every 0.2 s
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_context(pki, None).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    hello = outgoing.read()
+    with running_router(settings) as server:
+        tls_port = server.ports[1]
+        sock = _connect(tls_port)
+        started = time.monotonic()
+        try:
+            for byte in hello:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.2)
+                if time.monotonic() - started > 10:
+                    break
+        except OSError:
+            pass
+        waited = time.monotonic() - started
+        sock.close()
+        # association_request_timeout (2 s) counted from the connection, not acse_timeout (30 s);
+        # CPython gives do_handshake one deadline from the socket's timeout, not one per read
+        assert waited < 5
+
+
+def test_idle_associations_from_many_addresses_make_room_for_a_sender(tmp_path: Path, database_url: str) -> None:
+    with _router(tmp_path, database_url, max_associations=8, idle_eviction_seconds=1.0) as server:
+        port = server.ports[0]
+        idle: list[socket.socket] = []
+        try:
+            for index in range(8):  # every slot, one per address: the per-address limit does not help
+                sock = _connect(port, source=f"127.0.0.{10 + index}")
+                sock.sendall(associate_rq())
+                assert _read_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
+                idle.append(sock)
+            time.sleep(1.2)
+            assert _legitimate_store_seconds(port) < 5
+            aborted = 0
+            for sock in idle:
+                sock.settimeout(0.2)
+                try:
+                    aborted += _read_pdu(sock)[0] == 0x07  # A-ABORT
+                except TimeoutError:
+                    pass
+            assert aborted == 1  # one idle association made room; the others keep their slots
+        finally:
+            for sock in idle:
+                sock.close()
