@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from router.archive_backend import ArchiveBackend, open_archive, open_keyring
 from router.config import Settings
 from router.db import migrate
-from router.db.engine import check_connection, make_engine, make_session_factory
+from router.db.engine import ServerOptions, check_connection, make_engine, make_session_factory
 from router.dicom.sr import read_sr_facts
 from router.domain.enums import Priority
 from router.errors import RouterError
 from router.keyring import KeyRing
+from router.services.cluster import keep_node_id, new_node_id, resolve_node_id
 from router.services.intake import IntakeService
 from router.services.ledgers import LedgerService
 from router.services.reads import ReadService
@@ -57,6 +58,19 @@ def routing_policy(settings: Settings, keyring: KeyRing | None = None) -> Routin
     )
 
 
+def server_options(settings: Settings, node_id: str | None) -> ServerOptions:
+    """PostgreSQL session settings and pool size from ``[database]``; the application name
+    carries the node id (``router:<node id>``, or ``router:cli`` for other commands)."""
+    database = settings.database
+    return ServerOptions(
+        statement_timeout=database.statement_timeout,
+        idle_in_transaction_timeout=database.idle_in_transaction_timeout,
+        application_name=f"{database.application_name}:{node_id or 'cli'}",
+        pool_size=database.pool_size,
+        max_overflow=database.max_overflow,
+    )
+
+
 @dataclass
 class RouterApp:
     """Everything a command needs, wired together."""
@@ -72,6 +86,7 @@ class RouterApp:
     ledgers: LedgerService
     roster: RosterService
     clock: Clock = field(default=utcnow)
+    node_id: str | None = None  # None: a command that is not a node (no id kept yet)
     keyring: KeyRing | None = None  # encryption at rest; None when off
 
     @classmethod
@@ -92,12 +107,15 @@ class RouterApp:
         DatabaseNotReady
             If the schema is not at the newest revision and ``upgrade`` is false.
         """
+        node_id = resolve_node_id(settings, create=False)
+        # serve/demo are nodes: a new id is generated now and kept once the database is usable
+        fresh = new_node_id() if node_id is None and upgrade else None
         keyring = open_keyring(settings)
         engine = make_engine(
             settings.database_url,
             busy_timeout=settings.database.busy_timeout,
             create=upgrade,
-            statement_timeout=settings.database.statement_timeout,
+            server=server_options(settings, node_id or fresh),
         )
         try:
             check_connection(engine)
@@ -105,11 +123,13 @@ class RouterApp:
                 migrate.upgrade(engine)
             elif not migrate.is_current(engine):
                 raise DatabaseNotReady("the database schema is not up to date: run `router db upgrade`")
+            if fresh is not None:
+                node_id = keep_node_id(settings, fresh)
         except Exception:
             engine.dispose()
             raise
         sessions = make_session_factory(engine)
-        archive = open_archive(settings, keyring)
+        archive = open_archive(settings, keyring, node_id=node_id)
         reference = ReferenceData(
             settings.imlc.membership_file,
             settings.billing.cpt_map,
@@ -132,6 +152,7 @@ class RouterApp:
             ledgers=LedgerService(sessions),
             roster=RosterService(sessions, routing, clock),
             clock=clock,
+            node_id=node_id,
             keyring=keyring,
         )
 

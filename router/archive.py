@@ -4,8 +4,10 @@ A file is first complete in a temporary file on the archive's own file system, t
 renamed into place (atomic on POSIX) and its directory fsynced, so after a crash a path either
 holds the whole file or nothing. Folders:
 
-``<root>/.incoming/``
-    temporary files being received (pynetdicom writes C-STORE data sets here); emptied at start-up.
+``<root>/.incoming/<node id>/``
+    temporary files being received (pynetdicom writes C-STORE data sets here), one folder per
+    node of a cluster; a node empties only its own at start-up (``<root>/.incoming/`` itself
+    when no node id is given).
 ``<root>/.quarantine/<SOP Instance UID>/<sha256>.dcm``
     differing second copies of a SOP Instance UID, and orphan files found at start-up.
 
@@ -78,9 +80,10 @@ class Archive:
     #: Whether start-up recovery may look for files without a row (cheap here: folder mtimes).
     scans_for_orphans = True
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, node_id: str | None = None) -> None:
         self.root = Path(root).resolve()
-        self.incoming = self.root / INCOMING
+        # Per node: nodes sharing the archive never remove each other's transfers in progress.
+        self.incoming = self.root / INCOMING / node_id if node_id else self.root / INCOMING
         self.quarantine_root = self.root / QUARANTINE
 
     # ------------------------------------------------------------------ layout

@@ -59,19 +59,21 @@ def open_keyring(settings: Settings) -> KeyRing | None:
     return KeyRing.load(encryption.keys, encryption.active_key, settings.key_dir)
 
 
-def open_archive(settings: Settings, keyring: KeyRing | None = None) -> ArchiveBackend:
+def open_archive(settings: Settings, keyring: KeyRing | None = None, *, node_id: str | None = None) -> ArchiveBackend:
     """The archive backend ``[archive] backend`` names, rooted at ``paths.archive``, encrypting
     with ``keyring`` when one is given.
 
-    With ``s3`` the local folder holds only this node's temporary files.
+    ``node_id`` names this node's incoming folder (``<archive>/.incoming/<node id>/``) for
+    temporary files; ``None``: ``<archive>/.incoming/`` itself. With ``s3`` the local folder
+    holds only this node's temporary files.
     """
     backend: ArchiveBackend
     if settings.archive.backend == ArchiveBackendKind.S3:
         from router.archive_s3 import S3Archive
 
-        backend = S3Archive(settings.paths.archive, settings.archive)
+        backend = S3Archive(settings.paths.archive, settings.archive, node_id=node_id)
     else:
-        backend = Archive(settings.paths.archive)
+        backend = Archive(settings.paths.archive, node_id=node_id)
     if keyring is None:
         return backend
     from router.archive_crypto import EncryptedArchive

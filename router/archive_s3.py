@@ -53,13 +53,15 @@ class S3Archive(Archive):
         Local folder of this node's ``.incoming`` temporary files (``paths.archive_dir``).
     settings : ArchiveSettings
         Endpoint, bucket, prefix, region, credentials and timeouts.
+    node_id : str, optional
+        This node's id: temporary files go to ``root/.incoming/<node id>/``.
     """
 
     #: Start-up recovery does not list the bucket (see :meth:`files_modified_since`).
     scans_for_orphans = False
 
-    def __init__(self, root: Path, settings: ArchiveSettings) -> None:
-        super().__init__(root)
+    def __init__(self, root: Path, settings: ArchiveSettings, node_id: str | None = None) -> None:
+        super().__init__(root, node_id=node_id)
         import boto3
         from botocore.config import Config
 

@@ -27,6 +27,9 @@ from router.resources import PACKAGED_CONFIG_DIR
 #: default character repertoire, without backslash or control characters.
 AE_TITLE_MAX_LENGTH = 16
 
+#: A node id ([node] id): it names the node's incoming folder, so no path separators.
+NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
 #: ``[logging] format`` values.
 LOG_FORMATS = ("text", "json")
 
@@ -166,7 +169,12 @@ class DatabaseSettings:
 
     url: str | None = None  # None: sqlite:///<data_dir>/router.db
     busy_timeout: float = 10.0  # seconds to wait for a lock before answering 0xA701
-    statement_timeout: float = 30.0  # seconds any one statement may run (PostgreSQL) before 0xA701
+    # PostgreSQL only (docs/scale-out.md); 0 turns a timeout off.
+    statement_timeout: float = 30.0  # seconds any one statement may run before 0xA701
+    idle_in_transaction_timeout: float = 30.0  # seconds a stalled node may sit inside a transaction
+    pool_size: int = 5  # connections kept open per process
+    max_overflow: int = 10  # extra connections opened under load
+    application_name: str = "router"  # shown in pg_stat_activity as "<name>:<node id>"
 
 
 @dataclass(frozen=True)
@@ -246,6 +254,15 @@ class Hl7Settings:
 
 
 @dataclass(frozen=True)
+class NodeSettings:
+    """This node of a cluster sharing one database and archive (docs/scale-out.md)."""
+
+    id: str | None = None  # None: a generated id kept in <data_dir>/node_id
+    heartbeat_interval: float = 5.0  # seconds between heartbeats in the nodes table
+    lease_seconds: float = 30.0  # a node silent this long is dead: its claims are taken over
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     """Logging (the CLI configures handlers)."""
 
@@ -276,6 +293,7 @@ class Settings:
     imlc: ImlcSettings = field(default_factory=ImlcSettings)
     licensure: LicensureSettings = field(default_factory=LicensureSettings)
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     hl7: Hl7Settings = field(default_factory=Hl7Settings)
@@ -355,6 +373,7 @@ _SECTION_TYPES: dict[str, type] = {
     "imlc": ImlcSettings,
     "licensure": LicensureSettings,
     "forwarding": ForwardingSettings,
+    "node": NodeSettings,
     "forwarding.tls": ForwardingTlsSettings,
     "logging": LoggingSettings,
     "http": HttpSettings,
@@ -426,6 +445,7 @@ _OPTIONAL_PATHS = {
 }
 _OPTIONAL_STRINGS = {
     "database.url",
+    "node.id",
     "forwarding.calling_ae_title",
     "listener.tls.host",
     "archive.endpoint_url",
@@ -555,7 +575,24 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError("routing.timezone", f"unknown IANA time zone {routing.timezone!r}") from exc
     _check_seconds("listener.idle_eviction_seconds", listener.idle_eviction_seconds, allow_zero=True)
     _check_seconds("database.busy_timeout", settings.database.busy_timeout)
-    _check_seconds("database.statement_timeout", settings.database.statement_timeout, allow_zero=True)
+    database = settings.database
+    _check_seconds("database.statement_timeout", database.statement_timeout, allow_zero=True)
+    _check_seconds("database.idle_in_transaction_timeout", database.idle_in_transaction_timeout, allow_zero=True)
+    _check_positive("database.pool_size", database.pool_size, maximum=1000, unit="")
+    _check_positive("database.max_overflow", database.max_overflow, allow_zero=True, maximum=1000, unit="")
+    if (
+        not database.application_name
+        or len(database.application_name) > 40
+        or not database.application_name.isprintable()
+    ):
+        raise ConfigError("database.application_name", "must be 1 to 40 printable characters")
+    node = settings.node
+    if node.id is not None and not NODE_ID_PATTERN.fullmatch(node.id):
+        raise ConfigError("node.id", f"{node.id!r} must be 1 to 64 letters, digits, '.', '_' or '-'")
+    _check_seconds("node.heartbeat_interval", node.heartbeat_interval)
+    _check_seconds("node.lease_seconds", node.lease_seconds)
+    if node.lease_seconds < 2 * node.heartbeat_interval:
+        raise ConfigError("node.lease_seconds", "must be at least twice node.heartbeat_interval")
     _validate_archive(settings.archive)
     _validate_encryption(settings.encryption)
     billing = settings.billing

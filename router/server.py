@@ -1,10 +1,13 @@
 """``router serve``: the listener, the routing timer and the forwarder, in one process.
 
-Start-up order: archive folders, process-wide pynetdicom settings, reconciliation after a
-crash, node-run record, then the listener; the timer thread routes stable studies, accounts for
-late instances, works the outbox and refreshes the allowed calling AE titles. Stopping drains:
-no new associations, in-flight ones finish (up to ``listener.drain_timeout``), then a clean
-shutdown is recorded.
+Start-up order: archive folders, process-wide pynetdicom settings, node registration (its
+first heartbeat), reconciliation after a crash, node-run record, then the listener; the timer
+thread routes stable studies, accounts for late instances, works the outbox and refreshes the
+allowed calling AE titles. Two more threads: the heartbeat (renews this node's claims, see
+:mod:`router.services.cluster`) and the periodic recheck, run once per ``recheck_interval``
+for the whole cluster under a lease, never on the timer's thread. Stopping drains: no new
+associations, in-flight ones finish (up to ``listener.drain_timeout``), then a clean shutdown
+is recorded and this node's claims are given back.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from router.hl7.mllp import MllpListener, TlsFiles
 from router.metrics import ReceiveMetrics, ServerMetrics, server_registry
 from router.node import ListenerError, ListenerNode
 from router.ops_http import Check, HttpEndpoint, archive_writable
+from router.services.cluster import ClusterService, resolve_node_id
 from router.services.escalation import escalate_breached
 from router.services.forwarding import ForwardingPolicy, ForwardingService
 from router.services.hl7_inbox import Hl7Inbox
@@ -61,6 +65,10 @@ class RouterServer:
     def __init__(self, app: RouterApp) -> None:
         self.app = app
         settings = app.settings
+        node_id = app.node_id or resolve_node_id(settings, create=True)
+        assert node_id is not None
+        self.node_id = node_id
+        self.cluster = ClusterService(app.sessions, node_id, settings.node.lease_seconds, app.clock)
         self.forwarding = ForwardingService(
             app.sessions,
             app.archive,
@@ -73,8 +81,10 @@ class RouterServer:
                 transmission_cents_per_gib=settings.billing.transmission_cents_per_gib,
             ),
             app.clock,
+            node_id=node_id,
+            claim_seconds=settings.node.lease_seconds,
         )
-        self.recovery = RecoveryService(app.sessions, app.archive, app.intake, read_header, app.clock)
+        self.recovery = RecoveryService(app.sessions, app.archive, app.intake, read_header, app.clock, node_id=node_id)
         self.orders = OrderService(app.sessions, app.clock)
         self.hl7_inbox = Hl7Inbox(
             app.sessions,
@@ -91,7 +101,7 @@ class RouterServer:
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
         self._timer_condition = ConditionLog(LOG)
-        self._next_recheck: float | None = None  # time.monotonic(); None: at the first pass
+        self._background: list[threading.Thread] = []
         # Metrics: the database gauges and, when this process listens, its C-STORE counters.
         self.registry = server_registry(app.sessions, None)
         self.metrics = ServerMetrics(self.registry)
@@ -124,6 +134,7 @@ class RouterServer:
         app = self.app
         app.archive.prepare()
         configure_pynetdicom(app.archive.incoming)
+        self.cluster.register()
         self.recovery_report = self.recovery.reconcile()
         self._run_id = self.recovery.start_run()
         listener_settings = app.settings.listener
@@ -143,12 +154,17 @@ class RouterServer:
         self._start_hl7()
         self._timer = threading.Thread(target=self._tick_loop, name="router-timer", daemon=True)
         self._timer.start()
+        for target, name in ((self._heartbeat_loop, "router-heartbeat"), (self._recheck_loop, "router-recheck")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._background.append(thread)
         LOG.info(
-            "listening as %s on %s port(s) %s with %d process(es); archive %s",
+            "listening as %s on %s port(s) %s with %d process(es) as node %s; archive %s",
             listener_settings.ae_title,
             listener_settings.host,
             ",".join(str(port) for port in self.ports),
             listener_settings.workers,
+            self.node_id,
             app.archive.root,
         )
 
@@ -185,16 +201,12 @@ class RouterServer:
         LOG.info("HL7 MLLP listening on %s port %d%s", settings.host, self.hl7.port, " (TLS)" if tls else "")
 
     def tick(self) -> None:
-        """One pass of the timer: match orders to new studies, route, re-check when due, forward,
-        refresh the allow-list, clean stale temp files."""
+        """One pass of the timer: match orders to new studies, route, forward, refresh the
+        allow-list, clean stale temp files (the periodic re-check has its own thread)."""
         self.orders.match_pending()
         started = time.perf_counter()
         routed = self.app.routing.route_due()
         self.metrics.observe_routing([result.status.value for result in routed], time.perf_counter() - started)
-        now = time.monotonic()
-        if self._next_recheck is None or now >= self._next_recheck:
-            self.recheck()
-            self._next_recheck = now + self.app.settings.routing.recheck_interval
         if self.app.settings.forwarding.enabled:
             self.forwarding.run_due()
         if self.node is not None:
@@ -212,7 +224,7 @@ class RouterServer:
         privilege lapsing; and a roster command whose own re-evaluation failed (database
         busy) relies on this pass.
         """
-        results = self.app.routing.reevaluate("periodic recheck")
+        results = self.app.routing.reevaluate("periodic recheck", skip_locked=True)
         escalated = escalate_breached(self.app.routing)
         if escalated:
             LOG.warning("periodic recheck: %d read(s) past their turnaround target escalated", len(escalated))
@@ -264,6 +276,40 @@ class RouterServer:
             else:
                 self._timer_condition.succeeded("routing timer")
 
+    def recheck_if_due(self) -> bool:
+        """Run :meth:`recheck` here if no node of the cluster ran it in the last
+        ``routing.recheck_interval`` seconds; returns whether it ran here."""
+        return self.cluster.run_once_per_interval("recheck", self.app.settings.routing.recheck_interval, self.recheck)
+
+    def _heartbeat_loop(self) -> None:
+        condition = ConditionLog(LOG)
+        interval = self.app.settings.node.heartbeat_interval
+        while not self._stop.wait(interval):
+            try:
+                self.cluster.heartbeat()
+            except Exception as exc:
+                LOG.debug("heartbeat failed", exc_info=True)
+                condition.failed("heartbeat", f"heartbeat of node {self.node_id} failed: {first_line(exc)}")
+            else:
+                condition.succeeded("heartbeat")
+
+    def _recheck_loop(self) -> None:
+        condition = ConditionLog(LOG)
+        # Look often enough that a cluster whose recheck holder died is late by little.
+        interval = max(0.2, min(self.app.settings.routing.recheck_interval, self.app.settings.node.heartbeat_interval))
+        while True:
+            try:
+                self.recheck_if_due()
+            except Exception as exc:
+                LOG.debug("periodic recheck failed", exc_info=True)
+                condition.failed(
+                    "recheck", f"periodic recheck failed, retried: {type(exc).__name__}: {first_line(exc)}"
+                )
+            else:
+                condition.succeeded("recheck")
+            if self._stop.wait(interval):
+                return
+
     def _refresh_allowed_titles(self) -> None:
         """Refresh the in-process listener's allow-list now (tests; the timer does it each tick)."""
         if self.node is not None:
@@ -284,6 +330,12 @@ class RouterServer:
         self._stop.set()
         if self._timer is not None:
             self._timer.join(timeout=max(5.0, self.app.settings.routing.poll_interval * 2))
+        for thread in self._background:
+            thread.join(timeout=5.0)
+        try:
+            self.cluster.stop()
+        except Exception as exc:  # noqa: BLE001 - the claims then expire after node.lease_seconds
+            LOG.warning("could not give back the claims of node %s: %s", self.node_id, first_line(exc))
         if self._run_id is not None and finished:
             # Only a full drain is a clean shutdown: an aborted association's handler may still
             # have been storing, so the next start reconciles.

@@ -159,7 +159,12 @@ def test_recovery_on_s3_reports_rows_without_objects_and_lists_no_bucket(
         key = f"{PREFIX}{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
         s3.client().delete_object(Bucket=s3.bucket, Key=key)
         recovery = RecoveryService(
-            server.app.sessions, server.app.archive, server.app.intake, lambda path: pytest.fail(), server.app.clock
+            server.app.sessions,
+            server.app.archive,
+            server.app.intake,
+            lambda path: pytest.fail(),
+            server.app.clock,
+            node_id=server.node_id,  # recovery is per node
         )
         report = recovery.reconcile()
         assert report.clean_previous_shutdown is False

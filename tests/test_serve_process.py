@@ -253,7 +253,7 @@ def _kill_and_restart(tmp_path: Path, processes: list, database_url: str | None)
             assert str(dcmread(archive / rows[uid]).SOPInstanceUID) == uid
         # no row points at a missing file; no temporary files left
         assert all((archive / path).exists() for path in rows.values())
-        assert [p for p in (archive / ".incoming").iterdir()] == []
+        assert [p for p in (archive / ".incoming").rglob("*") if p.is_file()] == []
         # the studies that were waiting are routed after restart, exactly once
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

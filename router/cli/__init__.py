@@ -121,9 +121,9 @@ def restrict_umask() -> int:
 
 
 def _register() -> None:
-    from router.cli import db, demo, hl7, keys, ledger, serve, studies
+    from router.cli import db, demo, hl7, keys, ledger, nodes, serve, studies
 
-    for module in (db, demo, hl7, keys, ledger, serve, studies):
+    for module in (db, demo, hl7, keys, ledger, nodes, serve, studies):
         module.register(cli)
     try:
         from router.cli import roster

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,28 @@ from sqlalchemy.orm import Session, sessionmaker
 from router.errors import DatabaseUnavailable, first_line
 
 
+@dataclass(frozen=True)
+class ServerOptions:
+    """PostgreSQL session settings and pool size (``[database]``); SQLite ignores them.
+
+    Timeouts are in seconds; 0 turns one off. ``application_name`` shows in
+    ``pg_stat_activity`` (PostgreSQL truncates it to 63 bytes).
+    """
+
+    statement_timeout: float = 0.0
+    idle_in_transaction_timeout: float = 0.0
+    application_name: str | None = None
+    pool_size: int = 5
+    max_overflow: int = 10
+
+
 def make_engine(
-    url: str, busy_timeout: float = 10.0, *, create: bool = True, statement_timeout: float = 0.0, **kwargs: Any
+    url: str,
+    busy_timeout: float = 10.0,
+    *,
+    create: bool = True,
+    server: ServerOptions | None = None,
+    **kwargs: Any,
 ) -> Engine:
     """Create an engine for ``url``.
 
@@ -38,14 +59,15 @@ def make_engine(
         SQLite only: create the database file (and its folder) if missing. When false, a
         missing file raises instead, so a mistyped ``--data-dir`` does not create an empty
         database in the wrong place.
-    statement_timeout : float
-        PostgreSQL only, seconds; 0 for none. Each session gets ``statement_timeout`` and
-        ``idle_in_transaction_session_timeout`` (PostgreSQL manual, "Client Connection
-        Defaults"), so a statement stuck behind anything (a lock, a saturated server) fails
-        with an error the C-STORE handler answers 0xA701, instead of holding the association
-        thread; and TCP keepalives with ``tcp_user_timeout`` (libpq connection parameters), so
-        a server that stops answering at the TCP level is given up after about that long
-        plus 5 s. SQLite waits at most ``busy_timeout`` for its lock and has no other wait.
+    server : ServerOptions, optional
+        PostgreSQL only: ``statement_timeout``, ``idle_in_transaction_session_timeout``,
+        ``application_name`` and the pool size (a stalled node's transaction is ended by the
+        server, so its row locks cost other nodes at most that long). With a statement timeout,
+        a statement stuck behind anything (a lock, a saturated server) fails with an error the
+        C-STORE handler answers 0xA701 instead of holding the association thread; TCP
+        keepalives with ``tcp_user_timeout`` (libpq connection parameters) give up on a server
+        that stops answering at the TCP level after about that long plus 5 s. SQLite waits at
+        most ``busy_timeout`` for its lock and has no other wait.
 
     Raises
     ------
@@ -57,7 +79,7 @@ def make_engine(
     holds patient addresses, and exception text can reach logs.
     """
     try:
-        return _make_engine(url, busy_timeout, create, statement_timeout, **kwargs)
+        return _make_engine(url, busy_timeout, create, server or ServerOptions(), **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
         raise DatabaseUnavailable(
             f"database.url {_safe(url)!r} cannot be used: {first_line(exc) or type(exc).__name__}"
@@ -95,7 +117,7 @@ def check_connection(engine: Engine) -> None:
         ) from exc
 
 
-def _make_engine(url: str, busy_timeout: float, create: bool, statement_timeout: float, **kwargs: Any) -> Engine:
+def _make_engine(url: str, busy_timeout: float, create: bool, server: ServerOptions, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
@@ -156,16 +178,23 @@ def _make_engine(url: str, busy_timeout: float, create: bool, statement_timeout:
         url_options = parsed.query.get("options")
         base = url_options if isinstance(url_options, str) else " ".join(url_options or ())
         options = f"{base} -c lock_timeout={timeout_ms}"
-        if statement_timeout > 0:
-            statement_ms = max(1, int(statement_timeout * 1000))
-            options += f" -c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={statement_ms}"
+        if server.statement_timeout > 0:
+            statement_ms = max(1, int(server.statement_timeout * 1000))
+            options += f" -c statement_timeout={statement_ms}"
             connect_args.setdefault("keepalives", 1)
-            connect_args.setdefault("keepalives_idle", max(1, int(statement_timeout)))
+            connect_args.setdefault("keepalives_idle", max(1, int(server.statement_timeout)))
             connect_args.setdefault("keepalives_interval", 5)
             connect_args.setdefault("keepalives_count", 3)
             connect_args.setdefault("tcp_user_timeout", statement_ms + 5000)
+        if server.idle_in_transaction_timeout > 0:
+            idle_ms = max(1, int(server.idle_in_transaction_timeout * 1000))
+            options += f" -c idle_in_transaction_session_timeout={idle_ms}"
         connect_args.setdefault("options", options.strip())
         connect_args.setdefault("connect_timeout", max(1, int(busy_timeout)))
+        if server.application_name:
+            connect_args.setdefault("application_name", server.application_name[:63])
+        kwargs.setdefault("pool_size", server.pool_size)
+        kwargs.setdefault("max_overflow", server.max_overflow)
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args, hide_parameters=True, **kwargs)
 
 

@@ -1,4 +1,9 @@
-"""Schema migrations with Alembic, run programmatically (no alembic.ini needed by users)."""
+"""Schema migrations with Alembic, run programmatically (no alembic.ini needed by users).
+
+On PostgreSQL the upgrade holds a transaction-level advisory lock keyed by the schema, so
+several nodes starting at once on an empty database migrate one after the other: the first
+upgrades, the others wait, then find the schema at head and do nothing.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -28,6 +33,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         if connection.dialect.name == "postgresql":
             # a migration may rewrite big tables: no database.statement_timeout for it
             connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+            # released at commit; other nodes' upgrades wait here (PostgreSQL 9.1+ advisory locks)
+            connection.execute(text("SET LOCAL lock_timeout = '300s'"))
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('router.migrate:' || current_schema()))"))
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

@@ -59,6 +59,7 @@ UID_LENGTH = 64
 AE_LENGTH = 16
 STATE_LENGTH = 2
 NPI_LENGTH = 10
+NODE_ID_LENGTH = 64
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -483,6 +484,10 @@ class OutboxJob(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_instance_count: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[dt.datetime]
+    # The node working the job and until when its claim holds (renewed by its heartbeat); a
+    # claim past ``claimed_until`` belongs to a dead or frozen node and may be taken over.
+    claimed_by: Mapped[str | None] = mapped_column(String(NODE_ID_LENGTH))
+    claimed_until: Mapped[dt.datetime | None]
 
 
 class ForwardedInstance(Base):
@@ -588,10 +593,53 @@ class NodeRun(Base):
     __tablename__ = "node_runs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    node: Mapped[str] = mapped_column(String(255))  # hostname:archive
+    node: Mapped[str] = mapped_column(String(255))  # the node id ([node] id)
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[dt.datetime]
     stopped_at: Mapped[dt.datetime | None]
+
+
+class Node(Base):
+    """A ``router serve`` node of the cluster and its heartbeat (migration 0011).
+
+    A node whose ``heartbeat_at`` is older than its lease is dead or frozen: its claims
+    (outbox jobs, cluster leases) may be taken over by the others.
+    """
+
+    __tablename__ = "nodes"
+
+    node_id: Mapped[str] = mapped_column(String(NODE_ID_LENGTH), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime]
+    heartbeat_at: Mapped[dt.datetime]
+    stopped_at: Mapped[dt.datetime | None]
+
+
+class ClusterLease(Base):
+    """Work done once per interval for the whole cluster (e.g. the periodic recheck).
+
+    ``holder`` may run it until ``expires_at``; ``last_run_at`` is when it last finished.
+    """
+
+    __tablename__ = "cluster_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(NODE_ID_LENGTH))
+    expires_at: Mapped[dt.datetime | None]
+    last_run_at: Mapped[dt.datetime | None]
+
+
+class RosterVersion(Base):
+    """One row counting roster changes: a change holds it ``FOR UPDATE``, routing ``FOR SHARE``.
+
+    So no assignment commits on a roster state a concurrent change already superseded.
+    """
+
+    __tablename__ = "roster_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 APPEND_ONLY_TABLES = (

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, Table, select
+from sqlalchemy import Select, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from router.db.models import Facility, FacilityAlias, Instance, Radiologist, Study
+from router.db.models import Facility, FacilityAlias, Instance, Radiologist, RosterVersion, Study
 from router.errors import NotFoundError
 
 
@@ -48,6 +48,41 @@ def for_update(statement: Select[Any], session: Session) -> Select[Any]:
     if session.get_bind().dialect.name == "postgresql":
         return statement.with_for_update()
     return statement
+
+
+def skip_locked(statement: Select[Any]) -> Select[Any]:
+    """Claim rows: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so a row another node holds (even a
+    stalled one) is passed over instead of waited for. SQLite drops the clause: its
+    ``BEGIN IMMEDIATE`` already gives one writer at a time (:mod:`router.db.engine`)."""
+    return statement.with_for_update(skip_locked=True)
+
+
+def share_roster(session: Session) -> None:
+    """Hold the roster version row ``FOR SHARE`` until commit (PostgreSQL; no-op on SQLite).
+
+    Routing takes it before it reads the roster for a decision; a roster change takes it
+    ``FOR UPDATE`` (:func:`bump_roster_version`). Decisions run side by side, but none commits
+    on a roster state that a change committed meanwhile has superseded: the change waits for
+    the decisions under way, and decisions started after it wait for it and read its result.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(RosterVersion.version).where(RosterVersion.id == 1).with_for_update(read=True))
+
+
+def bump_roster_version(session: Session) -> None:
+    """Count a roster change and hold the roster version row ``FOR UPDATE`` until commit
+    (see :func:`share_roster`); creates the row if a database lacks it."""
+    changed = _rowcount(
+        session.execute(
+            update(RosterVersion)
+            .where(RosterVersion.id == 1)
+            .values(version=RosterVersion.version + 1)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if not changed:
+        session.add(RosterVersion(id=1, version=1))
+        session.flush()
 
 
 def study_by_uid(session: Session, study_instance_uid: str) -> Study:
@@ -105,3 +140,8 @@ def instance_paths_for_study(session: Session, study_id: int) -> list[tuple[int,
         .order_by(Instance.id)
     )
     return [(row[0], row[1], row[2]) for row in rows]
+
+
+def _rowcount(result: object) -> int:
+    """Rows an UPDATE matched (``CursorResult.rowcount``)."""
+    return int(getattr(result, "rowcount", 0) or 0)

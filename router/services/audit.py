@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from router.db.models import Assignment, AuditEntry, Radiologist, Study
+from router.db.queries import bump_roster_version
 from router.domain.enums import HoldReason, StudyStatus
 from router.errors import ConflictError, RouterError
 from router.services.audit_log import ChangeContext, jsonable, record_audit  # noqa: F401 - re-exported for the roster modules
@@ -218,6 +219,8 @@ class ChangeRunner:
         with self._sessions() as session:
             transaction = session.begin()
             try:
+                # First: waits for routing decisions under way, and holds later ones until commit
+                bump_roster_version(session)
                 outcome = work(session, ctx)
                 if dry_run:
                     transaction.rollback()

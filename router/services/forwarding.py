@@ -6,6 +6,11 @@ study's current assignee the job is cancelled, so nothing goes to a reader who l
 Instances already accepted by the destination are not sent again; failures back off
 exponentially (``initial_backoff * 2**(attempt-1)``, capped) up to ``max_attempts``.
 The bytes sent go to the infrastructure ledger.
+
+Several nodes work one outbox: a job is claimed (``claimed_by``/``claimed_until``, taken with
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL) before it is sent, the claim is renewed by the node's
+heartbeat while it sends, and it is given back when the outcome is recorded. A claim that a dead
+or frozen node stopped renewing expires and another node takes the job over.
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from router.archive_backend import ArchiveBackend
 from router.db.models import Assignment, ForwardedInstance, Instance, OutboxJob, Study
+from router.db.queries import skip_locked
 from router.domain.enums import OutboxStatus
 from router.services.ledgers import record_transmission
 from router.timeutil import Clock, utcnow
@@ -59,8 +68,13 @@ class ForwardingService:
         send: Sender,
         policy: ForwardingPolicy,
         clock: Clock = utcnow,
+        *,
+        node_id: str = "local",
+        claim_seconds: float = 30.0,
     ) -> None:
         self._sessions = sessions
+        self.node_id = node_id
+        self._claim = dt.timedelta(seconds=claim_seconds)
         self._archive = archive
         self._send = send
         self.policy = policy
@@ -78,7 +92,7 @@ class ForwardingService:
             destinations = list(
                 session.scalars(
                     select(OutboxJob.destination)
-                    .where(OutboxJob.status == OutboxStatus.PENDING, OutboxJob.next_attempt_at <= now)
+                    .where(OutboxJob.status == OutboxStatus.PENDING, OutboxJob.next_attempt_at <= now, _unclaimed(now))
                     .distinct()
                 )
             )
@@ -101,21 +115,15 @@ class ForwardingService:
     def _work_destination(self, destination: str) -> None:
         try:
             while True:
-                now = self._clock()
-                with self._sessions() as session:
-                    job_id = session.scalar(
-                        select(OutboxJob.id)
-                        .where(
-                            OutboxJob.destination == destination,
-                            OutboxJob.status == OutboxStatus.PENDING,
-                            OutboxJob.next_attempt_at <= now,
-                        )
-                        .order_by(OutboxJob.next_attempt_at, OutboxJob.id)
-                        .limit(1)
-                    )
+                job_id = self._claim_next(destination)
                 if job_id is None:
                     return
-                if not self._work_job(job_id):
+                try:
+                    ok = self._work_job(job_id)
+                except BaseException:
+                    self._release(job_id)
+                    raise
+                if not ok:
                     return  # destination failing: leave its other jobs for the next tick
         except Exception:
             LOG.exception("forwarding to %s stopped on an unexpected error", destination)
@@ -123,11 +131,56 @@ class ForwardingService:
             with self._lock:
                 self._busy.discard(destination)
 
+    def _claim_next(self, destination: str) -> int | None:
+        """Claim the next due job of ``destination`` for this node; ``None`` when there is none.
+
+        Jobs claimed by a live node are passed over (and, on PostgreSQL, so are rows another
+        transaction holds: ``SKIP LOCKED``); a claim past ``claimed_until`` is taken over.
+        """
+        now = self._clock()
+        with self._sessions.begin() as session:
+            job = session.scalar(
+                skip_locked(
+                    select(OutboxJob)
+                    .where(
+                        OutboxJob.destination == destination,
+                        OutboxJob.status == OutboxStatus.PENDING,
+                        OutboxJob.next_attempt_at <= now,
+                        _unclaimed(now),
+                    )
+                    .order_by(OutboxJob.next_attempt_at, OutboxJob.id)
+                    .limit(1)
+                )
+            )
+            if job is None:
+                return None
+            if job.claimed_by is not None and job.claimed_by != self.node_id:
+                LOG.warning(
+                    "outbox job %d to %s taken over from node %s (its claim expired)",
+                    job.id,
+                    destination,
+                    job.claimed_by,
+                )
+            job.claimed_by = self.node_id
+            job.claimed_until = now + self._claim
+            return job.id
+
+    def _release(self, job_id: int) -> None:
+        """Give a claim back after an unexpected error (else it expires with the lease)."""
+        try:
+            with self._sessions.begin() as session:
+                job = session.get(OutboxJob, job_id)
+                if job is not None and job.claimed_by == self.node_id:
+                    job.claimed_by = None
+                    job.claimed_until = None
+        except Exception:  # the claim then expires after claim_seconds
+            LOG.debug("could not release outbox job %d", job_id, exc_info=True)
+
     def _work_job(self, job_id: int) -> bool:
-        """Send what is unsent of one job; returns False when the destination failed."""
+        """Send what is unsent of one claimed job; returns False when the destination failed."""
         with self._sessions.begin() as session:
             job = session.get(OutboxJob, job_id)
-            if job is None or job.status != OutboxStatus.PENDING:
+            if job is None or job.status != OutboxStatus.PENDING or job.claimed_by != self.node_id:
                 return True
             current = session.scalar(
                 select(Assignment).where(Assignment.study_id == job.study_id, Assignment.superseded_at.is_(None))
@@ -136,6 +189,8 @@ class ForwardingService:
                 job.status = OutboxStatus.FAILED
                 job.last_error = "cancelled: the radiologist is no longer assigned this study"
                 job.updated_at = self._clock()
+                job.claimed_by = None
+                job.claimed_until = None
                 return True
             sent_ids = set(
                 session.scalars(select(ForwardedInstance.instance_id).where(ForwardedInstance.outbox_id == job.id))
@@ -172,23 +227,59 @@ class ForwardingService:
         return error is None
 
     def _finish(self, job_id: int, done: list[tuple[int, int]], error: str | None) -> None:
+        """Record the outcome of a send; retried on a new connection when the database dropped
+        this one (e.g. ``idle_in_transaction_timeout`` ended a node frozen mid-transaction),
+        since the instances were sent: unrecorded, they would be sent again."""
+        for attempt in Retrying(
+            retry=retry_if_exception(_connection_lost), stop=stop_after_attempt(3), wait=wait_fixed(0.2), reraise=True
+        ):
+            with attempt:
+                self._record(job_id, done, error)
+
+    def _record(self, job_id: int, done: list[tuple[int, int]], error: str | None) -> None:
+        """Record what the destination accepted (ledger: the bytes sent) and give the claim back.
+
+        The job is locked while recorded; an instance already recorded (by a node that took the
+        job over from this one while it was frozen) is not recorded twice. A job that gained
+        instances while it was being sent (late instances) stays pending for the rest.
+        """
         now = self._clock()
         with self._sessions.begin() as session:
-            job = session.get(OutboxJob, job_id)
+            job = session.get(OutboxJob, job_id, with_for_update=True)
             assert job is not None
+            if job.claimed_by != self.node_id:
+                LOG.warning("outbox job %d: this node's claim expired while it was sending", job.id)
+            recorded = set(
+                session.scalars(
+                    select(ForwardedInstance.instance_id).where(
+                        ForwardedInstance.outbox_id == job.id,
+                        ForwardedInstance.instance_id.in_([iid for iid, _ in done]),
+                    )
+                )
+            )
             forwarded = [
-                ForwardedInstance(outbox_id=job.id, instance_id=iid, size_bytes=size, sent_at=now) for iid, size in done
+                ForwardedInstance(outbox_id=job.id, instance_id=iid, size_bytes=size, sent_at=now)
+                for iid, size in done
+                if iid not in recorded
             ]
             session.add_all(forwarded)
             session.flush()
             study = session.get(Study, job.study_id)
             assert study is not None
             record_transmission(session, study, job.destination, forwarded, now, self.policy.transmission_cents_per_gib)
-            job.sent_instance_count += len(done)
+            job.sent_instance_count += len(forwarded)
             job.updated_at = now
+            if job.claimed_by == self.node_id:
+                job.claimed_by = None
+                job.claimed_until = None
+            if job.status != OutboxStatus.PENDING:
+                return  # cancelled while sending (the study was reassigned): keep the cancellation
             if error is None:
-                job.status = OutboxStatus.SENT
-                job.last_error = None
+                if _unsent_count(session, job) == 0:
+                    job.status = OutboxStatus.SENT
+                    job.last_error = None
+                else:
+                    job.next_attempt_at = now  # late instances arrived while sending: send them next
                 return
             job.attempts += 1
             job.last_error = error
@@ -202,3 +293,23 @@ class ForwardingService:
                 )
             else:
                 job.next_attempt_at = now + self.policy.backoff(job.attempts)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _unclaimed(now: dt.datetime) -> Any:
+    """Jobs no live node holds: never claimed, given back, or claimed past ``claimed_until``."""
+    return or_(OutboxJob.claimed_until.is_(None), OutboxJob.claimed_until < now)
+
+
+def _unsent_count(session: Session, job: OutboxJob) -> int:
+    """Instances of the job's study that its destination has not accepted yet."""
+    sent = select(ForwardedInstance.instance_id).where(ForwardedInstance.outbox_id == job.id)
+    return int(
+        session.scalar(
+            select(func.count(Instance.id)).where(Instance.study_id == job.study_id, Instance.id.not_in(sent))
+        )
+        or 0
+    )

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from router.db.models import Assignment, Facility, Order, ProfessionalEntry, Radiologist, Study
-from router.db.queries import for_update, study_by_uid
+from router.db.queries import for_update, share_roster, study_by_uid
 from router.domain.billing import ProcedureCode, resolve_billing_lines
 from router.domain.enums import CptSource, OrderStatus, ProfessionalEntryKind, StudyStatus
 from router.domain.licensure import evaluate_reader
@@ -91,6 +91,7 @@ class ReadService:
             raise AssertionError  # pragma: no cover
         if study.status == StudyStatus.COMPLETED:
             raise IneligibleError(f"study {study_instance_uid} is already completed")
+        share_roster(session)  # eligibility re-checked on the roster as committed (routing.py)
         assignment = session.scalar(
             select(Assignment).where(Assignment.study_id == study.id, Assignment.superseded_at.is_(None))
         )

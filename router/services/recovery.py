@@ -2,8 +2,10 @@
 
 Runs before the listener accepts associations:
 
-1. temporary files in ``.incoming`` are deleted (nothing there was ever acknowledged);
-2. if the previous run of this node did not stop cleanly, instance files modified since the last
+1. temporary files in this node's incoming folder (``.incoming/<node id>``) are deleted (nothing
+   there was ever acknowledged); other nodes' folders are never touched: their transfers may be
+   in progress;
+2. if the previous run of this node (by node id) did not stop cleanly, instance files modified since the last
    clean shutdown (found through study-folder modification times, not a full walk) are checked:
    a file without a row is indexed when its header names exactly its path, else quarantined;
 3. rows received since then whose file is missing are reported (logged and returned).
@@ -63,13 +65,15 @@ class RecoveryService:
         intake: IntakeService,
         read_header: Callable[[Path], InstanceHeader],
         clock: Clock = utcnow,
+        node_id: str | None = None,
     ) -> None:
         self._sessions = sessions
         self._archive = archive
         self._intake = intake
         self._read_header = read_header
         self._clock = clock
-        self.node = f"{socket.gethostname()}:{archive.root}"[:255]
+        # The node id ([node] id); without one (single node, old callers) host and archive path.
+        self.node = node_id or f"{socket.gethostname()}:{archive.root}"[:255]
 
     def reconcile(self) -> RecoveryReport:
         """Run the three steps above; returns what was done."""
@@ -120,7 +124,11 @@ class RecoveryService:
                 session.scalars(select(NodeRun).where(NodeRun.node == self.node).order_by(NodeRun.id.desc()).limit(50))
             )
         if not runs:
-            # First start of this node: an archive that predates the index is scanned whole.
+            with self._sessions() as session:
+                other_nodes_ran = session.scalar(select(NodeRun.id).limit(1)) is not None
+            if other_nodes_ran:
+                return None  # a new node joining a cluster: the archive is the others' and indexed
+            # First start of the first node: an archive that predates the index is scanned whole.
             has_files = (
                 any(not name.startswith(".") for name in os.listdir(self._archive.root))
                 if self._archive.root.exists()

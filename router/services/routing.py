@@ -1,10 +1,14 @@
 """Routing: locate a stable study, judge every radiologist, assign or hold, and record why.
 
 A study is routed when no instance has arrived for ``stable_seconds`` (DESIGN.md decision 3).
-Claiming it is one conditional UPDATE (``status = 'receiving' AND last_received_at <= cutoff``)
-in the same transaction that writes the outcome, so a study is routed once even with several
-timers or nodes, and a crash mid-way leaves it ``receiving`` to be routed after restart.
-Routing trouble never fails a transfer: the study is held with a reason an admin can act on.
+Claiming it is a ``SELECT ... FOR UPDATE SKIP LOCKED`` of the still-due row (PostgreSQL; SQLite
+has one writer at a time) in the same transaction that writes the outcome, so a study is routed
+once even with several timers or nodes, a study another node holds (even a stalled one) is
+passed over rather than waited for, and a crash mid-way leaves it ``receiving`` to be routed
+after restart. Every decision holds the roster version row ``FOR SHARE``
+(:func:`router.db.queries.share_roster`), so no assignment commits on a roster state that a
+concurrent roster change has superseded. Routing trouble never fails a transfer: the study is
+held with a reason an admin can act on.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import Select, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,6 +36,8 @@ from router.db.queries import (
     facility_by_ae_title,
     facility_by_institution_name,
     for_update,
+    share_roster,
+    skip_locked,
     study_by_uid,
 )
 from router.domain.compact_paths import fastest_paths
@@ -175,7 +182,13 @@ class RoutingService:
         for study_id, study_cutoff in due:
             try:
                 result = self._route_claimed(study_id, study_cutoff)
-            except (DataFileError, DBAPIError):
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise  # the database is gone: the pass fails and the timer logs the condition once
+                # a lock or statement timeout on this study: the others still go; it is retried
+                LOG.warning("routing study id %s deferred: %s", study_id, type(exc.orig).__name__)
+                continue
+            except DataFileError:
                 raise  # not this study's fault: the pass fails and the timer logs the condition once
             except Exception:  # one bad study must not stop the loop (set aside, logged)
                 LOG.exception("routing study id %s failed; it stays receiving and is retried", study_id)
@@ -185,7 +198,12 @@ class RoutingService:
         for study_id in late:
             try:
                 result = self._late_instances(study_id, cutoff)
-            except (DataFileError, DBAPIError):
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise
+                LOG.warning("late instances of study id %s deferred: %s", study_id, type(exc.orig).__name__)
+                continue
+            except DataFileError:
                 raise
             except Exception:
                 LOG.exception("accounting late instances of study id %s failed; retried next tick", study_id)
@@ -196,25 +214,24 @@ class RoutingService:
 
     def _route_claimed(self, study_id: int, cutoff: dt.datetime) -> RouteResult | None:
         with self._sessions.begin() as session:
-            claimed = session.execute(
-                update(Study)
-                .where(Study.id == study_id, Study.status == StudyStatus.RECEIVING, Study.last_received_at <= cutoff)
-                .values(status=StudyStatus.HELD)
-                .execution_options(synchronize_session=False)
+            study = session.scalar(
+                skip_locked(
+                    select(Study).where(
+                        Study.id == study_id, Study.status == StudyStatus.RECEIVING, Study.last_received_at <= cutoff
+                    )
+                )
             )
-            assert isinstance(claimed, CursorResult)  # an UPDATE's result carries its row count
-            if claimed.rowcount != 1:
-                return None  # another timer or node routed it, or an instance just arrived
-            study = session.get(Study, study_id)
-            assert study is not None
+            if study is None:
+                return None  # another timer or node routed it or holds it, or an instance just arrived
+            study.status = StudyStatus.HELD
             return self._decide(session, study, trigger="stable")
 
     def _late_instances(self, study_id: int, cutoff: dt.datetime) -> RouteResult | None:
         """Instances that arrived after routing: ledger them, forward them, re-route if held."""
         with self._sessions.begin() as session:
-            study = session.scalars(for_update(select(Study).where(Study.id == study_id), session)).one()
-            if study.status == StudyStatus.RECEIVING or study.last_received_at > cutoff:
-                return None
+            study = session.scalar(skip_locked(select(Study).where(Study.id == study_id)))
+            if study is None or study.status == StudyStatus.RECEIVING or study.last_received_at > cutoff:
+                return None  # held by another node (it does the accounting), or receiving again
             now = self._clock()
             if study.status == StudyStatus.HELD:
                 return self._decide(session, study, trigger="late_instances")
@@ -262,6 +279,7 @@ class RoutingService:
         ``avoid`` passes over the readers it names (radiologist id -> reason), e.g. the reader
         whose turnaround was breached.
         """
+        share_roster(session)  # before the roster is read: see the module docstring
         now = self._clock()
         study.modalities = study_modalities(session, study.id)
         facility, _location = self._locate(session, study)
@@ -454,12 +472,18 @@ class RoutingService:
         self._supersede(session, study, assignment, reason)
 
     # ------------------------------------------------------------------ admin actions
-    def reevaluate(self, trigger: str, radiologist_id: int | None = None) -> list[RouteResult]:
+    def reevaluate(
+        self, trigger: str, radiologist_id: int | None = None, *, skip_locked: bool = False
+    ) -> list[RouteResult]:
         """After a roster change: re-check open assignments and re-route held studies.
 
         An assigned reader who is no longer eligible loses the study (the assignment is
         superseded with the reason, the study flagged for review) and it is reassigned or held.
         ``radiologist_id`` limits the open-assignment check to one reader's studies.
+        ``skip_locked`` (the periodic recheck) passes over studies another node holds instead
+        of waiting for them; a roster change waits, so none of its studies is missed.
+        Re-evaluations running at once (several admins, nodes) each lock the study and read its
+        current assignment under that lock, so one never supersedes what another already did.
         """
         results: list[RouteResult] = []
         with self._sessions() as session:
@@ -479,24 +503,36 @@ class RoutingService:
                 session.scalars(select(Study.id).where(Study.status == StudyStatus.HELD).order_by(Study.id))
             )
         for assignment_id in open_ids:
-            result = self._recheck_assignment(assignment_id, trigger)
+            result = self._recheck_assignment(assignment_id, trigger, skip_locked)
             if result is not None:
                 results.append(result)
         for study_id in held_ids:
             with self._sessions.begin() as session:
-                study = session.scalars(for_update(select(Study).where(Study.id == study_id), session)).one()
-                if study.status != StudyStatus.HELD:
+                study = session.scalar(
+                    self._lock_study(select(Study).where(Study.id == study_id), session, skip_locked)
+                )
+                if study is None or study.status != StudyStatus.HELD:
                     continue
                 results.append(self._decide(session, study, trigger=trigger))
         return results
 
-    def _recheck_assignment(self, assignment_id: int, trigger: str) -> RouteResult | None:
+    @staticmethod
+    def _lock_study(statement: Select[Any], session: Session, skip: bool) -> Select[Any]:
+        return skip_locked(statement) if skip else for_update(statement, session)
+
+    def _recheck_assignment(self, assignment_id: int, trigger: str, skip: bool = False) -> RouteResult | None:
         with self._sessions.begin() as session:
-            assignment = session.get(Assignment, assignment_id)
-            if assignment is None or assignment.superseded_at is not None or assignment.completed_at is not None:
+            study_id = session.scalar(select(Assignment.study_id).where(Assignment.id == assignment_id))
+            if study_id is None:
                 return None
-            study = session.scalars(for_update(select(Study).where(Study.id == assignment.study_id), session)).one()
-            if study.status != StudyStatus.ASSIGNED:
+            # Lock the study first, then read the assignment: a concurrent re-evaluation may have
+            # superseded it (and assigned anew) while this one waited for the lock.
+            study = session.scalar(self._lock_study(select(Study).where(Study.id == study_id), session, skip))
+            if study is None or study.status != StudyStatus.ASSIGNED:
+                return None
+            share_roster(session)
+            assignment = session.get(Assignment, assignment_id, populate_existing=True)
+            if assignment is None or assignment.superseded_at is not None or assignment.completed_at is not None:
                 return None
             # A registered facility's state may have been corrected: locate again. A study whose
             # facility registration was removed keeps the state it was routed with.
@@ -585,6 +621,7 @@ class RoutingService:
                 raise AssertionError  # pragma: no cover
             if study.status == StudyStatus.COMPLETED:
                 raise IneligibleError(f"study {study_instance_uid} is already completed")
+            share_roster(session)
             facility, _ = self._locate(session, study)
             if not study.exam_state:
                 raise IneligibleError(
@@ -680,6 +717,7 @@ class RoutingService:
             study.exam_state_detail = f"set by {by_user}"
             if study.status == StudyStatus.RECEIVING:
                 return _result(study, None)  # the timer routes it once stable
+            share_roster(session)
             current = _current_assignment(session, study.id)
             if current is not None:
                 facility, _ = self._locate(session, study)
