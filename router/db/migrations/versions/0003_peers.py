@@ -1,6 +1,6 @@
 """audit log: the person a command acted for (``router --as NAME``), beside the OS account
 
-Revision ID: 0012_peers
+Revision ID: 0003_peers
 Revises: 0002
 Create Date: 2026-12-05
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012_peers"
+revision = "0003_peers"
 down_revision = "0002"
 branch_labels = None
 depends_on = None

@@ -1,7 +1,7 @@
 """assignment: reader shifts, facility reader preferences/exclusions, new hold reasons
 
-Revision ID: 0014_assignment
-Revises: 0013_archive
+Revision ID: 0006_assignment
+Revises: 0005_archive
 Create Date: 2026-12-05
 
 Adds ``reader_shifts``, ``facility_readers`` and ``radiologists.subspecialties``, ``assignments.work_rvu_centi``, and widens the hold-reason CHECK constraints of
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014_assignment"
-down_revision = "0013_archive"
+revision = "0006_assignment"
+down_revision = "0005_archive"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """encryption at rest: room for encrypted residence values
 
-Revision ID: 0013_archive
-Revises: 0010_orders_reports
+Revision ID: 0005_archive
+Revises: 0004_orders_reports
 Create Date: 2026-12-05
 
 With ``[encryption] enabled`` the patient's RegionOfResidence and CountryOfResidence are stored
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013_archive"
-down_revision = "0010_orders_reports"
+revision = "0005_archive"
+down_revision = "0004_orders_reports"
 branch_labels = None
 depends_on = None
 

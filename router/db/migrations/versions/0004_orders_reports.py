@@ -1,7 +1,7 @@
 """orders and reports over HL7 v2 and DICOM SR: hl7_messages, orders, reports
 
-Revision ID: 0010_orders_reports
-Revises: 0012_peers
+Revision ID: 0004_orders_reports
+Revises: 0003_peers
 Create Date: 2026-12-05
 
 Every received HL7 message is kept (raw bytes, MSH-10, sender, outcome, the ACK given); orders
@@ -16,8 +16,8 @@ from alembic import op
 
 import router.db.models
 
-revision = "0010_orders_reports"
-down_revision = "0012_peers"
+revision = "0004_orders_reports"
+down_revision = "0003_peers"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """cluster: node heartbeats, cluster leases, roster version, outbox claims
 
-Revision ID: 0011_cluster
-Revises: 0014_assignment
+Revision ID: 0007_cluster
+Revises: 0006_assignment
 Create Date: 2026-12-05
 
 Several ``router serve`` nodes share one PostgreSQL database (docs/scale-out.md):
@@ -19,8 +19,8 @@ from alembic import op
 
 from router.db.models import UtcDateTime
 
-revision = "0011_cluster"
-down_revision = "0014_assignment"
+revision = "0007_cluster"
+down_revision = "0006_assignment"
 branch_labels = None
 depends_on = None
 
