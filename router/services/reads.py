@@ -17,13 +17,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from router.db.models import Assignment, Facility, Order, ProfessionalEntry, Radiologist, Study
 from router.db.queries import for_update, share_roster, study_by_uid
-from router.domain.billing import ProcedureCode, resolve_billing_lines
-from router.domain.enums import CptSource, OrderStatus, ProfessionalEntryKind, StudyStatus
+from router.domain.billing import resolve_billing_lines
+from router.domain.enums import OrderStatus, ProfessionalEntryKind, StudyStatus
 from router.domain.licensure import evaluate_reader
 from router.errors import IneligibleError, ValidationError
 from router.services.facts import load_readers, study_facts
 from router.services.reference import ReferenceData
 from router.services.routing import RoutingService
+from router.services.workload import study_procedure_codes
 from router.timeutil import Clock, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class ReadService:
             )
         cpt_map = self._reference.cpt_map()
         lines = resolve_billing_lines(
-            _procedure_codes(study),
+            study_procedure_codes(study),
             [item for item in (study.modalities or "").split("\\") if item],
             study.body_part,
             study.study_description,
@@ -175,20 +176,3 @@ class ReadService:
             entry_ids=tuple(entry.id for entry in entries),
             cpt_codes=tuple(entry.cpt_code for entry in entries),
         )
-
-
-def _procedure_codes(study: Study) -> list[ProcedureCode]:
-    codes = []
-    for item in study.procedure_codes or []:
-        try:
-            codes.append(
-                ProcedureCode(
-                    value=str(item.get("value", "")),
-                    scheme=str(item.get("scheme", "")),
-                    meaning=str(item.get("meaning", "")),
-                    source=CptSource(item.get("source", CptSource.PROCEDURE_CODE_SEQUENCE.value)),
-                )
-            )
-        except (ValueError, ValidationError):
-            continue
-    return codes
