@@ -19,25 +19,19 @@ from pydicom.uid import generate_uid
 from roster_fixtures import NPI_A, roster_with_readers
 from sqlalchemy import func, select
 
-from router.app import RouterApp
 from router.config import Settings
 from router.db.models import Instance, ProfessionalEntry, Report, Study
 from router.domain.enums import ReportOutcome, ReportSource, ReportStatus, StudyStatus
 from router.server import RouterServer
+from tests.conftest import running_router
 
 pytestmark = pytest.mark.network
 
 
 @pytest.fixture
 def server(settings: Settings) -> Iterator[RouterServer]:
-    app = RouterApp.open(settings, upgrade=True)
-    router_server = RouterServer(app)
-    router_server.start()
-    try:
+    with running_router(settings) as router_server:
         yield router_server
-    finally:
-        router_server.stop(drain_timeout=2)
-        app.close()
 
 
 def _assigned(server: RouterServer, accession: str) -> str:
