@@ -19,6 +19,7 @@ from router.domain.enums import Priority
 from router.errors import RouterError
 from router.keyring import KeyRing
 from router.services.cluster import keep_node_id, new_node_id, resolve_node_id
+from router.services.corrections import CorrectionService
 from router.services.intake import IntakeService
 from router.services.ledgers import LedgerService
 from router.services.reads import ReadService
@@ -84,6 +85,7 @@ class RouterApp:
     routing: RoutingService
     reads: ReadService
     ledgers: LedgerService
+    corrections: CorrectionService
     roster: RosterService
     clock: Clock = field(default=utcnow)
     node_id: str | None = None  # None: a command that is not a node (no id kept yet)
@@ -150,6 +152,7 @@ class RouterApp:
             routing=routing,
             reads=reads,
             ledgers=LedgerService(sessions),
+            corrections=CorrectionService(sessions, reference, routing, clock),
             roster=RosterService(sessions, routing, clock),
             clock=clock,
             node_id=node_id,

@@ -20,6 +20,8 @@ from router.cli.output import (
 )
 from router.cli.roster_common import IsoDate
 from router.domain.eligibility_facts import license_tag
+from router.domain.enums import CorrectionReason
+from router.services.corrections import REPLACEMENT_REASONS, STUDY_VOID_REASONS, Correction
 from router.services.ledgers import INFRASTRUCTURE_COLUMNS, PROFESSIONAL_COLUMNS
 
 _FORMAT = [
@@ -141,6 +143,98 @@ def infrastructure(
             wide=wide,
             caption=shortened_caption(wide),
         )
+
+
+def _reason_choice(reasons: tuple[CorrectionReason, ...]) -> click.Choice:
+    return click.Choice([reason.value.replace("_", "-") for reason in reasons])
+
+
+def _reason(value: str) -> CorrectionReason:
+    return CorrectionReason(value.replace("-", "_"))
+
+
+def _say_correction(done: Correction) -> None:
+    written = [f"reversal(s) {', '.join(map(str, done.reversal_ids))}"]
+    if done.replacement_ids:
+        written.append(f"replacement charge(s) {', '.join(map(str, done.replacement_ids))}")
+    click.echo(f"study {done.study_instance_uid}: {done.reason.value}: wrote {' and '.join(written)}")
+    if done.reason is CorrectionReason.READ_REASSIGNED:
+        click.echo(
+            f"the read now goes to NPI {done.rerouted_to}"
+            if done.rerouted_to
+            else "no other reader could take the read: the study is held (see `router studies explain`)"
+        )
+
+
+@ledger_group.command("correct")
+@click.argument("entry_id", type=click.IntRange(min=1))
+@click.option(
+    "--reason",
+    type=_reason_choice(REPLACEMENT_REASONS),
+    default="corrected-coding",
+    show_default=True,
+    help="corrected-coding: change the code, modifier or units; coder-approved: clear a line held for review.",
+)
+@click.option("--cpt", help="The CPT code to bill instead (modifier 26 follows the CPT map unless --modifier says).")
+@click.option("--modifier", help="The modifier to bill (26, LT, RT, 50, 59, XE, XP, XS, XU, 76, 77, 52).")
+@click.option("--no-modifier", is_flag=True, help="Bill the line without a modifier.")
+@click.option("--units", type=click.IntRange(1, 99), help="Units of service.")
+@click.option("--note", help="The coder's note, kept on both records and in the audit log.")
+@click.pass_obj
+def correct(
+    obj: CliContext,
+    entry_id: int,
+    reason: str,
+    cpt: str | None,
+    modifier: str | None,
+    no_modifier: bool,
+    units: int | None,
+    note: str | None,
+) -> None:
+    """Replace professional charge ENTRY_ID after coder review (audited).
+
+    Writes the charge's reversal (claim frequency 8) and a replacement charge (claim frequency
+    7, or 1 when the line was held for review and so never billed). The ledger is never edited.
+    """
+    if modifier is not None and no_modifier:
+        raise click.UsageError("choose one of --modifier and --no-modifier")
+    done = obj.app().corrections.correct(
+        entry_id,
+        _reason(reason),
+        obj.os_user(),
+        cpt=cpt,
+        modifier=modifier,
+        clear_modifier=no_modifier,
+        units=units,
+        note=note,
+    )
+    _say_correction(done)
+
+
+@ledger_group.command("void")
+@click.argument("entry_id", type=click.IntRange(min=1), required=False)
+@click.option("--study", "study_instance_uid", help="Void every standing charge of this study instead of one record.")
+@click.option("--reason", type=_reason_choice(STUDY_VOID_REASONS), required=True, help="Why the read is voided.")
+@click.option("--note", help="A note kept on the reversal(s) and in the audit log.")
+@click.pass_obj
+def void(obj: CliContext, entry_id: int | None, study_instance_uid: str | None, reason: str, note: str | None) -> None:
+    """Void professional charge ENTRY_ID, or every charge of --study (audited).
+
+    Each voided charge gets a reversal (claim frequency 8). read-reassigned (with --study) also
+    withdraws the completed assignment and routes the study again away from the billed reader;
+    the other reasons flag the study for review.
+    """
+    if (entry_id is None) == (study_instance_uid is None):
+        raise click.UsageError("give either a ledger record id or --study UID")
+    corrections = obj.app().corrections
+    if study_instance_uid is not None:
+        done = corrections.void_study(study_instance_uid, _reason(reason), obj.os_user(), note)
+    else:
+        if _reason(reason) is CorrectionReason.READ_REASSIGNED:
+            raise click.UsageError("read-reassigned voids the whole read: use --study UID")
+        assert entry_id is not None
+        done = corrections.void(entry_id, _reason(reason), obj.os_user(), note)
+    _say_correction(done)
 
 
 def _period(since: dt.date | None, until: dt.date | None) -> str:

@@ -563,6 +563,12 @@ class ProfessionalEntry(Base):
     date_of_service: Mapped[dt.date] = mapped_column(Date)  # interpretation date (CMS MLN SE17023)
     interpreted_at: Mapped[dt.datetime]
     recorded_at: Mapped[dt.datetime]
+    # X12 837P CLM05-3 claim frequency type code: 1 original, 7 replacement, 8 void (ClaimFrequency)
+    claim_frequency: Mapped[str] = mapped_column(String(1), default="1", server_default="1")
+    # no ON DELETE action: SQLite adds the column in place (migration 0010); deletes are refused anyway
+    replaces_id: Mapped[int | None] = mapped_column(ForeignKey("professional_ledger.id"))
+    correction_reason: Mapped[str | None] = mapped_column(String(32))  # CorrectionReason value
+    correction_note: Mapped[str | None] = mapped_column(Text)
 
 
 # --------------------------------------------------------------------------- operations

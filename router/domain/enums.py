@@ -97,6 +97,26 @@ class ProfessionalEntryKind(StrEnum):
     REVERSAL = "reversal"
 
 
+class ClaimFrequency(StrEnum):
+    """What a professional record is to a claim: X12 005010X222A1 loop 2300 CLM05-3, the claim
+    frequency type code (NUBC UB-04 type-of-bill third digit, as 837P uses it)."""
+
+    ORIGINAL = "1"  # an original charge
+    REPLACEMENT = "7"  # replacement of a prior charge (``replaces_id``)
+    VOID = "8"  # void/cancel of a prior charge (every reversal)
+
+
+class CorrectionReason(StrEnum):
+    """Why a professional charge was reversed (and, for a coding correction, replaced)."""
+
+    ORDER_CANCELLED = "order_cancelled"  # ORC-1 CA after the read was billed
+    STUDY_MERGED = "study_merged"  # the images belong to another study's read
+    WRONG_PATIENT = "wrong_patient"  # the study was filed under the wrong patient
+    READ_REASSIGNED = "read_reassigned"  # the read is taken from the reader who was billed
+    CORRECTED_CODING = "corrected_coding"  # a coder changed CPT code, modifiers or units
+    CODER_APPROVED = "coder_approved"  # a coder cleared a line held for review
+
+
 class InfrastructureKind(StrEnum):
     """Kind of an append-only infrastructure ledger record."""
 

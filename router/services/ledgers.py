@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from router.db.models import ForwardedInstance, InfrastructureEntry, Instance, ProfessionalEntry, Study
 from router.domain.billing import cost_cents
-from router.domain.enums import InfrastructureKind
+from router.domain.enums import ClaimFrequency, CorrectionReason, InfrastructureKind, ProfessionalEntryKind
+from router.errors import ConflictError, ValidationError
 from router.timeutil import iso_utc
 
 
@@ -92,6 +93,76 @@ def record_transmission(
     return entry
 
 
+#: Columns a reversal or a replacement copies from the charge it corrects.
+LEDGER_COPIED_COLUMNS = tuple(
+    column.key
+    for column in ProfessionalEntry.__table__.columns
+    if column.key
+    not in {
+        "id",
+        "kind",
+        "reverses_id",
+        "recorded_at",
+        "claim_frequency",
+        "replaces_id",
+        "correction_reason",
+        "correction_note",
+    }
+)
+
+
+def open_charges(session: Session, study_id: int) -> list[ProfessionalEntry]:
+    """The study's charges not yet reversed, oldest first."""
+    reversed_ids = select(ProfessionalEntry.reverses_id).where(
+        ProfessionalEntry.study_id == study_id, ProfessionalEntry.reverses_id.is_not(None)
+    )
+    return list(
+        session.scalars(
+            select(ProfessionalEntry)
+            .where(
+                ProfessionalEntry.study_id == study_id,
+                ProfessionalEntry.kind == ProfessionalEntryKind.CHARGE,
+                ProfessionalEntry.id.not_in(reversed_ids),
+            )
+            .order_by(ProfessionalEntry.id)
+        )
+    )
+
+
+def reverse_charge(
+    session: Session, charge: ProfessionalEntry, reason: CorrectionReason, now: dt.datetime, note: str | None = None
+) -> ProfessionalEntry:
+    """Append the reversal (void, claim frequency ``8``) of ``charge`` to the caller's transaction.
+
+    The reversal copies every billing field of the charge (same CPT, modifier, units, date of
+    service), so summing a charge and its reversal nets to nothing.
+
+    Raises
+    ------
+    ValidationError
+        ``charge`` is itself a reversal.
+    ConflictError
+        ``charge`` is already reversed.
+    """
+    if charge.kind != ProfessionalEntryKind.CHARGE:
+        raise ValidationError(f"ledger record {charge.id} is a reversal; only a charge can be reversed")
+    already = session.scalar(select(ProfessionalEntry.id).where(ProfessionalEntry.reverses_id == charge.id))
+    if already is not None:
+        raise ConflictError(f"ledger record {charge.id} is already reversed by record {already}")
+    reversal = ProfessionalEntry(
+        kind=ProfessionalEntryKind.REVERSAL,
+        reverses_id=charge.id,
+        recorded_at=now,
+        claim_frequency=ClaimFrequency.VOID.value,
+        correction_reason=reason.value,
+        correction_note=note,
+        **{column: getattr(charge, column) for column in LEDGER_COPIED_COLUMNS},
+    )
+    session.add(reversal)
+    session.flush()
+    return reversal
+
+
 INFRASTRUCTURE_COLUMNS = (
     "id",
     "recorded_at",
@@ -128,6 +199,10 @@ PROFESSIONAL_COLUMNS = (
     "review_reason",
     "date_of_service",
     "interpreted_at",
+    "claim_frequency",
+    "replaces_id",
+    "correction_reason",
+    "correction_note",
 )
 
 

@@ -19,13 +19,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.db.models import Order, ProfessionalEntry, Study
+from router.db.models import Order, Study
 from router.db.queries import for_update
-from router.domain.enums import CptSource, OrderStatus, ProfessionalEntryKind, StudyStatus
+from router.domain.enums import CorrectionReason, CptSource, OrderStatus, StudyStatus
 from router.domain.npi import is_valid_npi
 from router.domain.orders import CANCEL_CONTROLS, priority_from_hl7
 from router.errors import NotFoundError
 from router.hl7.messages import CPT_SYSTEMS, CodedValue, OrderMessage
+from router.services.ledgers import open_charges, reverse_charge
 from router.timeutil import Clock, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -141,23 +142,11 @@ class OrderService:
         if study.status != StudyStatus.COMPLETED:
             study.needs_review = True
             return f"study {study.study_instance_uid} flagged for review: order cancelled before the read was billed"
-        charges = session.scalars(
-            select(ProfessionalEntry).where(
-                ProfessionalEntry.study_id == study.id, ProfessionalEntry.kind == ProfessionalEntryKind.CHARGE
-            )
-        ).all()
-        reversed_ids = set(
-            session.scalars(
-                select(ProfessionalEntry.reverses_id).where(
-                    ProfessionalEntry.study_id == study.id, ProfessionalEntry.kind == ProfessionalEntryKind.REVERSAL
-                )
-            ).all()
-        )
         written = 0
-        for charge in charges:
-            if charge.id in reversed_ids:
-                continue
-            session.add(_reversal(charge, now))
+        for charge in open_charges(session, study.id):
+            reverse_charge(
+                session, charge, CorrectionReason.ORDER_CANCELLED, now, f"order {order.accession_number} cancelled"
+            )
             written += 1
         study.needs_review = True
         return f"study {study.study_instance_uid} already billed: {written} reversal(s) written"
@@ -184,35 +173,6 @@ class OrderService:
             if order is None:
                 raise NotFoundError(f"no order with accession number {accession_number!r}")
             return _order_json(session, order)
-
-
-def _reversal(charge: ProfessionalEntry, now: dt.datetime) -> ProfessionalEntry:
-    copied = {
-        column: getattr(charge, column)
-        for column in (
-            "study_id",
-            "assignment_id",
-            "study_instance_uid",
-            "accession_number",
-            "facility_ae_title",
-            "facility_name",
-            "exam_state",
-            "rendering_npi",
-            "rendering_name",
-            "license_state",
-            "license_number",
-            "cpt_code",
-            "cpt_source",
-            "cpt_map_version",
-            "modifier",
-            "units",
-            "coder_review",
-            "review_reason",
-            "date_of_service",
-            "interpreted_at",
-        )
-    }
-    return ProfessionalEntry(kind=ProfessionalEntryKind.REVERSAL, reverses_id=charge.id, recorded_at=now, **copied)
 
 
 def _order_json(session: Session, order: Order) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from router.domain.enums import OrderStatus, ProfessionalEntryKind, StudyStatus
 from router.domain.licensure import evaluate_reader
 from router.errors import IneligibleError, ValidationError
 from router.services.facts import load_readers, study_facts
+from router.services.ledgers import open_charges
 from router.services.reference import ReferenceData
 from router.services.routing import RoutingService
 from router.services.workload import study_procedure_codes
@@ -111,6 +112,12 @@ class ReadService:
         )
         if cancelled is not None:
             raise IneligibleError(f"the order of study {study_instance_uid} (accession {cancelled}) was cancelled")
+        standing = open_charges(session, study.id)
+        if standing:  # one professional charge per interpretation: a reopened read was voided first
+            raise IneligibleError(
+                f"study {study_instance_uid} already has professional charge(s) "
+                f"{', '.join(str(charge.id) for charge in standing)}; void them before billing the read again"
+            )
         facility = session.get(Facility, study.facility_id) if study.facility_id else None
         radiologist = session.get(Radiologist, assignment.radiologist_id)
         assert radiologist is not None and study.exam_state

@@ -1,0 +1,243 @@
+"""Corrections to the professional ledger: voids (claim frequency 8), replacements (7), audit.
+
+In-process on a migrated database (SQLite, and PostgreSQL with ROUTER_TEST_DATABASE_URL); the
+CLI commands run through click's runner against the same database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from roster_fixtures import NPI_A, NPI_B, add_study, audit_rows, roster_with_readers, study_state
+from sqlalchemy import select
+
+from router.app import RouterApp
+from router.cli import cli
+from router.config import Settings
+from router.db.models import ProfessionalEntry, Study
+from router.domain.enums import CorrectionReason, CptSource, ProfessionalEntryKind, StudyStatus
+from router.errors import ConflictError, IneligibleError, NotFoundError, ValidationError
+
+UID = "1.2.826.0.1.3680043.10.1.1"
+
+
+def _billed(app: RouterApp, codes: tuple[str, ...] = ("71260",)) -> None:
+    """A study from CT_NORTH (TX) with ``codes`` as ordered CPT codes, routed and read by NPI_A."""
+    roster_with_readers(app, (NPI_A, "TX"), (NPI_B, "TX"))
+    add_study(app, UID)
+    with app.sessions.begin() as session:
+        study = session.scalars(select(Study).where(Study.study_instance_uid == UID)).one()
+        study.procedure_codes = [
+            {"value": code, "scheme": "C4", "meaning": "", "source": CptSource.REQUESTED_PROCEDURE_CODE_SEQUENCE.value}
+            for code in codes
+        ]
+    app.routing.route_due()
+    assert study_state(app, UID)["current_npi"] == NPI_A  # lowest NPI wins the tie
+    app.reads.complete(UID)
+
+
+def _ledger(app: RouterApp) -> list[ProfessionalEntry]:
+    with app.sessions() as session:
+        return list(session.scalars(select(ProfessionalEntry).order_by(ProfessionalEntry.id)))
+
+
+def _net(app: RouterApp) -> dict[tuple[str | None, str | None], int]:
+    """Units per (CPT, modifier) standing after reversals: what a claim would carry."""
+    out: dict[tuple[str | None, str | None], int] = {}
+    for entry in _ledger(app):
+        sign = 1 if entry.kind == ProfessionalEntryKind.CHARGE else -1
+        key = (entry.cpt_code, entry.modifier)
+        out[key] = out.get(key, 0) + sign * entry.units
+    return {key: units for key, units in out.items() if units}
+
+
+def test_a_coding_correction_writes_a_void_and_a_replacement_and_is_audited(app: RouterApp) -> None:
+    _billed(app)
+    (charge,) = _ledger(app)
+    assert (charge.cpt_code, charge.modifier, charge.claim_frequency, charge.replaces_id) == ("71260", "26", "1", None)
+    done = app.corrections.correct(
+        charge.id, CorrectionReason.CORRECTED_CODING, "coder", cpt="71250", note="no contrast"
+    )
+    original, reversal, replacement = _ledger(app)
+    assert done.reversal_ids == (reversal.id,) and done.replacement_ids == (replacement.id,)
+    assert (reversal.kind, reversal.reverses_id, reversal.claim_frequency) == (
+        ProfessionalEntryKind.REVERSAL,
+        charge.id,
+        "8",
+    )
+    assert (reversal.cpt_code, reversal.modifier, reversal.units) == ("71260", "26", 1)
+    assert (replacement.kind, replacement.claim_frequency, replacement.replaces_id) == (
+        ProfessionalEntryKind.CHARGE,
+        "7",
+        charge.id,
+    )
+    assert (replacement.cpt_code, replacement.modifier, replacement.correction_reason, replacement.correction_note) == (
+        "71250",
+        "26",
+        "corrected_coding",
+        "no contrast",
+    )
+    # everything else is the original's: reader, license, date of service, accession
+    for column in (
+        "rendering_npi",
+        "license_state",
+        "license_number",
+        "date_of_service",
+        "assignment_id",
+        "exam_state",
+    ):
+        assert getattr(replacement, column) == getattr(original, column)
+    assert _net(app) == {("71250", "26"): 1}
+    action, key, user, old, new = audit_rows(app)[-1]
+    assert (action, key, user) == ("ledger.correct", str(charge.id), "coder")
+    assert old == {"cpt_code": "71260", "coder_review": False}
+    assert new == {
+        "cpt_code": "71250",
+        "coder_review": False,
+        "reason": "corrected_coding",
+        "reversal_id": reversal.id,
+        "replacement_id": replacement.id,
+        "note": "no contrast",
+    }
+
+
+def test_a_charge_is_corrected_once_and_a_reversal_never(app: RouterApp) -> None:
+    _billed(app)
+    (charge,) = _ledger(app)
+    app.corrections.correct(charge.id, CorrectionReason.CORRECTED_CODING, "coder", modifier="RT")
+    with pytest.raises(ConflictError, match="already reversed"):
+        app.corrections.correct(charge.id, CorrectionReason.CORRECTED_CODING, "coder", units=2)
+    reversal = _ledger(app)[1]
+    with pytest.raises(ValidationError, match="is a reversal"):
+        app.corrections.void(reversal.id, CorrectionReason.WRONG_PATIENT, "coder")
+    with pytest.raises(NotFoundError):
+        app.corrections.void(999, CorrectionReason.WRONG_PATIENT, "coder")
+    replacement = _ledger(app)[2]
+    with pytest.raises(ValidationError, match="already has those values"):
+        app.corrections.correct(replacement.id, CorrectionReason.CORRECTED_CODING, "coder", modifier="rt")
+    with pytest.raises(ValidationError, match="nothing to correct"):
+        app.corrections.correct(replacement.id, CorrectionReason.CORRECTED_CODING, "coder")
+    with pytest.raises(ValidationError, match="not one of"):
+        app.corrections.correct(replacement.id, CorrectionReason.CORRECTED_CODING, "coder", modifier="TC")
+    with pytest.raises(ValidationError, match="CPT"):
+        app.corrections.correct(replacement.id, CorrectionReason.CORRECTED_CODING, "coder", cpt="7126")
+    assert len(_ledger(app)) == 3  # nothing written by the refused ones
+
+
+def test_a_line_held_for_coder_review_is_approved_as_an_original(app: RouterApp) -> None:
+    _billed(app, codes=("99999",))  # a well-formed code the CPT map does not know: coder review
+    (held,) = _ledger(app)
+    assert (held.cpt_code, held.modifier, held.coder_review) == ("99999", None, True)
+    app.corrections.correct(held.id, CorrectionReason.CODER_APPROVED, "coder", cpt="71260")
+    _, reversal, approved = _ledger(app)
+    # the held line was never on a claim: its reversal stays in review, the approval is an original
+    assert (reversal.claim_frequency, reversal.coder_review) == ("8", True)
+    assert (approved.cpt_code, approved.modifier, approved.claim_frequency, approved.coder_review) == (
+        "71260",
+        "26",
+        "1",
+        False,
+    )
+    assert approved.review_reason is None and approved.replaces_id == held.id
+    with pytest.raises(ValidationError, match="not held for coder review"):
+        app.corrections.correct(approved.id, CorrectionReason.CODER_APPROVED, "coder")
+
+
+def test_void_study_for_wrong_patient_and_merge(app: RouterApp) -> None:
+    _billed(app, codes=("71260", "74177"))
+    first, second = _ledger(app)
+    done = app.corrections.void_study(UID, CorrectionReason.WRONG_PATIENT, "admin", note="filed under MRN 2")
+    reversals = _ledger(app)[2:]
+    assert done.reversal_ids == tuple(item.id for item in reversals)
+    assert [(item.reverses_id, item.claim_frequency, item.correction_reason) for item in reversals] == [
+        (first.id, "8", "wrong_patient"),
+        (second.id, "8", "wrong_patient"),
+    ]
+    assert _net(app) == {}
+    assert study_state(app, UID)["needs_review"] is True
+    with pytest.raises(ValidationError, match="no charge to void"):
+        app.corrections.void_study(UID, CorrectionReason.STUDY_MERGED, "admin")
+    with pytest.raises(ValidationError, match="not a void"):
+        app.corrections.void_study(UID, CorrectionReason.CORRECTED_CODING, "admin")
+    assert audit_rows(app)[-1][:3] == ("ledger.void", UID, "admin")
+
+
+def test_a_reassigned_read_is_voided_and_billed_once_by_the_new_reader(app: RouterApp) -> None:
+    _billed(app)
+    assert len(_ledger(app)) == 1
+    done = app.corrections.void_study(UID, CorrectionReason.READ_REASSIGNED, "admin")
+    assert done.rerouted_to == NPI_B
+    state = study_state(app, UID)
+    assert state["status"] == StudyStatus.ASSIGNED and state["current_npi"] == NPI_B
+    assert state["assignments"][0][:2] == (NPI_A, True)
+    app.reads.complete(UID)
+    entries = _ledger(app)
+    assert [(item.kind, item.rendering_npi, item.claim_frequency) for item in entries] == [
+        (ProfessionalEntryKind.CHARGE, NPI_A, "1"),
+        (ProfessionalEntryKind.REVERSAL, NPI_A, "8"),
+        (ProfessionalEntryKind.CHARGE, NPI_B, "1"),
+    ]
+    assert _net(app) == {("71260", "26"): 1}  # one charge per interpretation
+    with pytest.raises(IneligibleError, match="already completed"):
+        app.reads.complete(UID)
+
+
+def test_ledger_cli_correct_and_void(app: RouterApp, settings: Settings, tmp_path: Path) -> None:
+    _billed(app, codes=("71260", "74177"))
+    first, second = _ledger(app)
+    config = tmp_path / "cli.toml"
+    config.write_text(f'[paths]\ndata_dir = "{settings.paths.data_dir}"\n[database]\nurl = "{settings.database_url}"\n')
+    runner = CliRunner()
+
+    def run(*args: str) -> tuple[int, str]:
+        result = runner.invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+        return result.exit_code, result.stdout if result.exit_code == 0 else result.stderr
+
+    code, out = run("ledger", "correct", str(first.id), "--modifier", "LT", "--note", "left side")
+    assert code == 0, out
+    assert out.strip() == f"study {UID}: corrected_coding: wrote reversal(s) 3 and replacement charge(s) 4"
+    code, out = run("ledger", "void", str(second.id), "--reason", "study-merged")
+    assert code == 0 and out.strip() == f"study {UID}: study_merged: wrote reversal(s) 5"
+    assert _net(app) == {("71260", "LT"): 1}
+    for args, message in (
+        (("ledger", "void", "--reason", "wrong-patient"), "give either a ledger record id or --study UID"),
+        (("ledger", "void", "4", "--reason", "read-reassigned"), "use --study UID"),
+        (("ledger", "correct", "4", "--modifier", "LT", "--no-modifier"), "choose one of --modifier"),
+        (("ledger", "correct", "3", "--units", "2"), "ledger record 3 is a reversal"),
+        (("ledger", "correct", "77", "--units", "2"), "no professional ledger record 77"),
+        (("ledger", "void", "--study", "9.9", "--reason", "wrong-patient"), "9.9"),
+    ):
+        code, out = run(*args)
+        assert code != 0 and message in out, (args, out)
+        assert "Traceback" not in out
+    # the billed reader's date of service is kept on every record
+    assert {item.date_of_service for item in _ledger(app)} == {first.date_of_service}
+    assert isinstance(first.date_of_service, dt.date)
+
+
+def test_migration_marks_existing_reversals_as_voids_and_keeps_the_ledger_append_only(app: RouterApp) -> None:
+    from alembic import command
+    from sqlalchemy import text, update
+    from sqlalchemy.exc import DatabaseError, IntegrityError
+
+    from router.db import migrate
+
+    _billed(app)
+    app.corrections.void_study(UID, CorrectionReason.WRONG_PATIENT, "admin")
+    engine = app.engine
+    config = migrate.alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0007_cluster")
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT kind, claim_frequency, replaces_id FROM professional_ledger ORDER BY id")
+        ).all()
+    assert [tuple(row) for row in rows] == [("charge", "1", None), ("reversal", "8", None)]
+    with pytest.raises((IntegrityError, DatabaseError)) as caught, engine.begin() as connection:
+        connection.execute(update(ProfessionalEntry).values(units=2))
+    assert "append-only" in str(caught.value)
