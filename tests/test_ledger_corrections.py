@@ -213,6 +213,18 @@ def test_ledger_cli_correct_and_void(app: RouterApp, settings: Settings, tmp_pat
         code, out = run(*args)
         assert code != 0 and message in out, (args, out)
         assert "Traceback" not in out
+    # a UID shortened as tables show it is taken when exactly one study ends that way
+    add_study(app, "1.2.840.99.10.1.1")
+    code, out = run("studies", "show", "…3680043.10.1.1", "--json")
+    assert code == 0 and f'"study_instance_uid": "{UID}"' in out
+    for short, message in (
+        ("...10.1.1", "several study UIDs end with 10.1.1"),
+        ("...777", "no study UID ends with 777"),
+    ):
+        code, out = run("studies", "explain", short)
+        assert code == 1 and message in out and len(out.strip().splitlines()) == 1, out
+    code, out = run("ledger", "void", "--study", "...10.1.1", "--reason", "wrong-patient")
+    assert code != 0 and "several study UIDs end with" in out
     # the billed reader's date of service is kept on every record
     assert {item.date_of_service for item in _ledger(app)} == {first.date_of_service}
     assert isinstance(first.date_of_service, dt.date)

@@ -7,8 +7,13 @@ import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
+
 from router.app import RouterApp
+from router.cli.output import shortened_uid_suffix
 from router.config import Settings
+from router.db.queries import study_uids_ending_with
+from router.errors import NotFoundError, ValidationError
 from router.logsafety import configure_logging
 from router.services.audit_log import Actor
 
@@ -51,3 +56,36 @@ class CliContext:
         except KeyError:
             name = f"uid:{uid}"
         return Actor(name, self.acting_as)
+
+    def study_uid(self, text: str) -> str:
+        """A Study Instance UID as typed: whole, or shortened as tables show it (``…`` and its
+        last characters) when exactly one study ends that way.
+
+        Raises
+        ------
+        NotFoundError
+            A shortened UID that no study ends with.
+        ValidationError
+            A shortened UID that several studies end with.
+        """
+        suffix = shortened_uid_suffix(text.strip())
+        if suffix is None:
+            return text
+        with self.app().sessions() as session:
+            matches = study_uids_ending_with(session, suffix)
+        if not matches:
+            raise NotFoundError(f"no study UID ends with {suffix}")
+        if len(matches) > 1:
+            raise ValidationError(
+                f"several study UIDs end with {suffix}: give more of the UID (tables show it whole with --wide)"
+            )
+        return matches[0]
+
+
+def study_uid_argument(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: a study UID argument or option, a shortened one resolved (:meth:`CliContext.study_uid`)."""
+    if value is None:
+        return None
+    obj = ctx.find_object(CliContext)
+    assert obj is not None
+    return obj.study_uid(value)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from router.cli.context import CliContext
+from router.cli.context import CliContext, study_uid_argument
 from router.cli.output import (
     emit_csv,
     emit_json,
@@ -213,7 +213,12 @@ def correct(
 
 @ledger_group.command("void")
 @click.argument("entry_id", type=click.IntRange(min=1), required=False)
-@click.option("--study", "study_instance_uid", help="Void every standing charge of this study instead of one record.")
+@click.option(
+    "--study",
+    "study_instance_uid",
+    callback=study_uid_argument,
+    help="Void every standing charge of this study (whole or shortened UID) instead of one record.",
+)
 @click.option("--reason", type=_reason_choice(STUDY_VOID_REASONS), required=True, help="Why the read is voided.")
 @click.option("--note", help="A note kept on the reversal(s) and in the audit log.")
 @click.pass_obj

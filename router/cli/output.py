@@ -53,6 +53,15 @@ def short_uid(uid: str | None, wide: bool = False) -> str | None:
     return _ELLIPSIS + uid[-SHORT_UID_CHARS:]
 
 
+def shortened_uid_suffix(text: str) -> str | None:
+    """The UID end of a shortened UID as tables show it (``…`` or ``...`` then its last
+    characters), or ``None`` when ``text`` is not one."""
+    for mark in (_ELLIPSIS, "..."):
+        if text.startswith(mark) and len(text) > len(mark):
+            return text[len(mark) :]
+    return None
+
+
 def label(value: str | None) -> str | None:
     """An enum value for people: ``no_eligible_radiologist`` -> ``no eligible radiologist`` (wraps
     between words in a narrow column)."""

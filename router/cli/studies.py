@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from router.cli.context import CliContext
+from router.cli.context import CliContext, study_uid_argument
 from router.cli.output import (
     HELD_STYLE,
     emit_fields,
@@ -84,7 +84,7 @@ def list_studies(obj: CliContext, status: str | None, limit: int | None, as_json
 
 
 @studies_group.command("show")
-@click.argument("study_instance_uid")
+@click.argument("study_instance_uid", callback=study_uid_argument)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def show(obj: CliContext, study_instance_uid: str, as_json: bool) -> None:
@@ -183,7 +183,7 @@ def _license_text(value: object) -> str | None:
 
 
 @studies_group.command("explain")
-@click.argument("study_instance_uid")
+@click.argument("study_instance_uid", callback=study_uid_argument)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def explain(obj: CliContext, study_instance_uid: str, as_json: bool) -> None:
@@ -212,7 +212,7 @@ def explain(obj: CliContext, study_instance_uid: str, as_json: bool) -> None:
 
 
 @studies_group.command("complete")
-@click.argument("study_instance_uid")
+@click.argument("study_instance_uid", callback=study_uid_argument)
 @click.option("--at", "at", help="Interpretation time, ISO-8601 (default now); without an offset, routing.timezone.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
@@ -244,7 +244,7 @@ def complete(obj: CliContext, study_instance_uid: str, at: str | None, as_json: 
 
 
 @studies_group.command("set-state")
-@click.argument("study_instance_uid")
+@click.argument("study_instance_uid", callback=study_uid_argument)
 @click.argument("state")
 @click.pass_obj
 def set_state(obj: CliContext, study_instance_uid: str, state: str) -> None:
@@ -257,7 +257,7 @@ def set_state(obj: CliContext, study_instance_uid: str, state: str) -> None:
 
 
 @studies_group.command("assign")
-@click.argument("study_instance_uid")
+@click.argument("study_instance_uid", callback=study_uid_argument)
 @click.option("--npi", required=True, help="NPI of the radiologist to assign.")
 @click.pass_obj
 def assign(obj: CliContext, study_instance_uid: str, npi: str) -> None:
@@ -267,7 +267,7 @@ def assign(obj: CliContext, study_instance_uid: str, npi: str) -> None:
 
 
 @studies_group.command("forward")
-@click.argument("study_instance_uid")
+@click.argument("study_instance_uid", callback=study_uid_argument)
 @click.pass_obj
 def forward(obj: CliContext, study_instance_uid: str) -> None:
     """Forward a study again to its reader's destination (after the retries ran out).

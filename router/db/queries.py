@@ -99,6 +99,20 @@ def study_by_uid(session: Session, study_instance_uid: str) -> Study:
     return study
 
 
+def study_uids_ending_with(session: Session, suffix: str, limit: int = 3) -> list[str]:
+    """Up to ``limit`` Study Instance UIDs that end with ``suffix`` (a shortened UID from a
+    table), in UID order. ``suffix`` holds only UID characters (digits and dots)."""
+    if not suffix or any(char not in "0123456789." for char in suffix):
+        return []
+    statement = (
+        select(Study.study_instance_uid)
+        .where(Study.study_instance_uid.endswith(suffix, autoescape=True))
+        .order_by(Study.study_instance_uid)
+        .limit(limit)
+    )
+    return list(session.scalars(statement))
+
+
 def radiologist_by_npi(session: Session, npi: str) -> Radiologist:
     """The radiologist with this NPI.
 
