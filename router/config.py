@@ -246,6 +246,8 @@ class Hl7Settings:
     port: int = 2575  # IANA "hl7"
     max_message_bytes: int = 1_048_576  # a larger frame is answered AR and the connection closed
     timeout: float = 60.0  # seconds of silence before a connection is closed
+    max_connections: int = 32  # open MLLP connections in all; more are closed at once
+    max_connections_per_address: int = 8  # open MLLP connections from one peer address
     application: str = "ROUTER"  # MSH-3 of the ACKs we send
     tls: bool = False
     cert_file: Path | None = None
@@ -655,6 +657,10 @@ def _validate_hl7(hl7: Hl7Settings) -> None:
     if not 1024 <= hl7.max_message_bytes <= 256 * 1024 * 1024:
         raise ConfigError("hl7.max_message_bytes", "must be 1024-268435456 bytes")
     _check_seconds("hl7.timeout", hl7.timeout)
+    if not 1 <= hl7.max_connections <= 10_000:
+        raise ConfigError("hl7.max_connections", "must be 1-10000")
+    if not 1 <= hl7.max_connections_per_address <= hl7.max_connections:
+        raise ConfigError("hl7.max_connections_per_address", "must be 1 to hl7.max_connections")
     if not hl7.application or len(hl7.application) > 180 or any(ch in hl7.application for ch in "|^~\\&\r\n"):
         raise ConfigError("hl7.application", "must be 1-180 characters without HL7 delimiters")
     if hl7.tls:

@@ -192,6 +192,8 @@ class RouterServer:
                 settings.max_message_bytes,
                 settings.timeout,
                 tls,
+                max_connections=settings.max_connections,
+                max_connections_per_address=settings.max_connections_per_address,
             )
         except OSError as exc:
             raise ListenerError(

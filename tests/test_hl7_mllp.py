@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import running_router
 from dicom_helpers import make_dataset, send_datasets
 from hl7_helpers import REFERRING_NPI, ack_fields, order_v23, order_v251_omi, report, wait_for
 from roster_fixtures import NPI_A, NPI_B, roster_with_readers
@@ -22,7 +23,7 @@ from router.app import RouterApp
 from router.config import Settings
 from router.db.models import Hl7Message, Order, ProfessionalEntry, Report, Study
 from router.domain.enums import AckCode, CptSource, OrderStatus, ProfessionalEntryKind, ReportOutcome, StudyStatus
-from router.hl7.mllp import END_BLOCK, START_BLOCK, frame, send_message
+from router.hl7.mllp import END_BLOCK, START_BLOCK, MllpError, frame, send_message
 from router.server import RouterServer
 
 pytestmark = pytest.mark.network
@@ -271,3 +272,35 @@ def test_several_messages_on_one_connection_are_answered_in_order(hl7_server: Ro
     assert [ack_fields(ack.lstrip(START_BLOCK))[:2] for ack in acks] == [("AA", f"M-{i}") for i in range(3)]
     with hl7_server.app.sessions() as session:
         assert sorted(session.scalars(select(Order.accession_number))) == ["ACC-M0", "ACC-M1", "ACC-M2"]
+
+
+def test_idle_connections_beyond_the_cap_are_closed_and_the_ris_still_gets_through(settings: Settings) -> None:
+    settings = settings.replace(
+        "hl7", enabled=True, host="127.0.0.1", port=0, timeout=30.0, max_connections=3, max_connections_per_address=2
+    )
+    with running_router(settings) as server:
+        assert server.hl7_port is not None
+        idle = [socket.create_connection(("127.0.0.1", server.hl7_port), timeout=5) for _ in range(2)]
+        try:
+            extra = socket.create_connection(("127.0.0.1", server.hl7_port), timeout=5)
+            with extra:
+                assert extra.recv(1) == b""  # the third from one address is closed at once
+            # the two admitted ones are still open (the router waits for a frame on them)
+            for sock in idle:
+                sock.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    sock.recv(1)
+            idle.pop().close()
+            # a freed slot lets the RIS in
+            answer = wait_for(lambda: _try_send(server, order_v23("ACC-CAP-1", "ORD-CAP-1")))
+            assert ack_fields(answer)[0] == "AA"
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def _try_send(server: RouterServer, payload: bytes) -> bytes | None:
+    try:
+        return _send(server, payload)
+    except (OSError, MllpError):
+        return None  # the slot of the connection just closed is not free yet

@@ -10,13 +10,16 @@ sessions, one per thread), so the thin framing is done here over :mod:`socketser
 
 from __future__ import annotations
 
+import collections
 import logging
 import socket
 import socketserver
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 LOG = logging.getLogger(__name__)
 
@@ -103,13 +106,59 @@ class TlsFiles:
 
 
 class _Server(socketserver.ThreadingTCPServer):
+    """Threaded TCP server that counts open connections, in all and per peer address."""
+
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
 
+    def __init__(
+        self, address: tuple[str, int], handler: type[socketserver.BaseRequestHandler], total: int, per_address: int
+    ) -> None:
+        super().__init__(address, handler)
+        self.limits = (total, per_address)
+        self.open: collections.Counter[str] = collections.Counter()
+        self.lock = threading.Lock()
+        self.last_warning: dict[str, float] = {}
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admit the connection if under ``hl7.max_connections`` and
+        ``hl7.max_connections_per_address``; count it until its thread ends."""
+        peer = str(client_address[0])
+        total, per_address = self.limits
+        with self.lock:
+            if sum(self.open.values()) >= total:
+                refused = f"hl7.max_connections ({total}) reached"
+            elif self.open[peer] >= per_address:
+                refused = f"hl7.max_connections_per_address ({per_address}) reached"
+            else:
+                self.open[peer] += 1
+                return True
+            warn = time.monotonic() - self.last_warning.get(peer, -60.0) >= 60.0
+            if warn:
+                self.last_warning[peer] = time.monotonic()
+        if warn:
+            LOG.warning("HL7 connection from %s refused: %s (logged once a minute per address)", peer, refused)
+        return False
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            peer = str(client_address[0])
+            with self.lock:
+                self.open[peer] -= 1
+                if self.open[peer] <= 0:
+                    del self.open[peer]
+
 
 class MllpListener:
-    """A threaded MLLP listener: one thread per connection, frames answered in order."""
+    """A threaded MLLP listener: one thread per connection, frames answered in order.
+
+    A connection beyond ``max_connections`` in all, or ``max_connections_per_address`` from one
+    peer, is closed at once (a peer that opens connections and sends nothing cannot keep the
+    RIS out); each admitted one is closed after ``timeout`` seconds of silence.
+    """
 
     def __init__(
         self,
@@ -120,6 +169,9 @@ class MllpListener:
         max_message_bytes: int,
         timeout: float = 60.0,
         tls: TlsFiles | None = None,
+        *,
+        max_connections: int = 32,
+        max_connections_per_address: int = 8,
     ) -> None:
         context: ssl.SSLContext | None = None
         if tls is not None:
@@ -139,7 +191,7 @@ class MllpListener:
         self._max = max_message_bytes
         self._timeout = timeout
         self._context = context
-        self._server = _Server((host, port), _Connection)
+        self._server = _Server((host, port), _Connection, max_connections, max_connections_per_address)
         self._thread: threading.Thread | None = None
 
     @property
