@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -295,20 +295,7 @@ class Archive:
         At start-up (age 0) everything there is debris of a crash or an aborted association:
         nothing in it was ever acknowledged.
         """
-        removed = 0
-        cutoff = time.time() - older_than_seconds
-        try:
-            entries = list(os.scandir(self.incoming))
-        except FileNotFoundError:
-            return 0
-        for entry in entries:
-            try:
-                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime <= cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+        return _clean_folder(self.incoming, older_than_seconds)
 
     def files_modified_since(self, since_epoch: float) -> list[str]:
         """Relative paths of instance files (``*/*/*.dcm``) modified at or after ``since_epoch``.
@@ -374,3 +361,33 @@ def _remove_quietly(path: Path) -> None:
         pass
     except OSError as exc:  # pragma: no cover - depends on the file system
         LOG.warning("could not remove temporary file %s: %s", path.name, exc.strerror)
+
+
+def clean_incoming_of(root: Path, node_ids: Iterable[str], older_than_seconds: float) -> int:
+    """Delete temporary files older than ``older_than_seconds`` in the incoming folders of
+    other nodes (``<root>/.incoming/<node id>/``; dead ones: the caller checks heartbeats);
+    returns the count. Nothing in them was ever acknowledged. The folders stay, so a node that
+    comes back finds its own.
+    """
+    removed = 0
+    for node_id in node_ids:
+        if node_id and "/" not in node_id and not node_id.startswith("."):  # never leave .incoming
+            removed += _clean_folder(root / INCOMING / node_id, older_than_seconds)
+    return removed
+
+
+def _clean_folder(folder: Path, older_than_seconds: float) -> int:
+    removed = 0
+    cutoff = time.time() - older_than_seconds
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime <= cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed

@@ -22,6 +22,7 @@ from pathlib import Path
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from router.app import RouterApp
+from router.archive import clean_incoming_of
 from router.config import Settings
 from router.db.engine import check_connection
 from router.dicom.extract import read_header
@@ -215,8 +216,21 @@ class RouterServer:
             self.node.refresh_allowed_titles()
         if self.workers is not None:
             self.workers.supervise()
-        stale_after = 2 * self.app.settings.listener.network_timeout + 60
-        self.app.archive.clean_incoming(older_than_seconds=stale_after)
+        self.app.archive.clean_incoming(older_than_seconds=self._stale_after())
+
+    def _stale_after(self) -> float:
+        """Seconds after which a temporary file in an incoming folder is debris (seconds)."""
+        return 2 * self.app.settings.listener.network_timeout + 60
+
+    def sweep_dead_nodes_incoming(self) -> int:
+        """Delete stale temporary files of dead nodes (no heartbeat within their lease) from
+        their incoming folders in the shared archive folder; returns the count. Done once per
+        interval for the cluster (a node only ever empties its own folder otherwise)."""
+        dead = [node.node_id for node in self.cluster.nodes() if not node.alive and node.node_id != self.node_id]
+        removed = clean_incoming_of(self.app.settings.paths.archive, dead, self._stale_after())
+        if removed:
+            LOG.info("removed %d stale temporary file(s) of %d dead node(s)", removed, len(dead))
+        return removed
 
     def recheck(self) -> None:
         """Re-check every open assignment and held study against today's roster.
@@ -302,6 +316,9 @@ class RouterServer:
         while True:
             try:
                 self.recheck_if_due()
+                self.cluster.run_once_per_interval(
+                    "incoming-sweep", self._stale_after(), self.sweep_dead_nodes_incoming
+                )
             except Exception as exc:
                 LOG.debug("periodic recheck failed", exc_info=True)
                 condition.failed(

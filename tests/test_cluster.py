@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -269,6 +270,35 @@ def test_start_up_cleaning_leaves_other_nodes_transfers_in_progress(tmp_path: Pa
         debris = app_a.archive.write_temp(b"left by a crash")
         assert app_a.archive.clean_incoming(0) == 1
     assert in_progress.exists() and not debris.exists()
+
+
+def test_a_dead_nodes_stale_temporary_files_are_swept_once_its_lease_expired(
+    tmp_path: Path, sqlite_url: str, clock: FakeClock
+) -> None:
+    import os
+
+    from router.server import RouterServer
+
+    settings = make_settings(tmp_path, sqlite_url).replace("paths", archive_dir=tmp_path / "shared")
+    node_a, node_b = settings.replace("node", id="a"), settings.replace("node", id="b")
+    with RouterApp.open(node_a, upgrade=True, clock=clock) as app_a, RouterApp.open(node_b, clock=clock) as app_b:
+        app_a.archive.prepare()
+        app_b.archive.prepare()
+        ClusterService(app_b.sessions, "b", 30.0, clock).register()
+        ClusterService(app_a.sessions, "a", 30.0, clock).register()
+        old = time.time() - 3600
+        debris_b = app_b.archive.write_temp(b"left by b's crash")
+        fresh_b = app_b.archive.write_temp(b"b is still writing this")
+        own_a = app_a.archive.write_temp(b"a's own, old")
+        for path in (debris_b, own_a):
+            os.utime(path, (old, old))
+        server_a = RouterServer(app_a)
+        assert server_a.sweep_dead_nodes_incoming() == 0  # b's heartbeat is within its lease
+        clock.advance(31)  # b stops renewing: dead
+        ClusterService(app_a.sessions, "a", 30.0, clock).heartbeat()
+        assert server_a.sweep_dead_nodes_incoming() == 1
+    assert not debris_b.exists() and fresh_b.exists() and own_a.exists()
+    assert debris_b.parent.is_dir()  # b finds its folder when it comes back
 
 
 # ---------------------------------------------------------------------- PostgreSQL: stalls and races
