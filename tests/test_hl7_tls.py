@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from hl7_helpers import ack_fields, order_v23
 from test_tls import Pki, client_context, pki  # noqa: F401 - the module-scoped PKI fixture
 
 from router.app import RouterApp
+from router.cli import cli
 from router.config import Settings
 from router.hl7.mllp import MllpError, send_message
 from router.server import RouterServer
@@ -58,3 +61,24 @@ def test_tls_without_a_client_certificate_or_in_plain_is_refused(mllps_server: R
     # nothing was accepted
     ok = send_message("127.0.0.1", port, order_v23("ACC-Z", "TLS-4"), tls=client_context(pki, pki.client))
     assert ack_fields(ok)[0] == "AA"
+
+
+def test_hl7_send_cli_over_tls(mllps_server: RouterServer, pki: Pki, tmp_path: Path) -> None:  # noqa: F811
+    port = mllps_server.hl7_port
+    assert port is not None
+    message = tmp_path / "order.hl7"
+    message.write_bytes(order_v23("ACC-CLI-TLS", "TLS-CLI-1").replace(b"\r", b"\n"))
+    base = ["hl7", "send", str(message), "--port", str(port), "--server-name", "localhost"]
+    tls = ["--tls-ca", str(pki.ca.cert), "--tls-cert", str(pki.client.cert), "--tls-key", str(pki.client.key)]
+    result = CliRunner().invoke(cli, [*base, *tls])
+    assert result.exit_code == 0, result.output
+    assert "MSA|AA|TLS-CLI-1" in result.stdout
+    for args, message_text in (
+        ([*base, "--tls-cert", str(pki.client.cert), "--tls-ca", str(pki.ca.cert)], "give --tls-cert and --tls-key"),
+        ([*base, "--tls-cert", str(pki.client.cert), "--tls-key", str(pki.client.key)], "--tls-cert needs --tls-ca"),
+        ([*base, "--tls-ca", str(pki.other_ca.cert)], "cannot send to 127.0.0.1"),  # listener not trusted
+        ([*base, "--tls-ca", str(message)], "cannot use the TLS files"),
+    ):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code != 0 and message_text in result.stderr, (args, result.output)
+        assert "Traceback" not in result.output

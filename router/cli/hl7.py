@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import click
@@ -24,17 +25,50 @@ def hl7_group() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="MLLP listener host.")
 @click.option("--port", type=click.IntRange(1, 65535), help="MLLP listener port. Default: hl7.port of the config.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=30.0, show_default=True, help="Seconds to wait.")
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Send over TLS, trusting the listener certificates this CA file (PEM) signed.",
+)
+@click.option(
+    "--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Client certificate (PEM)."
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Its private key (PEM).")
+@click.option("--server-name", help="Name to check the listener certificate against. Default: --host.")
 @click.pass_obj
-def send(obj: CliContext, file: Path, host: str, port: int | None, timeout: float) -> None:
+def send(
+    obj: CliContext,
+    file: Path,
+    host: str,
+    port: int | None,
+    timeout: float,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    server_name: str | None,
+) -> None:
     """Send the HL7 v2 message in FILE over MLLP and print the ACK.
 
     Line feeds in FILE are sent as the segment separator CR. Exit 0 when MSA-1 is AA, 1 when
-    the message was refused (AE/AR) or could not be sent.
+    the message was refused (AE/AR) or could not be sent. --tls-ca sends over TLS (with
+    --tls-cert/--tls-key when the listener requires client certificates).
     """
     payload = file.read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r")
     target = port or obj.settings.hl7.port
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("give --tls-cert and --tls-key together")
+    if tls_cert is not None and tls_ca is None:
+        raise click.UsageError("--tls-cert needs --tls-ca (the CA that signed the listener certificate)")
+    context = None
+    if tls_ca is not None:
+        try:
+            context = ssl.create_default_context(cafile=str(tls_ca))
+            if tls_cert is not None and tls_key is not None:
+                context.load_cert_chain(str(tls_cert), str(tls_key))
+        except (ssl.SSLError, OSError) as exc:
+            raise RouterError(f"cannot use the TLS files: {exc}") from exc
     try:
-        ack = send_message(host, target, payload, timeout=timeout)
+        ack = send_message(host, target, payload, timeout=timeout, tls=context, server_name=server_name)
     except (OSError, MllpError) as exc:
         raise RouterError(f"cannot send to {host}:{target}: {exc}") from exc
     text = ack.decode("utf-8", errors="replace")

@@ -237,7 +237,12 @@ class MllpListener:
 
 
 def send_message(
-    host: str, port: int, payload: bytes, timeout: float = 30.0, tls: ssl.SSLContext | None = None
+    host: str,
+    port: int,
+    payload: bytes,
+    timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
 ) -> bytes:
     """Send one message over MLLP and return the payload of the answer (the ACK).
 
@@ -249,7 +254,7 @@ def send_message(
         The peer closed the connection without a framed answer.
     """
     with socket.create_connection((host, port), timeout=timeout) as raw:
-        sock: socket.socket = tls.wrap_socket(raw, server_hostname=host) if tls is not None else raw
+        sock: socket.socket = tls.wrap_socket(raw, server_hostname=server_name or host) if tls is not None else raw
         sock.sendall(frame(payload))
         answer = FrameReader(sock, 16 * 1024 * 1024).read()
         if answer is None:
