@@ -13,11 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg_pool import SchemaPool
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from router.app import RouterApp
 from router.config import Settings
+from router.db import migrate
+from router.db.engine import make_engine
 from router.server import RouterServer
 
 PG_URL = os.environ.get("ROUTER_TEST_DATABASE_URL")
@@ -69,9 +72,48 @@ def _pg_schema_url() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to the newest schema once per test session (by the migrations
+    themselves, so it is exactly what ``router db upgrade`` builds); tests get a copy."""
+    path = tmp_path_factory.mktemp("schema") / "router.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh empty database: SQLite in tmp_path, or a fresh PostgreSQL schema."""
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
+    """A fresh database at the newest schema and without rows but those the migrations seed:
+    SQLite in tmp_path (a copy of :func:`sqlite_template`), or a PostgreSQL schema from
+    :func:`pg_schema_pool` (migrated once, emptied after each test that used it)."""
+    if request.param == "sqlite":
+        path = tmp_path / "router.db"
+        shutil.copyfile(sqlite_template, path)
+        yield f"sqlite:///{path}"
+        return
+    if not PG_URL:
+        pytest.skip("ROUTER_TEST_DATABASE_URL not set")
+    yield from request.getfixturevalue("pg_schema_pool").lease()
+
+
+@pytest.fixture(scope="session")
+def pg_schema_pool() -> Iterator[SchemaPool]:
+    """Migrated PostgreSQL schemas, each emptied after a test and handed to the next."""
+    assert PG_URL
+    pool = SchemaPool(PG_URL)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no schema at all (for tests of the migrations and of `router db upgrade`)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'router.db'}"
         return
@@ -81,9 +123,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    """A fresh SQLite database file (for tests that run on one engine only)."""
-    return f"sqlite:///{tmp_path / 'router.db'}"
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """A fresh SQLite database file at the newest schema (for tests that run on one engine only)."""
+    path = tmp_path / "router.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
 
 
 def make_settings(tmp_path: Path, database_url: str, **routing: object) -> Settings:

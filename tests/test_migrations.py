@@ -15,8 +15,8 @@ from router.db.engine import make_engine
 from router.db.models import APPEND_ONLY_TABLES, AuditEntry, Base
 
 
-def test_upgrade_from_empty_reaches_head_and_is_idempotent(database_url: str) -> None:
-    engine = make_engine(database_url)
+def test_upgrade_from_empty_reaches_head_and_is_idempotent(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
     try:
         assert migrate.current_revision(engine) is None
         migrate.upgrade(engine)
@@ -27,8 +27,8 @@ def test_upgrade_from_empty_reaches_head_and_is_idempotent(database_url: str) ->
         engine.dispose()
 
 
-def test_models_and_migrations_agree(database_url: str) -> None:
-    engine = make_engine(database_url)
+def test_models_and_migrations_agree(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
     try:
         migrate.upgrade(engine)
         with engine.connect() as connection:
@@ -39,9 +39,9 @@ def test_models_and_migrations_agree(database_url: str) -> None:
         engine.dispose()
 
 
-def test_append_only_tables_refuse_update_and_delete(database_url: str) -> None:
+def test_append_only_tables_refuse_update_and_delete(empty_database_url: str) -> None:
     assert set(APPEND_ONLY_TABLES) == {"professional_ledger", "infrastructure_ledger", "audit_log", "routing_decisions"}
-    engine = make_engine(database_url)
+    engine = make_engine(empty_database_url)
     try:
         migrate.upgrade(engine)
         now = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
