@@ -36,10 +36,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from router.domain.enums import (
-    BillingArrangement,
-    DiagnosisSource,
     AckCode,
+    BillingArrangement,
     CptSource,
+    DiagnosisSource,
     ExamStateSource,
     FacilityReaderRule,
     FederalFacility,

@@ -26,13 +26,19 @@ from router.domain.npi import is_valid_npi
 from router.domain.orders import CANCEL_CONTROLS, priority_from_hl7
 from router.errors import NotFoundError
 from router.hl7.messages import CPT_SYSTEMS, CodedValue, OrderMessage
+from router.services.claims import CLAIM_COLUMNS
 from router.timeutil import Clock, utcnow
 
 LOG = logging.getLogger(__name__)
 
 
-def _coded_json(values: tuple[CodedValue, ...]) -> list[dict[str, str]]:
-    return [{"code": item.code, "text": item.text, "system": item.system} for item in values]
+def _coded_json(values: tuple[CodedValue, ...]) -> list[dict[str, Any]]:
+    """``[{code, text, system}]``, with ``modifiers`` (OBR-45, in order) on a procedure that has them."""
+    return [
+        {"code": item.code, "text": item.text, "system": item.system}
+        | ({"modifiers": list(item.modifiers)} if item.modifiers else {})
+        for item in values
+    ]
 
 
 class OrderService:
@@ -132,6 +138,7 @@ class OrderService:
                     "source": CptSource.REQUESTED_PROCEDURE_CODE_SEQUENCE.value,
                     "from_order": True,
                 }
+                | ({"modifiers": list(item["modifiers"])} if item.get("modifiers") else {})
                 for item in cpt
             ]
             effects.append("CPT " + ",".join(item["code"] for item in cpt))
@@ -210,6 +217,7 @@ def _reversal(charge: ProfessionalEntry, now: dt.datetime) -> ProfessionalEntry:
             "review_reason",
             "date_of_service",
             "interpreted_at",
+            *CLAIM_COLUMNS,
         )
     }
     return ProfessionalEntry(kind=ProfessionalEntryKind.REVERSAL, reverses_id=charge.id, recorded_at=now, **copied)

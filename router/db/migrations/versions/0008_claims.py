@@ -16,6 +16,8 @@ Columns are added with plain ADD COLUMN (no table rebuild), so the append-only t
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -31,13 +33,13 @@ def _enum(values: tuple[str, ...], name: str) -> sa.Enum:
     return sa.Enum(*values, name=name, native_enum=False, create_constraint=True, length=48)
 
 
-FACILITY_COLUMNS = (
+FACILITY_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("billing_arrangement", _enum(ARRANGEMENTS, "billing_arrangement")),
     ("outpatient_pos", sa.String(2)),
     ("default_pos", sa.String(2)),
     ("contract_rate_percent", sa.Integer()),
 )
-LINE_COLUMNS = (
+LINE_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("billing_arrangement", _enum(ARRANGEMENTS, "line_billing_arrangement")),
     ("modifiers", sa.JSON()),
     ("place_of_service", sa.String(2)),
@@ -55,7 +57,7 @@ LINE_COLUMNS = (
 )
 
 
-def _portable(type_: sa.types.TypeEngine[object]) -> sa.types.TypeEngine[object]:
+def _portable(type_: Any) -> Any:
     """SQLite cannot add a CHECK constraint to an existing table without a rebuild (which would
     drop the append-only triggers): there an enum column is added as its VARCHAR, unchecked."""
     if op.get_bind().dialect.name == "sqlite" and isinstance(type_, sa.Enum):
