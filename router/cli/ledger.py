@@ -18,6 +18,7 @@ from router.cli.output import (
     to_jsonable,
     wide_option,
 )
+from router.cli.ledger_export import export
 from router.cli.roster_common import IsoDate
 from router.domain.eligibility_facts import license_tag
 from router.services.ledgers import INFRASTRUCTURE_COLUMNS, PROFESSIONAL_COLUMNS
@@ -150,5 +151,6 @@ def _period(since: dt.date | None, until: dt.date | None) -> str:
 
 
 def register(cli: click.Group) -> None:
-    """Add ``ledger`` to the root group."""
+    """Add ``ledger`` (with ``ledger export``) to the root group."""
+    ledger_group.add_command(export)
     cli.add_command(ledger_group)

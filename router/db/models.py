@@ -586,6 +586,7 @@ class ProfessionalEntry(Base):
     diagnosis_pointers: Mapped[list[Any] | None] = mapped_column(JSON)  # 1-based, up to 4 (SV107)
     diagnosis_source: Mapped[DiagnosisSource | None] = mapped_column(_enum(DiagnosisSource, "diagnosis_source"))
     referring_npi: Mapped[str | None] = mapped_column(String(NPI_LENGTH))  # order (NM1*DK, 2420F)
+    referring_name: Mapped[str | None] = mapped_column(String(200))  # family^given, from the order
     billing_npi: Mapped[str | None] = mapped_column(String(NPI_LENGTH))  # billing.group_npi (2010AA)
     billing_tin: Mapped[str | None] = mapped_column(String(9))  # billing.tin (2010AA REF*EI)
     reading_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))  # where the reader read
@@ -725,6 +726,7 @@ class Order(Base):
     priority_code: Mapped[str | None] = mapped_column(String(8))  # as sent
     referring_npi: Mapped[str | None] = mapped_column(String(NPI_LENGTH))  # only a valid NPI
     referring_id: Mapped[str | None] = mapped_column(String(64))  # OBR-16.1 / ORC-12.1 as sent
+    referring_name: Mapped[str | None] = mapped_column(String(200))  # family^given of the same XCN
     ordering_facility: Mapped[str | None] = mapped_column(String(128))
     patient_class: Mapped[str | None] = mapped_column(String(8))  # PV1-2
     patient_location: Mapped[str | None] = mapped_column(String(128))  # PV1-3

@@ -72,6 +72,7 @@ class OrderMessage:
     ordering_facility: str  # ORC-21.1, else MSH-4
     patient_class: str  # PV1-2
     patient_location: str  # PV1-3 as sent (components joined with ^)
+    referring_name: str = ""  # family^given of the referring XCN (components 2 and 3), as sent
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,9 @@ def parse_order(message: Any, head: MessageHeader) -> OrderMessage:
         or _component(message, orc, 7, 6)
         or (_component(message, obr, 27, 6) if obr is not None else "")
     )
-    referring = (_component(message, obr, 16, 1) if obr is not None else "") or _component(message, orc, 12, 1)
+    referring_field = (obr, 16) if obr is not None and _component(message, obr, 16, 1) else (orc, 12)
+    referring = _component(message, *referring_field, 1)
+    referring_name = "^".join(_component(message, *referring_field, part) for part in (2, 3)).rstrip("^")
     pv1s = _segments(message, "PV1")
     location = ""
     if pv1s:
@@ -275,6 +278,7 @@ def parse_order(message: Any, head: MessageHeader) -> OrderMessage:
         diagnoses=tuple(dict.fromkeys(diagnoses)),
         priority_code=priority.upper(),
         referring_id=referring,
+        referring_name=referring_name[:200],
         ordering_facility=(_component(message, orc, 21, 1) or head.sending_facility)[:128],
         patient_class=(_component(message, pv1s[0], 2, 1) if pv1s else "")[:8],
         patient_location=location[:128],

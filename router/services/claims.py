@@ -46,6 +46,7 @@ CLAIM_COLUMNS = (
     "diagnosis_pointers",
     "diagnosis_source",
     "referring_npi",
+    "referring_name",
     "billing_npi",
     "billing_tin",
     "reading_state",
@@ -95,6 +96,7 @@ class ClaimFields:
     diagnosis_pointers: list[int]
     diagnosis_source: DiagnosisSource | None
     referring_npi: str | None
+    referring_name: str | None
     billing_npi: str | None
     billing_tin: str | None
     reading_state: str | None
@@ -212,6 +214,7 @@ def claim_fields(
         diagnosis_pointers=list(diagnosis_pointers(len(codes))),
         diagnosis_source=source,
         referring_npi=referring,
+        referring_name=order.referring_name if order is not None else None,
         billing_npi=defaults.group_npi,
         billing_tin=defaults.tin,
         reading_state=radiologist.reading_state,

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from router.db.models import ForwardedInstance, InfrastructureEntry, Instance, ProfessionalEntry, Study
 from router.domain.billing import cost_cents
 from router.domain.enums import InfrastructureKind
+from router.services.claims import CLAIM_COLUMNS
 from router.timeutil import iso_utc
 
 
@@ -128,6 +129,7 @@ PROFESSIONAL_COLUMNS = (
     "review_reason",
     "date_of_service",
     "interpreted_at",
+    *CLAIM_COLUMNS,
 )
 
 

@@ -81,6 +81,7 @@ class OrderService:
             order.priority_code = message.priority_code[:8] or None
             order.referring_id = referring[:64] or None
             order.referring_npi = referring if is_valid_npi(referring) else None
+            order.referring_name = message.referring_name or None
             order.ordering_facility = message.ordering_facility or None
             order.patient_class = message.patient_class or None
             order.patient_location = message.patient_location or None
@@ -236,6 +237,7 @@ def _order_json(session: Session, order: Order) -> dict[str, Any]:
         "diagnoses": order.diagnoses,
         "referring_npi": order.referring_npi,
         "referring_id": order.referring_id,
+        "referring_name": order.referring_name,
         "ordering_facility": order.ordering_facility,
         "patient_class": order.patient_class,
         "patient_location": order.patient_location,

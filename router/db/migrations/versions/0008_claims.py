@@ -8,7 +8,8 @@ Create Date: 2026-12-05
   ``outpatient_pos``, ``default_pos``, ``contract_rate_percent``;
 - ``professional_ledger``: the claim fields of each line (arrangement, modifiers, place of
   service, ICD-10-CM codes and pointers, referring/billing NPI, TIN, reading state, exam date,
-  charge, fee schedule version, contract rate). Nullable: records written before stay as they were.
+  charge, fee schedule version, contract rate). Nullable: records written before stay as they were;
+- ``orders.referring_name``: the referring provider's family^given (837P loop 2420F NM103/NM104).
 
 Columns are added with plain ADD COLUMN (no table rebuild), so the append-only triggers of
 ``professional_ledger`` (0002) stay in place.
@@ -47,6 +48,7 @@ LINE_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("diagnosis_pointers", sa.JSON()),
     ("diagnosis_source", _enum(("report", "order"), "diagnosis_source")),
     ("referring_npi", sa.String(10)),
+    ("referring_name", sa.String(200)),
     ("billing_npi", sa.String(10)),
     ("billing_tin", sa.String(9)),
     ("reading_state", sa.String(2)),
@@ -73,9 +75,11 @@ def upgrade() -> None:
             op.add_column("facilities", sa.Column(name, _portable(type_), nullable=True))
     for name, type_ in LINE_COLUMNS:
         op.add_column("professional_ledger", sa.Column(name, _portable(type_), nullable=True))
+    op.add_column("orders", sa.Column("referring_name", sa.String(200), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("orders", "referring_name")
     for name, _ in reversed(LINE_COLUMNS):
         op.drop_column("professional_ledger", name)
     for name, _ in reversed(FACILITY_COLUMNS):
