@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from router.cli.context import CliContext
+from router.cli.ledger_export import export
 from router.cli.output import (
     emit_csv,
     emit_json,
@@ -18,7 +19,6 @@ from router.cli.output import (
     to_jsonable,
     wide_option,
 )
-from router.cli.ledger_export import export
 from router.cli.roster_common import IsoDate
 from router.domain.eligibility_facts import license_tag
 from router.services.ledgers import INFRASTRUCTURE_COLUMNS, PROFESSIONAL_COLUMNS
