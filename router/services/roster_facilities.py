@@ -191,8 +191,7 @@ def insert_facility(session: Session, ctx: ChangeContext, spec: FacilitySpec) ->
         federal=spec.federal,
         created_at=ctx.at,
         aliases=[],
-        billing_arrangement=BillingArrangement.PAYER,
-        **spec.billing,
+        **({"billing_arrangement": BillingArrangement.PAYER} | spec.billing),
     )
     session.add(row)
     _claim_aliases(session, row, spec.aliases)
