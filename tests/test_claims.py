@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -417,3 +418,78 @@ def test_export_groups_by_arrangement(app: RouterApp, clock: FakeClock) -> None:
     )
     assert text[4] == "SV1*HC:71260:26*45*UN*1*21**1~"
     assert text[-1] == f"NM1*DK*1*REFER*RITA****XX*{REFERRING_NPI}~"  # OBR-16 empty: ORC-12
+
+
+@pytest.mark.parametrize(
+    ("extra", "line"),
+    [
+        (
+            '[billing]\ndefault_pos = "02"\n',
+            "error: config billing.default_pos: place of service 02 is a telehealth POS: a teleradiology "
+            "interpretation takes the POS where the exam was done (CMS CR 7631)",
+        ),
+        (
+            '[billing]\noutpatient_pos = "10"\n',
+            "error: config billing.outpatient_pos: outpatient place of service 10 is a telehealth POS: a "
+            "teleradiology interpretation takes the POS where the exam was done (CMS CR 7631)",
+        ),
+        (
+            '[billing]\noutpatient_pos = "21"\n',
+            "error: config billing.outpatient_pos: outpatient place of service "
+            "must be 22 (on-campus) or 19 (off-campus outpatient hospital), got 21",
+        ),
+        (
+            '[billing]\ngroup_npi = "1234567890"\n',
+            "error: config billing.group_npi: NPI 1234567890 fails the check digit (expected 3)",
+        ),
+        (
+            '[billing]\ntin = "12345678"\n',
+            "error: config billing.tin: TIN '12345678' must be nine digits (an EIN may be written NN-NNNNNNN)",
+        ),
+    ],
+)
+def test_bad_billing_config_is_refused_in_one_line(tmp_path: Path, extra: str, line: str) -> None:
+    config = tmp_path / "router.toml"
+    config.write_text(f'[paths]\ndata_dir = "{tmp_path / "var"}"\n{extra}', encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--config", str(config), "ledger", "export", "--format", "csv"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [line]
+
+
+def test_facility_billing_options_on_the_cli(tmp_path: Path, sqlite_url: str) -> None:
+    config = tmp_path / "router.toml"
+    config.write_text(f'[paths]\ndata_dir = "{tmp_path / "var"}"\n[database]\nurl = "{sqlite_url}"\n', encoding="utf-8")
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        result = runner.invoke(cli, ["--config", str(config), *args])
+        assert "Traceback" not in result.output
+        return result
+
+    assert run("db", "upgrade").exit_code == 0
+    added = run("facilities", "add", "--ae-title", "CT_NORTH", "--state", "TX", "--default-pos", "11", "--json")
+    assert added.exit_code == 0, added.output
+    refused = run("facilities", "set", "CT_NORTH", "--default-pos", "02")
+    assert refused.exit_code == 1
+    assert refused.stderr.strip().splitlines() == [
+        "error: default place of service 02 is a telehealth POS: a teleradiology interpretation takes the POS "
+        "where the exam was done (CMS CR 7631)"
+    ]
+    assert run("facilities", "set", "CT_NORTH", "--contract-rate", "150").exit_code == 1
+    assert run("facilities", "set", "CT_NORTH", "--contract-rate", "lots").exit_code == 2
+    changed = run(
+        "facilities", "set", "CT_NORTH", "--billing", "client", "--contract-rate", "65", "--outpatient-pos", "19"
+    )
+    assert changed.exit_code == 0, changed.output
+    shown = run("facilities", "show", "CT_NORTH", "--json")
+    doc = json.loads(shown.stdout)
+    assert (doc["billing_arrangement"], doc["contract_rate_percent"], doc["outpatient_pos"], doc["default_pos"]) == (
+        "client",
+        65,
+        "19",
+        "11",
+    )
+    cleared = run("facilities", "set", "CT_NORTH", "--default-pos", "none", "--contract-rate", "none", "--json")
+    assert cleared.exit_code == 0, cleared.output
+    doc = json.loads(run("facilities", "show", "CT_NORTH", "--json").stdout)
+    assert (doc["default_pos"], doc["contract_rate_percent"]) == (None, None)
