@@ -92,6 +92,11 @@ def test_composed_messages_parse_back() -> None:
     order = parse_order(message, header(message))
     assert (order.accession_number, order.priority_code, order.referring_id) == ("A|1", "S", "1234567893")
     assert order.procedures[0].text == "CT & more"
+    assert (order.patient_class, order.diagnoses) == ("", ())
+    raw = compose_order("A2", "71260", "CT", Priority.ROUTINE, "ORD-2", NOW, patient_class="O", diagnoses=["R07.9"])
+    message = parse(raw)
+    order = parse_order(message, header(message))
+    assert (order.patient_class, [(d.code, d.system) for d in order.diagnoses]) == ("O", [("R07.9", "I10")])
     raw = compose_report("A|1", "F", "1000000012", "Reader", "Avery", NOW, "RPT-1", NOW)
     message = parse(raw)
     parsed = parse_report(message, header(message))

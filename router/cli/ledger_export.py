@@ -36,10 +36,9 @@ def export(obj: CliContext, fmt: str, since: dt.date | None, until: dt.date | No
     if fmt == "csv":
         emit_csv(result.csv_rows(), PROFESSIONAL_COLUMNS)
         return
-    billing = obj.settings.billing
-    if not billing.group_npi or not billing.tin:
-        click.echo("warning: billing.group_npi or billing.tin is not set: the claims need both (loop 2010AA)", err=True)
     for line in result.x12_lines():
         click.echo(line)
     for ledger_id, reason in result.excluded:
         click.echo(f"left out: line {ledger_id}: {reason}", err=True)
+    for warning in result.warnings():
+        click.echo(f"warning: {warning}", err=True)

@@ -43,6 +43,24 @@ class ClaimExport:
             for row in self.rows
         ]
 
+    def warnings(self) -> list[str]:
+        """What the exported lines lack that a claim needs (the billing office fills it in)."""
+        lines = [line for _, _, group in self.groups for line in group]
+        out = []
+        unset = [str(line["id"]) for line in lines if not line["billing_npi"] or not line["billing_tin"]]
+        if unset:
+            out.append(
+                f"line(s) {', '.join(unset)} have no billing group NPI/TIN (billing.group_npi and billing.tin "
+                "were not set when they were written): the claim's loop 2010AA needs both"
+            )
+        nameless = [str(line["id"]) for line in lines if line["referring_npi"] and not line["referring_name"]]
+        if nameless:
+            out.append(
+                f"line(s) {', '.join(nameless)}: the order gave no referring provider name, so NM1*DK NM103 is "
+                "empty (look the NPI up in NPPES)"
+            )
+        return out
+
     def x12_lines(self) -> list[str]:
         """The text of the X12 export (see :func:`router.domain.x12_lines.render_groups`)."""
         return render_groups(self.groups)
