@@ -493,3 +493,26 @@ def test_facility_billing_options_on_the_cli(tmp_path: Path, sqlite_url: str) ->
     assert cleared.exit_code == 0, cleared.output
     doc = json.loads(run("facilities", "show", "CT_NORTH", "--json").stdout)
     assert (doc["default_pos"], doc["contract_rate_percent"]) == (None, None)
+
+
+def test_a_cancelled_order_reverses_the_claim_line_and_the_x12_export_leaves_both_out(
+    app: RouterApp, clock: FakeClock
+) -> None:
+    from router.services.claim_export import claim_export
+
+    roster(app)
+    message_ = order("ACC-RV", "ORD-RV", [obr(1, "ACC-RV", "71260^CT chest^C4")], "E", ("R07.9",))
+    read(app, clock, "1.2.840.10008.99.9", "ACC-RV", message_, final_report("ACC-RV", "R9", NPI_A, SIGNED))
+    cancel = message_.replace(b"ORC|NW|", b"ORC|CA|").replace(b"|ORD-RV|", b"|ORD-RV-CA|")
+    assert ack_fields(inbox(app).handle(cancel, "127.0.0.1"))[0] == "AA"
+    charge, reversal = lines(app)
+    assert (reversal["kind"], reversal["reverses_id"]) == ("reversal", charge["id"])
+    claim_columns = ("billing_arrangement", "modifiers", "place_of_service", "diagnosis_codes", "charge_cents")
+    assert [reversal[key] for key in claim_columns] == ["payer", ["26"], "23", ["R07.9"], 9000]
+    assert [reversal[key] for key in claim_columns] == [charge[key] for key in claim_columns]
+    exported = claim_export(app.ledgers)
+    assert exported.groups == []
+    assert exported.excluded == [
+        (charge["id"], f"reversed by line {reversal['id']}"),
+        (reversal["id"], f"reversal of line {charge['id']}"),
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from hl7_helpers import ack_fields, order_v23, order_v251_omi, report
+from hl7_helpers import ack_fields, order_multi_procedure, order_v23, order_v251_omi, report
 
 from router.config import settings_from_mapping
 from router.domain.enums import AckCode, Priority, ReportStatus
@@ -139,28 +139,8 @@ def test_obr32_principal_result_interpreter_forms(obr32: str, expected: tuple[st
     assert parsed.signed_at is None and parsed.result_status == "F"
 
 
-#: A two-procedure ORM^O01 v2.5.1 as a RIS sends a bilateral shoulder series: one OBR per procedure,
-#: OBR-44 procedure code (CNE) and OBR-45 procedure code modifiers (CNE, repeating; HL7 v2.5.1
-#: section 4.5.3.44-45), PV1-2 outpatient, the ordering provider in OBR-16 with a name.
-MULTI_PROCEDURE_ORDER = "\r".join(
-    [
-        "MSH|^~\\&|RIS|NORTH|ROUTER|TELERAD|20261205083000||ORM^O01^ORM_O01|MSG00417|P|2.5.1",
-        "PID|1||MRN417^^^NORTH^MR||Synthetic^Patient||19650412|M",
-        "PV1|1|O|XR^2^A^NORTH||||1234567893^Refer^Rita",
-        "ORC|NW|PLC417|ACC417||SC||^^^^^R||20261205082500|||1234567893^Refer^Rita",
-        "OBR|1|PLC417|ACC417|73030^XR SHOULDER 2+ VIEWS RIGHT^C4|||20261205082000|||||||||1234567893^Refer^Rita"
-        "|||||||||||||||M25.511^Pain in right shoulder^I10|||||||||||||73030^XR shoulder^C4|RT^Right side^HCPCS",
-        "OBR|2|PLC417|ACC417|73030^XR SHOULDER 2+ VIEWS LEFT^C4|||20261205082000|||||||||1234567893^Refer^Rita"
-        "|||||||||||||||M25.512^Pain in left shoulder^I10||||||||||||||LT^Left side^HCPCS~59^Distinct procedural service^C4",
-        "OBR|3|PLC417|ACC417|XRHIP^Hip local code^L|||20261205082000|||||||||||||||||||||||||||||||||||||"
-        "73502^XR hip 2-3 views^C4|50^Bilateral procedure^C4",
-        "DG1|1|I10|M25.511^Pain in right shoulder^I10",
-    ]
-).encode()
-
-
 def test_order_procedures_carry_obr45_modifiers_and_obr44_codes() -> None:
-    message = parse(MULTI_PROCEDURE_ORDER)
+    message = parse(order_multi_procedure("ACC417", "MSG00417"))
     order = parse_order(message, header(message))
     assert [(p.code, p.system, p.modifiers) for p in order.procedures] == [
         ("73030", "C4", ("RT",)),
