@@ -56,11 +56,12 @@ def ledger_group() -> None:
 def professional(
     obj: CliContext, since: dt.date | None, until: dt.date | None, as_json: bool, as_csv: bool, wide: bool
 ) -> None:
-    """Professional-component records: one per CPT code of each reported read (modifier 26).
+    """Professional-component records: one claim line per ordered CPT code of each reported read.
 
     --from/--until select by date of service (the interpretation date). The table shows the
-    columns that fit 80 characters and UIDs shortened to their end; --wide shows every column
-    and whole UIDs, --csv and --json every field.
+    columns that fit 80 characters and UIDs shortened to their end; --wide adds the license,
+    POS, ICD-10-CM codes, charge and billing arrangement, --csv and --json every field (for
+    837P service lines: `router ledger export`).
     """
     _check(since, until, as_json, as_csv)
     rows = obj.app().ledgers.professional(since, until)
@@ -74,7 +75,7 @@ def professional(
         emit_table(
             "Professional ledger (date of service = interpretation date)",
             ["id", "kind", "study", "accession", "NPI", "CPT", "DOS"]
-            + (["license", "CPT from", "coder review"] if wide else []),
+            + (["license", "CPT from", "POS", "ICD-10-CM", "cents", "billing", "coder review"] if wide else []),
             [
                 (
                     row["id"],
@@ -82,7 +83,7 @@ def professional(
                     short_uid(row["study_instance_uid"], wide),
                     row["accession_number"],
                     row["rendering_npi"],
-                    "-".join(part for part in (row["cpt_code"], row["modifier"]) if part)
+                    "-".join(part for part in (row["cpt_code"], *(row["modifiers"] or [row["modifier"]])) if part)
                     + (" review" if row["coder_review"] and not wide else ""),
                     row["date_of_service"],
                 )
@@ -90,6 +91,10 @@ def professional(
                     (
                         license_tag(row["license_state"], row["license_number"]),
                         label(row["cpt_source"]),
+                        row["place_of_service"],
+                        " ".join(row["diagnosis_codes"] or []) or None,
+                        row["charge_cents"],
+                        row["billing_arrangement"],
                         row["review_reason"] if row["coder_review"] else "",
                     )
                     if wide
