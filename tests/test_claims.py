@@ -25,6 +25,7 @@ from router.cli import cli
 from router.config import Settings
 from router.db.models import Series, Study
 from router.domain.enums import StudyStatus
+from router.services.claim_export import claim_export
 from router.services.hl7_inbox import Hl7Inbox
 from router.services.ledgers import PROFESSIONAL_COLUMNS
 from router.services.orders import OrderService
@@ -404,8 +405,6 @@ def test_export_csv_and_x12_837p_lines(app: RouterApp, clock: FakeClock, tmp_pat
 
 
 def test_export_groups_by_arrangement(app: RouterApp, clock: FakeClock) -> None:
-    from router.services.claim_export import claim_export
-
     roster(app, arrangement="client", contract_rate_percent=50)
     message_ = order("ACC-G", "ORD-G", [obr(1, "ACC-G", "71260^CT chest^C4")], "I", ("R07.9",))
     read(app, clock, "1.2.840.10008.99.8", "ACC-G", message_, final_report("ACC-G", "R8", NPI_A, SIGNED))
@@ -498,8 +497,6 @@ def test_facility_billing_options_on_the_cli(tmp_path: Path, sqlite_url: str) ->
 def test_a_cancelled_order_reverses_the_claim_line_and_the_x12_export_leaves_both_out(
     app: RouterApp, clock: FakeClock
 ) -> None:
-    from router.services.claim_export import claim_export
-
     roster(app)
     message_ = order("ACC-RV", "ORD-RV", [obr(1, "ACC-RV", "71260^CT chest^C4")], "E", ("R07.9",))
     read(app, clock, "1.2.840.10008.99.9", "ACC-RV", message_, final_report("ACC-RV", "R9", NPI_A, SIGNED))

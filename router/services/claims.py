@@ -18,6 +18,7 @@ reason (never a guess):
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -100,7 +101,7 @@ class ClaimFields:
     billing_npi: str | None
     billing_tin: str | None
     reading_state: str | None
-    exam_date: object
+    exam_date: dt.date | None
     charge_cents: int | None
     fee_schedule_version: str | None
     contract_rate_percent: int | None
