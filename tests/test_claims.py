@@ -162,6 +162,8 @@ def test_every_claim_field_of_a_known_order_and_final_report(app: RouterApp, clo
     read(app, clock, "1.2.840.10008.99.1", "ACC-CLAIM-1", order_message, report)
     (line,) = lines(app)
     expected = {
+        "id": line["id"],  # the line item control number (REF*6R); its value is the database's
+        "recorded_at": "2026-11-29T15:10:00Z",  # when the report came in (the fake clock)
         "kind": "charge",
         "reverses_id": None,
         "study_instance_uid": "1.2.840.10008.99.1",
@@ -199,7 +201,7 @@ def test_every_claim_field_of_a_known_order_and_final_report(app: RouterApp, clo
         "contract_rate_percent": None,
     }
     assert {key: line[key] for key in expected} == expected
-    assert set(PROFESSIONAL_COLUMNS) == set(expected) | {"id", "recorded_at"}
+    assert set(PROFESSIONAL_COLUMNS) == set(expected)
 
 
 def test_order_diagnoses_used_when_the_report_has_none_and_bad_codes_go_to_review(

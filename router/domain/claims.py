@@ -281,7 +281,11 @@ class FeeSchedule:
         DataFileError
             ``fee schedule line N: reason`` for a bad code, modifier, amount or repeated key.
         """
-        lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if not line.startswith("#")]
+        lines = [
+            (number, line)
+            for number, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.startswith("#")
+        ]
         reader = csv.DictReader([line for _, line in lines])
         if reader.fieldnames is None or not {"cpt", "modifier", "charge_cents"} <= set(reader.fieldnames):
             raise DataFileError("fee schedule: the header must name cpt, modifier, charge_cents")
