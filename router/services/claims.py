@@ -145,27 +145,32 @@ def _diagnoses(
     return (), None, [*problems, "no ICD-10-CM diagnosis on the report or the order"]
 
 
-def _charge(
-    line: BillingLine,
+def line_charge(
+    cpt_code: str | None,
+    professional: bool,
     arrangement: BillingArrangement,
-    facility: Facility | None,
+    contract_rate_percent: int | None,
     fees: FeeSchedule | None,
     fee_file: str,
 ) -> tuple[int | None, int | None, list[str]]:
-    """``(charge_cents, contract_rate_percent, problems)`` of a line."""
+    """``(charge_cents, contract_rate_percent applied, problems)`` of one unit of a line.
+
+    ``professional``: the code has a PC/TC split (modifier 26 from the map), so the CPT-26 fee
+    is used, also for a ``global`` arrangement (the group's share of the facility's global
+    bill, docs/billing.md). ``none`` is 0 cents; ``client`` needs a contract rate; ``global``
+    applies one when set. A ledger correction that changes the CPT code reprices with this.
+    """
     if arrangement is BillingArrangement.NONE:
         return 0, None, []
-    if line.cpt_code is None:
+    if cpt_code is None:
         return None, None, []
     if fees is None:
         return None, None, [f"no fee schedule for the date-of-service year ({fee_file} not found)"]
-    # the professional fee also for global: what the reader's share is priced on (docs/billing.md)
-    professional = line.modifier == "26"
-    fee = fees.charge(line.cpt_code, professional)
+    fee = fees.charge(cpt_code, professional)
     if fee is None:
-        shown = line.cpt_code + ("-26" if professional else "")
+        shown = cpt_code + ("-26" if professional else "")
         return None, None, [f"no charge for {shown} in fee schedule {fees.version}"]
-    percent = facility.contract_rate_percent if facility is not None else None
+    percent = contract_rate_percent
     if arrangement is BillingArrangement.CLIENT and percent is None:
         return None, None, ["client arrangement without a contract rate (facilities set --contract-rate)"]
     if arrangement in (BillingArrangement.CLIENT, BillingArrangement.GLOBAL) and percent is not None:
@@ -200,7 +205,14 @@ def claim_fields(
     pos, pos_problem = place_of_service(order.patient_class if order else None, outpatient, default_pos)
     codes, source, diagnosis_problems = _diagnoses(report_diagnoses, order)
     referring = order.referring_npi if order is not None else None
-    charge, percent, charge_problems = _charge(line, arrangement, facility, fees, fee_file)
+    charge, percent, charge_problems = line_charge(
+        line.cpt_code,
+        line.modifier == "26",
+        arrangement,
+        facility.contract_rate_percent if facility is not None else None,
+        fees,
+        fee_file,
+    )
     if billed:
         problems += [pos_problem] if pos_problem else []
         problems += diagnosis_problems
