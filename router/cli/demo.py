@@ -231,7 +231,7 @@ def _print_ledgers(app: RouterApp, case_of: dict[str, str], wide: bool) -> None:
     """Both ledgers, one row per record; without ``wide`` the columns that fit 80 characters."""
     professional = app.ledgers.professional()
     emit_table(
-        "Professional ledger: claim lines (CPT-26, POS, ICD-10-CM, cents; DOS = signing date)",
+        "Professional ledger: claim lines (CPT-26, POS, ICD-10-CM, cents; DOS = signed)",
         ["case", "accession", "CPT", "POS", "ICD-10-CM", "cents", "DOS"]
         + (["rendering NPI", "referring NPI", "billing", "CPT from", "license", "coder review"] if wide else []),
         [
