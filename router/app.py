@@ -15,9 +15,11 @@ from router.config import Settings
 from router.db import migrate
 from router.db.engine import ServerOptions, check_connection, make_engine, make_session_factory
 from router.dicom.sr import read_sr_facts
+from router.domain.claims import validate_tin
 from router.domain.enums import Priority
 from router.errors import RouterError
 from router.keyring import KeyRing
+from router.services.claims import ClaimDefaults
 from router.services.cluster import keep_node_id, new_node_id, resolve_node_id
 from router.services.corrections import CorrectionService
 from router.services.intake import IntakeService
@@ -56,6 +58,17 @@ def routing_policy(settings: Settings, keyring: KeyRing | None = None) -> Routin
         storage_cents_per_gib=settings.billing.storage_cents_per_gib,
         forwarding_enabled=settings.forwarding.enabled,
         keyring=keyring,
+    )
+
+
+def claim_defaults(settings: Settings) -> ClaimDefaults:
+    """``[billing]`` values of every claim line (validated when the config was loaded)."""
+    billing = settings.billing
+    return ClaimDefaults(
+        group_npi=billing.group_npi or None,
+        tin=validate_tin(billing.tin) if billing.tin else None,
+        outpatient_pos=billing.outpatient_pos,
+        default_pos=billing.default_pos or None,
     )
 
 
@@ -137,9 +150,10 @@ class RouterApp:
             settings.billing.cpt_map,
             settings.routing.subspecialty_rules,
             settings.routing.work_rvu_file,
+            settings.billing.fee_schedule,
         )
         routing = RoutingService(sessions, reference, routing_policy(settings, keyring), clock)
-        reads = ReadService(sessions, reference, routing, clock)
+        reads = ReadService(sessions, reference, routing, clock, claim_defaults(settings))
         intake = IntakeService(sessions, archive, clock, keyring)
         intake.report_hook = SrReportIntake(sessions, archive, ReportService(reads, routing), read_sr_facts, clock)
         return cls(

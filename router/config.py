@@ -13,14 +13,17 @@ import ipaddress
 import math
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from router.domain.claims import validate_outpatient_pos, validate_pos, validate_tin
 from router.domain.enums import ArchiveBackendKind
 from router.domain.jurisdictions import normalize_jurisdiction
-from router.errors import ConfigError
+from router.domain.npi import validate_npi
+from router.errors import ConfigError, ValidationError
 from router.resources import PACKAGED_CONFIG_DIR
 
 #: DICOM PS3.8 section 9.3.2 / PS3.5 section 6.2: an AE title is at most 16 characters of the
@@ -201,11 +204,18 @@ class RoutingSettings:
 
 @dataclass(frozen=True)
 class BillingSettings:
-    """Infrastructure cost rates and the CPT map."""
+    """Infrastructure cost rates, the CPT map and fee schedule, and the billing group's identifiers."""
 
     storage_cents_per_gib: int = 10  # cents per GiB stored, rounded half up per record
     transmission_cents_per_gib: int = 5  # cents per GiB forwarded
+    # The map for the date-of-service year is cpt_map_<year>.csv in this file's folder.
     cpt_map: Path = CONFIG_DIR / "cpt_map_2026.csv"
+    # Charges per CPT (+26); the one for the date-of-service year is fee_schedule_<year>.csv beside it.
+    fee_schedule: Path = CONFIG_DIR / "fee_schedule_2026.csv"
+    group_npi: str = ""  # billing provider NPI (837P loop 2010AA NM109); "" = not set
+    tin: str = ""  # billing provider TIN/EIN (loop 2010AA REF*EI), nine digits
+    outpatient_pos: str = "22"  # POS of PV1-2 O exams unless the facility sets its own: 22 or 19
+    default_pos: str = ""  # POS when the patient class does not decide it; "" = coder review
 
 
 @dataclass(frozen=True)
@@ -554,6 +564,7 @@ def _validate(settings: Settings) -> Settings:
     for key, path in (
         ("imlc.membership_file", settings.imlc.membership_file),
         ("billing.cpt_map", settings.billing.cpt_map),
+        ("billing.fee_schedule", settings.billing.fee_schedule),
         ("routing.subspecialty_rules", settings.routing.subspecialty_rules),
         ("routing.work_rvu_file", settings.routing.work_rvu_file),
     ):
@@ -608,6 +619,7 @@ def _validate(settings: Settings) -> Settings:
         maximum=10**9,
         unit=" cents",
     )
+    _validate_claims(billing)
     _check_positive("imlc.max_age_days", settings.imlc.max_age_days, maximum=36500, unit=" days")
     _check_positive(
         "imlc.suspension_hold_days", settings.imlc.suspension_hold_days, allow_zero=True, maximum=36500, unit=" days"
@@ -638,6 +650,23 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError("logging.format", f"must be one of {', '.join(LOG_FORMATS)}, got {settings.logging.format!r}")
     _check_port("http.port", settings.http.port)
     return settings
+
+
+def _validate_claims(billing: BillingSettings) -> None:
+    """The billing group's NPI (CMS check digit), TIN (nine digits) and POS defaults (never telehealth)."""
+    checks: list[tuple[str, str, Callable[[str], object]]] = [
+        ("billing.group_npi", billing.group_npi, validate_npi),
+        ("billing.tin", billing.tin, validate_tin),
+        ("billing.outpatient_pos", billing.outpatient_pos, validate_outpatient_pos),
+        ("billing.default_pos", billing.default_pos, validate_pos),
+    ]
+    for key, value, check in checks:
+        if value == "" and key != "billing.outpatient_pos":
+            continue
+        try:
+            check(value)
+        except ValidationError as exc:
+            raise ConfigError(key, str(exc)) from exc
 
 
 def _validate_peer_limits(listener: ListenerSettings) -> None:

@@ -59,6 +59,30 @@ def order_v251_omi(accession: str, control_id: str, cpt: str = "74177") -> bytes
     )
 
 
+def order_multi_procedure(accession: str, control_id: str) -> bytes:
+    """ORM^O01 v2.5.1 as a RIS sends a bilateral shoulder series and a hip: one OBR per procedure,
+    OBR-44 procedure code (CNE) and OBR-45 procedure code modifiers (CNE, repeating; HL7 v2.5.1
+    section 4.5.3.44-45), PV1-2 outpatient, the ordering provider in OBR-16 with a name, OBR-31
+    and DG1 ICD-10-CM reasons. The third OBR has only a local code in OBR-4 and the CPT in OBR-44.
+    """
+    text = "\r".join(
+        [
+            f"MSH|^~\\&|RIS|NORTH|ROUTER|TELERAD|20261205083000||ORM^O01^ORM_O01|{control_id}|P|2.5.1",
+            "PID|1||MRN417^^^NORTH^MR||Synthetic^Patient||19650412|M",
+            f"PV1|1|O|XR^2^A^NORTH||||{REFERRING_NPI}^Refer^Rita",
+            f"ORC|NW|PLC417|{accession}||SC||^^^^^R||20261205082500|||{REFERRING_NPI}^Refer^Rita",
+            f"OBR|1|PLC417|{accession}|73030^XR SHOULDER 2+ VIEWS RIGHT^C4|||20261205082000|||||||||{REFERRING_NPI}^Refer^Rita"
+            "|||||||||||||||M25.511^Pain in right shoulder^I10|||||||||||||73030^XR shoulder^C4|RT^Right side^HCPCS",
+            f"OBR|2|PLC417|{accession}|73030^XR SHOULDER 2+ VIEWS LEFT^C4|||20261205082000|||||||||{REFERRING_NPI}^Refer^Rita"
+            "|||||||||||||||M25.512^Pain in left shoulder^I10||||||||||||||LT^Left side^HCPCS~59^Distinct procedural service^C4",
+            f"OBR|3|PLC417|{accession}|XRHIP^Hip local code^L|||20261205082000|||||||||||||||||||||||||||||||||||||"
+            "73502^XR hip 2-3 views^C4|50^Bilateral procedure^C4",
+            "DG1|1|I10|M25.511^Pain in right shoulder^I10",
+        ]
+    )
+    return (text + "\r").encode()
+
+
 def report(
     accession: str,
     control_id: str,

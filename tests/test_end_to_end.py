@@ -246,16 +246,34 @@ def test_demo_command_runs_the_main_job_and_refuses_a_used_data_dir(tmp_path: Pa
     assert "sent 4 final signed report(s) over MLLP" in result.stderr
     ledger = result.stdout.split("Professional ledger")[1].split("Infrastructure ledger")[0]
     billed = {
-        cells[1]: (cells[2], cells[3].removesuffix("-26"))
+        cells[1]: tuple(cells[2:6])
         for line in ledger.splitlines()
-        if len(cells := re.split(r"\s{2,}", line.strip())) >= 6 and cells[1].startswith("SYNACC")
+        if len(cells := re.split(r"\s{2,}", line.strip())) >= 7 and cells[1].startswith("SYNACC")
     }
+    # claim lines from config/demo/orders.csv (PV1-2 class -> POS, DG1 ICD-10-CM) and the placeholder fee schedule
     assert billed == {
-        "SYNACC0001": ("1000000012", "71260"),
-        "SYNACC0002": ("1000000012", "71046"),
-        "SYNACC0006": ("1000000012", "74177"),
-        "SYNACC0008": ("1000000046", "77067"),
+        "SYNACC0001": ("71260-26", "23", "R07.9 R06.02", "9000"),
+        "SYNACC0002": ("71046-26", "22", "R05.9", "2500"),
+        "SYNACC0006": ("74177-26", "23", "R10.31", "9000"),
+        "SYNACC0008": ("77067-26", "22", "Z12.31", "4500"),
     }
+    exported = subprocess.run(
+        [sys.executable, "-m", "router", "--data-dir", str(data_dir), "ledger", "export", "--format", "x12-837p-lines"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert exported.returncode == 0 and exported.stderr == "", exported.stderr
+    assert sorted(line for line in exported.stdout.splitlines() if line.startswith("SV1*")) == [
+        "SV1*HC:71046:26*25*UN*1*22**1~",
+        "SV1*HC:71260:26*90*UN*1*23**1:2~",
+        "SV1*HC:74177:26*90*UN*1*23**1~",
+        "SV1*HC:77067:26*45*UN*1*22**1~",
+    ]
+    renderings = [line for line in exported.stdout.splitlines() if line.startswith("NM1*82*")]
+    assert sorted(renderings) == ["NM1*82*1*READER*AVERY****XX*1000000012~"] * 3 + [
+        "NM1*82*1*READER*DEVON****XX*1000000046~"
+    ]
     for args in (["demo", "--data-dir", str(data_dir)], ["--data-dir", str(data_dir), "demo"]):  # either place
         again = subprocess.run([sys.executable, "-m", "router", *args], capture_output=True, text=True, timeout=60)
         assert again.returncode == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import running_router
 from dicom_helpers import make_dataset, send_datasets
-from hl7_helpers import REFERRING_NPI, ack_fields, order_v23, order_v251_omi, report, wait_for
+from hl7_helpers import REFERRING_NPI, ack_fields, order_multi_procedure, order_v23, order_v251_omi, report, wait_for
 from roster_fixtures import NPI_A, NPI_B, roster_with_readers
 from sqlalchemy import func, select
 
@@ -304,3 +304,26 @@ def _try_send(server: RouterServer, payload: bytes) -> bytes | None:
         return _send(server, payload)
     except (OSError, MllpError):
         return None  # the slot of the connection just closed is not free yet
+
+
+def test_multi_procedure_order_over_mllp_bills_one_claim_line_per_procedure(hl7_server: RouterServer) -> None:
+    """ORM with three OBRs (OBR-45 modifiers, OBR-44 CPT), images by C-STORE, ORU final with DG1."""
+    roster_with_readers(hl7_server.app, (NPI_A, "TX"))
+    assert ack_fields(_send(hl7_server, order_multi_procedure("ACC-HL7-M", "ORD-M")))[0] == "AA"
+    _assigned_study(hl7_server, "ACC-HL7-M")
+    signed = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=1)
+    final = report("ACC-HL7-M", "RPT-M", "2.5.1", "F", NPI_A, signed)
+    final = final.rstrip(b"\r") + b"\rDG1|1|I10|M19.011^Primary osteoarthritis, right shoulder^I10\r"
+    assert ack_fields(_send(hl7_server, final))[0] == "AA"
+    lines = [
+        (e.accession_number, e.cpt_code, e.modifiers, e.place_of_service, e.diagnosis_codes, e.diagnosis_source)
+        for e in _ledger(hl7_server)
+    ]
+    assert lines == [
+        ("ACC-HL7-M", "73030", ["26", "RT"], "22", ["M19.011"], "report"),
+        ("ACC-HL7-M", "73030", ["26", "LT", "59"], "22", ["M19.011"], "report"),
+        ("ACC-HL7-M", "73502", ["26", "50"], "22", ["M19.011"], "report"),
+    ]
+    assert {(e.referring_npi, e.referring_name, e.charge_cents) for e in _ledger(hl7_server)} == {
+        (REFERRING_NPI, "Refer^Rita", 2500)
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from hl7_helpers import ack_fields, order_v23, order_v251_omi, report
+from hl7_helpers import ack_fields, order_multi_procedure, order_v23, order_v251_omi, report
 
 from router.config import settings_from_mapping
 from router.domain.enums import AckCode, Priority, ReportStatus
@@ -92,6 +92,11 @@ def test_composed_messages_parse_back() -> None:
     order = parse_order(message, header(message))
     assert (order.accession_number, order.priority_code, order.referring_id) == ("A|1", "S", "1234567893")
     assert order.procedures[0].text == "CT & more"
+    assert (order.patient_class, order.diagnoses) == ("", ())
+    raw = compose_order("A2", "71260", "CT", Priority.ROUTINE, "ORD-2", NOW, patient_class="O", diagnoses=["R07.9"])
+    message = parse(raw)
+    order = parse_order(message, header(message))
+    assert (order.patient_class, [(d.code, d.system) for d in order.diagnoses]) == ("O", [("R07.9", "I10")])
     raw = compose_report("A|1", "F", "1000000012", "Reader", "Avery", NOW, "RPT-1", NOW)
     message = parse(raw)
     parsed = parse_report(message, header(message))
@@ -132,3 +137,25 @@ def test_obr32_principal_result_interpreter_forms(obr32: str, expected: tuple[st
     parsed = parse_report(message, header(message))
     assert (parsed.interpreter_id, parsed.interpreter_family, parsed.interpreter_given) == expected
     assert parsed.signed_at is None and parsed.result_status == "F"
+
+
+def test_order_procedures_carry_obr45_modifiers_and_obr44_codes() -> None:
+    message = parse(order_multi_procedure("ACC417", "MSG00417"))
+    order = parse_order(message, header(message))
+    assert [(p.code, p.system, p.modifiers) for p in order.procedures] == [
+        ("73030", "C4", ("RT",)),
+        ("73030", "C4", ("LT", "59")),
+        ("XRHIP", "L", ("50",)),
+        ("73502", "C4", ("50",)),  # OBR-44 CPT code, OBR-4 having only a local code
+    ]
+    assert [d.code for d in order.diagnoses] == ["M25.511", "M25.512"]
+    assert (order.referring_id, order.referring_name, order.patient_class) == ("1234567893", "Refer^Rita", "O")
+
+
+def test_result_diagnoses_from_dg1_and_obr31() -> None:
+    oru = report("ACC5", "R5", "2.5.1", "F", "1000000012", dt.datetime(2026, 12, 5, 9, 0, tzinfo=dt.UTC))
+    message = parse(oru.rstrip(b"\r") + b"\rDG1|1|I10|J18.9^Pneumonia, unspecified organism^I10\r")
+    parsed = parse_report(message, header(message))
+    assert [(d.code, d.system) for d in parsed.diagnoses] == [("J18.9", "I10")]
+    plain = parse(oru)
+    assert parse_report(plain, header(plain)).diagnoses == ()

@@ -7,36 +7,51 @@ CLI commands run through click's runner against the same database.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from roster_fixtures import NPI_A, NPI_B, add_study, audit_rows, roster_with_readers, study_state
+from hl7_helpers import REFERRING_NPI
+from roster_fixtures import NPI_A, NPI_B, OS_USER, add_study, audit_rows, study_state
 from sqlalchemy import select
+from test_claims import SIGNED, final_report, group_settings, obr, order, read, roster
 
 from router.app import RouterApp
 from router.cli import cli
 from router.config import Settings
-from router.db.models import ProfessionalEntry, Study
-from router.domain.enums import CorrectionReason, CptSource, ProfessionalEntryKind, StudyStatus
+from router.db.models import ProfessionalEntry
+from router.domain.enums import CorrectionReason, ProfessionalEntryKind, StudyStatus
 from router.errors import ConflictError, IneligibleError, NotFoundError, ValidationError
+from router.services.claim_export import claim_export
+from tests.conftest import FakeClock
 
 UID = "1.2.826.0.1.3680043.10.1.1"
+ACCESSION = "ACC-CORR-1"
 
 
-def _billed(app: RouterApp, codes: tuple[str, ...] = ("71260",)) -> None:
-    """A study from CT_NORTH (TX) with ``codes`` as ordered CPT codes, routed and read by NPI_A."""
-    roster_with_readers(app, (NPI_A, "TX"), (NPI_B, "TX"))
-    add_study(app, UID)
-    with app.sessions.begin() as session:
-        study = session.scalars(select(Study).where(Study.study_instance_uid == UID)).one()
-        study.procedure_codes = [
-            {"value": code, "scheme": "C4", "meaning": "", "source": CptSource.REQUESTED_PROCEDURE_CODE_SEQUENCE.value}
-            for code in codes
-        ]
-    app.routing.route_due()
-    assert study_state(app, UID)["current_npi"] == NPI_A  # lowest NPI wins the tie
-    app.reads.complete(UID)
+@pytest.fixture
+def app(tmp_path: Path, database_url: str, clock: FakeClock) -> Iterator[RouterApp]:
+    """A router app with a billing group NPI and TIN, on the fake clock."""
+    router_app = RouterApp.open(group_settings(tmp_path, database_url), upgrade=True, clock=clock)
+    try:
+        yield router_app
+    finally:
+        router_app.close()
+
+
+def _billed(app: RouterApp, clock: FakeClock, codes: tuple[str, ...] = ("71260",)) -> None:
+    """Study UID from CT_NORTH (TX) ordered with ``codes`` (an ER order with a referring NPI and
+    a diagnosis), routed to NPI_A (NPI_B is licensed too) and billed from NPI_A's final report."""
+    roster(app)
+    app.roster.radiologists.add(NPI_B, "Reader^Blake", OS_USER)
+    app.roster.licenses.add(NPI_B, "TX", "TX-0002", dt.date(2028, 6, 30), OS_USER, issued=dt.date(2020, 1, 1))
+    obrs = [
+        obr(index, ACCESSION, f"{code}^Procedure^C4", f"{REFERRING_NPI}^Refer^Rita", "R07.9^Chest pain^I10")
+        for index, code in enumerate(codes, start=1)
+    ]
+    report = final_report(ACCESSION, "RPT-1", NPI_A, SIGNED)
+    read(app, clock, UID, ACCESSION, order(ACCESSION, "ORD-1", obrs, patient_class="E"), report)
 
 
 def _ledger(app: RouterApp) -> list[ProfessionalEntry]:
@@ -54,12 +69,18 @@ def _net(app: RouterApp) -> dict[tuple[str | None, str | None], int]:
     return {key: units for key, units in out.items() if units}
 
 
-def test_a_coding_correction_writes_a_void_and_a_replacement_and_is_audited(app: RouterApp) -> None:
-    _billed(app)
+def test_a_coding_correction_writes_a_void_and_a_replacement_and_is_audited(app: RouterApp, clock: FakeClock) -> None:
+    _billed(app, clock)
     (charge,) = _ledger(app)
-    assert (charge.cpt_code, charge.modifier, charge.claim_frequency, charge.replaces_id) == ("71260", "26", "1", None)
+    assert (charge.cpt_code, charge.modifiers, charge.charge_cents, charge.coder_review) == (
+        "71260",
+        ["26"],
+        9000,
+        False,
+    )
+    assert (charge.claim_frequency, charge.replaces_id) == ("1", None)
     done = app.corrections.correct(
-        charge.id, CorrectionReason.CORRECTED_CODING, "coder", cpt="71250", note="no contrast"
+        charge.id, CorrectionReason.CORRECTED_CODING, "coder", cpt="73030", modifiers=["RT"], note="shoulder, right"
     )
     original, reversal, replacement = _ledger(app)
     assert done.reversal_ids == (reversal.id,) and done.replacement_ids == (replacement.id,)
@@ -68,19 +89,28 @@ def test_a_coding_correction_writes_a_void_and_a_replacement_and_is_audited(app:
         charge.id,
         "8",
     )
-    assert (reversal.cpt_code, reversal.modifier, reversal.units) == ("71260", "26", 1)
+    # the reversal nets the charge exactly: same code, modifiers, units and charge
+    assert (reversal.cpt_code, reversal.modifiers, reversal.units, reversal.charge_cents) == ("71260", ["26"], 1, 9000)
     assert (replacement.kind, replacement.claim_frequency, replacement.replaces_id) == (
         ProfessionalEntryKind.CHARGE,
         "7",
         charge.id,
     )
-    assert (replacement.cpt_code, replacement.modifier, replacement.correction_reason, replacement.correction_note) == (
-        "71250",
-        "26",
+    # repriced from fee_schedule_2026.csv (73030-26: 2500 cents, placeholder), 26 from the 2026 map
+    assert (
+        replacement.cpt_code,
+        replacement.modifier,
+        replacement.modifiers,
+        replacement.charge_cents,
+        replacement.fee_schedule_version,
+        replacement.cpt_map_version,
+    ) == ("73030", "26", ["26", "RT"], 2500, "2026", "2026")
+    assert (replacement.correction_reason, replacement.correction_note, replacement.coder_review) == (
         "corrected_coding",
-        "no contrast",
+        "shoulder, right",
+        False,
     )
-    # everything else is the original's: reader, license, date of service, accession
+    # everything else is the original's: reader, license, dates, accession, claim fields
     for column in (
         "rendering_npi",
         "license_state",
@@ -88,66 +118,95 @@ def test_a_coding_correction_writes_a_void_and_a_replacement_and_is_audited(app:
         "date_of_service",
         "assignment_id",
         "exam_state",
+        "accession_number",
+        "place_of_service",
+        "diagnosis_codes",
+        "diagnosis_pointers",
+        "referring_npi",
+        "billing_npi",
+        "billing_tin",
+        "exam_date",
     ):
-        assert getattr(replacement, column) == getattr(original, column)
-    assert _net(app) == {("71250", "26"): 1}
+        assert getattr(replacement, column) == getattr(original, column), column
+    assert _net(app) == {("73030", "26"): 1}
+    # the export sends the claim again as a replacement (CLM05-3 7) with the line that stands
+    exported = claim_export(app.ledgers)
+    assert [[line["id"] for line in group] for _, _, group in exported.groups] == [[replacement.id]]
+    text = exported.x12_lines()
+    assert text[2].startswith(f"# claim accession {ACCESSION} DOS 2026-11-29 CLM05-3 7 (replacement of the claim")
+    assert "SV1*HC:73030:26:RT*25*UN*1*23**1~" in text
     action, key, user, old, new = audit_rows(app)[-1]
     assert (action, key, user) == ("ledger.correct", str(charge.id), "coder")
-    assert old == {"cpt_code": "71260", "coder_review": False}
-    assert new == {
-        "cpt_code": "71250",
-        "coder_review": False,
-        "reason": "corrected_coding",
-        "reversal_id": reversal.id,
-        "replacement_id": replacement.id,
-        "note": "no contrast",
-    }
+    # only what changed (map and fee schedule versions are 2026 both times)
+    assert old == {"cpt_code": "71260", "modifiers": ["26"], "charge_cents": 9000, "coder_review": False}
+    assert new["cpt_code"] == "73030" and new["modifiers"] == ["26", "RT"] and new["charge_cents"] == 2500
+    assert (new["reason"], new["reversal_id"], new["replacement_id"], new["note"]) == (
+        "corrected_coding",
+        reversal.id,
+        replacement.id,
+        "shoulder, right",
+    )
 
 
-def test_a_charge_is_corrected_once_and_a_reversal_never(app: RouterApp) -> None:
-    _billed(app)
+def test_a_charge_is_corrected_once_and_a_reversal_never(app: RouterApp, clock: FakeClock) -> None:
+    _billed(app, clock)
     (charge,) = _ledger(app)
-    app.corrections.correct(charge.id, CorrectionReason.CORRECTED_CODING, "coder", modifier="RT")
+    app.corrections.correct(charge.id, CorrectionReason.CORRECTED_CODING, "coder", units=2)
+    assert (_ledger(app)[2].units, _ledger(app)[2].charge_cents) == (2, 18000)  # 2 x 9000
     with pytest.raises(ConflictError, match="already reversed"):
-        app.corrections.correct(charge.id, CorrectionReason.CORRECTED_CODING, "coder", units=2)
+        app.corrections.correct(charge.id, CorrectionReason.CORRECTED_CODING, "coder", units=3)
     reversal = _ledger(app)[1]
     with pytest.raises(ValidationError, match="is a reversal"):
         app.corrections.void(reversal.id, CorrectionReason.WRONG_PATIENT, "coder")
     with pytest.raises(NotFoundError):
         app.corrections.void(999, CorrectionReason.WRONG_PATIENT, "coder")
     replacement = _ledger(app)[2]
-    with pytest.raises(ValidationError, match="already has those values"):
-        app.corrections.correct(replacement.id, CorrectionReason.CORRECTED_CODING, "coder", modifier="rt")
-    with pytest.raises(ValidationError, match="nothing to correct"):
-        app.corrections.correct(replacement.id, CorrectionReason.CORRECTED_CODING, "coder")
-    with pytest.raises(ValidationError, match="not one of"):
-        app.corrections.correct(replacement.id, CorrectionReason.CORRECTED_CODING, "coder", modifier="TC")
-    with pytest.raises(ValidationError, match="CPT"):
-        app.corrections.correct(replacement.id, CorrectionReason.CORRECTED_CODING, "coder", cpt="7126")
+    refused = (
+        ({"units": 2}, "nothing to correct"),
+        ({}, "nothing to correct"),
+        ({"modifiers": ["ZZ"]}, "not one of"),
+        ({"modifiers": ["TC"]}, "the arrangement decides 26"),
+        ({"modifiers": ["GT"]}, "telehealth modifier"),
+        ({"modifiers": ["LT", "RT"]}, "contradict"),
+        ({"cpt": "7126"}, "CPT"),
+        ({"cpt": "99999"}, "not in the CPT map 2026"),
+        ({"place_of_service": "02"}, "telehealth POS"),
+        ({"diagnoses": ["chest pain"]}, "not an ICD-10-CM code"),
+        ({"referring_npi": "1234567890"}, "NPI"),
+        ({"units": 0}, "between 1 and 99"),
+    )
+    for change, message in refused:
+        with pytest.raises(ValidationError, match=message):
+            app.corrections.correct(replacement.id, CorrectionReason.CORRECTED_CODING, "coder", **change)
     assert len(_ledger(app)) == 3  # nothing written by the refused ones
 
 
-def test_a_line_held_for_coder_review_is_approved_as_an_original(app: RouterApp) -> None:
-    _billed(app, codes=("99999",))  # a well-formed code the CPT map does not know: coder review
+def test_a_line_held_for_coder_review_is_approved_as_an_original(app: RouterApp, clock: FakeClock) -> None:
+    _billed(app, clock, codes=("99999",))  # a well-formed code the CPT map does not know: coder review
     (held,) = _ledger(app)
     assert (held.cpt_code, held.modifier, held.coder_review) == ("99999", None, True)
-    app.corrections.correct(held.id, CorrectionReason.CODER_APPROVED, "coder", cpt="71260")
+    with pytest.raises(ValidationError, match="not in the CPT map"):
+        app.corrections.correct(held.id, CorrectionReason.CODER_APPROVED, "coder")
+    app.corrections.correct(held.id, CorrectionReason.CODER_APPROVED, "coder", cpt="71260", diagnoses=["R91.8"])
     _, reversal, approved = _ledger(app)
     # the held line was never on a claim: its reversal stays in review, the approval is an original
     assert (reversal.claim_frequency, reversal.coder_review) == ("8", True)
-    assert (approved.cpt_code, approved.modifier, approved.claim_frequency, approved.coder_review) == (
-        "71260",
-        "26",
-        "1",
-        False,
-    )
+    assert (
+        approved.cpt_code,
+        approved.modifiers,
+        approved.charge_cents,
+        approved.diagnosis_codes,
+        approved.diagnosis_source,
+        approved.claim_frequency,
+        approved.coder_review,
+    ) == ("71260", ["26"], 9000, ["R91.8"], None, "1", False)
     assert approved.review_reason is None and approved.replaces_id == held.id
     with pytest.raises(ValidationError, match="not held for coder review"):
         app.corrections.correct(approved.id, CorrectionReason.CODER_APPROVED, "coder")
 
 
-def test_void_study_for_wrong_patient_and_merge(app: RouterApp) -> None:
-    _billed(app, codes=("71260", "74177"))
+def test_void_study_for_wrong_patient_and_merge(app: RouterApp, clock: FakeClock) -> None:
+    _billed(app, clock, codes=("71260", "74177"))
     first, second = _ledger(app)
     done = app.corrections.void_study(UID, CorrectionReason.WRONG_PATIENT, "admin", note="filed under MRN 2")
     reversals = _ledger(app)[2:]
@@ -165,8 +224,8 @@ def test_void_study_for_wrong_patient_and_merge(app: RouterApp) -> None:
     assert audit_rows(app)[-1][:3] == ("ledger.void", UID, "admin")
 
 
-def test_a_reassigned_read_is_voided_and_billed_once_by_the_new_reader(app: RouterApp) -> None:
-    _billed(app)
+def test_a_reassigned_read_is_voided_and_billed_once_by_the_new_reader(app: RouterApp, clock: FakeClock) -> None:
+    _billed(app, clock)
     assert len(_ledger(app)) == 1
     done = app.corrections.void_study(UID, CorrectionReason.READ_REASSIGNED, "admin")
     assert done.rerouted_to == NPI_B
@@ -181,12 +240,13 @@ def test_a_reassigned_read_is_voided_and_billed_once_by_the_new_reader(app: Rout
         (ProfessionalEntryKind.CHARGE, NPI_B, "1"),
     ]
     assert _net(app) == {("71260", "26"): 1}  # one charge per interpretation
+    assert entries[2].charge_cents == 9000 and entries[2].place_of_service == "23"
     with pytest.raises(IneligibleError, match="already completed"):
         app.reads.complete(UID)
 
 
-def test_ledger_cli_correct_and_void(app: RouterApp, settings: Settings, tmp_path: Path) -> None:
-    _billed(app, codes=("71260", "74177"))
+def test_ledger_cli_correct_and_void(app: RouterApp, clock: FakeClock, settings: Settings, tmp_path: Path) -> None:
+    _billed(app, clock, codes=("71260", "74177"))
     first, second = _ledger(app)
     config = tmp_path / "cli.toml"
     config.write_text(f'[paths]\ndata_dir = "{settings.paths.data_dir}"\n[database]\nurl = "{settings.database_url}"\n')
@@ -196,16 +256,18 @@ def test_ledger_cli_correct_and_void(app: RouterApp, settings: Settings, tmp_pat
         result = runner.invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
         return result.exit_code, result.stdout if result.exit_code == 0 else result.stderr
 
-    code, out = run("ledger", "correct", str(first.id), "--modifier", "LT", "--note", "left side")
+    code, out = run("ledger", "correct", str(first.id), "--modifier", "59", "--note", "distinct procedure")
     assert code == 0, out
     assert out.strip() == f"study {UID}: corrected_coding: wrote reversal(s) 3 and replacement charge(s) 4"
     code, out = run("ledger", "void", str(second.id), "--reason", "study-merged")
     assert code == 0 and out.strip() == f"study {UID}: study_merged: wrote reversal(s) 5"
-    assert _net(app) == {("71260", "LT"): 1}
+    assert [item.modifiers for item in _ledger(app)] == [["26"], ["26"], ["26"], ["26", "59"], ["26"]]
+    assert _net(app) == {("71260", "26"): 1}
     for args, message in (
         (("ledger", "void", "--reason", "wrong-patient"), "give either a ledger record id or --study UID"),
         (("ledger", "void", "4", "--reason", "read-reassigned"), "use --study UID"),
-        (("ledger", "correct", "4", "--modifier", "LT", "--no-modifier"), "choose one of --modifier"),
+        (("ledger", "correct", "4", "--modifier", "LT", "--no-modifiers"), "choose one of --modifier"),
+        (("ledger", "correct", "4", "--pos", "10"), "telehealth POS"),
         (("ledger", "correct", "3", "--units", "2"), "ledger record 3 is a reversal"),
         (("ledger", "correct", "77", "--units", "2"), "no professional ledger record 77"),
         (("ledger", "void", "--study", "9.9", "--reason", "wrong-patient"), "9.9"),
@@ -230,20 +292,22 @@ def test_ledger_cli_correct_and_void(app: RouterApp, settings: Settings, tmp_pat
     assert isinstance(first.date_of_service, dt.date)
 
 
-def test_migration_marks_existing_reversals_as_voids_and_keeps_the_ledger_append_only(app: RouterApp) -> None:
+def test_migration_marks_existing_reversals_as_voids_and_keeps_the_ledger_append_only(
+    app: RouterApp, clock: FakeClock
+) -> None:
     from alembic import command
     from sqlalchemy import text, update
     from sqlalchemy.exc import DatabaseError, IntegrityError
 
     from router.db import migrate
 
-    _billed(app)
+    _billed(app, clock)
     app.corrections.void_study(UID, CorrectionReason.WRONG_PATIENT, "admin")
     engine = app.engine
     config = migrate.alembic_config(engine)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.downgrade(config, "0007_cluster")
+        command.downgrade(config, "0008_claims")
     migrate.upgrade(engine)
     with engine.connect() as connection:
         rows = connection.execute(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, insert, text, update
 from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from router.db import migrate
@@ -51,5 +52,30 @@ def test_append_only_tables_refuse_update_and_delete(empty_database_url: str) ->
             with pytest.raises((IntegrityError, DatabaseError)) as caught, engine.begin() as connection:
                 connection.execute(statement)
             assert "append-only" in str(caught.value)
+    finally:
+        engine.dispose()
+
+
+def test_0008_claims_keeps_existing_facilities_as_payer_and_downgrades(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        migrate.upgrade(engine, "0007_cluster")
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO facilities (ae_title, state, requires_privileges, created_at) "
+                    "VALUES ('CT_OLD', 'TX', false, '2026-01-01 00:00:00+00:00')"
+                )
+            )
+        migrate.upgrade(engine)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT billing_arrangement FROM facilities")).scalar_one() == "payer"
+        with engine.begin() as connection:
+            config = migrate.alembic_config(engine)
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0007_cluster")
+        assert migrate.current_revision(engine) == "0007_cluster"
+        migrate.upgrade(engine)
+        assert migrate.is_current(engine)
     finally:
         engine.dispose()

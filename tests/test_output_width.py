@@ -59,7 +59,7 @@ def test_demo_fits_80_columns(demo_run: tuple[Path, str]) -> None:
     assert not UID.search(out)  # no UID at all in the compact demo tables
     assert "HELD" in out
     # identifiers, licenses and codes are never broken across lines
-    for token in ("OK-OKSYN-10012", "TX-TXSYN-10012", "Reader^Avery", "71260-26", "1000000012", "2026-"):
+    for token in ("OK-OKSYN-10012", "TX-TXSYN-10012", "Reader^Avery", "71260-26", "SYNACC0001", "R06.02", "2026-"):
         assert token in out
     assert "Hold reasons and location conflicts" in out
     assert "no state: no exam state" in out

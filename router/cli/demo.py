@@ -98,6 +98,8 @@ def demo(
         .replace("http", enabled=False)
         .replace("hl7", enabled=True, host="127.0.0.1", port=0, tls=False)
     )
+    if not settings.billing.group_npi:  # sample billing group identifiers, so the claim lines are complete
+        settings = settings.replace("billing", group_npi=DEMO_GROUP_NPI, tin=settings.billing.tin or DEMO_TIN)
     if not obj.verbose:
         settings = settings.replace("logging", level="WARNING")
     obj.settings = settings
@@ -120,9 +122,21 @@ def demo(
         assert server.hl7_port is not None
         hl7_port = server.hl7_port
         orders = _demo_orders(roster_dir / "orders.csv")
-        for accession, (cpt, description, priority) in orders.items():
+        for accession, row in orders.items():
             _send_hl7(
-                hl7_port, compose_order(accession, cpt, description, priority, f"DEMO-ORD-{accession}", app.clock())
+                hl7_port,
+                compose_order(
+                    accession,
+                    row["cpt"],
+                    row["description"],
+                    Priority(row["priority"]),
+                    f"DEMO-ORD-{accession}",
+                    app.clock(),
+                    referring_npi=row.get("referring_npi") or "",
+                    referring_name=row.get("referring_name") or "",
+                    patient_class=row.get("patient_class") or "",
+                    diagnoses=[code for code in (row.get("diagnoses") or "").split("|") if code],
+                ),
             )
         click.echo(f"sent {len(orders)} order(s) over MLLP to port {hl7_port}", err=True)
         sent = 0
@@ -208,23 +222,41 @@ def demo(
     )
 
 
+#: Billing group identifiers the demo uses when the config sets none (a valid NPI; a sample TIN).
+DEMO_GROUP_NPI = "1999999992"
+DEMO_TIN = "123456789"
+
+
 def _print_ledgers(app: RouterApp, case_of: dict[str, str], wide: bool) -> None:
     """Both ledgers, one row per record; without ``wide`` the columns that fit 80 characters."""
     professional = app.ledgers.professional()
     emit_table(
-        "Professional ledger: from the signed reports, CPT + modifier 26, date of service = signing date",
-        ["case", "accession", "rendering NPI", "CPT", "CPT from", "DOS"]
-        + (["license", "coder review"] if wide else []),
+        "Professional ledger: claim lines (CPT-26, POS, ICD-10-CM, cents; DOS = signed)",
+        ["case", "accession", "CPT", "POS", "ICD-10-CM", "cents", "DOS"]
+        + (["rendering NPI", "referring NPI", "billing", "CPT from", "license", "coder review"] if wide else []),
         [
             (
                 label(case_of.get(entry["study_instance_uid"])),
                 entry["accession_number"],
-                entry["rendering_npi"],
-                "-".join(part for part in (entry["cpt_code"], entry["modifier"]) if part) or None,
-                f"{label(entry['cpt_source'])}{' (coder review)' if entry['coder_review'] and not wide else ''}",
+                "-".join([entry["cpt_code"] or "?", *(entry["modifiers"] or [])])
+                + (" review" if entry["coder_review"] and not wide else ""),
+                entry["place_of_service"],
+                " ".join(entry["diagnosis_codes"] or []) or None,
+                entry["charge_cents"],
                 entry["date_of_service"],
             )
-            + ((f"{entry['license_state']}-{entry['license_number']}", entry["review_reason"] or "no") if wide else ())
+            + (
+                (
+                    entry["rendering_npi"],
+                    entry["referring_npi"],
+                    entry["billing_arrangement"],
+                    label(entry["cpt_source"]),
+                    f"{entry['license_state']}-{entry['license_number']}",
+                    entry["review_reason"] or "no",
+                )
+                if wide
+                else ()
+            )
             for entry in professional
         ],
         wide=wide,
@@ -249,15 +281,14 @@ def _print_ledgers(app: RouterApp, case_of: dict[str, str], wide: bool) -> None:
     )
 
 
-def _demo_orders(path: Path) -> dict[str, tuple[str, str, Priority]]:
-    """``accession -> (CPT, description, priority)`` from the demo's orders.csv (none if absent)."""
+def _demo_orders(path: Path) -> dict[str, dict[str, str]]:
+    """``accession -> row`` of the demo's orders.csv (none if absent): cpt, description, priority and,
+    when the file has them, patient_class (PV1-2), diagnoses (ICD-10-CM, ``|``-separated), referring_npi
+    and referring_name (``family^given``)."""
     if not path.exists():
         return {}
     with path.open(encoding="utf-8", newline="") as handle:
-        return {
-            row["accession"]: (row["cpt"], row["description"], Priority(row["priority"]))
-            for row in csv.DictReader(handle)
-        }
+        return {row["accession"]: row for row in csv.DictReader(handle)}
 
 
 def _send_hl7(port: int, payload: bytes) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from router.cli.context import CliContext, study_uid_argument
+from router.cli.ledger_export import export
 from router.cli.output import (
     emit_csv,
     emit_json,
@@ -57,11 +58,12 @@ def ledger_group() -> None:
 def professional(
     obj: CliContext, since: dt.date | None, until: dt.date | None, as_json: bool, as_csv: bool, wide: bool
 ) -> None:
-    """Professional-component records: one per CPT code of each reported read (modifier 26).
+    """Professional-component records: one claim line per ordered CPT code of each reported read.
 
     --from/--until select by date of service (the interpretation date). The table shows the
-    columns that fit 80 characters and UIDs shortened to their end; --wide shows every column
-    and whole UIDs, --csv and --json every field.
+    columns that fit 80 characters and UIDs shortened to their end; --wide adds the license,
+    POS, ICD-10-CM codes, charge and billing arrangement, --csv and --json every field (for
+    837P service lines: `router ledger export`).
     """
     _check(since, until, as_json, as_csv)
     rows = obj.app().ledgers.professional(since, until)
@@ -75,7 +77,7 @@ def professional(
         emit_table(
             "Professional ledger (date of service = interpretation date)",
             ["id", "kind", "study", "accession", "NPI", "CPT", "DOS"]
-            + (["license", "CPT from", "coder review"] if wide else []),
+            + (["license", "CPT from", "POS", "ICD-10-CM", "cents", "billing", "coder review"] if wide else []),
             [
                 (
                     row["id"],
@@ -83,7 +85,7 @@ def professional(
                     short_uid(row["study_instance_uid"], wide),
                     row["accession_number"],
                     row["rendering_npi"],
-                    "-".join(part for part in (row["cpt_code"], row["modifier"]) if part)
+                    "-".join(part for part in (row["cpt_code"], *(row["modifiers"] or [row["modifier"]])) if part)
                     + (" review" if row["coder_review"] and not wide else ""),
                     row["date_of_service"],
                 )
@@ -91,6 +93,10 @@ def professional(
                     (
                         license_tag(row["license_state"], row["license_number"]),
                         label(row["cpt_source"]),
+                        row["place_of_service"],
+                        " ".join(row["diagnosis_codes"] or []) or None,
+                        row["charge_cents"],
+                        row["billing_arrangement"],
                         row["review_reason"] if row["coder_review"] else "",
                     )
                     if wide
@@ -175,10 +181,20 @@ def _say_correction(done: Correction) -> None:
     show_default=True,
     help="corrected-coding: change the code, modifier or units; coder-approved: clear a line held for review.",
 )
-@click.option("--cpt", help="The CPT code to bill instead (modifier 26 follows the CPT map unless --modifier says).")
-@click.option("--modifier", help="The modifier to bill (26, LT, RT, 50, 59, XE, XP, XS, XU, 76, 77, 52).")
-@click.option("--no-modifier", is_flag=True, help="Bill the line without a modifier.")
-@click.option("--units", type=click.IntRange(1, 99), help="Units of service.")
+@click.option("--cpt", help="The CPT code to bill instead (repriced; modifier 26 follows the CPT map of the DOS year).")
+@click.option(
+    "--modifier",
+    "modifiers",
+    multiple=True,
+    help="A modifier besides 26 (LT, RT, 50, 59, XE, XP, XS, XU, 76, 77, 52); repeat for several. Replaces the line's.",
+)
+@click.option("--no-modifiers", is_flag=True, help="Bill the line with no modifier besides 26.")
+@click.option("--units", type=click.IntRange(1, 99), help="Units of service (the charge follows).")
+@click.option("--pos", help="CMS place of service code where the exam was done (never 02/10).")
+@click.option(
+    "--icd10", "diagnoses", multiple=True, help="An ICD-10-CM code; repeat for several (replaces the line's)."
+)
+@click.option("--referring-npi", help="NPI of the referring provider (a payer claim needs one).")
 @click.option("--note", help="The coder's note, kept on both records and in the audit log.")
 @click.pass_obj
 def correct(
@@ -186,9 +202,12 @@ def correct(
     entry_id: int,
     reason: str,
     cpt: str | None,
-    modifier: str | None,
-    no_modifier: bool,
+    modifiers: tuple[str, ...],
+    no_modifiers: bool,
     units: int | None,
+    pos: str | None,
+    diagnoses: tuple[str, ...],
+    referring_npi: str | None,
     note: str | None,
 ) -> None:
     """Replace professional charge ENTRY_ID after coder review (audited).
@@ -196,16 +215,18 @@ def correct(
     Writes the charge's reversal (claim frequency 8) and a replacement charge (claim frequency
     7, or 1 when the line was held for review and so never billed). The ledger is never edited.
     """
-    if modifier is not None and no_modifier:
-        raise click.UsageError("choose one of --modifier and --no-modifier")
+    if modifiers and no_modifiers:
+        raise click.UsageError("choose one of --modifier and --no-modifiers")
     done = obj.app().corrections.correct(
         entry_id,
         _reason(reason),
         obj.os_user(),
         cpt=cpt,
-        modifier=modifier,
-        clear_modifier=no_modifier,
+        modifiers=list(modifiers) if modifiers else ([] if no_modifiers else None),
         units=units,
+        place_of_service=pos,
+        diagnoses=list(diagnoses) or None,
+        referring_npi=referring_npi,
         note=note,
     )
     _say_correction(done)
@@ -249,5 +270,6 @@ def _period(since: dt.date | None, until: dt.date | None) -> str:
 
 
 def register(cli: click.Group) -> None:
-    """Add ``ledger`` to the root group."""
+    """Add ``ledger`` (with ``ledger export``) to the root group."""
+    ledger_group.add_command(export)
     cli.add_command(ledger_group)

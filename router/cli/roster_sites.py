@@ -3,15 +3,63 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import click
 
 from router.cli.context import CliContext
 from router.cli.output import emit_fields, emit_json, emit_table
 from router.cli.roster_common import IsoDate, confirm, field, json_option, report, roster, yes_no, yes_option
-from router.domain.enums import FederalFacility
+from router.domain.enums import BillingArrangement, FederalFacility
 from router.errors import NotFoundError
 from router.services.roster import UNSET
+from router.services.roster_facilities import billing_fields
+
+_BILLING_OPTIONS = [
+    click.option(
+        "--billing",
+        "arrangement",
+        type=click.Choice(BillingArrangement.values()),
+        help="Who its reads are billed to: payer (837P, CPT-26), client (the facility, at --contract-rate), "
+        "global (the facility bills globally: no 26, not sent to a payer) or none. Default payer.",
+    ),
+    click.option(
+        "--outpatient-pos",
+        metavar="22|19",
+        help="Place of service of its outpatient (PV1-2 O) exams: 22 on-campus or 19 off-campus outpatient "
+        "hospital ('none': billing.outpatient_pos).",
+    ),
+    click.option(
+        "--default-pos",
+        metavar="POS",
+        help="CMS place of service when the order's patient class does not decide it, e.g. 11 office "
+        "('none' clears; telehealth 02/10 refused).",
+    ),
+    click.option(
+        "--contract-rate",
+        metavar="PERCENT",
+        help="Client contract rate, 1-100 percent of the fee schedule ('none' clears).",
+    ),
+]
+
+
+def _billing_options(function: Any) -> Any:
+    for option in reversed(_BILLING_OPTIONS):
+        function = option(function)
+    return function
+
+
+def _billing(
+    arrangement: str | None, outpatient_pos: str | None, default_pos: str | None, contract_rate: str | None
+) -> dict[str, Any]:
+    """The facility billing fields given on the command line (see billing_fields)."""
+    rate: Any = field(contract_rate)
+    if isinstance(rate, str):
+        text = rate.strip().rstrip("%")
+        if not text.isdigit():
+            raise click.UsageError(f"--contract-rate must be a whole percent (1-100) or 'none', got {contract_rate!r}")
+        rate = int(text)
+    return billing_fields(field(arrangement), field(outpatient_pos), field(default_pos), rate)
 
 
 @click.group("facilities")
@@ -39,6 +87,7 @@ def facilities_group() -> None:
     metavar="NAME",
     help="InstitutionName (0008,0080) value identifying it; repeatable.",
 )
+@_billing_options
 @json_option
 @click.pass_obj
 def add(
@@ -50,6 +99,10 @@ def add(
     requires_privileges: bool,
     federal: str | None,
     aliases: tuple[str, ...],
+    arrangement: str | None,
+    outpatient_pos: str | None,
+    default_pos: str | None,
+    contract_rate: str | None,
     as_json: bool,
 ) -> None:
     """Register a facility; held studies it sent are re-routed."""
@@ -62,6 +115,7 @@ def add(
         requires_privileges=requires_privileges,
         federal=federal,
         aliases=aliases,
+        billing=_billing(arrangement, outpatient_pos, default_pos, contract_rate),
     )
     record = change.record or {}
     report(change, as_json, f"registered facility {change.entity_key} in {record.get('state')}")
@@ -78,6 +132,7 @@ def add(
 @click.option("--federal", type=click.Choice([*FederalFacility.values(), "none"]), help="VA, DoD, or none.")
 @click.option("--alias", "aliases", multiple=True, metavar="NAME", help="Add an InstitutionName alias; repeatable.")
 @click.option("--remove-alias", "remove_aliases", multiple=True, metavar="NAME", help="Remove an alias; repeatable.")
+@_billing_options
 @json_option
 @click.pass_obj
 def set_facility(
@@ -90,6 +145,10 @@ def set_facility(
     federal: str | None,
     aliases: tuple[str, ...],
     remove_aliases: tuple[str, ...],
+    arrangement: str | None,
+    outpatient_pos: str | None,
+    default_pos: str | None,
+    contract_rate: str | None,
     as_json: bool,
 ) -> None:
     """Change a facility; every open assignment is re-checked afterwards."""
@@ -100,10 +159,11 @@ def set_facility(
         "requires_privileges": UNSET if requires_privileges is None else requires_privileges,
         "federal": field(federal),
     }
-    if all(value is UNSET for value in changes.values()) and not aliases and not remove_aliases:
+    billing = _billing(arrangement, outpatient_pos, default_pos, contract_rate)
+    if all(value is UNSET for value in changes.values()) and not aliases and not remove_aliases and not billing:
         raise click.UsageError("nothing to change: give at least one option")
     change = roster(obj).facilities.set(
-        ae_title, obj.os_user(), add_aliases=aliases, remove_aliases=remove_aliases, **changes
+        ae_title, obj.os_user(), add_aliases=aliases, remove_aliases=remove_aliases, billing=billing, **changes
     )
     report(change, as_json, f"updated facility {change.entity_key}", f"facility {change.entity_key}: nothing changed")
 
@@ -119,7 +179,7 @@ def list_facilities(obj: CliContext, as_json: bool) -> None:
         return
     emit_table(
         None,
-        ["AE title", "name", "state", "time zone", "privileges required", "federal", "aliases"],
+        ["AE title", "name", "state", "time zone", "privileges required", "federal", "billing", "aliases"],
         [
             (
                 r["ae_title"],
@@ -128,6 +188,7 @@ def list_facilities(obj: CliContext, as_json: bool) -> None:
                 r["timezone"],
                 yes_no(r["requires_privileges"]),
                 r["federal"],
+                _billing_summary(r),
                 " | ".join(r["aliases"]) or None,
             )
             for r in rows
@@ -154,6 +215,9 @@ def show(obj: CliContext, ae_title: str, as_json: bool) -> None:
             ("privileges required", yes_no(doc["requires_privileges"])),
             ("federal", doc["federal"]),
             ("aliases", " | ".join(doc["aliases"]) or None),
+            ("billing", _billing_summary(doc)),
+            ("outpatient POS", doc["outpatient_pos"] or "billing.outpatient_pos"),
+            ("default POS", doc["default_pos"] or "none (coder review)"),
             ("studies", doc["study_count"]),
         ],
     )
@@ -166,6 +230,12 @@ def show(obj: CliContext, ae_title: str, as_json: bool) -> None:
                 for p in doc["privileges"]
             ],
         )
+
+
+def _billing_summary(record: dict[str, Any]) -> str:
+    arrangement = str(record["billing_arrangement"])
+    rate = record["contract_rate_percent"]
+    return f"{arrangement} {rate}%" if rate is not None else arrangement
 
 
 @facilities_group.command("remove")

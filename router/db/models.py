@@ -37,7 +37,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from router.domain.enums import (
     AckCode,
+    BillingArrangement,
     CptSource,
+    DiagnosisSource,
     ExamStateSource,
     FacilityReaderRule,
     FederalFacility,
@@ -130,6 +132,17 @@ class Facility(Base):
     timezone: Mapped[str | None] = mapped_column(String(64))
     requires_privileges: Mapped[bool] = mapped_column(Boolean, default=False)
     federal: Mapped[FederalFacility | None] = mapped_column(_enum(FederalFacility, "federal_facility"))
+    # Claims (router.domain.claims): who its reads are billed to, its outpatient setting (POS 22 or
+    # 19; None: billing.outpatient_pos), its POS when the patient class does not decide it, and the
+    # client contract rate in percent of the fee schedule (arrangement client).
+    billing_arrangement: Mapped[BillingArrangement] = mapped_column(
+        _enum(BillingArrangement, "billing_arrangement"),
+        default=BillingArrangement.PAYER,
+        server_default=BillingArrangement.PAYER.value,
+    )
+    outpatient_pos: Mapped[str | None] = mapped_column(String(2))
+    default_pos: Mapped[str | None] = mapped_column(String(2))
+    contract_rate_percent: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime]
 
     aliases: Mapped[list[FacilityAlias]] = relationship(
@@ -569,6 +582,24 @@ class ProfessionalEntry(Base):
     replaces_id: Mapped[int | None] = mapped_column(ForeignKey("professional_ledger.id"))
     correction_reason: Mapped[str | None] = mapped_column(String(32))  # CorrectionReason value
     correction_note: Mapped[str | None] = mapped_column(Text)
+    # 837P service line fields (router.services.claims; NULL on records written before 0008)
+    billing_arrangement: Mapped[BillingArrangement | None] = mapped_column(
+        _enum(BillingArrangement, "line_billing_arrangement")
+    )
+    modifiers: Mapped[list[Any] | None] = mapped_column(JSON)  # up to 4, 26 first (SV101-3..6)
+    place_of_service: Mapped[str | None] = mapped_column(String(2))  # CMS POS code (SV105)
+    diagnosis_codes: Mapped[list[Any] | None] = mapped_column(JSON)  # ICD-10-CM, up to 12 (HI, 2300)
+    diagnosis_pointers: Mapped[list[Any] | None] = mapped_column(JSON)  # 1-based, up to 4 (SV107)
+    diagnosis_source: Mapped[DiagnosisSource | None] = mapped_column(_enum(DiagnosisSource, "diagnosis_source"))
+    referring_npi: Mapped[str | None] = mapped_column(String(NPI_LENGTH))  # order (NM1*DK, 2420F)
+    referring_name: Mapped[str | None] = mapped_column(String(200))  # family^given, from the order
+    billing_npi: Mapped[str | None] = mapped_column(String(NPI_LENGTH))  # billing.group_npi (2010AA)
+    billing_tin: Mapped[str | None] = mapped_column(String(9))  # billing.tin (2010AA REF*EI)
+    reading_state: Mapped[str | None] = mapped_column(String(STATE_LENGTH))  # where the reader read
+    exam_date: Mapped[dt.date | None] = mapped_column(Date)  # StudyDate (0008,0020)
+    charge_cents: Mapped[int | None] = mapped_column(Integer)  # SV102, whole cents
+    fee_schedule_version: Mapped[str | None] = mapped_column(String(32))
+    contract_rate_percent: Mapped[int | None] = mapped_column(Integer)  # client arrangement
 
 
 # --------------------------------------------------------------------------- operations
@@ -701,6 +732,7 @@ class Order(Base):
     priority_code: Mapped[str | None] = mapped_column(String(8))  # as sent
     referring_npi: Mapped[str | None] = mapped_column(String(NPI_LENGTH))  # only a valid NPI
     referring_id: Mapped[str | None] = mapped_column(String(64))  # OBR-16.1 / ORC-12.1 as sent
+    referring_name: Mapped[str | None] = mapped_column(String(200))  # family^given of the same XCN
     ordering_facility: Mapped[str | None] = mapped_column(String(128))
     patient_class: Mapped[str | None] = mapped_column(String(8))  # PV1-2
     patient_location: Mapped[str | None] = mapped_column(String(128))  # PV1-3

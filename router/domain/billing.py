@@ -85,8 +85,10 @@ class ProcedureCode:
     scheme: str
     meaning: str = ""
     source: CptSource = CptSource.PROCEDURE_CODE_SEQUENCE
+    modifiers: tuple[str, ...] = ()  # from the order (OBR-45), in order; never 26 by itself
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "modifiers", tuple(self.modifiers))
         try:
             source = CptSource(self.source)
         except ValueError as exc:
@@ -122,6 +124,9 @@ class BillingLine:
         True when a coder must look at the line before it is billed.
     review_reason : str or None
         Why, when ``coder_review``; a rejected code sent in DICOM is named here.
+    order_modifiers : tuple of str
+        Modifiers the order gives the procedure (OBR-45), as sent; checked when the claim line is
+        built (:func:`router.domain.claims.line_modifiers`).
     """
 
     cpt_code: str | None
@@ -129,6 +134,7 @@ class BillingLine:
     modifier: str | None
     coder_review: bool
     review_reason: str | None
+    order_modifiers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.modifier not in (None, "26"):
@@ -139,18 +145,18 @@ class BillingLine:
             raise ValidationError("a billing line without a CPT code needs coder review")
 
 
-def _line_for_sent_code(code: str, source: CptSource, cpt_map: CptMap) -> BillingLine:
-    """The line for one CPT code sent in DICOM (taken as sent, not provisional)."""
+def _line_for_sent_code(code: str, source: CptSource, cpt_map: CptMap, modifiers: tuple[str, ...] = ()) -> BillingLine:
+    """The line for one CPT code sent in DICOM or the order (taken as sent, not provisional)."""
     sequence = _SEQUENCE_NAMES[source]
     try:
         cpt = validate_cpt_code(code)
     except ValidationError as exc:
-        return BillingLine(None, source, None, True, f"{sequence}: {exc}; not billed")
+        return BillingLine(None, source, None, True, f"{sequence}: {exc}; not billed", modifiers)
     split = cpt_map.has_professional_component(cpt)
     if split is None:
         reason = f"code not in CPT map {cpt_map.version}: modifier 26 not applied"
-        return BillingLine(cpt, source, None, True, reason)
-    return BillingLine(cpt, source, "26" if split else None, False, None)
+        return BillingLine(cpt, source, None, True, reason, modifiers)
+    return BillingLine(cpt, source, "26" if split else None, False, None, modifiers)
 
 
 def resolve_billing_lines(
@@ -164,7 +170,7 @@ def resolve_billing_lines(
 
     1. CPT codes (scheme ``C4``/``CPT``/``CPT4``/``CPT-4``, any case) from ProcedureCodeSequence,
        the procedure performed; if it holds none, from RequestedProcedureCodeSequence. One line
-       per distinct code, in the order sent. A valid code is taken as sent, with modifier 26 when
+       per distinct code and modifiers (an order may list 73030-LT and 73030-RT), in the order sent. A valid code is taken as sent, with modifier 26 when
        the map gives it a PC/TC split (indicator 1), no modifier when the map says it has none,
        and coder review without modifier when the map does not know it. A malformed or deleted
        code (:data:`~router.domain.cpt_map.DELETED_CPT_CODES`) is never billed: ``cpt_code``
@@ -192,13 +198,14 @@ def resolve_billing_lines(
         At least one line.
     """
     for source in (CptSource.PROCEDURE_CODE_SEQUENCE, CptSource.REQUESTED_PROCEDURE_CODE_SEQUENCE):
-        sent: dict[str, str] = {}  # normalized -> as sent (stripped), first occurrence, in order
+        # (normalized code, modifiers) -> as sent (stripped), first occurrence, in order
+        sent: dict[tuple[str, tuple[str, ...]], str] = {}
         for code in codes:
             value = (code.value or "").strip()
             if code.source is source and code.is_cpt and value:
-                sent.setdefault(value.upper(), value)
+                sent.setdefault((value.upper(), code.modifiers), value)
         if sent:
-            return [_line_for_sent_code(value, source, cpt_map) for value in sent.values()]
+            return [_line_for_sent_code(value, source, cpt_map, modifiers) for (_, modifiers), value in sent.items()]
     row = cpt_map.infer_any(modalities, body_part, description)
     if row is not None:
         return [BillingLine(row.cpt, CptSource.MAP, "26" if row.pc_tc_split else None, True, MAP_INFERRED_REASON)]

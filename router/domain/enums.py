@@ -117,6 +117,28 @@ class CorrectionReason(StrEnum):
     CODER_APPROVED = "coder_approved"  # a coder cleared a line held for review
 
 
+class BillingArrangement(StrEnum):
+    """Who a facility's professional reads are billed to (stored on the facility, copied onto each line).
+
+    ``payer``: the group bills the patient's payer on an 837P (CPT + modifier 26).
+    ``client``: the group invoices the client facility at a contract rate (not sent to a payer).
+    ``global``: the facility bills the global service itself; our line has no modifier 26 and is
+    never sent to a payer. ``none``: nothing is billed for the read.
+    """
+
+    PAYER = "payer"
+    CLIENT = "client"
+    GLOBAL = "global"
+    NONE = "none"
+
+
+class DiagnosisSource(StrEnum):
+    """Where a professional line's ICD-10-CM codes came from (the report first, then the order)."""
+
+    REPORT = "report"
+    ORDER = "order"
+
+
 class InfrastructureKind(StrEnum):
     """Kind of an append-only infrastructure ledger record."""
 

@@ -7,6 +7,7 @@ Field positions as in :mod:`router.hl7.messages`; free text is escaped (HL7 v2.5
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from router.domain.enums import Priority
 
@@ -57,11 +58,22 @@ def compose_order(
     now: dt.datetime,
     facility: str = "RIS",
     referring_npi: str = "",
+    referring_name: str = "",
+    patient_class: str = "",
+    diagnoses: Sequence[str] = (),
 ) -> bytes:
-    """An ORM^O01 (new order, ORC-1 NW) for one CPT-coded procedure (coding system C4)."""
+    """An ORM^O01 (new order, ORC-1 NW) for one CPT-coded procedure (coding system C4).
+
+    ``referring_name`` (``family^given``) follows the NPI in ORC-12 and OBR-16 (XCN components 2
+    and 3). ``patient_class`` goes in PV1-2 (HL7 table 0004: I, O, E...; no PV1 when empty) and each
+    ICD-10-CM code of ``diagnoses`` in a DG1 (DG1-3, coding system I10).
+    """
     code = _PRIORITY_CODE[priority]
+    referring = "^".join([escape(referring_npi), *(escape(part) for part in referring_name.split("^")[:2])])
+    referring = referring if referring_npi else ""
     segments = [
         _msh("ORM^O01", control_id, "RIS", facility, now),
+        *([f"PV1|1|{escape(patient_class)}"] if patient_class else []),
         "|".join(
             [
                 "ORC",
@@ -76,16 +88,17 @@ def compose_order(
                 _stamp(now),
                 "",
                 "",
-                escape(referring_npi),
+                referring,
             ]
         ),
         "|".join(
             ["OBR", "1", escape(accession), escape(accession), f"{escape(cpt)}^{escape(description)}^C4"]
             + [""] * 11
-            + [escape(referring_npi)]
+            + [referring]
             + [""] * 10
             + [f"^^^^^{code}"]
         ),
+        *(f"DG1|{index}||{escape(item)}^^I10" for index, item in enumerate(diagnoses, start=1)),
     ]
     return ("\r".join(segments) + "\r").encode("utf-8")
 

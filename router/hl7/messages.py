@@ -49,11 +49,12 @@ class MessageHeader:
 
 @dataclass(frozen=True)
 class CodedValue:
-    """A CE/CWE: identifier, text, coding system."""
+    """A CE/CWE: identifier, text, coding system; for a procedure, its modifiers (OBR-45)."""
 
     code: str
     text: str
     system: str
+    modifiers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,14 @@ class OrderMessage:
     order_control: str  # ORC-1: NW, CA, OC, XO, SC...
     accession_number: str
     placer_order_number: str
-    procedures: tuple[CodedValue, ...]  # every OBR-4 repetition of every OBR
+    procedures: tuple[CodedValue, ...]  # every OBR-4 repetition of every OBR, with its OBR's OBR-45 modifiers
     diagnoses: tuple[CodedValue, ...]  # DG1-3 and OBR-31
     priority_code: str  # TQ1-9.1, ORC-7.6 or OBR-27.6 as sent
     referring_id: str  # OBR-16.1 or ORC-12.1 as sent
     ordering_facility: str  # ORC-21.1, else MSH-4
     patient_class: str  # PV1-2
     patient_location: str  # PV1-3 as sent (components joined with ^)
+    referring_name: str = ""  # family^given of the referring XCN (components 2 and 3), as sent
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class ReportMessage:
     interpreter_family: str  # OBR-32.1.2
     interpreter_given: str  # OBR-32.1.3
     signed_at: dt.datetime | None  # OBR-22, else OBR-7; naive when sent without an offset
+    diagnoses: tuple[CodedValue, ...] = ()  # DG1-3 and OBR-31 of the result, as sent
 
 
 def decode(payload: bytes) -> str:
@@ -199,6 +202,30 @@ def _component(message: Any, segment: Any, index: int, component: int) -> str:
     return reps[0][component - 1].strip()
 
 
+def _obr_procedures(message: Any, obr: Any) -> list[CodedValue]:
+    """The procedures of one OBR: OBR-4 repetitions, and OBR-44 when it is a CPT code OBR-4 lacks.
+
+    OBR-45 (Procedure Code Modifier, CNE, repeating; HL7 v2.5.1 section 4.5.3.45) applies to the
+    OBR's procedure: its codes (component 1, upper-cased) go on every procedure of the OBR.
+    """
+    modifiers = tuple(dict.fromkeys(item.code.upper() for item in _coded(_field_reps(message, obr, 45))))
+    found = _coded(_field_reps(message, obr, 4))
+    for item in _coded(_field_reps(message, obr, 44)):
+        if item.system in CPT_SYSTEMS and all(other.code != item.code for other in found):
+            found.append(item)
+    return [CodedValue(item.code, item.text, item.system, modifiers) for item in found]
+
+
+def _diagnoses(message: Any, obrs: list[Any]) -> list[CodedValue]:
+    """OBR-31 (reason for study) of every OBR, then DG1-3 (diagnosis code) of every DG1."""
+    found: list[CodedValue] = []
+    for segment in obrs:
+        found.extend(_coded(_field_reps(message, segment, 31)))
+    for dg1 in _segments(message, "DG1"):
+        found.extend(_coded(_field_reps(message, dg1, 3)))
+    return found
+
+
 def parse_order(message: Any, head: MessageHeader) -> OrderMessage:
     """An ORM^O01 / OMI^O23 as an :class:`OrderMessage`.
 
@@ -223,19 +250,18 @@ def parse_order(message: Any, head: MessageHeader) -> OrderMessage:
     if not accession:
         raise Hl7ParseError("order without an accession number (ORC-3, OBR-3, IPC-1 or OBR-18)")
     procedures: list[CodedValue] = []
-    diagnoses: list[CodedValue] = []
     for segment in obrs:
-        procedures.extend(_coded(_field_reps(message, segment, 4)))
-        diagnoses.extend(_coded(_field_reps(message, segment, 31)))
-    for dg1 in _segments(message, "DG1"):
-        diagnoses.extend(_coded(_field_reps(message, dg1, 3)))
+        procedures.extend(_obr_procedures(message, segment))
+    diagnoses = _diagnoses(message, obrs)
     tq1s = _segments(message, "TQ1")
     priority = (
         (_component(message, tq1s[0], 9, 1) if tq1s else "")
         or _component(message, orc, 7, 6)
         or (_component(message, obr, 27, 6) if obr is not None else "")
     )
-    referring = (_component(message, obr, 16, 1) if obr is not None else "") or _component(message, orc, 12, 1)
+    referring_field = (obr, 16) if obr is not None and _component(message, obr, 16, 1) else (orc, 12)
+    referring = _component(message, *referring_field, 1)
+    referring_name = "^".join(_component(message, *referring_field, part) for part in (2, 3)).rstrip("^")
     pv1s = _segments(message, "PV1")
     location = ""
     if pv1s:
@@ -252,6 +278,7 @@ def parse_order(message: Any, head: MessageHeader) -> OrderMessage:
         diagnoses=tuple(dict.fromkeys(diagnoses)),
         priority_code=priority.upper(),
         referring_id=referring,
+        referring_name=referring_name[:200],
         ordering_facility=(_component(message, orc, 21, 1) or head.sending_facility)[:128],
         patient_class=(_component(message, pv1s[0], 2, 1) if pv1s else "")[:8],
         patient_location=location[:128],
@@ -308,6 +335,7 @@ def parse_report(message: Any, head: MessageHeader) -> ReportMessage:
         interpreter_family=interpreter[1],
         interpreter_given=interpreter[2],
         signed_at=signed_at,
+        diagnoses=tuple(dict.fromkeys(_diagnoses(message, obrs))),
     )
 
 

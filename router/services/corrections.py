@@ -36,10 +36,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from router.db.models import Assignment, ProfessionalEntry, Radiologist, Study
 from router.db.queries import for_update, study_by_uid
+from router.domain.claims import (
+    PROFESSIONAL_MODIFIER,
+    diagnosis_codes,
+    diagnosis_pointers,
+    line_modifiers,
+    validate_pos,
+)
 from router.domain.cpt_map import validate_cpt_code
-from router.domain.enums import ClaimFrequency, CorrectionReason, ProfessionalEntryKind, StudyStatus
+from router.domain.enums import BillingArrangement, ClaimFrequency, CorrectionReason, ProfessionalEntryKind, StudyStatus
+from router.domain.npi import validate_npi
 from router.errors import NotFoundError, ValidationError
 from router.services.audit_log import ChangeContext, jsonable, record_audit
+from router.services.claims import line_charge
 from router.services.ledgers import LEDGER_COPIED_COLUMNS, open_charges, reverse_charge
 from router.services.reference import ReferenceData
 from router.services.routing import RoutingService
@@ -56,12 +65,6 @@ STUDY_VOID_REASONS = (
 )
 #: Reasons that replace one charge (``router ledger correct``).
 REPLACEMENT_REASONS = (CorrectionReason.CORRECTED_CODING, CorrectionReason.CODER_APPROVED)
-
-#: Modifiers a coder may put on a radiology line: 26 professional component; LT/RT/50 laterality
-#: and bilateral; 59 and the X{EPSU} subsets (distinct procedural service); 76/77 repeat
-#: procedure by the same / another physician; 52 reduced service (CMS Claims Processing
-#: Manual ch. 12 section 40.8 and ch. 13; NCCI policy manual ch. 1 section E for 59/X{EPSU}).
-CODER_MODIFIERS = frozenset({"26", "LT", "RT", "50", "59", "XE", "XP", "XS", "XU", "76", "77", "52"})
 
 
 @dataclass(frozen=True)
@@ -97,27 +100,33 @@ class CorrectionService:
         actor: str,
         *,
         cpt: str | None = None,
-        modifier: str | None = None,
-        clear_modifier: bool = False,
+        modifiers: Sequence[str] | None = None,
         units: int | None = None,
+        place_of_service: str | None = None,
+        diagnoses: Sequence[str] | None = None,
+        referring_npi: str | None = None,
         note: str | None = None,
     ) -> Correction:
         """Replace charge ``entry_id``: its reversal plus a new charge with the changes given.
 
         ``reason`` is ``corrected_coding`` (at least one change) or ``coder_approved`` (a line
-        held for coder review, cleared as it is or with changes). A new ``cpt`` takes modifier
-        26 when the CPT map gives the code a professional/technical split, unless ``modifier``
-        or ``clear_modifier`` says otherwise. The replacement is claim frequency ``7`` (replaces
-        a charge that was billable) or ``1`` (the replaced line was held for review, so never
-        on a claim); it is never in coder review. One audit row (``ledger.correct``) commits with it.
+        held for coder review, cleared with what it lacked). ``modifiers`` are the line's
+        modifiers besides 26 (``[]`` clears them); 26 itself follows the CPT map of the
+        date-of-service year and the facility's arrangement, as when the read was billed. A new
+        CPT code or new units reprice the line from the fee schedule of the date-of-service
+        year. The replacement must hold what a claim of its arrangement needs (CPT, POS, an
+        ICD-10-CM code, a charge, a referring NPI for a payer claim). It is claim frequency
+        ``7`` (replaces a charge that was billable) or ``1`` (the replaced line was held for
+        review, so never on a claim). One audit row (``ledger.correct``) commits with it.
 
         Raises
         ------
         NotFoundError
             No ledger record ``entry_id``.
         ValidationError
-            Wrong reason, nothing to change, a malformed or deleted CPT code, an unknown
-            modifier, units outside 1-99, or a record that is not a charge.
+            Wrong reason, nothing to change, a malformed value (CPT, modifier, POS, ICD-10-CM,
+            NPI, units outside 1-99), a code the CPT map or fee schedule lacks, a replacement
+            that would still lack a claim field, or a record that is not a charge.
         ConflictError
             The charge is already reversed.
         """
@@ -126,42 +135,25 @@ class CorrectionService:
                 f"reason {reason.value} voids a read: use `router ledger void`; a replacement is "
                 + " or ".join(item.value for item in REPLACEMENT_REASONS)
             )
-        new_cpt = validate_cpt_code(cpt) if cpt is not None else None
-        if modifier is not None:
-            modifier = modifier.strip().upper()
-            if modifier not in CODER_MODIFIERS:
-                raise ValidationError(f"modifier {modifier!r} is not one of {', '.join(sorted(CODER_MODIFIERS))}")
         if units is not None and not 1 <= units <= 99:
             raise ValidationError(f"units must be between 1 and 99, got {units}")
         ctx = self._context(actor)
         with self._sessions.begin() as session:
             charge = self._charge(session, entry_id)
-            if (
-                reason is CorrectionReason.CORRECTED_CODING
-                and new_cpt is None
-                and modifier is None
-                and not (clear_modifier or units is not None)
-            ):
-                raise ValidationError("nothing to correct: give --cpt, --modifier, --no-modifier or --units")
             if reason is CorrectionReason.CODER_APPROVED and not charge.coder_review:
                 raise ValidationError(f"ledger record {entry_id} is not held for coder review")
-            changes: dict[str, Any] = {}
-            if new_cpt is not None and new_cpt != charge.cpt_code:
-                changes["cpt_code"] = new_cpt
-                split = self._reference.cpt_map().has_professional_component(new_cpt)
-                if modifier is None and not clear_modifier:
-                    changes["modifier"] = "26" if split else None
-            if modifier is not None:
-                changes["modifier"] = modifier
-            elif clear_modifier:
-                changes["modifier"] = None
-            if units is not None:
-                changes["units"] = units
-            changes = {key: value for key, value in changes.items() if getattr(charge, key) != value}
+            line = self._corrected_line(
+                charge,
+                cpt=cpt,
+                modifiers=modifiers,
+                units=units,
+                place_of_service=place_of_service,
+                diagnoses=diagnoses,
+                referring_npi=referring_npi,
+            )
+            changes = {key: value for key, value in line.items() if getattr(charge, key) != value}
             if reason is CorrectionReason.CORRECTED_CODING and not changes:
-                raise ValidationError(f"ledger record {entry_id} already has those values; nothing to correct")
-            if charge.cpt_code is None and "cpt_code" not in changes:
-                raise ValidationError(f"ledger record {entry_id} has no CPT code; give one with --cpt")
+                raise ValidationError(f"nothing to correct: ledger record {entry_id} already has those values")
             reversal = reverse_charge(session, charge, reason, ctx.at, note)
             replacement = ProfessionalEntry(
                 kind=ProfessionalEntryKind.CHARGE,
@@ -172,7 +164,7 @@ class CorrectionService:
                 correction_note=note,
                 **{column: getattr(charge, column) for column in LEDGER_COPIED_COLUMNS},
             )
-            for key, value in changes.items():
+            for key, value in line.items():
                 setattr(replacement, key, value)
             replacement.coder_review = False
             replacement.review_reason = None
@@ -204,6 +196,95 @@ class CorrectionService:
                 reason.value,
             )
             return Correction(charge.study_instance_uid, reason, (reversal.id,), (replacement.id,))
+
+    def _corrected_line(
+        self,
+        charge: ProfessionalEntry,
+        *,
+        cpt: str | None,
+        modifiers: Sequence[str] | None,
+        units: int | None,
+        place_of_service: str | None,
+        diagnoses: Sequence[str] | None,
+        referring_npi: str | None,
+    ) -> dict[str, Any]:
+        """The billing fields of the replacement of ``charge`` (only those a correction decides)."""
+        year = charge.date_of_service.year
+        new_cpt = validate_cpt_code(cpt) if cpt is not None else charge.cpt_code
+        if new_cpt is None:
+            raise ValidationError(f"ledger record {charge.id} has no CPT code; give one with --cpt")
+        arrangement = BillingArrangement(charge.billing_arrangement or BillingArrangement.PAYER)
+        cpt_map = self._reference.cpt_map_for_year(year)
+        split = cpt_map.has_professional_component(new_cpt) if cpt_map is not None else None
+        if split is None:
+            where = f"the CPT map {cpt_map.version}" if cpt_map is not None else f"any CPT map for {year}"
+            raise ValidationError(f"CPT {new_cpt} is not in {where}: add it to the map first (modifier 26 unknown)")
+        professional = split and arrangement is not BillingArrangement.GLOBAL
+        extras = (
+            list(modifiers)
+            if modifiers is not None
+            else [item for item in charge.modifiers or [] if item != PROFESSIONAL_MODIFIER]
+        )
+        line_mods, problems = line_modifiers(professional, extras)
+        if problems:
+            raise ValidationError("; ".join(problems))
+        count = units if units is not None else charge.units
+        line: dict[str, Any] = {
+            "cpt_code": new_cpt,
+            "modifier": PROFESSIONAL_MODIFIER if PROFESSIONAL_MODIFIER in line_mods else None,
+            "modifiers": list(line_mods),
+            "units": count,
+        }
+        if new_cpt != charge.cpt_code:
+            line["cpt_map_version"] = cpt_map.version if cpt_map is not None else None
+        if arrangement is not BillingArrangement.NONE:
+            if new_cpt != charge.cpt_code or line["modifier"] != charge.modifier or charge.charge_cents is None:
+                fees = self._reference.fee_schedule_for_year(year)
+                unit, _percent, charge_problems = line_charge(
+                    new_cpt,
+                    split,
+                    arrangement,
+                    charge.contract_rate_percent,
+                    fees,
+                    self._reference.year_file_name("fee_schedule", year),
+                )
+                if charge_problems or unit is None:
+                    raise ValidationError("; ".join(charge_problems) or f"no charge for CPT {new_cpt}")
+                line["fee_schedule_version"] = fees.version if fees is not None else None
+            else:
+                unit = charge.charge_cents // max(charge.units, 1)
+            line["charge_cents"] = unit * count
+        if place_of_service is not None:
+            line["place_of_service"] = validate_pos(place_of_service)
+        if diagnoses is not None:
+            codes, problems = diagnosis_codes(diagnoses, "coder")
+            if problems or not codes:
+                raise ValidationError("; ".join(problems) or "give at least one ICD-10-CM code")
+            line["diagnosis_codes"] = list(codes)
+            line["diagnosis_pointers"] = list(diagnosis_pointers(len(codes)))
+            line["diagnosis_source"] = None  # the coder's, not the report's or the order's
+        if referring_npi is not None:
+            line["referring_npi"] = validate_npi(referring_npi)
+        if arrangement is not BillingArrangement.NONE:
+            missing = [
+                what
+                for what, value in (
+                    ("a place of service (--pos)", line.get("place_of_service", charge.place_of_service)),
+                    ("an ICD-10-CM diagnosis (--icd10)", line.get("diagnosis_codes", charge.diagnosis_codes)),
+                    (
+                        "a referring provider NPI (--referring-npi)",
+                        line.get("referring_npi", charge.referring_npi)
+                        if arrangement is BillingArrangement.PAYER
+                        else True,
+                    ),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValidationError(
+                    f"the replacement of ledger record {charge.id} would still lack {', '.join(missing)}"
+                )
+        return line
 
     def void(self, entry_id: int, reason: CorrectionReason, actor: str, note: str | None = None) -> Correction:
         """Void one charge (its reversal, claim frequency ``8``), audited as ``ledger.void``.

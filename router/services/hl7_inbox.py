@@ -29,6 +29,7 @@ from router.hl7.messages import (
     parse_order,
     parse_report,
 )
+from router.services.claims import Diagnosis
 from router.services.orders import OrderService
 from router.services.reports import ReportRefused, ReportService, SignedReport
 from router.timeutil import Clock, utcnow
@@ -154,6 +155,7 @@ class Hl7Inbox:
                     signer_family=parsed.interpreter_family,
                     signer_given=parsed.interpreter_given,
                     signed_at=parsed.signed_at,
+                    diagnoses=tuple(Diagnosis(item.code, item.system) for item in parsed.diagnoses),
                 )
                 return self._reports.apply(session, report, now, message_id)
         except Hl7ParseError as exc:

@@ -19,6 +19,7 @@ from router.db.models import ForwardedInstance, InfrastructureEntry, Instance, P
 from router.domain.billing import cost_cents
 from router.domain.enums import ClaimFrequency, CorrectionReason, InfrastructureKind, ProfessionalEntryKind
 from router.errors import ConflictError, ValidationError
+from router.services.claims import CLAIM_COLUMNS
 from router.timeutil import iso_utc
 
 
@@ -199,6 +200,7 @@ PROFESSIONAL_COLUMNS = (
     "review_reason",
     "date_of_service",
     "interpreted_at",
+    *CLAIM_COLUMNS,
     "claim_frequency",
     "replaces_id",
     "correction_reason",

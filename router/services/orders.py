@@ -32,8 +32,13 @@ from router.timeutil import Clock, utcnow
 LOG = logging.getLogger(__name__)
 
 
-def _coded_json(values: tuple[CodedValue, ...]) -> list[dict[str, str]]:
-    return [{"code": item.code, "text": item.text, "system": item.system} for item in values]
+def _coded_json(values: tuple[CodedValue, ...]) -> list[dict[str, Any]]:
+    """``[{code, text, system}]``, with ``modifiers`` (OBR-45, in order) on a procedure that has them."""
+    return [
+        {"code": item.code, "text": item.text, "system": item.system}
+        | ({"modifiers": list(item.modifiers)} if item.modifiers else {})
+        for item in values
+    ]
 
 
 class OrderService:
@@ -76,6 +81,7 @@ class OrderService:
             order.priority_code = message.priority_code[:8] or None
             order.referring_id = referring[:64] or None
             order.referring_npi = referring if is_valid_npi(referring) else None
+            order.referring_name = message.referring_name or None
             order.ordering_facility = message.ordering_facility or None
             order.patient_class = message.patient_class or None
             order.patient_location = message.patient_location or None
@@ -133,6 +139,7 @@ class OrderService:
                     "source": CptSource.REQUESTED_PROCEDURE_CODE_SEQUENCE.value,
                     "from_order": True,
                 }
+                | ({"modifiers": list(item["modifiers"])} if item.get("modifiers") else {})
                 for item in cpt
             ]
             effects.append("CPT " + ",".join(item["code"] for item in cpt))
@@ -188,6 +195,7 @@ def _order_json(session: Session, order: Order) -> dict[str, Any]:
         "diagnoses": order.diagnoses,
         "referring_npi": order.referring_npi,
         "referring_id": order.referring_id,
+        "referring_name": order.referring_name,
         "ordering_facility": order.ordering_facility,
         "patient_class": order.patient_class,
         "patient_location": order.patient_location,

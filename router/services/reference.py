@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from router.domain.claims import FeeSchedule
 from router.domain.cpt_map import CptMap
 from router.domain.imlc import ImlcMembership
 from router.domain.subspecialty import SubspecialtyRules
@@ -56,6 +57,7 @@ class ReferenceData:
         cpt_map_file: Path,
         subspecialty_file: Path | None = None,
         work_rvu_file: Path | None = None,
+        fee_schedule_file: Path | None = None,
     ) -> None:
         self.imlc_file = Path(imlc_file)
         self.cpt_map_file = Path(cpt_map_file)
@@ -65,6 +67,8 @@ class ReferenceData:
         self._work_rvu: _FileCache[WorkRvuTable] = _FileCache()
         self._imlc: _FileCache[ImlcMembership] = _FileCache()
         self._cpt: _FileCache[CptMap] = _FileCache()
+        self.fee_schedule_file = Path(fee_schedule_file) if fee_schedule_file is not None else None
+        self._fees: _FileCache[FeeSchedule] = _FileCache()
 
     def imlc(self) -> ImlcMembership:
         """The IMLC membership table.
@@ -89,6 +93,47 @@ class ReferenceData:
         match = re.search(r"(\d{4})", self.cpt_map_file.stem)
         version = match.group(1) if match else self.cpt_map_file.stem
         return self._cpt.get(self.cpt_map_file, lambda text: CptMap.from_csv_text(text, version=version))
+
+    def cpt_map_for_year(self, year: int) -> CptMap | None:
+        """The CPT map of a date-of-service year: ``cpt_map_<year>.csv`` beside the configured map.
+
+        CPT codes change every January, so a line is coded with the map of its DOS year
+        (shared/domain/README.md). Returns ``None`` when there is no map for that year.
+
+        Raises
+        ------
+        DataFileError
+            If the year's file exists but is malformed.
+        """
+        path = _year_file(self.cpt_map_file, "cpt_map", year)
+        if path is None:
+            return None
+        if path == self.cpt_map_file:
+            return self.cpt_map()
+        return self._cpt.get(path, lambda text: CptMap.from_csv_text(text, version=str(year)))
+
+    def fee_schedule_for_year(self, year: int) -> FeeSchedule | None:
+        """The fee schedule of a date-of-service year: ``fee_schedule_<year>.csv`` beside the configured one.
+
+        Returns ``None`` when no fee schedule is configured or none exists for that year.
+
+        Raises
+        ------
+        DataFileError
+            If the year's file exists but is malformed (the message names the line).
+        """
+        if self.fee_schedule_file is None:
+            return None
+        path = _year_file(self.fee_schedule_file, "fee_schedule", year)
+        if path is None:
+            return None
+        return self._fees.get(path, lambda text: FeeSchedule.from_csv_text(text, version=str(year)))
+
+    def year_file_name(self, kind: str, year: int) -> str:
+        """Where :meth:`cpt_map_for_year` (``kind`` ``cpt_map``) or :meth:`fee_schedule_for_year` looks."""
+        base = self.cpt_map_file if kind == "cpt_map" else self.fee_schedule_file
+        folder = base.parent if base is not None else Path(".")
+        return str(folder / f"{kind}_{year}.csv")
 
     def subspecialty_rules(self) -> SubspecialtyRules:
         """The subspecialty rules (none when no file is configured).
@@ -115,3 +160,13 @@ class ReferenceData:
         if path is None:
             return WorkRvuTable()
         return self._work_rvu.get(path, lambda text: WorkRvuTable.from_csv_text(text, source_name=path.name))
+
+
+def _year_file(configured: Path, kind: str, year: int) -> Path | None:
+    """The configured file when its name carries ``year`` (or no year at all), else
+    ``<kind>_<year>.csv`` in its folder; None when neither exists."""
+    match = re.search(r"(\d{4})", configured.stem)
+    if (match is None or int(match.group(1)) == year) and configured.is_file():
+        return configured  # a file named without a year serves every year
+    candidate = configured.parent / f"{kind}_{year}.csv"
+    return candidate if candidate.is_file() else None

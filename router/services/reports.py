@@ -24,6 +24,7 @@ from router.domain.enums import ReportOutcome, ReportSource, ReportStatus, Study
 from router.domain.npi import is_valid_npi
 from router.domain.orders import names_match
 from router.errors import IneligibleError, RouterError, ValidationError
+from router.services.claims import Diagnosis
 from router.services.reads import ReadService
 from router.services.routing import RoutingService
 
@@ -47,6 +48,8 @@ class SignedReport:
     signer_given: str
     signed_at: dt.datetime | None  # naive: the facility's local time
     sop_instance_uid: str | None = None
+    # ORU DG1-3 / OBR-31 as sent; an SR report carries none (its coded findings are not ICD-10-CM)
+    diagnoses: tuple[Diagnosis, ...] = ()
 
 
 class ReportService:
@@ -93,7 +96,7 @@ class ReportService:
             archive_path=archive_path,
             received_at=now,
         )
-        outcome, reason = self._decide(session, study, report.status, signer, signed_at, row)
+        outcome, reason = self._decide(session, study, report, signer, signed_at, row)
         row.outcome = outcome
         row.reason = reason
         if outcome == ReportOutcome.FLAGGED:
@@ -142,11 +145,12 @@ class ReportService:
         self,
         session: Session,
         study: Study,
-        status: ReportStatus,
+        report: SignedReport,
         signer: Radiologist | None,
         signed_at: dt.datetime,
         row: Report,
     ) -> tuple[ReportOutcome, str | None]:
+        status = report.status
         if status == ReportStatus.PRELIMINARY:
             return ReportOutcome.NOT_BILLED, "preliminary report: billed when the final report is signed"
         if status == ReportStatus.CORRECTED:
@@ -166,7 +170,7 @@ class ReportService:
             return ReportOutcome.FLAGGED, f"signed by NPI {signer.npi}, but the study is assigned to NPI {assigned.npi}"
         try:
             with session.begin_nested():
-                completed = self._reads.complete_in(session, study.study_instance_uid, signed_at)
+                completed = self._reads.complete_in(session, study.study_instance_uid, signed_at, report.diagnoses)
         except (IneligibleError, ValidationError) as exc:
             return ReportOutcome.FLAGGED, f"not billed: {exc}"
         row.professional_entry_ids = list(completed.entry_ids)

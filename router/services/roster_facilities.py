@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from router.db.models import Facility, FacilityAlias, Privilege, Study
 from router.db.queries import facility_by_ae_title, fold_institution_name
-from router.domain.enums import FederalFacility
+from router.domain.claims import validate_outpatient_pos, validate_pos
+from router.domain.enums import BillingArrangement, FederalFacility
 from router.errors import ConflictError, NotFoundError, ValidationError
 from router.services.audit import UNSET, ChangeContext, ChangeRunner, Outcome, RosterChange, diff_values, record_audit
 from router.services.roster_values import (
@@ -42,6 +43,10 @@ def facility_record(row: Facility) -> dict[str, Any]:
         "timezone": row.timezone,
         "requires_privileges": row.requires_privileges,
         "federal": row.federal,
+        "billing_arrangement": row.billing_arrangement,
+        "outpatient_pos": row.outpatient_pos,
+        "default_pos": row.default_pos,
+        "contract_rate_percent": row.contract_rate_percent,
         "aliases": sorted(alias.institution_name for alias in row.aliases),
     }
 
@@ -70,6 +75,7 @@ class FacilitySpec:
     requires_privileges: bool
     federal: FederalFacility | None
     aliases: tuple[str, ...]
+    billing: dict[str, Any] = field(default_factory=dict)  # billing_fields(), defaults applied on insert
 
 
 def fold_aliases(names: Iterable[str]) -> tuple[str, ...]:
@@ -90,6 +96,39 @@ def fold_aliases(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(folded)
 
 
+def billing_fields(
+    arrangement: BillingArrangement | str | Any | None = UNSET,
+    outpatient_pos: str | Any | None = UNSET,
+    default_pos: str | Any | None = UNSET,
+    contract_rate_percent: int | Any | None = UNSET,
+) -> dict[str, Any]:
+    """Validated billing settings of a facility; ``UNSET`` leaves a field out, ``None`` clears it.
+
+    Raises
+    ------
+    ValidationError
+        Unknown arrangement; a POS that is not a CMS code or is telehealth (02, 10: a
+        teleradiology read takes the POS of the exam, CMS CR 7631); an outpatient POS other than
+        22/19; a contract rate outside 1-100 percent.
+    """
+    out: dict[str, Any] = {}
+    if arrangement is not UNSET:
+        out["billing_arrangement"] = parse_enum(BillingArrangement, arrangement or "payer", "billing arrangement")
+    if outpatient_pos is not UNSET:
+        out["outpatient_pos"] = validate_outpatient_pos(outpatient_pos) if outpatient_pos else None
+    if default_pos is not UNSET:
+        out["default_pos"] = validate_pos(default_pos, "default place of service") if default_pos else None
+    if contract_rate_percent is not UNSET:
+        if contract_rate_percent is not None and not (
+            isinstance(contract_rate_percent, int) and 1 <= contract_rate_percent <= 100
+        ):
+            raise ValidationError(
+                f"contract rate must be 1-100 percent of the fee schedule, got {contract_rate_percent}"
+            )
+        out["contract_rate_percent"] = contract_rate_percent
+    return out
+
+
 def facility_spec(
     ae_title: str,
     state: str,
@@ -98,8 +137,9 @@ def facility_spec(
     requires_privileges: bool = False,
     federal: FederalFacility | str | None = None,
     aliases: Iterable[str] = (),
+    billing: dict[str, Any] | None = None,
 ) -> FacilitySpec:
-    """Validate a facility registration.
+    """Validate a facility registration (``billing``: the output of :func:`billing_fields`).
 
     Raises
     ------
@@ -115,6 +155,7 @@ def facility_spec(
         requires_privileges=bool(requires_privileges),
         federal=parse_enum(FederalFacility, federal, "federal") if federal else None,
         aliases=fold_aliases(aliases),
+        billing=dict(billing or {}),
     )
 
 
@@ -150,6 +191,7 @@ def insert_facility(session: Session, ctx: ChangeContext, spec: FacilitySpec) ->
         federal=spec.federal,
         created_at=ctx.at,
         aliases=[],
+        **({"billing_arrangement": BillingArrangement.PAYER} | spec.billing),
     )
     session.add(row)
     _claim_aliases(session, row, spec.aliases)
@@ -216,8 +258,11 @@ class FacilityRoster:
         requires_privileges: bool = False,
         federal: FederalFacility | str | None = None,
         aliases: Iterable[str] = (),
+        billing: dict[str, Any] | None = None,
     ) -> RosterChange:
         """Register a sender by calling AE title; held studies from it are re-routed.
+
+        ``billing`` holds :func:`billing_fields` (arrangement, POS, contract rate); default: payer.
 
         Raises
         ------
@@ -226,7 +271,7 @@ class FacilityRoster:
         ConflictError
             The AE title is registered, or an alias belongs to another facility.
         """
-        spec = facility_spec(ae_title, state, name, timezone, requires_privileges, federal, aliases)
+        spec = facility_spec(ae_title, state, name, timezone, requires_privileges, federal, aliases, billing)
 
         def work(session: Session, ctx: ChangeContext) -> Outcome:
             row = insert_facility(session, ctx, spec)
@@ -246,8 +291,11 @@ class FacilityRoster:
         federal: Any = UNSET,
         add_aliases: Iterable[str] = (),
         remove_aliases: Iterable[str] = (),
+        billing: dict[str, Any] | None = None,
     ) -> RosterChange:
         """Change a facility; ``UNSET`` leaves a field, ``None`` clears name, time zone or federal.
+
+        ``billing`` holds the output of :func:`billing_fields` (only the fields to change).
 
         Every open assignment is re-checked afterwards (a facility that now requires privileges,
         or sits in another state, can make its readers ineligible).
@@ -274,6 +322,7 @@ class FacilityRoster:
             wanted["requires_privileges"] = bool(requires_privileges)
         if federal is not UNSET:
             wanted["federal"] = parse_enum(FederalFacility, federal, "federal") if federal else None
+        wanted.update(billing or {})
         adding, removing = fold_aliases(add_aliases), fold_aliases(remove_aliases)
         if not wanted and not adding and not removing:
             raise ValidationError("nothing to change: give at least one field")

@@ -21,6 +21,7 @@ def study_procedure_codes(study: Study) -> list[ProcedureCode]:
                     scheme=str(item.get("scheme", "")),
                     meaning=str(item.get("meaning", "")),
                     source=CptSource(item.get("source", CptSource.PROCEDURE_CODE_SEQUENCE.value)),
+                    modifiers=tuple(str(modifier) for modifier in item.get("modifiers") or ()),
                 )
             )
         except (ValueError, ValidationError):
