@@ -16,8 +16,10 @@ from router.db import migrate
 from router.db.engine import ServerOptions, check_connection, make_engine, make_session_factory
 from router.dicom.sr import read_sr_facts
 from router.domain.enums import Priority
+from router.domain.infra_cost import rate_microcents
 from router.errors import RouterError
 from router.keyring import KeyRing
+from router.services.accrual import AccrualPolicy, AccrualService
 from router.services.cluster import keep_node_id, new_node_id, resolve_node_id
 from router.services.intake import IntakeService
 from router.services.ledgers import LedgerService
@@ -52,9 +54,16 @@ def routing_policy(settings: Settings, keyring: KeyRing | None = None) -> Routin
         require_reading_state_license=settings.routing.require_reading_state_license,
         telehealth_registration_states=frozenset(s.upper() for s in settings.licensure.telehealth_registration_states),
         suspension_hold_days=settings.imlc.suspension_hold_days,
-        storage_cents_per_gib=settings.billing.storage_cents_per_gib,
         forwarding_enabled=settings.forwarding.enabled,
         keyring=keyring,
+    )
+
+
+def accrual_policy(settings: Settings) -> AccrualPolicy:
+    """The storage accrual's ``[billing]`` settings (the rate validated when loaded)."""
+    return AccrualPolicy(
+        storage_microcents_per_gib_month=rate_microcents(settings.billing.storage_cents_per_gib_month),
+        retention_days=settings.billing.storage_retention_days,
     )
 
 
@@ -84,6 +93,7 @@ class RouterApp:
     routing: RoutingService
     reads: ReadService
     ledgers: LedgerService
+    accrual: AccrualService
     roster: RosterService
     clock: Clock = field(default=utcnow)
     node_id: str | None = None  # None: a command that is not a node (no id kept yet)
@@ -150,6 +160,7 @@ class RouterApp:
             routing=routing,
             reads=reads,
             ledgers=LedgerService(sessions),
+            accrual=AccrualService(sessions, accrual_policy(settings), clock),
             roster=RosterService(sessions, routing, clock),
             clock=clock,
             node_id=node_id,

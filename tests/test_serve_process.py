@@ -144,8 +144,9 @@ def test_serve_receives_from_storescu_and_the_cli_shows_assignment_and_ledgers(t
         "1234567893",
         len(files),
     )
-    infrastructure = json.loads(_router(config, "ledger", "infrastructure", "--json").stdout)
-    assert [(r["kind"], r["instance_count"]) for r in infrastructure] == [("storage", len(files))]
+    # storage accrues per whole month held: this month is not over, so nothing is charged yet
+    assert json.loads(_router(config, "ledger", "accrue", "--json").stdout) == {"months": [], "written": 0}
+    assert json.loads(_router(config, "ledger", "infrastructure", "--json").stdout) == []
     _router(config, "studies", "complete", row["study_instance_uid"])
     professional = json.loads(_router(config, "ledger", "professional", "--json").stdout)
     assert [
