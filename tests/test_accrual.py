@@ -21,8 +21,8 @@ from router.app import RouterApp
 from router.cli import cli
 from router.config import settings_from_mapping
 from router.db import migrate
-from router.db.engine import make_engine
-from router.db.models import Facility, ForwardedInstance, InfrastructureEntry, Instance, Series, Study
+from router.db.engine import make_engine, make_session_factory
+from router.db.models import ClusterLease, Facility, ForwardedInstance, InfrastructureEntry, Instance, Series, Study
 from router.domain.enums import CostBasis, InfrastructureKind, StudyStatus
 from router.domain.infra_cost import (
     GIB,
@@ -35,6 +35,7 @@ from router.domain.infra_cost import (
     round_half_up_cents,
 )
 from router.errors import ConfigError, ValidationError
+from router.server import RouterServer
 from router.services.accrual import AccrualPolicy, AccrualService, _insert_new_months
 from router.services.ledgers import record_transmission
 from tests.conftest import FakeClock
@@ -270,6 +271,24 @@ def test_cli_accrue_rows_and_statement(app: RouterApp, clock: FakeClock, tmp_pat
     assert code == 2 and "--by facility selects by --month" in err
 
 
+def test_serve_accrues_last_month_once_per_interval_for_the_cluster(app: RouterApp, clock: FakeClock) -> None:
+    _store(app, "1.2.3.52", GIB, _utc(2026, 11, 1))
+    server = RouterServer(app)  # not started: its periodic work is called by hand
+    assert server.accrue_if_due()  # the clock is 2026-11-29: November is not over, nothing to do
+    assert _storage_rows(app) == []
+    clock.set(_utc(2026, 12, 1, 0, 1))
+    assert server.accrue_if_due()
+    assert [(row[1], row[2], row[5]) for row in _storage_rows(app)] == [(NOV, 30 * GIB, 2_300_000)]
+    clock.advance(60)
+    assert not server.accrue_if_due()  # ran less than routing.recheck_interval ago, on some node
+    clock.advance(app.settings.routing.recheck_interval)
+    assert server.accrue_if_due()
+    assert len(_storage_rows(app)) == 1  # nothing new
+    with app.sessions() as session:
+        lease = session.get(ClusterLease, "storage_accrual")
+        assert lease is not None and lease.last_run_at == clock() and lease.holder is None
+
+
 def test_rates_and_day_count_rules() -> None:
     assert rate_microcents(2.3) == 2_300_000
     assert rate_microcents(0.000001) == 1
@@ -357,6 +376,41 @@ def test_migration_keeps_old_records_and_their_amounts(database_url: str) -> Non
         assert [tuple(row) for row in rows] == [
             (1, CostBasis.RECORDED, dt.date(2026, 10, 1), "CT_NORTH", "North Clinic", 100, GIB, 10_000_000, 0),
             (2, CostBasis.RECORDED, dt.date(2026, 10, 1), "MR_SOUTH", None, GIB, GIB, 10_000_000, 10_000_000),
+        ]
+        # an instance charged once by an old row is covered through that month; others accrue from receipt
+        sessions = make_session_factory(engine)
+        with sessions.begin() as session:
+            charged = dict(session.execute(select(InfrastructureEntry.study_id, InfrastructureEntry.id)).all())
+            for study_id in (1, 2):
+                series = Series(study_id=study_id, series_instance_uid=f"9.{study_id}.1")
+                session.add(series)
+                session.flush()
+                session.add(
+                    Instance(
+                        study_id=study_id,
+                        series_id=series.id,
+                        sop_instance_uid=f"9.{study_id}.1.1",
+                        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                        transfer_syntax_uid="1.2.840.10008.1.2.1",
+                        relative_path=f"9.{study_id}/1.dcm",
+                        size_bytes=GIB,
+                        dataset_sha256="0" * 64,
+                        calling_ae_title="CT_NORTH",
+                        received_at=at,
+                        infrastructure_entry_id=charged[study_id] if study_id == 2 else None,
+                    )
+                )
+        AccrualService(sessions, AccrualPolicy(RATE), FakeClock(_utc(2026, 12, 10))).accrue()
+        with sessions() as session:
+            accrued = session.execute(
+                select(InfrastructureEntry.study_id, InfrastructureEntry.period_month, InfrastructureEntry.quantity)
+                .where(InfrastructureEntry.basis == CostBasis.PER_GIB_MONTH)
+                .order_by(InfrastructureEntry.study_id, InfrastructureEntry.period_month)
+            ).all()
+        assert [tuple(row) for row in accrued] == [
+            (1, dt.date(2026, 10, 1), GIB * 1),  # received Oct 31: one day of October
+            (1, NOV, GIB * 30),
+            (2, NOV, GIB * 30),  # its October was charged by the old row
         ]
         with pytest.raises(Exception, match="append-only"), engine.begin() as connection:
             connection.execute(text("UPDATE infrastructure_ledger SET note = 'x'"))
