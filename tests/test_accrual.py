@@ -137,7 +137,7 @@ def test_a_study_held_45_days_across_two_months_accrues_exactly_per_month(app: R
 
     report = accrual.accrue()  # through December 2026, the last month that is over
 
-    assert report.to_json() == {"months": ["2026-11", "2026-12"], "written": 2}
+    assert report.to_json() == {"through": "2026-12", "months": ["2026-11", "2026-12"], "written": 2}
     assert _storage_rows(app) == [
         ("1.2.3.45", NOV, 15_000_000, GIB * 30, RATE, 1071, "CT_NORTH"),  # 15 of 30 days
         ("1.2.3.45", DEC, 30_000_000, GIB * 31, RATE, 2073, "CT_NORTH"),  # 30 of 31 days; ends Dec 31
@@ -156,7 +156,7 @@ def test_accrual_is_idempotent_and_a_duplicate_insert_writes_nothing(app: Router
     assert accrual.accrue().written == 2
     before = _storage_rows(app)
 
-    assert accrual.accrue().to_json() == {"months": [], "written": 0}
+    assert accrual.accrue().to_json() == {"through": "2026-12", "months": [], "written": 0}
     assert accrual.accrue_month(NOV) == 0  # asked again for a month already accrued
     duplicate = {
         "study_id": study_id,
@@ -244,10 +244,12 @@ def test_cli_accrue_rows_and_statement(app: RouterApp, clock: FakeClock, tmp_pat
     )
     code, out, err = _cli(config, "ledger", "accrue", "--through", "2026-11")
     assert (code, out) == (0, "accrued 2 storage record(s) for 2026-11 to 2026-11\n"), err
-    assert (
-        _cli(config, "ledger", "accrue", "--through", "2026-11", "--json")[1]
-        == '{\n  "months": [],\n  "written": 0\n}\n'
-    )
+    assert json.loads(_cli(config, "ledger", "accrue", "--through", "2026-11", "--json")[1]) == {
+        "through": "2026-11",
+        "months": [],
+        "written": 0,
+    }
+    assert _cli(config, "ledger", "accrue", "--through", "2026-11")[1] == "nothing new to accrue through 2026-11\n"
     code, _, err = _cli(config, "ledger", "accrue", "--through", "2999-01")
     assert code == 1 and "is not over yet" in err and "Traceback" not in err
     code, _, err = _cli(config, "ledger", "accrue", "--through", "2026-13")

@@ -185,7 +185,7 @@ def infrastructure(
                     (
                         row["recorded_at"],
                         f"{Decimal(row['quantity']) / Decimal(row['unit_quantity']):.6f}",
-                        f"{row['rate_cents']} ({label(row['basis'])})",
+                        f"{row['rate_cents']}{_PER[row['basis']]}",
                         row["note"],
                     )
                     if wide
@@ -196,6 +196,10 @@ def infrastructure(
             wide=wide,
             caption=shortened_caption(wide),
         )
+
+
+#: What a record's rate is per, by basis (a ``recorded`` row: the whole cents per GiB charged then).
+_PER = {"per_gib": "/GiB", "per_gib_month": "/GiB-month", "recorded": "/GiB (recorded)"}
 
 
 def _cents(text: str) -> str:
@@ -244,7 +248,7 @@ def accrue(obj: CliContext, through: dt.date | None, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_json())
     elif not report.months:
-        click.echo("nothing to accrue: every month up to the one asked for is accrued")
+        click.echo(f"nothing new to accrue through {report.through:%Y-%m}")
     else:
         first, last = report.months[0], report.months[-1]
         click.echo(f"accrued {report.written} storage record(s) for {first:%Y-%m} to {last:%Y-%m}")

@@ -11,7 +11,9 @@ lease (router.services.cluster), ``router ledger accrue`` by hand.
 An instance is held from the UTC day it was received until its retention ends
 (``[billing] storage_retention_days`` after that day; 0: until deleted, and the router never
 deletes). An instance charged once under the old model (a ``recorded`` storage row, before
-migration 0009) accrues from the month after that charge.
+migration 0009) accrues from the month after that charge. Months are accrued in order and only
+once over, so an instance can join a month already accrued only if a node's clock is wrong at
+a month's turn; its days in that month are then not charged (later months are).
 
 :meth:`AccrualService.statement` totals the ledger per client per month: storage and
 transmission exactly, the total rounded half up to whole cents once.
@@ -76,14 +78,20 @@ class AccrualPolicy:
 
 @dataclass
 class AccrualReport:
-    """What one :meth:`AccrualService.accrue` did: the months looked at, records written."""
+    """What one :meth:`AccrualService.accrue` did: the last month asked for, the months looked
+    at (not accrued before), records written."""
 
+    through: dt.date
     months: list[dt.date] = field(default_factory=list)
     written: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict: ``months`` as ``YYYY-MM``, ``written`` records."""
-        return {"months": [month.strftime("%Y-%m") for month in self.months], "written": self.written}
+        """JSON-ready dict: ``through`` and ``months`` as ``YYYY-MM``, ``written`` records."""
+        return {
+            "through": self.through.strftime("%Y-%m"),
+            "months": [month.strftime("%Y-%m") for month in self.months],
+            "written": self.written,
+        }
 
 
 @dataclass
@@ -125,7 +133,7 @@ class AccrualService:
             raise ValidationError(
                 f"{last:%Y-%m} is not over yet: storage accrues for whole months (latest {previous_month(current):%Y-%m})"
             )
-        report = AccrualReport()
+        report = AccrualReport(last)
         month = self._first_open_month()
         while month is not None and month <= last:
             report.months.append(month)
