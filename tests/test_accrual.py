@@ -304,6 +304,8 @@ def test_rates_and_day_count_rules() -> None:
     assert days_held(dt.date(2026, 11, 16), dt.date(2026, 11, 16), NOV) == 0
     assert parse_month("2026-02") == dt.date(2026, 2, 1)
     assert round_half_up_cents(Fraction(1_500_000)) == 2 and round_half_up_cents(Fraction(1_499_999)) == 1
+    assert cents_text(Fraction(7, 1000)) == "0.000000007" and cents_text(Fraction(-1, 3)) == "-0.0000003"
+    assert cents_text(0) == "0.000000" and cents_text(Fraction(1, 2)) == "0.000001"  # half a micro-cent: up
     assert cents_for_people(1) == "<0.0001" and cents_for_people(0) == "0.0000" and cents_for_people(50) == "0.0001"
 
 

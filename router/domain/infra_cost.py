@@ -140,18 +140,22 @@ def cents_text(microcents: Fraction | int, places: int = 6) -> str:
     """Exact micro-cents as cents with ``places`` decimals (half up), e.g. ``"0.001071"``.
 
     With six places (a micro-cent) it is the exact amount whenever that is a whole number of
-    micro-cents; a statement row shows it this way in JSON and CSV.
+    micro-cents, as JSON and CSV show it. A non-zero amount is never written as zero: below
+    half the last place it gets the decimals its first significant digit needs
+    (``"0.000000007"`` for 7/1000 of a micro-cent).
     """
     value = Fraction(microcents) / MICROCENTS_PER_CENT
-    quantum = Decimal(1).scaleb(-places)
     exact = Decimal(value.numerator) / Decimal(value.denominator)
-    return str(exact.quantize(quantum, rounding=ROUND_HALF_UP))
+    text = format(exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP), "f")
+    if value != 0 and Decimal(text) == 0:
+        places = -exact.adjusted()  # the place of the first significant digit
+        text = format(exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP), "f")
+    return text
 
 
 def cents_for_people(microcents: Fraction | int) -> str:
     """Cents to four decimals for a table; a non-zero amount below that shows as ``<0.0001``,
     never as a misleading ``0.0000``."""
-    text = cents_text(microcents, 4)
-    if Fraction(microcents) > 0 and Decimal(text) == 0:
+    if 0 < Fraction(microcents) < 50:  # below 0.00005 cents: 0.0000 at four decimals
         return "<0.0001"
-    return text
+    return cents_text(microcents, 4)
