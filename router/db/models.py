@@ -351,7 +351,9 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)  # whole file, meta included
     dataset_sha256: Mapped[str] = mapped_column(String(64))  # of the data set bytes as received
     calling_ae_title: Mapped[str] = mapped_column(String(AE_LENGTH))
-    received_at: Mapped[dt.datetime]
+    received_at: Mapped[dt.datetime]  # storage accrues from this UTC day (router.services.accrual)
+    # the one-time storage charge of this instance written before migration 0009 (the month it
+    # covered is not accrued again); storage now accrues per study per month, unlinked
     infrastructure_entry_id: Mapped[int | None] = mapped_column(
         ForeignKey("infrastructure_ledger.id", ondelete="RESTRICT"), index=True
     )
