@@ -22,7 +22,16 @@ from router.cli import cli
 from router.config import settings_from_mapping
 from router.db import migrate
 from router.db.engine import make_engine, make_session_factory
-from router.db.models import ClusterLease, Facility, ForwardedInstance, InfrastructureEntry, Instance, Series, Study
+from router.db.models import (
+    ClusterLease,
+    Facility,
+    ForwardedInstance,
+    InfrastructureEntry,
+    Instance,
+    RoutingDecision,
+    Series,
+    Study,
+)
 from router.domain.enums import CostBasis, InfrastructureKind, StudyStatus
 from router.domain.infra_cost import (
     GIB,
@@ -291,6 +300,33 @@ def test_serve_accrues_last_month_once_per_interval_for_the_cluster(app: RouterA
         assert lease is not None and lease.last_run_at == clock() and lease.holder is None
 
 
+def test_routing_writes_no_storage_charge_and_sees_late_instances_once(app: RouterApp, clock: FakeClock) -> None:
+    study_id = _store(app, "1.2.3.53", GIB, clock() - dt.timedelta(minutes=10))
+    with app.sessions.begin() as session:
+        study = session.get(Study, study_id)
+        assert study is not None
+        study.status = StudyStatus.RECEIVING  # quiet for ten minutes: due
+
+    def decisions() -> int:
+        with app.sessions() as session:
+            return int(session.scalar(select(func.count(RoutingDecision.id))) or 0)
+
+    def unaccounted() -> int:
+        with app.sessions() as session:
+            return int(session.scalar(select(func.count(Instance.id)).where(Instance.accounted_at.is_(None))) or 0)
+
+    assert [result.status for result in app.routing.route_due()] == [StudyStatus.HELD]  # no roster
+    assert (decisions(), unaccounted()) == (1, 0)
+    assert app.routing.route_due() == [] and decisions() == 1  # nothing late: no new decision
+    _store(app, "1.2.3.53", GIB, clock())  # a late instance
+    clock.advance(600)
+    assert [result.status for result in app.routing.route_due()] == [StudyStatus.HELD]  # decided again
+    assert (decisions(), unaccounted()) == (2, 0)
+    assert app.routing.route_due() == []
+    with app.sessions() as session:
+        assert session.scalar(select(func.count(InfrastructureEntry.id))) == 0  # storage accrues monthly
+
+
 def test_rates_and_day_count_rules() -> None:
     assert rate_microcents(2.3) == 2_300_000
     assert rate_microcents(0.000001) == 1
@@ -362,6 +398,29 @@ def test_migration_keeps_old_records_and_their_amounts(database_url: str) -> Non
                         "cents": 0 if facility else 10,
                     },
                 )
+            charged = connection.scalar(text("SELECT id FROM infrastructure_ledger WHERE study_id = 2"))
+            for study_id in (1, 2):
+                connection.execute(
+                    text("INSERT INTO series (id, study_id, series_instance_uid) VALUES (:id, :id, :uid)"),
+                    {"id": study_id, "uid": f"9.{study_id}.1"},
+                )
+                connection.execute(
+                    text(
+                        "INSERT INTO instances (study_id, series_id, sop_instance_uid, sop_class_uid, "
+                        "transfer_syntax_uid, relative_path, size_bytes, dataset_sha256, calling_ae_title, "
+                        "received_at, infrastructure_entry_id) VALUES (:id, :id, :sop, '1.2.840.10008.5.1.4.1.1.2', "
+                        "'1.2.840.10008.1.2.1', :path, :size, :sha, 'CT_NORTH', :at, :charged)"
+                    ),
+                    {
+                        "id": study_id,
+                        "sop": f"9.{study_id}.1.1",
+                        "path": f"9.{study_id}/1.dcm",
+                        "size": GIB,
+                        "sha": "0" * 64,
+                        "at": at,
+                        "charged": charged if study_id == 2 else None,
+                    },
+                )
         migrate.upgrade(engine)
         with engine.connect() as connection:
             rows = connection.execute(
@@ -383,27 +442,9 @@ def test_migration_keeps_old_records_and_their_amounts(database_url: str) -> Non
         ]
         # an instance charged once by an old row is covered through that month; others accrue from receipt
         sessions = make_session_factory(engine)
-        with sessions.begin() as session:
-            charged = dict(session.execute(select(InfrastructureEntry.study_id, InfrastructureEntry.id)).all())
-            for study_id in (1, 2):
-                series = Series(study_id=study_id, series_instance_uid=f"9.{study_id}.1")
-                session.add(series)
-                session.flush()
-                session.add(
-                    Instance(
-                        study_id=study_id,
-                        series_id=series.id,
-                        sop_instance_uid=f"9.{study_id}.1.1",
-                        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                        transfer_syntax_uid="1.2.840.10008.1.2.1",
-                        relative_path=f"9.{study_id}/1.dcm",
-                        size_bytes=GIB,
-                        dataset_sha256="0" * 64,
-                        calling_ae_title="CT_NORTH",
-                        received_at=at,
-                        infrastructure_entry_id=charged[study_id] if study_id == 2 else None,
-                    )
-                )
+        with sessions() as session:  # the link to the old charge is the late-instance marker no more
+            marked = dict(session.execute(select(Instance.study_id, Instance.accounted_at)).all())
+        assert marked == {1: None, 2: at}
         AccrualService(sessions, AccrualPolicy(RATE), FakeClock(_utc(2026, 12, 10))).accrue()
         with sessions() as session:
             accrued = session.execute(

@@ -259,9 +259,9 @@ def _run_workload(admin: RouterApp, processes: list[subprocess.Popen[bytes]], po
     suspension.join(timeout=30)
     assert len(changes) == 1 and getattr(changes[0], "reevaluation_error", "?") is None
     _wait(
-        lambda: _studies(admin, StudyStatus.ASSIGNED) == STUDIES,
+        lambda: _studies(admin, StudyStatus.ASSIGNED) == STUDIES and _unaccounted_instances(admin) == 0,
         30,
-        "every study assigned",
+        "every study assigned and every late instance taken into account",
     )
 
 
@@ -269,6 +269,11 @@ def _studies(app: RouterApp, status: StudyStatus, *, negate: bool = False) -> in
     condition = Study.status != status if negate else Study.status == status
     with app.sessions() as session:
         return int(session.scalar(select(func.count(Study.id)).where(condition)) or 0)
+
+
+def _unaccounted_instances(app: RouterApp) -> int:
+    with app.sessions() as session:
+        return int(session.scalar(select(func.count(Instance.id)).where(Instance.accounted_at.is_(None))) or 0)
 
 
 def _accrue_on_three_nodes_at_once(app: RouterApp) -> list[int]:

@@ -167,6 +167,7 @@ def populate(app: RouterApp, radiologists: int, licenses_each: int, studies: int
                 "dataset_sha256": "0" * 64,
                 "calling_ae_title": SENDER_AE,
                 "received_at": received,
+                "accounted_at": received,  # routed: not a late instance
             }
         )
         decision_rows.append(

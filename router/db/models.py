@@ -352,6 +352,9 @@ class Instance(Base):
     dataset_sha256: Mapped[str] = mapped_column(String(64))  # of the data set bytes as received
     calling_ae_title: Mapped[str] = mapped_column(String(AE_LENGTH))
     received_at: Mapped[dt.datetime]  # storage accrues from this UTC day (router.services.accrual)
+    # when routing took it into account (routed with its study, or joined as a late instance);
+    # NULL: not yet, which is what the routing timer looks for (late instances)
+    accounted_at: Mapped[dt.datetime | None] = mapped_column(index=True)
     # the one-time storage charge of this instance written before migration 0009 (the month it
     # covered is not accrued again); storage now accrues per study per month, unlinked
     infrastructure_entry_id: Mapped[int | None] = mapped_column(

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -169,7 +169,7 @@ class RoutingService:
                     select(Instance.study_id)
                     .join(Study, Study.id == Instance.study_id)
                     .where(
-                        Instance.infrastructure_entry_id.is_(None),
+                        Instance.accounted_at.is_(None),
                         Study.status != StudyStatus.RECEIVING,
                         Study.last_received_at <= cutoff,
                     )
@@ -233,6 +233,7 @@ class RoutingService:
             now = self._clock()
             if study.status == StudyStatus.HELD:
                 return self._decide(session, study, trigger="late_instances")
+            _mark_accounted(session, study, now)
             study.modalities = study_modalities(session, study.id)
             current = _current_assignment(session, study.id)
             if current is not None and self.policy.forwarding_enabled:
@@ -282,6 +283,7 @@ class RoutingService:
         facility, _location = self._locate(session, study)
         day = self.read_day(facility, now, study.exam_state)
         study.routed_at = now
+        _mark_accounted(session, study, now)
         if not study.exam_state:
             return self._hold(
                 session,
@@ -668,6 +670,7 @@ class RoutingService:
             session.add(decision)
             session.flush()
             study.routed_at = study.routed_at or now
+            _mark_accounted(session, study, now)
             self._assign(session, study, verdict, decision, now, assigned_by=by_user)
             return _result(study, npi)
 
@@ -808,3 +811,14 @@ def _result(study: Study, npi: str | None) -> RouteResult:
 
 
 __all__ = ["RouteResult", "RoutingPolicy", "RoutingService"]
+
+
+def _mark_accounted(session: Session, study: Study, now: dt.datetime) -> None:
+    """Mark the study's instances as taken into account by routing (routed with the study, or
+    joined as late instances), so the timer's late-instance query passes over them."""
+    session.execute(
+        update(Instance)
+        .where(Instance.study_id == study.id, Instance.accounted_at.is_(None))
+        .values(accounted_at=now)
+        .execution_options(synchronize_session=False)
+    )

@@ -11,7 +11,8 @@ Create Date: 2026-12-05
 they were charged (basis ``recorded``: whole cents, rounded per row as the router did then),
 with ``quantity`` = their bytes, ``unit_quantity`` = 2**30, ``period_month`` = the UTC month
 they were recorded in, and the client of their study. A unique partial index allows one
-storage accrual row per study per month.
+storage accrual row per study per month. ``instances.accounted_at`` replaces the link from an
+instance to its one-time storage record as the routing timer's late-instance marker.
 
 Only ADD COLUMN and RENAME COLUMN are used: SQLite cannot rebuild this table while instances
 reference it with foreign keys on. The append-only triggers (0002) are lifted for the one
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
+from router.db.models import UtcDateTime
 
 revision = "0009_accrual"
 down_revision = "0007_cluster"
@@ -112,11 +115,18 @@ def upgrade() -> None:
     )
     op.create_index("ix_infrastructure_ledger_period_month", TABLE, ["period_month", "client_ae_title"])
     _triggers(create=True)
+    # Routing no longer links instances to a storage record; the late-instance marker becomes
+    # its own column, set for every instance already accounted for.
+    op.add_column("instances", sa.Column("accounted_at", UtcDateTime(timezone=True), nullable=True))
+    op.execute("UPDATE instances SET accounted_at = received_at WHERE infrastructure_entry_id IS NOT NULL")
+    op.create_index("ix_instances_accounted_at", "instances", ["accounted_at"])
 
 
 def downgrade() -> None:
     """Back to whole cents per row (lossy: sub-cent amounts and rates are rounded half up)."""
     postgresql = op.get_bind().dialect.name == "postgresql"
+    op.drop_index("ix_instances_accounted_at", table_name="instances")
+    op.execute("ALTER TABLE instances DROP COLUMN accounted_at")
     _triggers(create=False)
     op.drop_index("ix_infrastructure_ledger_period_month", table_name=TABLE)
     op.drop_index("uq_infrastructure_ledger_storage_month", table_name=TABLE)
