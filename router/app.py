@@ -17,8 +17,10 @@ from router.db.engine import ServerOptions, check_connection, make_engine, make_
 from router.dicom.sr import read_sr_facts
 from router.domain.claims import validate_tin
 from router.domain.enums import Priority
+from router.domain.infra_cost import rate_microcents
 from router.errors import RouterError
 from router.keyring import KeyRing
+from router.services.accrual import AccrualPolicy, AccrualService
 from router.services.claims import ClaimDefaults
 from router.services.cluster import keep_node_id, new_node_id, resolve_node_id
 from router.services.corrections import CorrectionService
@@ -55,7 +57,6 @@ def routing_policy(settings: Settings, keyring: KeyRing | None = None) -> Routin
         require_reading_state_license=settings.routing.require_reading_state_license,
         telehealth_registration_states=frozenset(s.upper() for s in settings.licensure.telehealth_registration_states),
         suspension_hold_days=settings.imlc.suspension_hold_days,
-        storage_cents_per_gib=settings.billing.storage_cents_per_gib,
         forwarding_enabled=settings.forwarding.enabled,
         keyring=keyring,
     )
@@ -69,6 +70,14 @@ def claim_defaults(settings: Settings) -> ClaimDefaults:
         tin=validate_tin(billing.tin) if billing.tin else None,
         outpatient_pos=billing.outpatient_pos,
         default_pos=billing.default_pos or None,
+    )
+
+
+def accrual_policy(settings: Settings) -> AccrualPolicy:
+    """The storage accrual's ``[billing]`` settings (the rate validated when loaded)."""
+    return AccrualPolicy(
+        storage_microcents_per_gib_month=rate_microcents(settings.billing.storage_cents_per_gib_month),
+        retention_days=settings.billing.storage_retention_days,
     )
 
 
@@ -99,6 +108,7 @@ class RouterApp:
     reads: ReadService
     ledgers: LedgerService
     corrections: CorrectionService
+    accrual: AccrualService
     roster: RosterService
     clock: Clock = field(default=utcnow)
     node_id: str | None = None  # None: a command that is not a node (no id kept yet)
@@ -167,6 +177,7 @@ class RouterApp:
             reads=reads,
             ledgers=LedgerService(sessions),
             corrections=CorrectionService(sessions, reference, routing, clock),
+            accrual=AccrualService(sessions, accrual_policy(settings), clock),
             roster=RosterService(sessions, routing, clock),
             clock=clock,
             node_id=node_id,

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from router.domain.claims import validate_outpatient_pos, validate_pos, validate_tin
 from router.domain.enums import ArchiveBackendKind
+from router.domain.infra_cost import rate_microcents
 from router.domain.jurisdictions import normalize_jurisdiction
 from router.domain.npi import validate_npi
 from router.errors import ConfigError, ValidationError
@@ -204,10 +205,15 @@ class RoutingSettings:
 
 @dataclass(frozen=True)
 class BillingSettings:
-    """Infrastructure cost rates, the CPT map and fee schedule, and the billing group's identifiers."""
+    """Infrastructure cost rates, the CPT map and fee schedule, and the billing group's identifiers.
 
-    storage_cents_per_gib: int = 10  # cents per GiB stored, rounded half up per record
-    transmission_cents_per_gib: int = 5  # cents per GiB forwarded
+    Rates are cents with up to six decimals (2.3 is $0.023), kept exactly (router.domain.infra_cost);
+    amounts are rounded only on a statement, per client per month.
+    """
+
+    storage_cents_per_gib_month: float = 2.3  # cents per GiB held for a month, prorated by day
+    transmission_cents_per_gib: float = 5.0  # cents per GiB forwarded
+    storage_retention_days: int = 0  # storage accrues this many days from receipt; 0: until deleted
     # The map for the date-of-service year is cpt_map_<year>.csv in this file's folder.
     cpt_map: Path = CONFIG_DIR / "cpt_map_2026.csv"
     # Charges per CPT (+26); the one for the date-of-service year is fee_schedule_<year>.csv beside it.
@@ -399,6 +405,8 @@ def _build(values: dict[str, Any], prefix: str, base_dir: Path) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         dotted = f"{prefix}.{key}"
+        if dotted in _RENAMED:
+            raise ConfigError(dotted, _RENAMED[dotted])
         if key not in known:
             raise ConfigError(dotted, "unknown key")
         if f"{prefix}.{key}" in _SECTION_TYPES:
@@ -441,6 +449,12 @@ def _coerce(key: str, default: Any, value: Any, base_dir: Path) -> Any:
         return value
     raise ConfigError(key, "unsupported value")  # pragma: no cover - every field is covered
 
+
+#: Keys that changed meaning: refused with what to write instead (never silently reinterpreted).
+_RENAMED = {
+    "billing.storage_cents_per_gib": "renamed: storage is charged per GiB-month now; "
+    "set billing.storage_cents_per_gib_month (cents, decimals allowed, e.g. 2.3)",
+}
 
 _OPTIONAL_PATHS = {
     "paths.archive_dir",
@@ -609,15 +623,13 @@ def _validate(settings: Settings) -> Settings:
     _validate_archive(settings.archive)
     _validate_encryption(settings.encryption)
     billing = settings.billing
+    for key in ("storage_cents_per_gib_month", "transmission_cents_per_gib"):
+        try:
+            rate_microcents(getattr(billing, key), "rate")
+        except ValidationError as exc:
+            raise ConfigError(f"billing.{key}", str(exc).removeprefix("rate ")) from exc
     _check_positive(
-        "billing.storage_cents_per_gib", billing.storage_cents_per_gib, allow_zero=True, maximum=10**9, unit=" cents"
-    )
-    _check_positive(
-        "billing.transmission_cents_per_gib",
-        billing.transmission_cents_per_gib,
-        allow_zero=True,
-        maximum=10**9,
-        unit=" cents",
+        "billing.storage_retention_days", billing.storage_retention_days, allow_zero=True, maximum=36500, unit=" days"
     )
     _validate_claims(billing)
     _check_positive("imlc.max_age_days", settings.imlc.max_age_days, maximum=36500, unit=" days")

@@ -4,8 +4,8 @@ Start-up order: archive folders, process-wide pynetdicom settings, node registra
 first heartbeat), reconciliation after a crash, node-run record, then the listener; the timer
 thread routes stable studies, accounts for late instances, works the outbox and refreshes the
 allowed calling AE titles. Two more threads: the heartbeat (renews this node's claims, see
-:mod:`router.services.cluster`) and the periodic recheck, run once per ``recheck_interval``
-for the whole cluster under a lease, never on the timer's thread. Stopping drains: no new
+:mod:`router.services.cluster`) and the periodic recheck and storage accrual, each run once per
+``recheck_interval`` for the whole cluster under a lease, never on the timer's thread. Stopping drains: no new
 associations, in-flight ones finish (up to ``listener.drain_timeout``), then a clean shutdown
 is recorded and this node's claims are given back.
 """
@@ -30,6 +30,7 @@ from router.dicom.listener import Listener
 from router.dicom.scp import ConditionLog, configure_pynetdicom
 from router.dicom.scu import Forwarder, client_tls_context
 from router.domain.enums import StudyStatus
+from router.domain.infra_cost import rate_microcents
 from router.errors import RouterError, first_line
 from router.hl7.mllp import MllpListener, TlsFiles
 from router.metrics import ReceiveMetrics, ServerMetrics, server_registry
@@ -79,7 +80,7 @@ class RouterServer:
                 max_attempts=settings.forwarding.max_attempts,
                 initial_backoff=settings.forwarding.initial_backoff,
                 max_backoff=settings.forwarding.max_backoff,
-                transmission_cents_per_gib=settings.billing.transmission_cents_per_gib,
+                transmission_microcents_per_gib=rate_microcents(settings.billing.transmission_cents_per_gib),
             ),
             app.clock,
             node_id=node_id,
@@ -222,6 +223,11 @@ class RouterServer:
         """Seconds after which a temporary file in an incoming folder is debris (seconds)."""
         return 2 * self.app.settings.listener.network_timeout + 60
 
+    def sweep_incoming_if_due(self) -> bool:
+        """Run :meth:`sweep_dead_nodes_incoming` here if no node of the cluster ran it in the last
+        stale-file interval; returns whether it ran here."""
+        return self.cluster.run_once_per_interval("incoming-sweep", self._stale_after(), self.sweep_dead_nodes_incoming)
+
     def sweep_dead_nodes_incoming(self) -> int:
         """Delete stale temporary files of dead nodes (no heartbeat within their lease) from
         their incoming folders in the shared archive folder; returns the count. Done once per
@@ -297,6 +303,13 @@ class RouterServer:
         ``routing.recheck_interval`` seconds; returns whether it ran here."""
         return self.cluster.run_once_per_interval("recheck", self.app.settings.routing.recheck_interval, self.recheck)
 
+    def accrue_if_due(self) -> bool:
+        """Accrue storage through last month (:mod:`router.services.accrual`) if no node of the
+        cluster did in the last ``routing.recheck_interval`` seconds; returns whether it ran here."""
+        return self.cluster.run_once_per_interval(
+            "storage_accrual", self.app.settings.routing.recheck_interval, self.app.accrual.accrue
+        )
+
     def _heartbeat_loop(self) -> None:
         condition = ConditionLog(LOG)
         interval = self.app.settings.node.heartbeat_interval
@@ -314,18 +327,18 @@ class RouterServer:
         # Look often enough that a cluster whose recheck holder died is late by little.
         interval = max(0.2, min(self.app.settings.routing.recheck_interval, self.app.settings.node.heartbeat_interval))
         while True:
-            try:
-                self.recheck_if_due()
-                self.cluster.run_once_per_interval(
-                    "incoming-sweep", self._stale_after(), self.sweep_dead_nodes_incoming
-                )
-            except Exception as exc:
-                LOG.debug("periodic recheck failed", exc_info=True)
-                condition.failed(
-                    "recheck", f"periodic recheck failed, retried: {type(exc).__name__}: {first_line(exc)}"
-                )
-            else:
-                condition.succeeded("recheck")
+            for name, due in (
+                ("periodic recheck", self.recheck_if_due),
+                ("storage accrual", self.accrue_if_due),
+                ("incoming sweep", self.sweep_incoming_if_due),
+            ):
+                try:
+                    due()
+                except Exception as exc:
+                    LOG.debug("%s failed", name, exc_info=True)
+                    condition.failed(name, f"{name} failed, retried: {type(exc).__name__}: {first_line(exc)}")
+                else:
+                    condition.succeeded(name)
             if self._stop.wait(interval):
                 return
 

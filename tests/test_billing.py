@@ -1,4 +1,4 @@
-"""Billing arithmetic: infrastructure cost and professional CPT lines."""
+"""Billing arithmetic: professional CPT lines (infrastructure cost: tests/test_accrual.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from router.domain.billing import (
     MAP_INFERRED_REASON,
     BillingLine,
     ProcedureCode,
-    cost_cents,
     resolve_billing_lines,
 )
 from router.domain.cpt_map import (
@@ -24,8 +23,6 @@ from router.errors import DataFileError, ValidationError
 
 CONFIG_MAP = Path(__file__).resolve().parent.parent / "config" / "cpt_map_2026.csv"
 HEADER = "cpt,modality,body_part_hints,description_hints,summary,pc_tc_split"
-GIB = 1024**3
-MIB = 1024**2
 
 PCS = CptSource.PROCEDURE_CODE_SEQUENCE
 RPCS = CptSource.REQUESTED_PROCEDURE_CODE_SEQUENCE
@@ -34,47 +31,6 @@ RPCS = CptSource.REQUESTED_PROCEDURE_CODE_SEQUENCE
 @pytest.fixture(scope="module")
 def cpt_map() -> CptMap:
     return CptMap.from_csv_text(CONFIG_MAP.read_text(encoding="utf-8"), "2026")
-
-
-# --- cost_cents ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("size_bytes", "cents_per_gib", "expected"),
-    [
-        (0, 100, 0),
-        (1, 1, 0),
-        (GIB, 100, 100),
-        (GIB // 2 - 1, 1, 0),  # 0.4999... cents
-        (GIB // 2, 1, 1),  # exactly 0.5 cent: half up (banker's rounding would give 0)
-        (3 * GIB // 2 - 1, 1, 1),  # 1.4999...
-        (3 * GIB // 2, 1, 2),  # exactly 1.5
-        (GIB // 2 - 1, 5, 2),  # 2.4999...
-        (GIB // 2, 5, 3),  # exactly 2.5 (banker's would give 2)
-        (512 * MIB - 1, 23, 11),  # a CT study just under 512 MiB at 23 c/GiB: 11.4999...
-        (512 * MIB, 23, 12),  # 11.5
-        (10 * 1024 * GIB, 2, 20480),  # 10 TiB at 2 c/GiB
-        (2**62, 3, 3 * 2**32),  # big values stay exact
-        (GIB, 0, 0),
-    ],
-)
-def test_cost_cents_rounds_half_up_exactly(size_bytes: int, cents_per_gib: int, expected: int) -> None:
-    assert cost_cents(size_bytes, cents_per_gib) == expected
-
-
-@pytest.mark.parametrize(
-    ("size_bytes", "cents_per_gib", "message"),
-    [
-        (-1, 100, "size_bytes must not be negative"),
-        (100, -1, "cents_per_gib must not be negative"),
-        (1.0, 100, "size_bytes must be an integer"),
-        (100, 2.5, "cents_per_gib must be an integer"),
-        (True, 100, "size_bytes must be an integer"),
-    ],
-)
-def test_cost_cents_rejects_bad_input(size_bytes: object, cents_per_gib: object, message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
-        cost_cents(size_bytes, cents_per_gib)  # type: ignore[arg-type]
 
 
 # --- CPT code format --------------------------------------------------------------------------

@@ -70,7 +70,11 @@ def test_example_file_documents_every_key_and_matches_the_defaults() -> None:
         ({"listener": {"network_timeout": 1e300}}, "listener.network_timeout", "at most 31536000 seconds"),
         ({"database": {"busy_timeout": float("-inf")}}, "database.busy_timeout", "finite"),
         ({"routing": {"recheck_interval": 0}}, "routing.recheck_interval", "greater than zero"),
-        ({"billing": {"storage_cents_per_gib": 10**12}}, "billing.storage_cents_per_gib", "at most 1000000000 cents"),
+        (
+            {"billing": {"storage_cents_per_gib_month": 10**12}},
+            "billing.storage_cents_per_gib_month",
+            "at most 1000000 cents",
+        ),
         ({"imlc": {"membership_file": "."}}, "imlc.membership_file", "is not a file"),
     ],
 )

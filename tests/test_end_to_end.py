@@ -13,11 +13,12 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
-from router.db.models import Assignment, InfrastructureEntry, License, ProfessionalEntry, Radiologist, Study
-from router.domain.billing import cost_cents
+from router.db.models import Assignment, InfrastructureEntry, Instance, License, ProfessionalEntry, Radiologist, Study
 from router.domain.enums import ExamStateSource, HoldReason, InfrastructureKind, LicenseStatus, StudyStatus
+from router.domain.infra_cost import days_in_month, next_month
 from router.errors import IneligibleError
 from router.server import RouterServer
+from router.services.accrual import AccrualService
 from router.services.studies import StudyViews
 from tests.conftest import DEMO_CONFIG, SAMPLES
 from tests.dicom_helpers import make_dataset, send_paths, write_part10
@@ -102,15 +103,25 @@ def test_samples_are_routed_to_licensed_readers_and_billed_apart(server: RouterS
                 assert session.get(Radiologist, assignment.radiologist_id).mqsa_qualified
             if case == "conflict_ok_tx":  # the patient's TX residence is not read (use_patient_address off)
                 assert study.location_conflicts is None
-        storage = list(session.scalars(select(InfrastructureEntry).order_by(InfrastructureEntry.id)))
-    # one storage record per study, for exactly the bytes stored, at the configured rate
-    assert len(storage) == len(EXPECTED)
-    by_study = {entry.study_instance_uid: entry for entry in storage}
+        # storage is not charged when routed: it accrues per month held
+        assert session.scalar(select(InfrastructureEntry)) is None
+    # accrued as if this month were over: one record per study, for exactly the bytes stored
+    # from the day received to the month's end, at the configured rate per GiB-month
+    today = dt.datetime.now(dt.UTC).date()
+    month_over = dt.datetime.combine(next_month(today), dt.time(0), tzinfo=dt.UTC)
+    assert AccrualService(app.sessions, app.accrual.policy, lambda: month_over).accrue().written == len(EXPECTED)
+    with app.sessions() as session:
+        by_study = {entry.study_instance_uid: entry for entry in session.scalars(select(InfrastructureEntry))}
     for study in studies:
         entry = by_study[study.study_instance_uid]
-        assert entry.kind == InfrastructureKind.STORAGE
-        assert entry.size_bytes == study.size_bytes
-        assert entry.amount_cents == cost_cents(study.size_bytes, app.settings.billing.storage_cents_per_gib)
+        held_days = (next_month(today) - study.first_received_at.date()).days
+        assert (entry.kind, entry.size_bytes, entry.quantity) == (
+            InfrastructureKind.STORAGE,
+            study.size_bytes,
+            study.size_bytes * held_days,
+        )
+        assert entry.rate_microcents == 2_300_000 and entry.unit_quantity == 2**30 * days_in_month(today)
+        assert entry.client_ae_title == study.first_calling_ae_title  # the demo facilities are keyed by AE
     # no professional record before the read is reported
     with app.sessions() as session:
         assert session.scalar(select(ProfessionalEntry)) is None
@@ -135,7 +146,7 @@ def test_samples_are_routed_to_licensed_readers_and_billed_apart(server: RouterS
         app.reads.complete(facility_study.study_instance_uid)
 
 
-def test_late_instance_joins_the_assignment_and_adds_a_storage_record(server: RouterServer, tmp_path: Path) -> None:
+def test_late_instance_joins_the_assignment_and_accrues_with_the_study(server: RouterServer, tmp_path: Path) -> None:
     _load_demo_roster(server)
     study_uid = "1.2.826.0.1.3680043.10.777.1"
     first = [write_part10(make_dataset(StudyInstanceUID=study_uid), tmp_path / f"a{i}.dcm") for i in range(2)]
@@ -144,21 +155,18 @@ def test_late_instance_joins_the_assignment_and_adds_a_storage_record(server: Ro
     assert study.status == StudyStatus.ASSIGNED
     late = write_part10(make_dataset(StudyInstanceUID=study_uid), tmp_path / "late.dcm")
     assert send_paths(server.ports[0], [late], calling_ae="CT_NORTH") == [0]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with server.app.sessions() as session:
-            records = list(session.scalars(select(InfrastructureEntry).order_by(InfrastructureEntry.id)))
-            assignments = list(session.scalars(select(Assignment)))
-        if len(records) == 2:
-            break
-        time.sleep(0.1)
-    assert [(r.kind, r.instance_count, r.note) for r in records] == [
-        (InfrastructureKind.STORAGE, 2, "study routed"),
-        (InfrastructureKind.STORAGE, 1, "late instances"),
+    _wait_routed(server, 1)  # quiet again: the late instance joined the assignment
+    # the month's accrual counts the late instance with the others, in the study's one record
+    month_over = dt.datetime.combine(next_month(dt.datetime.now(dt.UTC).date()), dt.time(0), tzinfo=dt.UTC)
+    AccrualService(server.app.sessions, server.app.accrual.policy, lambda: month_over).accrue()
+    with server.app.sessions() as session:
+        records = list(session.scalars(select(InfrastructureEntry)))
+        assignments = list(session.scalars(select(Assignment)))
+        paths = list(session.scalars(select(Instance.relative_path)))
+    assert [(r.kind, r.instance_count, r.client_ae_title) for r in records] == [
+        (InfrastructureKind.STORAGE, 3, "CT_NORTH")
     ]
-    late_ds = dcmread(late, stop_before_pixels=True)
-    stored = server.app.archive.path(f"{study_uid}/{late_ds.SeriesInstanceUID}/{late_ds.SOPInstanceUID}.dcm")
-    assert records[1].size_bytes == stored.stat().st_size
+    assert records[0].size_bytes == sum(server.app.archive.path(path).stat().st_size for path in paths)
     assert len(assignments) == 1  # same reader, no second assignment
     server.app.reads.complete(study_uid)
     with server.app.sessions() as session:

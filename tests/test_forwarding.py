@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from router.db.models import InfrastructureEntry, OutboxJob
+from router.db.models import InfrastructureEntry, Instance, OutboxJob
 from router.domain.enums import InfrastructureKind, OutboxStatus
 from router.server import RouterServer
 from router.services.forwarding_queue import requeue_study
@@ -89,12 +89,13 @@ def test_study_is_forwarded_follows_a_destination_change_and_can_be_queued_again
         _wait(lambda: _jobs(server) == [(f"READER_A@127.0.0.1:{first.port}", OutboxStatus.SENT)])
         with server.app.sessions() as session:
             kinds = [
-                (row.kind, row.destination)
+                (row.kind, row.destination, row.client_ae_title, row.quantity, row.rate_microcents)
                 for row in session.scalars(select(InfrastructureEntry).order_by(InfrastructureEntry.id))
             ]
+            sent_bytes = session.scalar(select(func.sum(Instance.size_bytes)))
+        # the bytes sent, per GiB at [billing] transmission_cents_per_gib (5), charged to the sender
         assert kinds == [
-            (InfrastructureKind.STORAGE, None),
-            (InfrastructureKind.TRANSMISSION, f"READER_A@127.0.0.1:{first.port}"),
+            (InfrastructureKind.TRANSMISSION, f"READER_A@127.0.0.1:{first.port}", "CT_NORTH", sent_bytes, 5_000_000)
         ]
 
         # the reader moves to another workstation: the open study follows, all of it

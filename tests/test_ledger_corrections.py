@@ -307,7 +307,7 @@ def test_migration_marks_existing_reversals_as_voids_and_keeps_the_ledger_append
     config = migrate.alembic_config(engine)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.downgrade(config, "0008_claims")
+        command.downgrade(config, "0009_accrual")
     migrate.upgrade(engine)
     with engine.connect() as connection:
         rows = connection.execute(

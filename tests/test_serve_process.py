@@ -18,7 +18,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from sqlalchemy import create_engine, func, select, text
 
-from router.db.models import InfrastructureEntry, Instance, RoutingDecision, Study
+from router.db.models import Instance, RoutingDecision, Study
 from tests.conftest import DCMTK_STORESCU, PG_URL, REPO, SAMPLES
 from tests.dicom_helpers import make_dataset, write_part10
 
@@ -144,8 +144,10 @@ def test_serve_receives_from_storescu_and_the_cli_shows_assignment_and_ledgers(t
         "1234567893",
         len(files),
     )
-    infrastructure = json.loads(_router(config, "ledger", "infrastructure", "--json").stdout)
-    assert [(r["kind"], r["instance_count"]) for r in infrastructure] == [("storage", len(files))]
+    # storage accrues per whole month held: this month is not over, so nothing is charged yet
+    accrued = json.loads(_router(config, "ledger", "accrue", "--json").stdout)
+    assert (accrued["months"], accrued["written"]) == ([], 0)
+    assert json.loads(_router(config, "ledger", "infrastructure", "--json").stdout) == []
     _router(config, "studies", "complete", row["study_instance_uid"])
     professional = json.loads(_router(config, "ledger", "professional", "--json").stdout)
     assert [
@@ -259,7 +261,8 @@ def _kill_and_restart(tmp_path: Path, processes: list, database_url: str | None)
         while time.monotonic() < deadline:
             with engine.connect() as connection:
                 statuses = [row[0] for row in connection.execute(select(Study.status))]
-            if statuses and all(status != "receiving" for status in statuses):
+                waiting = connection.scalar(select(func.count(Instance.id)).where(Instance.accounted_at.is_(None)))
+            if statuses and all(status != "receiving" for status in statuses) and not waiting:
                 break
             time.sleep(0.2)
         with engine.connect() as connection:
@@ -270,13 +273,14 @@ def _kill_and_restart(tmp_path: Path, processes: list, database_url: str | None)
                 .group_by(RoutingDecision.study_id)
             ).all()
             assert sorted(count for _, count in decisions) == [1, 1, 1]
-            storage = connection.execute(
-                select(InfrastructureEntry.study_id, func.sum(InfrastructureEntry.instance_count)).group_by(
-                    InfrastructureEntry.study_id
-                )
+            # every instance taken into account by routing (with its study or as a late instance)
+            accounted = connection.execute(
+                select(Instance.study_id, func.count(Instance.id))
+                .where(Instance.accounted_at.is_not(None))
+                .group_by(Instance.study_id)
             ).all()
             counts = dict(connection.execute(select(Study.id, Study.instance_count)).all())
-            assert {study_id: int(total) for study_id, total in storage} == counts
+            assert {study_id: int(total) for study_id, total in accounted} == counts
     finally:
         engine.dispose()
         restarted.send_signal(signal.SIGTERM)

@@ -37,7 +37,14 @@ from router.db.models import (
     Series,
     Study,
 )
-from router.domain.enums import ExamStateSource, InfrastructureKind, LicensePathway, LicenseStatus, StudyStatus
+from router.domain.enums import (
+    CostBasis,
+    ExamStateSource,
+    InfrastructureKind,
+    LicensePathway,
+    LicenseStatus,
+    StudyStatus,
+)
 from router.domain.jurisdictions import LICENSING_JURISDICTIONS
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -134,12 +141,17 @@ def populate(app: RouterApp, radiologists: int, licenses_each: int, studies: int
                 "study_id": sid,
                 "study_instance_uid": _uid(1, index),
                 "kind": InfrastructureKind.STORAGE,
+                "basis": CostBasis.PER_GIB_MONTH,
                 "recorded_at": received,
+                "period_month": received.date().replace(day=1),
+                "client_ae_title": SENDER_AE,
                 "instance_count": 1,
                 "size_bytes": 40_000,
-                "rate_cents_per_gib": 10,
-                "amount_cents": 0,
-                "note": "study routed",
+                "quantity": 40_000 * 30,
+                "unit_quantity": 2**30 * 30,
+                "rate_microcents": 2_300_000,
+                "amount_microcents": 86,
+                "note": "storage accrued for the month",
             }
         )
         instance_rows.append(
@@ -155,7 +167,7 @@ def populate(app: RouterApp, radiologists: int, licenses_each: int, studies: int
                 "dataset_sha256": "0" * 64,
                 "calling_ae_title": SENDER_AE,
                 "received_at": received,
-                "infrastructure_entry_id": sid,
+                "accounted_at": received,  # routed: not a late instance
             }
         )
         decision_rows.append(

@@ -11,6 +11,7 @@ the assignments and both ledgers printed. No read is marked complete by hand.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +25,13 @@ from router.cli.context import CliContext
 from router.cli.output import HELD_STYLE, emit_notes, emit_table, label, wide_option
 from router.dicom.scu import Destination, SendError, send_files
 from router.domain.enums import Priority, StudyStatus
+from router.domain.infra_cost import next_month
 from router.errors import RouterError
 from router.hl7.compose import compose_order, compose_report
 from router.hl7.mllp import MllpError, send_message
 from router.resources import PACKAGED_CONFIG_DIR, PACKAGED_SAMPLES_DIR
 from router.server import RouterServer
+from router.services.accrual import AccrualService
 from router.services.studies import StudyViews
 
 DEFAULT_SAMPLES = PACKAGED_SAMPLES_DIR
@@ -261,21 +264,39 @@ def _print_ledgers(app: RouterApp, case_of: dict[str, str], wide: bool) -> None:
         ],
         wide=wide,
     )
-    infrastructure = app.ledgers.infrastructure()
-    rate = app.settings.billing.storage_cents_per_gib
+    # Storage accrues for whole months; the demo's month is not over, so it is accrued as if it
+    # were (a throwaway database): each study's bytes from the day received to the month's end.
+    month_over = dt.datetime.combine(next_month(app.clock().date()), dt.time(0), tzinfo=dt.UTC)
+    AccrualService(app.sessions, app.accrual.policy, lambda: month_over).accrue()
+    rate = app.settings.billing.storage_cents_per_gib_month
     emit_table(
-        f"Infrastructure ledger: storage and transmission cost, never on a claim ({rate} cents/GiB stored)",
-        ["case", "kind", "instances", "bytes", "cents", "note"],
+        f"Infrastructure ledger: cost, never on a claim ({rate} cents/GiB-month stored, this month as if it ended)",
+        ["case", "kind", "instances", "bytes", "cents (exact)", "note"],
         [
             (
                 label(case_of.get(entry["study_instance_uid"])),
                 entry["kind"],
                 entry["instance_count"],
                 entry["size_bytes"],
-                entry["amount_cents"],
+                entry["amount_cents"],  # six decimals: sample files are a few kB
                 entry["note"],
             )
-            for entry in infrastructure
+            for entry in app.ledgers.infrastructure()
+        ],
+        wide=wide,
+    )
+    emit_table(
+        "Infrastructure statement per client (total rounded half up once, never per record)",
+        ["month", "client", "records", "exact cents", "total cents"],
+        [
+            (
+                line["month"],
+                line["client_ae_title"],
+                line["storage_records"] + line["transmission_records"],
+                line["total_cents_exact"],
+                line["total_cents"],
+            )
+            for line in app.accrual.statement()
         ],
         wide=wide,
     )

@@ -38,6 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from router.domain.enums import (
     AckCode,
     BillingArrangement,
+    CostBasis,
     CptSource,
     DiagnosisSource,
     ExamStateSource,
@@ -363,7 +364,12 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)  # whole file, meta included
     dataset_sha256: Mapped[str] = mapped_column(String(64))  # of the data set bytes as received
     calling_ae_title: Mapped[str] = mapped_column(String(AE_LENGTH))
-    received_at: Mapped[dt.datetime]
+    received_at: Mapped[dt.datetime]  # storage accrues from this UTC day (router.services.accrual)
+    # when routing took it into account (routed with its study, or joined as a late instance);
+    # NULL: not yet, which is what the routing timer looks for (late instances)
+    accounted_at: Mapped[dt.datetime | None] = mapped_column(index=True)
+    # the one-time storage charge of this instance written before migration 0009 (the month it
+    # covered is not accrued again); storage now accrues per study per month, unlinked
     infrastructure_entry_id: Mapped[int | None] = mapped_column(
         ForeignKey("infrastructure_ledger.id", ondelete="RESTRICT"), index=True
     )
@@ -523,19 +529,46 @@ class ForwardedInstance(Base):
 
 
 class InfrastructureEntry(Base):
-    """Append-only infrastructure cost record (bytes stored or sent). Never on a claim."""
+    """Append-only infrastructure cost record (bytes stored or sent). Never on a claim.
+
+    Money is exact (router.domain.infra_cost): the row's amount is ``quantity *
+    rate_microcents / unit_quantity`` micro-cents (for ``basis`` ``recorded``, rows written
+    before migration 0009, it is ``amount_microcents``); ``amount_microcents`` is that amount
+    rounded half up to a micro-cent, for people and quick sums. Statements round per client
+    per month, never per row. Storage accrues monthly: one ``per_gib_month`` row per study per
+    month (a unique index makes a second one impossible). ``client_ae_title`` is the registered
+    facility's AE title, else the calling AE title the study came from.
+    """
 
     __tablename__ = "infrastructure_ledger"
+    __table_args__ = (
+        Index(
+            "uq_infrastructure_ledger_storage_month",
+            "study_id",
+            "period_month",
+            unique=True,
+            sqlite_where=text("basis = 'per_gib_month'"),
+            postgresql_where=text("basis = 'per_gib_month'"),
+        ),
+        Index("ix_infrastructure_ledger_period_month", "period_month", "client_ae_title"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="RESTRICT"), index=True)
     study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
     kind: Mapped[InfrastructureKind] = mapped_column(_enum(InfrastructureKind, "infrastructure_kind"))
+    basis: Mapped[CostBasis] = mapped_column(_enum(CostBasis, "infrastructure_basis"))
     recorded_at: Mapped[dt.datetime]
+    period_month: Mapped[dt.date] = mapped_column(Date)  # first day of the UTC month the cost belongs to
+    client_ae_title: Mapped[str] = mapped_column(String(AE_LENGTH))  # "" when the sender is unknown
+    client_name: Mapped[str | None] = mapped_column(String(128))  # the facility's name, when registered
     instance_count: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    rate_cents_per_gib: Mapped[int] = mapped_column(Integer)
-    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    quantity: Mapped[int] = mapped_column(BigInteger)  # bytes (per GiB) or byte-days (per GiB-month)
+    unit_quantity: Mapped[int] = mapped_column(BigInteger)  # quantity in one unit the rate is per
+    # per GiB or per GiB-month; SQLite's INTEGER is 64-bit already (the column predates 0009)
+    rate_microcents: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    amount_microcents: Mapped[int] = mapped_column(BigInteger)
     destination: Mapped[str | None] = mapped_column(String(300))
     note: Mapped[str | None] = mapped_column(Text)
 

@@ -1,7 +1,7 @@
-"""Billing arithmetic: infrastructure cost in cents and the CPT lines of a professional read.
+"""Billing arithmetic: the CPT lines of a professional read (infrastructure cost: infra_cost).
 
 Two ledgers, never mixed (DESIGN.md "Billing"): the infrastructure ledger holds what storing and
-sending bytes cost (:func:`cost_cents`); the professional ledger holds what the reading
+sending bytes cost (:mod:`router.domain.infra_cost`); the professional ledger holds what the reading
 radiologist bills (:func:`resolve_billing_lines`): CPT code + modifier 26 on codes with a
 professional/technical split (PC/TC indicator 1 in the CMS Medicare Physician Fee Schedule).
 
@@ -21,36 +21,6 @@ from types import MappingProxyType
 from router.domain.cpt_map import CptMap, validate_cpt_code
 from router.domain.enums import CptSource
 from router.errors import ValidationError
-
-_GIB = 2**30  # bytes in a gibibyte (IEC 80000-13)
-
-
-def cost_cents(size_bytes: int, cents_per_gib: int) -> int:
-    """Cost of ``size_bytes`` at ``cents_per_gib``, in whole cents, rounded half up.
-
-    Computed exactly in integers as ``size_bytes * cents_per_gib / 2**30`` (no floats), so a
-    result of exactly x.5 cents becomes x+1.
-
-    Parameters
-    ----------
-    size_bytes : int
-        Number of bytes, >= 0.
-    cents_per_gib : int
-        Rate in cents per GiB (2**30 bytes), >= 0.
-
-    Raises
-    ------
-    ValidationError
-        If either argument is negative or not an ``int`` (``bool`` is refused).
-    """
-    for name, value in (("size_bytes", size_bytes), ("cents_per_gib", cents_per_gib)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValidationError(f"{name} must be an integer, got {type(value).__name__}")
-        if value < 0:
-            raise ValidationError(f"{name} must not be negative, got {value}")
-    # floor(n / d + 1/2) with d even is (n + d/2) // d.
-    return (size_bytes * cents_per_gib + _GIB // 2) // _GIB
-
 
 # --- Professional billing lines --------------------------------------------------------------
 

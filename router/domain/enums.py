@@ -146,6 +146,14 @@ class InfrastructureKind(StrEnum):
     TRANSMISSION = "transmission"  # bytes forwarded to a reader's destination
 
 
+class CostBasis(StrEnum):
+    """What an infrastructure record's quantity and rate are (router.domain.infra_cost)."""
+
+    RECORDED = "recorded"  # written before migration 0009: amount_microcents is the whole-cent amount charged then
+    PER_GIB = "per_gib"  # quantity in bytes, rate per GiB (2**30 bytes): transmission
+    PER_GIB_MONTH = "per_gib_month"  # quantity in byte-days, unit 2**30 x days in the month: storage accrual
+
+
 class OutboxStatus(StrEnum):
     """State of a forwarding job (one per study and destination)."""
 

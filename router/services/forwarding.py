@@ -45,13 +45,13 @@ Sender = Callable[[Sequence[Path], str, str], list[bool]]
 
 @dataclass(frozen=True)
 class ForwardingPolicy:
-    """Settings of the forwarder (``[forwarding]``, ``[billing] transmission_cents_per_gib``)."""
+    """Settings of the forwarder (``[forwarding]``; ``[billing] transmission_cents_per_gib`` in micro-cents)."""
 
     calling_ae_title: str = "ROUTER"
     max_attempts: int = 8
     initial_backoff: float = 5.0
     max_backoff: float = 600.0
-    transmission_cents_per_gib: int = 5
+    transmission_microcents_per_gib: int = 5_000_000
 
     def backoff(self, attempts: int) -> dt.timedelta:
         """Delay before attempt ``attempts + 1``, in seconds (exponential, capped)."""
@@ -266,7 +266,9 @@ class ForwardingService:
             session.flush()
             study = session.get(Study, job.study_id)
             assert study is not None
-            record_transmission(session, study, job.destination, forwarded, now, self.policy.transmission_cents_per_gib)
+            record_transmission(
+                session, study, job.destination, forwarded, now, self.policy.transmission_microcents_per_gib
+            )
             job.sent_instance_count += len(forwarded)
             job.updated_at = now
             if job.claimed_by == self.node_id:

@@ -1,66 +1,39 @@
 """The two append-only ledgers: infrastructure cost and the professional component.
 
-Infrastructure records (bytes stored, bytes forwarded) are written when the bytes are kept or
-sent; they are never on a claim. Professional records are written when a read is reported.
-Both are only ever inserted; a correction is a reversal plus a new record (DESIGN.md decision 5).
-Money is integer cents.
+Infrastructure records are never on a claim: bytes forwarded are written when sent, storage is
+accrued per study per month (router.services.accrual); money there is exact, in micro-cents
+(router.domain.infra_cost), rounded only on a statement. Professional records are written when
+a read is reported, in integer cents. Both are only ever inserted; a correction is a reversal
+plus a new record (DESIGN.md decision 5).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.db.models import ForwardedInstance, InfrastructureEntry, Instance, ProfessionalEntry, Study
-from router.domain.billing import cost_cents
-from router.domain.enums import ClaimFrequency, CorrectionReason, InfrastructureKind, ProfessionalEntryKind
+from router.db.models import ForwardedInstance, InfrastructureEntry, ProfessionalEntry, Study
+from router.domain.enums import ClaimFrequency, CorrectionReason, CostBasis, InfrastructureKind, ProfessionalEntryKind
+from router.domain.infra_cost import GIB, cents_text, exact_microcents, month_start, round_half_up
 from router.errors import ConflictError, ValidationError
 from router.services.claims import CLAIM_COLUMNS
 from router.timeutil import iso_utc
 
 
-def record_storage(session: Session, study: Study, now: dt.datetime, cents_per_gib: int) -> InfrastructureEntry | None:
-    """Write one storage record for the study's instances not yet on the ledger.
+def client_of(study: Study) -> tuple[str, str | None]:
+    """The client a study's infrastructure cost is attributed to: ``(AE title, name)``.
 
-    Returns the record, or ``None`` when every instance is already accounted for. The
-    instances are linked to the record, so each byte is counted exactly once.
+    The registered facility (set when the study is routed) if any, else the calling AE title
+    the study first came from (name ``None``), else ``("", None)``.
     """
-    count, size = session.execute(
-        select(func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0)).where(
-            Instance.study_id == study.id, Instance.infrastructure_entry_id.is_(None)
-        )
-    ).one()
-    if not count:
-        return None
-    earlier = session.scalar(
-        select(func.count(InfrastructureEntry.id)).where(
-            InfrastructureEntry.study_id == study.id, InfrastructureEntry.kind == InfrastructureKind.STORAGE
-        )
-    )
-    entry = InfrastructureEntry(
-        study_id=study.id,
-        study_instance_uid=study.study_instance_uid,
-        kind=InfrastructureKind.STORAGE,
-        recorded_at=now,
-        instance_count=int(count),
-        size_bytes=int(size),
-        rate_cents_per_gib=cents_per_gib,
-        amount_cents=cost_cents(int(size), cents_per_gib),
-        note="late instances" if earlier else "study routed",
-    )
-    session.add(entry)
-    session.flush()
-    session.execute(
-        update(Instance)
-        .where(Instance.study_id == study.id, Instance.infrastructure_entry_id.is_(None))
-        .values(infrastructure_entry_id=entry.id)
-        .execution_options(synchronize_session=False)
-    )
-    return entry
+    if study.facility is not None:
+        return study.facility.ae_title, study.facility.name
+    return study.first_calling_ae_title or "", None
 
 
 def record_transmission(
@@ -69,21 +42,33 @@ def record_transmission(
     destination: str,
     forwarded: list[ForwardedInstance],
     now: dt.datetime,
-    cents_per_gib: int,
+    microcents_per_gib: int,
 ) -> InfrastructureEntry | None:
-    """Write one transmission record for instances just accepted by a destination."""
+    """Write one transmission record for instances just accepted by a destination.
+
+    The amount is exact: ``bytes * microcents_per_gib / 2**30`` micro-cents (kept as its
+    integers; ``amount_microcents`` holds it rounded half up to a micro-cent), in the UTC month
+    of ``now``, attributed to the study's client (:func:`client_of`).
+    """
     if not forwarded:
         return None
     size = sum(item.size_bytes for item in forwarded)
+    client, name = client_of(study)
     entry = InfrastructureEntry(
         study_id=study.id,
         study_instance_uid=study.study_instance_uid,
         kind=InfrastructureKind.TRANSMISSION,
+        basis=CostBasis.PER_GIB,
         recorded_at=now,
+        period_month=month_start(now.astimezone(dt.UTC).date()),
+        client_ae_title=client,
+        client_name=name,
         instance_count=len(forwarded),
         size_bytes=size,
-        rate_cents_per_gib=cents_per_gib,
-        amount_cents=cost_cents(size, cents_per_gib),
+        quantity=size,
+        unit_quantity=GIB,
+        rate_microcents=microcents_per_gib,
+        amount_microcents=round_half_up(exact_microcents(size, microcents_per_gib, GIB)),
         destination=destination,
         note="forwarded to reader",
     )
@@ -167,11 +152,17 @@ def reverse_charge(
 INFRASTRUCTURE_COLUMNS = (
     "id",
     "recorded_at",
+    "month",
+    "client_ae_title",
+    "client_name",
     "study_instance_uid",
     "kind",
+    "basis",
     "instance_count",
     "size_bytes",
-    "rate_cents_per_gib",
+    "quantity",
+    "unit_quantity",
+    "rate_cents",
     "amount_cents",
     "destination",
     "note",
@@ -214,18 +205,26 @@ class LedgerService:
 
     sessions: sessionmaker[Session]
 
-    def infrastructure(self, since: dt.date | None = None, until: dt.date | None = None) -> list[dict[str, Any]]:
-        """Infrastructure records, oldest first, as JSON-ready dicts (money in cents).
+    def infrastructure(
+        self, since: dt.date | None = None, until: dt.date | None = None, month: dt.date | None = None
+    ) -> list[dict[str, Any]]:
+        """Infrastructure records, oldest first, as JSON-ready dicts.
 
-        ``since`` and ``until`` (both included) select by the UTC day the record was made.
+        ``since`` and ``until`` (both included) select by the UTC day the record was made,
+        ``month`` (its first day) by the month the cost belongs to. Money is cents as decimal
+        text with six decimals (a micro-cent): ``amount_cents`` the row's exact amount (see
+        :mod:`router.domain.infra_cost`), ``rate_cents`` per GiB or per GiB-month (``basis``).
+        ``quantity`` is bytes or byte-days, ``unit_quantity`` the quantity the rate is per.
         """
         query = select(InfrastructureEntry).order_by(InfrastructureEntry.id)
+        if month is not None:
+            query = query.where(InfrastructureEntry.period_month == month)
         if since is not None:
             query = query.where(InfrastructureEntry.recorded_at >= _utc_midnight(since))
         if until is not None and until < dt.date.max:
             query = query.where(InfrastructureEntry.recorded_at < _utc_midnight(until + dt.timedelta(days=1)))
         with self.sessions() as session:
-            return [_row(entry, INFRASTRUCTURE_COLUMNS) for entry in session.scalars(query).all()]
+            return [infrastructure_row(entry) for entry in session.scalars(query).all()]
 
     def professional(self, since: dt.date | None = None, until: dt.date | None = None) -> list[dict[str, Any]]:
         """Professional records, oldest first, as JSON-ready dicts.
@@ -240,6 +239,25 @@ class LedgerService:
             query = query.where(ProfessionalEntry.date_of_service <= until)
         with self.sessions() as session:
             return [_row(entry, PROFESSIONAL_COLUMNS) for entry in session.scalars(query).all()]
+
+
+def infrastructure_row(entry: InfrastructureEntry) -> dict[str, Any]:
+    """One infrastructure record as a JSON-ready dict (keys: :data:`INFRASTRUCTURE_COLUMNS`)."""
+    row = _row(
+        entry,
+        tuple(name for name in INFRASTRUCTURE_COLUMNS if name not in {"month", "rate_cents", "amount_cents"}),
+    )
+    row["month"] = entry.period_month.strftime("%Y-%m")
+    row["rate_cents"] = cents_text(entry.rate_microcents)
+    row["amount_cents"] = cents_text(entry_microcents(entry))
+    return {name: row[name] for name in INFRASTRUCTURE_COLUMNS}
+
+
+def entry_microcents(entry: InfrastructureEntry) -> Fraction:
+    """The exact amount of a record, in micro-cents (a ``recorded`` row: as charged then)."""
+    if entry.basis == CostBasis.RECORDED:
+        return Fraction(entry.amount_microcents)
+    return exact_microcents(entry.quantity, entry.rate_microcents, entry.unit_quantity)
 
 
 def _utc_midnight(day: dt.date) -> dt.datetime:

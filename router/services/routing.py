@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -55,7 +55,6 @@ from router.services.audit_log import ChangeContext, record_audit
 from router.services.candidates import judge
 from router.services.facts import load_readers, study_facts, unlicensed_npis
 from router.services.forwarding_queue import cancel_forwarding, enqueue_forwarding
-from router.services.ledgers import record_storage
 from router.services.reference import ReferenceData
 from router.services.workload import study_work_rvu_centi
 from router.timeutil import Clock, local_date, utcnow
@@ -83,7 +82,6 @@ class RoutingPolicy:
     require_reading_state_license: bool = False
     telehealth_registration_states: frozenset[str] = frozenset()
     suspension_hold_days: int = 90
-    storage_cents_per_gib: int = 10
     forwarding_enabled: bool = True
     keyring: KeyRing | None = None  # decrypts the patient's location text (encryption at rest)
 
@@ -171,7 +169,7 @@ class RoutingService:
                     select(Instance.study_id)
                     .join(Study, Study.id == Instance.study_id)
                     .where(
-                        Instance.infrastructure_entry_id.is_(None),
+                        Instance.accounted_at.is_(None),
                         Study.status != StudyStatus.RECEIVING,
                         Study.last_received_at <= cutoff,
                     )
@@ -227,7 +225,7 @@ class RoutingService:
             return self._decide(session, study, trigger="stable")
 
     def _late_instances(self, study_id: int, cutoff: dt.datetime) -> RouteResult | None:
-        """Instances that arrived after routing: ledger them, forward them, re-route if held."""
+        """Instances that arrived after routing: forward them, re-route if held (storage accrues monthly)."""
         with self._sessions.begin() as session:
             study = session.scalar(skip_locked(select(Study).where(Study.id == study_id)))
             if study is None or study.status == StudyStatus.RECEIVING or study.last_received_at > cutoff:
@@ -235,7 +233,7 @@ class RoutingService:
             now = self._clock()
             if study.status == StudyStatus.HELD:
                 return self._decide(session, study, trigger="late_instances")
-            record_storage(session, study, now, self.policy.storage_cents_per_gib)
+            _mark_accounted(session, study, now)
             study.modalities = study_modalities(session, study.id)
             current = _current_assignment(session, study.id)
             if current is not None and self.policy.forwarding_enabled:
@@ -274,7 +272,7 @@ class RoutingService:
         note: str | None = None,
         avoid: dict[int, str] | None = None,
     ) -> RouteResult:
-        """Locate, judge, assign or hold; writes the decision, the ledger and the outbox.
+        """Locate, judge, assign or hold; writes the decision and the outbox.
 
         ``avoid`` passes over the readers it names (radiologist id -> reason), e.g. the reader
         whose turnaround was breached.
@@ -285,7 +283,7 @@ class RoutingService:
         facility, _location = self._locate(session, study)
         day = self.read_day(facility, now, study.exam_state)
         study.routed_at = now
-        record_storage(session, study, now, self.policy.storage_cents_per_gib)
+        _mark_accounted(session, study, now)
         if not study.exam_state:
             return self._hold(
                 session,
@@ -672,7 +670,7 @@ class RoutingService:
             session.add(decision)
             session.flush()
             study.routed_at = study.routed_at or now
-            record_storage(session, study, now, self.policy.storage_cents_per_gib)
+            _mark_accounted(session, study, now)
             self._assign(session, study, verdict, decision, now, assigned_by=by_user)
             return _result(study, npi)
 
@@ -813,3 +811,14 @@ def _result(study: Study, npi: str | None) -> RouteResult:
 
 
 __all__ = ["RouteResult", "RoutingPolicy", "RoutingService"]
+
+
+def _mark_accounted(session: Session, study: Study, now: dt.datetime) -> None:
+    """Mark the study's instances as taken into account by routing (routed with the study, or
+    joined as late instances), so the timer's late-instance query passes over them."""
+    session.execute(
+        update(Instance)
+        .where(Instance.study_id == study.id, Instance.accounted_at.is_(None))
+        .values(accounted_at=now)
+        .execution_options(synchronize_session=False)
+    )

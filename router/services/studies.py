@@ -8,6 +8,7 @@ only where an admin asks to see how a state was found (``explain``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import func, select
@@ -30,10 +31,12 @@ from router.db.queries import study_by_uid
 from router.domain.compact_paths import fastest_paths
 from router.domain.eligibility_facts import license_tag
 from router.domain.enums import StudyStatus
+from router.domain.infra_cost import cents_text
 from router.domain.licensure import evaluate_readers
 from router.domain.location import LocationEvidence, resolve_exam_state
 from router.services.assignment_gates import load_gates
 from router.services.facts import load_readers, study_facts
+from router.services.ledgers import entry_microcents
 from router.services.routing import RoutingService, study_modalities
 from router.timeutil import iso_utc
 
@@ -172,13 +175,17 @@ class StudyViews:
                             select(OutboxJob).where(OutboxJob.study_id == study.id).order_by(OutboxJob.id)
                         )
                     ],
-                    "infrastructure_cents": int(
-                        session.scalar(
-                            select(func.coalesce(func.sum(InfrastructureEntry.amount_cents), 0)).where(
-                                InfrastructureEntry.study_id == study.id
-                            )
+                    # exact, cents with six decimals (router.domain.infra_cost): never rounded per study
+                    "infrastructure_cents": cents_text(
+                        sum(
+                            (
+                                entry_microcents(entry)
+                                for entry in session.scalars(
+                                    select(InfrastructureEntry).where(InfrastructureEntry.study_id == study.id)
+                                )
+                            ),
+                            Fraction(0),
                         )
-                        or 0
                     ),
                     "professional_records": int(
                         session.scalar(

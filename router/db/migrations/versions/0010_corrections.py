@@ -1,7 +1,7 @@
 """corrections: claim frequency, replaced charge and correction reason on the professional ledger
 
 Revision ID: 0010_corrections
-Revises: 0008_claims
+Revises: 0009_accrual
 Create Date: 2026-12-05
 
 Each professional record now says what it is to a claim (X12 005010X222A1 loop 2300 CLM05-3,
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_corrections"
-down_revision = "0008_claims"
+down_revision = "0009_accrual"
 branch_labels = None
 depends_on = None
 
