@@ -19,12 +19,13 @@ from enum import Enum
 from pathlib import Path
 from typing import cast
 
-from sqlalchemy import Engine, Table, select
+from sqlalchemy import Connection, Engine, Table, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from router.archive import dataset_sha256
 from router.archive_backend import ArchiveBackend
+from router.db.group_commit import GroupCommit
 from router.db.instance_index import IndexRow, InstanceIndex
 from router.db.models import Instance, InstanceConflict
 from router.db.queries import insert_ignore
@@ -36,6 +37,11 @@ from router.timeutil import Clock, utcnow
 LOG = logging.getLogger(__name__)
 
 _LOCK_STRIPES = 64
+
+
+def lock_stripe(sop_instance_uid: str) -> int:
+    """Which of the per-UID locks guards ``sop_instance_uid`` (0 to 63)."""
+    return zlib.crc32(sop_instance_uid.encode()) % _LOCK_STRIPES
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ class IntakeService:
         self._sessions = sessions
         self._engine: Engine = sessions.kw["bind"]
         self._indexer = InstanceIndex(self._engine.dialect.name)
+        #: Index transactions shared by concurrent associations (one commit, one WAL flush).
+        self.commits = GroupCommit(self._engine)
         self._archive = archive
         self._clock = clock
         self._keyring = keyring  # encrypts the patient's location text in the index
@@ -101,7 +109,7 @@ class IntakeService:
         relative_path = self._archive.instance_relpath(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
-        lock = self._locks[zlib.crc32(header.sop_instance_uid.encode()) % _LOCK_STRIPES]
+        lock = self._locks[lock_stripe(header.sop_instance_uid)]
         with lock:
             # No look-up first: the unique SOP Instance UID of the instance row tells a new
             # instance from a copy (IntegrityError), in the same round trip as the insert.
@@ -142,7 +150,7 @@ class IntakeService:
         assert header.sop_instance_uid
         with self._archive.local_copy(relative_path) as path:
             sha256, size = dataset_sha256(path)
-        lock = self._locks[zlib.crc32(header.sop_instance_uid.encode()) % _LOCK_STRIPES]
+        lock = self._locks[lock_stripe(header.sop_instance_uid)]
         with lock:
             if self._existing(header.sop_instance_uid) is not None:
                 return StoreOutcome.DUPLICATE
@@ -279,15 +287,15 @@ class IntakeService:
                 **self._patient_location(header),
             },
         )
-        try:
-            with self._engine.begin() as connection:
-                self._indexer.record(connection, row)
-                if place is not None:
-                    place()
-        except IntegrityError:
-            raise
-        except SQLAlchemyError as exc:
-            raise IndexWriteError(_db_reason(exc)) from exc
+
+        def write(connection: Connection) -> None:
+            self._indexer.record(connection, row)
+            if place is not None:
+                place()
+
+        # Answered only after the commit of the transaction it shares with the instances of
+        # other associations waiting at the same moment (router.db.group_commit).
+        self.commits.run(write, key=row.study_instance_uid)
 
 
 def _patient_location_plain(header: InstanceHeader) -> dict[str, str | None]:
