@@ -72,7 +72,7 @@ class IntakeService:
     ) -> None:
         self._sessions = sessions
         self._engine: Engine = sessions.kw["bind"]
-        self._indexer = InstanceIndex(self._engine.dialect.name)
+        self._indexer = InstanceIndex(self._engine.dialect)
         #: Index transactions shared by concurrent associations (one commit, one WAL flush).
         self.commits = GroupCommit(self._engine)
         self._archive = archive
