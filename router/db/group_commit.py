@@ -20,7 +20,6 @@ Every unit still learns its own outcome, and only after the commit:
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +29,6 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from router.errors import ArchiveError, IndexWriteError, first_line
-
-LOG = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -3,7 +3,9 @@
 Order (DESIGN.md decision 1): the complete data set is in a temporary file on the archive's file
 system; it is hashed and fsynced; study, series, instance and sender rows are inserted, the file
 is renamed into place and its directory fsynced, and the transaction commits. Only then may the
-handler answer Success. Same SOP Instance UID with the same data set bytes is a no-op; with
+handler answer Success. The transaction may be shared with instances of other associations
+waiting at the same moment (:mod:`router.db.group_commit`: one commit, one WAL flush); each is
+still answered only after that commit, and a failed transaction fails every one of them. Same SOP Instance UID with the same data set bytes is a no-op; with
 different bytes the new copy is quarantined and recorded as a conflict, and the stored copy is
 never touched, also when several router nodes share the database and the archive.
 """
@@ -251,7 +253,7 @@ class IntakeService:
         IntegrityError
             The SOP Instance UID is already indexed (nothing was written).
         IndexWriteError
-            Any other database failure.
+            Any other database failure, also of the transaction shared with other instances.
         """
         assert (
             header.study_instance_uid
