@@ -163,35 +163,40 @@ def test_concurrent_associations_share_transactions_and_store_every_instance_onc
         assert dataset_sha256(root / relative)[0] == sha256
 
 
-def _poison(url: str, sop_instance_uid: str) -> Callable[[], None]:
-    """Make the commit of any transaction inserting ``sop_instance_uid`` fail (a deferred
-    foreign key violation, checked only at COMMIT); returns the cure."""
+def _poison(url: str, sop_instance_uid: str, at_commit: bool) -> Callable[[], None]:
+    """Make any transaction inserting ``sop_instance_uid`` fail, and returns the cure.
+
+    ``at_commit``: a deferred foreign key violation, found only by COMMIT. Otherwise the insert
+    statement itself fails with an error that is no constraint violation (SQLite: an integer
+    overflow evaluated by a trigger; PostgreSQL: an exception raised by one).
+    """
     engine = create_engine(url)
-    statements: tuple[str, ...]
-    if engine.dialect.name == "sqlite":
-        statements = (
-            "CREATE TABLE poison (study_id INTEGER REFERENCES studies(id) DEFERRABLE INITIALLY DEFERRED)",
-            "CREATE TRIGGER poison_instance AFTER INSERT ON instances "
-            f"WHEN NEW.sop_instance_uid = '{sop_instance_uid}' BEGIN INSERT INTO poison VALUES (-1); END",
-        )
-        cure = ("DROP TRIGGER poison_instance",)
+    sqlite = engine.dialect.name == "sqlite"
+    if at_commit:
+        action = "INSERT INTO poison VALUES (-1)"
     else:
-        statements = (
-            "CREATE TABLE poison (study_id INTEGER REFERENCES studies(id) DEFERRABLE INITIALLY DEFERRED)",
-            "CREATE FUNCTION poison_instance() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            f"IF NEW.sop_instance_uid = '{sop_instance_uid}' THEN INSERT INTO poison VALUES (-1); END IF; "
-            "RETURN NEW; END $$",
-            "CREATE TRIGGER poison_instance AFTER INSERT ON instances FOR EACH ROW EXECUTE FUNCTION poison_instance()",
+        action = "SELECT abs(-9223372036854775808)" if sqlite else "RAISE EXCEPTION 'poisoned'"
+    statements = ["CREATE TABLE poison (study_id INTEGER REFERENCES studies(id) DEFERRABLE INITIALLY DEFERRED)"]
+    if sqlite:
+        statements.append(
+            "CREATE TRIGGER poison_instance AFTER INSERT ON instances "
+            f"WHEN NEW.sop_instance_uid = '{sop_instance_uid}' BEGIN {action}; END"
         )
-        cure = ("DROP TRIGGER poison_instance ON instances",)
+        cure = "DROP TRIGGER poison_instance"
+    else:
+        statements += [
+            "CREATE FUNCTION poison_instance() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.sop_instance_uid = '{sop_instance_uid}' THEN {action}; END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER poison_instance AFTER INSERT ON instances FOR EACH ROW EXECUTE FUNCTION poison_instance()",
+        ]
+        cure = "DROP TRIGGER poison_instance ON instances"
     with engine.begin() as connection:
         for statement in statements:
             connection.execute(text(statement))
 
     def heal() -> None:
         with engine.begin() as connection:
-            for statement in cure:
-                connection.execute(text(statement))
+            connection.execute(text(cure))
         engine.dispose()
 
     return heal
@@ -220,14 +225,18 @@ def _four_instances(tmp_path: Path) -> tuple[list[Dataset], list[Path]]:
     return datasets, [write_part10(ds, tmp_path / "src" / f"{i}.dcm") for i, ds in enumerate(datasets)]
 
 
-def test_a_failed_commit_answers_a701_to_every_member_of_the_batch_and_loses_nothing(
-    server: RouterServer, tmp_path: Path
+@pytest.mark.parametrize("at_commit", [True, False], ids=["commit-fails", "statement-fails"])
+def test_a_failed_transaction_answers_a701_to_every_member_of_the_batch_and_loses_nothing(
+    server: RouterServer, tmp_path: Path, at_commit: bool
 ) -> None:
     app = server.app
     commits: GroupCommit = app.intake.commits
     (first, *batch), files = _four_instances(tmp_path)
     paths = {str(ds.SOPInstanceUID): path for ds, path in zip([first, *batch], files, strict=True)}
-    heal = _poison(app.settings.database_url, str(batch[-1].SOPInstanceUID))
+    # members run in Study Instance UID order: poison the middle one, so one member's rows and
+    # file were written before the failure and one member never ran
+    poisoned = sorted(batch, key=lambda ds: str(ds.StudyInstanceUID))[1]
+    heal = _poison(app.settings.database_url, str(poisoned.SOPInstanceUID), at_commit)
     statuses = _alone_then_batched(server, files[0], files[1:])
 
     assert commits.largest_batch == 3
