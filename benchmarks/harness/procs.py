@@ -113,6 +113,22 @@ def wait_ready(port: int, proc: subprocess.Popen[Any], called_ae: str, timeout: 
     raise TimeoutError(f"receiver on port {port} not ready after {timeout:.0f} s")
 
 
+def wait_logged(log: Path, text: str, proc: subprocess.Popen[Any], timeout: float = 60.0) -> None:
+    """Wait until ``text`` appears in the receiver's ``log`` (raise if the process died).
+
+    The router answers C-ECHO as soon as its first worker listens; it logs "listening as"
+    once every worker has started, and the CPU of the start-up must not count as ingest.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"receiver exited with status {proc.returncode} before {text!r}")
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{text!r} not in {log.name} after {timeout:.0f} s")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, its reaped children and its live descendants."""
     try:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.procs import LOOPBACK, Registry, free_port, receiver_env, wait_ready
+from harness.procs import LOOPBACK, Registry, free_port, receiver_env, wait_logged, wait_ready
 from harness.routerdb import Postgres, SqliteTemplate, instance_count, reader_engine
 from harness.setup_env import ORTHANC, STORESCP
 
@@ -133,6 +133,8 @@ class Receivers:
         running = starter(name, folder)
         try:
             wait_ready(running.port, running.proc, running.called_ae)
+            if name in ("router-sqlite", "router-postgres"):
+                wait_logged(folder / "receiver.log", "listening as", running.proc)
         except Exception:
             self.stop(running)
             log = folder / "receiver.log"

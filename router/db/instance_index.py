@@ -3,8 +3,10 @@
 Study and series rows are upserted (``INSERT ... ON CONFLICT DO UPDATE ... RETURNING id``, one
 round trip each, race-free on SQLite and PostgreSQL), the instance row inserted (its unique SOP
 Instance UID raises ``IntegrityError`` for a second copy), and the sender row upserted. The
-statements are built once per dialect and reused, so SQLAlchemy compiles them once. Like every
-query helper here, :meth:`InstanceIndex.record` never commits: the caller owns the transaction.
+statements are built and compiled once per dialect, then run on the raw DBAPI cursor of the
+caller's connection (:class:`_Prepared`): the same SQL and the same bind conversions as
+SQLAlchemy's, without its per-execution bookkeeping (docs/benchmarks.md). Like every query
+helper here, :meth:`InstanceIndex.record` never commits: the caller owns the transaction.
 
 Study-level evidence (accession number, addresses, procedure codes...) is filled from the first
 instance that carries it (``COALESCE``): a later instance never overwrites what is known.
@@ -16,8 +18,11 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, func
+from sqlalchemy import Connection, Dialect, Table, bindparam, func
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement
 
 from router.db.models import Instance, Series, Study, StudySender
 from router.domain.enums import StudyStatus
@@ -74,11 +79,60 @@ def _insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
     raise NotImplementedError(f"database dialect {dialect!r} is not supported")  # pragma: no cover
 
 
+class _Prepared:
+    """One statement compiled once for a dialect, run on the raw DBAPI cursor.
+
+    Parameters are converted by the bind processors SQLAlchemy would apply (``UtcDateTime``,
+    ``JSON``, ...), and passed in the dialect's parameter style. A driver error is raised as
+    SQLAlchemy's wrapper (``IntegrityError``, ``OperationalError``...), as ``execute`` would.
+    """
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
+        self._dialect = dialect
+        self.sql = compiled.string
+        self._order = compiled.positiontup  # parameter names in order; None: named parameters
+        self._literals = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
+        self._convert = {
+            name: processor
+            for name, bind in compiled.binds.items()
+            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+
+    def run(self, connection: Connection, params: dict[str, Any]) -> None:
+        """Execute with ``params`` (by bind name) in ``connection``'s transaction."""
+        self._execute(connection, params).close()
+
+    def scalar(self, connection: Connection, params: dict[str, Any]) -> Any:
+        """Execute a RETURNING statement; the one value of the one row it gave."""
+        cursor = self._execute(connection, params)
+        try:
+            (value,) = cursor.fetchone()
+            return value
+        finally:
+            cursor.close()
+
+    def _execute(self, connection: Connection, params: dict[str, Any]) -> Any:
+        values = {**self._literals, **params}
+        for name, convert in self._convert.items():
+            values[name] = convert(values[name])
+        arguments: Any = values if self._order is None else [values[name] for name in self._order]
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(self.sql, arguments)
+        except self._dialect.loaded_dbapi.Error as exc:
+            cursor.close()
+            raise DBAPIError.instance(
+                self.sql, None, exc, self._dialect.loaded_dbapi.Error, hide_parameters=True, dialect=self._dialect
+            ) from exc
+        return cursor
+
+
 class InstanceIndex:
     """Prepared statements for one dialect."""
 
-    def __init__(self, dialect: str) -> None:
-        study = _insert(dialect, _STUDY).values(
+    def __init__(self, dialect: Dialect) -> None:
+        study = _insert(dialect.name, _STUDY).values(
             study_instance_uid=bindparam("study_instance_uid"),
             status=StudyStatus.RECEIVING.value,
             first_calling_ae_title=bindparam("calling_ae_title"),
@@ -89,39 +143,48 @@ class InstanceIndex:
             needs_review=False,
             **{column: bindparam(column, type_=_STUDY.c[column].type) for column in _EVIDENCE},
         )
-        self._study = study.on_conflict_do_update(
-            index_elements=["study_instance_uid"],
-            set_={
-                "instance_count": _STUDY.c.instance_count + 1,
-                "size_bytes": _STUDY.c.size_bytes + study.excluded.size_bytes,
-                "last_received_at": study.excluded.last_received_at,
-                **{column: func.coalesce(_STUDY.c[column], study.excluded[column]) for column in _EVIDENCE},
-            },
-        ).returning(_STUDY.c.id)
-        series = _insert(dialect, _SERIES).values(
+        self._study = _Prepared(
+            study.on_conflict_do_update(
+                index_elements=["study_instance_uid"],
+                set_={
+                    "instance_count": _STUDY.c.instance_count + 1,
+                    "size_bytes": _STUDY.c.size_bytes + study.excluded.size_bytes,
+                    "last_received_at": study.excluded.last_received_at,
+                    **{column: func.coalesce(_STUDY.c[column], study.excluded[column]) for column in _EVIDENCE},
+                },
+            ).returning(_STUDY.c.id),
+            dialect,
+        )
+        series = _insert(dialect.name, _SERIES).values(
             study_id=bindparam("study_id"),
             series_instance_uid=bindparam("series_instance_uid"),
             modality=bindparam("modality"),
             body_part=bindparam("series_body_part"),
             description=bindparam("series_description"),
         )
-        self._series = series.on_conflict_do_update(
-            index_elements=["series_instance_uid"],
-            set_={"modality": func.coalesce(_SERIES.c.modality, series.excluded.modality)},
-        ).returning(_SERIES.c.id)
-        self._instance = _INSTANCE.insert().values(
-            study_id=bindparam("study_id"),
-            series_id=bindparam("series_id"),
-            sop_instance_uid=bindparam("sop_instance_uid"),
-            sop_class_uid=bindparam("sop_class_uid"),
-            transfer_syntax_uid=bindparam("transfer_syntax_uid"),
-            relative_path=bindparam("relative_path"),
-            size_bytes=bindparam("size_bytes"),
-            dataset_sha256=bindparam("dataset_sha256"),
-            calling_ae_title=bindparam("calling_ae_title"),
-            received_at=bindparam("received_at"),
+        self._series = _Prepared(
+            series.on_conflict_do_update(
+                index_elements=["series_instance_uid"],
+                set_={"modality": func.coalesce(_SERIES.c.modality, series.excluded.modality)},
+            ).returning(_SERIES.c.id),
+            dialect,
         )
-        sender = _insert(dialect, _SENDER).values(
+        self._instance = _Prepared(
+            _INSTANCE.insert().values(
+                study_id=bindparam("study_id"),
+                series_id=bindparam("series_id"),
+                sop_instance_uid=bindparam("sop_instance_uid"),
+                sop_class_uid=bindparam("sop_class_uid"),
+                transfer_syntax_uid=bindparam("transfer_syntax_uid"),
+                relative_path=bindparam("relative_path"),
+                size_bytes=bindparam("size_bytes"),
+                dataset_sha256=bindparam("dataset_sha256"),
+                calling_ae_title=bindparam("calling_ae_title"),
+                received_at=bindparam("received_at"),
+            ),
+            dialect,
+        )
+        sender = _insert(dialect.name, _SENDER).values(
             study_id=bindparam("study_id"),
             calling_ae_title=bindparam("calling_ae_title"),
             peer_address=bindparam("peer_address"),
@@ -129,9 +192,15 @@ class InstanceIndex:
             last_received_at=bindparam("received_at"),
             instance_count=1,
         )
-        self._sender = sender.on_conflict_do_update(
-            index_elements=["study_id", "calling_ae_title", "peer_address"],
-            set_={"last_received_at": sender.excluded.last_received_at, "instance_count": _SENDER.c.instance_count + 1},
+        self._sender = _Prepared(
+            sender.on_conflict_do_update(
+                index_elements=["study_id", "calling_ae_title", "peer_address"],
+                set_={
+                    "last_received_at": sender.excluded.last_received_at,
+                    "instance_count": _SENDER.c.instance_count + 1,
+                },
+            ),
+            dialect,
         )
 
     def record(self, connection: Connection, row: IndexRow) -> int:
@@ -149,9 +218,9 @@ class InstanceIndex:
             "size_bytes": row.size_bytes,
             **{column: row.evidence.get(column) for column in _EVIDENCE},
         }
-        study_id = connection.execute(self._study, params).scalar_one()
-        series_id = connection.execute(
-            self._series,
+        study_id = self._study.scalar(connection, params)
+        series_id = self._series.scalar(
+            connection,
             {
                 "study_id": study_id,
                 "series_instance_uid": row.series_instance_uid,
@@ -159,9 +228,9 @@ class InstanceIndex:
                 "series_body_part": row.series_body_part,
                 "series_description": row.series_description,
             },
-        ).scalar_one()
-        connection.execute(
-            self._instance,
+        )
+        self._instance.run(
+            connection,
             {
                 "study_id": study_id,
                 "series_id": series_id,
@@ -175,8 +244,8 @@ class InstanceIndex:
                 "received_at": row.received_at,
             },
         )
-        connection.execute(
-            self._sender,
+        self._sender.run(
+            connection,
             {
                 "study_id": study_id,
                 "calling_ae_title": row.calling_ae_title,

@@ -3,7 +3,9 @@
 Order (DESIGN.md decision 1): the complete data set is in a temporary file on the archive's file
 system; it is hashed and fsynced; study, series, instance and sender rows are inserted, the file
 is renamed into place and its directory fsynced, and the transaction commits. Only then may the
-handler answer Success. Same SOP Instance UID with the same data set bytes is a no-op; with
+handler answer Success. The transaction may be shared with instances of other associations
+waiting at the same moment (:mod:`router.db.group_commit`: one commit, one WAL flush); each is
+still answered only after that commit, and a failed transaction fails every one of them. Same SOP Instance UID with the same data set bytes is a no-op; with
 different bytes the new copy is quarantined and recorded as a conflict, and the stored copy is
 never touched, also when several router nodes share the database and the archive.
 """
@@ -19,12 +21,13 @@ from enum import Enum
 from pathlib import Path
 from typing import cast
 
-from sqlalchemy import Engine, Table, select
+from sqlalchemy import Connection, Engine, Table, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from router.archive import dataset_sha256
 from router.archive_backend import ArchiveBackend
+from router.db.group_commit import GroupCommit
 from router.db.instance_index import IndexRow, InstanceIndex
 from router.db.models import Instance, InstanceConflict
 from router.db.queries import insert_ignore
@@ -36,6 +39,11 @@ from router.timeutil import Clock, utcnow
 LOG = logging.getLogger(__name__)
 
 _LOCK_STRIPES = 64
+
+
+def lock_stripe(sop_instance_uid: str) -> int:
+    """Which of the per-UID locks guards ``sop_instance_uid`` (0 to 63)."""
+    return zlib.crc32(sop_instance_uid.encode()) % _LOCK_STRIPES
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,9 @@ class IntakeService:
     ) -> None:
         self._sessions = sessions
         self._engine: Engine = sessions.kw["bind"]
-        self._indexer = InstanceIndex(self._engine.dialect.name)
+        self._indexer = InstanceIndex(self._engine.dialect)
+        #: Index transactions shared by concurrent associations (one commit, one WAL flush).
+        self.commits = GroupCommit(self._engine)
         self._archive = archive
         self._clock = clock
         self._keyring = keyring  # encrypts the patient's location text in the index
@@ -101,7 +111,7 @@ class IntakeService:
         relative_path = self._archive.instance_relpath(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
-        lock = self._locks[zlib.crc32(header.sop_instance_uid.encode()) % _LOCK_STRIPES]
+        lock = self._locks[lock_stripe(header.sop_instance_uid)]
         with lock:
             # No look-up first: the unique SOP Instance UID of the instance row tells a new
             # instance from a copy (IntegrityError), in the same round trip as the insert.
@@ -142,7 +152,7 @@ class IntakeService:
         assert header.sop_instance_uid
         with self._archive.local_copy(relative_path) as path:
             sha256, size = dataset_sha256(path)
-        lock = self._locks[zlib.crc32(header.sop_instance_uid.encode()) % _LOCK_STRIPES]
+        lock = self._locks[lock_stripe(header.sop_instance_uid)]
         with lock:
             if self._existing(header.sop_instance_uid) is not None:
                 return StoreOutcome.DUPLICATE
@@ -243,7 +253,7 @@ class IntakeService:
         IntegrityError
             The SOP Instance UID is already indexed (nothing was written).
         IndexWriteError
-            Any other database failure.
+            Any other database failure, also of the transaction shared with other instances.
         """
         assert (
             header.study_instance_uid
@@ -279,15 +289,15 @@ class IntakeService:
                 **self._patient_location(header),
             },
         )
-        try:
-            with self._engine.begin() as connection:
-                self._indexer.record(connection, row)
-                if place is not None:
-                    place()
-        except IntegrityError:
-            raise
-        except SQLAlchemyError as exc:
-            raise IndexWriteError(_db_reason(exc)) from exc
+
+        def write(connection: Connection) -> None:
+            self._indexer.record(connection, row)
+            if place is not None:
+                place()
+
+        # Answered only after the commit of the transaction it shares with the instances of
+        # other associations waiting at the same moment (router.db.group_commit).
+        self.commits.run(write, key=row.study_instance_uid)
 
 
 def _patient_location_plain(header: InstanceHeader) -> dict[str, str | None]:
