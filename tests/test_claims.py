@@ -19,12 +19,14 @@ import pytest
 from click.testing import CliRunner
 from hl7_helpers import REFERRING_NPI, ack_fields, message
 from roster_fixtures import NPI_A, OS_USER, study_state
+from sqlalchemy import select
 
 from router.app import RouterApp
 from router.cli import cli
 from router.config import Settings
-from router.db.models import Series, Study
-from router.domain.enums import StudyStatus
+from router.db.models import Facility, Series, Study
+from router.domain.enums import CorrectionReason, StudyStatus
+from router.errors import ValidationError
 from router.services.claim_export import claim_export
 from router.services.hl7_inbox import Hl7Inbox
 from router.services.ledgers import PROFESSIONAL_COLUMNS
@@ -293,13 +295,32 @@ def test_each_billing_arrangement(
     )
 
 
-def test_client_arrangement_without_a_contract_rate_goes_to_review(app: RouterApp, clock: FakeClock) -> None:
-    roster(app, arrangement="client")
+def test_client_arrangement_without_a_contract_rate_is_refused_and_an_old_one_goes_to_review(
+    app: RouterApp, clock: FakeClock
+) -> None:
+    facilities = app.roster.facilities
+    with pytest.raises(ValidationError, match="billing client needs --contract-rate"):
+        facilities.add("CT_X", "TX", OS_USER, billing=billing_fields(arrangement="client"))
+    with pytest.raises(ValidationError, match="billing payer takes no contract rate"):
+        facilities.add("CT_X", "TX", OS_USER, billing=billing_fields(arrangement="payer", contract_rate_percent=80))
+    facilities.add("CT_X", "TX", OS_USER, billing=billing_fields(arrangement="none"))
+    assert facilities.show("CT_X")["billing_arrangement"] == "none"
+    with pytest.raises(ValidationError, match="billing none takes no contract rate"):
+        facilities.set("CT_X", OS_USER, billing=billing_fields(contract_rate_percent=40))
+    # a client facility left without a rate (set before this check existed): its reads go to review
+    roster(app, arrangement="client", contract_rate_percent=65)
+    with app.sessions.begin() as session:
+        session.scalars(select(Facility).where(Facility.ae_title == "CT_NORTH")).one().contract_rate_percent = None
     order_message = order("ACC-CL", "ORD-CL", [obr(1, "ACC-CL", "71260^CT chest^C4")], "I", ("R07.9",))
     read(app, clock, "1.2.840.10008.99.5", "ACC-CL", order_message, final_report("ACC-CL", "R5", NPI_A, SIGNED))
     (line,) = lines(app)
     assert (line["charge_cents"], line["coder_review"]) == (None, True)
     assert line["review_reason"] == "client arrangement without a contract rate (facilities set --contract-rate)"
+    # once the facility has its rate, a coder approves the line at that rate
+    app.roster.facilities.set("CT_NORTH", OS_USER, billing=billing_fields(contract_rate_percent=80))
+    app.corrections.correct(line["id"], CorrectionReason.CODER_APPROVED, "coder")
+    approved = lines(app)[-1]
+    assert (approved["charge_cents"], approved["contract_rate_percent"], approved["claim_frequency"]) == (7200, 80, "1")
 
 
 def test_dos_year_picks_the_map_and_a_year_without_a_map_is_coder_review(
@@ -494,10 +515,17 @@ def test_facility_billing_options_on_the_cli(tmp_path: Path, sqlite_url: str) ->
         "19",
         "11",
     )
-    cleared = run("facilities", "set", "CT_NORTH", "--default-pos", "none", "--contract-rate", "none", "--json")
+    refused = run("facilities", "set", "CT_NORTH", "--contract-rate", "none")
+    assert refused.exit_code == 1 and "billing client needs --contract-rate" in refused.stderr
+    refused = run("facilities", "set", "CT_NORTH", "--billing", "payer")  # a payer pays the fee schedule
+    assert refused.exit_code == 1 and "billing payer takes no contract rate" in refused.stderr
+    # 'none' is the arrangement that bills nothing, not the word that clears a value
+    cleared = run(
+        "facilities", "set", "CT_NORTH", "--billing", "none", "--default-pos", "none", "--contract-rate", "none"
+    )
     assert cleared.exit_code == 0, cleared.output
     doc = json.loads(run("facilities", "show", "CT_NORTH", "--json").stdout)
-    assert (doc["default_pos"], doc["contract_rate_percent"]) == (None, None)
+    assert (doc["billing_arrangement"], doc["default_pos"], doc["contract_rate_percent"]) == ("none", None, None)
 
 
 def test_a_cancelled_order_reverses_the_claim_line_and_the_x12_export_sends_a_void(

@@ -317,3 +317,37 @@ def test_migration_marks_existing_reversals_as_voids_and_keeps_the_ledger_append
     with pytest.raises((IntegrityError, DatabaseError)) as caught, engine.begin() as connection:
         connection.execute(update(ProfessionalEntry).values(units=2))
     assert "append-only" in str(caught.value)
+
+
+def test_export_claim_his_every_lines_codes_and_a_void_carries_the_claim_as_last_sent(
+    app: RouterApp, clock: FakeClock
+) -> None:
+    _billed(app, clock, codes=("71260", "74177"))
+    first, second = _ledger(app)
+    app.corrections.correct(second.id, CorrectionReason.CORRECTED_CODING, "coder", diagnoses=["R10.9", "R07.9"])
+    app.corrections.correct(first.id, CorrectionReason.CORRECTED_CODING, "coder", units=2)
+    lines = _ledger(app)
+    second_fix, first_fix = lines[3], lines[5]
+    text = claim_export(app.ledgers).x12_lines()
+    # HI: every standing line's codes, in order of first use (lines in ledger order); each line
+    # points into that list
+    assert (
+        text[2]
+        == f"# claim accession {ACCESSION} DOS 2026-11-29 CLM05-3 7 (replacement of the claim sent before): HI*ABK:R109*ABF:R079~"
+    )
+    assert [line for line in text if line.startswith("SV1")] == [
+        "SV1*HC:74177:26*90*UN*1*23**1:2~",  # its R10.9, R07.9
+        "SV1*HC:71260:26*180*UN*2*23**2~",  # its R07.9, second on the claim
+    ]
+    assert {line for line in text if line.startswith("REF*6R")} == {
+        f"REF*6R*{second_fix.id}~",
+        f"REF*6R*{first_fix.id}~",
+    }
+    app.corrections.void_study(UID, CorrectionReason.WRONG_PATIENT, "admin")
+    exported = claim_export(app.ledgers)
+    text = exported.x12_lines()
+    assert text[2].startswith(f"# claim accession {ACCESSION} DOS 2026-11-29 CLM05-3 8 (void of the claim sent before)")
+    # the void carries the last version of each line, never the versions replaced before it
+    assert sorted(line for line in text if line.startswith("REF*6R")) == sorted(
+        [f"REF*6R*{second_fix.id}~", f"REF*6R*{first_fix.id}~"]
+    )

@@ -59,7 +59,8 @@ def _billing(
         if not text.isdigit():
             raise click.UsageError(f"--contract-rate must be a whole percent (1-100) or 'none', got {contract_rate!r}")
         rate = int(text)
-    return billing_fields(field(arrangement), field(outpatient_pos), field(default_pos), rate)
+    # 'none' is an arrangement here (no bill), not the word that clears a value
+    return billing_fields(arrangement or UNSET, field(outpatient_pos), field(default_pos), rate)
 
 
 @click.group("facilities")

@@ -60,8 +60,10 @@ def _person(qualifier: str, name: str | None, npi: str) -> str:
     return segment("NM1", qualifier, "1", _clean(family), _clean(given), "", "", "", "XX", npi)
 
 
-def service_line(number: int, line: Mapping[str, Any]) -> list[str]:
+def service_line(number: int, line: Mapping[str, Any], pointers: Sequence[int] | None = None) -> list[str]:
     """The loop 2400 (and 2420A/2420F) segments of one ledger line (a dict of the ledger's columns).
+
+    ``pointers``: SV107 into the claim's HI (1-based); default the line's own ``diagnosis_pointers``.
 
     Raises
     ------
@@ -69,12 +71,13 @@ def service_line(number: int, line: Mapping[str, Any]) -> list[str]:
         A field the segments need is missing (the caller only passes lines not needing review).
     """
     procedure = COMPONENT.join(["HC", str(line["cpt_code"]), *list(line["modifiers"] or [])[:4]])
-    pointers = COMPONENT.join(str(item) for item in (line["diagnosis_pointers"] or [])[:4])
+    chosen = line["diagnosis_pointers"] if pointers is None else pointers
+    sv107 = COMPONENT.join(str(item) for item in (chosen or [])[:4])
     day = str(line["date_of_service"]).replace("-", "")
     out = [
         segment("LX", number),
         segment(
-            "SV1", procedure, dollars(line["charge_cents"]), "UN", line["units"], line["place_of_service"], "", pointers
+            "SV1", procedure, dollars(line["charge_cents"]), "UN", line["units"], line["place_of_service"], "", sv107
         ),
         segment("DTP", "472", "D8", day),
         segment("REF", "6R", line["id"]),
@@ -83,6 +86,31 @@ def service_line(number: int, line: Mapping[str, Any]) -> list[str]:
     if line.get("referring_npi"):
         out.append(_person("DK", line.get("referring_name"), line["referring_npi"]))
     return out
+
+
+def claim_diagnoses(lines: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[int]]]:
+    """The claim's ICD-10-CM codes (every line's, in order of first use, at most 12: the 2300 HI
+    limit) and each line's SV107 pointers into them (at most 4, those within the 12).
+
+    Lines of one claim may carry different codes (a coder corrected one line's), so each line's
+    own pointers, which index its own codes, are mapped onto the claim's list.
+    """
+    codes: list[str] = []
+    for line in lines:
+        for code in line["diagnosis_codes"] or []:
+            if code not in codes:
+                codes.append(code)
+    codes = codes[:12]
+    pointers: list[list[int]] = []
+    for line in lines:
+        own = line["diagnosis_codes"] or []
+        mapped = [
+            codes.index(own[index - 1]) + 1
+            for index in (line["diagnosis_pointers"] or [])
+            if 0 < index <= len(own) and own[index - 1] in codes
+        ]
+        pointers.append(mapped[:4])
+    return codes, pointers
 
 
 def claim_hi(codes: Sequence[str]) -> str:
@@ -124,10 +152,11 @@ def render_groups(
         )
         for (accession, day), members in claims.items():
             frequency = frequency_of[(accession, day)]
+            codes, pointers = claim_diagnoses(members)
             out.append(
                 f"# claim accession {accession} DOS {day} CLM05-3 {frequency} ({meaning.get(frequency, frequency)}): "
-                f"{claim_hi(members[0]['diagnosis_codes'] or [])}"
+                f"{claim_hi(codes)}"
             )
-            for number, line in enumerate(members, start=1):
-                out.extend(service_line(number, line))
+            for number, (line, line_pointers) in enumerate(zip(members, pointers, strict=True), start=1):
+                out.extend(service_line(number, line, line_pointers))
     return out

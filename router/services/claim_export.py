@@ -82,6 +82,7 @@ def claim_export(ledgers: LedgerService, since: dt.date | None = None, until: dt
     """
     rows = ledgers.professional(since, until)
     by_id = {row["id"]: row for row in rows}
+    replaced = {row["replaces_id"] for row in rows if row["replaces_id"] is not None}
     reversed_by = {row["reverses_id"]: row["id"] for row in rows if row["kind"] == ProfessionalEntryKind.REVERSAL}
     grouped: dict[str, list[dict[str, Any]]] = {key: [] for key in GROUP_NOTES}
     excluded: list[tuple[int, str]] = []
@@ -92,7 +93,8 @@ def claim_export(ledgers: LedgerService, since: dt.date | None = None, until: dt
         if row["kind"] == ProfessionalEntryKind.REVERSAL:
             excluded.append((row["id"], f"reversal of line {row['reverses_id']}"))
             original = by_id.get(row["reverses_id"])
-            if original is not None and _billable(original):
+            # a void carries the claim as last sent: a version a replacement superseded is not in it
+            if original is not None and _billable(original) and original["id"] not in replaced:
                 voided.setdefault(claim_key(original), []).append(original)
         elif row["id"] in reversed_by:
             excluded.append((row["id"], f"reversed by line {reversed_by[row['id']]}"))

@@ -34,9 +34,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.db.models import Assignment, ProfessionalEntry, Radiologist, Study
+from router.db.models import Assignment, Facility, ProfessionalEntry, Radiologist, Study
 from router.db.queries import for_update, study_by_uid
 from router.domain.claims import (
+    MAX_DIAGNOSES,
     PROFESSIONAL_MODIFIER,
     diagnosis_codes,
     diagnosis_pointers,
@@ -46,7 +47,7 @@ from router.domain.claims import (
 from router.domain.cpt_map import validate_cpt_code
 from router.domain.enums import BillingArrangement, ClaimFrequency, CorrectionReason, ProfessionalEntryKind, StudyStatus
 from router.domain.npi import validate_npi
-from router.errors import NotFoundError, ValidationError
+from router.errors import ConflictError, NotFoundError, ValidationError
 from router.services.audit_log import ChangeContext, jsonable, record_audit
 from router.services.claims import line_charge
 from router.services.ledgers import LEDGER_COPIED_COLUMNS, open_charges, reverse_charge
@@ -142,7 +143,11 @@ class CorrectionService:
             charge = self._charge(session, entry_id)
             if reason is CorrectionReason.CODER_APPROVED and not charge.coder_review:
                 raise ValidationError(f"ledger record {entry_id} is not held for coder review")
+            already = session.scalar(select(ProfessionalEntry.id).where(ProfessionalEntry.reverses_id == charge.id))
+            if already is not None:
+                raise ConflictError(f"ledger record {charge.id} is already reversed by record {already}")
             line = self._corrected_line(
+                session,
                 charge,
                 cpt=cpt,
                 modifiers=modifiers,
@@ -199,6 +204,7 @@ class CorrectionService:
 
     def _corrected_line(
         self,
+        session: Session,
         charge: ProfessionalEntry,
         *,
         cpt: str | None,
@@ -240,23 +246,31 @@ class CorrectionService:
         if arrangement is not BillingArrangement.NONE:
             if new_cpt != charge.cpt_code or line["modifier"] != charge.modifier or charge.charge_cents is None:
                 fees = self._reference.fee_schedule_for_year(year)
-                unit, _percent, charge_problems = line_charge(
+                rate = charge.contract_rate_percent
+                if rate is None and arrangement is BillingArrangement.CLIENT:  # set on the facility since
+                    rate = session.scalar(
+                        select(Facility.contract_rate_percent).where(Facility.ae_title == charge.facility_ae_title)
+                    )
+                unit, percent, charge_problems = line_charge(
                     new_cpt,
                     split,
                     arrangement,
-                    charge.contract_rate_percent,
+                    rate,
                     fees,
                     self._reference.year_file_name("fee_schedule", year),
                 )
                 if charge_problems or unit is None:
                     raise ValidationError("; ".join(charge_problems) or f"no charge for CPT {new_cpt}")
                 line["fee_schedule_version"] = fees.version if fees is not None else None
+                line["contract_rate_percent"] = percent
             else:
                 unit = charge.charge_cents // max(charge.units, 1)
             line["charge_cents"] = unit * count
         if place_of_service is not None:
             line["place_of_service"] = validate_pos(place_of_service)
         if diagnoses is not None:
+            if len(diagnoses) > MAX_DIAGNOSES:
+                raise ValidationError(f"{len(diagnoses)} diagnoses: an 837P claim carries at most {MAX_DIAGNOSES}")
             codes, problems = diagnosis_codes(diagnoses, "coder")
             if problems or not codes:
                 raise ValidationError("; ".join(problems) or "give at least one ICD-10-CM code")
@@ -378,7 +392,7 @@ class CorrectionService:
         if charge is None:
             raise NotFoundError(f"no professional ledger record {entry_id}")
         if charge.kind != ProfessionalEntryKind.CHARGE:
-            raise ValidationError(f"ledger record {entry_id} is a reversal; only a charge can be corrected")
+            raise ValidationError(f"ledger record {entry_id} is a reversal; only a charge can be corrected or voided")
         return charge
 
     @staticmethod

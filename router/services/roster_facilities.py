@@ -113,7 +113,9 @@ def billing_fields(
     """
     out: dict[str, Any] = {}
     if arrangement is not UNSET:
-        out["billing_arrangement"] = parse_enum(BillingArrangement, arrangement or "payer", "billing arrangement")
+        if arrangement is None:
+            raise ValidationError("a billing arrangement is required: payer, client, global or none")
+        out["billing_arrangement"] = parse_enum(BillingArrangement, arrangement, "billing arrangement")
     if outpatient_pos is not UNSET:
         out["outpatient_pos"] = validate_outpatient_pos(outpatient_pos) if outpatient_pos else None
     if default_pos is not UNSET:
@@ -127,6 +129,25 @@ def billing_fields(
             )
         out["contract_rate_percent"] = contract_rate_percent
     return out
+
+
+def check_billing(arrangement: BillingArrangement, contract_rate_percent: int | None) -> None:
+    """A facility's arrangement and contract rate agree: ``client`` needs a rate (its reads are
+    invoiced at it); ``payer`` and ``none`` take none (a payer pays the fee schedule, ``none``
+    bills nothing); ``global`` may have one (the group's share of the facility's global bill).
+
+    Raises
+    ------
+    ValidationError
+        They disagree.
+    """
+    if arrangement is BillingArrangement.CLIENT and contract_rate_percent is None:
+        raise ValidationError("billing client needs --contract-rate (the percent of the fee schedule the client pays)")
+    if arrangement in (BillingArrangement.PAYER, BillingArrangement.NONE) and contract_rate_percent is not None:
+        raise ValidationError(
+            f"billing {arrangement.value} takes no contract rate (only client and global do): "
+            "give --contract-rate none, or another --billing"
+        )
 
 
 def facility_spec(
@@ -193,6 +214,7 @@ def insert_facility(session: Session, ctx: ChangeContext, spec: FacilitySpec) ->
         aliases=[],
         **({"billing_arrangement": BillingArrangement.PAYER} | spec.billing),
     )
+    check_billing(BillingArrangement(row.billing_arrangement), row.contract_rate_percent)
     session.add(row)
     _claim_aliases(session, row, spec.aliases)
     session.flush()
@@ -227,6 +249,7 @@ def update_facility(
     _claim_aliases(session, row, add_aliases)
     for key, value in diff_values(before, wanted)[1].items():
         setattr(row, key, value)
+    check_billing(BillingArrangement(row.billing_arrangement), row.contract_rate_percent)
     session.flush()
     old, new = diff_values(before, facility_record(row))
     if new:
