@@ -282,6 +282,10 @@ def test_demo_command_runs_the_main_job_and_refuses_a_used_data_dir(tmp_path: Pa
     assert sorted(renderings) == ["NM1*82*1*READER*AVERY****XX*1000000012~"] * 3 + [
         "NM1*82*1*READER*DEVON****XX*1000000046~"
     ]
+    # the demo leaves a config beside its data: later commands bill with the same sample group
+    config = data_dir / "router.toml"
+    assert f"explore further: router --config {config} studies list" in result.stderr
+    assert 'group_npi = "' in config.read_text() and (config.stat().st_mode & 0o077) == 0
     for args in (["demo", "--data-dir", str(data_dir)], ["--data-dir", str(data_dir), "demo"]):  # either place
         again = subprocess.run([sys.executable, "-m", "router", *args], capture_output=True, text=True, timeout=60)
         assert again.returncode == 1

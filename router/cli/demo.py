@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydicom import dcmread
 from router.app import RouterApp
 from router.cli.context import CliContext
 from router.cli.output import HELD_STYLE, emit_notes, emit_table, label, wide_option
+from router.config import Settings
 from router.dicom.scu import Destination, SendError, send_files
 from router.domain.enums import Priority, StudyStatus
 from router.domain.infra_cost import next_month
@@ -219,8 +221,9 @@ def demo(
         ]
         emit_notes("Hold reasons and location conflicts", [(case, note) for case, note in hold_notes if note])
     _print_ledgers(app, case_of, wide)
+    config = _write_demo_config(data_dir, settings)
     click.echo(
-        f"explore further: router --data-dir {data_dir} studies list  (also: studies explain UID, ledger professional --csv)",
+        f"explore further: router --config {config} studies list  (also: studies explain UID, ledger export --format csv)",
         err=True,
     )
 
@@ -355,3 +358,21 @@ def _reader(document: dict[str, Any], wide: bool = False) -> str | None:
 def register(cli: click.Group) -> None:
     """Add ``demo`` to the root group."""
     cli.add_command(demo)
+
+
+def _write_demo_config(data_dir: Path, settings: Settings) -> Path:
+    """``<data_dir>/router.toml``: the demo's data directory and its sample billing group, so reads
+    completed or corrected after the demo carry the same billing NPI and TIN (0600, like the data)."""
+    path = data_dir / "router.toml"
+    billing = settings.billing
+    lines = [
+        "# written by `router demo`: its data directory and sample billing group identifiers",
+        "[paths]",
+        f"data_dir = {json.dumps(str(data_dir))}",
+        "[billing]",
+        f"group_npi = {json.dumps(billing.group_npi or '')}",
+        f"tin = {json.dumps(billing.tin or '')}",
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return path
