@@ -251,8 +251,9 @@ def test_actionable_errors_are_one_line_with_exit_1(config: Path, args: tuple[st
 def test_bad_usage_exits_2(config: Path, args: tuple[str, ...], option: str | None) -> None:
     result = run(config, *args)
     assert result.exit_code == 2
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(error_lines) == 1
+    error_lines = result.stderr.splitlines()
+    assert len(error_lines) == 1 and error_lines[0].startswith("error: "), result.stderr  # one line, no usage block
+    assert error_lines[0].endswith(f" {' '.join(args[:2])} --help`)")  # the command's help
     if option is not None:
         assert f"Invalid value for '{option}'" in error_lines[0]
     if option in {"--expires", "--since", "--from", "--loq-issued"}:
@@ -618,7 +619,10 @@ def test_console_script_as_a_process(tmp_path: Path) -> None:
     )
     bad_date = router("licenses", "add", "--npi", NPI_C, "--state", "TX", "--number", "1", "--expires", "30/06/2027")
     assert bad_date.returncode == 2 and "Traceback" not in bad_date.stderr
-    assert "Error: Invalid value for '--expires': '30/06/2027' is not a date in YYYY-MM-DD form" in bad_date.stderr
+    assert bad_date.stderr == (
+        "error: Invalid value for '--expires': '30/06/2027' is not a date in YYYY-MM-DD form"
+        " (see `router licenses add --help`)\n"
+    )
     listed = router("radiologists", "list", "--json")
     assert listed.returncode == 0 and [row["npi"] for row in json.loads(listed.stdout)] == [NPI_C]
 

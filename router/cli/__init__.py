@@ -2,7 +2,7 @@
 
 The only place that prints, exits, or configures logging. Library errors
 (:class:`~router.errors.RouterError`) become one readable line on stderr and exit status 1;
-usage and configuration errors exit 2 (click's convention).
+usage and configuration errors are one line too and exit 2 (click's convention).
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ class RouterGroup(click.Group):
             return super().invoke(ctx)
         except ConfigError as exc:
             click.echo(config_error_line(exc), err=True)
+            ctx.exit(2)
+        except click.UsageError as exc:
+            # a wrong option or argument of a command: one line, exit 2 (click's code for usage)
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
             ctx.exit(2)
         except RouterError as exc:
             click.echo(f"error: {exc}", err=True)
