@@ -27,6 +27,7 @@ class SchemaPool:
         self._admin: Engine = create_engine(url)
         self._free: list[str] = []
         self._seeded: dict[str, list[dict[str, Any]]] | None = None  # table -> rows a migration inserts
+        self._shape: frozenset[tuple[str, str]] = frozenset()  # what a migrated schema holds
         self._head = migrate.head_revision()
 
     def schema_url(self, schema: str) -> str:
@@ -63,6 +64,8 @@ class SchemaPool:
             migrate.upgrade(engine)
             if self._seeded is None:
                 self._seeded = _snapshot(engine)
+                with self._admin.connect() as connection:
+                    self._shape = _shape(connection, schema)
         finally:
             engine.dispose()
         return schema
@@ -75,6 +78,8 @@ class SchemaPool:
                 revision = connection.execute(text(f'SELECT version_num FROM "{schema}".alembic_version')).scalar()
                 if revision != self._head:
                     return False
+                if _shape(connection, schema) != self._shape:
+                    return False  # a test added a table, trigger, function or index: not reused
                 tables = connection.execute(
                     text(
                         "SELECT tablename FROM pg_tables WHERE schemaname = :schema AND tablename <> 'alembic_version'"
@@ -125,3 +130,22 @@ def _snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
             if rows:
                 seeded[table] = rows
     return seeded
+
+
+_SHAPE = text(
+    """
+    SELECT 'table', c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = :schema AND c.relkind IN ('r', 'i', 'S', 'v')
+    UNION ALL
+    SELECT 'trigger', c.relname || '.' || t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+      JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :schema AND NOT t.tgisinternal
+    UNION ALL
+    SELECT 'function', p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE n.nspname = :schema
+    """
+)
+
+
+def _shape(connection: Any, schema: str) -> frozenset[tuple[str, str]]:
+    """The tables, indexes, sequences, views, triggers and functions of ``schema`` (names only)."""
+    return frozenset((kind, name) for kind, name in connection.execute(_SHAPE, {"schema": schema}))
