@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from router.app import RouterApp
 from router.config import Settings
@@ -542,3 +543,40 @@ def test_nodes_list_shows_each_node_alive_or_stopped(tmp_path: Path) -> None:
         ("router-a", True, False),
         ("router-b", False, True),
     ]
+
+
+def test_a_study_row_held_by_a_node_does_not_block_rows_that_reference_it(pg_settings: Settings) -> None:
+    """A node holding a study row (routing, late instances) never blocks another node's insert of
+    a row that references the study (a ledger record, a series, an outbox job): the foreign key
+    check takes FOR KEY SHARE, which FOR NO KEY UPDATE lets through and FOR UPDATE did not, and
+    that wait closed a deadlock cycle (seen in the scale-out test)."""
+    from router.db.models import Series
+    from router.db.queries import for_update
+
+    with RouterApp.open(pg_settings, upgrade=True) as app:
+        add_study(app, "1.2.3.77")
+        with app.sessions() as holder, app.sessions() as other, holder.begin():
+            study = holder.scalars(
+                for_update(select(Study).where(Study.study_instance_uid == "1.2.3.77"), holder)
+            ).one()
+            with other.begin():
+                other.execute(text("SET LOCAL lock_timeout = '2s'"))
+                other.add(Series(study_id=study.id, series_instance_uid="1.2.3.77.1", modality="CT"))
+                other.flush()  # would wait for the holder (and time out) under FOR UPDATE
+            # another writer of the study row itself still waits for the holder
+            with other.begin():
+                other.execute(text("SET LOCAL lock_timeout = '200ms'"))
+                with pytest.raises(OperationalError, match="lock timeout"):
+                    other.execute(update(Study).where(Study.id == study.id).values(needs_review=True))
+
+
+def test_a_deadlock_or_serialization_failure_while_recording_a_send_is_retried() -> None:
+    import psycopg.errors
+    from sqlalchemy.exc import OperationalError as SqlOperationalError
+
+    from router.services.forwarding import _connection_lost
+
+    for error in (psycopg.errors.DeadlockDetected(), psycopg.errors.SerializationFailure()):
+        assert _connection_lost(SqlOperationalError("INSERT ...", {}, error))
+    assert not _connection_lost(SqlOperationalError("INSERT ...", {}, psycopg.errors.UniqueViolation()))
+    assert not _connection_lost(ValueError("not a database error"))

@@ -44,17 +44,27 @@ def upsert(
 
 
 def for_update(statement: Select[Any], session: Session) -> Select[Any]:
-    """Add ``FOR UPDATE`` where the database has row locks (SQLite serialises writers anyway)."""
+    """Lock the rows until commit where the database has row locks (SQLite serialises writers
+    anyway): ``FOR NO KEY UPDATE`` on PostgreSQL.
+
+    ``NO KEY`` because the router never changes a key it locks: the lock still excludes every
+    other writer of the row (their ``UPDATE`` or lock waits), but not the ``FOR KEY SHARE`` a
+    foreign key check takes when a child row is inserted (a ledger record, an instance, an
+    outbox job). With plain ``FOR UPDATE`` a node holding a study row and waiting for a job row
+    deadlocked with a node holding that job and inserting a ledger record for the study
+    (PostgreSQL 15 documentation, "Row-Level Locks").
+    """
     if session.get_bind().dialect.name == "postgresql":
-        return statement.with_for_update()
+        return statement.with_for_update(key_share=True)
     return statement
 
 
 def skip_locked(statement: Select[Any]) -> Select[Any]:
-    """Claim rows: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so a row another node holds (even a
-    stalled one) is passed over instead of waited for. SQLite drops the clause: its
-    ``BEGIN IMMEDIATE`` already gives one writer at a time (:mod:`router.db.engine`)."""
-    return statement.with_for_update(skip_locked=True)
+    """Claim rows: ``FOR NO KEY UPDATE SKIP LOCKED`` on PostgreSQL, so a row another node holds
+    (even a stalled one) is passed over instead of waited for (``NO KEY``: see
+    :func:`for_update`). SQLite drops the clause: its ``BEGIN IMMEDIATE`` already gives one
+    writer at a time (:mod:`router.db.engine`)."""
+    return statement.with_for_update(skip_locked=True, key_share=True)
 
 
 def share_roster(session: Session) -> None:

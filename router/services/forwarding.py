@@ -228,8 +228,9 @@ class ForwardingService:
 
     def _finish(self, job_id: int, done: list[tuple[int, int]], error: str | None) -> None:
         """Record the outcome of a send; retried on a new connection when the database dropped
-        this one (e.g. ``idle_in_transaction_timeout`` ended a node frozen mid-transaction),
-        since the instances were sent: unrecorded, they would be sent again."""
+        this one (e.g. ``idle_in_transaction_timeout`` ended a node frozen mid-transaction), or
+        rolled the transaction back on a deadlock, since the instances were sent: unrecorded,
+        they would be sent again."""
         for attempt in Retrying(
             retry=retry_if_exception(_connection_lost), stop=stop_after_attempt(3), wait=wait_fixed(0.2), reraise=True
         ):
@@ -245,7 +246,7 @@ class ForwardingService:
         """
         now = self._clock()
         with self._sessions.begin() as session:
-            job = session.get(OutboxJob, job_id, with_for_update=True)
+            job = session.get(OutboxJob, job_id, with_for_update={"key_share": True})  # see queries.for_update
             assert job is not None
             if job.claimed_by != self.node_id:
                 LOG.warning("outbox job %d: this node's claim expired while it was sending", job.id)
@@ -297,8 +298,17 @@ class ForwardingService:
                 job.next_attempt_at = now + self.policy.backoff(job.attempts)
 
 
+#: SQLSTATEs after which the same transaction, run again, succeeds: deadlock_detected and
+#: serialization_failure (PostgreSQL Appendix A, class 40 "Transaction Rollback").
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+
+
 def _connection_lost(exc: BaseException) -> bool:
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    """Whether recording again is safe and may succeed: the connection was dropped, or the
+    database rolled the transaction back to break a deadlock or a serialization conflict."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    return exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in _TRANSIENT_SQLSTATES
 
 
 def _unclaimed(now: dt.datetime) -> Any:
