@@ -723,3 +723,18 @@ def test_names_must_not_hold_a_backslash_or_unicode_line_separator(config: Path)
     for name, message in (("Bad\\Name", "backslash"), ("A\u2028B", "control characters")):
         result = run(config, "radiologists", "add", "--npi", NPI_A, "--name", name)
         assert result.exit_code == 1 and message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--bogus",), "No such option '--bogus'"),
+        (("nosuchcommand",), "No such command 'nosuchcommand'"),
+        (("--data-dir",), "Option '--data-dir' requires an argument"),
+    ],
+)
+def test_root_usage_mistakes_are_one_line(args: tuple[str, ...], message: str) -> None:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 2
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(f"error: {message}"), result.stderr
+    assert result.stderr.rstrip().endswith("--help`)")

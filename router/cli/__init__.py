@@ -22,6 +22,19 @@ from router.errors import ConfigError, RouterError, first_line
 class RouterGroup(click.Group):
     """Turns :class:`RouterError` into one line and a non-zero exit, never a traceback."""
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        """Parse the root options; a wrong one is one line on stderr and exit 2 (help stays help)."""
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            name = info_name or "router"
+            click.echo(f"error: {exc.format_message()} (see `{name} --help`)", err=True)
+            raise SystemExit(2) from exc
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
