@@ -8,6 +8,7 @@ Runs on SQLite and, with ROUTER_TEST_DATABASE_URL, on PostgreSQL.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,6 +229,20 @@ def _raw_exchange(port: int, data: bytes, close_write: bool = False) -> bytes:
                 return received
 
 
+#: ERR-3 condition code (HL7 table 0357) each bad input gets
+ERR_CONDITIONS = {
+    "garbage without framing": b"100",  # segment sequence error: no MSH to begin with
+    "truncated frame": b"100",
+    "no end block": b"100",
+    "over max_message_bytes": b"100",
+    "framed garbage": b"100",
+    "missing MSH": b"100",
+    "unknown message type": b"200",  # unsupported message type
+    "order without ORC": b"101",  # required field missing
+    "report for no study": b"204",  # unknown key identifier
+}
+
+
 @pytest.mark.parametrize(
     ("name", "payload", "close_write", "code"),
     [
@@ -255,6 +270,10 @@ def test_bad_input_gets_a_nak_and_is_stored(
     assert received.startswith(START_BLOCK) and received.endswith(END_BLOCK + b"\r"), name
     msa_code = ack_fields(received[1:-2])[0]
     assert msa_code == code, name
+    # ERR-3: the condition from HL7 table 0357 (component 1 in v2.5+, ERR-1's 4th in v2.3/2.4)
+    (err,) = [segment for segment in received[1:-2].split(b"\r") if segment.startswith(b"ERR")]
+    condition = ERR_CONDITIONS[name]
+    assert re.search(rb"[|^&]" + condition + rb"[\^&]", err), (name, err)
     with hl7_server.app.sessions() as session:
         rows = list(session.scalars(select(Hl7Message)))
     assert [(row.ack_code, row.accepted_key) for row in rows] == [(AckCode(code), None)]

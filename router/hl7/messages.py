@@ -339,6 +339,14 @@ def parse_report(message: Any, head: MessageHeader) -> ReportMessage:
     )
 
 
+#: HL7 v2.5.1 table 0357 (message error condition codes) used in ERR-3.
+SEGMENT_SEQUENCE_ERROR = ("100", "Segment sequence error")
+REQUIRED_FIELD_MISSING = ("101", "Required field missing")
+TABLE_VALUE_NOT_FOUND = ("103", "Table value not found")
+UNSUPPORTED_MESSAGE_TYPE = ("200", "Unsupported message type")
+UNKNOWN_KEY_IDENTIFIER = ("204", "Unknown key identifier")
+
+
 def build_ack(
     head: MessageHeader | None,
     code: AckCode,
@@ -346,11 +354,15 @@ def build_ack(
     now: dt.datetime,
     text: str = "",
     application: str = "ROUTER",
+    error: tuple[str, str] | None = None,
 ) -> bytes:
     """An ACK (HL7 v2.5.1 section 2.14.1) answering ``head`` with MSA-1 ``code``.
 
-    MSA-3 and, for AE/AR, ERR carry ``text`` (escaped). The ACK uses the sender's field separator
-    and encoding characters and version; with no readable header, ``|^~\\&`` and 2.5.1.
+    MSA-3 and, for AE/AR, ERR carry ``text`` (escaped). ``error`` is the ERR-3 condition, a code
+    and its name from HL7 table 0357 (e.g. ``("204", "Unknown key identifier")``); by default
+    200 "Unsupported message type" for AR and 207 "Application internal error" for AE. The ACK
+    uses the sender's field separator and encoding characters and version; with no readable
+    header, ``|^~\\&`` and 2.5.1.
     """
     field = head.field_separator if head else "|"
     encoding = head.encoding_characters if head and len(head.encoding_characters) >= 4 else "^~\\&"
@@ -396,8 +408,9 @@ def build_ack(
     )
     segments = [msh, field.join(["MSA", code.value, esc(control_id), esc(text[:80])])]
     if code != AckCode.AA:
-        error_code = "200" if code == AckCode.AR else "207"
-        error_name = "Unsupported message type" if code == AckCode.AR else "Application internal error"
+        error_code, error_name = error or (
+            ("200", "Unsupported message type") if code == AckCode.AR else ("207", "Application internal error")
+        )
         if version.startswith(("2.5", "2.6", "2.7", "2.8")):
             segments.append(
                 field.join(

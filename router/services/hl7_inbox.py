@@ -21,6 +21,11 @@ from router.domain.enums import AckCode, ReportSource
 from router.domain.orders import report_status_from_hl7
 from router.errors import first_line
 from router.hl7.messages import (
+    REQUIRED_FIELD_MISSING,
+    SEGMENT_SEQUENCE_ERROR,
+    TABLE_VALUE_NOT_FOUND,
+    UNKNOWN_KEY_IDENTIFIER,
+    UNSUPPORTED_MESSAGE_TYPE,
     Hl7ParseError,
     MessageHeader,
     build_ack,
@@ -42,10 +47,11 @@ REPORT_TYPES = frozenset({"ORU^R01"})
 
 
 class _Refused(Exception):
-    def __init__(self, code: AckCode, reason: str) -> None:
+    def __init__(self, code: AckCode, reason: str, error: tuple[str, str] | None = None) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.error = error  # ERR-3 (HL7 table 0357)
 
 
 class Hl7Inbox:
@@ -73,7 +79,7 @@ class Hl7Inbox:
             head = header(message)
         except Hl7ParseError as exc:
             LOG.warning("HL7 from %s rejected: %s", peer, exc)
-            ack = build_ack(None, AckCode.AR, "", now, str(exc), self._application)
+            ack = build_ack(None, AckCode.AR, "", now, str(exc), self._application, SEGMENT_SEQUENCE_ERROR)
             self._record_refusal(payload, peer, None, AckCode.AR, str(exc), ack)
             return ack
         key = f"{head.sending_application}|{head.sending_facility}|{head.control_id}"
@@ -109,7 +115,7 @@ class Hl7Inbox:
             LOG.warning(
                 "HL7 %s control ID %s answered %s: %s", head.message_type, head.control_id, exc.code, exc.reason
             )
-            ack = build_ack(head, exc.code, head.control_id, now, exc.reason, self._application)
+            ack = build_ack(head, exc.code, head.control_id, now, exc.reason, self._application, exc.error)
             self._record_refusal(payload, peer, head, exc.code, exc.reason, ack)
             return ack
         except IntegrityError:
@@ -132,7 +138,7 @@ class Hl7Inbox:
 
     def refuse_frame(self, received: bytes, peer: str, reason: str) -> bytes:
         """Answer (and store) a frame the listener could not read: too big, unframed, cut short."""
-        ack = build_ack(None, AckCode.AR, "", self._clock(), reason, self._application)
+        ack = build_ack(None, AckCode.AR, "", self._clock(), reason, self._application, SEGMENT_SEQUENCE_ERROR)
         self._record_refusal(received, peer, None, AckCode.AR, reason, ack)
         return ack
 
@@ -145,7 +151,11 @@ class Hl7Inbox:
                 parsed = parse_report(message, head)
                 status = report_status_from_hl7(parsed.result_status)
                 if status is None:
-                    raise _Refused(AckCode.AE, f"OBR-25 result status {parsed.result_status!r} is not P, F or C")
+                    raise _Refused(
+                        AckCode.AE,
+                        f"OBR-25 result status {parsed.result_status!r} is not P, F or C",
+                        TABLE_VALUE_NOT_FOUND,
+                    )
                 report = SignedReport(
                     source=ReportSource.HL7,
                     status=status,
@@ -159,10 +169,10 @@ class Hl7Inbox:
                 )
                 return self._reports.apply(session, report, now, message_id)
         except Hl7ParseError as exc:
-            raise _Refused(AckCode.AE, str(exc)) from exc
+            raise _Refused(AckCode.AE, str(exc), REQUIRED_FIELD_MISSING) from exc
         except ReportRefused as exc:
-            raise _Refused(AckCode.AE, str(exc)) from exc
-        raise _Refused(AckCode.AR, f"unsupported message type {head.message_type}")
+            raise _Refused(AckCode.AE, str(exc), UNKNOWN_KEY_IDENTIFIER if exc.unknown_key else None) from exc
+        raise _Refused(AckCode.AR, f"unsupported message type {head.message_type}", UNSUPPORTED_MESSAGE_TYPE)
 
     def _record_refusal(
         self, payload: bytes, peer: str, head: MessageHeader | None, code: AckCode, reason: str, ack: bytes

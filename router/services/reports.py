@@ -32,7 +32,14 @@ LOG = logging.getLogger(__name__)
 
 
 class ReportRefused(RouterError):
-    """The report cannot be taken (no such study, unreadable status): the sender is told why."""
+    """The report cannot be taken (no such study, unreadable status): the sender is told why.
+
+    ``unknown_key``: the report names an accession number (or study) the router does not know.
+    """
+
+    def __init__(self, reason: str, *, unknown_key: bool = False) -> None:
+        super().__init__(reason)
+        self.unknown_key = unknown_key
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,9 @@ class ReportService:
             raise ReportRefused("report without an accession number or study")
         study = session.scalars(statement).first()
         if study is None:
-            raise ReportRefused(f"no study with accession number {report.accession_number} (send the images first)")
+            raise ReportRefused(
+                f"no study with accession number {report.accession_number} (send the images first)", unknown_key=True
+            )
         return study
 
     def _aware(self, moment: dt.datetime, facility: Facility | None) -> dt.datetime:
