@@ -7,6 +7,7 @@ CLI commands run through click's runner against the same database.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -287,6 +288,17 @@ def test_ledger_cli_correct_and_void(app: RouterApp, clock: FakeClock, settings:
         assert code == 1 and message in out and len(out.strip().splitlines()) == 1, out
     code, out = run("ledger", "void", "--study", "...10.1.1", "--reason", "wrong-patient")
     assert code != 0 and "several study UIDs end with" in out
+    # the merged read flagged the study: listed for review, cleared by an admin (audited)
+    code, out = run("studies", "list", "--needs-review", "--json")
+    assert code == 0 and [row["study_instance_uid"] for row in json.loads(out)] == [UID]
+    code, out = run("studies", "reviewed", UID, "--note", "merged into ACC-2")
+    assert code == 0 and out.strip() == f"study {UID}: review flag cleared"
+    assert audit_rows(app)[-1][:2] == ("study.reviewed", UID)
+    assert audit_rows(app)[-1][4] == {"needs_review": False, "note": "merged into ACC-2"}
+    code, out = run("studies", "list", "--needs-review")
+    assert code == 0 and out.strip() == "no studies flagged for review"
+    code, out = run("studies", "reviewed", UID)
+    assert code == 1 and out.strip() == f"error: study {UID} is not flagged for review"
     # the billed reader's date of service is kept on every record
     assert {item.date_of_service for item in _ledger(app)} == {first.date_of_service}
     assert isinstance(first.date_of_service, dt.date)

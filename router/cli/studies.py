@@ -23,6 +23,7 @@ from router.errors import ValidationError
 from router.services.forwarding_queue import requeue_study
 from router.services.routing import RouteResult
 from router.services.studies import StudyViews
+from router.services.study_review import mark_reviewed
 from router.timeutil import parse_iso_datetime
 
 
@@ -39,20 +40,28 @@ def studies_group() -> None:
 @studies_group.command("list")
 @click.option("--status", type=click.Choice(StudyStatus.values()), help="Only studies with this status.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), help="At most this many (newest first).")
+@click.option(
+    "--needs-review",
+    is_flag=True,
+    help="Only studies flagged for an admin (a report not billed, an assignment withdrawn, a voided read).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (an array of studies).")
 @wide_option
 @click.pass_obj
-def list_studies(obj: CliContext, status: str | None, limit: int | None, as_json: bool, wide: bool) -> None:
-    """List studies, newest first; held studies (an admin must act) in capitals.
+def list_studies(
+    obj: CliContext, status: str | None, limit: int | None, needs_review: bool, as_json: bool, wide: bool
+) -> None:
+    """List studies, newest first; held studies (an admin must act) in capitals, studies
+    flagged for review marked with "!" (`studies show UID` says why).
 
     UIDs are shortened to their end in the table; --wide or --json gives them whole.
     """
-    rows = _views(obj).list(StudyStatus(status) if status else None, limit)
+    rows = _views(obj).list(StudyStatus(status) if status else None, limit, needs_review)
     if as_json:
         emit_json(rows)
         return
     if not rows:
-        click.echo(f"no {status + ' ' if status else ''}studies")
+        click.echo(f"no {status + ' ' if status else ''}studies" + (" flagged for review" if needs_review else ""))
         return
     held = StudyStatus.HELD.value
     emit_table(
@@ -61,7 +70,7 @@ def list_studies(obj: CliContext, status: str | None, limit: int | None, as_json
         [
             (
                 short_uid(row["study_instance_uid"], wide),
-                "HELD" if row["status"] == held else row["status"],
+                ("HELD" if row["status"] == held else row["status"]) + (" !" if row["needs_review"] else ""),
                 f"{row['exam_state']} ({label(row['exam_state_source'])})" if row["exam_state"] else None,
                 " ".join(
                     part
@@ -241,6 +250,20 @@ def complete(obj: CliContext, study_instance_uid: str, at: str | None, as_json: 
     click.echo(
         f"study {done.study_instance_uid}: read by NPI {done.npi}, date of service {done.date_of_service}, billed {codes}"
     )
+
+
+@studies_group.command("reviewed")
+@click.argument("study_instance_uid", callback=study_uid_argument)
+@click.option("--note", help="What was done about it (kept in the audit log).")
+@click.pass_obj
+def reviewed(obj: CliContext, study_instance_uid: str, note: str | None) -> None:
+    """Clear a study's review flag once an admin has looked at it (audited as study.reviewed).
+
+    `studies list --needs-review` lists the flagged ones; `studies show UID` gives the reasons.
+    """
+    app = obj.app()
+    mark_reviewed(app.sessions, app.clock, app.settings.routing.timezone, study_instance_uid, obj.os_user(), note)
+    click.echo(f"study {study_instance_uid}: review flag cleared")
 
 
 @studies_group.command("set-state")

@@ -72,8 +72,11 @@ class StudyViews:
     sessions: sessionmaker[Session]
     routing: RoutingService
 
-    def list(self, status: StudyStatus | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Studies, newest first, optionally of one status."""
+    def list(
+        self, status: StudyStatus | None = None, limit: int | None = None, needs_review: bool = False
+    ) -> list[dict[str, Any]]:
+        """Studies, newest first, optionally of one status, or only those flagged for an admin's
+        review (``needs_review``: a report not billed, an assignment withdrawn, a voided read...)."""
         with self.sessions() as session:
             query = (
                 select(Study, Assignment, Radiologist.npi)
@@ -83,6 +86,8 @@ class StudyViews:
             )
             if status is not None:
                 query = query.where(Study.status == status)
+            if needs_review:
+                query = query.where(Study.needs_review.is_(True))
             if limit:
                 query = query.limit(limit)
             return [study_summary(study, assignment, npi) for study, assignment, npi in session.execute(query).all()]
