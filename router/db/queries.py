@@ -109,6 +109,22 @@ def study_by_uid(session: Session, study_instance_uid: str) -> Study:
     return study
 
 
+def locked_study(session: Session, study_instance_uid: str) -> Study:
+    """The study with this Study Instance UID, its row locked until commit (:func:`for_update`).
+
+    Raises
+    ------
+    NotFoundError
+        If there is none.
+    """
+    study = session.scalars(
+        for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)
+    ).one_or_none()
+    if study is None:
+        raise NotFoundError(f"no study {study_instance_uid}")
+    return study
+
+
 def study_uids_ending_with(session: Session, suffix: str, limit: int = 3) -> list[str]:
     """Up to ``limit`` Study Instance UIDs that end with ``suffix`` (a shortened UID from a
     table), in UID order. ``suffix`` holds only UID characters (digits and dots)."""

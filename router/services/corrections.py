@@ -35,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from router.db.models import Assignment, Facility, ProfessionalEntry, Radiologist, Study
-from router.db.queries import for_update, study_by_uid
+from router.db.queries import for_update, locked_study
 from router.domain.claims import (
     MAX_DIAGNOSES,
     PROFESSIONAL_MODIFIER,
@@ -344,12 +344,7 @@ class CorrectionService:
             )
         ctx = self._context(actor)
         with self._sessions.begin() as session:
-            study = session.scalars(
-                for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)
-            ).one_or_none()
-            if study is None:
-                study_by_uid(session, study_instance_uid)  # raises NotFoundError
-                raise AssertionError  # pragma: no cover
+            study = locked_study(session, study_instance_uid)
             charges = open_charges(session, study.id)
             if not charges:
                 raise ValidationError(f"study {study_instance_uid} has no charge to void")

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from router.db.models import Assignment, Facility, Order, ProfessionalEntry, Radiologist, Study
-from router.db.queries import for_update, share_roster, study_by_uid
+from router.db.queries import locked_study, share_roster
 from router.domain.billing import BillingLine, resolve_billing_lines
 from router.domain.cpt_map import CptMap
 from router.domain.enums import CptSource, OrderStatus, ProfessionalEntryKind, StudyStatus
@@ -102,12 +102,7 @@ class ReadService:
             raise ValidationError("interpretation time must carry a time zone")
         if moment > now + dt.timedelta(minutes=5):
             raise ValidationError("interpretation time is in the future")
-        study = session.scalars(
-            for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)
-        ).one_or_none()
-        if study is None:
-            study_by_uid(session, study_instance_uid)
-            raise AssertionError  # pragma: no cover
+        study = locked_study(session, study_instance_uid)
         if study.status == StudyStatus.COMPLETED:
             raise IneligibleError(f"study {study_instance_uid} is already completed")
         share_roster(session)  # eligibility re-checked on the roster as committed (routing.py)

@@ -36,9 +36,9 @@ from router.db.queries import (
     facility_by_ae_title,
     facility_by_institution_name,
     for_update,
+    locked_study,
     share_roster,
     skip_locked,
-    study_by_uid,
 )
 from router.domain.compact_paths import fastest_paths
 from router.domain.eligibility_facts import EligibilityRules, ReaderFacts
@@ -611,12 +611,7 @@ class RoutingService:
             no exam state yet, or its read is already completed.
         """
         with self._sessions.begin() as session:
-            study = session.scalars(
-                for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)
-            ).one_or_none()
-            if study is None:
-                study_by_uid(session, study_instance_uid)  # raises NotFoundError
-                raise AssertionError  # pragma: no cover
+            study = locked_study(session, study_instance_uid)
             if study.status == StudyStatus.COMPLETED:
                 raise IneligibleError(f"study {study_instance_uid} is already completed")
             share_roster(session)
@@ -687,12 +682,7 @@ class RoutingService:
             The read is already completed (its billing record names the old state).
         """
         with self._sessions.begin() as session:
-            study = session.scalars(
-                for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)
-            ).one_or_none()
-            if study is None:
-                study_by_uid(session, study_instance_uid)
-                raise AssertionError  # pragma: no cover
+            study = locked_study(session, study_instance_uid)
             if study.status == StudyStatus.COMPLETED:
                 raise IneligibleError(
                     f"study {study_instance_uid} is already completed; its read was billed in {study.exam_state}"

@@ -9,11 +9,9 @@ an admin has looked (``router studies reviewed UID``).
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.db.models import Study
-from router.db.queries import for_update, study_by_uid
+from router.db.queries import locked_study
 from router.errors import ValidationError
 from router.services.audit_log import ChangeContext, record_audit
 from router.timeutil import Clock, local_date
@@ -33,12 +31,7 @@ def mark_reviewed(
     """
     at = clock()
     with sessions.begin() as session:
-        study = session.scalars(
-            for_update(select(Study).where(Study.study_instance_uid == study_instance_uid), session)
-        ).one_or_none()
-        if study is None:
-            study_by_uid(session, study_instance_uid)  # raises NotFoundError
-            raise AssertionError  # pragma: no cover
+        study = locked_study(session, study_instance_uid)
         if not study.needs_review:
             raise ValidationError(f"study {study_instance_uid} is not flagged for review")
         study.needs_review = False
