@@ -329,3 +329,33 @@ def test_recovery_adopts_an_encrypted_orphan_and_sets_aside_a_misplaced_one(
         assert row.dataset_sha256 == hashlib.sha256(dataset_bytes(source)).hexdigest()
         with app.archive.open_read(good_path) as stream:
             assert stream.read() == source_bytes
+
+
+def test_recovery_leaves_a_file_indexed_long_ago_alone(tmp_path: Path, sqlite_url: str) -> None:
+    """A file modified since the last clean shutdown whose instance was first received long
+    before (a resend rewrote it) is already indexed: not adopted again, not counted as repaired."""
+    import os
+
+    from sqlalchemy import update
+
+    from router.app import RouterApp
+    from router.db.models import Instance
+    from router.dicom.extract import read_header as read_instance_header
+    from router.services.recovery import RecoveryService
+
+    settings = make_settings(tmp_path, sqlite_url)
+    with RouterApp.open(settings, upgrade=True) as app:
+        app.archive.prepare()
+        recovery = RecoveryService(app.sessions, app.archive, app.intake, read_instance_header, app.clock)
+        recovery.start_run()  # never finished: the node crashed
+        ds = make_dataset()
+        relative = f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+        source = write_part10(ds, tmp_path / "src" / "a.dcm")
+        app.archive.place(app.archive.write_temp(source.read_bytes()), relative)
+        assert recovery.reconcile().indexed == [relative]
+        with app.sessions.begin() as session:
+            session.execute(update(Instance).values(received_at=app.clock() - dt.timedelta(days=60)))
+        recovery.start_run()  # crashed again, after the file was written once more
+        os.utime(app.archive.root / relative)
+        report = recovery.reconcile()
+        assert (report.files_checked, report.indexed, report.quarantined) == (1, [], [])

@@ -84,11 +84,17 @@ class RecoveryService:
         report.clean_previous_shutdown = False
         report.scanned_since = since
         known = self._known_paths(since) if self._archive.scans_for_orphans else set()
+        candidates = []
         for relative in self._archive.files_modified_since(since.timestamp()):
             report.files_checked += 1
-            if relative in known:
-                continue
-            self._adopt_or_quarantine(relative, report)
+            if relative not in known:
+                candidates.append(relative)
+        # a file indexed earlier than the window (received_at is the first receipt; a resend
+        # rewrites the file) is known too: only files with no index row are orphans
+        indexed = self._indexed_paths(candidates) if candidates else set()
+        for relative in candidates:
+            if relative not in indexed:
+                self._adopt_or_quarantine(relative, report)
         report.missing_files = self._rows_without_files(since)
         if report.indexed or report.quarantined or report.missing_files:
             LOG.warning(
@@ -149,6 +155,15 @@ class RecoveryService:
                     select(Instance.relative_path).where(Instance.received_at >= since - dt.timedelta(days=1))
                 )
             )
+
+    def _indexed_paths(self, paths: list[str], chunk: int = 500) -> set[str]:
+        """Which of ``paths`` (relative to the archive) have an index row."""
+        found: set[str] = set()
+        with self._sessions() as session:
+            for start in range(0, len(paths), chunk):
+                part = paths[start : start + chunk]
+                found.update(session.scalars(select(Instance.relative_path).where(Instance.relative_path.in_(part))))
+        return found
 
     def _adopt_or_quarantine(self, relative: str, report: RecoveryReport) -> None:
         reason = None
