@@ -27,7 +27,7 @@ from router.domain.enums import HoldReason, StudyStatus
 from router.errors import ConflictError, RouterError
 from router.services.audit_log import ChangeContext, jsonable, record_audit  # noqa: F401 - re-exported for the roster modules
 from router.services.routing import RouteResult, RoutingService
-from router.timeutil import Clock, local_date, utcnow
+from router.timeutil import Clock, utcnow
 
 
 class _Unset(enum.Enum):
@@ -198,7 +198,7 @@ class ChangeRunner:
     def context(self, os_user: str) -> ChangeContext:
         """The change context for ``os_user`` now."""
         at = self._clock()
-        return ChangeContext(os_user=os_user, at=at, today=local_date(at, self._routing.policy.timezone))
+        return ChangeContext.of(os_user, at, self._routing.policy.timezone)
 
     def run(
         self, os_user: str, action: str, work: Callable[[Session, ChangeContext], Outcome], dry_run: bool = False

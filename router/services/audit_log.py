@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from router.db.models import AuditEntry
-from router.timeutil import iso_utc
+from router.timeutil import iso_utc, local_date
 
 
 def jsonable(value: Any) -> Any:
@@ -68,6 +68,12 @@ class ChangeContext:
     os_user: str
     at: dt.datetime
     today: dt.date
+
+    @classmethod
+    def of(cls, os_user: str, at: dt.datetime, timezone: str) -> ChangeContext:
+        """The context of a change by ``os_user`` at ``at``; ``today`` is that moment's calendar
+        day in ``timezone`` (the IANA name of ``[routing] timezone``)."""
+        return cls(os_user=os_user, at=at, today=local_date(at, timezone))
 
 
 def record_audit(

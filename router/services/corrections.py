@@ -53,7 +53,7 @@ from router.services.claims import line_charge
 from router.services.ledgers import LEDGER_COPIED_COLUMNS, open_charges, reverse_charge
 from router.services.reference import ReferenceData
 from router.services.routing import RoutingService
-from router.timeutil import Clock, local_date, utcnow
+from router.timeutil import Clock, utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class CorrectionService:
 
     def _context(self, actor: str) -> ChangeContext:
         at = self._clock()
-        return ChangeContext(os_user=actor, at=at, today=local_date(at, self._routing.policy.timezone))
+        return ChangeContext.of(actor, at, self._routing.policy.timezone)
 
     def correct(
         self,

@@ -31,7 +31,6 @@ from router.services.audit_log import ChangeContext, record_audit
 from router.services.candidates import judge
 from router.services.facts import study_facts
 from router.services.routing import RouteResult, RoutingService
-from router.timeutil import local_date
 
 LOG = logging.getLogger(__name__)
 
@@ -112,7 +111,7 @@ def _escalate(routing: RoutingService, assignment_id: int, now: dt.datetime) -> 
         )
         day = routing.read_day(facility, now, study.exam_state)
         judgement = judge(session, study_facts(study, study.exam_state, facility), day, routing.rules(), gates)
-        context = ChangeContext(os_user="router", at=now, today=local_date(now, routing.policy.timezone))
+        context = ChangeContext.of("router", now, routing.policy.timezone)
         old = {"assigned_npi": npi, "needs_review": study.needs_review}
         if judgement.chosen is not None:
             routing.withdraw(session, study, assignment, reason)

@@ -569,7 +569,7 @@ class RoutingService:
         new: dict[str, object],
     ) -> None:
         """One append-only audit row for a manual study action (``router audit list --entity study``)."""
-        context = ChangeContext(os_user=by_user, at=at, today=local_date(at, self.policy.timezone))
+        context = ChangeContext.of(by_user, at, self.policy.timezone)
         record_audit(session, context, action, "study", study.study_instance_uid, old, new)
 
     def _supersede(self, session: Session, study: Study, assignment: Assignment, reason: str) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from router.db.queries import locked_study
 from router.errors import ValidationError
 from router.services.audit_log import ChangeContext, record_audit
-from router.timeutil import Clock, local_date
+from router.timeutil import Clock
 
 
 def mark_reviewed(
@@ -35,7 +35,7 @@ def mark_reviewed(
         if not study.needs_review:
             raise ValidationError(f"study {study_instance_uid} is not flagged for review")
         study.needs_review = False
-        context = ChangeContext(os_user=actor, at=at, today=local_date(at, timezone))
+        context = ChangeContext.of(actor, at, timezone)
         record_audit(
             session,
             context,
