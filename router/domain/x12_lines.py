@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from router.domain.claims import MAX_DIAGNOSES, MAX_MODIFIERS, MAX_POINTERS
+
 ELEMENT = "*"
 COMPONENT = ":"
 TERMINATOR = "~"
@@ -70,9 +72,9 @@ def service_line(number: int, line: Mapping[str, Any], pointers: Sequence[int] |
     KeyError, TypeError
         A field the segments need is missing (the caller only passes lines not needing review).
     """
-    procedure = COMPONENT.join(["HC", str(line["cpt_code"]), *list(line["modifiers"] or [])[:4]])
+    procedure = COMPONENT.join(["HC", str(line["cpt_code"]), *list(line["modifiers"] or [])[:MAX_MODIFIERS]])
     chosen = line["diagnosis_pointers"] if pointers is None else pointers
-    sv107 = COMPONENT.join(str(item) for item in (chosen or [])[:4])
+    sv107 = COMPONENT.join(str(item) for item in (chosen or [])[:MAX_POINTERS])
     day = str(line["date_of_service"]).replace("-", "")
     out = [
         segment("LX", number),
@@ -88,6 +90,11 @@ def service_line(number: int, line: Mapping[str, Any], pointers: Sequence[int] |
     return out
 
 
+def claim_of(line: Mapping[str, Any]) -> tuple[str, str]:
+    """The claim a ledger line goes on: (accession number, else Study Instance UID; date of service)."""
+    return str(line["accession_number"] or line["study_instance_uid"]), str(line["date_of_service"])
+
+
 def claim_diagnoses(lines: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[int]]]:
     """The claim's ICD-10-CM codes (every line's, in order of first use, at most 12: the 2300 HI
     limit) and each line's SV107 pointers into them (at most 4, those within the 12).
@@ -100,7 +107,7 @@ def claim_diagnoses(lines: Sequence[Mapping[str, Any]]) -> tuple[list[str], list
         for code in line["diagnosis_codes"] or []:
             if code not in codes:
                 codes.append(code)
-    codes = codes[:12]
+    codes = codes[:MAX_DIAGNOSES]
     pointers: list[list[int]] = []
     for line in lines:
         own = line["diagnosis_codes"] or []
@@ -109,7 +116,7 @@ def claim_diagnoses(lines: Sequence[Mapping[str, Any]]) -> tuple[list[str], list
             for index in (line["diagnosis_pointers"] or [])
             if 0 < index <= len(own) and own[index - 1] in codes
         ]
-        pointers.append(mapped[:4])
+        pointers.append(mapped[:MAX_POINTERS])
     return codes, pointers
 
 
@@ -139,7 +146,7 @@ def render_groups(
     for arrangement, note, lines in groups:
         claims: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
         for line in lines:
-            key = (str(line["accession_number"] or line["study_instance_uid"]), str(line["date_of_service"]))
+            key = claim_of(line)
             claims.setdefault(key, []).append(line)
         frequency_of = {key: (frequencies or {}).get((arrangement, *key), "1") for key in claims}
         billed = [line for key, members in claims.items() if frequency_of[key] != "8" for line in members]

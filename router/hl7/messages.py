@@ -345,6 +345,7 @@ REQUIRED_FIELD_MISSING = ("101", "Required field missing")
 TABLE_VALUE_NOT_FOUND = ("103", "Table value not found")
 UNSUPPORTED_MESSAGE_TYPE = ("200", "Unsupported message type")
 UNKNOWN_KEY_IDENTIFIER = ("204", "Unknown key identifier")
+APPLICATION_INTERNAL_ERROR = ("207", "Application internal error")
 
 
 def build_ack(
@@ -409,7 +410,7 @@ def build_ack(
     segments = [msh, field.join(["MSA", code.value, esc(control_id), esc(text[:80])])]
     if code != AckCode.AA:
         error_code, error_name = error or (
-            ("200", "Unsupported message type") if code == AckCode.AR else ("207", "Application internal error")
+            UNSUPPORTED_MESSAGE_TYPE if code == AckCode.AR else APPLICATION_INTERNAL_ERROR
         )
         if version.startswith(("2.5", "2.6", "2.7", "2.8")):
             segments.append(

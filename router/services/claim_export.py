@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.domain.enums import BillingArrangement, ClaimFrequency, ProfessionalEntryKind
-from router.domain.x12_lines import render_groups
+from router.domain.x12_lines import claim_of, render_groups
 from router.services.ledgers import PROFESSIONAL_COLUMNS, LedgerService
 
 #: What each exported arrangement means for the billing office (the X12 group header).
@@ -125,11 +125,7 @@ ClaimKey = tuple[str, str, str]
 
 def claim_key(row: dict[str, Any]) -> ClaimKey:
     """The claim a ledger line belongs to (see :data:`ClaimKey`)."""
-    return (
-        str(row["billing_arrangement"]),
-        str(row["accession_number"] or row["study_instance_uid"]),
-        str(row["date_of_service"]),
-    )
+    return (str(row["billing_arrangement"]), *claim_of(row))
 
 
 def _billable(row: dict[str, Any]) -> bool:
