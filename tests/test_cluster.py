@@ -574,9 +574,9 @@ def test_a_deadlock_or_serialization_failure_while_recording_a_send_is_retried()
     import psycopg.errors
     from sqlalchemy.exc import OperationalError as SqlOperationalError
 
-    from router.services.forwarding import _connection_lost
+    from router.services.forwarding import _worth_recording_again
 
     for error in (psycopg.errors.DeadlockDetected(), psycopg.errors.SerializationFailure()):
-        assert _connection_lost(SqlOperationalError("INSERT ...", {}, error))
-    assert not _connection_lost(SqlOperationalError("INSERT ...", {}, psycopg.errors.UniqueViolation()))
-    assert not _connection_lost(ValueError("not a database error"))
+        assert _worth_recording_again(SqlOperationalError("INSERT ...", {}, error))
+    assert not _worth_recording_again(SqlOperationalError("INSERT ...", {}, psycopg.errors.UniqueViolation()))
+    assert not _worth_recording_again(ValueError("not a database error"))

@@ -47,10 +47,10 @@ from router.domain.claims import (
 from router.domain.cpt_map import validate_cpt_code
 from router.domain.enums import BillingArrangement, ClaimFrequency, CorrectionReason, ProfessionalEntryKind, StudyStatus
 from router.domain.npi import validate_npi
-from router.errors import ConflictError, NotFoundError, ValidationError
+from router.errors import NotFoundError, ValidationError
 from router.services.audit_log import ChangeContext, jsonable, record_audit
 from router.services.claims import line_charge
-from router.services.ledgers import LEDGER_COPIED_COLUMNS, open_charges, reverse_charge
+from router.services.ledgers import LEDGER_COPIED_COLUMNS, check_not_reversed, open_charges, reverse_charge
 from router.services.reference import ReferenceData
 from router.services.routing import RoutingService
 from router.timeutil import Clock, utcnow
@@ -143,9 +143,6 @@ class CorrectionService:
             charge = self._charge(session, entry_id)
             if reason is CorrectionReason.CODER_APPROVED and not charge.coder_review:
                 raise ValidationError(f"ledger record {entry_id} is not held for coder review")
-            already = session.scalar(select(ProfessionalEntry.id).where(ProfessionalEntry.reverses_id == charge.id))
-            if already is not None:
-                raise ConflictError(f"ledger record {charge.id} is already reversed by record {already}")
             line = self._corrected_line(
                 session,
                 charge,
@@ -388,6 +385,7 @@ class CorrectionService:
             raise NotFoundError(f"no professional ledger record {entry_id}")
         if charge.kind != ProfessionalEntryKind.CHARGE:
             raise ValidationError(f"ledger record {entry_id} is a reversal; only a charge can be corrected or voided")
+        check_not_reversed(session, charge)  # before any other check: nothing else matters then
         return charge
 
     @staticmethod

@@ -232,7 +232,10 @@ class ForwardingService:
         rolled the transaction back on a deadlock, since the instances were sent: unrecorded,
         they would be sent again."""
         for attempt in Retrying(
-            retry=retry_if_exception(_connection_lost), stop=stop_after_attempt(3), wait=wait_fixed(0.2), reraise=True
+            retry=retry_if_exception(_worth_recording_again),
+            stop=stop_after_attempt(3),
+            wait=wait_fixed(0.2),
+            reraise=True,
         ):
             with attempt:
                 self._record(job_id, done, error)
@@ -303,7 +306,7 @@ class ForwardingService:
 _TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
 
 
-def _connection_lost(exc: BaseException) -> bool:
+def _worth_recording_again(exc: BaseException) -> bool:
     """Whether recording again is safe and may succeed: the connection was dropped, or the
     database rolled the transaction back to break a deadlock or a serialization conflict."""
     if not isinstance(exc, DBAPIError):

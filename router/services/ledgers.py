@@ -115,6 +115,13 @@ def open_charges(session: Session, study_id: int) -> list[ProfessionalEntry]:
     )
 
 
+def check_not_reversed(session: Session, charge: ProfessionalEntry) -> None:
+    """Raise :class:`ConflictError` naming the reversal if ``charge`` is already reversed."""
+    already = session.scalar(select(ProfessionalEntry.id).where(ProfessionalEntry.reverses_id == charge.id))
+    if already is not None:
+        raise ConflictError(f"ledger record {charge.id} is already reversed by record {already}")
+
+
 def reverse_charge(
     session: Session, charge: ProfessionalEntry, reason: CorrectionReason, now: dt.datetime, note: str | None = None
 ) -> ProfessionalEntry:
@@ -132,9 +139,7 @@ def reverse_charge(
     """
     if charge.kind != ProfessionalEntryKind.CHARGE:
         raise ValidationError(f"ledger record {charge.id} is a reversal; only a charge can be reversed")
-    already = session.scalar(select(ProfessionalEntry.id).where(ProfessionalEntry.reverses_id == charge.id))
-    if already is not None:
-        raise ConflictError(f"ledger record {charge.id} is already reversed by record {already}")
+    check_not_reversed(session, charge)
     reversal = ProfessionalEntry(
         kind=ProfessionalEntryKind.REVERSAL,
         reverses_id=charge.id,
