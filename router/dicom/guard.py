@@ -81,16 +81,19 @@ class PeerLimits:
 
 
 class ConnectionLimiter:
-    """Counts the connections of one server, per peer address; used from its accept loop.
+    """Counts the connections of one server, per peer address; used from its accept loop (the
+    DICOM listener's, and the MLLP listener's with no associations: there a connection counts
+    until its thread ends).
 
     A connection counts from the accept until its association thread has started
     (``pending``), then as long as that thread lives (pynetdicom's ``active_associations``), so
     a count can never leak: a connection whose thread ended no longer counts.
     """
 
-    def __init__(self, limits: PeerLimits, associations: Callable[[], list[Any]]) -> None:
+    def __init__(self, limits: PeerLimits, associations: Callable[[], list[Any]], section: str = "listener") -> None:
         self.limits = limits
         self._associations = associations
+        self._section = section  # the config section the limits come from, named in refusals
         self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
         self._last_warning: dict[str, float] = {}
@@ -104,9 +107,11 @@ class ConnectionLimiter:
                 1 for assoc in live if str(assoc.requestor.address) == address
             )
             if total >= self.limits.max_connections:
-                return f"listener.max_connections ({self.limits.max_connections}) reached"
+                return f"{self._section}.max_connections ({self.limits.max_connections}) reached"
             if from_peer >= self.limits.max_connections_per_address:
-                return f"listener.max_connections_per_address ({self.limits.max_connections_per_address}) reached"
+                return (
+                    f"{self._section}.max_connections_per_address ({self.limits.max_connections_per_address}) reached"
+                )
             self._pending[address] = self._pending.get(address, 0) + 1
         return None
 

@@ -10,16 +10,16 @@ sessions, one per thread), so the thin framing is done here over :mod:`socketser
 
 from __future__ import annotations
 
-import collections
 import logging
 import socket
 import socketserver
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from router.dicom.guard import ConnectionLimiter, PeerLimits
 
 LOG = logging.getLogger(__name__)
 
@@ -116,28 +116,18 @@ class _Server(socketserver.ThreadingTCPServer):
         self, address: tuple[str, int], handler: type[socketserver.BaseRequestHandler], total: int, per_address: int
     ) -> None:
         super().__init__(address, handler)
-        self.limits = (total, per_address)
-        self.open: collections.Counter[str] = collections.Counter()
-        self.lock = threading.Lock()
-        self.last_warning: dict[str, float] = {}
+        limits = PeerLimits(max_connections=total, max_connections_per_address=per_address)
+        # no associations here: an admitted connection stays "pending" until its thread ends
+        self.limiter = ConnectionLimiter(limits, list, section="hl7")
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Admit the connection if under ``hl7.max_connections`` and
         ``hl7.max_connections_per_address``; count it until its thread ends."""
         peer = str(client_address[0])
-        total, per_address = self.limits
-        with self.lock:
-            if sum(self.open.values()) >= total:
-                refused = f"hl7.max_connections ({total}) reached"
-            elif self.open[peer] >= per_address:
-                refused = f"hl7.max_connections_per_address ({per_address}) reached"
-            else:
-                self.open[peer] += 1
-                return True
-            warn = time.monotonic() - self.last_warning.get(peer, -60.0) >= 60.0
-            if warn:
-                self.last_warning[peer] = time.monotonic()
-        if warn:
+        refused = self.limiter.admit(peer)
+        if refused is None:
+            return True
+        if self.limiter.should_warn(peer):
             LOG.warning("HL7 connection from %s refused: %s (logged once a minute per address)", peer, refused)
         return False
 
@@ -145,11 +135,7 @@ class _Server(socketserver.ThreadingTCPServer):
         try:
             super().finish_request(request, client_address)
         finally:
-            peer = str(client_address[0])
-            with self.lock:
-                self.open[peer] -= 1
-                if self.open[peer] <= 0:
-                    del self.open[peer]
+            self.limiter.started(str(client_address[0]))  # the connection no longer counts
 
 
 class MllpListener:
