@@ -64,6 +64,11 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
     # pynetdicom logs every identifier at DEBUG only when asked; keep it off (PHI).
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
+    # pynetdicom's standard handlers format a dump of every PDU and DIMSE message and log it
+    # at INFO and DEBUG (nothing above): several string builds and UID name look-ups per
+    # C-STORE, all discarded unless its logger shows INFO (``--verbose``). Bound only then.
+    verbose = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
+    _config.LOG_HANDLER_LEVEL = "standard" if verbose else "none"
     # Event-driven waits instead of pynetdicom's 1 ms polling sleeps (docs/benchmarks.md).
     reactor.install()
     # No context with a malformed abstract syntax or a transfer syntax pydicom cannot read.
