@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import _config, dimse_messages
 
-from router.dicom import negotiation, reactor
+from router.dicom import negotiation, reactor, store_codec
 from router.dicom.extract import DEFAULT_MAX_INFLATED_BYTES, UndecodableDataSet, read_header
 from router.dicom.spool import SpoolFile, spool_factory
 from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
@@ -71,6 +71,8 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
     _config.LOG_HANDLER_LEVEL = "standard" if verbose else "none"
     # Event-driven waits instead of pynetdicom's 1 ms polling sleeps (docs/benchmarks.md).
     reactor.install()
+    # C-STORE command sets read and written directly instead of through pydicom Datasets.
+    store_codec.install()
     # No context with a malformed abstract syntax or a transfer syntax pydicom cannot read.
     negotiation.install(frozenset(STORAGE_TRANSFER_SYNTAXES))
 

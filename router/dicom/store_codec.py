@@ -1,0 +1,342 @@
+"""A fixed-layout codec for the C-STORE command sets, on the listener's hot path.
+
+pynetdicom decodes every command set into a pydicom ``Dataset``, copies it into a primitive
+through validating setters, writes the File Meta Information of each received data set with
+pydicom's writer, and encodes every response the same way: as much CPU per C-STORE as the
+router's own work (docs/benchmarks.md, issue 14). A C-STORE-RQ command set is a handful of
+group 0000 elements in Implicit VR Little Endian (PS3.7 section 6.3.1, Table 9.3-1) and its
+response another handful (Table 9.3-2): this module reads and writes them directly.
+
+It takes only what it fully understands and leaves everything else to pynetdicom unchanged: a
+command set with any element not in Table 9.3-1, an element out of order or of an unexpected
+length, a UID that is not conformant (PS3.5 section 9.1), a command set split over several
+fragments, a response with an Offending Element, or an association with pynetdicom's logging
+handlers bound (``--verbose``, which dumps every message). Those go through pynetdicom's own
+decoder and encoder, with its own answers (an invalid message aborts the association).
+
+:func:`install` patches pynetdicom once per process, like :mod:`router.dicom.reactor`.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import config as pydicom_config
+from pydicom.uid import UID
+from pynetdicom import (
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    _config,
+    dimse,
+    dimse_messages,
+    evt,
+    service_class,
+)
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+
+#: Command Field values, PS3.7 Annex E (Table E.1-1).
+C_STORE_RQ_FIELD = 0x0001
+C_STORE_RSP_FIELD = 0x8001
+#: Command Data Set Type: no data set follows (PS3.7 Table E.1-1); any other value means one does.
+NO_DATA_SET = 0x0101
+
+_ELEMENT_HEADER = struct.Struct("<HHI")  # Implicit VR LE: group, element, value length (bytes)
+_US = struct.Struct("<H")
+_UL = struct.Struct("<I")
+#: PS3.5 section 9.1: components of digits without leading zeros, separated by periods, <= 64 chars.
+_CONFORMANT_UID = re.compile(rb"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
+
+# C-STORE-RQ elements, PS3.7 Table 9.3-1 (group 0000): element number -> expected value length.
+_GROUP_LENGTH, _SOP_CLASS, _COMMAND_FIELD, _MESSAGE_ID = 0x0000, 0x0002, 0x0100, 0x0110
+_PRIORITY, _DATA_SET_TYPE, _SOP_INSTANCE = 0x0700, 0x0800, 0x1000
+_MOVE_ORIGINATOR_AE, _MOVE_ORIGINATOR_ID = 0x1030, 0x1031
+_MESSAGE_ID_RESPONDED, _STATUS, _ERROR_COMMENT = 0x0120, 0x0900, 0x0902
+_REQUIRED = frozenset(
+    {_GROUP_LENGTH, _SOP_CLASS, _COMMAND_FIELD, _MESSAGE_ID, _PRIORITY, _DATA_SET_TYPE, _SOP_INSTANCE}
+)
+_KNOWN = _REQUIRED | {_MOVE_ORIGINATOR_AE, _MOVE_ORIGINATOR_ID}
+_FIXED_LENGTH = {
+    _GROUP_LENGTH: 4,
+    _COMMAND_FIELD: 2,
+    _MESSAGE_ID: 2,
+    _PRIORITY: 2,
+    _DATA_SET_TYPE: 2,
+    _MOVE_ORIGINATOR_ID: 2,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """The command of a C-STORE-RQ (PS3.7 section 9.1.1.1), as decoded here."""
+
+    message_id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    #: 0 medium, 1 high, 2 low (PS3.7 Table 9.3-1)
+    priority: int
+    move_originator_ae_title: str | None = None
+    move_originator_message_id: int | None = None
+
+
+def _uid(value: bytes) -> str | None:
+    """A UI value without its one trailing NULL pad, if conformant (PS3.5 sections 6.2, 9.1)."""
+    if value.endswith(b"\x00"):
+        value = value[:-1]
+    if len(value) > 64 or _CONFORMANT_UID.fullmatch(value) is None:
+        return None
+    return value.decode("ascii")
+
+
+def decode_store_request(command: bytes) -> StoreRequest | None:
+    """Decode a C-STORE-RQ command set (Implicit VR Little Endian, PS3.7 section 6.3.1).
+
+    Returns None for anything this codec does not fully understand (see the module docstring):
+    the caller then leaves the command set to pynetdicom. Raises nothing.
+    """
+    values: dict[int, bytes] = {}
+    offset, end, previous = 0, len(command), -1
+    while offset < end:
+        if end - offset < 8:
+            return None
+        group, element, length = _ELEMENT_HEADER.unpack_from(command, offset)
+        offset += 8
+        if group != 0 or element <= previous or element not in _KNOWN or length > end - offset:
+            return None
+        if _FIXED_LENGTH.get(element, length) != length:
+            return None
+        values[element] = command[offset : offset + length]
+        offset += length
+        previous = element
+    if not values.keys() >= _REQUIRED or _UL.unpack(values[_GROUP_LENGTH])[0] != end - 12:
+        return None
+    if _US.unpack(values[_COMMAND_FIELD])[0] != C_STORE_RQ_FIELD:
+        return None
+    if _US.unpack(values[_DATA_SET_TYPE])[0] == NO_DATA_SET:
+        return None
+    priority = _US.unpack(values[_PRIORITY])[0]
+    sop_class, sop_instance = _uid(values[_SOP_CLASS]), _uid(values[_SOP_INSTANCE])
+    if priority > 2 or not sop_class or not sop_instance:
+        return None
+    move_ae = None
+    if _MOVE_ORIGINATOR_AE in values:
+        try:
+            move_ae = values[_MOVE_ORIGINATOR_AE].decode("ascii").strip(" \x00")
+        except UnicodeDecodeError:
+            return None
+        if not move_ae or len(move_ae) > 16 or "\\" in move_ae or not move_ae.isprintable():
+            return None
+    move_id = _US.unpack(values[_MOVE_ORIGINATOR_ID])[0] if _MOVE_ORIGINATOR_ID in values else None
+    return StoreRequest(_US.unpack(values[_MESSAGE_ID])[0], sop_class, sop_instance, priority, move_ae, move_id)
+
+
+def _element(element: int, value: bytes) -> bytes:
+    return _ELEMENT_HEADER.pack(0, element, len(value)) + value
+
+
+def _padded(value: str, pad: bytes) -> bytes:
+    encoded = value.encode("ascii")
+    return encoded + pad if len(encoded) % 2 else encoded
+
+
+def encode_store_response(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, status: int, error_comment: str | None = None
+) -> bytes:
+    """Encode a C-STORE-RSP command set (PS3.7 Table 9.3-2), Implicit VR Little Endian.
+
+    Elements in tag order, UIs padded with NULL and the Error Comment (LO) with a space to even
+    length (PS3.5 section 6.2), the Command Group Length first: the bytes pynetdicom writes for
+    the same response (tests/test_store_codec.py compares them).
+    """
+    body = b"".join(
+        (
+            _element(_SOP_CLASS, _padded(sop_class_uid, b"\x00")),
+            _element(_COMMAND_FIELD, _US.pack(C_STORE_RSP_FIELD)),
+            _element(_MESSAGE_ID_RESPONDED, _US.pack(message_id)),
+            _element(_DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
+            _element(_STATUS, _US.pack(status)),
+            _element(_ERROR_COMMENT, _padded(error_comment, b" ")) if error_comment else b"",
+            _element(_SOP_INSTANCE, _padded(sop_instance_uid, b"\x00")),
+        )
+    )
+    return _element(_GROUP_LENGTH, _UL.pack(len(body))) + body
+
+
+def _explicit(tag_element: int, vr: bytes, value: bytes) -> bytes:
+    """An Explicit VR Little Endian group 0002 element (PS3.5 section 7.1.2)."""
+    if vr == b"OB":
+        return struct.pack("<HH2s2xI", 2, tag_element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 2, tag_element, vr, len(value)) + value
+
+
+def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """The 128-byte preamble, ``DICM`` and File Meta Information (PS3.10 section 7.1) that
+    pynetdicom writes before a received data set: the same bytes, built without a Dataset."""
+    body = b"".join(
+        (
+            _explicit(0x0001, b"OB", b"\x00\x01"),
+            _explicit(0x0002, b"UI", _padded(sop_class_uid, b"\x00")),
+            _explicit(0x0003, b"UI", _padded(sop_instance_uid, b"\x00")),
+            _explicit(0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
+            _explicit(0x0012, b"UI", _padded(_IMPLEMENTATION_UID, b"\x00")),
+            _explicit(0x0013, b"SH", _padded(_IMPLEMENTATION_VERSION, b" ")),
+        )
+    )
+    return b"\x00" * 128 + b"DICM" + _explicit(0x0000, b"UL", _UL.pack(len(body))) + body
+
+
+# What pynetdicom's create_file_meta() puts in every received file (its defaults).
+_IMPLEMENTATION_UID = str(PYNETDICOM_IMPLEMENTATION_UID)
+_IMPLEMENTATION_VERSION = str(PYNETDICOM_IMPLEMENTATION_VERSION)
+
+_LOCK = threading.Lock()
+_ORIGINAL: dict[str, Any] = {}
+
+
+def installed() -> bool:
+    """True once :func:`install` has patched pynetdicom in this process."""
+    return bool(_ORIGINAL)
+
+
+def _logging_handlers_bound(assoc: Any, event: Any) -> bool:
+    return bool(assoc.get_handlers(event))
+
+
+def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> bool:
+    """DIMSEMessage.decode_msg: a C-STORE-RQ command set in one fragment is decoded here."""
+    items = getattr(primitive, "presentation_data_value_list", None)
+    if (
+        type(self) is DIMSEMessage
+        and assoc is not None
+        and items
+        and _config.STORE_RECV_CHUNKED_DATASET
+        and self.encoded_command_set.tell() == 0
+    ):
+        context_id, data = items[0]
+        if data and data[0] & 0x03 == 0x03 and context_id in assoc._accepted_cx:
+            request = decode_store_request(bytes(data[1:]))
+            if request is not None and not _logging_handlers_bound(assoc, evt.EVT_DIMSE_RECV):
+                _begin_store(self, context_id, request, assoc._accepted_cx[context_id].transfer_syntax[0])
+                if len(items) == 1:
+                    return False
+                rest = P_DATA()
+                rest.presentation_data_value_list = items[1:]
+                return bool(_ORIGINAL["decode_msg"](self, rest, assoc))
+    return bool(_ORIGINAL["decode_msg"](self, primitive, assoc))
+
+
+def _begin_store(message: DIMSEMessage, context_id: int, request: StoreRequest, transfer_syntax: str) -> None:
+    message.context_id = context_id
+    message.__class__ = C_STORE_RQ
+    message._router_store_request = request  # type: ignore[attr-defined]
+    # The same temporary file pynetdicom would open (router.dicom.spool in the router).
+    spool: Any = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+    message._data_set_file = spool
+    message._data_set_path = Path(spool.name)
+    spool.write(encode_file_meta(request.sop_class_uid, request.sop_instance_uid, str(transfer_syntax)))
+
+
+def _trusted_uid(value: str) -> UID:
+    """A UID already checked by :func:`_uid` (pydicom would run its regex again)."""
+    return UID(value, validation_mode=pydicom_config.IGNORE)
+
+
+def _message_to_primitive(self: DIMSEMessage) -> Any:
+    """DIMSEMessage.message_to_primitive: a C-STORE primitive straight from the decoded command."""
+    request: StoreRequest | None = getattr(self, "_router_store_request", None)
+    if request is None:
+        return _ORIGINAL["message_to_primitive"](self)
+    primitive = C_STORE()
+    primitive.MessageID = request.message_id
+    primitive._affected_sop_class_uid = _trusted_uid(request.sop_class_uid)
+    primitive._affected_sop_instance_uid = _trusted_uid(request.sop_instance_uid)
+    primitive.Priority = request.priority
+    if request.move_originator_ae_title is not None:
+        primitive.MoveOriginatorApplicationEntityTitle = request.move_originator_ae_title
+    if request.move_originator_message_id is not None:
+        primitive.MoveOriginatorMessageID = request.move_originator_message_id
+    primitive.DataSet = self.data_set
+    primitive._context_id = self.context_id
+    primitive._dataset_path = self._data_set_path
+    primitive._dataset_file = self._data_set_file
+    primitive._router_fixed_layout = True  # type: ignore[attr-defined]
+    return primitive
+
+
+def _storage_scp(self: Any, req: Any, context: Any) -> None:
+    """StorageServiceClass.SCP for a request decoded here: pynetdicom's steps (PS3.4 B.2.3),
+    with the response primitive filled without re-validating UIDs checked on receipt."""
+    if not getattr(req, "_router_fixed_layout", False):
+        _ORIGINAL["storage_scp"](self, req, context)
+        return
+    rsp = C_STORE()
+    rsp._message_id = req._message_id
+    rsp._message_id_being_responded_to = req._message_id
+    rsp._affected_sop_instance_uid = req._affected_sop_instance_uid
+    rsp._affected_sop_class_uid = req._affected_sop_class_uid
+    cx_id = context.context_id
+    with service_class.attempt(rsp, self.dimse, cx_id, self.assoc) as ctx:
+        ctx.error_msg = "Exception in handler bound to 'evt.EVT_C_STORE'"
+        ctx.error_status = 0xC211
+        rsp_status = evt.trigger(ctx.assoc, evt.EVT_C_STORE, {"request": req, "context": context.as_tuple})
+        if req._dataset_file:
+            req._dataset_file.close()
+            try:
+                Path(req._dataset_file.name).unlink()
+            except OSError:
+                pass
+    if not ctx.success or not self.assoc.is_established:
+        return
+    rsp = self.validate_status(rsp_status, rsp)
+    self.dimse.send_msg(rsp, cx_id)
+
+
+def _send_msg(self: Any, primitive: Any, context_id: int) -> None:
+    """DIMSEServiceProvider.send_msg: a C-STORE-RSP encoded here, in one P-DATA."""
+    if (
+        type(primitive) is C_STORE
+        and primitive.MessageIDBeingRespondedTo is not None
+        and primitive.Status is not None
+        and primitive.OffendingElement is None
+        and primitive.AffectedSOPClassUID
+        and primitive.AffectedSOPInstanceUID
+        and (primitive.ErrorComment is None or primitive.ErrorComment.isascii())
+        and not _logging_handlers_bound(self.assoc, evt.EVT_DIMSE_SENT)
+    ):
+        command = encode_store_response(
+            primitive.MessageIDBeingRespondedTo,
+            primitive.AffectedSOPClassUID,
+            primitive.AffectedSOPInstanceUID,
+            primitive.Status,
+            primitive.ErrorComment,
+        )
+        maximum = self.maximum_pdu_size
+        # One PDV: with its item length, context ID and control header (6 bytes) it must fit
+        # the peer's maximum PDU length (PS3.8 section 9.3.5.1, Annex D.1); 0 means no limit.
+        if not maximum or len(command) + 6 <= maximum:
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+            self.dul.send_pdu(pdata)
+            return
+    _ORIGINAL["send_msg"](self, primitive, context_id)
+
+
+def install() -> None:
+    """Patch pynetdicom's C-STORE receive and respond path with this codec. Idempotent."""
+    with _LOCK:
+        if _ORIGINAL:
+            return
+        _ORIGINAL["decode_msg"] = DIMSEMessage.decode_msg
+        _ORIGINAL["message_to_primitive"] = DIMSEMessage.message_to_primitive
+        _ORIGINAL["storage_scp"] = service_class.StorageServiceClass.SCP
+        _ORIGINAL["send_msg"] = dimse.DIMSEServiceProvider.send_msg
+        DIMSEMessage.decode_msg = _decode_msg  # type: ignore[method-assign]
+        DIMSEMessage.message_to_primitive = _message_to_primitive  # type: ignore[method-assign]
+        service_class.StorageServiceClass.SCP = _storage_scp  # type: ignore[method-assign]
+        dimse.DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]

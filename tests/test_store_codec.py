@@ -1,0 +1,283 @@
+"""The fixed-layout C-STORE command codec (router/dicom/store_codec.py), against pynetdicom's own
+encoder and decoder, and over real associations (the fast path and each way out of it)."""
+
+from __future__ import annotations
+
+import logging
+import struct
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
+from pynetdicom import AE, _config, dimse_messages
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta, decode, encode
+from pynetdicom.presentation import build_context
+
+from router.dicom import store_codec
+from router.dicom.scp import configure_pynetdicom
+from router.dicom.status import StoreStatus
+from router.part10 import dataset_offset
+from router.server import RouterServer
+from tests.dicom_bytes import (
+    CT_IMAGE_STORAGE,
+    RawAssociation,
+    c_store_command,
+    identifiers,
+    implicit,
+    p_data,
+    uid,
+)
+from tests.dicom_helpers import make_dataset, write_part10
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+LONGEST_UID = "1.2." + "3" * 60  # 64 characters
+REQUESTS = [
+    pytest.param(1, CT, "1.2.3.4", 0, None, None, id="even-uids"),
+    pytest.param(65535, CT, "1.2.3.45", 2, None, None, id="odd-uid-max-message-id"),
+    pytest.param(0, "1.2.840.10008.5.1.4.1.1.4", LONGEST_UID, 1, None, None, id="64-char-uid"),
+    pytest.param(7, CT, "2.25.1", 0, "MOVE_SCU", 42, id="move-originator"),
+    pytest.param(9, CT, "2.25.10", 2, "ODDMOVE", 0, id="odd-move-originator"),
+]
+
+
+def _pynetdicom_request(message_id, sop_class, sop_instance, priority, move_ae, move_id) -> bytes:  # type: ignore[no-untyped-def]
+    primitive = C_STORE()
+    primitive.MessageID = message_id
+    primitive.AffectedSOPClassUID = sop_class
+    primitive.AffectedSOPInstanceUID = sop_instance
+    primitive.Priority = priority
+    primitive.MoveOriginatorApplicationEntityTitle = move_ae
+    primitive.MoveOriginatorMessageID = move_id
+    primitive.DataSet = BytesIO(b"\x08\x00\x16\x00")
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    return bytes(encode(message.command_set, True, True))
+
+
+@pytest.mark.parametrize(("message_id", "sop_class", "sop_instance", "priority", "move_ae", "move_id"), REQUESTS)
+def test_a_request_decodes_to_what_pynetdicom_decodes(
+    message_id: int, sop_class: str, sop_instance: str, priority: int, move_ae: str | None, move_id: int | None
+) -> None:
+    command = _pynetdicom_request(message_id, sop_class, sop_instance, priority, move_ae, move_id)
+    reference = decode(BytesIO(command), True, True)
+    request = store_codec.decode_store_request(command)
+    assert request == store_codec.StoreRequest(message_id, sop_class, sop_instance, priority, move_ae, move_id)
+    assert (request.message_id, request.sop_class_uid, request.sop_instance_uid, request.priority) == (
+        reference.MessageID,
+        str(reference.AffectedSOPClassUID),
+        str(reference.AffectedSOPInstanceUID),
+        reference.Priority,
+    )
+
+
+def _with(command: bytes, element: int, value: bytes) -> bytes:
+    """``command`` with one element's value replaced (and the group length fixed)."""
+    out, offset = [], 12
+    while offset < len(command):
+        _, number, length = struct.unpack_from("<HHI", command, offset)
+        body = command[offset + 8 : offset + 8 + length]
+        out.append(implicit(number, value if number == element else body))
+        offset += 8 + length
+    body = b"".join(out)
+    return implicit(0x00000000, struct.pack("<I", len(body))) + body
+
+
+def _reordered(command: bytes) -> bytes:
+    """The elements of ``command`` after the group length, the last one moved first."""
+    elements, offset = [], 12
+    while offset < len(command):
+        length = struct.unpack_from("<I", command, offset + 4)[0]
+        elements.append(command[offset : offset + 8 + length])
+        offset += 8 + length
+    return b"".join([elements[-1], *elements[:-1]])
+
+
+BASE = c_store_command(CT, "1.2.3.4")
+NOT_UNDERSTOOD = [
+    pytest.param(BASE + implicit(0x00001031, struct.pack("<H", 1)), id="group-length-short"),
+    pytest.param(BASE[:-3], id="truncated"),
+    pytest.param(_with(BASE, 0x1000, uid("1.2.03.4")), id="uid-leading-zero"),
+    pytest.param(_with(BASE, 0x1000, uid("1.2." + "3" * 61)), id="uid-65-chars"),
+    pytest.param(_with(BASE, 0x1000, b"1.2.3.4 "), id="uid-space-padded"),
+    pytest.param(_with(BASE, 0x1000, b""), id="uid-empty"),
+    pytest.param(_with(BASE, 0x0002, uid("1.2.840.abc")), id="class-uid-letters"),
+    pytest.param(_with(BASE, 0x0800, struct.pack("<H", 0x0101)), id="no-data-set"),
+    pytest.param(_with(BASE, 0x0100, struct.pack("<H", 0x0020)), id="c-find-rq"),
+    pytest.param(_with(BASE, 0x0700, struct.pack("<H", 3)), id="priority-3"),
+    pytest.param(_with(BASE, 0x0110, struct.pack("<I", 1)), id="message-id-4-bytes"),
+    pytest.param(_with(BASE + implicit(0x00001030, b"BAD\\AE  "), 0x1030, b"BAD\\AE  "), id="move-ae-backslash"),
+    pytest.param(BASE[:12] + _reordered(BASE), id="out-of-order"),
+    pytest.param(
+        implicit(0x00000000, struct.pack("<I", len(BASE) - 12 + 10)) + BASE[12:] + implicit(0x00000600, b"DEST  "),
+        id="unknown-element",
+    ),
+    pytest.param(b"\x08\x00" + BASE[2:], id="not-group-0000"),
+]
+
+
+@pytest.mark.parametrize("command", NOT_UNDERSTOOD)
+def test_anything_not_fully_understood_is_left_to_pynetdicom(command: bytes) -> None:
+    assert store_codec.decode_store_request(command) is None
+
+
+def test_the_hand_built_base_command_is_understood() -> None:
+    # the cases above are mutations of it: it must decode, or they prove nothing
+    assert store_codec.decode_store_request(BASE) == store_codec.StoreRequest(1, CT, "1.2.3.4", 0)
+
+
+@pytest.mark.parametrize(
+    ("status", "comment", "sop_instance"),
+    [
+        (0x0000, None, "1.2.3.4"),
+        (0x0000, None, "1.2.3.45"),
+        (int(StoreStatus.OUT_OF_RESOURCES_ARCHIVE), "archive write failed; retry later", "1.2.3.4"),
+        (int(StoreStatus.CANNOT_DECODE), "data set could not be decoded", LONGEST_UID),
+        (int(StoreStatus.DATA_SET_MISMATCH), "odd", "2.25.1"),
+    ],
+)
+def test_a_response_encodes_to_pynetdicoms_bytes(status: int, comment: str | None, sop_instance: str) -> None:
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = 513
+    primitive.AffectedSOPClassUID = CT
+    primitive.AffectedSOPInstanceUID = sop_instance
+    primitive.Status = status
+    primitive.ErrorComment = comment
+    message = C_STORE_RSP()
+    message.primitive_to_message(primitive)
+    expected = bytes(encode(message.command_set, True, True))
+    assert store_codec.encode_store_response(513, CT, sop_instance, status, comment) == expected
+
+
+@pytest.mark.parametrize(
+    "syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, JPEG2000Lossless]
+)
+@pytest.mark.parametrize("sop_instance", ["1.2.3.4", "1.2.3.45", LONGEST_UID])
+def test_the_file_meta_is_the_one_pynetdicom_writes(syntax: str, sop_instance: str) -> None:
+    expected = BytesIO()
+    expected.write(b"\x00" * 128 + b"DICM")
+    meta = create_file_meta(sop_class_uid=CT, sop_instance_uid=sop_instance, transfer_syntax=syntax)
+    write_file_meta_info(expected, meta)  # type: ignore[arg-type]
+    assert store_codec.encode_file_meta(CT, sop_instance, syntax) == expected.getvalue()
+
+
+def test_pynetdicoms_logging_handlers_are_bound_only_when_its_logger_shows_info(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", _config.LOG_HANDLER_LEVEL)
+    monkeypatch.setattr(dimse_messages, "NamedTemporaryFile", dimse_messages.NamedTemporaryFile)
+    logger = logging.getLogger("pynetdicom")
+    monkeypatch.setattr(logger, "level", logging.WARNING)
+    configure_pynetdicom(tmp_path / "incoming")
+    assert _config.LOG_HANDLER_LEVEL == "none"
+    logger.setLevel(logging.DEBUG)  # --verbose
+    configure_pynetdicom(tmp_path / "incoming")
+    assert _config.LOG_HANDLER_LEVEL == "standard"
+
+
+# ----------------------------------------------------------------------------- over the network
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[store_codec.StoreRequest | None]:
+    """What the codec returned for each C-STORE-RQ it was asked to decode (a spy, not a stub)."""
+    seen: list[store_codec.StoreRequest | None] = []
+    real = store_codec.decode_store_request
+
+    def spy(command: bytes) -> store_codec.StoreRequest | None:
+        seen.append(real(command))
+        return seen[-1]
+
+    monkeypatch.setattr(store_codec, "decode_store_request", spy)
+    return seen
+
+
+def _store(port: int, path: Path, *, max_pdu: int = 16382, **kwargs: object) -> int:
+    ae = AE(ae_title="CODEC_SCU")
+    ae.maximum_pdu_size = max_pdu
+    meta = dcmread(path, stop_before_pixels=True).file_meta
+    ae.requested_contexts = [build_context(str(meta.MediaStorageSOPClassUID), [str(meta.TransferSyntaxUID)])]
+    assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(path, **kwargs)
+    finally:
+        assoc.release()
+    return int(status.Status)
+
+
+def _stored(server: RouterServer, sop_instance: str) -> Path:
+    paths = list(server.app.archive.root.rglob(f"{sop_instance}.dcm"))
+    assert len(paths) == 1
+    return paths[0]
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_c_store_from_a_c_move_takes_the_fast_path_and_is_archived_as_sent(
+    server: RouterServer, tmp_path: Path, decoded: list[store_codec.StoreRequest | None]
+) -> None:
+    assert store_codec.installed()
+    dataset = make_dataset()
+    source = write_part10(dataset, tmp_path / "in.dcm")
+    status = _store(server.ports[0], source, originator_aet="MOVE_SCP", originator_id=17)
+    assert status == StoreStatus.SUCCESS
+    assert [(r.sop_instance_uid, r.move_originator_ae_title, r.move_originator_message_id) for r in decoded if r] == [
+        (dataset.SOPInstanceUID, "MOVE_SCP", 17)
+    ]
+    stored = _stored(server, dataset.SOPInstanceUID)
+    data = stored.read_bytes()
+    assert data[dataset_offset(stored) :] == source.read_bytes()[dataset_offset(source) :]
+    meta = dcmread(stored, stop_before_pixels=True).file_meta
+    assert (meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID) == (
+        dataset.SOPInstanceUID,
+        dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID,
+    )
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_command_set_the_codec_does_not_take_is_stored_by_pynetdicoms_path(
+    server: RouterServer, decoded: list[store_codec.StoreRequest | None]
+) -> None:
+    """An extra element, and a command set split over two fragments: both are answered Success."""
+    raw = RawAssociation(server.ports[0])
+    try:
+        assert raw.associate(max_pdu=0) == 0x02
+        answers = []
+        for index, split in enumerate((False, True)):
+            sop = f"1.2.826.0.1.3680043.9.7433.3.{index + 1}"
+            body = identifiers(sop, f"1.2.826.0.1.3680043.9.7433.1.{index}", f"1.2.826.0.1.3680043.9.7433.2.{index}")
+            command = c_store_command(CT_IMAGE_STORAGE, sop, message_id=index + 1)
+            if split:
+                raw.send(p_data(command[:20], command=True, last=False))
+                raw.send(p_data(command[20:], command=True, last=True))
+            else:
+                extra = implicit(0x00000600, b"DEST  ")  # Move Destination: not a C-STORE-RQ element
+                elements = command[12:] + extra
+                raw.send(p_data(implicit(0, struct.pack("<I", len(elements))) + elements, command=True, last=True))
+            raw.send(p_data(body, command=False, last=True))
+            kind, pdu = raw.read_pdu()
+            assert kind == 0x04
+            answers.append(decode(BytesIO(pdu[6:]), True, True).Status)
+    finally:
+        raw.close()
+    assert answers == [StoreStatus.SUCCESS, StoreStatus.SUCCESS]
+    assert decoded == [None]  # the extra element was refused by the codec; the split one never reached it
+    _stored(server, "1.2.826.0.1.3680043.9.7433.3.1")
+    _stored(server, "1.2.826.0.1.3680043.9.7433.3.2")
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_response_larger_than_the_senders_maximum_pdu_is_fragmented_by_pynetdicom(
+    server: RouterServer, tmp_path: Path
+) -> None:
+    dataset = make_dataset(SOPInstanceUID=LONGEST_UID)
+    source = write_part10(dataset, tmp_path / "in.dcm")
+    # a 64-character UID twice makes the response command set 190 bytes: over 128 - 6
+    assert len(store_codec.encode_store_response(1, str(dataset.SOPClassUID), LONGEST_UID, 0)) > 122
+    assert _store(server.ports[0], source, max_pdu=128) == StoreStatus.SUCCESS
+    _stored(server, LONGEST_UID)
