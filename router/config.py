@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -95,6 +96,16 @@ class ForwardingTlsSettings:
     destinations: tuple[str, ...] = ()  # "host:port" always reached over TLS (also: tls://AE@host:port)
 
 
+def cores_available() -> int:
+    """The CPU cores this process may run on (its affinity mask; the machine's count where the
+    platform has no affinity), capped at 8: the default number of receiving processes."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
 @dataclass(frozen=True)
 class ListenerSettings:
     """The C-STORE SCP."""
@@ -104,7 +115,9 @@ class ListenerSettings:
     port: int = 11112
     enabled: bool = True  # plain (non-TLS) port; turn off to serve TLS only
     max_associations: int = 16  # per process
-    workers: int = 1  # receiving processes sharing the port(s) (SO_REUSEPORT); >1 uses more cores
+    # receiving processes sharing the port(s) (SO_REUSEPORT): by default one per available core
+    # (at most 8); each is a full Python process of about 70-90 MiB (docs/benchmarks.md)
+    workers: int = field(default_factory=cores_available)
     acse_timeout: float = 30.0  # seconds
     dimse_timeout: float = 60.0  # seconds
     network_timeout: float = 120.0  # seconds
@@ -414,7 +427,9 @@ def _build(values: dict[str, Any], prefix: str, base_dir: Path) -> Any:
                 raise ConfigError(dotted, "must be a table")
             kwargs[key] = _build(value, dotted, base_dir)
             continue
-        kwargs[key] = _coerce(dotted, known[key].default, value, base_dir)
+        spec = known[key]
+        default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+        kwargs[key] = _coerce(dotted, default, value, base_dir)
     return cls(**kwargs)
 
 

@@ -133,7 +133,9 @@ def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
 def make_settings(tmp_path: Path, database_url: str, **routing: object) -> Settings:
     """Settings for a test: data in tmp_path, free port on loopback, quick routing."""
     settings = Settings().with_data_dir(tmp_path / "var").replace("database", url=database_url)
-    settings = settings.replace("listener", host="127.0.0.1", port=0, drain_timeout=5.0)
+    # one receiving process: in-process tests reach the listener's objects (test_workers.py
+    # covers several); the default follows the core count
+    settings = settings.replace("listener", host="127.0.0.1", port=0, drain_timeout=5.0, workers=1)
     return settings.replace("routing", **{"stable_seconds": 0.3, "poll_interval": 0.1, **routing})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -205,3 +206,11 @@ def test_data_dir_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"error: cannot create the folder of {blocker / 'var' / 'router.db'}: Not a directory"
     ]
+
+
+def test_workers_default_to_the_cores_this_process_may_use_at_most_8(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert Settings().listener.workers == min(cores, 8)
+    config = tmp_path / "router.toml"
+    config.write_text("[listener]\nworkers = 1\n")
+    assert load_settings(config).listener.workers == 1

@@ -68,8 +68,8 @@ def router_config(path: Path, port: int, data_dir: Path, url: str | None, overri
     ``overrides`` maps ``section.key`` (e.g. ``listener.max_pdu_length``) to a value.
     """
     sections: dict[str, dict[str, Any]] = {
-        # one receiving process per core (SO_REUSEPORT), as docs/benchmarks.md recommends
-        "listener": {"ae_title": "ROUTER", "host": LOOPBACK, "port": port, "workers": os.cpu_count() or 1},
+        # listener.workers left at its default (one receiving process per available core)
+        "listener": {"ae_title": "ROUTER", "host": LOOPBACK, "port": port},
         "paths": {"data_dir": str(data_dir)},
         "routing": {"stable_seconds": 1.0, "poll_interval": 0.2},
     }

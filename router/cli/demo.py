@@ -98,7 +98,7 @@ def demo(
         obj.settings.with_data_dir(data_dir)
         .replace("database", url=None)
         .replace("paths", archive_dir=None)
-        .replace("listener", host="127.0.0.1", port=0, allowed_calling_ae_titles=(), allowed_addresses=())
+        .replace("listener", host="127.0.0.1", port=0, workers=1, allowed_calling_ae_titles=(), allowed_addresses=())
         .replace("routing", stable_seconds=stable_seconds, poll_interval=0.25)
         .replace("http", enabled=False)
         .replace("hl7", enabled=True, host="127.0.0.1", port=0, tls=False)
