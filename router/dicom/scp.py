@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import _config, dimse_messages
@@ -69,6 +70,11 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
     # C-STORE, all discarded unless its logger shows INFO (``--verbose``). Bound only then.
     verbose = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
     _config.LOG_HANDLER_LEVEL = "standard" if verbose else "none"
+    # pydicom checks every value it reads against its VR (a regular expression per UID: pynetdicom
+    # makes several UIDs of each of the ~400 transfer syntaxes a sender proposes) only to warn,
+    # and router.logsafety drops those warnings (they may quote PHI). The router judges the
+    # values it uses itself (router.domain.instance.uid_problem, router.dicom.extract).
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     # Event-driven waits instead of pynetdicom's 1 ms polling sleeps (docs/benchmarks.md).
     reactor.install()
     # C-STORE command sets read and written directly instead of through pydicom Datasets.
