@@ -9,16 +9,17 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom import AE, _config, dimse_messages
 from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
 from pynetdicom.presentation import build_context
 
-from router.dicom import store_codec
+from router.dicom import negotiation, store_codec
 from router.dicom.scp import configure_pynetdicom
 from router.dicom.status import StoreStatus
 from router.part10 import dataset_offset
@@ -169,14 +170,27 @@ def test_pynetdicoms_logging_handlers_are_bound_only_when_its_logger_shows_info(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", _config.LOG_HANDLER_LEVEL)
+    monkeypatch.setattr(pydicom_config.settings, "reading_validation_mode", pydicom_config.WARN)
     monkeypatch.setattr(dimse_messages, "NamedTemporaryFile", dimse_messages.NamedTemporaryFile)
     logger = logging.getLogger("pynetdicom")
     monkeypatch.setattr(logger, "level", logging.WARNING)
     configure_pynetdicom(tmp_path / "incoming")
     assert _config.LOG_HANDLER_LEVEL == "none"
+    # and pydicom's per-value VR checks, which only warn (warnings router.logsafety drops), are off
+    assert pydicom_config.settings.reading_validation_mode == pydicom_config.IGNORE
     logger.setLevel(logging.DEBUG)  # --verbose
     configure_pynetdicom(tmp_path / "incoming")
     assert _config.LOG_HANDLER_LEVEL == "standard"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1.2.3", "1.02.3", "0.1", "00.1", "1.2.", ".1.2", "1..2", "1.2.a", "", LONGEST_UID, LONGEST_UID + "4", "1.2 "],
+)
+def test_the_remembered_uid_validity_is_pydicoms_answer(value: str) -> None:
+    negotiation.install(frozenset())
+    assert UID(value).is_valid is negotiation._UID_IS_VALID(UID(value))
+    assert UID(value).is_valid is negotiation._UID_IS_VALID(UID(value))  # from the cache now
 
 
 # ----------------------------------------------------------------------------- over the network
