@@ -186,6 +186,7 @@ class RouterApp:
 
     def close(self) -> None:
         """Release database connections."""
+        self.intake.commits.close()
         self.engine.dispose()
 
     def __enter__(self) -> RouterApp:

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Connection, Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from router.archive import dataset_sha256
 from router.db.group_commit import GroupCommit
 from router.db.models import Instance, InstanceConflict, Study
 from router.dicom.status import StoreStatus
+from router.errors import IndexWriteError
 from router.server import RouterServer
 from router.services.intake import lock_stripe
 from tests.dicom_helpers import make_dataset, send_paths, write_part10
@@ -273,3 +274,28 @@ def test_a_resend_in_a_batch_is_answered_success_without_failing_the_others(
     assert _rows(app.engine) == {str(ds.SOPInstanceUID): 1 for ds in [first, *batch]}
     with app.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(InstanceConflict)).scalar_one() == 0
+
+
+def test_the_leaders_connection_is_kept_between_transactions_and_given_back_after_a_failure(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'commits.db'}")
+    commits = GroupCommit(engine)
+    used: list[Connection] = []
+
+    def work(connection: Connection) -> int:
+        used.append(connection)
+        return int(connection.exec_driver_sql("SELECT 1").scalar_one())
+
+    def broken(connection: Connection) -> None:
+        used.append(connection)
+        connection.exec_driver_sql("SELECT * FROM no_such_table")
+
+    assert [commits.run(work), commits.run(work)] == [1, 1]
+    assert used[0] is used[1]  # no pool check-out per transaction
+    with pytest.raises(IndexWriteError):
+        commits.run(broken)
+    assert used[2] is used[0] and used[0].closed  # a failed transaction gives its connection back
+    assert commits.run(work) == 1
+    assert used[3] is not used[0]
+    commits.close()
+    assert engine.pool.checkedout() == 0
+    engine.dispose()
