@@ -7,12 +7,14 @@ several share the port (:mod:`router.workers`).
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 
 from sqlalchemy import select
 
 from router.app import RouterApp
 from router.db.models import Facility
+from router.dicom.balance import AcceptBalance
 from router.dicom.listener import Listener, ListenerOptions, start_listener
 from router.errors import ConfigError, RouterError
 from router.metrics import MeteredStoreHandler, ReceiveMetrics
@@ -57,8 +59,11 @@ def listener_options(
     port: int | None = None,
     tls_port: int | None = None,
     reuse_port: bool = False,
+    inherited: tuple[tuple[int, socket.socket], ...] = (),
+    balance: AcceptBalance | None = None,
 ) -> ListenerOptions:
-    """The listener options the settings describe; ``port``/``tls_port`` override the configured ones."""
+    """The listener options the settings describe; ``port``/``tls_port`` override the configured
+    ones; ``inherited`` and ``balance`` come from the parent of a worker process."""
     listener = app.settings.listener
     tls = listener.tls
     return ListenerOptions(
@@ -77,6 +82,8 @@ def listener_options(
         ssl_context=tls_context(app),
         plain=listener.enabled,
         reuse_port=reuse_port,
+        inherited=inherited,
+        balance=balance,
         allowed_calling_ae_titles=allowed,
         require_called_ae_title=listener.require_called_ae_title,
         max_connections=max(listener.max_connections, listener.max_associations),
@@ -117,8 +124,17 @@ class ListenerNode:
         """Bound ports (plain first, then TLS)."""
         return self.listener.ports if self.listener else []
 
-    def start(self, *, port: int | None = None, tls_port: int | None = None, reuse_port: bool = False) -> None:
-        """Bind and serve; the allow-list is in force before the first association.
+    def start(
+        self,
+        *,
+        port: int | None = None,
+        tls_port: int | None = None,
+        reuse_port: bool = False,
+        inherited: tuple[tuple[int, socket.socket], ...] = (),
+        balance: AcceptBalance | None = None,
+    ) -> None:
+        """Bind (or take the ``inherited`` listening sockets) and serve; the allow-list is in
+        force before the first association.
 
         Raises
         ------
@@ -130,7 +146,9 @@ class ListenerNode:
             allowed = allowed_calling_ae_titles(self.app)
         except Exception:  # noqa: BLE001 - database down at start-up: the configured titles alone
             allowed = settings.allowed_calling_ae_titles
-        options = listener_options(self.app, allowed, port=port, tls_port=tls_port, reuse_port=reuse_port)
+        options = listener_options(
+            self.app, allowed, port=port, tls_port=tls_port, reuse_port=reuse_port, inherited=inherited, balance=balance
+        )
         try:
             handler = MeteredStoreHandler(
                 self.app.intake, Sender, max_inflated_bytes=settings.max_inflated_bytes, metrics=self.metrics

@@ -2,8 +2,10 @@
 
 pynetdicom serves each association in a thread of one Python process, so concurrent
 associations share one interpreter lock. With ``workers`` > 1, ``router serve`` starts that
-many worker processes; each binds the listening port(s) with ``SO_REUSEPORT`` (the kernel then
-spreads new connections over them) and runs its own C-STORE SCP, database connections and
+many worker processes. The parent binds the listening port(s) and hands each worker the
+listening sockets: they share one accept queue and the least busy worker accepts the next
+connection (:mod:`router.dicom.balance`); a connection arriving while a worker restarts waits
+in the queue for another. Each worker runs its own C-STORE SCP, database connections and
 archive writer. The parent process keeps what must happen once: start-up reconciliation, the
 routing timer, forwarding, and supervision (a worker that dies is started again).
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from router.config import Settings
+from router.dicom.balance import NOT_ACCEPTING
 from router.metrics import MULTIPROCESS_ENV
 from router.node import ListenerError
 
@@ -36,6 +39,8 @@ LOG = logging.getLogger(__name__)
 
 #: Seconds a worker may take to open its database and bind before start-up fails.
 START_TIMEOUT = 60.0
+#: Connections the kernel queues on a listening port until a worker accepts them.
+LISTEN_BACKLOG = 128
 
 
 def _worker_main(
@@ -43,21 +48,25 @@ def _worker_main(
     index: int,
     port: int | None,
     tls_port: int | None,
+    sockets: tuple[tuple[int, socket.socket], ...],
+    loads: Any,
     conn: Connection,
     parent_pid: int,
     metrics_dir: str | None = None,
+    verbose: bool = False,
 ) -> None:
     """Entry point of a worker process (spawned: nothing is inherited but the arguments and the
     environment, which carries ``PROMETHEUS_MULTIPROC_DIR`` when ``metrics_dir`` is set)."""
     from prometheus_client import CollectorRegistry
 
     from router.app import RouterApp
+    from router.dicom.balance import AcceptBalance
     from router.dicom.scp import configure_pynetdicom
     from router.logsafety import configure_logging
     from router.metrics import ReceiveMetrics
     from router.node import ListenerNode
 
-    configure_logging(settings.logging.level, log_format=settings.logging.format)
+    configure_logging(settings.logging.level, verbose=verbose, log_format=settings.logging.format)
     # In multiprocess mode (set before this interpreter started) the counters go to files in
     # metrics_dir, summed by the parent at scrape time.
     metrics = ReceiveMetrics(CollectorRegistry()) if metrics_dir is not None else None
@@ -69,11 +78,17 @@ def _worker_main(
         app.archive.prepare()
         configure_pynetdicom(app.archive.incoming)
         node = ListenerNode(app, metrics)
-        node.start(port=port, tls_port=tls_port, reuse_port=True)
+        # the parent's listening sockets (by port), shared with the other workers
+        node.start(port=port, tls_port=tls_port, inherited=sockets, balance=AcceptBalance(loads, index))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails start-up
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         os._exit(1)
-    conn.send(("ready", node.ports))
+    try:
+        conn.send(("ready", node.ports))
+    except OSError:  # the parent died while this worker started: nobody to serve for
+        node.drain(0.0)
+        app.close()
+        os._exit(1)
     interval = max(0.2, min(settings.routing.poll_interval, 2.0))
     orphaned = False
     while not stop.wait(interval):
@@ -81,6 +96,8 @@ def _worker_main(
             orphaned = True
             break
         node.refresh_allowed_titles()
+        if node.listener is not None:
+            node.listener.publish_load()
     finished = node.drain(0.0 if orphaned else settings.listener.drain_timeout)
     app.close()
     LOG.info("worker %d stopped%s", index, "" if finished else " (open associations aborted)")
@@ -123,6 +140,9 @@ class WorkerPool:
         self._ports: list[int] = []
         self._plain_port: int | None = None
         self._tls_port: int | None = None
+        self._sockets: list[tuple[int, socket.socket]] = []  # listening, shared by the workers
+        # each worker's load (open connections), for the least busy one to accept (router.dicom.balance)
+        self._loads: Any = self._context.RawArray("i", self.count)
         self._stopping = False
         self._lock = threading.Lock()  # the timer's supervise() and stop() may race
 
@@ -132,54 +152,62 @@ class WorkerPool:
         return list(self._ports)
 
     def start(self) -> None:
-        """Start every worker and wait until each listens.
-
-        A configured port 0 is resolved to one free port first, held (``SO_REUSEPORT``, not
-        listening) until every worker has bound it.
+        """Bind and listen on the port(s) (port 0: a free one), start every worker with the
+        listening sockets and wait until each serves.
 
         Raises
         ------
         ListenerError
-            A worker could not open the database or bind the port(s); none is left running.
+            A port could not be bound, or a worker could not open the database; none is left
+            running.
         """
         listener = self.settings.listener
-        reservations: list[socket.socket] = []
         try:
-            self._plain_port = self._reserve(listener.host, listener.port, reservations) if listener.enabled else None
-            self._tls_port = (
-                self._reserve(listener.tls.host or listener.host, listener.tls.port, reservations)
-                if listener.tls.enabled
-                else None
-            )
+            if listener.enabled:
+                self._plain_port = self._listen(listener.host, listener.port)
+            if listener.tls.enabled:
+                self._tls_port = self._listen(listener.tls.host or listener.host, listener.tls.port)
             for index in range(self.count):
                 self._workers.append(self._spawn(index))
         except ListenerError:
             self.stop(0.0)
             raise
-        finally:
-            for sock in reservations:
-                sock.close()
 
-    def _reserve(self, host: str, port: int, reservations: list[socket.socket]) -> int:
-        if port != 0:
-            return port
+    def _listen(self, host: str, port: int) -> int:
+        """Bind ``host:port`` and listen (as pynetdicom's server would: ``SO_REUSEADDR``);
+        returns the bound port."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
-            sock.bind((host, 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(LISTEN_BACKLOG)
         except OSError as exc:
             sock.close()
-            raise ListenerError(f"cannot reserve a free port on {host}: {exc.strerror or exc}") from exc
-        reservations.append(sock)
-        return int(sock.getsockname()[1])
+            raise ListenerError(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from exc
+        bound = int(sock.getsockname()[1])
+        self._sockets.append((bound, sock))
+        return bound
 
     def _spawn(self, index: int) -> _Worker:
+        self._loads[index] = 0
         parent_end, child_end = self._context.Pipe(duplex=False)
         metrics_dir = str(self.metrics_dir) if self.metrics_dir is not None else None
         process = self._context.Process(
             target=_worker_main,
-            args=(self.settings, index, self._plain_port, self._tls_port, child_end, os.getpid(), metrics_dir),
+            args=(
+                self.settings,
+                index,
+                self._plain_port,
+                self._tls_port,
+                tuple(self._sockets),
+                self._loads,
+                child_end,
+                os.getpid(),
+                metrics_dir,
+                # log as the parent does (``router --verbose``: pynetdicom's logger at DEBUG)
+                logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG),
+            ),
             name=f"router-worker-{index}",
             daemon=False,
         )
@@ -214,6 +242,7 @@ class WorkerPool:
             for position, worker in enumerate(self._workers):
                 if worker.process.is_alive():
                     continue
+                self._loads[worker.index] = NOT_ACCEPTING
                 LOG.error("worker %d exited with code %s; starting it again", worker.index, worker.process.exitcode)
                 try:
                     self._workers[position] = self._spawn(worker.index)
@@ -236,4 +265,6 @@ class WorkerPool:
                 clean = False
             elif worker.process.exitcode != 0:
                 clean = False
+        for _port, sock in self._sockets:
+            sock.close()
         return clean

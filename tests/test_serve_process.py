@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 from sqlalchemy import create_engine, func, select, text
 
 from router.db.models import Instance, RoutingDecision, Study
@@ -318,3 +319,34 @@ def test_serve_refuses_to_start_on_a_broken_data_file(tmp_path: Path) -> None:
     assert lines == [
         "error: imlc.csv line 1: expected header 'state,status,effective_date,note,source', got 'state,status'"
     ]
+
+
+def test_verbose_reaches_the_receiving_processes(tmp_path: Path) -> None:
+    """``router --verbose serve`` with two workers: the workers log pynetdicom's dumps too (they
+    were configured without the flag and logged nothing below WARNING)."""
+    port = _free_port()
+    config = _config(tmp_path, port)
+    config.write_text(config.read_text().replace("[listener]\n", "[listener]\nworkers = 2\n"))
+    log = tmp_path / "serve.log"
+    with log.open("w") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "router", "--verbose", "--config", str(config), "serve"],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while "listening as" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            ae = AE(ae_title="VERBOSE_SCU")
+            ae.add_requested_context(Verification)
+            assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == 0x0000
+            assoc.release()
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    text = log.read_text()
+    assert "Received Echo Request" in text  # pynetdicom's dump, logged by the worker that served it

@@ -12,9 +12,11 @@ from sqlalchemy import func, select
 
 from router.app import RouterApp
 from router.db.models import Instance, Study
+from router.dicom.balance import NOT_ACCEPTING, AcceptBalance
 from router.domain.enums import StudyStatus
 from router.server import RouterServer
 from tests.conftest import make_settings
+from tests.dicom_bytes import RawAssociation
 from tests.dicom_helpers import make_dataset, send_paths, write_part10
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -91,3 +93,47 @@ def test_a_port_in_use_fails_start_up_with_one_line(tmp_path: Path) -> None:
         busy.close()
         server.stop(drain_timeout=1)
         app.close()
+
+
+def test_the_least_busy_worker_accepts_the_next_association(tmp_path: Path) -> None:
+    """Four associations opened one after the other are shared two and two (SO_REUSEPORT's hash
+    put three or four on one worker about two times in three)."""
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'router.db'}").replace("listener", workers=2)
+    app = RouterApp.open(settings, upgrade=True)
+    server = RouterServer(app)
+    server.start()
+    associations: list[RawAssociation] = []
+    try:
+        assert server.workers is not None
+        for _ in range(4):
+            association = RawAssociation(server.ports[0])
+            assert association.associate(max_pdu=0) == 0x02  # A-ASSOCIATE-AC
+            associations.append(association)
+        time.sleep(0.6)  # each worker republishes its load every 0.2 s
+        assert sorted(server.workers._loads) == [2, 2]
+        for association in associations:
+            association.close()
+        deadline = time.monotonic() + 10
+        while list(server.workers._loads) != [0, 0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(server.workers._loads) == [0, 0]
+    finally:
+        for association in associations:
+            association.close()
+        assert server.stop(drain_timeout=5) is True
+        app.close()
+
+
+def test_accept_balance_defers_to_a_less_busy_process_for_a_moment_only() -> None:
+    loads = [0, 0, 0]
+    first, second = AcceptBalance(loads, 0, patience=0.2), AcceptBalance(loads, 1, patience=0.2)
+    assert first.defer(0) is False  # all equal: take it
+    second.publish(1)
+    assert second.defer(1) is True  # another is less busy (0): leave the connection to it
+    assert loads[1] == 1
+    time.sleep(0.25)
+    assert second.defer(1) is False  # nobody took it within the patience: take it here
+    AcceptBalance(loads, 2).stop()
+    first.stop()
+    assert loads == [NOT_ACCEPTING, 1, NOT_ACCEPTING]
+    assert second.defer(5) is False  # the others accept nothing: never defer to them

@@ -117,6 +117,12 @@ class ConnectionLimiter:
             self._pending[address] = self._pending.get(address, 0) + 1
         return None
 
+    def load(self) -> int:
+        """Connections counted now: open associations plus connections still being set up."""
+        with self._lock:
+            live = sum(1 for assoc in self._associations() if assoc.is_acceptor)
+            return live + sum(self._pending.values())
+
     def started(self, address: str) -> None:
         """The connection from ``address`` now has its association thread, or was closed."""
         with self._lock:

@@ -2,7 +2,9 @@
 
 :func:`start_listener` binds the plain and/or TLS ports and serves each association in its own
 thread, with the C-STORE handler of :mod:`router.dicom.scp`. Several router processes may share
-a port (``reuse_port``: ``SO_REUSEPORT``, the kernel spreads new connections over them).
+a port: each gets the listening socket its parent made (``inherited``; the least busy process
+accepts, :mod:`router.dicom.balance`), or binds it itself with ``SO_REUSEPORT`` (``reuse_port``:
+the kernel spreads new connections over them by a hash).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pynetdicom import AE, evt
 from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
+from router.dicom.balance import AcceptBalance
 from router.dicom.guard import ConnectionLimiter, GuardedRequestHandler, PeerLimits
 from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS, StoreHandler
 
@@ -60,27 +63,51 @@ class RouterAssociationServer(ThreadedAssociationServer):
         handshake_timeout: float = 30.0,
         reuse_port: bool = False,
         peer_limits: PeerLimits | None = None,
+        listening_socket: socket.socket | None = None,
+        balance: AcceptBalance | None = None,
         **kwargs: Any,
     ) -> None:
         self.allowed_networks = tuple(allowed_networks)
         self.tcp_nodelay = tcp_nodelay
         self.handshake_timeout = handshake_timeout
         self.reuse_port = reuse_port
+        self.listening_socket = listening_socket
+        self.balance = balance
         self.peer_limits = peer_limits or PeerLimits()
         kwargs.setdefault("request_handler", GuardedRequestHandler)
         super().__init__(*args, **kwargs)
         self.limiter = ConnectionLimiter(self.peer_limits, lambda: self.ae.active_associations)
 
     def server_bind(self) -> None:
-        """Bind as pynetdicom does, with ``SO_REUSEPORT`` first when several processes share the port."""
+        """Bind as pynetdicom does, with ``SO_REUSEPORT`` first when several processes share the
+        port; or take the inherited listening socket (non-blocking: another process may accept
+        the connection this one was woken for)."""
+        assert self.socket is not None
+        if self.listening_socket is not None:
+            self.socket.close()
+            self.socket = self.listening_socket
+            self.socket.setblocking(False)
+            self.server_address = self.socket.getsockname()
+            return
         if self.reuse_port:
-            assert self.socket is not None
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
+    def server_activate(self) -> None:
+        """Listen (an inherited socket already listens)."""
+        if self.listening_socket is None:
+            super().server_activate()
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        """Accept a connection (plain TCP: TLS is set up later, in the connection's thread)."""
+        """Accept a connection (plain TCP: TLS is set up later, in the connection's thread).
+
+        Raises ``BlockingIOError`` (``socketserver`` then waits for the next one) when another
+        process sharing the socket took the connection or, being less busy, should take it.
+        """
         assert self.socket is not None
+        if self.balance is not None and self.balance.defer(self.limiter.load()):
+            time.sleep(0.001)  # the socket stays readable until the other process accepts
+            raise BlockingIOError
         client_socket, address = self.socket.accept()
         if self.tcp_nodelay:
             try:
@@ -195,7 +222,10 @@ class ListenerOptions:
     tls_host: str | None = None
     ssl_context: ssl.SSLContext | None = None
     plain: bool = True
-    reuse_port: bool = False  # several router processes listen on the same port(s)
+    reuse_port: bool = False  # several router processes bind the same port(s) (SO_REUSEPORT)
+    # listening sockets made by the parent process, by port (several processes share them)
+    inherited: tuple[tuple[int, socket.socket], ...] = ()
+    balance: AcceptBalance | None = None  # the least busy of the processes sharing them accepts
     allowed_calling_ae_titles: tuple[str, ...] = ()  # set before the first association is accepted
     require_called_ae_title: bool = False  # refuse associations that call another AE title
     max_connections: int = 64
@@ -245,7 +275,17 @@ class Listener:
     def stop_accepting(self) -> None:
         """Close the listening sockets; associations in flight carry on."""
         for server in list(self.servers):
+            if server.balance is not None:
+                server.balance.stop()
             server.shutdown()
+
+    def publish_load(self) -> None:
+        """Publish this process's load to the processes it shares its sockets with (called
+        periodically, so a process's share is current even when no connection arrived lately)."""
+        for server in self.servers:
+            if server.balance is not None:
+                server.balance.publish(server.limiter.load())
+                return
 
     def drain(self, timeout: float) -> bool:
         """Stop accepting, wait up to ``timeout`` seconds for open associations, then abort the rest.
@@ -356,6 +396,8 @@ def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
                 tcp_nodelay=options.tcp_nodelay,
                 handshake_timeout=options.acse_timeout,
                 reuse_port=options.reuse_port,
+                listening_socket=dict(options.inherited).get(port),
+                balance=options.balance,
                 peer_limits=PeerLimits(
                     max_connections=options.max_connections,
                     max_connections_per_address=options.max_connections_per_address,
