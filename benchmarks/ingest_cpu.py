@@ -8,6 +8,7 @@ Wall time is printed too, but on a shared machine only the CPU column is compara
 
     python benchmarks/ingest_cpu.py                      # SQLite, 500 instances of CT_small
     python benchmarks/ingest_cpu.py --threads 4          # 4 threads storing at once
+    python benchmarks/ingest_cpu.py --pixel-kib 512      # 512 KiB of pixel data per instance
     python benchmarks/ingest_cpu.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
 """
 
@@ -37,8 +38,11 @@ from router.dicom.extract import read_header  # noqa: E402
 from router.services.intake import Sender  # noqa: E402
 
 
-def _workload(folder: Path, count: int) -> list[Path]:
+def _workload(folder: Path, count: int, pixel_kib: int | None = None) -> list[Path]:
     source = dcmread(get_testdata_file("CT_small.dcm"))
+    if pixel_kib:  # a larger instance: CT_small's header with pixel_kib KiB of 16-bit pixels
+        source.Rows, source.Columns = 512, pixel_kib
+        source.PixelData = bytes(range(256)) * (4 * pixel_kib)
     study, series = generate_uid(), generate_uid()
     paths = []
     for index in range(count):
@@ -64,11 +68,12 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--pixel-kib", type=int, default=None, help="pixel data size in KiB (default: CT_small's 32)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ingest-cpu-"))
     schema = None
     try:
-        files = _workload(work / "src", args.count) if (work / "src").mkdir() is None else []
+        files = _workload(work / "src", args.count, args.pixel_kib) if (work / "src").mkdir() is None else []
         _cpu("read_header", args.count, lambda: [read_header(path) for path in files])
         _cpu("dataset_sha256", args.count, lambda: [dataset_sha256(path) for path in files])
         url = args.database_url or f"sqlite:///{work / 'router.db'}"
