@@ -58,7 +58,6 @@ def listener_options(
     *,
     port: int | None = None,
     tls_port: int | None = None,
-    reuse_port: bool = False,
     inherited: tuple[tuple[int, socket.socket], ...] = (),
     balance: AcceptBalance | None = None,
 ) -> ListenerOptions:
@@ -81,7 +80,6 @@ def listener_options(
         tls_host=tls.host,
         ssl_context=tls_context(app),
         plain=listener.enabled,
-        reuse_port=reuse_port,
         inherited=inherited,
         balance=balance,
         allowed_calling_ae_titles=allowed,
@@ -129,7 +127,6 @@ class ListenerNode:
         *,
         port: int | None = None,
         tls_port: int | None = None,
-        reuse_port: bool = False,
         inherited: tuple[tuple[int, socket.socket], ...] = (),
         balance: AcceptBalance | None = None,
     ) -> None:
@@ -147,7 +144,7 @@ class ListenerNode:
         except Exception:  # noqa: BLE001 - database down at start-up: the configured titles alone
             allowed = settings.allowed_calling_ae_titles
         options = listener_options(
-            self.app, allowed, port=port, tls_port=tls_port, reuse_port=reuse_port, inherited=inherited, balance=balance
+            self.app, allowed, port=port, tls_port=tls_port, inherited=inherited, balance=balance
         )
         try:
             handler = MeteredStoreHandler(

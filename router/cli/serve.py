@@ -83,8 +83,8 @@ def register(cli: click.Group) -> None:
 def _hold_serve_lock(data_dir: Path) -> Any:
     """Take ``<data_dir>/serve.lock`` for the life of the process (``flock``, released on exit).
 
-    With ``SO_REUSEPORT`` a second ``router serve`` on the same port would start beside the
-    first and run start-up recovery on files the first is writing. Several router nodes share a
+    A second ``router serve`` on the same data directory would run start-up recovery on files
+    the first is writing (before its own bind failed, or on another port). Several router nodes share a
     database and an archive with a data directory each.
 
     Raises

@@ -2,9 +2,8 @@
 
 :func:`start_listener` binds the plain and/or TLS ports and serves each association in its own
 thread, with the C-STORE handler of :mod:`router.dicom.scp`. Several router processes may share
-a port: each gets the listening socket its parent made (``inherited``; the least busy process
-accepts, :mod:`router.dicom.balance`), or binds it itself with ``SO_REUSEPORT`` (``reuse_port``:
-the kernel spreads new connections over them by a hash).
+a port: each gets the listening socket its parent made (``inherited``) and the least busy one
+accepts the next connection (:mod:`router.dicom.balance`).
 """
 
 from __future__ import annotations
@@ -61,7 +60,6 @@ class RouterAssociationServer(ThreadedAssociationServer):
         allowed_networks: Iterable[Any] = (),
         tcp_nodelay: bool = True,
         handshake_timeout: float = 30.0,
-        reuse_port: bool = False,
         peer_limits: PeerLimits | None = None,
         listening_socket: socket.socket | None = None,
         balance: AcceptBalance | None = None,
@@ -70,7 +68,6 @@ class RouterAssociationServer(ThreadedAssociationServer):
         self.allowed_networks = tuple(allowed_networks)
         self.tcp_nodelay = tcp_nodelay
         self.handshake_timeout = handshake_timeout
-        self.reuse_port = reuse_port
         self.listening_socket = listening_socket
         self.balance = balance
         self.peer_limits = peer_limits or PeerLimits()
@@ -79,9 +76,8 @@ class RouterAssociationServer(ThreadedAssociationServer):
         self.limiter = ConnectionLimiter(self.peer_limits, lambda: self.ae.active_associations)
 
     def server_bind(self) -> None:
-        """Bind as pynetdicom does, with ``SO_REUSEPORT`` first when several processes share the
-        port; or take the inherited listening socket (non-blocking: another process may accept
-        the connection this one was woken for)."""
+        """Bind as pynetdicom does, or take the inherited listening socket (non-blocking: another
+        process sharing it may accept the connection this one was woken for)."""
         assert self.socket is not None
         if self.listening_socket is not None:
             self.socket.close()
@@ -89,8 +85,6 @@ class RouterAssociationServer(ThreadedAssociationServer):
             self.socket.setblocking(False)
             self.server_address = self.socket.getsockname()
             return
-        if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
     def server_activate(self) -> None:
@@ -222,7 +216,6 @@ class ListenerOptions:
     tls_host: str | None = None
     ssl_context: ssl.SSLContext | None = None
     plain: bool = True
-    reuse_port: bool = False  # several router processes bind the same port(s) (SO_REUSEPORT)
     # listening sockets made by the parent process, by port (several processes share them)
     inherited: tuple[tuple[int, socket.socket], ...] = ()
     balance: AcceptBalance | None = None  # the least busy of the processes sharing them accepts
@@ -395,7 +388,6 @@ def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
                 allowed_networks=networks,
                 tcp_nodelay=options.tcp_nodelay,
                 handshake_timeout=options.acse_timeout,
-                reuse_port=options.reuse_port,
                 listening_socket=dict(options.inherited).get(port),
                 balance=options.balance,
                 peer_limits=PeerLimits(
