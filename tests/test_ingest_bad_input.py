@@ -8,10 +8,12 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
+from pynetdicom.dsutils import decode
 from sqlalchemy import select
 
 from router.db.models import Instance, InstanceConflict, Study
@@ -22,6 +24,8 @@ from tests.dicom_bytes import (
     CT_IMAGE_STORAGE,
     EXPLICIT_LE,
     IMPLICIT_LE,
+    RawAssociation,
+    c_store_command,
     dataset_bytes,
     explicit,
     explicit_undefined,
@@ -29,6 +33,7 @@ from tests.dicom_bytes import (
     implicit,
     implicit_undefined,
     item,
+    p_data,
     uid,
 )
 from tests.dicom_helpers import send_paths, write_raw_part10
@@ -298,6 +303,26 @@ def test_truncated_undefined_length_sequence_is_undecodable(server: RouterServer
         ]
     assert _rows(server, Instance) == []
     assert list(server.app.archive.incoming.iterdir()) == []
+
+
+@pytest.mark.parametrize("cut", [1, 7, 11], ids=["1-byte", "7-bytes", "11-bytes"])
+def test_a_data_set_shorter_than_its_first_element_header_is_undecodable(server: RouterServer, cut: int) -> None:
+    """Regression: a data set cut inside its first element header was read as empty (its bytes
+    taken for a File Meta element cut short) and answered 0xC001, missing Study UID. Sent raw:
+    pynetdicom's SCU reads the file the same way and would send an empty data set."""
+    sop = generate_uid()
+    whole = identifiers(sop, generate_uid(), generate_uid())
+    raw = RawAssociation(server.ports[0])
+    try:
+        assert raw.associate(max_pdu=0) == 0x02  # A-ASSOCIATE-AC
+        raw.send(p_data(c_store_command(CT_IMAGE_STORAGE, sop), command=True, last=True))
+        raw.send(p_data(whole[:cut], command=False, last=True))
+        kind, pdu = raw.read_pdu()
+    finally:
+        raw.close()
+    assert kind == 0x04  # P-DATA-TF: the C-STORE-RSP
+    assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.CANNOT_DECODE
+    assert _rows(server, Instance) == []
 
 
 def _big_variant(sop: str, study_uid: str, series_uid: str, fill: int) -> bytes:

@@ -181,11 +181,18 @@ def _read_transfer_syntax(reader: Any) -> UID:
         raise InvalidDicomError("not a DICOM Part 10 file")
     syntax: str | None = None
     meta = data_element_generator(reader, False, True, stop_when=lambda tag, _vr, _length: tag.group != 0x0002)
+    # The data set starts where the last File Meta element ends. pydicom's walk leaves the reader
+    # there, except when the data set is shorter than one element header: it then reads those
+    # bytes as a header cut short and stops at the end, and the data set would look empty
+    # (0xC001, no Study Instance UID) instead of truncated (0xC210).
+    start = reader.tell()
     for raw in meta:
+        start = raw.value_tell + raw.length
         if raw.tag == 0x00020010:
             syntax = (raw.value or b"").decode("ascii", "replace").strip("\x00 ")
     if not syntax:
         raise InvalidDicomError("no Transfer Syntax UID in the File Meta Information")
+    reader.seek(start)
     return UID(syntax)
 
 
