@@ -34,7 +34,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, default_encoding, python_encoding
-from pydicom.dataelem import convert_raw_data_element
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator
@@ -187,7 +187,8 @@ def _read_transfer_syntax(reader: Any) -> UID:
     # (0xC001, no Study Instance UID) instead of truncated (0xC210).
     start = reader.tell()
     for raw in meta:
-        start = raw.value_tell + raw.length
+        if isinstance(raw, RawDataElement):  # always: the generator reads, it converts nothing
+            start = raw.value_tell + raw.length
         if raw.tag == 0x00020010:
             syntax = (raw.value or b"").decode("ascii", "replace").strip("\x00 ")
     if not syntax:
