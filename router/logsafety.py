@@ -194,11 +194,44 @@ def _formatter(log_format: str) -> logging.Formatter:
     return logging.Formatter(_FORMAT)
 
 
+#: pynetdicom's loggers that report a PDU or DIMSE message from the peer that could not be decoded.
+_PEER_DECODING_LOGGERS = ("pynetdicom.dul", "pynetdicom.dimse")
+
+
+class OneLineTraceback(logging.Filter):
+    """A record's traceback reduced to the exception's type, on the record's one line.
+
+    For pynetdicom's decoding of what a peer sent: malformed input (garbage in a P-DATA-TF, a
+    command set pydicom cannot parse) is the peer's fault, the association is aborted either
+    way, and a traceback into pynetdicom at ERROR alarms an administrator for nothing. With
+    ``--verbose`` the full traceback is logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None:
+            try:
+                message = record.getMessage()
+            except Exception:  # noqa: BLE001 - leave a malformed record to logging's own error path
+                return True
+            kind = record.exc_info[0].__name__
+            record.msg = f"{message}: {kind}" if message and message != str(record.exc_info[1]) else kind
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def install_library_guards(*, verbose: bool = False) -> None:
     """Quiet and redact third-party loggers and warnings (safe to call more than once)."""
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for name in _PEER_DECODING_LOGGERS:
+        peer_logger = logging.getLogger(name)
+        for existing in [item for item in peer_logger.filters if isinstance(item, OneLineTraceback)]:
+            peer_logger.removeFilter(existing)
+        if not verbose:
+            peer_logger.addFilter(OneLineTraceback())
     for handler in logging.getLogger().handlers:
         if not any(isinstance(item, PhiRedactingFilter) for item in handler.filters):
             handler.addFilter(PhiRedactingFilter())

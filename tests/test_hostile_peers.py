@@ -10,6 +10,7 @@ per-address limit tells them from the legitimate sender.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import struct
 import threading
@@ -22,9 +23,10 @@ import pytest
 from pydicom.uid import generate_uid
 
 from router.dicom.status import StoreStatus
+from router.logsafety import install_library_guards
 from router.server import RouterServer
 from tests.conftest import make_settings, running_router
-from tests.dicom_bytes import associate_rq
+from tests.dicom_bytes import RawAssociation, associate_rq
 from tests.dicom_helpers import make_dataset, send_datasets
 from tests.test_tls import pki as pki  # the module-scoped throwaway PKI fixture
 
@@ -297,3 +299,35 @@ def test_idle_associations_from_many_addresses_make_room_for_a_sender(tmp_path: 
         finally:
             for sock in idle:
                 sock.close()
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["default", "verbose"])
+def test_a_malformed_p_data_pdu_is_one_log_line_without_a_traceback(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture, verbose: bool
+) -> None:
+    """pynetdicom logs its failure to decode a peer's PDU with a traceback at ERROR; by default
+    the router keeps it to one line naming the exception (the association is aborted anyway)."""
+    install_library_guards(verbose=verbose)
+    try:
+        with _router(tmp_path, database_url) as server:
+            raw = RawAssociation(server.ports[0])
+            try:
+                assert raw.associate(max_pdu=0) == 0x02
+                caplog.set_level(logging.DEBUG if verbose else logging.WARNING, logger="pynetdicom")
+                raw.send(b"\x04\x00\x00\x00\x00\x10" + b"\xff" * 16)  # P-DATA-TF whose PDV lengths lie
+                assert raw.seconds_until_closed(10) < 10  # aborted
+            finally:
+                raw.close()
+            assert server.listener is not None
+            assert [r.Status for r in send_datasets(server.ports[0], [make_dataset()])] == [StoreStatus.SUCCESS]
+    finally:
+        install_library_guards(verbose=False)
+    decoding = [
+        record for record in caplog.records if record.name == "pynetdicom.dul" and record.levelno >= logging.ERROR
+    ]
+    assert decoding, "pynetdicom reported nothing"
+    if verbose:
+        assert any(record.exc_info for record in decoding)
+    else:
+        assert not any(record.exc_info for record in decoding)
+        assert any(record.getMessage().endswith("AssertionError") for record in decoding)
