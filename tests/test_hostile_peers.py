@@ -331,3 +331,25 @@ def test_a_malformed_p_data_pdu_is_one_log_line_without_a_traceback(
     else:
         assert not any(record.exc_info for record in decoding)
         assert any(record.getMessage().endswith("AssertionError") for record in decoding)
+
+
+def test_garbage_instead_of_an_association_request_is_refused_once(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: after refusing the first 'PDU' of a garbage stream the socket was read again,
+    and the next bytes were refused (and logged) as a second PDU of the same connection."""
+    caplog.set_level(logging.WARNING, logger="router.dicom.guard")
+    with _router(tmp_path, database_url) as server:
+        sock = _connect(server.ports[0], source="127.0.0.1")
+        try:
+            sock.sendall(b"GARBAGE-NOT-DICOM\r\n" * 8)
+            sock.settimeout(10)
+            while sock.recv(65536):  # the A-ABORT, then the close
+                pass
+        except ConnectionResetError:
+            pass
+        finally:
+            sock.close()
+        time.sleep(0.3)
+    refusals = [record for record in caplog.records if "A-ABORT sent" in record.getMessage()]
+    assert len(refusals) == 1, [record.getMessage() for record in refusals]

@@ -200,6 +200,7 @@ class GuardedAssociationSocket(AssociationSocket):
     _deadline: float | None
     _header_next: bool
     _pdu_type: int
+    _closed_here: bool
 
     def guard(self, limits: PeerLimits, deadline: float | None) -> None:
         """Start enforcing ``limits``; the A-ASSOCIATE-RQ must be complete by ``deadline`` (monotonic)."""
@@ -207,6 +208,7 @@ class GuardedAssociationSocket(AssociationSocket):
         self._deadline = deadline
         self._header_next = True
         self._pdu_type = 0
+        self._closed_here = False
 
     def recv(self, nr_bytes: int) -> bytearray:
         """Read ``nr_bytes`` as pynetdicom expects; refuse an over-long PDU from its header.
@@ -214,6 +216,8 @@ class GuardedAssociationSocket(AssociationSocket):
         Returns fewer bytes than asked (pynetdicom then closes the connection, Evt17) when the
         peer closed, the association-request deadline passed, or a PDU was refused.
         """
+        if self._closed_here:  # refused or timed out: bytes still buffered are not read as PDUs
+            return bytearray()
         data = self._read(nr_bytes) if self._deadline is not None else self._read_established(nr_bytes)
         if not self._header_next:
             self._header_next = True
@@ -339,6 +343,7 @@ class GuardedAssociationSocket(AssociationSocket):
 
     def _close_now(self) -> None:
         """Stop reading and writing at once; pynetdicom closes the socket when it sees the short read."""
+        self._closed_here = True
         sock = self.socket
         if sock is not None:
             try:
