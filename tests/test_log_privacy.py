@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom.config
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -473,8 +474,11 @@ def router_logging() -> Iterator[Callable[[], io.StringIO]]:
 
 
 def test_pydicom_warnings_about_invalid_values_are_reduced_to_category_and_origin(
-    router_logging: Callable[[], io.StringIO], tmp_path: Path
+    router_logging: Callable[[], io.StringIO], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # pydicom's default: warn about invalid values (a listener in this process may have turned
+    # its reading validation off, router.dicom.scp.configure_pynetdicom)
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode", pydicom.config.WARN)
     path = write_part10(make_dataset(PatientName="Quarkfeld^Ulrike"), tmp_path / "x.dcm")
     with warnings.catch_warnings(record=True) as raw:  # what pydicom would have printed
         warnings.simplefilter("always")
