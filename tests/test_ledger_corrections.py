@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import test_claims
 from click.testing import CliRunner
 from hl7_helpers import REFERRING_NPI
 from roster_fixtures import NPI_A, NPI_B, OS_USER, add_study, audit_rows, study_state
 from sqlalchemy import select
-from test_claims import SIGNED, final_report, group_settings, obr, order, read, roster
+from test_claims import SIGNED, final_report, obr, order, read, roster
 
 from router.app import RouterApp
 from router.cli import cli
@@ -31,14 +31,9 @@ UID = "1.2.826.0.1.3680043.10.1.1"
 ACCESSION = "ACC-CORR-1"
 
 
-@pytest.fixture
-def app(tmp_path: Path, database_url: str, clock: FakeClock) -> Iterator[RouterApp]:
-    """A router app with a billing group NPI and TIN, on the fake clock."""
-    router_app = RouterApp.open(group_settings(tmp_path, database_url), upgrade=True, clock=clock)
-    try:
-        yield router_app
-    finally:
-        router_app.close()
+# test_claims' fixture: a router app with a billing group NPI and TIN, on the fake clock (assigned,
+# not imported: an imported name shadowed by the tests' ``app`` parameters trips the linter)
+app = test_claims.app
 
 
 def _billed(app: RouterApp, clock: FakeClock, codes: tuple[str, ...] = ("71260",)) -> None:
