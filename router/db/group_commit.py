@@ -141,9 +141,7 @@ class GroupCommit:
         try:
             self._run_transaction(self._connection, batch)
         except BaseException:
-            connection, self._connection = self._connection, None
-            if connection is not None:
-                connection.close()
+            self.close()
             raise
 
     @staticmethod

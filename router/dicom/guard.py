@@ -103,7 +103,7 @@ class ConnectionLimiter:
     def admit(self, address: str) -> str | None:
         """Count a new connection from ``address``; returns why it is refused, or ``None``."""
         with self._lock:
-            live = [assoc for assoc in self._associations() if assoc.is_acceptor]
+            live = self._live()
             total = len(live) + sum(self._pending.values())
             from_peer = self._pending.get(address, 0) + sum(
                 1 for assoc in live if str(assoc.requestor.address) == address
@@ -120,8 +120,11 @@ class ConnectionLimiter:
     def load(self) -> int:
         """Connections counted now: open associations plus connections still being set up."""
         with self._lock:
-            live = sum(1 for assoc in self._associations() if assoc.is_acceptor)
-            return live + sum(self._pending.values())
+            return len(self._live()) + sum(self._pending.values())
+
+    def _live(self) -> list[Any]:
+        """The open associations this server accepted."""
+        return [assoc for assoc in self._associations() if assoc.is_acceptor]
 
     def started(self, address: str) -> None:
         """The connection from ``address`` now has its association thread, or was closed."""
@@ -142,7 +145,7 @@ class ConnectionLimiter:
         if limit <= 0:
             return
         with self._lock:
-            live = [assoc for assoc in self._associations() if assoc.is_acceptor and assoc.is_alive()]
+            live = [assoc for assoc in self._live() if assoc.is_alive()]
             if len(live) < self.limits.max_associations:
                 return
             idle = [(_idle_seconds(assoc), assoc) for assoc in live if assoc.is_established]
