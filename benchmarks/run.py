@@ -55,7 +55,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--small", type=int, help="number of 40 KB instances (default 400, --full 2000)")
     parser.add_argument("--large", type=int, help="number of 512 KB instances (default 40, --full 200)")
     parser.add_argument(
-        "--nagle-cap", type=int, default=50, help="instances per run where anything runs with Nagle on (default 50)"
+        "--nagle-cap",
+        type=int,
+        default=50,
+        help="instances per run where anything runs with Nagle on (default 50; 0 skips those cells)",
     )
     parser.add_argument(
         "--receivers",

@@ -6,6 +6,7 @@ partial kept, the listener keeps serving"; "Large objects ... are streamed to di
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import math
 import os
@@ -436,3 +437,47 @@ def test_contexts_with_malformed_or_unknown_syntaxes_are_refused(
     assert send_paths(
         server.ports[0], [write_part10(make_dataset(), server.app.archive.root.parent / "after.dcm")]
     ) == [0x0000]
+
+
+def _context_snapshot(contexts: list) -> list[tuple]:
+    return [
+        (cx.context_id, cx.abstract_syntax, tuple(cx.transfer_syntax), cx.scu_role, cx.scp_role, cx.result)
+        for cx in contexts
+    ]
+
+
+def test_associations_share_the_servers_contexts_and_leave_them_as_they_were(server: RouterServer) -> None:
+    """pynetdicom deep-copies the supported contexts for each association (two thirds of an
+    association's set-up CPU); the router hands each association the server's own list. The
+    negotiation must only read it: after an association that proposed storage, verification,
+    a refused and a narrowed context, the list is unchanged, and a later change to the AE's
+    contexts does not reach it."""
+    assert server.listener is not None
+    listening = server.listener.servers[0]
+    before = _context_snapshot(listening.contexts)
+    assert len(before) > 100  # every storage SOP class plus Verification
+    assert copy.deepcopy(listening.contexts) is listening.contexts
+
+    seen: list[list] = []
+
+    def remember(event: object) -> None:
+        seen.append(event.assoc.acceptor.supported_contexts)  # type: ignore[attr-defined]
+
+    listening.bind(evt.EVT_ACCEPTED, remember)
+    try:
+        ae = AE(ae_title="SHARECHECK")
+        ae.add_requested_context(CT_IMAGE_STORAGE, ["1.2.3.4.5.6.7", ExplicitVRLittleEndian])
+        ae.add_requested_context("1.2.840.10008.1.1")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4", ["1.2.3.4.5.6.7"])
+        assoc = ae.associate("127.0.0.1", server.ports[0], ae_title="ROUTER")
+        assert assoc.is_established
+        results = {cx.abstract_syntax: cx.result for cx in assoc.accepted_contexts + assoc.rejected_contexts}
+        assoc.release()
+    finally:
+        listening.unbind(evt.EVT_ACCEPTED, remember)
+    assert results == {CT_IMAGE_STORAGE: 0x00, "1.2.840.10008.1.1": 0x00, "1.2.840.10008.5.1.4.1.1.4": 0x04}
+    assert len(seen) == 1 and seen[0] is listening.contexts
+    assert _context_snapshot(listening.contexts) == before
+
+    server.listener.ae.add_supported_context(CT_IMAGE_STORAGE, ["1.2.3.4.5.6.7"])
+    assert _context_snapshot(listening.contexts) == before

@@ -137,12 +137,15 @@ def run_matrix(
     """Every cell on each of its receivers, ``reps`` times.
 
     A cell where anything runs with Nagle on (the sender, or DCMTK receivers as shipped) sends
-    at most ``nagle_cap`` instances: each costs a delayed-ACK stall.
+    at most ``nagle_cap`` instances: each costs a delayed-ACK stall; with ``nagle_cap`` 0 those
+    cells are skipped.
     """
     runs: list[Run] = []
     for rep in range(reps):
         for cell, names in plan:
             capped = not cell.nodelay or not cell.dcmtk_nodelay
+            if capped and nagle_cap <= 0:
+                continue
             workload = workloads[cell.size].capped(nagle_cap) if capped else workloads[cell.size]
             for name in names:
                 runs.append(run_one(receivers, name, cell, workload, rep))
