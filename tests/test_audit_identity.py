@@ -27,7 +27,9 @@ def config(tmp_path: Path, database_url: str) -> Path:
 
 
 def _run(config: Path, *args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(cli, ["--config", str(config), *args], env=env)
+    # a fixed width: the table wraps "(as Dr. Ada Admin)" in a narrow one (pytest-xdist's workers
+    # pass on a COLUMNS of 80)
+    return CliRunner().invoke(cli, ["--config", str(config), *args], env={"COLUMNS": "200", **(env or {})})
 
 
 def test_who_is_the_real_account_not_the_environment(config: Path) -> None:
