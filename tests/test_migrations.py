@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -21,11 +24,54 @@ def test_upgrade_from_empty_reaches_head_and_is_idempotent(empty_database_url: s
     try:
         assert migrate.current_revision(engine) is None
         migrate.upgrade(engine)
-        assert migrate.current_revision(engine) == migrate.head_revision() == "0010_corrections"
+        assert (
+            migrate.current_revision(engine) == migrate.head_revision() == migrate.HEAD_REVISION == "0010_corrections"
+        )
         migrate.upgrade(engine)  # a second upgrade is a no-op
         assert migrate.is_current(engine)
     finally:
         engine.dispose()
+
+
+def test_the_revision_check_reads_the_version_table(empty_database_url: str) -> None:
+    """``current_revision`` without Alembic: no table, an empty one, one revision, several."""
+    engine = make_engine(empty_database_url)
+    try:
+        assert migrate.current_revision(engine) is None and not migrate.is_current(engine)
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        assert migrate.current_revision(engine) is None
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO alembic_version VALUES ('0009_accrual')"))
+        assert migrate.current_revision(engine) == "0009_accrual" and not migrate.is_current(engine)
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO alembic_version VALUES ('0010_corrections')"))
+        with pytest.raises(RuntimeError, match="several revisions: 0009_accrual, 0010_corrections"):
+            migrate.current_revision(engine)
+    finally:
+        engine.dispose()
+
+
+def test_opening_the_index_does_not_load_alembic(tmp_path: Path) -> None:
+    """A process that only opens an up-to-date index (a listener worker) never imports Alembic
+    (about 11 MiB per process); one that upgrades does."""
+    database = tmp_path / "router.db"
+    config = tmp_path / "router.toml"
+    config.write_text(f'[paths]\ndata_dir = "{tmp_path / "var"}"\n[database]\nurl = "sqlite:///{database}"\n')
+    script = (
+        "import sys\n"
+        "from router.app import RouterApp\n"
+        "from pathlib import Path\nfrom router.config import load_settings\n"
+        "import router.workers\n"
+        f"app = RouterApp.open(load_settings(Path({str(config)!r})), upgrade=sys.argv[1] == 'upgrade')\n"
+        "app.close()\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    loaded = [
+        subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True).stdout.strip()
+        for mode in ("upgrade", "open")
+    ]
+    assert loaded == ["True", "False"]
 
 
 def test_models_and_migrations_agree(empty_database_url: str) -> None:

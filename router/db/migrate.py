@@ -3,23 +3,35 @@
 On PostgreSQL the upgrade holds a transaction-level advisory lock keyed by the schema, so
 several nodes starting at once on an empty database migrate one after the other: the first
 upgrades, the others wait, then find the schema at head and do nothing.
+
+Alembic is imported only to upgrade or to read the migration scripts: checking that a
+database is at :data:`HEAD_REVISION` (every process that opens the index, the listener's
+worker processes included) reads the ``alembic_version`` table with plain SQL. Alembic and
+its script directory cost each process about 11 MiB of memory.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: The newest revision in ``migrations/versions`` (tests/test_migrations.py checks it against
+#: Alembic's script directory: a new migration must update it).
+HEAD_REVISION = "0010_corrections"
+#: Alembic's table of the revision a database is at.
+VERSION_TABLE = "alembic_version"
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
     """An Alembic config pointing at the router's migration scripts."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["engine"] = engine
@@ -28,6 +40,8 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the database behind ``engine`` to ``revision`` (default: the newest)."""
+    from alembic import command
+
     config = alembic_config(engine)
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
@@ -41,18 +55,32 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at, or ``None`` for an empty database."""
+    """The revision the database is at, or ``None`` for an empty database (no version table,
+    or an empty one).
+
+    Raises
+    ------
+    RuntimeError
+        If the version table holds several revisions (branches: the router's history is linear).
+    """
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not inspect(connection).has_table(VERSION_TABLE):
+            return None
+        revisions = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    if len(revisions) > 1:
+        raise RuntimeError(f"the database is at several revisions: {', '.join(sorted(revisions))}")
+    return revisions[0] if revisions else None
 
 
 def head_revision() -> str:
-    """The newest revision the code knows."""
+    """The newest revision of the migration scripts, read by Alembic (:data:`HEAD_REVISION`)."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
 def is_current(engine: Engine) -> bool:
-    """Whether the database is at the newest revision."""
-    return current_revision(engine) == head_revision()
+    """Whether the database is at the newest revision (:data:`HEAD_REVISION`)."""
+    return current_revision(engine) == HEAD_REVISION
