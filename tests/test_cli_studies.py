@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
@@ -134,8 +135,10 @@ def test_set_state_then_complete_bills_modifier_26(routed) -> None:  # type: ign
     code, out, err = _run(config, "studies", "complete", cases["no_state"], "--at", moment.isoformat(), "--json")
     assert code == 0, err
     done = json.loads(out)
-    # no facility time zone: the date of service is the interpretation date in routing.timezone (UTC)
-    assert done["date_of_service"] == moment.astimezone(dt.UTC).date().isoformat()
+    # no registered facility: the date of service is the interpretation date where the exam
+    # happened, in the exam state's zone (router.domain.state_zones; Colorado: America/Denver),
+    # not routing.timezone (UTC): the two differ from 00:00 to 07:00 UTC
+    assert done["date_of_service"] == moment.astimezone(ZoneInfo("America/Denver")).date().isoformat()
     code, out, _ = _run(config, "ledger", "professional", "--json")
     (entry,) = [e for e in json.loads(out) if e["study_instance_uid"] == cases["no_state"]]
     # CR KNEE "Knee 3 views": from the map, provisional, with 26
@@ -168,17 +171,20 @@ def test_ledgers_select_a_period(routed) -> None:  # type: ignore[no-untyped-def
     _, config, cases = routed
     code, _, err = _run(config, "studies", "complete", cases["facility_tx"])
     assert code == 0, err
+    # the date of service is the read's day at the facility (CT_NORTH: America/Chicago)
+    service_day = dt.datetime.now(ZoneInfo("America/Chicago")).date()
     today = dt.datetime.now(dt.UTC).date()
-    yesterday, tomorrow = today - dt.timedelta(days=1), today + dt.timedelta(days=1)
+    yesterday = today - dt.timedelta(days=1)
 
     def uids(*args: str) -> list[str]:
         code, out, err = _run(config, "ledger", *args, "--json")
         assert code == 0, err
         return [entry["study_instance_uid"] for entry in json.loads(out)]
 
-    assert cases["facility_tx"] in uids("professional", "--from", today.isoformat(), "--until", today.isoformat())
-    assert uids("professional", "--until", yesterday.isoformat()) == []
-    assert uids("professional", "--from", tomorrow.isoformat()) == []
+    day = service_day.isoformat()
+    assert cases["facility_tx"] in uids("professional", "--from", day, "--until", day)
+    assert uids("professional", "--until", (service_day - dt.timedelta(days=1)).isoformat()) == []
+    assert uids("professional", "--from", (service_day + dt.timedelta(days=1)).isoformat()) == []
     # storage accrues once a month is over: accrued as if this one were, the records are made then
     server, _, _ = routed
     month_over = dt.datetime.combine(next_month(today), dt.time(0), tzinfo=dt.UTC)
