@@ -20,7 +20,7 @@ from pynetdicom.dsutils import create_file_meta, decode, encode
 from pynetdicom.presentation import build_context
 
 from router.dicom import negotiation, store_codec
-from router.dicom.scp import configure_pynetdicom
+from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, configure_pynetdicom
 from router.dicom.status import StoreStatus
 from router.part10 import dataset_offset
 from router.server import RouterServer
@@ -188,7 +188,9 @@ def test_pynetdicoms_logging_handlers_are_bound_only_when_its_logger_shows_info(
     ["1.2.3", "1.02.3", "0.1", "00.1", "1.2.", ".1.2", "1..2", "1.2.a", "", LONGEST_UID, LONGEST_UID + "4", "1.2 "],
 )
 def test_the_remembered_uid_validity_is_pydicoms_answer(value: str) -> None:
-    negotiation.install(frozenset())
+    # installed once per process, with the transfer syntaxes the listener knows: an empty set
+    # here made every later association in the same pytest worker refuse every context
+    negotiation.install(frozenset(STORAGE_TRANSFER_SYNTAXES))
     assert UID(value).is_valid is negotiation._UID_IS_VALID(UID(value))
     assert UID(value).is_valid is negotiation._UID_IS_VALID(UID(value))  # from the cache now
 
