@@ -481,3 +481,32 @@ def test_associations_share_the_servers_contexts_and_leave_them_as_they_were(ser
 
     server.listener.ae.add_supported_context(CT_IMAGE_STORAGE, ["1.2.3.4.5.6.7"])
     assert _context_snapshot(listening.contexts) == before
+
+
+def test_set_uid_cache_hands_back_conformant_uids_and_leaves_the_rest_to_pynetdicom(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The association PDUs' ``set_uid`` (router.dicom.negotiation): a conformant UID is decoded
+    once and the same immutable object handed back; a non-conformant one is warned about every
+    time, as pynetdicom does; one pynetdicom refuses (over 64 characters) raises every time."""
+    import pynetdicom.pdu_items as items
+    import pynetdicom.presentation as presentation
+
+    from router.dicom import negotiation
+    from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES
+
+    assert negotiation.install(frozenset(STORAGE_TRANSFER_SYNTAXES))
+    set_uid = items.set_uid
+    assert presentation.set_uid is set_uid
+    first = set_uid(b"1.2.840.10008.1.2.1", "Transfer Syntax Name")
+    again = set_uid(b"1.2.840.10008.1.2.1", "Transfer Syntax Name")
+    assert first == "1.2.840.10008.1.2.1" and again is first
+    with caplog.at_level("WARNING", logger="pynetdicom"):
+        odd = [set_uid(b"1.2.03.4", "Abstract Syntax Name") for _ in range(2)]
+    assert odd == ["1.2.03.4", "1.2.03.4"] and odd[0] is not odd[1]
+    assert [r.getMessage() for r in caplog.records if "Non-conformant" in r.getMessage()] == [
+        "Non-conformant 'Abstract Syntax Name' value '1.2.03.4'"
+    ] * 2
+    for _ in range(2):
+        with pytest.raises(ValueError, match="Invalid 'Abstract Syntax Name' value"):
+            set_uid(b"1." + b"2" * 70, "Abstract Syntax Name")

@@ -17,6 +17,10 @@ context whose abstract syntax is not a valid UID (PS3.5 section 9.1: digits and 
 gets the first proposed transfer syntax pydicom knows, or "transfer-syntaxes-not-supported"
 (0x04) when it knows none (PS3.8 section 9.3.3.2, Table 9-18). Other contexts are negotiated
 by pynetdicom as before.
+
+It also answers pydicom's ``UID.is_valid`` and pynetdicom's ``set_uid`` from bounded caches
+(the same answers, computed once per distinct UID): with a sender proposing every storage SOP
+class they were most of what is left of an association's set-up CPU.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ def install(known_transfer_syntaxes: frozenset[str]) -> bool:
             return False
         _acse_module.negotiate_unrestricted = strict_unrestricted(original, known_transfer_syntaxes)
         _remember_uid_validity()
+        _remember_set_uid()
         _INSTALLED = True
         return True
 
@@ -118,3 +123,46 @@ def _remember_uid_validity() -> None:
     the A-ASSOCIATE-AC): a sender proposing ~130 storage contexts with 3 transfer syntaxes made
     about 2,000 regular expression matches per association, two thirds of its set-up CPU."""
     UID.is_valid = property(lambda self: _is_valid_uid(str(self)))  # type: ignore[assignment, method-assign]
+
+
+#: Most UIDs :func:`_remember_set_uid` keeps (distinct values and field names; about 1 MiB).
+SET_UID_CACHE_SIZE = 4096
+
+
+def _remember_set_uid() -> None:
+    """pynetdicom's ``set_uid`` answered from a bounded cache for conformant UIDs, in the modules
+    that decode and build association PDUs and presentation contexts (``pdu_items``,
+    ``pdu_primitives``, ``presentation``).
+
+    ``set_uid`` decodes, builds a pydicom ``UID`` and validates it for every abstract and transfer
+    syntax of every proposed context, several times per association (decoding the
+    A-ASSOCIATE-RQ, making its primitive, negotiating, building the A-ASSOCIATE-AC): with DCMTK
+    ``storescu``'s 128 contexts, a fifth of an association's CPU once the deep copy of the
+    contexts was gone (docs/benchmarks.md, lever 15). A ``UID`` is an immutable ``str``, so the
+    same object can be handed out again. Only values that are valid UIDs (or empty) are kept:
+    a non-conformant one still goes through pynetdicom each time (its warning is logged as
+    before) and one that raises is never cached.
+    """
+    import pynetdicom.pdu_items as items
+    import pynetdicom.pdu_primitives as primitives
+    import pynetdicom.presentation as presentation
+
+    original = items.set_uid
+    cache: dict[tuple[Any, ...], Any] = {}
+
+    def set_uid(value: Any, name: str, allow_none: bool = True, allow_empty: bool = True, validate: bool = True) -> Any:
+        if not isinstance(value, (bytes, str)):
+            return original(value, name, allow_none, allow_empty, validate)
+        key = (value, name, allow_none, allow_empty, validate)
+        known = cache.get(key)
+        if known is not None:
+            return known
+        result = original(value, name, allow_none, allow_empty, validate)
+        if isinstance(result, UID) and (not result or _is_valid_uid(str(result))) and len(cache) < SET_UID_CACHE_SIZE:
+            cache[key] = result
+        return result
+
+    set_uid.__doc__ = original.__doc__
+    for module in (items, primitives, presentation):
+        if getattr(module, "set_uid", None) is original:
+            module.set_uid = set_uid  # type: ignore[attr-defined]
