@@ -173,14 +173,20 @@ def test_pynetdicoms_logging_handlers_are_bound_only_when_its_logger_shows_info(
     monkeypatch.setattr(pydicom_config.settings, "reading_validation_mode", pydicom_config.WARN)
     monkeypatch.setattr(dimse_messages, "NamedTemporaryFile", dimse_messages.NamedTemporaryFile)
     logger = logging.getLogger("pynetdicom")
-    monkeypatch.setattr(logger, "level", logging.WARNING)
-    configure_pynetdicom(tmp_path / "incoming")
-    assert _config.LOG_HANDLER_LEVEL == "none"
-    # and pydicom's per-value VR checks, which only warn (warnings router.logsafety drops), are off
-    assert pydicom_config.settings.reading_validation_mode == pydicom_config.IGNORE
-    logger.setLevel(logging.DEBUG)  # --verbose
-    configure_pynetdicom(tmp_path / "incoming")
-    assert _config.LOG_HANDLER_LEVEL == "standard"
+    # through setLevel, which clears logging's isEnabledFor cache (setting the attribute did not:
+    # a level cached by an earlier test in the same process answered instead)
+    before = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        configure_pynetdicom(tmp_path / "incoming")
+        assert _config.LOG_HANDLER_LEVEL == "none"
+        # and pydicom's per-value VR checks, which only warn (warnings router.logsafety drops), are off
+        assert pydicom_config.settings.reading_validation_mode == pydicom_config.IGNORE
+        logger.setLevel(logging.DEBUG)  # --verbose
+        configure_pynetdicom(tmp_path / "incoming")
+        assert _config.LOG_HANDLER_LEVEL == "standard"
+    finally:
+        logger.setLevel(before)
 
 
 @pytest.mark.parametrize(
