@@ -116,7 +116,7 @@ class ListenerSettings:
     enabled: bool = True  # plain (non-TLS) port; turn off to serve TLS only
     max_associations: int = 16  # per process
     # receiving processes sharing the port(s) (one accept queue, the least busy accepts): by
-    # default one per available core (at most 8); each is a Python process of about 100 MiB
+    # default one per available core (at most 8); each is a Python process of about 90 MiB
     workers: int = field(default_factory=cores_available)
     acse_timeout: float = 30.0  # seconds
     dimse_timeout: float = 60.0  # seconds
