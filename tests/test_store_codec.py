@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -303,3 +304,68 @@ def test_a_response_larger_than_the_senders_maximum_pdu_is_fragmented_by_pynetdi
     assert len(store_codec.encode_store_response(1, str(dataset.SOPClassUID), LONGEST_UID, 0)) > 122
     assert _store(server.ports[0], source, max_pdu=128) == StoreStatus.SUCCESS
     _stored(server, LONGEST_UID)
+
+
+def _send_one(server: RouterServer, command: bytes, sop: str) -> tuple[int, bytes]:
+    """One C-STORE with ``command`` as its command set over a raw association: the first PDU back."""
+    number = sop.rsplit(".", 1)[1]
+    body = identifiers(sop, f"1.2.826.0.1.3680043.9.7433.1.{number}", f"1.2.826.0.1.3680043.9.7433.2.{number}")
+    raw = RawAssociation(server.ports[0])
+    try:
+        assert raw.associate(max_pdu=0) == 0x02
+        raw.send(p_data(command, command=True, last=True))
+        raw.send(p_data(body, command=False, last=True))
+        return raw.read_pdu()
+    finally:
+        raw.close()
+
+
+INVALID_COMMANDS = [
+    pytest.param(lambda sop: c_store_command("", sop), id="empty-affected-sop-class-uid"),
+    pytest.param(lambda sop: c_store_command(CT_IMAGE_STORAGE, ""), id="empty-affected-sop-instance-uid"),
+    pytest.param(
+        lambda sop: implicit(0, struct.pack("<I", 10)) + implicit(0x00000100, struct.pack("<H", 0x0FFF)),
+        id="unknown-command-field",
+    ),
+]
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("make_command", INVALID_COMMANDS)
+def test_a_command_set_pynetdicom_cannot_decode_aborts_the_association_with_one_line(
+    server: RouterServer, make_command: Callable[[str], bytes], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pynetdicom's decoder raised in the network thread: two ERROR tracebacks, no answer, the
+    connection dropped. Now: an A-ABORT (service provider, PS3.8 section 9.3.8), one WARNING
+    line, no spool file left, and the listener serves the next sender."""
+    caplog.set_level(logging.INFO)
+    sop = "1.2.826.0.1.3680043.9.7433.3.40"
+    kind, pdu = _send_one(server, make_command(sop), sop)
+    assert (kind, pdu[2]) == (0x07, 0x02)  # A-ABORT, source: DICOM UL service-provider
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("invalid DIMSE message from 'RAW_SCU' at 127.0.0.1:")
+    assert warnings[0].endswith("while decoding it); A-ABORT sent")
+    assert not [r for r in caplog.records if r.exc_info]
+    assert list(server.app.archive.incoming.iterdir()) == []
+    source = write_part10(make_dataset(SOPInstanceUID=sop), tmp_path / "next.dcm")
+    assert _store(server.ports[0], source) == StoreStatus.SUCCESS
+    _stored(server, sop)
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_non_ascii_affected_sop_instance_uid_gets_a_failure_status_without_a_traceback(
+    server: RouterServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The response is encoded by pynetdicom (the codec encodes ASCII UIDs only): it raised
+    UnicodeEncodeError with a traceback before, and the sender got an abort instead of 0xA900."""
+    caplog.set_level(logging.INFO)
+    sop = "1.2.826.0.1.3680043.9.7433.3.41"
+    command = c_store_command(CT_IMAGE_STORAGE, sop)
+    command = command[:-2] + b"\xff\xff"  # the last two characters of the UID: not ASCII
+    kind, pdu = _send_one(server, command, sop)
+    assert kind == 0x04
+    assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.DATA_SET_MISMATCH
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]

@@ -19,6 +19,8 @@ decoder and encoder, with its own answers (an invalid message aborts the associa
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import struct
 import threading
@@ -40,6 +42,8 @@ from pynetdicom import (
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
+
+LOG = logging.getLogger(__name__)
 
 #: Command Field values, PS3.7 Annex E (Table E.1-1).
 C_STORE_RQ_FIELD = 0x0001
@@ -209,7 +213,17 @@ def _logging_handlers_bound(assoc: Any, event: Any) -> bool:
 
 
 def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> bool:
-    """DIMSEMessage.decode_msg: a C-STORE-RQ command set in one fragment is decoded here."""
+    """DIMSEMessage.decode_msg: a C-STORE-RQ command set in one fragment is decoded here.
+
+    A message pynetdicom's own decoder cannot take (it raises: e.g. a C-STORE-RQ with an empty
+    Affected SOP Class UID, whose File Meta Information pydicom refuses to write) aborts the
+    association as an invalid PDU does (A-ABORT, service-provider source, PS3.8 section 9.3.8;
+    pynetdicom's Evt19), with one WARNING line and its spool file removed: no traceback, no
+    half-written file left in the incoming folder, and the sender is told instead of seeing the
+    connection closed.
+    """
+    if getattr(self, "_router_invalid", False):
+        return False  # the association is being aborted: later fragments are dropped
     items = getattr(primitive, "presentation_data_value_list", None)
     if (
         type(self) is DIMSEMessage
@@ -227,8 +241,42 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
                     return False
                 rest = P_DATA()
                 rest.presentation_data_value_list = items[1:]
-                return bool(_ORIGINAL["decode_msg"](self, rest, assoc))
-    return bool(_ORIGINAL["decode_msg"](self, primitive, assoc))
+                return _pynetdicom_decode(self, rest, assoc)
+    return _pynetdicom_decode(self, primitive, assoc)
+
+
+def _pynetdicom_decode(message: DIMSEMessage, primitive: P_DATA, assoc: Any) -> bool:
+    """pynetdicom's decode_msg; a message it raises on aborts the association (see above)."""
+    try:
+        return bool(_ORIGINAL["decode_msg"](message, primitive, assoc))
+    except Exception as exc:
+        if assoc is None:
+            raise
+        message._router_invalid = True  # type: ignore[attr-defined]
+        _discard_spool(message)
+        # The exception's type only: its text may quote values from the message.
+        LOG.warning(
+            "invalid DIMSE message from %r at %s:%s (%s while decoding it); A-ABORT sent",
+            assoc.requestor.ae_title,
+            assoc.requestor.address,
+            assoc.requestor.port,
+            type(exc).__name__,
+        )
+        assoc.dul.event_queue.put("Evt19")
+        return False
+
+
+def _discard_spool(message: DIMSEMessage) -> None:
+    """Close and remove the temporary file a half-decoded C-STORE-RQ opened, if any (and forget
+    it, so the listener's clean-up at connection close does not report a transfer cut short)."""
+    spool = getattr(message, "_data_set_file", None)
+    if spool is None:
+        return
+    message._data_set_file = None
+    with contextlib.suppress(OSError):
+        spool.close()
+    with contextlib.suppress(OSError):
+        Path(spool.name).unlink()
 
 
 def _begin_store(message: DIMSEMessage, context_id: int, request: StoreRequest, transfer_syntax: str) -> None:
@@ -306,6 +354,8 @@ def _send_msg(self: Any, primitive: Any, context_id: int) -> None:
         and primitive.OffendingElement is None
         and primitive.AffectedSOPClassUID
         and primitive.AffectedSOPInstanceUID
+        and primitive.AffectedSOPClassUID.isascii()
+        and primitive.AffectedSOPInstanceUID.isascii()
         and (primitive.ErrorComment is None or primitive.ErrorComment.isascii())
         and not _logging_handlers_bound(self.assoc, evt.EVT_DIMSE_SENT)
     ):
