@@ -84,6 +84,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-install", action="store_true", help="do not apt-get / pip install anything")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md (JSON only)")
     parser.add_argument(
+        "--max-steal",
+        type=float,
+        metavar="SHARE",
+        help="measure a run again (at most twice) when the hypervisor took more than SHARE (0-1) of "
+        "the machine's CPU time during it (Linux steal; default: keep every run)",
+    )
+    parser.add_argument(
         "--work-dir", type=Path, help="parent folder of the temporary work folder (default: the system temp dir)"
     )
     parser.add_argument(
@@ -164,6 +171,7 @@ def main(argv: list[str]) -> int:
             "large": args.large,
             "nagle_cap": args.nagle_cap,
             "reps": args.reps,
+            "max_steal": args.max_steal,
             "stable_seconds": 1.0,
             "receivers": names,
             "router_options": router_options,
@@ -215,7 +223,7 @@ def main(argv: list[str]) -> int:
                 # Diagnostic: a Nagle-off sender against the DCMTK receivers as shipped.
                 plan.append((matrix.Cell("small", 1, True, receiver_nodelay=False), dcmtk))
             phase = time.monotonic()
-            runs = matrix.run_matrix(receivers, plan, loads, args.nagle_cap, args.reps)
+            runs = matrix.run_matrix(receivers, plan, loads, args.nagle_cap, args.reps, args.max_steal)
             phases["ingest"] = time.monotonic() - phase
             results["ingest"] = {"runs": [run.to_json() for run in runs], "summary": matrix.summarize(runs)}
         else:

@@ -155,3 +155,21 @@ def vm_hwm_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def host_cpu_times() -> Any:
+    """The machine's CPU times so far (psutil: user, system, idle, ..., steal on Linux), seconds."""
+    return psutil.cpu_times()
+
+
+def steal_share(before: Any, after: Any) -> float | None:
+    """Share (0-1) of the machine's CPU time between two :func:`host_cpu_times` readings that the
+    hypervisor gave to other guests (Linux ``steal``); None where the platform does not report it.
+
+    A guest whose vCPUs are stolen runs everything slower, the receivers' CPU per instance
+    included: runs with a high share are read apart (docs/benchmarks.md).
+    """
+    if not hasattr(after, "steal"):
+        return None
+    total = sum(after) - sum(before)
+    return (after.steal - before.steal) / total if total > 0 else None
