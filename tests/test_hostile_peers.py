@@ -353,3 +353,31 @@ def test_garbage_instead_of_an_association_request_is_refused_once(
         time.sleep(0.3)
     refusals = [record for record in caplog.records if "A-ABORT sent" in record.getMessage()]
     assert len(refusals) == 1, [record.getMessage() for record in refusals]
+
+
+def test_a_pdu_cut_short_at_the_request_deadline_is_one_warning(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PDU header declaring 4,096 bytes, then silence: the router's one WARNING at the
+    association-request deadline, and no ERROR from pynetdicom about the short read the router
+    itself caused ("shorter than expected (6 of 4102 bytes)", before the fix)."""
+    caplog.set_level(logging.INFO)
+    with _router(tmp_path, database_url) as server:
+        sock = _connect(server.ports[0])
+        started = time.monotonic()
+        try:
+            sock.sendall(struct.pack(">BBI", 0x01, 0, 4096) + b"\x00\x01")  # A-ASSOCIATE-RQ header, 2 bytes of body
+            sock.settimeout(10)
+            while sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        finally:
+            sock.close()
+        closed_after = time.monotonic() - started
+        time.sleep(0.3)  # the network thread finishes logging
+    assert closed_after < 5  # the 2 s deadline
+    problems = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(problems) == 1, problems
+    assert problems[0][0] == "router.dicom.guard"
+    assert "sent no complete A-ASSOCIATE-RQ within 2 s" in problems[0][1]

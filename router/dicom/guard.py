@@ -55,6 +55,10 @@ A_ASSOCIATE_RJ_CALLING_AE = struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 1, 1, 3)
 _CALLING_AE_OFFSET = 20
 #: Largest single read from an established association's socket, in bytes.
 _READ_SIZE = 262_144
+#: Set in a network (DUL) thread once this module closed its connection (see ClosedHereFilter).
+_DUL_THREAD = threading.local()
+#: How pynetdicom's DUL reports a PDU cut short (``dul.DULServiceProvider._read_pdu_data``).
+_SHORT_PDU_REPORT = "The received PDU is shorter than expected"
 
 
 @dataclass(frozen=True)
@@ -347,6 +351,7 @@ class GuardedAssociationSocket(AssociationSocket):
     def _close_now(self) -> None:
         """Stop reading and writing at once; pynetdicom closes the socket when it sees the short read."""
         self._closed_here = True
+        _DUL_THREAD.closed_here = True  # called from recv: this is the association's DUL thread
         sock = self.socket
         if sock is not None:
             try:
@@ -359,6 +364,30 @@ class GuardedAssociationSocket(AssociationSocket):
         title = str(getattr(requestor, "ae_title", "") or "").strip()
         address = f"{requestor.address}:{requestor.port}"
         return f"{title!r} at {address}" if title else address
+
+
+class ClosedHereFilter(logging.Filter):
+    """Drops pynetdicom's ERROR about a PDU cut short on a connection this module closed itself.
+
+    When the association-request deadline passes in the middle of a PDU, or a PDU is refused,
+    the guard logs why in one WARNING line and hands pynetdicom a short read; pynetdicom then
+    reported "The received PDU is shorter than expected (6 of 4102 bytes received)" at ERROR,
+    blaming the peer for the router's own close. The filter runs in the thread that logs, so it
+    drops that report only in the network thread of such a connection; everywhere else (a peer
+    that really closes mid-PDU) pynetdicom's report stands.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(_DUL_THREAD, "closed_here", False) or record.levelno < logging.ERROR:
+            return True
+        return not str(record.msg).startswith(_SHORT_PDU_REPORT)
+
+
+def install_log_filter() -> None:
+    """Add :class:`ClosedHereFilter` to pynetdicom's DUL logger once per process."""
+    dul_logger = logging.getLogger("pynetdicom.dul")
+    if not any(isinstance(item, ClosedHereFilter) for item in dul_logger.filters):
+        dul_logger.addFilter(ClosedHereFilter())
 
 
 def certificate_names(certificate: dict[str, Any]) -> set[str]:

@@ -25,7 +25,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
 from router.dicom.balance import AcceptBalance
-from router.dicom.guard import ConnectionLimiter, GuardedRequestHandler, PeerLimits
+from router.dicom.guard import ConnectionLimiter, GuardedRequestHandler, PeerLimits, install_log_filter
 from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS, StoreHandler
 
 LOG = logging.getLogger(__name__)
@@ -384,6 +384,7 @@ def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
         If a port cannot be bound.
     """
     ae = build_ae(options)
+    install_log_filter()
     networks = tuple(ipaddress.ip_network(item, strict=False) for item in options.allowed_addresses)
     handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, handler),
