@@ -2,8 +2,9 @@
 
 Only the listed tags are read, in one pass that stops at the pixel data, so a 500 MB
 multi-frame instance costs a header read. Text is decoded with
-the data set's Specific Character Set (0008,0005) by pydicom, never guessed, and a value that
-could not be decoded counts as absent:
+the data set's Specific Character Set (0008,0005) by pydicom, never guessed (a value of
+printable ASCII, the same under every character set, is read directly:
+:mod:`router.dicom.ascii_values`), and a value that could not be decoded counts as absent:
 
 - a misspelled defined term (``ISO IR 100``, ``ISO_IR100``, ``iso_ir 192``) is read as the one
   defined term it spells (PS3.3 section C.12.1.1.2); an unknown one (``LATIN1``) counts as
@@ -34,6 +35,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, default_encoding, python_encoding
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -41,7 +43,7 @@ from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from router.dicom import prescan
+from router.dicom import ascii_values, prescan
 from router.dicom.structure import InflationLimitExceeded, MalformedDataSet, check_to_end, inflate_dataset
 from router.domain.billing import ProcedureCode
 from router.domain.enums import CptSource
@@ -89,8 +91,16 @@ _CHARSET_TAG = Tag("SpecificCharacterSet")
 #: by the ISO 2022 decoder).
 _ALLOWED_CONTROLS = frozenset("\t\n\f\r")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_PADDING = " \t\r\n\f\x00"
+_PADDING = ascii_values.PADDING
 _UID_KEYWORDS = frozenset({"SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"})
+#: Top-level elements whose printable-ASCII values are read without pydicom
+#: (:mod:`router.dicom.ascii_values`): tag -> (keyword, the data dictionary's VR). The character
+#: set itself stays with pydicom (:func:`_normalize_character_set`), and so do sequences.
+_PLAIN_TEXT_TAGS = {
+    int(Tag(keyword)): (keyword, dictionary_VR(keyword))
+    for keyword in HEADER_KEYWORDS
+    if keyword != "SpecificCharacterSet" and dictionary_VR(keyword) in ascii_values.VRS
+}
 
 
 def _charset_key(term: str) -> str:
@@ -134,17 +144,18 @@ def read_header(path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
     """
     try:
         dataset: Dataset
+        plain: dict[str, str | None] = {}
         with open(path, "rb") as handle:
             syntax = _read_transfer_syntax(handle)
             if syntax.is_deflated:
                 with tempfile.TemporaryFile(dir=path.parent) as inflated:
                     size = inflate_dataset(handle, inflated, max_inflated_bytes)
                     inflated.seek(0)
-                    dataset = _walk(inflated, UID(ExplicitVRLittleEndian), size)
+                    dataset, plain = _walk(inflated, UID(ExplicitVRLittleEndian), size)
             elif not syntax.is_transfer_syntax:
                 dataset = dcmread(path, stop_before_pixels=True, specific_tags=_SPECIFIC_TAGS)
             else:
-                dataset = _walk(handle, syntax, os.fstat(handle.fileno()).st_size)
+                dataset, plain = _walk(handle, syntax, os.fstat(handle.fileno()).st_size)
         _normalize_character_set(dataset)
         # Touch every element once: a structurally broken data set fails here, not later.
         for element in dataset.iterall():
@@ -170,7 +181,7 @@ def read_header(path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
         RecursionError,
     ) as exc:
         raise UndecodableDataSet(type(exc).__name__) from exc
-    return header_from_dataset(dataset, str(syntax))
+    return header_from_dataset(dataset, str(syntax), plain)
 
 
 def _read_transfer_syntax(reader: Any) -> UID:
@@ -197,8 +208,11 @@ def _read_transfer_syntax(reader: Any) -> UID:
     return UID(syntax)
 
 
-def _walk(reader: Any, syntax: UID, size: int) -> Dataset:
+def _walk(reader: Any, syntax: UID, size: int) -> tuple[Dataset, dict[str, str | None]]:
     """One pass over the data set: wanted values read, others skipped, lengths checked.
+
+    Returns the wanted elements as a pydicom data set, less the top-level text values of
+    printable ASCII, which come back already read, by keyword (:func:`_plain_texts`).
 
     The elements before Pixel Data are scanned from their headers by
     :func:`~router.dicom.prescan.scan` (the common case, about 5x cheaper) or, for anything it
@@ -233,13 +247,35 @@ def _walk(reader: Any, syntax: UID, size: int) -> Dataset:
         reader.seek(scanned.pixel_end)
     if scanned.pixel_tag is not None:
         check_to_end(reader, implicit, syntax.is_little_endian, size, scanned.pixel_tag)
+    plain = _plain_texts(raws)
     dataset = Dataset(raws)
     encoding: Any = default_encoding
     if _CHARSET_TAG in raws:
         charset = convert_raw_data_element(raws[_CHARSET_TAG]).value
         encoding = convert_encodings(charset)
     dataset.set_original_encoding(implicit, syntax.is_little_endian, encoding)
-    return dataset
+    return dataset, plain
+
+
+def _plain_texts(raws: dict[Any, Any]) -> dict[str, str | None]:
+    """Take the top-level text values of printable ASCII out of ``raws``, read (by keyword).
+
+    The VR is the one the data set gives (explicit VR), else the data dictionary's; a value of
+    another VR, or with any other byte, stays in ``raws`` for pydicom. The text is what
+    :func:`_text` would have made of pydicom's value (:mod:`router.dicom.ascii_values`).
+    """
+    plain: dict[str, str | None] = {}
+    for tag, raw in list(raws.items()):
+        known = _PLAIN_TEXT_TAGS.get(int(tag))
+        if known is None or not isinstance(raw, RawDataElement):
+            continue
+        keyword, dictionary_vr = known
+        text = ascii_values.text(raw.value or b"", raw.VR or dictionary_vr)
+        if text is None:
+            continue
+        plain[keyword] = _checked(keyword, text, eight_bit=True)
+        del raws[tag]
+    return plain
 
 
 def _generate(reader: Any, implicit: bool, little_endian: bool, size: int) -> prescan.Scanned:
@@ -353,15 +389,21 @@ def _normalize_character_set(dataset: Dataset) -> None:
         dataset.SpecificCharacterSet = corrected if len(corrected) > 1 else corrected[0]
 
 
-def header_from_dataset(dataset: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
+def header_from_dataset(
+    dataset: Dataset, transfer_syntax_uid: str, plain: dict[str, str | None] | None = None
+) -> InstanceHeader:
     """Build an :class:`InstanceHeader` from an already-read data set (absent values are ``None``).
 
     Without a Specific Character Set in ``dataset`` only default-repertoire (ASCII) text is
     read; :func:`read_header` first turns a misspelled declaration into the defined terms.
+    ``plain`` holds top-level text values already read (by keyword), which ``dataset`` lacks.
     """
     eight_bit = "SpecificCharacterSet" in dataset
+    known = plain or {}
 
     def text(source: Dataset, keyword: str) -> str | None:
+        if source is dataset and keyword in known:
+            return known[keyword]
         return _text(source, keyword, eight_bit=eight_bit)
 
     codes = [*_codes(dataset, "ProcedureCodeSequence", CptSource.PROCEDURE_CODE_SEQUENCE, text)]
@@ -417,6 +459,11 @@ def _text(dataset: Dataset, keyword: str, *, eight_bit: bool = True) -> str | No
         text = str(value).strip(_PADDING)
     except Exception:  # noqa: BLE001 - a value pydicom cannot convert counts as absent
         return None
+    return _checked(keyword, text, eight_bit=eight_bit)
+
+
+def _checked(keyword: str, text: str, *, eight_bit: bool) -> str | None:
+    """``text`` (stripped) if the router may use it as the value of ``keyword`` (see :func:`_text`)."""
     if keyword not in _UID_KEYWORDS:
         if "\ufffd" in text or any(ch not in _ALLOWED_CONTROLS for ch in _CONTROL.findall(text)):
             return None
