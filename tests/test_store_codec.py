@@ -327,6 +327,13 @@ INVALID_COMMANDS = [
         lambda sop: implicit(0, struct.pack("<I", 10)) + implicit(0x00000100, struct.pack("<H", 0x0FFF)),
         id="unknown-command-field",
     ),
+    # pynetdicom decoded these; then its data set stayed in the incoming folder unanswered
+    # (empty Message ID: "Received unexpected C-STORE service message"), or it logged two ERROR
+    # lines (Priority 7: "Received an invalid DIMSE message", "ValueError")
+    pytest.param(lambda sop: _with(c_store_command(CT_IMAGE_STORAGE, sop), 0x0110, b""), id="empty-message-id"),
+    pytest.param(
+        lambda sop: _with(c_store_command(CT_IMAGE_STORAGE, sop), 0x0700, struct.pack("<H", 7)), id="priority-7"
+    ),
 ]
 
 
@@ -343,11 +350,13 @@ def test_a_command_set_pynetdicom_cannot_decode_aborts_the_association_with_one_
     sop = "1.2.826.0.1.3680043.9.7433.3.40"
     kind, pdu = _send_one(server, make_command(sop), sop)
     assert (kind, pdu[2]) == (0x07, 0x02)  # A-ABORT, source: DICOM UL service-provider
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    # pynetdicom's own WARNING stays where it explains the cause ("Attempted to set Priority
+    # parameter to an invalid value"); no ERROR, no traceback
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("router")]
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("invalid DIMSE message from 'RAW_SCU' at 127.0.0.1:")
-    assert warnings[0].endswith("while decoding it); A-ABORT sent")
-    assert not [r for r in caplog.records if r.exc_info]
+    assert warnings[0].endswith("); A-ABORT sent")
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert list(server.app.archive.incoming.iterdir()) == []
     source = write_part10(make_dataset(SOPInstanceUID=sop), tmp_path / "next.dcm")
     assert _store(server.ports[0], source) == StoreStatus.SUCCESS

@@ -34,6 +34,7 @@ from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_UID,
     PYNETDICOM_IMPLEMENTATION_VERSION,
     _config,
+    association,
     dimse,
     dimse_messages,
     evt,
@@ -224,6 +225,7 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
     """
     if getattr(self, "_router_invalid", False):
         return False  # the association is being aborted: later fragments are dropped
+    self._router_assoc = assoc  # type: ignore[attr-defined]  # for _message_to_primitive
     items = getattr(primitive, "presentation_data_value_list", None)
     if (
         type(self) is DIMSEMessage
@@ -252,31 +254,34 @@ def _pynetdicom_decode(message: DIMSEMessage, primitive: P_DATA, assoc: Any) -> 
     except Exception as exc:
         if assoc is None:
             raise
-        message._router_invalid = True  # type: ignore[attr-defined]
-        _discard_spool(message)
-        # The exception's type only: its text may quote values from the message.
-        LOG.warning(
-            "invalid DIMSE message from %r at %s:%s (%s while decoding it); A-ABORT sent",
-            assoc.requestor.ae_title,
-            assoc.requestor.address,
-            assoc.requestor.port,
-            type(exc).__name__,
-        )
-        assoc.dul.event_queue.put("Evt19")
+        _abort_invalid(assoc, f"{type(exc).__name__} while decoding it", message=message)
         return False
 
 
-def _discard_spool(message: DIMSEMessage) -> None:
-    """Close and remove the temporary file a half-decoded C-STORE-RQ opened, if any (and forget
-    it, so the listener's clean-up at connection close does not report a transfer cut short)."""
-    spool = getattr(message, "_data_set_file", None)
-    if spool is None:
-        return
-    message._data_set_file = None
-    with contextlib.suppress(OSError):
-        spool.close()
-    with contextlib.suppress(OSError):
-        Path(spool.name).unlink()
+def _abort_invalid(assoc: Any, reason: str, message: Any = None, spool: Any = None) -> None:
+    """Abort the association over an invalid DIMSE message: one WARNING line, the message's
+    spool file (or ``spool``) removed, later fragments of it dropped, and the A-ABORT (service
+    provider, PS3.8 section 9.3.8) sent by pynetdicom's state machine (Evt19, as for an invalid
+    PDU). ``reason`` names what was wrong, never a value from the message (an exception's text
+    may quote one)."""
+    if message is not None:
+        message._router_invalid = True
+        # forgotten, so the listener's clean-up at connection close does not report a transfer
+        # cut short
+        spool, message._data_set_file = getattr(message, "_data_set_file", None), None
+    if spool is not None:
+        with contextlib.suppress(OSError):
+            spool.close()
+        with contextlib.suppress(OSError):
+            Path(spool.name).unlink()
+    LOG.warning(
+        "invalid DIMSE message from %r at %s:%s (%s); A-ABORT sent",
+        assoc.requestor.ae_title,
+        assoc.requestor.address,
+        assoc.requestor.port,
+        reason,
+    )
+    assoc.dul.event_queue.put("Evt19")
 
 
 def _begin_store(message: DIMSEMessage, context_id: int, request: StoreRequest, transfer_syntax: str) -> None:
@@ -296,10 +301,25 @@ def _trusted_uid(value: str) -> UID:
 
 
 def _message_to_primitive(self: DIMSEMessage) -> Any:
-    """DIMSEMessage.message_to_primitive: a C-STORE primitive straight from the decoded command."""
+    """DIMSEMessage.message_to_primitive: a C-STORE primitive straight from the decoded command.
+
+    A message pynetdicom cannot turn into a primitive (it raises: a Priority out of range, a
+    data set before any command) aborts the association with one WARNING line, as in
+    :func:`_decode_msg`, instead of pynetdicom's two ERROR lines; the primitive returned then
+    is marked so that :func:`_serve_request` drops it.
+    """
     request: StoreRequest | None = getattr(self, "_router_store_request", None)
     if request is None:
-        return _ORIGINAL["message_to_primitive"](self)
+        try:
+            return _ORIGINAL["message_to_primitive"](self)
+        except Exception as exc:
+            assoc = getattr(self, "_router_assoc", None)
+            if assoc is None:
+                raise
+            _abort_invalid(assoc, f"{type(exc).__name__} while reading it", message=self)
+            dropped = C_STORE()
+            dropped._router_dropped = True  # type: ignore[attr-defined]
+            return dropped
     primitive = C_STORE()
     primitive.MessageID = request.message_id
     primitive._affected_sop_class_uid = _trusted_uid(request.sop_class_uid)
@@ -345,6 +365,26 @@ def _storage_scp(self: Any, req: Any, context: Any) -> None:
     self.dimse.send_msg(rsp, cx_id)
 
 
+def _serve_request(self: Any, msg: Any, context_id: int) -> None:
+    """Association._serve_request: a C-STORE-RQ lacking a required parameter aborts.
+
+    pynetdicom logged "Received unexpected C-STORE service message" and went on: the peer got
+    no answer and the received data set stayed in the incoming folder until the periodic sweep,
+    so a peer could fill the disk with data sets that never count. Without a Message ID no
+    response can be addressed (PS3.7 section 9.3.1.2), so the association is aborted, with one
+    WARNING line naming the missing parameters, and the data set is removed. A primitive
+    :func:`_message_to_primitive` marked is dropped (its abort is under way).
+    """
+    if getattr(msg, "_router_dropped", False):
+        return
+    if isinstance(msg, C_STORE) and not msg.is_valid_request and getattr(msg, "_dataset_file", None) is not None:
+        missing = [keyword for keyword in msg.REQUEST_KEYWORDS if getattr(msg, keyword) is None]
+        spool, msg._dataset_file = msg._dataset_file, None
+        _abort_invalid(self, f"a C-STORE-RQ without {', '.join(missing)}", spool=spool)
+        return
+    _ORIGINAL["serve_request"](self, msg, context_id)
+
+
 def _send_msg(self: Any, primitive: Any, context_id: int) -> None:
     """DIMSEServiceProvider.send_msg: a C-STORE-RSP encoded here, in one P-DATA."""
     if (
@@ -386,7 +426,9 @@ def install() -> None:
         _ORIGINAL["message_to_primitive"] = DIMSEMessage.message_to_primitive
         _ORIGINAL["storage_scp"] = service_class.StorageServiceClass.SCP
         _ORIGINAL["send_msg"] = dimse.DIMSEServiceProvider.send_msg
+        _ORIGINAL["serve_request"] = association.Association._serve_request
         DIMSEMessage.decode_msg = _decode_msg  # type: ignore[method-assign]
         DIMSEMessage.message_to_primitive = _message_to_primitive  # type: ignore[method-assign]
         service_class.StorageServiceClass.SCP = _storage_scp  # type: ignore[method-assign]
         dimse.DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
+        association.Association._serve_request = _serve_request  # type: ignore[method-assign]
