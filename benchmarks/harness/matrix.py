@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harness.procs import cpu_seconds, host_cpu_times, steal_share
+from harness.procs import cpu_seconds, host_cpu_times, steal_share, wait_quiet
 from harness.receivers import ROUTERS, Receivers, wait_count
 from harness.routerdb import reader_engine, wait_routed
 from harness.senders import send
@@ -70,6 +70,8 @@ class Run:
     latency: dict[str, Any] | None = None
     #: share (0-1) of the machine's CPU time taken by the hypervisor during the send
     host_steal: float | None = None
+    #: seconds from the receiver answering C-ECHO to its start-up CPU settling (procs.wait_quiet)
+    quiet_after_s: float | None = None
     sender_returncodes: list[int | None] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -90,6 +92,7 @@ def run_one(
     running = None
     try:
         running = receivers.start(receiver, dcmtk_nodelay=cell.dcmtk_nodelay)
+        run.quiet_after_s = wait_quiet(running.proc.pid)
         before = cpu_seconds(running.proc.pid)
         host_before = host_cpu_times()
         result = send(

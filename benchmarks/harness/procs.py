@@ -173,3 +173,23 @@ def steal_share(before: Any, after: Any) -> float | None:
         return None
     total = sum(after) - sum(before)
     return (after.steal - before.steal) / total if total > 0 else None
+
+
+def wait_quiet(pid: int, window: float = 0.25, most_cpu: float = 0.005, timeout: float = 5.0) -> float:
+    """Wait until the process tree of ``pid`` used at most ``most_cpu`` CPU seconds in one
+    ``window`` (seconds), at most ``timeout`` seconds; returns the seconds waited.
+
+    A receiver that answers C-ECHO may still be finishing its start-up: the router used
+    110-130 ms of CPU in the first quarter second after it logged "listening as" (worker and
+    parent start-up work, docs/benchmarks.md), which a 40-instance run would count as ingest.
+    Every receiver is measured from quiet.
+    """
+    started = time.monotonic()
+    last = cpu_seconds(pid)
+    while time.monotonic() - started < timeout:
+        time.sleep(window)
+        now = cpu_seconds(pid)
+        if now - last <= most_cpu:
+            break
+        last = now
+    return time.monotonic() - started
