@@ -19,13 +19,9 @@ from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
 from pynetdicom.presentation import build_context
-from sqlalchemy import select
 
-from router.archive import dataset_sha256
-from router.db.models import Instance
 from router.dicom import negotiation, store_codec
 from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, configure_pynetdicom
-from router.dicom.spool import SpoolFile
 from router.dicom.status import StoreStatus
 from router.part10 import dataset_offset
 from router.server import RouterServer
@@ -382,27 +378,3 @@ def test_a_non_ascii_affected_sop_instance_uid_gets_a_failure_status_without_a_t
     assert kind == 0x04
     assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.DATA_SET_MISMATCH
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
-
-
-def test_the_spool_file_hashes_the_data_set_as_written(tmp_path: Path) -> None:
-    """The running SHA-256 equals the one computed from the file afterwards (archive.dataset_sha256)."""
-    spool = SpoolFile(tmp_path)
-    spool.write(store_codec.encode_file_meta(CT, "1.2.3.4", str(ExplicitVRLittleEndian)))
-    spool.begin_data_set()
-    for chunk in (b"\x08\x00\x16\x00UI\x1a\x00", b"1.2.840.10008.5.1.4.1.1.2\x00", b"", b"\x10" * 5000):
-        spool.write(chunk)
-    spool.close()
-    assert spool.data_set_sha256 == dataset_sha256(Path(spool.name))
-    assert SpoolFile(tmp_path).data_set_sha256 is None  # begin_data_set() not called: the file is read
-
-
-@pytest.mark.network
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("max_pdu", [4096, 0], ids=["many-fragments", "one-fragment"])
-def test_the_indexed_hash_is_the_stored_data_sets(server: RouterServer, tmp_path: Path, max_pdu: int) -> None:
-    sop = f"1.2.826.0.1.3680043.9.7433.3.5{max_pdu}"
-    source = write_part10(make_dataset(SOPInstanceUID=sop), tmp_path / "in.dcm")
-    assert _store(server.ports[0], source, max_pdu=max_pdu) == StoreStatus.SUCCESS
-    with server.app.sessions() as session:
-        indexed = session.execute(select(Instance.dataset_sha256).where(Instance.sop_instance_uid == sop)).scalar_one()
-    assert indexed == dataset_sha256(_stored(server, sop))[0] == dataset_sha256(source)[0]

@@ -36,9 +36,8 @@ LOG = logging.getLogger(__name__)
 class InstanceStore(Protocol):
     """What the handler needs from the intake service."""
 
-    def store(self, header: InstanceHeader, temp_path: Path, sender: Any, digest: tuple[str, int] | None = None) -> Any:
-        """Keep the instance; raise ArchiveError or IndexWriteError on failure. ``digest``: the
-        data set's SHA-256 and the file's size, when already known."""
+    def store(self, header: InstanceHeader, temp_path: Path, sender: Any) -> Any:
+        """Keep the instance; raise ArchiveError or IndexWriteError on failure."""
 
 
 SenderFactory = Callable[[str, str], Any]
@@ -196,9 +195,7 @@ class StoreHandler:
             )
             return _status(code, comment)
         try:
-            spool = getattr(request, "_dataset_file", None)
-            digest = spool.data_set_sha256 if isinstance(spool, SpoolFile) else None
-            outcome = self.store.store(header, temp_path, sender, digest)
+            outcome = self.store.store(header, temp_path, sender)
         except ArchiveError as exc:
             self.conditions.failed("archive", f"archive write failed: {exc}; answering 0xA700")
             return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "archive write failed; retry later")

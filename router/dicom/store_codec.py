@@ -293,8 +293,6 @@ def _begin_store(message: DIMSEMessage, context_id: int, request: StoreRequest, 
     message._data_set_file = spool
     message._data_set_path = Path(spool.name)
     spool.write(encode_file_meta(request.sop_class_uid, request.sop_instance_uid, str(transfer_syntax)))
-    if hasattr(spool, "begin_data_set"):  # router.dicom.spool.SpoolFile: hash as it arrives
-        spool.begin_data_set()
 
 
 def _trusted_uid(value: str) -> UID:
