@@ -378,3 +378,36 @@ def test_a_non_ascii_affected_sop_instance_uid_gets_a_failure_status_without_a_t
     assert kind == 0x04
     assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.DATA_SET_MISMATCH
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("element", "value", "reason"),
+    [
+        (0x0110, b"", "a C-STORE-RQ without MessageID"),
+        (0x0700, struct.pack("<H", 7), "a C-STORE-RQ with Priority 7"),
+    ],
+    ids=["empty-message-id", "priority-7"],
+)
+def test_an_unanswerable_command_is_aborted_before_its_data_set_is_spooled(
+    server: RouterServer, caplog: pytest.LogCaptureFixture, element: int, value: bytes, reason: str
+) -> None:
+    """Found by the hostile-peer trial: these were aborted only once the whole data set had been
+    written to the incoming folder (a sender stalling after its first fragment held the file for
+    network_timeout, 120 s). Now the A-ABORT comes as soon as the command set is in."""
+    caplog.set_level(logging.INFO)
+    sop = "1.2.826.0.1.3680043.9.7433.3.42"
+    body = identifiers(sop, "1.2.826.0.1.3680043.9.7433.1.42", "1.2.826.0.1.3680043.9.7433.2.42")
+    raw = RawAssociation(server.ports[0])
+    try:
+        assert raw.associate(max_pdu=0) == 0x02
+        raw.send(p_data(_with(c_store_command(CT_IMAGE_STORAGE, sop), element, value), command=True, last=True))
+        raw.send(p_data(body[:40], command=False, last=False))  # the data set has only begun
+        kind, pdu = raw.read_pdu()
+    finally:
+        raw.close()
+    assert (kind, pdu[2]) == (0x07, 0x02)
+    assert list(server.app.archive.incoming.iterdir()) == []
+    warnings = [r.getMessage() for r in caplog.records if r.name == "router.dicom.store_codec"]
+    assert len(warnings) == 1 and warnings[0].endswith(f"({reason}); A-ABORT sent"), warnings

@@ -248,14 +248,39 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
 
 
 def _pynetdicom_decode(message: DIMSEMessage, primitive: P_DATA, assoc: Any) -> bool:
-    """pynetdicom's decode_msg; a message it raises on aborts the association (see above)."""
+    """pynetdicom's decode_msg; a message it raises on aborts the association (see above), and
+    so does a C-STORE-RQ whose command set lacks a Message ID or has a Priority out of range,
+    as soon as its command set is in (before its data set is spooled)."""
     try:
-        return bool(_ORIGINAL["decode_msg"](message, primitive, assoc))
+        complete = bool(_ORIGINAL["decode_msg"](message, primitive, assoc))
     except Exception as exc:
         if assoc is None:
             raise
         _abort_invalid(assoc, f"{type(exc).__name__} while decoding it", message=message)
         return False
+    state = vars(message)
+    if (
+        assoc is not None
+        and type(message) is C_STORE_RQ
+        and not state.keys() & {"_router_checked", "_router_store_request"}
+    ):
+        message._router_checked = True  # type: ignore[attr-defined]  # (the codec's own requests are valid)
+        problem = _command_problem(message.command_set)
+        if problem is not None:
+            _abort_invalid(assoc, problem, message=message)
+            return False
+    return complete
+
+
+def _command_problem(command: Any) -> str | None:
+    """What makes a decoded C-STORE-RQ command set unanswerable (PS3.7 Table 9.3-1), or None:
+    no Message ID (a response could not name the request), a Priority other than 0, 1 or 2."""
+    if not isinstance(command.get("MessageID"), int):
+        return "a C-STORE-RQ without MessageID"
+    priority = command.get("Priority")
+    if priority not in (0, 1, 2):
+        return f"a C-STORE-RQ with Priority {priority if isinstance(priority, int) else 'missing'}"
+    return None
 
 
 def _abort_invalid(assoc: Any, reason: str, message: Any = None, spool: Any = None) -> None:
