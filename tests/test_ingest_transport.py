@@ -510,3 +510,81 @@ def test_set_uid_cache_hands_back_conformant_uids_and_leaves_the_rest_to_pynetdi
     for _ in range(2):
         with pytest.raises(ValueError, match="Invalid 'Abstract Syntax Name' value"):
             set_uid(b"1." + b"2" * 70, "Abstract Syntax Name")
+
+
+@pytest.mark.parametrize(
+    ("context_id", "result", "transfer_syntax"),
+    [
+        (1, 0x00, "1.2.840.10008.1.2.1"),  # odd length: no padding in association PDUs
+        (255, 0x00, "1.2.840.10008.1.2"),
+        (3, 0x03, "1.2.840.10008.1.2"),  # refused: the proposed syntax echoed
+        (7, 0x04, "1.2.840.10008.1.2.4.201"),
+        (9, 0x00, "1.2.826.0.1.3680043.8.1055.1.99.12345678901234567890"),
+    ],
+)
+def test_accepted_context_items_encode_to_pynetdicoms_bytes(context_id: int, result: int, transfer_syntax: str) -> None:
+    from pynetdicom.pdu_items import PresentationContextItemAC, TransferSyntaxSubItem
+
+    from router.dicom import negotiation
+    from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES
+
+    assert negotiation.install(frozenset(STORAGE_TRANSFER_SYNTAXES))
+    item = PresentationContextItemAC()
+    item.presentation_context_id, item.result_reason = context_id, result
+    sub_item = TransferSyntaxSubItem()
+    sub_item.transfer_syntax_name = transfer_syntax
+    item.transfer_syntax_sub_item = [sub_item]
+    expected = negotiation._PYNETDICOM_CONTEXT_AC_ENCODE(item)
+    assert negotiation.encode_presentation_context_ac(context_id, result, transfer_syntax) == expected
+    assert item.encode() == expected
+    assert len(expected) == len(item)  # the item length pynetdicom sums into the PDU length
+
+
+def test_a_whole_association_accept_encodes_as_pynetdicom_encodes_it() -> None:
+    """An A-ASSOCIATE-AC for storescu's 128 contexts: the same bytes with the direct item encoder;
+    an item without its one transfer syntax is left to pynetdicom."""
+    from pynetdicom.pdu import A_ASSOCIATE_AC
+    from pynetdicom.pdu_items import PresentationContextItemAC
+
+    from router.dicom import negotiation
+    from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES
+
+    assert negotiation.install(frozenset(STORAGE_TRANSFER_SYNTAXES))
+    ae = AE(ae_title="ROUTER")
+    for index in range(128):
+        ae.add_requested_context(f"1.2.840.10008.5.1.4.1.1.{index + 1}", ["1.2.840.10008.1.2.1"])
+    pdu = A_ASSOCIATE_AC()
+    pdu.variable_items.append(_application_context_item())
+    for number, context in enumerate(ae.requested_contexts):
+        item = PresentationContextItemAC()
+        item.presentation_context_id, item.result_reason = 2 * number + 1, number % 5
+        item.from_primitive(_with_result(context, 2 * number + 1, number % 5))
+        pdu.variable_items.append(item)
+    empty = PresentationContextItemAC()
+    empty.presentation_context_id, empty.result_reason = 255, 0x04
+    pdu.variable_items.append(empty)
+    fast = pdu.encode()
+    PresentationContextItemAC.encode, saved = (
+        negotiation._PYNETDICOM_CONTEXT_AC_ENCODE,
+        PresentationContextItemAC.encode,
+    )
+    try:
+        slow = pdu.encode()
+    finally:
+        PresentationContextItemAC.encode = saved
+    assert fast == slow
+    assert len(fast) > 128 * 27
+
+
+def _application_context_item() -> object:
+    from pynetdicom.pdu_items import ApplicationContextItem
+
+    item = ApplicationContextItem()
+    item.application_context_name = "1.2.840.10008.3.1.1.1"
+    return item
+
+
+def _with_result(context: object, context_id: int, result: int) -> object:
+    context = copy.deepcopy(context)
+    context.context_id, context.result = context_id, result  # type: ignore[attr-defined]
+    return context

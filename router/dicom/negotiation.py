@@ -18,14 +18,15 @@ gets the first proposed transfer syntax pydicom knows, or "transfer-syntaxes-not
 (0x04) when it knows none (PS3.8 section 9.3.3.2, Table 9-18). Other contexts are negotiated
 by pynetdicom as before.
 
-It also answers pydicom's ``UID.is_valid`` and pynetdicom's ``set_uid`` from bounded caches
-(the same answers, computed once per distinct UID): with a sender proposing every storage SOP
-class they were most of what is left of an association's set-up CPU.
+It also answers pydicom's ``UID.is_valid`` and pynetdicom's ``set_uid`` from bounded caches (the same answers, computed once per distinct UID), and encodes
+the A-ASSOCIATE-AC's presentation context items directly: with a sender proposing every storage
+SOP class they were most of what is left of an association's set-up CPU.
 """
 
 from __future__ import annotations
 
 import functools
+import struct
 import threading
 from typing import Any
 
@@ -103,6 +104,7 @@ def install(known_transfer_syntaxes: frozenset[str]) -> bool:
         _acse_module.negotiate_unrestricted = strict_unrestricted(original, known_transfer_syntaxes)
         _remember_uid_validity()
         _remember_set_uid()
+        _encode_accepted_contexts_directly()
         _INSTALLED = True
         return True
 
@@ -166,3 +168,45 @@ def _remember_set_uid() -> None:
     for module in (items, primitives, presentation):
         if getattr(module, "set_uid", None) is original:
             module.set_uid = set_uid  # type: ignore[attr-defined]
+
+
+_CONTEXT_AC_HEADER = struct.Struct(">BBHBBBB")
+#: pynetdicom's own ``PresentationContextItemAC.encode``, once replaced (for the tests).
+_PYNETDICOM_CONTEXT_AC_ENCODE: Any = None
+_SUB_ITEM_HEADER = struct.Struct(">BBH")
+
+
+def encode_presentation_context_ac(context_id: int, result: int, transfer_syntax: str) -> bytes:
+    """A Presentation Context Item of an A-ASSOCIATE-AC with its Transfer Syntax Sub-Item
+    (PS3.8 section 9.3.3.2, Tables 9-18 and 9-19): the UID in ASCII without padding.
+
+    The bytes pynetdicom's generic item encoder writes for the same item (tests compare them).
+    """
+    name = transfer_syntax.encode("ascii")
+    sub_item = _SUB_ITEM_HEADER.pack(0x40, 0, len(name)) + name
+    return _CONTEXT_AC_HEADER.pack(0x21, 0, 4 + len(sub_item), context_id, 0, result, 0) + sub_item
+
+
+def _encode_accepted_contexts_directly() -> None:
+    """pynetdicom's ``PresentationContextItemAC.encode`` through :func:`encode_presentation_context_ac`.
+
+    pynetdicom encodes each item field by field through generic wrappers and recomputes item
+    lengths as it goes: for storescu's 128 contexts, 262 item encodings and a sixth of an
+    association's set-up CPU. An item with anything but one ASCII transfer syntax and byte-sized
+    fields is left to pynetdicom's own encoder.
+    """
+    from pynetdicom.pdu_items import PresentationContextItemAC
+
+    global _PYNETDICOM_CONTEXT_AC_ENCODE
+    original = _PYNETDICOM_CONTEXT_AC_ENCODE = PresentationContextItemAC.encode
+
+    def encode(self: Any) -> bytes:
+        items = self.transfer_syntax_sub_item
+        context_id, result = self.presentation_context_id, self.result_reason
+        if len(items) == 1 and isinstance(context_id, int) and isinstance(result, int):
+            name = items[0].transfer_syntax_name
+            if name and name.isascii() and 0 <= context_id <= 255 and 0 <= result <= 255:
+                return encode_presentation_context_ac(context_id, result, str(name))
+        return bytes(original(self))
+
+    PresentationContextItemAC.encode = encode  # type: ignore[method-assign]
