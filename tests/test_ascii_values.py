@@ -1,16 +1,16 @@
 """Text values of printable ASCII read without pydicom (router/dicom/ascii_values.py): the same
 text pydicom's conversion gives the router, value by value, and the same InstanceHeader for
-every data set of pydicom's test files."""
+every Part 10 file shipped with pydicom."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom.data
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydicom.charset import convert_encodings
-from pydicom.data import get_testdata_files
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -84,9 +84,10 @@ def test_anything_else_is_left_to_pydicom(value: bytes, vr: str) -> None:
 
 
 def _readable_test_files() -> list[Path]:
+    """The Part 10 files shipped inside pydicom (its data package's test_files folder; nothing
+    is downloaded, unlike pydicom.data.get_testdata_files for the files it keeps elsewhere)."""
     paths = []
-    for name in get_testdata_files("*.dcm"):
-        path = Path(name)
+    for path in sorted((Path(pydicom.data.__file__).parent / "test_files").rglob("*.dcm")):
         with open(path, "rb") as handle:
             if handle.read(132)[128:] == b"DICM":
                 paths.append(path)
