@@ -18,9 +18,10 @@ gets the first proposed transfer syntax pydicom knows, or "transfer-syntaxes-not
 (0x04) when it knows none (PS3.8 section 9.3.3.2, Table 9-18). Other contexts are negotiated
 by pynetdicom as before.
 
-It also answers pydicom's ``UID.is_valid`` and pynetdicom's ``set_uid`` from bounded caches (the same answers, computed once per distinct UID), and encodes
-the A-ASSOCIATE-AC's presentation context items directly: with a sender proposing every storage
-SOP class they were most of what is left of an association's set-up CPU.
+It also answers pydicom's ``UID.is_valid`` and pynetdicom's ``set_uid`` from bounded caches
+(the same answers, computed once per distinct UID), and encodes the A-ASSOCIATE-AC's
+presentation context items directly: with a sender proposing every storage SOP class they were
+most of what is left of an association's set-up CPU.
 """
 
 from __future__ import annotations

@@ -258,13 +258,14 @@ def _pynetdicom_decode(message: DIMSEMessage, primitive: P_DATA, assoc: Any) -> 
             raise
         _abort_invalid(assoc, f"{type(exc).__name__} while decoding it", message=message)
         return False
+    # Checked once, when the command set has just been decoded (the codec's own requests are valid).
     state = vars(message)
     if (
         assoc is not None
         and type(message) is C_STORE_RQ
         and not state.keys() & {"_router_checked", "_router_store_request"}
     ):
-        message._router_checked = True  # type: ignore[attr-defined]  # (the codec's own requests are valid)
+        message._router_checked = True  # type: ignore[attr-defined]
         problem = _command_problem(message.command_set)
         if problem is not None:
             _abort_invalid(assoc, problem, message=message)
