@@ -381,3 +381,34 @@ def test_a_pdu_cut_short_at_the_request_deadline_is_one_warning(
     assert len(problems) == 1, problems
     assert problems[0][0] == "router.dicom.guard"
     assert "sent no complete A-ASSOCIATE-RQ within 2 s" in problems[0][1]
+
+
+@pytest.mark.parametrize("associated", [False, True], ids=["first-pdu", "after-the-association"])
+def test_an_unknown_pdu_type_is_aborted_at_once_with_one_warning(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture, associated: bool
+) -> None:
+    """pynetdicom answered an unknown PDU type with an A-ABORT but kept reading what followed as
+    PDUs (an ERROR line each, "Unknown PDU type received") and left the connection open until the
+    association-request deadline. Now: A-ABORT (unrecognized-PDU, PS3.8 Table 9-26), the
+    connection closed at once, one WARNING."""
+    caplog.set_level(logging.INFO)
+    with _router(tmp_path, database_url) as server:
+        sock = _connect(server.ports[0])
+        try:
+            if associated:
+                sock.sendall(associate_rq())
+                assert _read_pdu(sock)[0] == 0x02
+            started = time.monotonic()
+            sock.sendall(b"\x55\x00\x00\x00\x00\x04\x00\x00\x00\x00" + b"\x00" * 64)
+            kind, body = _read_pdu(sock)
+            sock.settimeout(5)
+            closed = sock.recv(1) == b""
+            seconds = time.monotonic() - started
+        finally:
+            sock.close()
+        time.sleep(0.3)
+    assert (kind, body[2], body[3]) == (0x07, 0x02, 0x01)  # A-ABORT, service provider, unrecognized-PDU
+    assert closed and seconds < 1.5  # not held until the 2 s request deadline
+    problems = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(problems) == 1, problems
+    assert problems[0][0] == "router.dicom.guard" and "are not a DICOM PDU (type 0x55" in problems[0][1]

@@ -42,6 +42,8 @@ LOG = logging.getLogger(__name__)
 #: A-ABORT PDU: type 7, length 4, reserved, reserved, source 2 (service provider), reason 6
 #: (invalid PDU parameter value). PS3.8 section 9.3.8, Table 9-26.
 A_ABORT_INVALID_PARAMETER = struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 0x02, 0x06)
+#: The same with reason 1 (unrecognized-PDU), for a PDU type PS3.8 section 9.3.1 does not define.
+A_ABORT_UNRECOGNIZED_PDU = struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 0x02, 0x01)
 #: Largest PDU of any other type accepted (A-ASSOCIATE-AC/RJ are not expected by an acceptor;
 #: A-RELEASE-RQ/RP and A-ABORT are 4 bytes), in bytes.
 OTHER_PDU_MAX = 65_536
@@ -241,13 +243,22 @@ class GuardedAssociationSocket(AssociationSocket):
         if len(data) < 6:
             return data
         pdu_type, _, length = struct.unpack(">BBL", bytes(data[:6]))
+        if pdu_type not in _PDU_TYPES:
+            # pynetdicom answered with an A-ABORT but kept reading the bytes after it as PDUs
+            # (an ERROR line each) until the request deadline
+            self._abort(
+                A_ABORT_UNRECOGNIZED_PDU,
+                "bytes from %s are not a DICOM PDU (type 0x%02X, PS3.8 section 9.3.1); A-ABORT sent and connection closed",
+                self._peer(),
+                pdu_type,
+            )
+            return bytearray()
         limit, key = self._limits.pdu_limit(pdu_type)
         if limit is not None and length > limit:
             self._refuse(pdu_type, length, limit, key)
             return bytearray()
-        if pdu_type in _PDU_TYPES:  # pynetdicom reads the body of a known type only (else Evt19)
-            self._header_next = False
-            self._pdu_type = pdu_type
+        self._header_next = False
+        self._pdu_type = pdu_type
         return data
 
     def _certificate_refusal(self, field: bytes) -> str | None:
@@ -331,7 +342,8 @@ class GuardedAssociationSocket(AssociationSocket):
         return data
 
     def _refuse(self, pdu_type: int, length: int, limit: int, key: str) -> None:
-        LOG.warning(
+        self._abort(
+            A_ABORT_INVALID_PARAMETER,
             "%s from %s declares %d bytes, more than %d (%s); A-ABORT sent and connection closed",
             _PDU_NAMES.get(pdu_type, f"PDU type 0x{pdu_type:02X}"),
             self._peer(),
@@ -339,11 +351,15 @@ class GuardedAssociationSocket(AssociationSocket):
             limit,
             key,
         )
+
+    def _abort(self, pdu: bytes, message: str, *args: object) -> None:
+        """Log ``message`` at WARNING, send the A-ABORT ``pdu`` and close."""
+        LOG.warning(message, *args)
         sock = self.socket
         if sock is not None:
             try:
                 sock.settimeout(1.0)
-                sock.sendall(A_ABORT_INVALID_PARAMETER)
+                sock.sendall(pdu)
             except OSError:
                 pass
         self._close_now()
