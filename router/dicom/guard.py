@@ -15,7 +15,8 @@ pynetdicom where it is meant to be extended, for its own server only:
   ``max_association_request_bytes``; P-DATA-TF at most the Maximum Length we offered,
   PS3.8 Annex D.1; release and abort PDUs are 4 bytes) and answers a longer one with A-ABORT
   (source: service provider, reason: invalid PDU parameter value; PS3.8 section 9.3.8) and
-  closes the connection; which gives the whole A-ASSOCIATE-RQ one deadline counted from
+  closes the connection, as it does a header of a PDU type PS3.8 does not define (reason:
+  unrecognized-PDU); which gives the whole A-ASSOCIATE-RQ one deadline counted from
   the connection (``association_request_timeout``), not one per read; and which, when calling
   AE titles are bound to client certificates (``[listener.tls] ae_title_subjects``), answers
   an A-ASSOCIATE-RQ whose calling AE title is bound to another certificate name, or that
