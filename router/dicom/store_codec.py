@@ -250,13 +250,18 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
 def _pynetdicom_decode(message: DIMSEMessage, primitive: P_DATA, assoc: Any) -> bool:
     """pynetdicom's decode_msg; a message it raises on aborts the association (see above), and
     so does a C-STORE-RQ whose command set lacks a Message ID or has a Priority out of range,
-    as soon as its command set is in (before its data set is spooled)."""
+    as soon as its command set is in (before its data set is spooled).
+
+    pynetdicom took those in whole and then ignored the request ("Received unexpected C-STORE
+    service message"): no answer, and the data set stayed in the incoming folder until the
+    periodic sweep, so a peer could fill the disk with data sets that never count. Without a
+    Message ID no response can be addressed (PS3.7 section 9.3.1.2)."""
     try:
         complete = bool(_ORIGINAL["decode_msg"](message, primitive, assoc))
     except Exception as exc:
         if assoc is None:
             raise
-        _abort_invalid(assoc, f"{type(exc).__name__} while decoding it", message=message)
+        _abort_invalid(assoc, f"{type(exc).__name__} while decoding it", message)
         return False
     # Checked once, when the command set has just been decoded (the codec's own requests are valid).
     state = vars(message)
@@ -268,7 +273,7 @@ def _pynetdicom_decode(message: DIMSEMessage, primitive: P_DATA, assoc: Any) -> 
         message._router_checked = True  # type: ignore[attr-defined]
         problem = _command_problem(message.command_set)
         if problem is not None:
-            _abort_invalid(assoc, problem, message=message)
+            _abort_invalid(assoc, problem, message)
             return False
     return complete
 
@@ -284,17 +289,14 @@ def _command_problem(command: Any) -> str | None:
     return None
 
 
-def _abort_invalid(assoc: Any, reason: str, message: Any = None, spool: Any = None) -> None:
+def _abort_invalid(assoc: Any, reason: str, message: Any) -> None:
     """Abort the association over an invalid DIMSE message: one WARNING line, the message's
-    spool file (or ``spool``) removed, later fragments of it dropped, and the A-ABORT (service
-    provider, PS3.8 section 9.3.8) sent by pynetdicom's state machine (Evt19, as for an invalid
-    PDU). ``reason`` names what was wrong, never a value from the message (an exception's text
-    may quote one)."""
-    if message is not None:
-        message._router_invalid = True
-        # forgotten, so the listener's clean-up at connection close does not report a transfer
-        # cut short
-        spool, message._data_set_file = getattr(message, "_data_set_file", None), None
+    spool file removed, later fragments of it dropped, and the A-ABORT (service provider, PS3.8
+    section 9.3.8) sent by pynetdicom's state machine (Evt19, as for an invalid PDU). ``reason``
+    names what was wrong, never a value from the message (an exception's text may quote one)."""
+    message._router_invalid = True
+    # forgotten, so the listener's clean-up at connection close does not report a transfer cut short
+    spool, message._data_set_file = getattr(message, "_data_set_file", None), None
     if spool is not None:
         with contextlib.suppress(OSError):
             spool.close()
@@ -342,7 +344,7 @@ def _message_to_primitive(self: DIMSEMessage) -> Any:
             assoc = getattr(self, "_router_assoc", None)
             if assoc is None:
                 raise
-            _abort_invalid(assoc, f"{type(exc).__name__} while reading it", message=self)
+            _abort_invalid(assoc, f"{type(exc).__name__} while reading it", self)
             dropped = C_STORE()
             dropped._router_dropped = True  # type: ignore[attr-defined]
             return dropped
@@ -392,21 +394,9 @@ def _storage_scp(self: Any, req: Any, context: Any) -> None:
 
 
 def _serve_request(self: Any, msg: Any, context_id: int) -> None:
-    """Association._serve_request: a C-STORE-RQ lacking a required parameter aborts.
-
-    pynetdicom logged "Received unexpected C-STORE service message" and went on: the peer got
-    no answer and the received data set stayed in the incoming folder until the periodic sweep,
-    so a peer could fill the disk with data sets that never count. Without a Message ID no
-    response can be addressed (PS3.7 section 9.3.1.2), so the association is aborted, with one
-    WARNING line naming the missing parameters, and the data set is removed. A primitive
-    :func:`_message_to_primitive` marked is dropped (its abort is under way).
-    """
+    """Association._serve_request: a primitive :func:`_message_to_primitive` marked is dropped
+    (its association is being aborted); everything else is pynetdicom's."""
     if getattr(msg, "_router_dropped", False):
-        return
-    if isinstance(msg, C_STORE) and not msg.is_valid_request and getattr(msg, "_dataset_file", None) is not None:
-        missing = [keyword for keyword in msg.REQUEST_KEYWORDS if getattr(msg, keyword) is None]
-        spool, msg._dataset_file = msg._dataset_file, None
-        _abort_invalid(self, f"a C-STORE-RQ without {', '.join(missing)}", spool=spool)
         return
     _ORIGINAL["serve_request"](self, msg, context_id)
 
