@@ -172,9 +172,9 @@ def _remember_set_uid() -> None:
 
 
 _CONTEXT_AC_HEADER = struct.Struct(">BBHBBBB")
+_SUB_ITEM_HEADER = struct.Struct(">BBH")
 #: pynetdicom's own ``PresentationContextItemAC.encode``, once replaced (for the tests).
 _PYNETDICOM_CONTEXT_AC_ENCODE: Any = None
-_SUB_ITEM_HEADER = struct.Struct(">BBH")
 
 
 def encode_presentation_context_ac(context_id: int, result: int, transfer_syntax: str) -> bytes:
