@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ from router.db.models import Instance, Study
 from router.dicom.balance import NOT_ACCEPTING, AcceptBalance
 from router.domain.enums import StudyStatus
 from router.server import RouterServer
+from router.workers import freeze_startup_heap
 from tests.conftest import make_settings
 from tests.dicom_bytes import RawAssociation
 from tests.dicom_helpers import make_dataset, send_paths, write_part10
@@ -137,3 +139,28 @@ def test_accept_balance_defers_to_a_less_busy_process_for_a_moment_only() -> Non
     first.stop()
     assert loads == [NOT_ACCEPTING, 1, NOT_ACCEPTING]
     assert second.defer(5) is False  # the others accept nothing: never defer to them
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_freeze_startup_heap_takes_what_is_alive_out_of_the_collectors_walk() -> None:
+    alive = _Cycle()  # made during "start-up": must survive and no longer be walked
+    garbage = _Cycle()
+    del garbage  # cyclic garbage made before the freeze: collected first, not frozen forever
+    collected_before = gc.get_stats()[2]["collected"]
+    try:
+        frozen = freeze_startup_heap()
+        assert frozen == gc.get_freeze_count() > 0
+        assert gc.get_stats()[2]["collected"] > collected_before  # the full collection ran first
+        assert not any(obj is alive for obj in gc.get_objects())  # out of every generation
+        assert not any(isinstance(obj, _Cycle) for obj in gc.get_objects())
+        made_later = _Cycle()
+        assert any(obj is made_later for obj in gc.get_objects())  # new objects are walked as before
+        assert alive.me is alive
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    assert any(obj is alive for obj in gc.get_objects())

@@ -14,6 +14,7 @@ import click
 from router.cli.context import CliContext
 from router.errors import RouterError
 from router.server import RouterServer
+from router.workers import freeze_startup_heap
 
 
 @click.command("serve")
@@ -52,6 +53,7 @@ def serve(obj: CliContext, port: int | None, host: str | None, workers: int | No
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
+        freeze_startup_heap()
         report = server.recovery_report
         if report is not None and not report.clean_previous_shutdown:
             click.echo(
