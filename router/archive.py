@@ -155,12 +155,23 @@ class Archive:
             _remove_quietly(temp)
             raise ArchiveError(f"cannot store {temp.name}: {exc.strerror}") from exc
 
-    def place(self, temp: Path, relative_path: str, *, replace: bool = False, synced: bool = False) -> StoredFile:
+    def place(
+        self,
+        temp: Path,
+        relative_path: str,
+        *,
+        replace: bool = False,
+        synced: bool = False,
+        sync_folder: bool = True,
+    ) -> StoredFile:
         """Durably move a complete temporary file to ``relative_path``.
 
         fsync the file (unless ``synced``: the caller's :meth:`sync_temp` just did), create
         missing folders (fsyncing each parent), rename, fsync the folder. Without ``replace``
-        an existing file is never overwritten.
+        an existing file is never overwritten. With ``sync_folder`` false the last step is the
+        caller's: the rename is durable only once it has called :meth:`sync_folder`, which it
+        must do before acknowledging anything (intake does it after its index commit, so the
+        database write lock is not held for it).
 
         Raises
         ------
@@ -177,7 +188,8 @@ class Archive:
             if not replace and target.exists():
                 raise FileExistsError(errno.EEXIST, "exists", str(target))
             os.replace(temp, target)
-            _fsync_dir(target.parent)
+            if sync_folder:
+                _fsync_dir(target.parent)
             if not relative_path.startswith("."):
                 # Bump the study folder's mtime so start-up reconciliation finds new files by
                 # looking at study folders only (see files_modified_since).
@@ -188,6 +200,22 @@ class Archive:
             _remove_quietly(temp)
             raise ArchiveError(f"cannot store {relative_path.rsplit('/', 1)[-1]}: {exc.strerror}") from exc
         return StoredFile(relative_path=relative_path, size_bytes=size)
+
+    def sync_folder(self, relative_path: str) -> None:
+        """fsync the folder holding ``relative_path``: a rename into it (:meth:`place` with
+        ``sync_folder=False``) is then durable (POSIX makes a new directory entry durable only
+        with an fsync of its directory).
+
+        Raises
+        ------
+        ArchiveError
+            On any I/O error (the file may not survive a power loss: do not acknowledge it).
+        """
+        folder = (self.root / relative_path).parent
+        try:
+            _fsync_dir(folder)
+        except OSError as exc:
+            raise ArchiveError(f"cannot store {relative_path.rsplit('/', 1)[-1]}: {exc.strerror}") from exc
 
     def quarantine(self, temp: Path, sop_instance_uid: str, sha256: str) -> StoredFile:
         """Keep a differing copy under ``.quarantine/<SOP>/<sha256>.dcm`` (never overwriting).

@@ -295,8 +295,17 @@ class EncryptedArchive:
         return self.inner.files_modified_since(since_epoch)
 
     # ------------------------------------------------------------------ encrypting writes
-    def place(self, temp: Path, relative_path: str, *, replace: bool = False, synced: bool = False) -> StoredFile:
-        """Encrypt the plain temporary file ``temp`` (consumed) and store it durably.
+    def place(
+        self,
+        temp: Path,
+        relative_path: str,
+        *,
+        replace: bool = False,
+        synced: bool = False,
+        sync_folder: bool = True,
+    ) -> StoredFile:
+        """Encrypt the plain temporary file ``temp`` (consumed) and store it durably (with
+        ``sync_folder`` false, once :meth:`sync_folder` has been called too).
 
         Raises
         ------
@@ -307,12 +316,16 @@ class EncryptedArchive:
         """
         sealed = self._seal(temp)
         try:
-            stored = self.inner.place(sealed, relative_path, replace=replace, synced=True)
+            stored = self.inner.place(sealed, relative_path, replace=replace, synced=True, sync_folder=sync_folder)
         except FileExistsError:
             _remove_quietly(sealed)
             raise
         _remove_quietly(temp)
         return stored
+
+    def sync_folder(self, relative_path: str) -> None:
+        """See :meth:`router.archive.Archive.sync_folder` (the inner backend's)."""
+        self.inner.sync_folder(relative_path)
 
     def quarantine(self, temp: Path, sop_instance_uid: str, sha256: str) -> StoredFile:
         """Encrypt and keep a differing copy under ``.quarantine/`` (see the inner backend)."""

@@ -99,9 +99,21 @@ class S3Archive(Archive):
         return f"{self.prefix}{relative_path}"
 
     # ------------------------------------------------------------------ writes
-    def place(self, temp: Path, relative_path: str, *, replace: bool = False, synced: bool = False) -> StoredFile:
+    def sync_folder(self, relative_path: str) -> None:
+        """Nothing to do: an object stored by :meth:`place` is durable once its PUT is answered."""
+
+    def place(
+        self,
+        temp: Path,
+        relative_path: str,
+        *,
+        replace: bool = False,
+        synced: bool = False,
+        sync_folder: bool = True,
+    ) -> StoredFile:
         """Upload a complete temporary file as ``relative_path`` (one PUT with Content-MD5); the
-        temporary file is removed once the object is stored.
+        temporary file is removed once the object is stored. An object is durable once the PUT
+        is answered, so ``sync_folder`` changes nothing here.
 
         Raises
         ------

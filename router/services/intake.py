@@ -100,7 +100,9 @@ class IntakeService:
         Raises
         ------
         ArchiveError
-            The file could not be hashed, written or renamed (answer 0xA700).
+            The file could not be hashed, written, renamed or made durable (answer 0xA700; if
+            only its folder's fsync failed the row is committed, and a resend of the same data
+            set is answered from it once that fsync succeeds).
         IndexWriteError
             The database could not record it (answer 0xA701).
         """
@@ -120,7 +122,13 @@ class IntakeService:
             # database and archive (the per-UID lock covers this process only), so a file at the
             # path with no row is debris of an unacknowledged attempt and is replaced, never
             # another node's copy. fsync first, so the transaction is not held for it (and
-            # ``place`` does not fsync the file again).
+            # ``place`` does not fsync the file again). The folder's fsync, which makes the
+            # rename durable, comes after the commit for the same reason: inside, it was about
+            # half of the time SQLite's write lock was held, which the receiving processes share
+            # (docs/benchmarks.md, lever 21). Success is still answered only after both. A
+            # power loss between the commit and the folder's fsync can leave a row without its
+            # file, reported at start-up; the sender got no answer and sends again, and the
+            # identical copy puts the file back (``_store_again``).
             self._archive.sync_temp(temp_path)
             try:
                 self._index(
@@ -129,7 +137,9 @@ class IntakeService:
                     relative_path,
                     size,
                     sha256,
-                    place=lambda: self._archive.place(temp_path, relative_path, replace=True, synced=True),
+                    place=lambda: self._archive.place(
+                        temp_path, relative_path, replace=True, synced=True, sync_folder=False
+                    ),
                 )
             except IntegrityError as exc:
                 # Already indexed (a resend, or another node first): the stored file stands.
@@ -137,6 +147,7 @@ class IntakeService:
                 if existing is None:
                     raise IndexWriteError(_db_reason(exc)) from exc
                 return self._store_again(header, temp_path, sender, existing, sha256, size)
+            self._archive.sync_folder(relative_path)
             return StoreOutcome.STORED
 
     def adopt(self, header: InstanceHeader, relative_path: str, sender: Sender) -> StoreOutcome:
@@ -205,6 +216,9 @@ class IntakeService:
                 )
                 return StoreOutcome.DUPLICATE
             self._archive.remove_temp(temp_path)
+            # The first copy's answer may have been a failure of this very fsync (after its
+            # commit): the identical resend is answered Success only once the file is durable.
+            self._archive.sync_folder(relative_path)
             LOG.debug("duplicate of SOP Instance %s from %s ignored", header.sop_instance_uid, sender.calling_ae_title)
             return StoreOutcome.DUPLICATE
         kept = self._archive.quarantine(temp_path, header.sop_instance_uid or "", sha256)

@@ -1,0 +1,153 @@
+"""When intake makes a received instance durable, relative to the index commit (issue 14, lever 21).
+
+The file is fsynced before the transaction, renamed into place inside it (after its row is
+inserted), and its folder is fsynced after the commit, outside SQLite's write lock, which every
+receiving process shares. Success is answered only after all of it; a failed folder fsync is
+answered 0xA700 and the identical resend is answered Success only once the fsync succeeds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from router.app import RouterApp
+from router.archive import Archive
+from router.db.models import Instance
+from router.dicom.scp import StoreHandler
+from router.dicom.status import StoreStatus
+from router.errors import ArchiveError
+from router.services.intake import Sender
+from tests.conftest import make_settings
+from tests.dicom_helpers import make_dataset, write_part10
+
+
+@pytest.fixture
+def sqlite_app(tmp_path: Path, sqlite_url: str) -> Iterator[RouterApp]:
+    app = RouterApp.open(make_settings(tmp_path, sqlite_url))
+    app.archive.prepare()
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def _event(path: Path, sop_instance_uid: str, sop_class_uid: str) -> Any:
+    """What StoreHandler reads of pynetdicom's EVT_C_STORE event."""
+    return SimpleNamespace(
+        dataset_path=path,
+        request=SimpleNamespace(AffectedSOPInstanceUID=sop_instance_uid, AffectedSOPClassUID=sop_class_uid),
+        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="DURABLE_SCU", address="127.0.0.1")),
+    )
+
+
+def _receive(app: RouterApp, ds: Any, name: str) -> int:
+    temp = write_part10(ds, app.archive.incoming / name)
+    response = StoreHandler(app.intake, Sender)(_event(temp, str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
+    return int(response.Status)
+
+
+def _rows(app: RouterApp, sop_instance_uid: str) -> int:
+    with app.sessions() as session:
+        return int(session.scalar(select(func.count()).where(Instance.sop_instance_uid == sop_instance_uid)) or 0)
+
+
+def test_the_folder_is_fsynced_after_the_commit_and_outside_the_write_lock(
+    sqlite_app: RouterApp, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = sqlite_app.archive
+    assert isinstance(archive, Archive)
+    database = sqlite_url.removeprefix("sqlite:///")
+    ds = make_dataset()
+    uid = str(ds.SOPInstanceUID)
+    folder = (archive.root / archive.instance_relpath(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), uid)).parent
+    seen: list[dict[str, object]] = []
+    real_sync_folder = archive.sync_folder
+
+    def observed_sync_folder(relative_path: str) -> None:
+        # Another connection, as another receiving process would have: it sees only committed
+        # rows, and it takes the write lock only if nobody holds it.
+        other = sqlite3.connect(database, timeout=0, isolation_level=None)
+        try:
+            committed = other.execute("SELECT count(*) FROM instances WHERE sop_instance_uid = ?", (uid,)).fetchone()[0]
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+                lock_free = True
+            except sqlite3.OperationalError:
+                lock_free = False
+        finally:
+            other.close()
+        seen.append(
+            {
+                "folder": (archive.root / relative_path).parent,
+                "file_in_place": (archive.root / relative_path).is_file(),
+                "committed_rows": committed,
+                "lock_free": lock_free,
+            }
+        )
+        real_sync_folder(relative_path)
+
+    monkeypatch.setattr(archive, "sync_folder", observed_sync_folder)
+    assert _receive(sqlite_app, ds, "first.dcm") == StoreStatus.SUCCESS
+    assert seen == [{"folder": folder, "file_in_place": True, "committed_rows": 1, "lock_free": True}]
+
+
+def test_a_failed_folder_fsync_is_answered_a700_and_the_resend_is_answered_once_it_is_durable(
+    sqlite_app: RouterApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = sqlite_app.archive
+    ds = make_dataset()
+    uid = str(ds.SOPInstanceUID)
+    calls: list[str] = []
+    real_sync_folder = archive.sync_folder
+
+    def failing_once(relative_path: str) -> None:
+        calls.append(relative_path)
+        if len(calls) == 1:
+            raise ArchiveError("cannot store x.dcm: Input/output error")
+        real_sync_folder(relative_path)
+
+    monkeypatch.setattr(archive, "sync_folder", failing_once)
+    assert _receive(sqlite_app, ds, "first.dcm") == StoreStatus.OUT_OF_RESOURCES_ARCHIVE
+    assert _rows(sqlite_app, uid) == 1  # committed before the fsync failed: the resend finds it
+    assert _receive(sqlite_app, ds, "again.dcm") == StoreStatus.SUCCESS
+    assert len(calls) == 2 and calls[0] == calls[1]  # the resend's Success waited for the fsync
+    assert _rows(sqlite_app, uid) == 1
+    assert archive.exists(calls[0])
+    assert not any(archive.incoming.iterdir())  # both temporary files consumed
+
+
+def test_a_resend_is_not_answered_while_its_folder_cannot_be_fsynced(
+    sqlite_app: RouterApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = sqlite_app.archive
+    ds = make_dataset()
+    assert _receive(sqlite_app, ds, "first.dcm") == StoreStatus.SUCCESS
+
+    def failing(relative_path: str) -> None:
+        raise ArchiveError("cannot store x.dcm: Input/output error")
+
+    monkeypatch.setattr(archive, "sync_folder", failing)
+    assert _receive(sqlite_app, ds, "again.dcm") == StoreStatus.OUT_OF_RESOURCES_ARCHIVE
+
+
+def test_sync_folder_reports_a_missing_folder_as_an_archive_error(sqlite_app: RouterApp) -> None:
+    with pytest.raises(ArchiveError, match=r"^cannot store 9\.dcm: No such file or directory$"):
+        sqlite_app.archive.sync_folder("no/such/folder/9.dcm")
+
+
+def test_place_without_sync_folder_still_renames_and_makes_new_folders(sqlite_app: RouterApp) -> None:
+    archive = sqlite_app.archive
+    temp = archive.write_temp(b"0123456789")
+    stored = archive.place(temp, "a/b/c/1.dcm", sync_folder=False)
+    archive.sync_folder("a/b/c/1.dcm")
+    assert (stored.relative_path, stored.size_bytes) == ("a/b/c/1.dcm", 10)
+    assert (archive.root / "a/b/c/1.dcm").read_bytes() == b"0123456789"
+    assert not temp.exists()
