@@ -117,6 +117,16 @@ def check_connection(engine: Engine) -> None:
         ) from exc
 
 
+#: Seconds between the first two tries to take SQLite's write lock (``BEGIN IMMEDIATE``).
+SQLITE_BEGIN_FIRST_PAUSE = 0.0002
+#: Most seconds between two tries. Another receiving process holds the lock about 1.3 ms per
+#: index transaction (statements and the WAL's fsync); a waiter asleep for up to 2 ms, as
+#: before, left it free for that long after a release (docs/benchmarks.md, lever 23). In a
+#: receiving process only the group commit's leader waits here, so the shorter pause costs
+#: little CPU.
+SQLITE_BEGIN_MAX_PAUSE = 0.0005
+
+
 def _make_engine(url: str, busy_timeout: float, create: bool, server: ServerOptions, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -154,7 +164,7 @@ def _make_engine(url: str, busy_timeout: float, create: bool, server: ServerOpti
             raw = connection.connection.dbapi_connection
             raw.execute("PRAGMA busy_timeout=0")
             deadline = time.monotonic() + busy_timeout
-            pause = 0.0002
+            pause = SQLITE_BEGIN_FIRST_PAUSE
             try:
                 while True:
                     try:
@@ -166,7 +176,7 @@ def _make_engine(url: str, busy_timeout: float, create: bool, server: ServerOpti
                         if time.monotonic() >= deadline:
                             raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
                         time.sleep(pause)
-                        pause = min(pause * 1.5, 0.002)
+                        pause = min(pause * 1.5, SQLITE_BEGIN_MAX_PAUSE)
             finally:
                 raw.execute(f"PRAGMA busy_timeout={lock_timeout_ms}")
 
