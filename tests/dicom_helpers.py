@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
@@ -54,6 +55,18 @@ def make_dataset(**overrides: object) -> Dataset:
         else:
             setattr(ds, keyword, value)
     return ds
+
+
+def store_event(
+    dataset_path: Path, sop_instance_uid: str, sop_class_uid: str, calling_ae_title: str = "TEST_SCU"
+) -> SimpleNamespace:
+    """What :class:`~router.dicom.scp.StoreHandler` reads of pynetdicom's EVT_C_STORE event, for
+    calling the handler directly on a data set already in the incoming folder."""
+    return SimpleNamespace(
+        dataset_path=dataset_path,
+        request=SimpleNamespace(AffectedSOPInstanceUID=sop_instance_uid, AffectedSOPClassUID=sop_class_uid),
+        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title=calling_ae_title, address="127.0.0.1")),
+    )
 
 
 def write_part10(

@@ -14,7 +14,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -41,7 +40,7 @@ from tests.dicom_bytes import (
     identifiers,
     item,
 )
-from tests.dicom_helpers import send_paths, write_raw_part10
+from tests.dicom_helpers import send_paths, store_event, write_raw_part10
 
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -49,21 +48,6 @@ STATUSES = {int(code) for code in StoreStatus}
 
 
 # ----------------------------------------------------------------------------- the handler, directly
-@dataclass
-class _Request:
-    AffectedSOPInstanceUID: str
-    AffectedSOPClassUID: str
-
-
-class _Event:
-    """What StoreHandler reads from pynetdicom's EVT_C_STORE event."""
-
-    def __init__(self, dataset_path: Path, request: _Request) -> None:
-        self.dataset_path = dataset_path
-        self.request = request
-        self.assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title="PROP_SCU  ", address="127.0.0.1"))
-
-
 @dataclass(frozen=True)
 class Case:
     """One C-STORE: the data set bytes as received, their transfer syntax and the request UIDs."""
@@ -118,7 +102,9 @@ def handle(app: RouterApp, case: Case, name: str = "case") -> int:
     temp = write_raw_part10(app.archive.incoming / f"{name}.dcm", CT_IMAGE_STORAGE, "1.2.3.4", case.data, case.syntax)
     files_before, rows_before = _archive_files(app), _count(app, Instance)
     try:
-        response = StoreHandler(app.intake, Sender)(_Event(temp, _Request(case.sop_instance_uid, case.sop_class_uid)))
+        response = StoreHandler(app.intake, Sender)(
+            store_event(temp, case.sop_instance_uid, case.sop_class_uid, "PROP_SCU  ")
+        )
     finally:
         temp.unlink(missing_ok=True)
     status = int(response.Status)
@@ -390,7 +376,7 @@ def test_two_router_nodes_racing_on_one_uid_never_overwrite(tmp_path: Path, monk
     def store(index: int) -> None:
         node, case = nodes[index], copies[index]
         temp = write_raw_part10(node.archive.incoming / f"node{index}.dcm", CT_IMAGE_STORAGE, _SOP, case.data)
-        response = StoreHandler(node.intake, Sender)(_Event(temp, _Request(_SOP, CT_IMAGE_STORAGE)))
+        response = StoreHandler(node.intake, Sender)(store_event(temp, _SOP, CT_IMAGE_STORAGE, "PROP_SCU  "))
         temp.unlink(missing_ok=True)
         statuses[index] = int(response.Status)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,7 +24,7 @@ from router.dicom.status import StoreStatus
 from router.errors import ArchiveError
 from router.services.intake import Sender
 from tests.conftest import make_settings
-from tests.dicom_helpers import make_dataset, write_part10
+from tests.dicom_helpers import make_dataset, store_event, write_part10
 
 
 @pytest.fixture
@@ -38,18 +37,11 @@ def sqlite_app(tmp_path: Path, sqlite_url: str) -> Iterator[RouterApp]:
         app.close()
 
 
-def _event(path: Path, sop_instance_uid: str, sop_class_uid: str) -> Any:
-    """What StoreHandler reads of pynetdicom's EVT_C_STORE event."""
-    return SimpleNamespace(
-        dataset_path=path,
-        request=SimpleNamespace(AffectedSOPInstanceUID=sop_instance_uid, AffectedSOPClassUID=sop_class_uid),
-        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="DURABLE_SCU", address="127.0.0.1")),
-    )
-
-
 def _receive(app: RouterApp, ds: Any, name: str) -> int:
     temp = write_part10(ds, app.archive.incoming / name)
-    response = StoreHandler(app.intake, Sender)(_event(temp, str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
+    response = StoreHandler(app.intake, Sender)(
+        store_event(temp, str(ds.SOPInstanceUID), str(ds.SOPClassUID), "DURABLE_SCU")
+    )
     return int(response.Status)
 
 
