@@ -113,3 +113,13 @@ def test_every_pydicom_test_file_gives_the_same_header_as_through_pydicom(monkey
         assert fast[path] == slow, path.name
         taken += not isinstance(slow, tuple)
     assert taken > 50
+
+
+def test_a_character_set_with_a_wrong_length_for_its_vr_is_undecodable(tmp_path: Path) -> None:
+    """Found by hypothesis in CI: (0008,0005) sent with VR SL and 1 byte made pydicom raise
+    BytesLengthException out of read_header (the handler must answer a status, 0xC210)."""
+    from tests.dicom_helpers import write_raw_part10
+
+    path = write_raw_part10(tmp_path / "bad.dcm", "1.2.840.10008.5.1.4.1.1.2", "1.0", b"\x08\x00\x05\x00SL\x01\x00\x00")
+    with pytest.raises(UndecodableDataSet, match=r"^BytesLengthException$"):
+        read_header(path)

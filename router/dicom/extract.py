@@ -38,7 +38,7 @@ from pydicom.charset import convert_encodings, default_encoding, python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -176,6 +176,7 @@ def read_header(path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
         IndexError,
         NotImplementedError,
         LookupError,
+        BytesLengthException,  # a value whose length is not a multiple of its VR's size
         struct.error,
         zlib.error,
         RecursionError,
