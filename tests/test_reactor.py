@@ -9,9 +9,11 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router.dicom import reactor
 from router.server import RouterServer
+from tests.dicom_bytes import A_ABORT, RawAssociation
 from tests.dicom_helpers import make_dataset, write_part10
 
 pytestmark = pytest.mark.network
@@ -49,3 +51,81 @@ def test_no_wake_up_is_lost_when_an_scu_in_the_same_process_waits_for_responses(
         assoc.release()
     assert statuses == [0x0000] * 120
     assert slowest < 2.5, f"a C-STORE round trip waited {slowest:.1f} s: a wake-up was lost"
+
+
+A_RELEASE_RQ = bytes([0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0])  # PS3.8 section 9.3.6
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_peers_release_request_wakes_the_association_thread(
+    server: RouterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the association thread waited on its DIMSE message queue only, so a peer's
+    A-RELEASE-RQ (a primitive on the DUL's other queue) was seen when that wait ran out: 5 ms
+    per association, which every DCMTK storescu waited for before it exited. With the wait
+    made 8 s long, a release that takes seconds means the wake-up is missing."""
+    monkeypatch.setattr(reactor, "ASSOCIATION_WAIT", 8.0)
+    slowest = 0.0
+    for _ in range(3):
+        peer = RawAssociation(server.ports[0])
+        try:
+            assert peer.associate() == 0x02
+            started = time.monotonic()
+            peer.sock.sendall(A_RELEASE_RQ)
+            kind, _ = peer.read_pdu()
+            slowest = max(slowest, time.monotonic() - started)
+            assert kind == 0x06  # A-RELEASE-RP
+        finally:
+            peer.sock.close()
+    assert slowest < 4.0, f"an A-RELEASE-RP took {slowest:.1f} s: the A-RELEASE-RQ was not noticed"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_peers_abort_ends_the_association_without_waiting_out_the_poll(
+    server: RouterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An A-ABORT from the peer ends the router's association (it leaves pynetdicom's active
+    associations) long before the 8 s wait: pynetdicom's abort actions put ``(None, None)`` on
+    the DIMSE message queue, which the wait must keep treating as work (the wake-up the DUL's
+    own queue now also gives)."""
+    monkeypatch.setattr(reactor, "ASSOCIATION_WAIT", 8.0)
+    listener = server.listener
+    assert listener is not None
+    peer = RawAssociation(server.ports[0])
+    try:
+        assert peer.associate() == 0x02
+        time.sleep(0.2)  # the association thread is in its (8 s) wait
+        assert listener.active_associations() == 1
+        peer.sock.sendall(A_ABORT)
+        deadline = time.monotonic() + 4.0
+        while listener.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert listener.active_associations() == 0
+    finally:
+        peer.sock.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_local_scu_request_does_not_wait_out_its_reactors_poll(
+    server: RouterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom's send_* (as the router's forwarding calls send_c_store) pauses its
+    association's reactor first and spins until it has paused; the reactor paused only when its
+    wait ran out, up to 5 ms per request. With the wait made 8 s long, a C-ECHO round trip that
+    takes seconds means the pause request did not wake the reactor."""
+    ae = AE(ae_title="PAUSE_SCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.ports[0], ae_title="ROUTER")
+    assert assoc.is_established
+    monkeypatch.setattr(reactor, "ASSOCIATION_WAIT", 8.0)
+    time.sleep(0.2)  # both association threads are now in their (8 s) waits
+    slowest = 0.0
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            assert int(assoc.send_c_echo().Status) == 0x0000
+            slowest = max(slowest, time.monotonic() - started)
+    finally:
+        assoc.release()
+    assert slowest < 4.0, f"a C-ECHO round trip took {slowest:.1f} s: the reactor was not woken to pause"

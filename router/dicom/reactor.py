@@ -10,7 +10,11 @@ doing nothing, which caps a pynetdicom receiver near 110-220 instances/s on smal
 :func:`install` replaces those sleeps, for pynetdicom's own threads only, with waits that end as
 soon as there is work:
 
-- the association thread waits on its DIMSE message queue's condition (woken by ``put``);
+- the association thread waits on its DIMSE message queue's condition, woken by ``put``, by the
+  DUL handing it a primitive (an A-RELEASE or A-ABORT from the peer) and by a local ``send_*``,
+  ``release`` or ``abort`` asking it to pause: before, those waited until the wait ran out (a
+  peer's A-RELEASE-RP up to 5 ms late per association, each C-STORE the router forwards up to
+  5 ms; docs/benchmarks.md, lever 24);
 - the DUL thread waits in ``select`` on its socket and on a wake-up pipe written when a
   primitive is queued for sending (``send_pdu``).
 
@@ -29,6 +33,7 @@ the last part of a data set.
 from __future__ import annotations
 
 import os
+import queue as _queue
 import select
 import socket
 import threading
@@ -114,6 +119,58 @@ def _dul_wait(dul: DULServiceProvider, seconds: float) -> None:
             pass
 
 
+def _message_condition(assoc: Any) -> threading.Condition | None:
+    """The condition of ``assoc``'s DIMSE message queue (``Queue.not_empty``), if it has one."""
+    queue = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+    return getattr(queue, "not_empty", None)
+
+
+def _poke(assoc: Any) -> None:
+    """End the association thread's wait in :func:`_association_wait` (or its next one).
+
+    ``_router_pokes`` is counted under the message queue's condition, so a waiter that looked
+    before the poke is notified and one that looks after sees the count move: no wake-up is
+    lost, and each poke ends at most one wait early (no busy loop).
+    """
+    condition = _message_condition(assoc)
+    if condition is None:
+        return  # not set up yet: its reactor has not started waiting
+    with condition:
+        assoc._router_pokes = getattr(assoc, "_router_pokes", 0) + 1
+        condition.notify_all()
+
+
+class _UserQueue(_queue.Queue):
+    """The DUL's queue of primitives for its association (``to_user_queue``: A-RELEASE,
+    A-ABORT, A-P-ABORT from the peer) that wakes the association thread on every arrival."""
+
+    def __init__(self, dul: DULServiceProvider) -> None:
+        super().__init__()
+        self._dul = weakref.ref(dul)
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        dul = self._dul()
+        if dul is not None:
+            _poke(getattr(dul, "_assoc", None))
+
+
+class _ReactorCheckpoint(threading.Event):
+    """An association's ``_reactor_checkpoint`` whose ``clear`` wakes the association thread.
+
+    pynetdicom's ``send_*``, ``release`` and ``abort`` clear it, then spin until the reactor
+    pauses at its top; the reactor got there only when its wait ran out (up to
+    :data:`ASSOCIATION_WAIT` per call, i.e. per C-STORE the router forwards)."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__()
+        self._assoc = weakref.ref(assoc)
+
+    def clear(self) -> None:
+        super().clear()
+        _poke(self._assoc())
+
+
 def _association_wait(assoc: Association, seconds: float) -> None:
     queue = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
     condition = getattr(queue, "not_empty", None)
@@ -121,8 +178,13 @@ def _association_wait(assoc: Association, seconds: float) -> None:
         _time.sleep(seconds)
         return
     with condition:
+        pokes = getattr(assoc, "_router_pokes", 0)
+        if pokes != getattr(assoc, "_router_seen_pokes", 0):
+            assoc._router_seen_pokes = pokes  # type: ignore[attr-defined]
+            return  # a primitive from the peer, or a pause asked for, since the last look
         if not queue._qsize():  # type: ignore[union-attr]
             condition.wait(max(seconds, ASSOCIATION_WAIT))
+            assoc._router_seen_pokes = getattr(assoc, "_router_pokes", 0)  # type: ignore[attr-defined]
         if queue._qsize():  # type: ignore[union-attr]
             # Queue.put wakes one waiter. This thread may not be the one that takes the item
             # (an SCU's send_* pauses the reactor and waits in get() itself), so pass the
@@ -155,13 +217,33 @@ def install() -> bool:
         shim = types.SimpleNamespace(**{name: getattr(_time, name) for name in dir(_time) if not name.startswith("__")})
         shim.sleep = _sleep
         original_send_pdu = DULServiceProvider.send_pdu
+        original_dul_init = DULServiceProvider.__init__
+        original_association_init = Association.__init__
 
         def send_pdu(self: DULServiceProvider, primitive: Any) -> None:
             original_send_pdu(self, primitive)
             _wake(self)
 
+        def dul_init(self: DULServiceProvider, assoc: Any) -> None:
+            original_dul_init(self, assoc)
+            if type(self.to_user_queue) is _queue.Queue:
+                self.to_user_queue = _UserQueue(self)
+
+        def association_init(self: Association, *args: Any, **kwargs: Any) -> None:
+            original_association_init(self, *args, **kwargs)
+            checkpoint = getattr(self, "_reactor_checkpoint", None)
+            if type(checkpoint) is threading.Event:
+                replacement = _ReactorCheckpoint(self)
+                if checkpoint.is_set():
+                    replacement.set()
+                self._reactor_checkpoint = replacement
+
         send_pdu.__doc__ = original_send_pdu.__doc__
+        dul_init.__doc__ = original_dul_init.__doc__
+        association_init.__doc__ = original_association_init.__doc__
         DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
+        DULServiceProvider.__init__ = dul_init  # type: ignore[method-assign]
+        Association.__init__ = association_init  # type: ignore[method-assign]
         _association_module.time = shim  # type: ignore[assignment]
         _dul_module.time = shim  # type: ignore[assignment]
         _INSTALLED = True
