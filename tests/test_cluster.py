@@ -8,6 +8,8 @@ ROUTER_TEST_DATABASE_URL); the claim and lease tests run on both engines.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -27,6 +29,7 @@ from router.db.models import (
     ForwardedInstance,
     InfrastructureEntry,
     Instance,
+    Node,
     OutboxJob,
     Radiologist,
     Series,
@@ -580,3 +583,49 @@ def test_a_deadlock_or_serialization_failure_while_recording_a_send_is_retried()
         assert _worth_recording_again(SqlOperationalError("INSERT ...", {}, error))
     assert not _worth_recording_again(SqlOperationalError("INSERT ...", {}, psycopg.errors.UniqueViolation()))
     assert not _worth_recording_again(ValueError("not a database error"))
+
+
+def _heartbeat_of(app: RouterApp, node_id: str, pid: int, hostname: str) -> None:
+    """A node row whose heartbeat is current, as a process that was killed leaves it."""
+    with app.sessions.begin() as session:
+        session.execute(update(Node).where(Node.node_id == node_id).values(pid=pid, hostname=hostname))
+
+
+@pytest.mark.parametrize(
+    ("previous", "same_host", "warned"),
+    [("ended", True, False), ("running", True, True), ("ended", False, True), ("this process", True, False)],
+)
+def test_a_restart_after_a_kill_is_not_taken_for_the_same_node_id_configured_twice(
+    app: RouterApp, clock: FakeClock, caplog: pytest.LogCaptureFixture, previous: str, same_host: bool, warned: bool
+) -> None:
+    """Regression: after ``kill -9`` the restarted router warned that its node id "already has a
+    live heartbeat" from the dead pid. A pid of this host that no longer runs (or is this very
+    process: a container's first process restarts under the same pid) is the node's own
+    predecessor: INFO, not WARNING. A running pid, or one on another host, still warns."""
+    import socket
+    import subprocess
+    import sys
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    try:
+        pid = {"ended": ended.pid, "running": sleeper.pid, "this process": os.getpid()}[previous]
+        ClusterService(app.sessions, "router-a", lease_seconds=30, clock=clock).register()
+        hostname = socket.gethostname()[:255] if same_host else "another-host"
+        _heartbeat_of(app, "router-a", pid, hostname)
+        clock.advance(5)  # within the 30 s lease
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="router"):
+            ClusterService(app.sessions, "router-a", lease_seconds=30, clock=clock).register()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    expected = f"node id router-a already has a live heartbeat (pid {pid} on {hostname}): is the same [node] id configured twice?"
+    assert warnings == ([expected] if warned else [])
+    taken_over = f"node id router-a: its previous process (pid {pid}) ended without a clean stop; taking over"
+    assert (taken_over in infos) is (not warned)
+    with app.sessions() as session:
+        assert session.execute(select(Node.pid, Node.hostname)).one() == (os.getpid(), socket.gethostname()[:255])

@@ -134,6 +134,22 @@ class NodeStatus:
         }
 
 
+def _process_running(pid: int) -> bool:
+    """Whether process ``pid`` of this host may still run (this very process counts as ended: a
+    process restarted under the same pid, as a container's first process is, is not its own
+    predecessor). Signal 0 checks without signalling; a process of another user answers EPERM
+    and counts as running."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 class ClusterService:
     """Heartbeats, claim renewal and once-per-cluster work for one node."""
 
@@ -146,21 +162,35 @@ class ClusterService:
         self._clock = clock
 
     def register(self) -> None:
-        """Record that this node started (its first heartbeat)."""
+        """Record that this node started (its first heartbeat).
+
+        A heartbeat of this node id still within the lease, from a process that is not known to
+        have ended, is logged as a WARNING (the same ``[node] id`` configured twice); one from a
+        process of this host that no longer runs (killed, or the host restarted) only as INFO.
+        """
         now = self._clock()
+        hostname = socket.gethostname()[:255]
         with self._sessions.begin() as session:
             node = session.get(Node, self.node_id, with_for_update=session.get_bind().dialect.name == "postgresql")
             if node is not None and node.stopped_at is None and node.heartbeat_at + self.lease > now:
-                LOG.warning(
-                    "node id %s already has a live heartbeat (pid %d on %s): is the same [node] id configured twice?",
-                    self.node_id,
-                    node.pid,
-                    node.hostname,
-                )
+                if node.hostname == hostname and not _process_running(node.pid):
+                    LOG.info(
+                        "node id %s: its previous process (pid %d) ended without a clean stop; taking over",
+                        self.node_id,
+                        node.pid,
+                    )
+                else:
+                    LOG.warning(
+                        "node id %s already has a live heartbeat (pid %d on %s): "
+                        "is the same [node] id configured twice?",
+                        self.node_id,
+                        node.pid,
+                        node.hostname,
+                    )
             if node is None:
                 node = Node(node_id=self.node_id, hostname="", pid=0, started_at=now, heartbeat_at=now)
                 session.add(node)
-            node.hostname = socket.gethostname()[:255]
+            node.hostname = hostname
             node.pid = os.getpid()
             node.started_at = now
             node.heartbeat_at = now
