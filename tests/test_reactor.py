@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router.dicom import reactor
 from router.server import RouterServer
-from tests.dicom_bytes import A_ABORT, RawAssociation
+from tests.dicom_bytes import A_ABORT, RawAssociation, p_data
 from tests.dicom_helpers import make_dataset, write_part10
 
 pytestmark = pytest.mark.network
@@ -129,3 +130,43 @@ def test_a_local_scu_request_does_not_wait_out_its_reactors_poll(
     finally:
         assoc.release()
     assert slowest < 4.0, f"a C-ECHO round trip took {slowest:.1f} s: the reactor was not woken to pause"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("second", ["release", "p-data"])
+def test_a_pdu_right_after_a_release_request_is_aborted_without_an_error(
+    server: RouterServer, caplog: pytest.LogCaptureFixture, second: str
+) -> None:
+    """Regression (found trying lever 24): a peer that sends a second A-RELEASE-RQ, or a
+    P-DATA, right after its A-RELEASE-RQ gets an A-ABORT from the DUL (PS3.8 Table 9-10, AA-8);
+    the association thread, now woken at once, then queued its A-RELEASE-RP into the aborting
+    state machine, which raised InvalidEventError in the DUL thread: an ERROR and a traceback
+    per association (87 of 100 tries). The late primitive is dropped instead."""
+    follow_up = A_RELEASE_RQ if second == "release" else p_data(b"\x00" * 8, command=True, last=True)
+    answers = []
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(20):
+            peer = RawAssociation(server.ports[0])
+            try:
+                assert peer.associate() == 0x02
+                peer.sock.sendall(A_RELEASE_RQ + follow_up)
+                kinds = []
+                while True:
+                    kind, _ = peer.read_pdu()
+                    if kind == 0:
+                        break  # the router closed the connection
+                    kinds.append(kind)
+                answers.append(tuple(kinds))
+            finally:
+                peer.sock.close()
+        listener = server.listener
+        assert listener is not None
+        deadline = time.monotonic() + 5
+        while listener.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert listener.active_associations() == 0
+    # every peer got its A-ABORT (0x07), some the A-RELEASE-RP (0x06) before it
+    assert all(kinds and kinds[-1] == 0x07 and set(kinds) <= {0x06, 0x07} for kinds in answers), answers
+    errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+    assert any("dropped: the association is already aborting" in r.getMessage() for r in caplog.records)

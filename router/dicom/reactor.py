@@ -18,6 +18,9 @@ soon as there is work:
 - the DUL thread waits in ``select`` on its socket and on a wake-up pipe written when a
   primitive is queued for sending (``send_pdu``).
 
+An association thread that wakes at once can queue a primitive just after the DUL began
+aborting (a peer's second A-RELEASE-RQ); the state machine drops it (:func:`_drops_late_primitive`).
+
 Because these waits end on work, their upper bound can be longer than the 1 ms poll
 (:data:`DUL_WAIT`, :data:`ASSOCIATION_WAIT`): an idle or busy association wakes its threads far
 less often, so they stop competing with the C-STORE handler for the interpreter lock. Timers
@@ -32,6 +35,7 @@ the last part of a data set.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue as _queue
 import select
@@ -46,12 +50,19 @@ from pynetdicom import association as _association_module
 from pynetdicom import dul as _dul_module
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import TRANSITION_TABLE, StateMachine
 
 #: Longest wait of the DUL thread for socket data or a primitive to send, in seconds.
 DUL_WAIT = 0.02
 #: Longest wait of the association thread for a DIMSE message, in seconds.
 ASSOCIATION_WAIT = 0.005
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+#: Events of primitives from the local service user (PS3.8 section 9.2.1, Table 9-9): they reach
+#: the state machine through the DUL's ``to_provider_queue``.
+LOCAL_PRIMITIVE_EVENTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
+#: Sta13: awaiting transport connection close, after an A-ABORT (PS3.8 Table 9-10).
+ABORTING = "Sta13"
+LOG = logging.getLogger(__name__)
 _INSTALLED = False
 _LOCK = threading.Lock()
 
@@ -192,6 +203,29 @@ def _association_wait(assoc: Association, seconds: float) -> None:
             condition.notify()
 
 
+def _drops_late_primitive(machine: StateMachine, event: str) -> bool:
+    """Drop a local primitive that reaches the state machine after the association began
+    aborting (Sta13), instead of pynetdicom raising ``InvalidEventError`` in the DUL thread.
+
+    PS3.8 Table 9-10 defines no local primitive in Sta13: once an A-ABORT is sent or received,
+    nothing more is sent. The association thread can still queue one in that window, e.g. the
+    A-RELEASE-RP to a peer that sent a second A-RELEASE-RQ (or a P-DATA) right after the
+    first: the DUL answered that with an A-ABORT (AA-8), and the release response then had no
+    transition (an ERROR and a traceback per association, which any sender could cause).
+    """
+    if machine.current_state != ABORTING or event not in LOCAL_PRIMITIVE_EVENTS:
+        return False
+    if (event, ABORTING) in TRANSITION_TABLE:
+        return False
+    dul = machine.dul
+    try:
+        primitive = dul.to_provider_queue.get(False)  # the one _process_recv_primitive looked at
+    except _queue.Empty:
+        primitive = None
+    LOG.debug("%s dropped: the association is already aborting", type(primitive).__name__)
+    return True
+
+
 def _sleep(seconds: float) -> None:
     thread = threading.current_thread()
     if isinstance(thread, DULServiceProvider):
@@ -219,6 +253,7 @@ def install() -> bool:
         original_send_pdu = DULServiceProvider.send_pdu
         original_dul_init = DULServiceProvider.__init__
         original_association_init = Association.__init__
+        original_do_action = StateMachine.do_action
 
         def send_pdu(self: DULServiceProvider, primitive: Any) -> None:
             original_send_pdu(self, primitive)
@@ -238,12 +273,18 @@ def install() -> bool:
                     replacement.set()
                 self._reactor_checkpoint = replacement
 
+        def do_action(self: StateMachine, event: str) -> None:
+            if not _drops_late_primitive(self, event):
+                original_do_action(self, event)
+
         send_pdu.__doc__ = original_send_pdu.__doc__
+        do_action.__doc__ = original_do_action.__doc__
         dul_init.__doc__ = original_dul_init.__doc__
         association_init.__doc__ = original_association_init.__doc__
         DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
         DULServiceProvider.__init__ = dul_init  # type: ignore[method-assign]
         Association.__init__ = association_init  # type: ignore[method-assign]
+        StateMachine.do_action = do_action  # type: ignore[method-assign]
         _association_module.time = shim  # type: ignore[assignment]
         _dul_module.time = shim  # type: ignore[assignment]
         _INSTALLED = True
