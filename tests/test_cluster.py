@@ -593,7 +593,13 @@ def _heartbeat_of(app: RouterApp, node_id: str, pid: int, hostname: str) -> None
 
 @pytest.mark.parametrize(
     ("previous", "same_host", "warned"),
-    [("ended", True, False), ("running", True, True), ("ended", False, True), ("this process", True, False)],
+    [
+        ("ended", True, False),
+        ("zombie", True, False),
+        ("running", True, True),
+        ("ended", False, True),
+        ("this process", True, False),
+    ],
 )
 def test_a_restart_after_a_kill_is_not_taken_for_the_same_node_id_configured_twice(
     app: RouterApp, clock: FakeClock, caplog: pytest.LogCaptureFixture, previous: str, same_host: bool, warned: bool
@@ -601,16 +607,24 @@ def test_a_restart_after_a_kill_is_not_taken_for_the_same_node_id_configured_twi
     """Regression: after ``kill -9`` the restarted router warned that its node id "already has a
     live heartbeat" from the dead pid. A pid of this host that no longer runs (or is this very
     process: a container's first process restarts under the same pid) is the node's own
-    predecessor: INFO, not WARNING. A running pid, or one on another host, still warns."""
+    predecessor: INFO, not WARNING; so is a zombie (a killed router not reaped yet by its parent
+    when its successor starts, found by a trial). A running pid, or one on another host, still
+    warns."""
     import socket
     import subprocess
     import sys
 
+    import psutil
+
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
+    zombie = os.posix_spawn(sys.executable, [sys.executable, "-c", "pass"], os.environ)  # never waited for yet
+    deadline = time.monotonic() + 10
+    while psutil.Process(zombie).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
     try:
-        pid = {"ended": ended.pid, "running": sleeper.pid, "this process": os.getpid()}[previous]
+        pid = {"ended": ended.pid, "zombie": zombie, "running": sleeper.pid, "this process": os.getpid()}[previous]
         ClusterService(app.sessions, "router-a", lease_seconds=30, clock=clock).register()
         hostname = socket.gethostname()[:255] if same_host else "another-host"
         _heartbeat_of(app, "router-a", pid, hostname)
@@ -621,6 +635,7 @@ def test_a_restart_after_a_kill_is_not_taken_for_the_same_node_id_configured_twi
     finally:
         sleeper.kill()
         sleeper.wait()
+        os.waitpid(zombie, 0)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     expected = f"node id router-a already has a live heartbeat (pid {pid} on {hostname}): is the same [node] id configured twice?"

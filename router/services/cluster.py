@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
@@ -135,19 +136,21 @@ class NodeStatus:
 
 
 def _process_running(pid: int) -> bool:
-    """Whether process ``pid`` of this host may still run (this very process counts as ended: a
-    process restarted under the same pid, as a container's first process is, is not its own
-    predecessor). Signal 0 checks without signalling; a process of another user answers EPERM
-    and counts as running."""
+    """Whether process ``pid`` of this host may still run.
+
+    This very process counts as ended (a process restarted under the same pid, as a container's
+    first process is, is not its own predecessor), and so does a zombie: a ``kill -9``-ed router
+    stays one until its parent reaps it, which can be after its successor starts. A process that
+    cannot be inspected (another user's) counts as running.
+    """
     if pid <= 0 or pid == os.getpid():
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
-    except OSError:
+    except psutil.Error:
         return True
-    return True
 
 
 class ClusterService:
