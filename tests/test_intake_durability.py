@@ -8,6 +8,8 @@ answered 0xA700 and the identical resend is answered Success only once the fsync
 
 from __future__ import annotations
 
+import errno
+import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,8 @@ from sqlalchemy import func, select
 from router.app import RouterApp
 from router.archive import Archive
 from router.db.models import Instance
+from router.dicom import extract
+from router.dicom.extract import ReceivedFileUnreadable, UndecodableDataSet
 from router.dicom.scp import StoreHandler
 from router.dicom.status import StoreStatus
 from router.errors import ArchiveError
@@ -143,3 +147,52 @@ def test_place_without_sync_folder_still_renames_and_makes_new_folders(sqlite_ap
     assert (stored.relative_path, stored.size_bytes) == ("a/b/c/1.dcm", 10)
     assert (archive.root / "a/b/c/1.dcm").read_bytes() == b"0123456789"
     assert not temp.exists()
+
+
+def test_a_received_file_that_cannot_be_read_back_is_answered_0xA700_not_0xC210(
+    sqlite_app: RouterApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression (found by a trial: a second router started with the same node id cleaned the
+    first one's incoming folder mid-transfer): a received file that is gone when the handler
+    reads it was answered 0xC210 "cannot understand", which tells the sender to fix its data,
+    instead of 0xA700, which tells it to retry. A system error reading the file back is this
+    router's fault; the data set was never looked at."""
+    ds = make_dataset()
+    temp = write_part10(ds, sqlite_app.archive.incoming / "gone.dcm")
+    temp.unlink()
+    with caplog.at_level(logging.WARNING):
+        response = StoreHandler(sqlite_app.intake, Sender)(
+            store_event(temp, str(ds.SOPInstanceUID), str(ds.SOPClassUID), "DURABLE_SCU")
+        )
+    assert int(response.Status) == StoreStatus.OUT_OF_RESOURCES_ARCHIVE == 0xA700
+    assert response.ErrorComment == "received file could not be read back; retry later"
+    assert _rows(sqlite_app, str(ds.SOPInstanceUID)) == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "received file could not be read back: No such file or directory; answering 0xA700 "
+        "(further occurrences are not logged until it clears)"
+    ]
+    # the same data set, received again, is stored
+    assert _receive(sqlite_app, ds, "again.dcm") == 0x0000
+    assert _rows(sqlite_app, str(ds.SOPInstanceUID)) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (OSError(errno.EIO, "Input/output error"), ReceivedFileUnreadable),
+        (OSError(errno.ENOENT, "No such file or directory"), ReceivedFileUnreadable),
+        (OSError(errno.EINVAL, "Invalid argument"), UndecodableDataSet),  # a seek a bad length asked for
+        (OSError("no errno"), UndecodableDataSet),
+    ],
+)
+def test_read_header_tells_a_system_error_from_a_bad_data_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, expected: type[Exception]
+) -> None:
+    path = write_part10(make_dataset(), tmp_path / "x.dcm")
+
+    def failing(*_args: Any, **_kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(extract, "_read_transfer_syntax", failing)
+    with pytest.raises(expected):
+        extract.read_header(path)

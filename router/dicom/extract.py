@@ -24,6 +24,7 @@ PatientState (0038,0500) is the patient's clinical state, not a US state: it is 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import re
 import struct
@@ -117,6 +118,32 @@ class UndecodableDataSet(Exception):
     """The received data set cannot be parsed (maps to C-STORE status 0xC210)."""
 
 
+class ReceivedFileUnreadable(Exception):
+    """The received file could not be read back: a fault of this system (the file is gone, an
+    I/O error, no file handles), not of the data (maps to C-STORE status 0xA700, so the sender
+    retries; PS3.4 Table B.2-1)."""
+
+
+#: errno values of an ``OSError`` that say the system failed, not the data set: any other
+#: ``OSError`` met while reading (a seek to a negative offset a malformed length asked for,
+#: EINVAL) still counts as an undecodable data set.
+SYSTEM_ERRNOS = frozenset(
+    {
+        errno.ENOENT,
+        errno.EIO,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+        errno.ENOSPC,
+        errno.ESTALE,
+        errno.EROFS,
+        errno.EDQUOT,
+    }
+)
+
+
 def read_header(path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES) -> InstanceHeader:
     """Read an :class:`InstanceHeader` from a Part 10 file, in one pass over its data set.
 
@@ -141,6 +168,8 @@ def read_header(path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
         anything malformed after Pixel Data.
     InflationLimitExceeded
         If a deflated data set inflates to more than ``max_inflated_bytes``.
+    ReceivedFileUnreadable
+        If the file cannot be read back for a reason of the system (:data:`SYSTEM_ERRNOS`).
     """
     try:
         dataset: Dataset
@@ -164,6 +193,10 @@ def read_header(path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
         raise
     except MalformedDataSet as exc:
         raise UndecodableDataSet(str(exc)) from exc
+    except OSError as exc:
+        if exc.errno in SYSTEM_ERRNOS:
+            raise ReceivedFileUnreadable(exc.strerror or type(exc).__name__) from exc
+        raise UndecodableDataSet(type(exc).__name__) from exc
     except (
         InvalidDicomError,
         EOFError,
@@ -171,7 +204,6 @@ def read_header(path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
         KeyError,
         TypeError,
         AttributeError,
-        OSError,
         OverflowError,
         IndexError,
         NotImplementedError,

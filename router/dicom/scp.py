@@ -23,7 +23,7 @@ from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import _config, dimse_messages
 
 from router.dicom import negotiation, reactor, store_codec
-from router.dicom.extract import DEFAULT_MAX_INFLATED_BYTES, UndecodableDataSet, read_header
+from router.dicom.extract import DEFAULT_MAX_INFLATED_BYTES, ReceivedFileUnreadable, UndecodableDataSet, read_header
 from router.dicom.spool import SpoolFile, spool_factory
 from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
 from router.dicom.structure import InflationLimitExceeded
@@ -149,7 +149,8 @@ class StoreHandler:
             0x0000 stored (or an identical copy was already stored, or a differing copy was
             quarantined); 0xC210 undecodable data set; 0xC001-0xC004 missing/invalid Study,
             Series, SOP Instance or SOP Class UID; 0xA900 data set UIDs differ from the
-            request; 0xA700 archive write failed; 0xA701 index write failed.
+            request; 0xA700 archive write failed, or the received file could not be read back
+            (gone, I/O error); 0xA701 index write failed.
         """
         # never evicted as idle while a data set is being stored (router.dicom.guard.make_room)
         event.assoc._router_busy = True
@@ -175,6 +176,9 @@ class StoreHandler:
                 exc,
             )
             return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "inflated data set over the size limit")
+        except ReceivedFileUnreadable as exc:
+            self.conditions.failed("archive", f"received file could not be read back: {exc}; answering 0xA700")
+            return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "received file could not be read back; retry later")
         except UndecodableDataSet as exc:
             LOG.warning(
                 "C-STORE of %s from %s: data set could not be decoded (%s)",
