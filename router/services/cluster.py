@@ -163,6 +163,8 @@ class ClusterService:
         self.node_id = node_id
         self.lease = dt.timedelta(seconds=lease_seconds)
         self._clock = clock
+        self._hostname = socket.gethostname()[:255]
+        self._others_seen: set[tuple[int, str]] = set()  # (pid, host) of others using this node id
 
     def register(self) -> None:
         """Record that this node started (its first heartbeat).
@@ -172,7 +174,7 @@ class ClusterService:
         process of this host that no longer runs (killed, or the host restarted) only as INFO.
         """
         now = self._clock()
-        hostname = socket.gethostname()[:255]
+        hostname = self._hostname
         with self._sessions.begin() as session:
             node = session.get(Node, self.node_id, with_for_update=session.get_bind().dialect.name == "postgresql")
             if node is not None and node.stopped_at is None and node.heartbeat_at + self.lease > now:
@@ -200,14 +202,33 @@ class ClusterService:
             node.stopped_at = None
 
     def heartbeat(self) -> int:
-        """Refresh this node's heartbeat and renew its claims; returns the claims renewed."""
+        """Refresh this node's heartbeat and renew its claims; returns the claims renewed.
+
+        The node's row is marked running again (a process that stopped cleanly under the same
+        node id marked it stopped), and a row last registered by another process (another pid,
+        or another host) is logged as a WARNING once per such process: the same ``[node] id``
+        configured twice is found while both run, not only by the second one's start.
+        """
         now = self._clock()
         until = now + self.lease
         with self._sessions.begin() as session:
+            registered = session.execute(select(Node.pid, Node.hostname).where(Node.node_id == self.node_id)).first()
+            if registered is not None and (registered.pid, registered.hostname) != (os.getpid(), self._hostname):
+                other = (int(registered.pid), str(registered.hostname))
+                if other not in self._others_seen:
+                    self._others_seen.add(other)
+                    LOG.warning(
+                        "node id %s is also used by pid %d on %s, which started after this process (pid %d): "
+                        "is the same [node] id configured twice?",
+                        self.node_id,
+                        other[0],
+                        other[1],
+                        os.getpid(),
+                    )
             session.execute(
                 update(Node)
                 .where(Node.node_id == self.node_id)
-                .values(heartbeat_at=now)
+                .values(heartbeat_at=now, stopped_at=None)
                 .execution_options(synchronize_session=False)
             )
             jobs = _rowcount(
