@@ -649,37 +649,37 @@ def test_a_restart_after_a_kill_is_not_taken_for_the_same_node_id_configured_twi
 def test_a_second_process_with_the_same_node_id_is_reported_by_the_first_while_both_run(
     app: RouterApp, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Found by a trial: with one [node] id in two routers, only the second one's start warned;
-    when it stopped cleanly the row said "stopped" while the first still ran, and the next start
-    of the second warned no more. The first now reports the other process at its heartbeat
-    (once per process) and keeps the row marked running."""
+    """Found by trials: with one [node] id in two routers, only the second one's start warned;
+    when it stopped cleanly the row said "stopped" (then, with the first fix, named the stopped
+    pid) while the first still ran, and the second's next start logged "taking over" instead of
+    warning. The first now reports the other process at its heartbeat (once per process) and
+    writes the row back to itself: running, its pid, host and start."""
     import socket
 
     first = ClusterService(app.sessions, "router-a", lease_seconds=30, clock=clock)
     first.register()
+    started = clock()
     clock.advance(5)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="router"):
         first.heartbeat()
         assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
-        # the second router registers under the same id (another pid), then stops cleanly
+        # the second router registers under the same id (another pid and host), then stops cleanly
         _heartbeat_of(app, "router-a", 424242, "other-host")
         with app.sessions.begin() as session:
-            session.execute(update(Node).values(stopped_at=clock()))
+            session.execute(update(Node).values(stopped_at=clock(), started_at=clock()))
         assert [(node.node_id, node.alive) for node in first.nodes()] == [("router-a", False)]
         clock.advance(5)
         first.heartbeat()
-        first.heartbeat()  # reported once, not at every heartbeat
+        _heartbeat_of(app, "router-a", 424242, "other-host")  # it is still running, say
+        first.heartbeat()  # reported once per process, not at every heartbeat
+    host = socket.gethostname()[:255]
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == [
-        f"node id router-a is also used by pid 424242 on other-host, which started after this process "
-        f"(pid {os.getpid()}): is the same [node] id configured twice?"
+        f"node id router-a is also used by pid 424242 on other-host (this process: pid {os.getpid()} on {host}): "
+        "is the same [node] id configured twice?"
     ]
     assert [(node.node_id, node.alive) for node in first.nodes()] == [("router-a", True)]
-    # so the second one's next start warns again, as at its first
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="router"):
-        ClusterService(app.sessions, "router-a", lease_seconds=30, clock=clock).register()
-    assert [r.levelno for r in caplog.records if "configured twice" in r.getMessage()] == [logging.WARNING]
     with app.sessions() as session:
-        assert session.execute(select(Node.pid, Node.hostname)).one() == (os.getpid(), socket.gethostname()[:255])
+        row = session.execute(select(Node.pid, Node.hostname, Node.started_at, Node.stopped_at)).one()
+    assert row == (os.getpid(), host, started, None)

@@ -165,6 +165,7 @@ class ClusterService:
         self._clock = clock
         self._hostname = socket.gethostname()[:255]
         self._others_seen: set[tuple[int, str]] = set()  # (pid, host) of others using this node id
+        self._started_at: dt.datetime | None = None  # set by register()
 
     def register(self) -> None:
         """Record that this node started (its first heartbeat).
@@ -198,6 +199,7 @@ class ClusterService:
             node.hostname = hostname
             node.pid = os.getpid()
             node.started_at = now
+            self._started_at = now
             node.heartbeat_at = now
             node.stopped_at = None
 
@@ -206,29 +208,34 @@ class ClusterService:
 
         The node's row is marked running again (a process that stopped cleanly under the same
         node id marked it stopped), and a row last registered by another process (another pid,
-        or another host) is logged as a WARNING once per such process: the same ``[node] id``
-        configured twice is found while both run, not only by the second one's start.
+        or another host) is logged as a WARNING once per such process and written back to this
+        process's pid, host and start: the same ``[node] id`` configured twice is found while
+        both run, and the row names a process that runs, so the other's next start warns again.
         """
         now = self._clock()
         until = now + self.lease
         with self._sessions.begin() as session:
+            values: dict[str, Any] = {"heartbeat_at": now, "stopped_at": None}
             registered = session.execute(select(Node.pid, Node.hostname).where(Node.node_id == self.node_id)).first()
             if registered is not None and (registered.pid, registered.hostname) != (os.getpid(), self._hostname):
                 other = (int(registered.pid), str(registered.hostname))
                 if other not in self._others_seen:
                     self._others_seen.add(other)
                     LOG.warning(
-                        "node id %s is also used by pid %d on %s, which started after this process (pid %d): "
+                        "node id %s is also used by pid %d on %s (this process: pid %d on %s): "
                         "is the same [node] id configured twice?",
                         self.node_id,
                         other[0],
                         other[1],
                         os.getpid(),
+                        self._hostname,
                     )
+                if self._started_at is not None:
+                    values.update(pid=os.getpid(), hostname=self._hostname, started_at=self._started_at)
             session.execute(
                 update(Node)
                 .where(Node.node_id == self.node_id)
-                .values(heartbeat_at=now, stopped_at=None)
+                .values(**values)
                 .execution_options(synchronize_session=False)
             )
             jobs = _rowcount(
