@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pynetdicom import AE, _config
+from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -170,3 +171,28 @@ def test_a_pdu_right_after_a_release_request_is_aborted_without_an_error(
     errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
     assert any("dropped: the association is already aborting" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stopping_association_thread_looks_at_its_dul_every_half_millisecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a trial: pynetdicom's ``Association.kill`` sleeps 10 ms between looks at its DUL,
+    so every association thread lived up to 10 ms after its association ended, still counted
+    against ``max_connections_per_address``: rapid reconnects from one address were refused
+    below the configured limit. In a stopping association thread (``_kill`` set) the shim sleeps
+    at most ``KILL_POLL``; that thread's sleeps before, and other threads', are unchanged."""
+    reactor.install()
+    slept: list[float] = []
+    monkeypatch.setattr(reactor._time, "sleep", slept.append)
+    assoc = Association(AE(), "acceptor")
+
+    def body() -> None:
+        reactor._sleep(0.01)  # before kill(): as asked
+        assoc._kill = True
+        reactor._sleep(0.01)  # kill()'s poll
+
+    assoc.run = body  # type: ignore[method-assign]
+    assoc.start()
+    assoc.join(5)
+    reactor._sleep(0.01)  # not an association thread
+    assert slept == [0.01, reactor.KILL_POLL, 0.01]

@@ -56,6 +56,10 @@ from pynetdicom.fsm import TRANSITION_TABLE, StateMachine
 DUL_WAIT = 0.02
 #: Longest wait of the association thread for a DIMSE message, in seconds.
 ASSOCIATION_WAIT = 0.005
+#: Pause between the association thread's looks at its DUL while it stops (``Association.kill``
+#: polls every 10 ms): the thread, which counts against the listener's connection limits until
+#: it ends, lingered up to 10 ms after every association (docs/benchmarks.md, lever 24).
+KILL_POLL = 0.0005
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 #: Events of primitives from the local service user (PS3.8 section 9.2.1, Table 9-9): they reach
 #: the state machine through the DUL's ``to_provider_queue``.
@@ -232,6 +236,8 @@ def _sleep(seconds: float) -> None:
         _dul_wait(thread, seconds)
     elif isinstance(thread, Association) and seconds <= 0.001:
         _association_wait(thread, seconds)
+    elif isinstance(thread, Association) and getattr(thread, "_kill", False):
+        _time.sleep(min(seconds, KILL_POLL))
     else:
         _time.sleep(seconds)
 
