@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -196,3 +198,56 @@ def test_a_stopping_association_thread_looks_at_its_dul_every_half_millisecond(
     assoc.join(5)
     reactor._sleep(0.01)  # not an association thread
     assert slept == [0.01, reactor.KILL_POLL, 0.01]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_scu_request_is_sent_only_once_its_reactor_has_really_paused(
+    server: RouterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (a CI failure: "Received unexpected C-STORE service message", then a DIMSE
+    timeout): pynetdicom's ``send_*`` unpause the reactor (``_reactor_checkpoint.set()``) after
+    a response, and the next ``send_*`` clears it and goes on as soon as ``_is_paused`` is true,
+    which it still was while the just-unpaused reactor thread had not run yet (a loaded
+    machine); that thread then woke and could take the new response off the queue as a
+    request. The router forwards with these calls. Here the SCU's reactor is slow to resume
+    (20 ms after it is unpaused); every request must go out while the reactor is really
+    paused, and every C-ECHO get its response."""
+    ae = AE(ae_title="SLOW_REACTOR")
+    ae.acse_timeout = ae.network_timeout = 10
+    ae.dimse_timeout = 5
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.ports[0], ae_title="ROUTER")
+    assert assoc.is_established
+    checkpoint = assoc._reactor_checkpoint
+    real_wait, real_send = checkpoint.wait, assoc.dimse.send_msg
+    paused = threading.Event()  # the reactor thread is inside checkpoint.wait()
+    sent_while_running = []
+
+    def slow_to_resume(timeout: float | None = None) -> bool:
+        if threading.current_thread() is not assoc:
+            return real_wait(timeout)
+        paused.set()
+        try:
+            result = real_wait(timeout)
+        finally:
+            paused.clear()
+        time.sleep(0.02)  # unpaused, the reactor thread is not scheduled for a while
+        return result
+
+    def observed_send(primitive: Any, context_id: int) -> None:
+        if threading.current_thread() is not assoc and not paused.is_set():
+            sent_while_running.append(type(primitive).__name__)
+        real_send(primitive, context_id)
+
+    monkeypatch.setattr(checkpoint, "wait", slow_to_resume)
+    monkeypatch.setattr(assoc.dimse, "send_msg", observed_send)
+    statuses = []
+    try:
+        for _ in range(10):
+            status = assoc.send_c_echo()
+            statuses.append(int(status.Status) if "Status" in status else None)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    assert sent_while_running == []
+    assert statuses == [0x0000] * 10

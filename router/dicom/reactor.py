@@ -175,7 +175,8 @@ class _ReactorCheckpoint(threading.Event):
 
     pynetdicom's ``send_*``, ``release`` and ``abort`` clear it, then spin until the reactor
     pauses at its top; the reactor got there only when its wait ran out (up to
-    :data:`ASSOCIATION_WAIT` per call, i.e. per C-STORE the router forwards)."""
+    :data:`ASSOCIATION_WAIT` per call, i.e. per C-STORE the router forwards). Its ``set`` also
+    closes a race of pynetdicom's (see :meth:`set`)."""
 
     def __init__(self, assoc: Association) -> None:
         super().__init__()
@@ -184,6 +185,21 @@ class _ReactorCheckpoint(threading.Event):
     def clear(self) -> None:
         super().clear()
         _poke(self._assoc())
+
+    def set(self) -> None:
+        """Unpause; from another thread, also mark the reactor as not paused.
+
+        pynetdicom's reactor sets ``_is_paused`` again only once it runs, and the next
+        ``send_*`` goes on as soon as ``_is_paused`` is true: a reactor thread not yet scheduled
+        since it was unpaused still looked paused, then woke and could take that request's
+        response off the queue as if it were a request ("Received unexpected C-STORE service
+        message", the sender waiting out its DIMSE timeout). From the association's own thread
+        (a service class sending on its own association while serving) it is left as it is.
+        """
+        assoc = self._assoc()
+        if assoc is not None and threading.current_thread() is not assoc:
+            assoc._is_paused = False
+        super().set()
 
 
 def _association_wait(assoc: Association, seconds: float) -> None:
