@@ -134,10 +134,14 @@ def _dul_wait(dul: DULServiceProvider, seconds: float) -> None:
             pass
 
 
+def _message_queue(assoc: Any) -> Any:
+    """``assoc``'s DIMSE message queue, or ``None`` before it has one."""
+    return getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+
+
 def _message_condition(assoc: Any) -> threading.Condition | None:
     """The condition of ``assoc``'s DIMSE message queue (``Queue.not_empty``), if it has one."""
-    queue = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
-    return getattr(queue, "not_empty", None)
+    return getattr(_message_queue(assoc), "not_empty", None)
 
 
 def _poke(assoc: Any) -> None:
@@ -203,7 +207,7 @@ class _ReactorCheckpoint(threading.Event):
 
 
 def _association_wait(assoc: Association, seconds: float) -> None:
-    queue = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+    queue = _message_queue(assoc)
     condition = getattr(queue, "not_empty", None)
     if condition is None:
         _time.sleep(seconds)
@@ -213,10 +217,10 @@ def _association_wait(assoc: Association, seconds: float) -> None:
         if pokes != getattr(assoc, "_router_seen_pokes", 0):
             assoc._router_seen_pokes = pokes  # type: ignore[attr-defined]
             return  # a primitive from the peer, or a pause asked for, since the last look
-        if not queue._qsize():  # type: ignore[union-attr]
+        if not queue._qsize():
             condition.wait(max(seconds, ASSOCIATION_WAIT))
             assoc._router_seen_pokes = getattr(assoc, "_router_pokes", 0)  # type: ignore[attr-defined]
-        if queue._qsize():  # type: ignore[union-attr]
+        if queue._qsize():
             # Queue.put wakes one waiter. This thread may not be the one that takes the item
             # (an SCU's send_* pauses the reactor and waits in get() itself), so pass the
             # wake-up on; a waiter that finds nothing simply waits again.
