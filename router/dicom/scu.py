@@ -10,6 +10,7 @@ certificate checked against the configured CA and, by default, its host name) is
 
 from __future__ import annotations
 
+import itertools
 import logging
 import ssl
 from collections.abc import Iterable, Sequence
@@ -123,7 +124,8 @@ class Forwarder:
         return destination
 
     def __call__(self, paths: Sequence[Path], destination: str, calling_ae_title: str) -> list[bool]:
-        """Send ``paths`` to ``destination``; one accepted flag per path.
+        """Send ``paths`` to ``destination``; one accepted flag per path the destination answered,
+        in order, up to the first without an answer (a shorter list: the association ended).
 
         Raises
         ------
@@ -133,7 +135,8 @@ class Forwarder:
         results = send_files(
             list(paths), self.destination(destination), calling_ae_title=calling_ae_title, tls_context=self.tls_context
         )
-        return [result.ok for result in results]
+        answered = itertools.takewhile(lambda result: result.status is not None, results)
+        return [result.ok for result in answered]
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,10 @@ def send_files(
     tls_context: ssl.SSLContext | None = None,
 ) -> list[SendResult]:
     """Send files over one association and return one result per file, in order.
+
+    Sending stops at the first file without a response (the peer aborted or closed the
+    association, or ``timeout`` seconds passed); it and every file after it get status
+    ``None`` (not stored, as far as the router knows).
 
     A ``destination.tls`` destination is reached over DICOM TLS with ``tls_context``, the
     host name checked by the context's rules (server name indication is the host).
@@ -198,14 +205,18 @@ def send_files(
     results: list[SendResult] = []
     try:
         for path, _, _ in headers:
-            if not assoc.is_established:
-                results.append(SendResult(path, None))
-                continue
-            status = assoc.send_c_store(path)
-            results.append(SendResult(path, int(status.Status) if "Status" in status else None))
+            status = assoc.send_c_store(path) if assoc.is_established else None
+            results.append(SendResult(path, int(status.Status) if status and "Status" in status else None))
+            if results[-1].status is None:
+                # No response: the peer aborted or closed the association, or it timed out
+                # (pynetdicom then aborts it). Nothing more can go over it; the association
+                # thread may not have noticed yet, and another C-STORE would wait out the
+                # whole DIMSE timeout for an answer that cannot come.
+                break
     finally:
         if assoc.is_established:
             assoc.release()
+    results.extend(SendResult(path, None) for path, _, _ in headers[len(results) :])
     return results
 
 

@@ -38,8 +38,9 @@ from router.timeutil import Clock, utcnow
 
 LOG = logging.getLogger(__name__)
 
-#: send(paths, destination "AE@host:port", calling AE title) -> accepted flags, one per path.
-#: Raises any exception when the destination cannot be reached.
+#: send(paths, destination "AE@host:port", calling AE title) -> accepted flags, one per path the
+#: destination answered, in order (shorter when the association ended early: the rest were not
+#: stored). Raises any exception when the destination cannot be reached.
 Sender = Callable[[Sequence[Path], str, str], list[bool]]
 
 
@@ -215,7 +216,7 @@ class ForwardingService:
             with contextlib.ExitStack() as copies:
                 paths = [copies.enter_context(self._archive.local_copy(relative)) for _, relative, _ in pending]
                 accepted = self._send(paths, destination, self.policy.calling_ae_title)
-            error = None if all(accepted) else f"{accepted.count(False)} of {len(accepted)} instance(s) refused"
+            error = _send_error(len(paths), accepted)
         except Exception as exc:  # noqa: BLE001 - any failure to read the archive or reach the destination is retried
             accepted = [False] * len(pending)
             error = f"{type(exc).__name__}: {str(exc)[:200]}"
@@ -328,3 +329,16 @@ def _unsent_count(session: Session, job: OutboxJob) -> int:
         )
         or 0
     )
+
+
+def _send_error(sent: int, accepted: list[bool]) -> str | None:
+    """What went wrong sending ``sent`` instances, of which the destination answered
+    ``len(accepted)`` (a failure status: refused), or ``None`` if it stored every one."""
+    problems = []
+    if refused := accepted.count(False):
+        problems.append(f"{refused} of {sent} instance(s) refused")
+    if unanswered := sent - len(accepted):
+        problems.append(
+            f"{unanswered} of {sent} instance(s) not answered (the association was aborted, closed or timed out)"
+        )
+    return "; ".join(problems) or None

@@ -1,0 +1,107 @@
+"""The C-STORE SCU (forwarding's sender) against a destination that aborts the association:
+it gives up at once instead of waiting out its DIMSE timeout for every file left, and the
+forwarding error says the instances were not answered, not that they were refused."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+from router.dicom.scu import Destination, Forwarder, send_files
+from router.services.forwarding import _send_error
+from tests.dicom_helpers import make_dataset, write_part10
+
+pytestmark = pytest.mark.network
+
+#: A-ABORT PDU (PS3.8 section 9.3.8): source 2 (service provider), reason 0 (not specified).
+A_ABORT = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0])
+P_DATA_TF = 0x04
+
+
+class AbortingDestination:
+    """A pynetdicom C-STORE SCP behind a relay that answers the first P-DATA-TF PDU from the
+    sender with an A-ABORT and then keeps the connection open, reading and discarding."""
+
+    def __init__(self) -> None:
+        ae = AE(ae_title="READER")
+        ae.supported_contexts = AllStoragePresentationContexts
+        self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda _: 0)])
+        self._scp_port = int(self._server.server_address[1])
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.aborted = threading.Event()
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._relay, daemon=True).start()
+
+    def _relay(self) -> None:
+        client, _ = self._listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", self._scp_port))
+        self._sockets += [client, upstream]
+        threading.Thread(target=self._copy, args=(upstream, client), daemon=True).start()
+        while data := client.recv(65536):
+            if data[0] == P_DATA_TF:
+                client.sendall(A_ABORT)
+                self.aborted.set()
+                while client.recv(65536):
+                    pass
+                return
+            upstream.sendall(data)
+
+    @staticmethod
+    def _copy(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+        self._server.shutdown()
+
+
+@pytest.fixture
+def aborting() -> Iterator[AbortingDestination]:
+    destination = AbortingDestination()
+    yield destination
+    destination.close()
+
+
+def _files(tmp_path: Path, count: int) -> list[Path]:
+    return [write_part10(make_dataset(), tmp_path / f"{index}.dcm") for index in range(count)]
+
+
+def test_send_files_stops_at_an_abort_instead_of_waiting_out_the_timeout(
+    tmp_path: Path, aborting: AbortingDestination
+) -> None:
+    files = _files(tmp_path, 3)
+    started = time.monotonic()
+    results = send_files(files, Destination("READER", "127.0.0.1", aborting.port), timeout=8.0)
+    elapsed = time.monotonic() - started
+    assert aborting.aborted.is_set()
+    assert [(result.path, result.status) for result in results] == [(path, None) for path in files]
+    # Before: the second C-STORE went out while the association thread had not yet seen the
+    # abort, and waited the whole DIMSE timeout (8 s here, 30 s when forwarding) for an answer.
+    assert elapsed < 4.0, f"took {elapsed:.1f} s"
+
+
+def test_forwarder_answers_only_for_what_the_destination_answered(
+    tmp_path: Path, aborting: AbortingDestination
+) -> None:
+    assert Forwarder()(_files(tmp_path, 2), f"READER@127.0.0.1:{aborting.port}", "ROUTER") == []
+
+
+def test_the_forwarding_error_tells_refused_from_not_answered() -> None:
+    assert _send_error(2, [True, True]) is None
+    assert _send_error(3, [True, False, False]) == "2 of 3 instance(s) refused"
+    assert _send_error(3, []) == ("3 of 3 instance(s) not answered (the association was aborted, closed or timed out)")
+    assert _send_error(4, [False, True]) == (
+        "1 of 4 instance(s) refused; 2 of 4 instance(s) not answered (the association was aborted, closed or timed out)"
+    )
