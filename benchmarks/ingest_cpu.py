@@ -8,6 +8,7 @@ Wall time is printed too, but on a shared machine only the CPU column is compara
 
     python benchmarks/ingest_cpu.py                      # SQLite, 500 instances of CT_small
     python benchmarks/ingest_cpu.py --threads 4          # 4 threads storing at once
+    python benchmarks/ingest_cpu.py --processes 2 --threads 2   # 2 processes x 2 threads, one database
     python benchmarks/ingest_cpu.py --pixel-kib 512      # 512 KiB of pixel data per instance
     python benchmarks/ingest_cpu.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
 """
@@ -15,6 +16,7 @@ Wall time is printed too, but on a shared machine only the CPU column is compara
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import sys
@@ -23,6 +25,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -63,10 +66,64 @@ def _cpu(label: str, count: int, step: object) -> None:
     print(f"{label:34s} {cpu / count * 1000:7.3f} ms CPU/instance  {wall / count * 1000:7.3f} ms wall/instance")
 
 
+def _store_all(app: RouterApp, files: list[Path], threads: int) -> tuple[float, float, int]:
+    """Store copies of ``files`` with ``threads`` threads: (CPU seconds of this process per
+    instance, wall seconds, largest group-commit batch)."""
+    headers = [read_header(path) for path in files]
+    temps = []
+    for path in files:
+        temp = app.archive.new_temp_path()
+        shutil.copyfile(path, temp)
+        temps.append(temp)
+    sender = Sender("BENCHSCU", "127.0.0.1")
+    chunks = [list(range(i, len(files), threads)) for i in range(threads)]
+
+    def run(indices: list[int]) -> None:
+        for i in indices:
+            app.intake.store(headers[i], temps[i], sender)
+
+    workers = [threading.Thread(target=run, args=(chunk,)) for chunk in chunks]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return cpu / len(files), wall, app.intake.commits.largest_batch
+
+
+def _process_main(settings: Settings, files: list[Path], threads: int, start: Any, results: Any) -> None:
+    app = RouterApp.open(settings)
+    start.wait()
+    results.put(_store_all(app, files, threads))
+    app.close()
+
+
+def _store_in_processes(settings: Settings, files: list[Path], processes: int, threads: int) -> None:
+    """Each process stores its share of ``files`` into the one database, all at once (as the
+    receiving processes of ``listener.workers`` do); prints each one's CPU per instance."""
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.Queue()
+    shares = [files[i::processes] for i in range(processes)]
+    children = [
+        context.Process(target=_process_main, args=(settings, share, threads, start, results)) for share in shares
+    ]
+    for child in children:
+        child.start()
+    measured = [results.get() for _ in children]
+    for child in children:
+        child.join()
+    label = f"intake.store ({processes} processes x {threads} thread(s))"
+    cpu = ", ".join(f"{item[0] * 1000:.3f}" for item in measured)
+    rate = len(files) / max(item[1] for item in measured)
+    print(f"{label:34s} {cpu} ms CPU/instance  {rate:.0f} instances/s  largest batch {max(m[2] for m in measured)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="threads storing at once (per process)")
+    parser.add_argument("--processes", type=int, default=1, help="processes storing into one database at once")
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--pixel-kib", type=int, default=None, help="pixel data size in KiB (default: CT_small's 32)")
     args = parser.parse_args()
@@ -89,29 +146,17 @@ def main() -> int:
         settings = Settings().with_data_dir(work / "var").replace("database", url=url)
         app = RouterApp.open(settings, upgrade=True)
         app.archive.prepare()
-        headers = [read_header(path) for path in files]
-        temps = []
-        for path in files:
-            temp = app.archive.new_temp_path()
-            shutil.copyfile(path, temp)
-            temps.append(temp)
-        sender = Sender("BENCHSCU", "127.0.0.1")
-        chunks = [list(range(i, args.count, args.threads)) for i in range(args.threads)]
-
-        def store_all() -> None:
-            def run(indices: list[int]) -> None:
-                for i in indices:
-                    app.intake.store(headers[i], temps[i], sender)
-
-            threads = [threading.Thread(target=run, args=(chunk,)) for chunk in chunks]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-
-        _cpu(f"intake.store ({args.threads} thread(s))", args.count, store_all)
+        if args.processes == 1:
+            cpu, wall, _ = _store_all(app, files, args.threads)
+            print(
+                f"{f'intake.store ({args.threads} thread(s))':34s} {cpu * 1000:7.3f} ms CPU/instance  "
+                f"{wall / args.count * 1000:7.3f} ms wall/instance"
+            )
+            app.close()
+        else:
+            app.close()  # each process opens its own
+            _store_in_processes(settings, files, args.processes, args.threads)
         print(f"load average {os.getloadavg()[0]:.2f}")
-        app.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if schema is not None:
