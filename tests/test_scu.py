@@ -4,6 +4,7 @@ forwarding error says the instances were not answered, not that they were refuse
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
+from router.dicom import reactor
 from router.dicom.scu import Destination, Forwarder, send_files
 from router.services.forwarding import _send_error
 from tests.dicom_helpers import make_dataset, write_part10
@@ -63,12 +65,15 @@ class AbortingDestination:
 
     def close(self) -> None:
         for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it; close alone does not
             sock.close()
         self._server.shutdown()
 
 
 @pytest.fixture
 def aborting() -> Iterator[AbortingDestination]:
+    reactor.install()  # as in the router's process, where forwarding runs
     destination = AbortingDestination()
     yield destination
     destination.close()

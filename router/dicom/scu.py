@@ -203,18 +203,22 @@ def send_files(
     if not assoc.is_established:
         raise SendError(f"association with {destination} was not accepted")
     results: list[SendResult] = []
+    ended = False
     try:
         for path, _, _ in headers:
             status = assoc.send_c_store(path) if assoc.is_established else None
             results.append(SendResult(path, int(status.Status) if status and "Status" in status else None))
             if results[-1].status is None:
-                # No response: the peer aborted or closed the association, or it timed out
-                # (pynetdicom then aborts it). Nothing more can go over it; the association
-                # thread may not have noticed yet, and another C-STORE would wait out the
-                # whole DIMSE timeout for an answer that cannot come.
+                # No response: the peer aborted or closed the association, or it timed out.
+                # Nothing more can go over it. The association thread may not have noticed
+                # yet: another C-STORE, or an A-RELEASE-RQ, would wait out the whole timeout
+                # for an answer that cannot come.
+                ended = True
                 break
     finally:
-        if assoc.is_established:
+        if ended:
+            assoc.abort()
+        elif assoc.is_established:
             assoc.release()
     results.extend(SendResult(path, None) for path, _, _ in headers[len(results) :])
     return results
