@@ -38,6 +38,7 @@ from router.db.models import (
 from router.domain.enums import InfrastructureKind, OutboxStatus, StudyStatus
 from router.services.cluster import ClusterService, resolve_node_id
 from router.services.forwarding import ForwardingPolicy, ForwardingService
+from router.services.forwarding_queue import Requeued, requeue_study
 from tests.conftest import PG_URL, FakeClock, _pg_schema_url, make_settings
 from tests.roster_fixtures import NPI_A, NPI_B, OS_USER, add_study, roster_with_readers
 
@@ -134,6 +135,36 @@ def test_two_nodes_working_one_outbox_send_every_instance_once_and_ledger_every_
             )
         )
     assert sent_bytes == len(expected) * INSTANCE_BYTES
+
+
+def test_a_resend_asked_for_while_a_send_is_in_flight_still_sends_every_instance(
+    app: RouterApp, clock: FakeClock
+) -> None:
+    (uid,) = _assigned_studies_with_jobs(app, 1)
+    send = RecordingSender()
+    asked: list[Requeued] = []
+
+    def resend_asked_meanwhile(paths: Sequence[Path], destination: str, calling_ae_title: str) -> list[bool]:
+        if not asked:  # `router studies forward UID --all` while the first send is on the wire
+            with app.sessions.begin() as session:
+                asked.append(requeue_study(session, uid, clock(), resend_all=True))
+        return send(paths, destination, calling_ae_title)
+
+    ForwardingService(
+        app.sessions, app.archive, resend_asked_meanwhile, ForwardingPolicy(), app.clock, node_id="n"
+    ).run_due(wait=True)
+    assert asked == [Requeued("READER_A@127.0.0.1:11199", to_send=INSTANCES_PER_STUDY, instances=INSTANCES_PER_STUDY)]
+    # the first send counts for the round it was sent in; the new round sends all of it again
+    assert Counter(send.sent) == {f"{uid}.1.{index + 1}": 2 for index in range(INSTANCES_PER_STUDY)}
+    with app.sessions() as session:
+        job = session.scalars(select(OutboxJob)).one()
+        assert (job.status, job.send_round, job.sent_instance_count) == (OutboxStatus.SENT, 1, INSTANCES_PER_STUDY)
+        rounds = session.execute(
+            select(ForwardedInstance.send_round, func.count())
+            .group_by(ForwardedInstance.send_round)
+            .order_by(ForwardedInstance.send_round)
+        ).all()
+        assert [tuple(row) for row in rounds] == [(0, INSTANCES_PER_STUDY), (1, INSTANCES_PER_STUDY)]
 
 
 def test_a_live_nodes_claim_is_respected_and_a_dead_nodes_claim_is_taken_over(app: RouterApp, clock: FakeClock) -> None:

@@ -11,13 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from sqlalchemy import func, select
 
-from router.db.models import InfrastructureEntry, Instance, OutboxJob
+from router.cli import cli
+from router.db.models import ForwardedInstance, InfrastructureEntry, Instance, OutboxJob
 from router.domain.enums import InfrastructureKind, OutboxStatus
 from router.server import RouterServer
-from router.services.forwarding_queue import requeue_study
+from router.services.forwarding_queue import Requeued, requeue_study
 from tests.conftest import make_settings, running_router
 from tests.dicom_helpers import make_dataset, send_paths, write_part10
 
@@ -114,9 +116,79 @@ def test_study_is_forwarded_follows_a_destination_change_and_can_be_queued_again
         time.sleep(1.0)
         assert back.received == []  # nothing re-sends a failed job by itself
         with server.app.sessions.begin() as session:
-            assert requeue_study(session, study_uid, server.app.clock()) == f"READER_C@127.0.0.1:{port}"
+            assert requeue_study(session, study_uid, server.app.clock()) == Requeued(
+                f"READER_C@127.0.0.1:{port}", to_send=3, instances=3
+            )
         _wait(lambda: sorted(back.received) == sops)
         _wait(lambda: _jobs(server)[-1] == (f"READER_C@127.0.0.1:{port}", OutboxStatus.SENT))
         back.stop()
     finally:
         first.stop()
+
+
+def test_studies_forward_all_sends_a_study_again_to_a_workstation_that_lost_it(
+    forwarding_server: RouterServer, tmp_path: Path
+) -> None:
+    server = forwarding_server
+    workstation = Workstation("READER_A")
+    port = workstation.port
+    destination = f"READER_A@127.0.0.1:{port}"
+    try:
+        roster = server.app.roster
+        roster.facilities.add("CT_NORTH", "TX", "tester")
+        roster.radiologists.add(NPI, "Doe^Jane", "tester")
+        roster.licenses.add(NPI, "TX", "T1", dt.date(2099, 1, 1), "tester", issued=dt.date(2020, 1, 1))
+        roster.radiologists.set(NPI, "tester", destination=destination)
+        study_uid = "1.2.826.0.1.3680043.9.7433.77.2"
+        datasets = [make_dataset(StudyInstanceUID=study_uid) for _ in range(3)]
+        paths = [write_part10(ds, tmp_path / "src" / f"{i}.dcm") for i, ds in enumerate(datasets)]
+        assert send_paths(server.ports[0], paths, calling_ae="CT_NORTH") == [0x0000] * 3
+        sops = sorted(str(ds.SOPInstanceUID) for ds in datasets)
+        _wait(lambda: _jobs(server) == [(destination, OutboxStatus.SENT)])
+        assert sorted(workstation.received) == sops
+
+        # the workstation loses the study (a new disk, a purge): it is still assigned
+        workstation.stop()
+        workstation = Workstation("READER_A", port)
+        config = tmp_path / "cli.toml"
+        config.write_text(
+            f'[paths]\ndata_dir = "{server.app.settings.paths.data_dir}"\n'
+            f'[database]\nurl = "{server.app.settings.database_url}"\n'
+        )
+        result = CliRunner().invoke(cli, ["--config", str(config), "studies", "forward", study_uid])
+        assert (result.exit_code, result.stdout) == (
+            0,
+            f"study {study_uid}: nothing to send: {destination} has accepted all 3 instance(s); "
+            f"`router studies forward {study_uid} --all` sends them again\n",
+        )
+        time.sleep(1.0)
+        assert workstation.received == []
+
+        result = CliRunner().invoke(cli, ["--config", str(config), "studies", "forward", study_uid, "--all"])
+        assert (result.exit_code, result.stdout) == (
+            0,
+            f"study {study_uid}: 3 of 3 instance(s) queued for {destination}\n",
+        )
+        _wait(lambda: sorted(workstation.received) == sops)
+        _wait(lambda: _jobs(server) == [(destination, OutboxStatus.SENT)])
+        with server.app.sessions() as session:
+            rounds = sorted(
+                session.execute(
+                    select(ForwardedInstance.send_round, func.count()).group_by(ForwardedInstance.send_round)
+                ).all()
+            )
+            job = session.scalars(select(OutboxJob)).one()
+            transmissions = list(
+                session.scalars(
+                    select(InfrastructureEntry.quantity).where(
+                        InfrastructureEntry.kind == InfrastructureKind.TRANSMISSION
+                    )
+                )
+            )
+            study_bytes = session.scalar(select(func.sum(Instance.size_bytes)))
+        # both rounds are on record, and the resend is billed as transmission again
+        assert [tuple(row) for row in rounds] == [(0, 3), (1, 3)]
+        assert (job.send_round, job.sent_instance_count) == (1, 3)
+        assert transmissions == [study_bytes, study_bytes]
+    finally:
+        workstation.stop()

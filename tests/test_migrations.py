@@ -25,7 +25,7 @@ def test_upgrade_from_empty_reaches_head_and_is_idempotent(empty_database_url: s
         assert migrate.current_revision(engine) is None
         migrate.upgrade(engine)
         assert (
-            migrate.current_revision(engine) == migrate.head_revision() == migrate.HEAD_REVISION == "0010_corrections"
+            migrate.current_revision(engine) == migrate.head_revision() == migrate.HEAD_REVISION == "0011_send_rounds"
         )
         migrate.upgrade(engine)  # a second upgrade is a no-op
         assert migrate.is_current(engine)
@@ -121,6 +121,58 @@ def test_0008_claims_keeps_existing_facilities_as_payer_and_downgrades(database_
             config.attributes["connection"] = connection
             command.downgrade(config, "0007_cluster")
         assert migrate.current_revision(engine) == "0007_cluster"
+        migrate.upgrade(engine)
+        assert migrate.is_current(engine)
+    finally:
+        engine.dispose()
+
+
+def test_0011_send_rounds_keeps_what_was_sent_as_round_0_and_downgrades(database_url: str) -> None:
+    engine = make_engine(database_url)
+    now = "'2026-12-01 00:00:00+00:00'"
+    try:
+        migrate.upgrade(engine, "0010_corrections")
+        with engine.begin() as connection:
+            for statement in (
+                "INSERT INTO studies (id, study_instance_uid, status, instance_count, size_bytes, first_received_at, "
+                f"last_received_at, needs_review) VALUES (1, '1.2.3', 'assigned', 1, 10, {now}, {now}, false)",
+                "INSERT INTO series (id, study_id, series_instance_uid) VALUES (1, 1, '1.2.3.1')",
+                "INSERT INTO instances (id, study_id, series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, "
+                "relative_path, size_bytes, dataset_sha256, calling_ae_title, received_at) VALUES "
+                f"(1, 1, 1, '1.2.3.1.1', '1.2.840.10008.5.1.4.1.1.2', '1.2.840.10008.1.2.1', 'a/b/c.dcm', 10, 'ab', 'CT', {now})",
+                "INSERT INTO radiologists (id, npi, name, active, mqsa_qualified, created_at) "
+                f"VALUES (1, '1234567893', 'Doe^Jane', true, false, {now})",
+                "INSERT INTO outbox (id, study_id, radiologist_id, destination, status, attempts, next_attempt_at, "
+                f"sent_instance_count, updated_at) VALUES (1, 1, 1, 'WS@h:104', 'sent', 0, {now}, 1, {now})",
+                f"INSERT INTO forwarded_instances (outbox_id, instance_id, size_bytes, sent_at) VALUES (1, 1, 10, {now})",
+            ):
+                connection.execute(text(statement))
+        migrate.upgrade(engine)
+        with engine.begin() as connection:
+            assert connection.execute(text("SELECT send_round FROM outbox")).scalar_one() == 0
+            assert connection.execute(
+                text("SELECT outbox_id, instance_id, send_round FROM forwarded_instances")
+            ).all() == [(1, 1, 0)]
+            # a second round of the same instance is a row of its own; the same round twice is not
+            connection.execute(
+                text(
+                    "INSERT INTO forwarded_instances (outbox_id, instance_id, size_bytes, sent_at, send_round) "
+                    f"VALUES (1, 1, 10, {now}, 1)"
+                )
+            )
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO forwarded_instances (outbox_id, instance_id, size_bytes, sent_at, send_round) "
+                    f"VALUES (1, 1, 10, {now}, 1)"
+                )
+            )
+        with engine.begin() as connection:
+            config = migrate.alembic_config(engine)
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0010_corrections")
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT outbox_id, instance_id FROM forwarded_instances")).all() == [(1, 1)]
         migrate.upgrade(engine)
         assert migrate.is_current(engine)
     finally:

@@ -291,16 +291,32 @@ def assign(obj: CliContext, study_instance_uid: str, npi: str) -> None:
 
 @studies_group.command("forward")
 @click.argument("study_instance_uid", callback=study_uid_argument)
+@click.option(
+    "--all",
+    "resend_all",
+    is_flag=True,
+    help="Send every instance again, also those the destination already accepted (a workstation that lost the study).",
+)
 @click.pass_obj
-def forward(obj: CliContext, study_instance_uid: str) -> None:
-    """Forward a study again to its reader's destination (after the retries ran out).
+def forward(obj: CliContext, study_instance_uid: str, resend_all: bool) -> None:
+    """Forward a study again to its reader's destination: what it has not accepted yet (after
+    the retries ran out), or with --all every instance again.
 
-    A running server with forwarding on sends it at its next timer pass.
+    A running server with forwarding on sends it at its next timer pass. Every instance sent is
+    recorded as transmission in the infrastructure ledger, a resent one again.
     """
     app = obj.app()
     with app.sessions.begin() as session:
-        destination = requeue_study(session, study_instance_uid, app.clock())
-    click.echo(f"study {study_instance_uid}: queued for {destination}")
+        queued = requeue_study(session, study_instance_uid, app.clock(), resend_all=resend_all)
+    if queued.to_send == 0:
+        click.echo(
+            f"study {study_instance_uid}: nothing to send: {queued.destination} has accepted all "
+            f"{queued.instances} instance(s); `router studies forward {study_instance_uid} --all` sends them again"
+        )
+        return
+    click.echo(
+        f"study {study_instance_uid}: {queued.to_send} of {queued.instances} instance(s) queued for {queued.destination}"
+    )
 
 
 @studies_group.command("recheck")

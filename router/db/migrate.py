@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: The newest revision in ``migrations/versions`` (tests/test_migrations.py checks it against
 #: Alembic's script directory: a new migration must update it).
-HEAD_REVISION = "0010_corrections"
+HEAD_REVISION = "0011_send_rounds"
 #: Alembic's table of the revision a database is at.
 VERSION_TABLE = "alembic_version"
 

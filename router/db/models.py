@@ -501,7 +501,10 @@ class OutboxJob(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime]
     last_error: Mapped[str | None] = mapped_column(Text)
-    sent_instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    sent_instance_count: Mapped[int] = mapped_column(Integer, default=0)  # accepted in this round
+    #: Round of sending: ``router studies forward UID --all`` starts a new one, in which every
+    #: instance of the study counts as unsent (a workstation that lost the study).
+    send_round: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[dt.datetime]
     # The node working the job and until when its claim holds (renewed by its heartbeat); a
     # claim past ``claimed_until`` belongs to a dead or frozen node and may be taken over.
@@ -510,16 +513,18 @@ class OutboxJob(Base):
 
 
 class ForwardedInstance(Base):
-    """An instance accepted by a destination (so a retry or a late instance sends only the rest)."""
+    """An instance accepted by a destination in one round of its job (so a retry or a late
+    instance sends only the rest); earlier rounds' rows stay as the record of what was sent."""
 
     __tablename__ = "forwarded_instances"
-    __table_args__ = (UniqueConstraint("outbox_id", "instance_id"),)
+    __table_args__ = (UniqueConstraint("outbox_id", "instance_id", "send_round"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"))
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sent_at: Mapped[dt.datetime]
+    send_round: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     infrastructure_entry_id: Mapped[int | None] = mapped_column(
         ForeignKey("infrastructure_ledger.id", ondelete="RESTRICT")
     )

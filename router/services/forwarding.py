@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
@@ -33,6 +33,7 @@ from router.archive_backend import ArchiveBackend
 from router.db.models import Assignment, ForwardedInstance, Instance, OutboxJob, Study
 from router.db.queries import skip_locked
 from router.domain.enums import OutboxStatus
+from router.services.forwarding_queue import accepted_in_round, unsent_count
 from router.services.ledgers import record_transmission
 from router.timeutil import Clock, utcnow
 
@@ -193,9 +194,8 @@ class ForwardingService:
                 job.claimed_by = None
                 job.claimed_until = None
                 return True
-            sent_ids = set(
-                session.scalars(select(ForwardedInstance.instance_id).where(ForwardedInstance.outbox_id == job.id))
-            )
+            send_round = job.send_round
+            sent_ids = set(session.scalars(accepted_in_round(job.id, send_round)))
             pending = [
                 (instance_id, relative, size)
                 for instance_id, relative, size in session.execute(
@@ -208,7 +208,7 @@ class ForwardingService:
             destination = job.destination
             study_uid = session.scalar(select(Study.study_instance_uid).where(Study.id == job.study_id))
         if not pending:
-            self._finish(job_id, [], None)
+            self._finish(job_id, send_round, [], None)
             return True
         try:
             # Local copies of what the backend holds (the folder's own files; a download from
@@ -222,12 +222,12 @@ class ForwardingService:
             error = f"{type(exc).__name__}: {str(exc)[:200]}"
         # A sender that stopped early answers for fewer files: the rest were not sent.
         done = [(instance_id, size) for (instance_id, _, size), ok in zip(pending, accepted, strict=False) if ok]
-        self._finish(job_id, done, error)
+        self._finish(job_id, send_round, done, error)
         if error:
             LOG.warning("forwarding study %s to %s failed: %s", study_uid, destination, error)
         return error is None
 
-    def _finish(self, job_id: int, done: list[tuple[int, int]], error: str | None) -> None:
+    def _finish(self, job_id: int, send_round: int, done: list[tuple[int, int]], error: str | None) -> None:
         """Record the outcome of a send; retried on a new connection when the database dropped
         this one (e.g. ``idle_in_transaction_timeout`` ended a node frozen mid-transaction), or
         rolled the transaction back on a deadlock, since the instances were sent: unrecorded,
@@ -239,14 +239,16 @@ class ForwardingService:
             reraise=True,
         ):
             with attempt:
-                self._record(job_id, done, error)
+                self._record(job_id, send_round, done, error)
 
-    def _record(self, job_id: int, done: list[tuple[int, int]], error: str | None) -> None:
+    def _record(self, job_id: int, send_round: int, done: list[tuple[int, int]], error: str | None) -> None:
         """Record what the destination accepted (ledger: the bytes sent) and give the claim back.
 
         The job is locked while recorded; an instance already recorded (by a node that took the
         job over from this one while it was frozen) is not recorded twice. A job that gained
-        instances while it was being sent (late instances) stays pending for the rest.
+        instances while it was being sent (late instances) stays pending for the rest. What was
+        sent counts for ``send_round``, the round it was sent in: a new round asked for while it
+        was being sent (``router studies forward --all``) still sends every instance.
         """
         now = self._clock()
         with self._sessions.begin() as session:
@@ -256,14 +258,15 @@ class ForwardingService:
                 LOG.warning("outbox job %d: this node's claim expired while it was sending", job.id)
             recorded = set(
                 session.scalars(
-                    select(ForwardedInstance.instance_id).where(
-                        ForwardedInstance.outbox_id == job.id,
+                    accepted_in_round(job.id, send_round).where(
                         ForwardedInstance.instance_id.in_([iid for iid, _ in done]),
                     )
                 )
             )
             forwarded = [
-                ForwardedInstance(outbox_id=job.id, instance_id=iid, size_bytes=size, sent_at=now)
+                ForwardedInstance(
+                    outbox_id=job.id, instance_id=iid, size_bytes=size, sent_at=now, send_round=send_round
+                )
                 for iid, size in done
                 if iid not in recorded
             ]
@@ -274,7 +277,8 @@ class ForwardingService:
             record_transmission(
                 session, study, job.destination, forwarded, now, self.policy.transmission_microcents_per_gib
             )
-            job.sent_instance_count += len(forwarded)
+            if send_round == job.send_round:
+                job.sent_instance_count += len(forwarded)
             job.updated_at = now
             if job.claimed_by == self.node_id:
                 job.claimed_by = None
@@ -282,7 +286,7 @@ class ForwardingService:
             if job.status != OutboxStatus.PENDING:
                 return  # cancelled while sending (the study was reassigned): keep the cancellation
             if error is None:
-                if _unsent_count(session, job) == 0:
+                if unsent_count(session, job) == 0:
                     job.status = OutboxStatus.SENT
                     job.last_error = None
                 else:
@@ -318,17 +322,6 @@ def _worth_recording_again(exc: BaseException) -> bool:
 def _unclaimed(now: dt.datetime) -> Any:
     """Jobs no live node holds: never claimed, given back, or claimed past ``claimed_until``."""
     return or_(OutboxJob.claimed_until.is_(None), OutboxJob.claimed_until < now)
-
-
-def _unsent_count(session: Session, job: OutboxJob) -> int:
-    """Instances of the job's study that its destination has not accepted yet."""
-    sent = select(ForwardedInstance.instance_id).where(ForwardedInstance.outbox_id == job.id)
-    return int(
-        session.scalar(
-            select(func.count(Instance.id)).where(Instance.study_id == job.study_id, Instance.id.not_in(sent))
-        )
-        or 0
-    )
 
 
 def _send_error(sent: int, accepted: list[bool]) -> str | None:

@@ -8,11 +8,12 @@ withdrew it, so nothing is sent to a reader who may no longer read it.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, Select, func, select, update
 from sqlalchemy.orm import Session
 
-from router.db.models import Assignment, OutboxJob, Radiologist, Study
+from router.db.models import Assignment, ForwardedInstance, Instance, OutboxJob, Radiologist, Study
 from router.db.queries import study_by_uid
 from router.domain.enums import OutboxStatus
 from router.errors import IneligibleError
@@ -97,9 +98,20 @@ def requeue_for_reader(session: Session, radiologist: Radiologist, now: dt.datet
     return len(studies)
 
 
-def requeue_study(session: Session, study_instance_uid: str, now: dt.datetime) -> str:
-    """Forward a study again to its assigned reader's destination (after ``max_attempts``
-    failures, or a workstation that lost it); returns the destination ``AE@host:port``.
+@dataclass(frozen=True)
+class Requeued:
+    """A study queued again for its reader's destination (``router studies forward``)."""
+
+    destination: str  # AE@host:port
+    to_send: int  # instances the destination has not accepted in this round
+    instances: int  # instances of the study
+
+
+def requeue_study(session: Session, study_instance_uid: str, now: dt.datetime, resend_all: bool = False) -> Requeued:
+    """Forward a study again to its assigned reader's destination: what it has not accepted yet
+    (after ``max_attempts`` failures), or with ``resend_all`` every instance again, in a new
+    round of the job (a workstation that lost the study; each instance sent is billed again as
+    transmission).
 
     Raises
     ------
@@ -125,5 +137,30 @@ def requeue_study(session: Session, study_instance_uid: str, now: dt.datetime) -
         raise IneligibleError(
             f"NPI {radiologist.npi} has no destination (`router radiologists set {radiologist.npi} --destination AE@host:port`)"
         )
-    enqueue_forwarding(session, study, radiologist, now)
-    return destination
+    job = enqueue_forwarding(session, study, radiologist, now)
+    assert job is not None  # the reader has a destination
+    if resend_all:
+        job.send_round += 1
+        job.sent_instance_count = 0
+        session.flush()
+    instances = int(session.scalar(select(func.count(Instance.id)).where(Instance.study_id == study.id)) or 0)
+    return Requeued(destination, unsent_count(session, job), instances)
+
+
+def accepted_in_round(job_id: int, send_round: int) -> Select[int]:
+    """The ids of the instances the job's destination accepted in round ``send_round``."""
+    return select(ForwardedInstance.instance_id).where(
+        ForwardedInstance.outbox_id == job_id, ForwardedInstance.send_round == send_round
+    )
+
+
+def unsent_count(session: Session, job: OutboxJob) -> int:
+    """Instances of the job's study that its destination has not accepted in this round."""
+    return int(
+        session.scalar(
+            select(func.count(Instance.id)).where(
+                Instance.study_id == job.study_id, Instance.id.not_in(accepted_in_round(job.id, job.send_round))
+            )
+        )
+        or 0
+    )
