@@ -20,6 +20,7 @@ from router.db.models import ForwardedInstance, InfrastructureEntry, Instance, O
 from router.domain.enums import InfrastructureKind, OutboxStatus
 from router.server import RouterServer
 from router.services.forwarding_queue import Requeued, requeue_study
+from router.services.studies import StudyViews
 from tests.conftest import make_settings, running_router
 from tests.dicom_helpers import make_dataset, send_paths, write_part10
 
@@ -189,6 +190,15 @@ def test_studies_forward_all_sends_a_study_again_to_a_workstation_that_lost_it(
         # both rounds are on record, and the resend is billed as transmission again
         assert [tuple(row) for row in rounds] == [(0, 3), (1, 3)]
         assert (job.send_round, job.sent_instance_count) == (1, 3)
+        (forwarding,) = StudyViews(server.app.sessions, server.app.routing).show(study_uid)["forwarding"]
+        assert forwarding == {
+            "destination": destination,
+            "status": "sent",
+            "attempts": 0,
+            "send_round": 1,
+            "sent_instance_count": 3,
+            "last_error": None,
+        }
         assert transmissions == [study_bytes, study_bytes]
     finally:
         workstation.stop()

@@ -173,7 +173,8 @@ class StudyViews:
                             "destination": job.destination,
                             "status": job.status.value,
                             "attempts": job.attempts,
-                            "sent_instance_count": job.sent_instance_count,
+                            "send_round": job.send_round,  # 0, then 1 and up after `studies forward --all`
+                            "sent_instance_count": job.sent_instance_count,  # accepted in this round
                             "last_error": job.last_error,
                         }
                         for job in session.scalars(
