@@ -346,12 +346,15 @@ def pg_settings(tmp_path: Path) -> Iterator[Settings]:
 
 
 def test_a_node_stalled_inside_a_routing_transaction_costs_the_others_nothing(pg_settings: Settings) -> None:
-    settings = pg_settings.replace("database", idle_in_transaction_timeout=1.0)
-    with RouterApp.open(settings, upgrade=True) as app:
-        roster_with_readers(app, (NPI_A, "TX"))
-        uids = [f"1.2.826.0.1.3680043.10.1012.{index}" for index in range(1, 6)]
+    uids = [f"1.2.826.0.1.3680043.10.1012.{index}" for index in range(1, 6)]
+    # set up without the short timeout: on a loaded machine a set-up transaction could sit idle
+    # for a second and be ended by it (seen once in CI)
+    with RouterApp.open(pg_settings, upgrade=True) as setup:
+        roster_with_readers(setup, (NPI_A, "TX"))
         for uid in uids:
-            add_study(app, uid)
+            add_study(setup, uid)
+    settings = pg_settings.replace("database", idle_in_transaction_timeout=1.0)
+    with RouterApp.open(settings) as app:
         # "node 1" claims the first study and stalls (as under SIGSTOP) inside its transaction
         stalled = app.engine.connect()
         transaction = stalled.begin()
