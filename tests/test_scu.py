@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from router.dicom import reactor
 from router.dicom.scu import Destination, Forwarder, send_files
 from router.services.forwarding import _send_error
-from tests.dicom_helpers import make_dataset, write_part10
+from tests.dicom_helpers import CT_IMAGE_STORAGE, make_dataset, write_part10
 
 pytestmark = pytest.mark.network
 
@@ -110,3 +111,32 @@ def test_the_forwarding_error_tells_refused_from_not_answered() -> None:
     assert _send_error(4, [False, True]) == (
         "1 of 4 instance(s) refused; 2 of 4 instance(s) not answered (the association was aborted, closed or timed out)"
     )
+
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def test_a_file_the_destination_has_no_context_for_is_skipped_and_the_others_are_still_sent(tmp_path: Path) -> None:
+    received: list[str] = []
+    ae = AE(ae_title="READER")
+    ae.add_supported_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)  # CT only, as some workstations are
+    server = ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, lambda event: received.append(str(event.request.AffectedSOPInstanceUID)) or 0)],
+    )
+    try:
+        port = int(server.server_address[1])
+        datasets = [make_dataset(), make_dataset(SOPClassUID=SECONDARY_CAPTURE), make_dataset()]
+        files = [write_part10(ds, tmp_path / f"{index}.dcm") for index, ds in enumerate(datasets)]
+        results = send_files(files, Destination("READER", "127.0.0.1", port), timeout=8.0)
+        assert [(result.status, result.refused_context is not None) for result in results] == [
+            (0x0000, False),
+            (None, True),
+            (0x0000, False),
+        ]
+        assert received == [str(datasets[0].SOPInstanceUID), str(datasets[2].SOPInstanceUID)]
+        # forwarding records the two accepted instances and counts the other as refused
+        assert Forwarder()(files, f"READER@127.0.0.1:{port}", "ROUTER") == [True, False, True]
+    finally:
+        server.shutdown()

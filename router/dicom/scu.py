@@ -125,7 +125,8 @@ class Forwarder:
 
     def __call__(self, paths: Sequence[Path], destination: str, calling_ae_title: str) -> list[bool]:
         """Send ``paths`` to ``destination``; one accepted flag per path the destination answered,
-        in order, up to the first without an answer (a shorter list: the association ended).
+        in order, up to the first without an answer (a shorter list: the association ended). A
+        file the destination accepted no presentation context for counts as refused (False).
 
         Raises
         ------
@@ -135,16 +136,22 @@ class Forwarder:
         results = send_files(
             list(paths), self.destination(destination), calling_ae_title=calling_ae_title, tls_context=self.tls_context
         )
-        answered = itertools.takewhile(lambda result: result.status is not None, results)
+        answered = itertools.takewhile(lambda result: result.status is not None or result.refused_context, results)
         return [result.ok for result in answered]
 
 
 @dataclass(frozen=True)
 class SendResult:
-    """Status of one file sent: ``status`` is the C-STORE status, or ``None`` if no response."""
+    """Status of one file sent: ``status`` is the C-STORE status, or ``None`` if no response.
+
+    ``refused_context`` is set (the reason) for a file not sent at all because the destination
+    accepted no presentation context for its SOP class and transfer syntax (PS3.8 section 7.1.1.13):
+    the association went on with the other files.
+    """
 
     path: Path
     status: int | None
+    refused_context: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -164,7 +171,9 @@ def send_files(
 
     Sending stops at the first file without a response (the peer aborted or closed the
     association, or ``timeout`` seconds passed); it and every file after it get status
-    ``None`` (not stored, as far as the router knows).
+    ``None`` (not stored, as far as the router knows). A file whose SOP class and transfer
+    syntax the destination accepted no presentation context for is skipped
+    (``refused_context``), and the others are still sent.
 
     A ``destination.tls`` destination is reached over DICOM TLS with ``tls_context``, the
     host name checked by the context's rules (server name indication is the host).
@@ -205,8 +214,21 @@ def send_files(
     results: list[SendResult] = []
     ended = False
     try:
-        for path, _, _ in headers:
-            status = assoc.send_c_store(path) if assoc.is_established else None
+        for path, sop_class, syntax in headers:
+            try:
+                status = assoc.send_c_store(path) if assoc.is_established else None
+            except ValueError as exc:
+                # pynetdicom: no accepted presentation context fits the file (the destination
+                # does not take that SOP class, or not in that transfer syntax)
+                LOG.warning(
+                    "%s did not accept SOP class %s in transfer syntax %s: %s not sent",
+                    destination,
+                    sop_class,
+                    syntax,
+                    path.name,
+                )
+                results.append(SendResult(path, None, refused_context=str(exc).splitlines()[0][:200]))
+                continue
             results.append(SendResult(path, int(status.Status) if status and "Status" in status else None))
             if results[-1].status is None:
                 # No response: the peer aborted or closed the association, or it timed out.
