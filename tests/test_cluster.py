@@ -167,6 +167,58 @@ def test_a_resend_asked_for_while_a_send_is_in_flight_still_sends_every_instance
         assert [tuple(row) for row in rounds] == [(0, INSTANCES_PER_STUDY), (1, INSTANCES_PER_STUDY)]
 
 
+def test_a_failure_of_the_round_in_flight_does_not_count_against_the_new_round(
+    app: RouterApp, clock: FakeClock
+) -> None:
+    (uid,) = _assigned_studies_with_jobs(app, 1)
+    calls: list[int] = []
+
+    def first_send_refuses_one(paths: Sequence[Path], destination: str, calling_ae_title: str) -> list[bool]:
+        calls.append(len(paths))
+        if len(calls) == 1:  # `studies forward --all` while the first send is on the wire, which fails
+            with app.sessions.begin() as session:
+                requeue_study(session, uid, clock(), resend_all=True)
+            return [True, False, True]
+        return [True] * len(paths)
+
+    forwarder = ForwardingService(
+        app.sessions, app.archive, first_send_refuses_one, ForwardingPolicy(max_attempts=1), app.clock, node_id="n"
+    )
+    forwarder.run_due(wait=True)
+    forwarder.run_due(wait=True)  # the next tick: the new round is due at once
+    assert calls == [INSTANCES_PER_STUDY, INSTANCES_PER_STUDY]
+    with app.sessions() as session:
+        job = session.scalars(select(OutboxJob)).one()
+        # with max_attempts = 1 the old round's failure would have failed the new round's job
+        assert (job.status, job.attempts, job.last_error, job.send_round) == (OutboxStatus.SENT, 0, None, 1)
+        rounds = session.execute(
+            select(ForwardedInstance.send_round, func.count())
+            .group_by(ForwardedInstance.send_round)
+            .order_by(ForwardedInstance.send_round)
+        ).all()
+        assert [tuple(row) for row in rounds] == [(0, 2), (1, INSTANCES_PER_STUDY)]
+
+
+def test_a_reader_back_at_an_earlier_destination_gets_the_study_again_in_full(app: RouterApp, clock: FakeClock) -> None:
+    (uid,) = _assigned_studies_with_jobs(app, 1)
+    send = RecordingSender()
+    first, second = "READER_A@127.0.0.1:11199", "READER_A@127.0.0.1:11200"
+    destinations: list[str] = []
+
+    def recording(paths: Sequence[Path], destination: str, calling_ae_title: str) -> list[bool]:
+        destinations.extend(destination for _ in paths)
+        return send(paths, destination, calling_ae_title)
+
+    forwarder = ForwardingService(app.sessions, app.archive, recording, ForwardingPolicy(), app.clock, node_id="n")
+    forwarder.run_due(wait=True)
+    app.roster.radiologists.set(NPI_A, OS_USER, destination=second)
+    forwarder.run_due(wait=True)
+    app.roster.radiologists.set(NPI_A, OS_USER, destination=first)  # back to the first workstation
+    forwarder.run_due(wait=True)
+    assert Counter(destinations) == {first: 2 * INSTANCES_PER_STUDY, second: INSTANCES_PER_STUDY}
+    assert Counter(send.sent) == {f"{uid}.1.{index + 1}": 3 for index in range(INSTANCES_PER_STUDY)}
+
+
 def test_a_live_nodes_claim_is_respected_and_a_dead_nodes_claim_is_taken_over(app: RouterApp, clock: FakeClock) -> None:
     uids = _assigned_studies_with_jobs(app, 2)
     with app.sessions.begin() as session:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 
 from router.dicom import reactor
 from router.dicom.scu import Destination, Forwarder, send_files
@@ -116,7 +116,12 @@ def test_the_forwarding_error_tells_refused_from_not_answered() -> None:
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def test_a_file_the_destination_has_no_context_for_is_skipped_and_the_others_are_still_sent(tmp_path: Path) -> None:
+def test_a_file_the_destination_has_no_context_for_is_skipped_and_the_others_are_still_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the router's listener makes pynetdicom accept any storage SOP class, process-wide
+    # (router.dicom.scp): this workstation, in the same test process, must not
+    monkeypatch.setattr(_config, "UNRESTRICTED_STORAGE_SERVICE", False)
     received: list[str] = []
     ae = AE(ae_title="READER")
     ae.add_supported_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)  # CT only, as some workstations are

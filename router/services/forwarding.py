@@ -285,6 +285,8 @@ class ForwardingService:
                 job.claimed_until = None
             if job.status != OutboxStatus.PENDING:
                 return  # cancelled while sending (the study was reassigned): keep the cancellation
+            if send_round != job.send_round:
+                return  # a new round began while this one was sent: its own sends count from now
             if error is None:
                 if unsent_count(session, job) == 0:
                     job.status = OutboxStatus.SENT

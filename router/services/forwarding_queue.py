@@ -77,7 +77,8 @@ def cancel_forwarding(
 
 def requeue_for_reader(session: Session, radiologist: Radiologist, now: dt.datetime) -> int:
     """After a reader's destination changed: their open studies that were being forwarded go to
-    the new destination (from the first instance), or stop being sent when it was removed.
+    the new destination (from the first instance, also to a destination the reader had before),
+    or stop being sent when it was removed.
 
     Only studies that already had a job are touched, so nothing is queued where forwarding is
     off. Returns the number of studies re-queued or stopped.
@@ -94,8 +95,18 @@ def requeue_for_reader(session: Session, radiologist: Radiologist, now: dt.datet
     ).all()
     for study in studies:
         cancel_forwarding(session, study.id, keep_radiologist_id=None, reason="destination changed", now=now)
-        enqueue_forwarding(session, study, radiologist, now)
+        job = enqueue_forwarding(session, study, radiologist, now)
+        if job is not None and session.scalar(select(accepted_in_round(job.id, job.send_round).exists())):
+            # a destination the reader had used before for this study (back to an earlier
+            # workstation): what it accepted then is not counted on, the study goes again in full
+            start_round(job)
     return len(studies)
+
+
+def start_round(job: OutboxJob) -> None:
+    """Start a new round of ``job``: every instance of its study counts as unsent again."""
+    job.send_round += 1
+    job.sent_instance_count = 0
 
 
 @dataclass(frozen=True)
@@ -140,8 +151,7 @@ def requeue_study(session: Session, study_instance_uid: str, now: dt.datetime, r
     job = enqueue_forwarding(session, study, radiologist, now)
     assert job is not None  # the reader has a destination
     if resend_all:
-        job.send_round += 1
-        job.sent_instance_count = 0
+        start_round(job)
         session.flush()
     instances = int(session.scalar(select(func.count(Instance.id)).where(Instance.study_id == study.id)) or 0)
     return Requeued(destination, unsent_count(session, job), instances)
