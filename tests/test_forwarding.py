@@ -165,7 +165,8 @@ def test_studies_forward_all_sends_a_study_again_to_a_workstation_that_lost_it(
         time.sleep(1.0)
         assert workstation.received == []
 
-        result = CliRunner().invoke(cli, ["--config", str(config), "studies", "forward", study_uid, "--all"])
+        # a UID pasted with the spaces around it is the same UID
+        result = CliRunner().invoke(cli, ["--config", str(config), "studies", "forward", f"  {study_uid} ", "--all"])
         assert (result.exit_code, result.stdout) == (
             0,
             f"study {study_uid}: 3 of 3 instance(s) queued for {destination}\n",
@@ -190,6 +191,11 @@ def test_studies_forward_all_sends_a_study_again_to_a_workstation_that_lost_it(
         # both rounds are on record, and the resend is billed as transmission again
         assert [tuple(row) for row in rounds] == [(0, 3), (1, 3)]
         assert (job.send_round, job.sent_instance_count) == (1, 3)
+        shown = CliRunner().invoke(cli, ["--config", str(config), "studies", "show", study_uid])
+        assert shown.exit_code == 0
+        table = shown.stdout[shown.stdout.index("Forwarding to the reader's destination") :]
+        row = next(line for line in table.splitlines() if destination in line)
+        assert row.split() == [destination, "sent", "1", "3", "0", "-"]  # round 1, 3 accepted in it
         (forwarding,) = StudyViews(server.app.sessions, server.app.routing).show(study_uid)["forwarding"]
         assert forwarding == {
             "destination": destination,

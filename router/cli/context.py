@@ -68,7 +68,8 @@ class CliContext:
         ValidationError
             A shortened UID that several studies end with.
         """
-        suffix = shortened_uid_suffix(text.strip())
+        text = text.strip()  # pasted with the spaces around it
+        suffix = shortened_uid_suffix(text)
         if suffix is None:
             return text
         with self.app().sessions() as session:

@@ -25,7 +25,7 @@ from router.workers import freeze_startup_heap
 )
 @click.pass_obj
 def serve(obj: CliContext, port: int | None, host: str | None, workers: int | None) -> None:
-    """Receive studies over DICOM (C-STORE SCP), route them and forward them; upgrades an empty database.
+    """Receive studies over DICOM (C-STORE SCP), route them and forward them; creates or upgrades the schema.
 
     SIGTERM or Ctrl-C drains: no new associations, those in flight finish (up to
     listener.drain_timeout seconds), then the process exits 0.

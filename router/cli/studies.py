@@ -154,6 +154,22 @@ def show(obj: CliContext, study_instance_uid: str, as_json: bool) -> None:
                 for c in document["instance_conflicts"]
             ],
         )
+    if document["forwarding"]:
+        emit_table(
+            "Forwarding to the reader's destination",
+            ["destination", "status", "round", "accepted this round", "attempts", "last error"],
+            [
+                (
+                    f["destination"],
+                    f["status"],
+                    f["send_round"],
+                    f["sent_instance_count"],
+                    f["attempts"],
+                    f["last_error"],
+                )
+                for f in document["forwarding"]
+            ],
+        )
     if document["decisions"]:
         last = document["decisions"][-1]
         if last["candidates"]:
@@ -317,6 +333,8 @@ def forward(obj: CliContext, study_instance_uid: str, resend_all: bool) -> None:
     click.echo(
         f"study {study_instance_uid}: {queued.to_send} of {queued.instances} instance(s) queued for {queued.destination}"
     )
+    if not obj.settings.forwarding.enabled:
+        click.echo("note: [forwarding] enabled is false in this configuration: only a server with it on sends them")
 
 
 @studies_group.command("recheck")
