@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 
 from router.dicom import reactor
-from router.dicom.scu import Destination, Forwarder, send_files
+from router.dicom.scu import Destination, Forwarder, SendError, send_files
 from router.services.forwarding import _send_error
 from tests.dicom_helpers import CT_IMAGE_STORAGE, make_dataset, write_part10
 
@@ -144,4 +144,25 @@ def test_a_file_the_destination_has_no_context_for_is_skipped_and_the_others_are
         # forwarding records the two accepted instances and counts the other as refused
         assert Forwarder()(files, f"READER@127.0.0.1:{port}", "ROUTER") == [True, False, True]
     finally:
+        server.shutdown()
+
+
+def test_a_rejection_and_a_silent_peer_are_told_apart(tmp_path: Path) -> None:
+    files = _files(tmp_path, 1)
+    ae = AE(ae_title="READER")
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.require_called_aet = True  # the router calls it by another AE title: rejected
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    silent = socket.create_server(("127.0.0.1", 0))  # takes the connection, never answers
+    try:
+        with pytest.raises(SendError, match=r"^association with OTHER@127\.0\.0\.1:\d+ was rejected$"):
+            send_files(files, Destination("OTHER", "127.0.0.1", int(server.server_address[1])), timeout=5.0)
+        with pytest.raises(
+            SendError,
+            match=r"^association with READER@127\.0\.0\.1:\d+ was not established: no answer within 1 s, "
+            r"or the connection was closed or aborted$",
+        ):
+            send_files(files, Destination("READER", "127.0.0.1", silent.getsockname()[1]), timeout=1.0)
+    finally:
+        silent.close()
         server.shutdown()

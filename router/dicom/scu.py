@@ -210,7 +210,12 @@ def send_files(
         destination.host, destination.port, ae_title=destination.ae_title, tls_args=_tls_args(destination, tls_context)
     )
     if not assoc.is_established:
-        raise SendError(f"association with {destination} was not accepted")
+        if assoc.is_rejected:
+            raise SendError(f"association with {destination} was rejected")
+        raise SendError(
+            f"association with {destination} was not established: no answer within {timeout:g} s, "
+            "or the connection was closed or aborted"
+        )
     results: list[SendResult] = []
     ended = False
     try:

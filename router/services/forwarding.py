@@ -222,9 +222,9 @@ class ForwardingService:
             error = f"{type(exc).__name__}: {str(exc)[:200]}"
         # A sender that stopped early answers for fewer files: the rest were not sent.
         done = [(instance_id, size) for (instance_id, _, size), ok in zip(pending, accepted, strict=False) if ok]
-        self._finish(job_id, send_round, done, error)
-        if error:
+        if error:  # before the outcome is recorded, which may log that the retries ran out
             LOG.warning("forwarding study %s to %s failed: %s", study_uid, destination, error)
+        self._finish(job_id, send_round, done, error)
         return error is None
 
     def _finish(self, job_id: int, send_round: int, done: list[tuple[int, int]], error: str | None) -> None:
