@@ -102,7 +102,8 @@ def test_study_is_forwarded_follows_a_destination_change_and_can_be_queued_again
         ]
 
         # the reader moves to another workstation: the open study follows, all of it
-        roster.radiologists.set(NPI, "tester", destination=f"READER_B@127.0.0.1:{second.port}")
+        change = roster.radiologists.set(NPI, "tester", destination=f"READER_B@127.0.0.1:{second.port}")
+        assert change.forwarding_requeued == 1
         _wait(lambda: sorted(second.received) == sops)
 
         # a workstation that is down: the retries run out (the job is failed, the study stays
@@ -206,5 +207,16 @@ def test_studies_forward_all_sends_a_study_again_to_a_workstation_that_lost_it(
             "last_error": None,
         }
         assert transmissions == [study_bytes, study_bytes]
+
+        # the admin is told what a destination change did to the reader's open studies
+        for options, said in (
+            (["--destination", "READER_B@127.0.0.1:11104"], "re-queued for the new destination"),
+            (["--no-destination"], "stopped"),
+        ):
+            result = CliRunner().invoke(cli, ["--config", str(config), "radiologists", "set", NPI, *options])
+            assert (result.exit_code, result.stdout.splitlines()[0]) == (
+                0,
+                f"updated radiologist {NPI}; forwarding of 1 open stud(ies) {said}",
+            )
     finally:
         workstation.stop()

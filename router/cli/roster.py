@@ -184,9 +184,11 @@ def set_radiologist(
     if all(value is UNSET for value in changes.values()):
         raise click.UsageError("nothing to change: give at least one option")
     change = roster(obj).radiologists.set(npi, obj.os_user(), **changes)
-    report(
-        change, as_json, f"updated radiologist {change.entity_key}", f"radiologist {change.entity_key}: nothing changed"
-    )
+    done = f"updated radiologist {change.entity_key}"
+    if change.forwarding_requeued is not None:
+        what = "stopped" if no_destination else "re-queued for the new destination"
+        done += f"; forwarding of {change.forwarding_requeued} open stud(ies) {what}"
+    report(change, as_json, done, f"radiologist {change.entity_key}: nothing changed")
 
 
 @radiologists_group.command("deactivate")

@@ -149,6 +149,9 @@ class RosterChange:
     record: dict[str, Any] | None
     rerouted: tuple[Rerouted, ...] = ()
     reevaluation_error: str | None = None
+    #: Open studies whose forwarding a destination change re-queued or stopped (``None``: the
+    #: change did not touch a destination).
+    forwarding_requeued: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict: the record plus the ``rerouted`` list."""
@@ -160,6 +163,7 @@ class RosterChange:
             "record": jsonable(self.record),
             "rerouted": [item.to_json() for item in self.rerouted],
             "reevaluation_error": self.reevaluation_error,
+            "forwarding_requeued": self.forwarding_requeued,
         }
 
 
@@ -252,6 +256,7 @@ class ChangeRunner:
             record=outcome.record,
             rerouted=rerouted,
             reevaluation_error=error,
+            forwarding_requeued=outcome.extra.get("forwarding_requeued"),
         )
         return outcome, change
 

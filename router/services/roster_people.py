@@ -209,10 +209,11 @@ class RadiologistRoster:
                 else:
                     setattr(row, key, value)
             session.flush()
+            extra = {}
             if "destination" in new:
-                requeue_for_reader(session, row, ctx.at)
+                extra["forwarding_requeued"] = requeue_for_reader(session, row, ctx.at)
             record_audit(session, ctx, "radiologist.set", "radiologist", row.npi, old, new)
-            return Outcome("radiologist", row.npi, radiologist_record(row), radiologist_id=row.id)
+            return Outcome("radiologist", row.npi, radiologist_record(row), radiologist_id=row.id, extra=extra)
 
         return self._runner.run(os_user, "radiologist.set", work)[1]
 
