@@ -35,6 +35,7 @@ from router.db.models import (
     Series,
     Study,
 )
+from router.dicom.scu import Destination, Forwarder
 from router.domain.enums import InfrastructureKind, OutboxStatus, StudyStatus
 from router.services.cluster import ClusterService, resolve_node_id
 from router.services.forwarding import ForwardingPolicy, ForwardingService
@@ -217,6 +218,16 @@ def test_a_reader_back_at_an_earlier_destination_gets_the_study_again_in_full(ap
     forwarder.run_due(wait=True)
     assert Counter(destinations) == {first: 2 * INSTANCES_PER_STUDY, second: INSTANCES_PER_STUDY}
     assert Counter(send.sent) == {f"{uid}.1.{index + 1}": 3 for index in range(INSTANCES_PER_STUDY)}
+
+
+def test_an_ipv6_destination_is_written_with_its_host_in_brackets(app: RouterApp, clock: FakeClock) -> None:
+    _assigned_studies_with_jobs(app, 1)
+    app.roster.radiologists.set(NPI_A, OS_USER, destination="READER_A@[::1]:11104")
+    with app.sessions() as session:
+        assert session.scalars(select(OutboxJob.destination).where(OutboxJob.status == OutboxStatus.PENDING)).all() == [
+            "READER_A@[::1]:11104"  # was READER_A@::1:11104
+        ]
+    assert Forwarder().destination("READER_A@[::1]:11104") == Destination("READER_A", "::1", 11104)
 
 
 def test_a_live_nodes_claim_is_respected_and_a_dead_nodes_claim_is_taken_over(app: RouterApp, clock: FakeClock) -> None:

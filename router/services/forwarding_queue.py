@@ -17,13 +17,17 @@ from router.db.models import Assignment, ForwardedInstance, Instance, OutboxJob,
 from router.db.queries import study_by_uid
 from router.domain.enums import OutboxStatus
 from router.errors import IneligibleError
+from router.services.roster_values import Destination
 
 
 def destination_of(radiologist: Radiologist) -> str | None:
-    """``AE@host:port`` of the reader's C-STORE SCP, or ``None`` when none is configured."""
+    """``AE@host:port`` of the reader's C-STORE SCP (an IPv6 host in brackets, as it is typed:
+    ``AE@[::1]:104``), or ``None`` when none is configured."""
     if not (radiologist.destination_ae_title and radiologist.destination_host and radiologist.destination_port):
         return None
-    return f"{radiologist.destination_ae_title}@{radiologist.destination_host}:{radiologist.destination_port}"
+    return str(
+        Destination(radiologist.destination_ae_title, radiologist.destination_host, radiologist.destination_port)
+    )
 
 
 def enqueue_forwarding(session: Session, study: Study, radiologist: Radiologist, now: dt.datetime) -> OutboxJob | None:
