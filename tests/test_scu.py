@@ -143,6 +143,14 @@ def test_a_file_the_destination_has_no_context_for_is_skipped_and_the_others_are
         assert received == [str(datasets[0].SOPInstanceUID), str(datasets[2].SOPInstanceUID)]
         # forwarding records the two accepted instances and counts the other as refused
         assert Forwarder()(files, f"READER@127.0.0.1:{port}", "ROUTER") == [True, False, True]
+        # only what it takes no context for: refused too, not "no answer" (pynetdicom aborts
+        # an association with no accepted context; it was a SendError before)
+        only = send_files(files[1:2], Destination("READER", "127.0.0.1", port), timeout=8.0)
+        assert [(result.status, result.refused_context) for result in only] == [
+            (None, "no presentation context accepted for it")
+        ]
+        assert Forwarder()(files[1:2], f"READER@127.0.0.1:{port}", "ROUTER") == [False]
+        assert len(received) == 4
     finally:
         server.shutdown()
 

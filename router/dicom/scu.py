@@ -173,7 +173,8 @@ def send_files(
     association, or ``timeout`` seconds passed); it and every file after it get status
     ``None`` (not stored, as far as the router knows). A file whose SOP class and transfer
     syntax the destination accepted no presentation context for is skipped
-    (``refused_context``), and the others are still sent.
+    (``refused_context``), and the others are still sent; if it accepted none at all, every
+    file is refused so (no :class:`SendError`: it answered, and retrying will not help).
 
     A ``destination.tls`` destination is reached over DICOM TLS with ``tls_context``, the
     host name checked by the context's rules (server name indication is the host).
@@ -209,6 +210,14 @@ def send_files(
     assoc = ae.associate(
         destination.host, destination.port, ae_title=destination.ae_title, tls_args=_tls_args(destination, tls_context)
     )
+    if not assoc.is_established and assoc.rejected_contexts and not assoc.accepted_contexts:
+        # The destination answered and accepted none of the presentation contexts proposed
+        # (pynetdicom then aborts): not one file can go, each is refused for its context.
+        refused = []
+        for path, sop_class, syntax in headers:
+            _log_refused_context(destination, sop_class, syntax, path)
+            refused.append(SendResult(path, None, refused_context="no presentation context accepted for it"))
+        return refused
     if not assoc.is_established:
         if assoc.is_rejected:
             raise SendError(f"association with {destination} was rejected")
@@ -225,13 +234,7 @@ def send_files(
             except ValueError as exc:
                 # pynetdicom: no accepted presentation context fits the file (the destination
                 # does not take that SOP class, or not in that transfer syntax)
-                LOG.warning(
-                    "%s did not accept SOP class %s in transfer syntax %s: %s not sent",
-                    destination,
-                    sop_class,
-                    syntax,
-                    path.name,
-                )
+                _log_refused_context(destination, sop_class, syntax, path)
                 results.append(SendResult(path, None, refused_context=str(exc).splitlines()[0][:200]))
                 continue
             results.append(SendResult(path, int(status.Status) if status and "Status" in status else None))
@@ -249,6 +252,12 @@ def send_files(
             assoc.release()
     results.extend(SendResult(path, None) for path, _, _ in headers[len(results) :])
     return results
+
+
+def _log_refused_context(destination: Destination, sop_class: str, syntax: str, path: Path) -> None:
+    LOG.warning(
+        "%s did not accept SOP class %s in transfer syntax %s: %s not sent", destination, sop_class, syntax, path.name
+    )
 
 
 def _tls_args(destination: Destination, context: ssl.SSLContext | None) -> tuple[ssl.SSLContext, str] | None:
