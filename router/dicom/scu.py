@@ -145,7 +145,8 @@ class SendResult:
     """Status of one file sent: ``status`` is the C-STORE status, or ``None`` if no response.
 
     ``refused_context`` is set (the reason) for a file not sent at all because the destination
-    accepted no presentation context for its SOP class and transfer syntax (PS3.8 section 7.1.1.13):
+    accepted no presentation context for its SOP class and transfer syntax (the Result of its
+    presentation context item in the A-ASSOCIATE-AC, PS3.8 section 9.3.3.2):
     the association went on with the other files.
     """
 
