@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -222,3 +224,14 @@ def test_after_a_reassignment_the_read_cannot_predate_it(routed) -> None:  # typ
     assert (code, err.strip()) == (1, "error: interpretation time is before the study was assigned to this radiologist")
     code, _, err = _run(config, "studies", "complete", cases["facility_tx"])
     assert code == 0, err
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`router studies list | head`: the reader stopping early is not an error to print."""
+    command = [sys.executable, "-m", "router", "--data-dir", str(tmp_path / "var")]
+    subprocess.run([*command, "db", "upgrade"], check=True, capture_output=True, timeout=120)
+    listing = subprocess.Popen([*command, "studies", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert listing.stdout is not None and listing.stderr is not None
+    listing.stdout.close()  # before it writes: its first write finds the pipe closed
+    errors = listing.stderr.read()
+    assert (listing.wait(timeout=120), errors) == (1, b"")  # was "error: Broken pipe"

@@ -8,6 +8,7 @@ usage and configuration errors are one line too and exit 2 (click's convention).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,11 @@ class RouterGroup(click.Group):
         except OverflowError as exc:
             # a date or number beyond what Python or the database can hold
             click.echo(f"error: value out of range ({exc})", err=True)
+            ctx.exit(1)
+        except BrokenPipeError:
+            # the reader of the output stopped early (`router studies list | head`): nothing to
+            # report; stdout goes to /dev/null so the interpreter's last flush does not fail too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(1)
         except OSError as exc:
             # a file the user named cannot be read or written (export to a missing folder...)
