@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
+import time
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
@@ -14,14 +16,16 @@ from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
-from pynetdicom import AE, _config, dimse_messages
+from pynetdicom import AE, _config, dimse_messages, service_class
+from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import build_context
 
 from router.dicom import negotiation, store_codec
-from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, configure_pynetdicom
+from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, StoreHandler, configure_pynetdicom
 from router.dicom.status import StoreStatus
 from router.part10 import dataset_offset
 from router.server import RouterServer
@@ -411,3 +415,67 @@ def test_an_unanswerable_command_is_aborted_before_its_data_set_is_spooled(
     assert list(server.app.archive.incoming.iterdir()) == []
     warnings = [r.getMessage() for r in caplog.records if r.name == "router.dicom.store_codec"]
     assert len(warnings) == 1 and warnings[0].endswith(f"({reason}); A-ABORT sent"), warnings
+
+
+# ------------------------------------------------------------- where a C-STORE is served (lever 31)
+@pytest.fixture
+def handler_threads(monkeypatch: pytest.MonkeyPatch) -> list[type]:
+    """The class of the thread each C-STORE handler call ran in (a spy around the real handler)."""
+    seen: list[type] = []
+    real = StoreHandler.__call__
+
+    def spy(self: StoreHandler, event: object) -> object:
+        seen.append(type(threading.current_thread()))
+        return real(self, event)
+
+    monkeypatch.setattr(StoreHandler, "__call__", spy)
+    return seen
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_c_store_the_codec_decoded_is_served_in_the_thread_that_read_it(
+    server: RouterServer, tmp_path: Path, handler_threads: list[type]
+) -> None:
+    """The codec's C-STORE is handled in the association's DUL thread (no hand-over to the
+    association thread and back); one pynetdicom decoded (an extra command element) still in
+    the association thread. Both are stored and answered Success."""
+    dataset = make_dataset()
+    assert _store(server.ports[0], write_part10(dataset, tmp_path / "in.dcm")) == StoreStatus.SUCCESS
+    sop = "1.2.826.0.1.3680043.9.7433.3.50"
+    command = c_store_command(CT_IMAGE_STORAGE, sop, message_id=3)
+    elements = command[12:] + implicit(0x00000600, b"DEST  ")  # Move Destination: not a C-STORE-RQ element
+    kind, pdu = _send_one(server, implicit(0, struct.pack("<I", len(elements))) + elements, sop)
+    assert kind == 0x04
+    assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.SUCCESS
+    assert handler_threads == [DULServiceProvider, Association]
+    _stored(server, dataset.SOPInstanceUID)
+    _stored(server, sop)
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_fault_serving_a_c_store_in_the_dul_thread_aborts_that_association_only(
+    server: RouterServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception outside the handler (which would be answered 0xC211) must not call
+    pynetdicom's ``abort()`` from the DUL thread: that waits for the DUL thread itself to stop,
+    and never returns. The state machine sends the A-ABORT; the next association is served."""
+    caplog.set_level(logging.INFO)
+    real = service_class.StorageServiceClass.SCP
+
+    def broken(self: object, request: object, context: object) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(service_class.StorageServiceClass, "SCP", broken)
+    sop = "1.2.826.0.1.3680043.9.7433.3.51"
+    started = time.monotonic()
+    kind, pdu = _send_one(server, c_store_command(CT_IMAGE_STORAGE, sop), sop)
+    assert time.monotonic() - started < 5  # at once, not after a timeout
+    assert (kind, pdu[2]) == (0x07, 0x02)  # A-ABORT, source: DICOM UL service-provider
+    errors = [r.getMessage() for r in caplog.records if r.name == "router.dicom.store_codec"]
+    assert errors == ["serving a C-STORE-RQ raised RuntimeError; A-ABORT sent"]
+    monkeypatch.setattr(service_class.StorageServiceClass, "SCP", real)
+    dataset = make_dataset()
+    assert _store(server.ports[0], write_part10(dataset, tmp_path / "in.dcm")) == StoreStatus.SUCCESS
+    _stored(server, dataset.SOPInstanceUID)

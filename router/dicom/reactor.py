@@ -54,8 +54,12 @@ from pynetdicom.fsm import TRANSITION_TABLE, StateMachine
 
 #: Longest wait of the DUL thread for socket data or a primitive to send, in seconds.
 DUL_WAIT = 0.02
-#: Longest wait of the association thread for a DIMSE message, in seconds.
-ASSOCIATION_WAIT = 0.005
+#: Longest wait of the association thread for a DIMSE message, in seconds. A receiving
+#: association's C-STOREs are served in its DUL thread (router.dicom.store_codec), so this thread
+#: wakes only for timers and for what ends its wait early; at 5 ms its wake-ups, 200 a second per
+#: association, took the interpreter lock from the DUL threads storing data sets (4 associations:
+#: 30-40 % fewer instances a second; docs/benchmarks.md, lever 31).
+ASSOCIATION_WAIT = 0.05
 #: Pause between the association thread's looks at its DUL while it stops (``Association.kill``
 #: polls every 10 ms): the thread, which counts against the listener's connection limits until
 #: it ends, lingered up to 10 ms after every association (docs/benchmarks.md, lever 24).
