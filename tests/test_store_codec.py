@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import config as pydicom_config
@@ -29,6 +30,7 @@ from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, StoreHandler, configure_
 from router.dicom.status import StoreStatus
 from router.part10 import dataset_offset
 from router.server import RouterServer
+from tests.conftest import make_settings, running_router
 from tests.dicom_bytes import (
     CT_IMAGE_STORAGE,
     RawAssociation,
@@ -479,3 +481,101 @@ def test_a_fault_serving_a_c_store_in_the_dul_thread_aborts_that_association_onl
     dataset = make_dataset()
     assert _store(server.ports[0], write_part10(dataset, tmp_path / "in.dcm")) == StoreStatus.SUCCESS
     _stored(server, dataset.SOPInstanceUID)
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_store_that_takes_longer_than_network_timeout_is_answered(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the hostile-peer trial of lever 31: with the handler in the DUL thread, the free
+    association thread saw the idle timer run out while the peer waited for our answer, and
+    aborted the association after the instance was stored, before its Success was sent (the
+    sender then retried an instance already kept)."""
+    real = StoreHandler.__call__
+
+    def slow(self: StoreHandler, event: object) -> object:
+        time.sleep(2.5)  # a slow archive or a database lock held by another node
+        return real(self, event)
+
+    monkeypatch.setattr(StoreHandler, "__call__", slow)
+    settings = make_settings(tmp_path, database_url).replace("listener", network_timeout=1.0)
+    dataset = make_dataset()
+    with running_router(settings) as server:
+        assert _store(server.ports[0], write_part10(dataset, tmp_path / "in.dcm")) == StoreStatus.SUCCESS
+        _stored(server, str(dataset.SOPInstanceUID))
+
+
+def _pdv(data: bytes, *, command: bool, last: bool, context_id: int = 1) -> bytes:
+    control = (0x01 if command else 0x00) | (0x02 if last else 0x00)
+    return struct.pack(">IBB", len(data) + 2, context_id, control) + data
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_command_set_and_its_data_set_in_one_p_data_tf_are_stored(
+    server: RouterServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PS3.8 section 9.3.5 lets one P-DATA-TF carry several PDVs: the command set and the whole
+    data set of a small C-STORE can come in one PDU. Found by the hostile-peer trial: the codec
+    handed the data set's PDVs to pynetdicom as tuples, its setter raised TypeError in the DUL
+    thread, the connection closed without an answer and an empty spool file stayed."""
+    caplog.set_level(logging.INFO)
+    sop = "1.2.826.0.1.3680043.9.7433.3.60"
+    body = identifiers(sop, "1.2.826.0.1.3680043.9.7433.1.60", "1.2.826.0.1.3680043.9.7433.2.60")
+    pdvs = _pdv(c_store_command(CT_IMAGE_STORAGE, sop), command=True, last=True) + _pdv(body, command=False, last=True)
+    raw = RawAssociation(server.ports[0])
+    try:
+        assert raw.associate(max_pdu=0) == 0x02
+        raw.send(struct.pack(">BBI", 0x04, 0, len(pdvs)) + pdvs)
+        kind, pdu = raw.read_pdu()
+    finally:
+        raw.close()
+    assert kind == 0x04
+    assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.SUCCESS
+    _stored(server, sop)
+    assert list(server.app.archive.incoming.iterdir()) == []
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_request_sent_before_the_previous_answer_is_served_after_it(
+    server: RouterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that does not wait for our answer (no asynchronous operations negotiated, PS3.7
+    section D.3.3.3) sends a C-STORE pynetdicom decodes (its command set in two fragments), then
+    one the codec decodes. Found by the hostile-peer trial: the second was served in the DUL
+    thread while the first was still being served, and answered first."""
+    real = StoreHandler.__call__
+
+    def first_is_slow(self: StoreHandler, event: Any) -> object:
+        if event.request.MessageID == 1:
+            time.sleep(0.5)
+        return real(self, event)
+
+    monkeypatch.setattr(StoreHandler, "__call__", first_is_slow)
+    raw = RawAssociation(server.ports[0])
+    try:
+        assert raw.associate(max_pdu=0) == 0x02
+        for number in (1, 2):
+            sop = f"1.2.826.0.1.3680043.9.7433.3.7{number}"
+            body = identifiers(
+                sop, f"1.2.826.0.1.3680043.9.7433.1.7{number}", f"1.2.826.0.1.3680043.9.7433.2.7{number}"
+            )
+            command = c_store_command(CT_IMAGE_STORAGE, sop, message_id=number)
+            if number == 1:
+                raw.send(p_data(command[:20], command=True, last=False))
+                raw.send(p_data(command[20:], command=True, last=True))
+            else:
+                raw.send(p_data(command, command=True, last=True))
+            raw.send(p_data(body, command=False, last=True))
+        answers = []
+        for _ in (1, 2):
+            kind, pdu = raw.read_pdu()
+            assert kind == 0x04
+            response = decode(BytesIO(pdu[6:]), True, True)
+            answers.append((response.MessageIDBeingRespondedTo, response.Status))
+    finally:
+        raw.close()
+    assert answers == [(1, StoreStatus.SUCCESS), (2, StoreStatus.SUCCESS)]

@@ -248,7 +248,10 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
                 if len(items) == 1:
                     return False
                 rest = P_DATA()
-                rest.presentation_data_value_list = items[1:]
+                # the PDVs after the command set in the same P-DATA-TF (a data set may follow in
+                # it, PS3.8 section 9.3.5); pynetdicom's setter takes [ID, PDV] lists only
+                pdvs: Any = [[context, value] for context, value in items[1:]]  # typed as tuples, checked as lists
+                rest.presentation_data_value_list = pdvs
                 return _pynetdicom_decode(self, rest, assoc)
     return _pynetdicom_decode(self, primitive, assoc)
 
@@ -432,7 +435,15 @@ def _receive_primitive(self: Any, primitive: P_DATA) -> None:
         LOG.debug("decoding it raised %s", type(exc).__name__)
         self.dul.event_queue.put("Evt19")
         return
-    inline = getattr(request, "_router_fixed_layout", False) and not getattr(request, "_router_dropped", False)
+    # Inline only when the association thread has nothing to serve: a peer that sends the next
+    # request before our response (asynchronous operations are not negotiated) behind one
+    # pynetdicom decoded would otherwise have both served at once, answered out of order.
+    inline = (
+        getattr(request, "_router_fixed_layout", False)
+        and not getattr(request, "_router_dropped", False)
+        and not self.msg_queue.qsize()
+        and not getattr(self.assoc, "_is_paused", False)
+    )
     if inline:
         pass
     elif isinstance(request, C_CANCEL) and len(self.cancel_req) < 10:
@@ -456,7 +467,9 @@ def _serve_store_inline(assoc: Any, request: Any, context_id: int) -> None:
 
     The codec took the request only on an accepted presentation context with valid UIDs, and
     every storage SOP class is served by the Storage Service Class (``UNRESTRICTED_STORAGE_SERVICE``),
-    so of pynetdicom's checks only the release one applies. An exception outside the handler
+    so of pynetdicom's checks only the release one applies. The association's idle timer
+    (``network_timeout``, PS3.8 section 9.1.5) is stopped while the store runs and restarted
+    after the response is queued. An exception outside the handler
     (which :func:`_storage_scp` answers with 0xC211) aborts the association through the state
     machine (Evt19, A-ABORT), as pynetdicom's ``abort()`` would: that call waits for the DUL
     thread to stop, which from the DUL thread itself would never return.
@@ -464,6 +477,12 @@ def _serve_store_inline(assoc: Any, request: Any, context_id: int) -> None:
     if assoc._sent_release:
         LOG.warning("C-STORE-RQ received during association release, ignoring")
         return
+    # The peer waits for our response meanwhile: that is not idleness. The association thread,
+    # free now, would otherwise abort a store that takes longer than network_timeout after
+    # storing it and before answering it (found by the hostile-peer trial of lever 31).
+    idle = getattr(assoc.dul, "_idle_timer", None)
+    if idle is not None:
+        idle.stop()
     try:
         context = assoc._accepted_cx[context_id]
         assoc.dimse.cancel_req = {}
@@ -472,6 +491,9 @@ def _serve_store_inline(assoc: Any, request: Any, context_id: int) -> None:
     except Exception as exc:  # noqa: BLE001 - the DUL thread must survive to send the A-ABORT
         LOG.error("serving a C-STORE-RQ raised %s; A-ABORT sent", type(exc).__name__)
         assoc.dul.event_queue.put("Evt19")
+    finally:
+        if idle is not None:
+            idle.restart()
 
 
 def _send_msg(self: Any, primitive: Any, context_id: int) -> None:
