@@ -404,10 +404,15 @@ def _storage_scp(self: Any, req: Any, context: Any) -> None:
 
 def _serve_request(self: Any, msg: Any, context_id: int) -> None:
     """Association._serve_request: a primitive :func:`_message_to_primitive` marked is dropped
-    (its association is being aborted); everything else is pynetdicom's."""
+    (its association is being aborted); everything else is pynetdicom's, with the association
+    marked as serving meanwhile (see :func:`_receive_primitive`)."""
     if getattr(msg, "_router_dropped", False):
         return
-    _ORIGINAL["serve_request"](self, msg, context_id)
+    self._router_serving = True  # the DUL thread then queues a fast-path request behind it
+    try:
+        _ORIGINAL["serve_request"](self, msg, context_id)
+    finally:
+        self._router_serving = False
 
 
 def _receive_primitive(self: Any, primitive: P_DATA) -> None:
@@ -442,7 +447,7 @@ def _receive_primitive(self: Any, primitive: P_DATA) -> None:
         getattr(request, "_router_fixed_layout", False)
         and not getattr(request, "_router_dropped", False)
         and not self.msg_queue.qsize()
-        and not getattr(self.assoc, "_is_paused", False)
+        and not getattr(self.assoc, "_router_serving", False)
     )
     if inline:
         pass
