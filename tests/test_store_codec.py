@@ -7,7 +7,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -421,6 +421,21 @@ def test_an_unanswerable_command_is_aborted_before_its_data_set_is_spooled(
 
 # ------------------------------------------------------------- where a C-STORE is served (lever 31)
 @pytest.fixture
+def fast_path() -> Iterator[None]:
+    """A ``pynetdicom`` logger at WARNING while the listener starts, whatever an earlier test in
+    this process left it at: at INFO the listener binds pynetdicom's logging handlers
+    (``--verbose``) and the codec leaves every message to pynetdicom. Ask for it before
+    ``server``: the tests below are about the codec's path."""
+    logger = logging.getLogger("pynetdicom")
+    before = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@pytest.fixture
 def handler_threads(monkeypatch: pytest.MonkeyPatch) -> list[type]:
     """The class of the thread each C-STORE handler call ran in (a spy around the real handler)."""
     seen: list[type] = []
@@ -437,7 +452,7 @@ def handler_threads(monkeypatch: pytest.MonkeyPatch) -> list[type]:
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_c_store_the_codec_decoded_is_served_in_the_thread_that_read_it(
-    server: RouterServer, tmp_path: Path, handler_threads: list[type]
+    fast_path: None, server: RouterServer, tmp_path: Path, handler_threads: list[type]
 ) -> None:
     """The codec's C-STORE is handled in the association's DUL thread (no hand-over to the
     association thread and back); one pynetdicom decoded (an extra command element) still in
@@ -458,7 +473,11 @@ def test_a_c_store_the_codec_decoded_is_served_in_the_thread_that_read_it(
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_fault_serving_a_c_store_in_the_dul_thread_aborts_that_association_only(
-    server: RouterServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    fast_path: None,
+    server: RouterServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An exception outside the handler (which would be answered 0xC211) must not call
     pynetdicom's ``abort()`` from the DUL thread: that waits for the DUL thread itself to stop,
@@ -486,7 +505,7 @@ def test_a_fault_serving_a_c_store_in_the_dul_thread_aborts_that_association_onl
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_store_that_takes_longer_than_network_timeout_is_answered(
-    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+    fast_path: None, tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found by the hostile-peer trial of lever 31: with the handler in the DUL thread, the free
     association thread saw the idle timer run out while the peer waited for our answer, and
@@ -514,7 +533,7 @@ def _pdv(data: bytes, *, command: bool, last: bool, context_id: int = 1) -> byte
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_command_set_and_its_data_set_in_one_p_data_tf_are_stored(
-    server: RouterServer, caplog: pytest.LogCaptureFixture
+    fast_path: None, server: RouterServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """PS3.8 section 9.3.5 lets one P-DATA-TF carry several PDVs: the command set and the whole
     data set of a small C-STORE can come in one PDU. Found by the hostile-peer trial: the codec
@@ -541,7 +560,7 @@ def test_a_command_set_and_its_data_set_in_one_p_data_tf_are_stored(
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_request_sent_before_the_previous_answer_is_served_after_it(
-    server: RouterServer, monkeypatch: pytest.MonkeyPatch
+    fast_path: None, server: RouterServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A peer that does not wait for our answer (no asynchronous operations negotiated, PS3.7
     section D.3.3.3) sends a C-STORE pynetdicom decodes (its command set in two fragments), then
