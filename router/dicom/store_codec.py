@@ -390,16 +390,21 @@ def _storage_scp(self: Any, req: Any, context: Any) -> None:
         ctx.error_msg = "Exception in handler bound to 'evt.EVT_C_STORE'"
         ctx.error_status = 0xC211
         rsp_status = evt.trigger(ctx.assoc, evt.EVT_C_STORE, {"request": req, "context": context.as_tuple})
-        if req._dataset_file:
-            req._dataset_file.close()
-            try:
-                Path(req._dataset_file.name).unlink()
-            except OSError:
-                pass
+        _discard_spool(req)
     if not ctx.success or not self.assoc.is_established:
         return
     rsp = self.validate_status(rsp_status, rsp)
     self.dimse.send_msg(rsp, cx_id)
+
+
+def _discard_spool(req: Any) -> None:
+    """Close and delete the request's spool file (the handler has placed or refused it)."""
+    if req._dataset_file:
+        req._dataset_file.close()
+        try:
+            Path(req._dataset_file.name).unlink()
+        except OSError:
+            pass
 
 
 def _serve_request(self: Any, msg: Any, context_id: int) -> None:
@@ -481,6 +486,7 @@ def _serve_store_inline(assoc: Any, request: Any, context_id: int) -> None:
     """
     if assoc._sent_release:
         LOG.warning("C-STORE-RQ received during association release, ignoring")
+        _discard_spool(request)  # pynetdicom left it in the incoming folder
         return
     # The peer waits for our response meanwhile: that is not idleness. The association thread,
     # free now, would otherwise abort a store that takes longer than network_timeout after
