@@ -6,7 +6,8 @@ script counts instead of timing: `router serve` runs under ``valgrind --tool=cal
 instrumentation off while it starts, DCMTK ``storescu`` sends the benchmark's workload, and only
 the receiving is counted (user-space instructions of every router process, ``Ir``), then
 divided by the instances sent. The same code, workload and configuration give the same count
-within about 1 % (docs/benchmarks.md, lever 29), whatever else the machine is doing.
+within a few percent (1-4 % in docs/benchmarks.md, section "Evening of 2026-12-06"), whatever
+else the machine is doing.
 
 What it does not see: time in the kernel (system calls, the copy into the page cache, fsync
 waits, context switches), waits, and the hardware's speed. Two caveats when reading counts:
@@ -29,10 +30,8 @@ instance.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,13 +42,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from harness import workload  # noqa: E402
-from harness.procs import LOOPBACK, free_port  # noqa: E402
+from harness.procs import Registry, free_port, receiver_env, wait_logged  # noqa: E402
 from harness.receivers import router_config  # noqa: E402
-from harness.routerdb import SENDER_AE  # noqa: E402
+from harness.senders import send  # noqa: E402
 from harness.setup_env import STORESCU  # noqa: E402
 
 CALLED_AE = "ROUTER"
-#: Longest wait for the router to log "listening as" under valgrind, in seconds.
+#: Longest wait, under valgrind, for the router to log "listening as" and for the sending, in seconds.
 START_TIMEOUT = 600.0
 _SUMMARY = re.compile(rb"^summary: (\d+)$", re.MULTILINE)
 
@@ -63,14 +62,6 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repo", type=Path, default=BENCH_DIR.parent, help="checkout whose router runs")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (callgrind files)")
     return parser.parse_args(argv)
-
-
-def _wait_listening(log: Path, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while b"listening as" not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the router did not start under valgrind; log tail:\n{log.read_text()[-2000:]}")
-        time.sleep(0.5)
 
 
 def _counted(folder: Path) -> int:
@@ -99,9 +90,6 @@ def main(argv: list[str]) -> int:
         dumps = work / "callgrind"
         dumps.mkdir()
         log = work / "router.log"
-        env = {**os.environ, "TCP_NODELAY": "1"}
-        env.pop("ROUTER_CONFIG", None)
-        env.pop("ROUTER_DATA_DIR", None)
         command = [
             "valgrind",
             "--tool=callgrind",
@@ -115,42 +103,28 @@ def main(argv: list[str]) -> int:
             str(config),
             "serve",
         ]
-        with log.open("wb") as out:
-            router = subprocess.Popen(
-                command, cwd=args.repo, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        registry = Registry()
+        router = registry.start(command, env=receiver_env(), log=log, cwd=args.repo)
         try:
-            _wait_listening(log, router)
+            try:
+                wait_logged(log, "listening as", router, timeout=START_TIMEOUT)
+            except (RuntimeError, TimeoutError) as exc:
+                raise SystemExit(
+                    f"the router did not start under valgrind ({exc}); log tail:\n{log.read_text()[-2000:]}"
+                ) from None
             time.sleep(2.0)  # the receiving processes' own start-up settles
             subprocess.run(["callgrind_control", "--instr=on"], check=True, capture_output=True)
-            groups = [load.files] if args.associations == 1 else [list(chunk) for chunk in load.chunks]
-            started = time.monotonic()
-            senders = [
-                subprocess.Popen(
-                    [STORESCU, "-aet", SENDER_AE, "-aec", CALLED_AE, LOOPBACK, str(port), *map(str, files)],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                for files in groups
-            ]
-            codes = [sender.wait() for sender in senders]
-            seconds = time.monotonic() - started
+            sent = send(registry, load, args.associations, True, port, CALLED_AE, work, timeout=START_TIMEOUT)
             subprocess.run(["callgrind_control", "--dump"], check=True, capture_output=True)
         finally:
-            os.killpg(router.pid, signal.SIGTERM)
-            try:
-                router.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(router.pid, signal.SIGKILL)
-                router.wait()
-        if any(codes):
-            raise SystemExit(f"storescu exited with {codes}; router log: {log}")
+            registry.stop_all()
+        if sent.timed_out or any(sent.returncodes):
+            raise SystemExit(f"storescu exited with {sent.returncodes} (--keep keeps the logs in {work})")
         total = _counted(dumps)
         print(
             f"{args.repo}: {args.size} x {load.count}, {args.associations} association(s): "
             f"{total / load.count / 1e6:.3f} million instructions per instance "
-            f"({total:,} in all, {seconds:.0f} s under valgrind)"
+            f"({total:,} in all, {sent.wall_s:.0f} s under valgrind)"
         )
         return 0
     finally:

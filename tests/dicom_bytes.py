@@ -137,11 +137,22 @@ def c_store_command(sop_class: str, sop_instance: str, message_id: int = 1) -> b
     return implicit(0x00000000, struct.pack("<I", len(elements))) + elements
 
 
+def pdv(data: bytes, *, command: bool, last: bool, context_id: int = 1) -> bytes:
+    """One presentation data value item: length, context ID, message control header (PS3.8
+    section 9.3.5.1, Annex E.2), then ``data``."""
+    control = (0x01 if command else 0x00) | (0x02 if last else 0x00)
+    return struct.pack(">IBB", len(data) + 2, context_id, control) + data
+
+
+def p_data_tf(*items: bytes) -> bytes:
+    """One P-DATA-TF PDU holding the encoded PDV ``items`` (PS3.8 section 9.3.5)."""
+    body = b"".join(items)
+    return struct.pack(">BBI", 0x04, 0, len(body)) + body
+
+
 def p_data(data: bytes, *, command: bool, last: bool, context_id: int = 1) -> bytes:
     """One P-DATA-TF PDU holding one PDV (PS3.8 section 9.3.5, Annex E.2)."""
-    control = (0x01 if command else 0x00) | (0x02 if last else 0x00)
-    pdv = struct.pack(">IBB", len(data) + 2, context_id, control) + data
-    return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
+    return p_data_tf(pdv(data, command=command, last=last, context_id=context_id))
 
 
 class RawAssociation:

@@ -38,6 +38,8 @@ from tests.dicom_bytes import (
     identifiers,
     implicit,
     p_data,
+    p_data_tf,
+    pdv,
     uid,
 )
 from tests.dicom_helpers import make_dataset, write_part10
@@ -525,11 +527,6 @@ def test_a_store_that_takes_longer_than_network_timeout_is_answered(
         _stored(server, str(dataset.SOPInstanceUID))
 
 
-def _pdv(data: bytes, *, command: bool, last: bool, context_id: int = 1) -> bytes:
-    control = (0x01 if command else 0x00) | (0x02 if last else 0x00)
-    return struct.pack(">IBB", len(data) + 2, context_id, control) + data
-
-
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_command_set_and_its_data_set_in_one_p_data_tf_are_stored(
@@ -542,11 +539,13 @@ def test_a_command_set_and_its_data_set_in_one_p_data_tf_are_stored(
     caplog.set_level(logging.INFO)
     sop = "1.2.826.0.1.3680043.9.7433.3.60"
     body = identifiers(sop, "1.2.826.0.1.3680043.9.7433.1.60", "1.2.826.0.1.3680043.9.7433.2.60")
-    pdvs = _pdv(c_store_command(CT_IMAGE_STORAGE, sop), command=True, last=True) + _pdv(body, command=False, last=True)
+    one_pdu = p_data_tf(
+        pdv(c_store_command(CT_IMAGE_STORAGE, sop), command=True, last=True), pdv(body, command=False, last=True)
+    )
     raw = RawAssociation(server.ports[0])
     try:
         assert raw.associate(max_pdu=0) == 0x02
-        raw.send(struct.pack(">BBI", 0x04, 0, len(pdvs)) + pdvs)
+        raw.send(one_pdu)
         kind, pdu = raw.read_pdu()
     finally:
         raw.close()

@@ -549,7 +549,6 @@ def install() -> None:
         _ORIGINAL["storage_scp"] = service_class.StorageServiceClass.SCP
         _ORIGINAL["send_msg"] = dimse.DIMSEServiceProvider.send_msg
         _ORIGINAL["serve_request"] = association.Association._serve_request
-        _ORIGINAL["receive_primitive"] = dimse.DIMSEServiceProvider.receive_primitive
         DIMSEMessage.decode_msg = _decode_msg  # type: ignore[method-assign]
         DIMSEMessage.message_to_primitive = _message_to_primitive  # type: ignore[method-assign]
         service_class.StorageServiceClass.SCP = _storage_scp  # type: ignore[method-assign]
