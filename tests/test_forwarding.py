@@ -60,6 +60,18 @@ def forwarding_server(tmp_path: Path, sqlite_url: str) -> Iterator[RouterServer]
         yield server
 
 
+@pytest.fixture
+def whole_study_forwarding_server(tmp_path: Path, sqlite_url: str) -> Iterator[RouterServer]:
+    """As ``forwarding_server``, with a study stable only after 2 s without a new instance: a
+    test that counts the transmissions of one round needs all its instances in that round (with
+    0.3 s, a loaded CI machine once forwarded 2 of 3 instances, then the third)."""
+    settings = make_settings(tmp_path, sqlite_url, stable_seconds=2.0).replace(
+        "forwarding", enabled=True, initial_backoff=0.2, max_backoff=0.4, max_attempts=2
+    )
+    with running_router(settings) as server:
+        yield server
+
+
 def _wait(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -129,9 +141,9 @@ def test_study_is_forwarded_follows_a_destination_change_and_can_be_queued_again
 
 
 def test_studies_forward_all_sends_a_study_again_to_a_workstation_that_lost_it(
-    forwarding_server: RouterServer, tmp_path: Path
+    whole_study_forwarding_server: RouterServer, tmp_path: Path
 ) -> None:
-    server = forwarding_server
+    server = whole_study_forwarding_server
     workstation = Workstation("READER_A")
     port = workstation.port
     destination = f"READER_A@127.0.0.1:{port}"
