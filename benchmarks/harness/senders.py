@@ -3,7 +3,8 @@ virtual environment may put first on PATH), with 1 association or 4 in parallel.
 
 ``TCP_NODELAY=1`` in storescu's environment makes DCMTK set TCP_NODELAY on its socket (Nagle
 off); without it the socket is left as the kernel makes it (Nagle on, as most modalities run).
-The wall time runs from just before the first storescu starts to the exit of the last one; each
+The wall time runs from just before the first storescu starts to the exit of the last one (seen
+when it happens, :func:`~harness.procs.wait_exits`); each
 run is bounded by a timeout, after which the senders are killed and the run is marked failed.
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.procs import LOOPBACK, Registry
+from harness.procs import LOOPBACK, Registry, wait_exits
 from harness.routerdb import SENDER_AE
 from harness.setup_env import STORESCU
 from harness.workload import Workload
@@ -72,17 +73,10 @@ def send(
     for index, files in enumerate(groups):
         args = [STORESCU, "-aet", SENDER_AE, "-aec", called_ae, LOOPBACK, str(port), *map(str, files)]
         procs.append(registry.start(args, env=env, log=log_dir / f"storescu-{index}.log"))
-    deadline = start + limit
-    timed_out = False
-    for proc in procs:
-        remaining = deadline - time.monotonic()
-        try:
-            proc.wait(timeout=max(0.01, remaining))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            break
-    finished = time.monotonic()
-    if timed_out:
+    finished = wait_exits(procs, start + limit)
+    timed_out = finished is None
+    if finished is None:
+        finished = time.monotonic()
         for proc in procs:
             registry.stop(proc, grace=1.0)
     else:
