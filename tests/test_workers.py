@@ -9,15 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
+from pynetdicom import evt
 from sqlalchemy import func, select
 
 from router.app import RouterApp
 from router.db.models import Instance, Study
 from router.dicom.balance import NOT_ACCEPTING, AcceptBalance
+from router.dicom.guard import ConnectionLimiter, PeerLimits
 from router.domain.enums import StudyStatus
 from router.server import RouterServer
 from router.workers import freeze_startup_heap
-from tests.conftest import make_settings
+from tests.conftest import make_settings, running_router
 from tests.dicom_bytes import RawAssociation
 from tests.dicom_helpers import make_dataset, send_paths, write_part10
 
@@ -164,3 +166,40 @@ def test_freeze_startup_heap_takes_what_is_alive_out_of_the_collectors_walk() ->
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
     assert any(obj is alive for obj in gc.get_objects())
+
+
+def test_a_connection_counts_once_from_its_accept_to_the_end_of_its_association() -> None:
+    live: list[threading.Thread] = []
+    limiter = ConnectionLimiter(PeerLimits(), lambda: [thread for thread in live if thread.is_alive()])
+    release = threading.Event()
+    association = threading.Thread(target=release.wait, args=(10,))
+    association.is_acceptor = True  # type: ignore[attr-defined]
+    live.append(association)
+    assert limiter.admit("127.0.0.1") is None
+    assert limiter.load() == 1  # accepted, its thread not started yet: pending
+    limiter.start_counted("127.0.0.1", association.start)
+    assert association.is_alive()
+    assert limiter.load() == 1  # live now, and no longer pending: not 2
+    release.set()
+    association.join(5)
+    assert limiter.load() == 0
+
+
+def test_the_load_seen_while_an_association_is_negotiated_counts_it_once(tmp_path: Path) -> None:
+    """The A-ASSOCIATE-RQ is handled in the association's own threads; the process's load must
+    already count that connection once (it counted twice while the new thread held the
+    interpreter lock, and the least-busy accept put 3 of 4 associations on one process)."""
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'router.db'}").replace("listener", workers=1)
+    seen: list[int] = []
+    with running_router(settings) as server:
+        assert server.listener is not None
+        listening = server.listener.servers[0]
+        listening.bind(evt.EVT_REQUESTED, lambda event: seen.append(listening.limiter.load()))
+        for _ in range(20):
+            association = RawAssociation(server.ports[0])
+            assert association.associate(max_pdu=0) == 0x02  # A-ASSOCIATE-AC
+            association.close()
+            deadline = time.monotonic() + 5
+            while listening.limiter.load() and time.monotonic() < deadline:
+                time.sleep(0.01)
+    assert seen == [1] * 20  # before: 2 in about one run in three of 5

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 LOG = logging.getLogger(__name__)
@@ -141,6 +142,27 @@ class ConnectionLimiter:
                 self._pending[address] = count
             else:
                 self._pending.pop(address, None)
+
+    def start_counted(self, address: str, start: Callable[[], None]) -> None:
+        """Run ``start`` (which starts the connection's association thread) and stop counting
+        the connection from ``address`` as pending, in one step under the lock.
+
+        Done separately (:meth:`started` once ``start`` returned), a connection counted twice
+        for as long as its new thread kept the interpreter lock negotiating the association:
+        its process published a load of 2 for one association, and the least-busy accept
+        (:mod:`router.dicom.balance`) put 3 of 4 associations on the other process in about
+        half the 4-association benchmark rounds (docs/benchmarks.md, lever 33). ``start`` must
+        not use this limiter (``Thread.start`` returns once the thread runs, before its target).
+        """
+        with self._lock:
+            try:
+                start()
+            finally:
+                count = self._pending.get(address, 0) - 1
+                if count > 0:
+                    self._pending[address] = count
+                else:
+                    self._pending.pop(address, None)
 
     def make_room(self, address: str, wait: float = 2.0) -> None:
         """When every association slot is taken, abort the established association idle the
@@ -429,6 +451,8 @@ class GuardedRequestHandler(RequestHandler):
 
     def __init__(self, request: Any, client_address: Any, server: Any, deadline: float | None = None) -> None:
         self.deadline = deadline
+        #: The server's limiter no longer counts this connection as pending (``handle`` did it).
+        self.counted = False
         super().__init__(request, client_address, server)
 
     def _create_association(self) -> Any:
@@ -440,3 +464,16 @@ class GuardedRequestHandler(RequestHandler):
         sock.__class__ = GuardedAssociationSocket
         sock.guard(cast(Any, self.server).peer_limits, self.deadline)
         return assoc
+
+    def handle(self) -> None:
+        """pynetdicom's ``handle`` (create the association, trigger ``EVT_CONN_OPEN``, start its
+        thread), with the thread started through the server's limiter when it has one
+        (:meth:`ConnectionLimiter.start_counted`); :attr:`counted` then says so."""
+        limiter = getattr(self.server, "limiter", None)
+        if not isinstance(limiter, ConnectionLimiter):
+            super().handle()
+            return
+        assoc = self._create_association()
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        limiter.start_counted(str(self.client_address[0]), assoc.start)
+        self.counted = True

@@ -149,13 +149,15 @@ class RouterAssociationServer(ThreadedAssociationServer):
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Runs in the connection's thread: pre-checks and TLS, then hand over to pynetdicom."""
         deadline = time.monotonic() + self.peer_limits.association_request_timeout
+        handler: Any = None
         try:
             ready = self._prepare(request, str(client_address[0]), deadline)
             if ready is not None:
                 self.limiter.make_room(str(client_address[0]))
-                self.RequestHandlerClass(ready, client_address, self, deadline)  # type: ignore[call-arg, arg-type]
+                handler = self.RequestHandlerClass(ready, client_address, self, deadline)  # type: ignore[call-arg, arg-type]
         finally:
-            self.limiter.started(str(client_address[0]))
+            if not getattr(handler, "counted", False):
+                self.limiter.started(str(client_address[0]))
 
     def _prepare(self, request: socket.socket, peer: str, deadline: float) -> socket.socket | None:
         """The socket to run the association on; ``None`` once a refused connection is closed."""
