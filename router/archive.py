@@ -155,6 +155,22 @@ class Archive:
             _remove_quietly(temp)
             raise ArchiveError(f"cannot store {temp.name}: {exc.strerror}") from exc
 
+    def prepare_folder(self, relative_path: str) -> None:
+        """Create the missing folders of ``relative_path``, each made durable (its parent
+        fsynced), so that :meth:`place` finds them: intake calls this before its index
+        transaction, which then does not hold the database write lock for those fsyncs (two
+        for the first instance of a study; docs/benchmarks.md, lever 34).
+
+        Raises
+        ------
+        ArchiveError
+            On any I/O error.
+        """
+        try:
+            self._make_dirs((self.root / relative_path).parent)
+        except OSError as exc:
+            raise ArchiveError(f"cannot store {relative_path.rsplit('/', 1)[-1]}: {exc.strerror}") from exc
+
     def place(
         self,
         temp: Path,

@@ -270,6 +270,10 @@ class EncryptedArchive:
         """See :meth:`router.archive.Archive.sync_temp`."""
         return self.inner.sync_temp(temp)
 
+    def prepare_folder(self, relative_path: str) -> None:
+        """See :meth:`router.archive.Archive.prepare_folder`."""
+        self.inner.prepare_folder(relative_path)
+
     def remove_temp(self, temp: Path) -> None:
         """Delete a temporary file if it still exists."""
         self.inner.remove_temp(temp)

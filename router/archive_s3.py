@@ -102,6 +102,9 @@ class S3Archive(Archive):
     def sync_folder(self, relative_path: str) -> None:
         """Nothing to do: an object stored by :meth:`place` is durable once its PUT is answered."""
 
+    def prepare_folder(self, relative_path: str) -> None:
+        """Nothing to do: object keys need no folders."""
+
     def place(
         self,
         temp: Path,

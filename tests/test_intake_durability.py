@@ -95,6 +95,43 @@ def test_the_folder_is_fsynced_after_the_commit_and_outside_the_write_lock(
     assert seen == [{"folder": folder, "file_in_place": True, "committed_rows": 1, "lock_free": True}]
 
 
+def test_a_new_study_s_folders_are_made_before_the_index_transaction(
+    sqlite_app: RouterApp, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their parents' fsyncs are not made while the database write lock, which the receiving
+    processes share, is held."""
+    archive = sqlite_app.archive
+    assert isinstance(archive, Archive)
+    database = sqlite_url.removeprefix("sqlite:///")
+    ds = make_dataset()
+    folder = (
+        archive.root
+        / archive.instance_relpath(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+    ).parent
+    made: list[tuple[Path, bool]] = []  # (folder created, write lock free at that moment)
+    real_make_dirs = archive._make_dirs
+
+    def observed_make_dirs(path: Path) -> None:
+        if not path.exists():
+            other = sqlite3.connect(database, timeout=0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+                lock_free = True
+            except sqlite3.OperationalError:
+                lock_free = False
+            finally:
+                other.close()
+            made.append((path, lock_free))
+        real_make_dirs(path)
+
+    monkeypatch.setattr(archive, "_make_dirs", observed_make_dirs)
+    assert not folder.parent.exists()  # a new study: its folder and its series folder are made
+    assert _receive(sqlite_app, ds, "first.dcm") == StoreStatus.SUCCESS
+    assert made == [(folder, True)]
+    assert folder.is_dir() and len(list(folder.iterdir())) == 1
+
+
 def test_a_failed_folder_fsync_is_answered_a700_and_the_resend_is_answered_once_it_is_durable(
     sqlite_app: RouterApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -121,8 +121,9 @@ class IntakeService:
             # is inserted: the unique SOP Instance UID then orders router nodes sharing the
             # database and archive (the per-UID lock covers this process only), so a file at the
             # path with no row is debris of an unacknowledged attempt and is replaced, never
-            # another node's copy. fsync first, so the transaction is not held for it (and
-            # ``place`` does not fsync the file again). The folder's fsync, which makes the
+            # another node's copy. fsync first, and make the instance's folders (fsyncing each
+            # new one's parent), so the transaction is not held for them (and ``place`` does
+            # not fsync the file again). The folder's fsync, which makes the
             # rename durable, comes after the commit for the same reason: inside, it was about
             # half of the time SQLite's write lock was held, which the receiving processes share
             # (docs/benchmarks.md, lever 21). Success is still answered only after both. A
@@ -130,6 +131,7 @@ class IntakeService:
             # file, reported at start-up; the sender got no answer and sends again, and the
             # identical copy puts the file back (``_store_again``).
             self._archive.sync_temp(temp_path)
+            self._archive.prepare_folder(relative_path)
             try:
                 self._index(
                     header,
