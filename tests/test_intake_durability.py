@@ -54,6 +54,20 @@ def _rows(app: RouterApp, sop_instance_uid: str) -> int:
         return int(session.scalar(select(func.count()).where(Instance.sop_instance_uid == sop_instance_uid)) or 0)
 
 
+def _write_lock_free(database: str) -> bool:
+    """Whether another connection, as another receiving process would have, can take the SQLite
+    write lock now."""
+    other = sqlite3.connect(database, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        other.close()
+
+
 def test_the_folder_is_fsynced_after_the_commit_and_outside_the_write_lock(
     sqlite_app: RouterApp, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -72,14 +86,9 @@ def test_the_folder_is_fsynced_after_the_commit_and_outside_the_write_lock(
         other = sqlite3.connect(database, timeout=0, isolation_level=None)
         try:
             committed = other.execute("SELECT count(*) FROM instances WHERE sop_instance_uid = ?", (uid,)).fetchone()[0]
-            try:
-                other.execute("BEGIN IMMEDIATE")
-                other.execute("ROLLBACK")
-                lock_free = True
-            except sqlite3.OperationalError:
-                lock_free = False
         finally:
             other.close()
+        lock_free = _write_lock_free(database)
         seen.append(
             {
                 "folder": (archive.root / relative_path).parent,
@@ -113,16 +122,7 @@ def test_a_new_study_s_folders_are_made_before_the_index_transaction(
 
     def observed_make_dirs(path: Path) -> None:
         if not path.exists():
-            other = sqlite3.connect(database, timeout=0, isolation_level=None)
-            try:
-                other.execute("BEGIN IMMEDIATE")
-                other.execute("ROLLBACK")
-                lock_free = True
-            except sqlite3.OperationalError:
-                lock_free = False
-            finally:
-                other.close()
-            made.append((path, lock_free))
+            made.append((path, _write_lock_free(database)))
         real_make_dirs(path)
 
     monkeypatch.setattr(archive, "_make_dirs", observed_make_dirs)
