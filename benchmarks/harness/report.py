@@ -314,8 +314,8 @@ METHOD = (
     '(Orthanc, storescp), which read it too ("Nagle off at both ends"). *Nagle on*: the variable is unset everywhere, as shipped.',
     'The rows of *Every cell* marked "DCMTK receivers as shipped" under Nagle off send with TCP_NODELAY=1 to Orthanc and storescp '
     "started without it: DCMTK then leaves Nagle on for the receiver's own responses and every C-STORE waits for the sender's delayed ACK.",
-    "Instances/s and MB/s (10^6 bytes) use the sender's wall time, from just before the first storescu starts to the exit of the last; "
-    "a run counts only if the receiver then holds every instance and every storescu exited 0.",
+    "Instances/s and MB/s (10^6 bytes) use the sender's wall time, from just before the first storescu starts to the exit of the last "
+    "(seen as it happens, through a pidfd per process); a run counts only if the receiver then holds every instance and every storescu exited 0.",
     "Receiver CPU: user + system time of the receiver process and its children (psutil), read after it answered C-ECHO and right after "
     "the sender exits, divided by the instances sent. For the router this includes its routing timer.",
     "Every run gets a fresh receiver on a free 127.0.0.1 port: the router with a fresh data directory and database (SQLite file, or a "
