@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import _config, dimse_messages
 
-from router.dicom import negotiation, reactor, store_codec
+from router.dicom import negotiation, proposals, reactor, store_codec
 from router.dicom.extract import DEFAULT_MAX_INFLATED_BYTES, ReceivedFileUnreadable, UndecodableDataSet, read_header
 from router.dicom.spool import SpoolFile, spool_factory
 from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
@@ -81,6 +81,8 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
     store_codec.install()
     # No context with a malformed abstract syntax or a transfer syntax pydicom cannot read.
     negotiation.install(frozenset(STORAGE_TRANSFER_SYNTAXES))
+    # A request seen before is not decoded and negotiated again (its answer is the same).
+    proposals.install()
 
 
 #: Transfer syntaxes accepted for storage: every one pydicom knows (implicit/explicit little
