@@ -203,3 +203,46 @@ def test_the_load_seen_while_an_association_is_negotiated_counts_it_once(tmp_pat
             while listening.limiter.load() and time.monotonic() < deadline:
                 time.sleep(0.01)
     assert seen == [1] * 20  # before: 2 in about one run in three of 5
+
+
+def test_a_connection_whose_thread_cannot_start_stays_pending_until_it_is_closed() -> None:
+    limiter = ConnectionLimiter(PeerLimits(), list)
+    assert limiter.admit("127.0.0.1") is None and limiter.admit("127.0.0.1") is None
+
+    def no_thread() -> None:
+        raise RuntimeError("can't start new thread")
+
+    with pytest.raises(RuntimeError):
+        limiter.start_counted("127.0.0.1", no_thread)
+    assert limiter.load() == 2  # both still pending: the caller gives the failed one back, once
+    limiter.started("127.0.0.1")  # the caller closes the connection
+    assert limiter.load() == 1
+
+
+def test_a_connection_whose_own_thread_cannot_start_counts_no_longer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """socketserver starts a thread per connection after it was counted; when that fails (no
+    threads left) the count is given back (it was kept until the process restarted)."""
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'router.db'}").replace("listener", workers=1)
+    real_start = threading.Thread.start
+    failures: list[str] = []
+
+    def start_failing_once(thread: threading.Thread) -> None:
+        target = getattr(thread, "_target", None)
+        if not failures and getattr(target, "__name__", "") == "process_request_thread":
+            failures.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    with running_router(settings) as server:
+        assert server.listener is not None
+        listening = server.listener.servers[0]
+        monkeypatch.setattr(threading.Thread, "start", start_failing_once)
+        refused = RawAssociation(server.ports[0])
+        assert refused.read_pdu() == (0, b"")  # closed by socketserver
+        refused.close()
+        assert failures and listening.limiter.load() == 0
+        association = RawAssociation(server.ports[0])
+        assert association.associate(max_pdu=0) == 0x02
+        association.close()

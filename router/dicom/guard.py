@@ -137,11 +137,7 @@ class ConnectionLimiter:
     def started(self, address: str) -> None:
         """The connection from ``address`` now has its association thread, or was closed."""
         with self._lock:
-            count = self._pending.get(address, 0) - 1
-            if count > 0:
-                self._pending[address] = count
-            else:
-                self._pending.pop(address, None)
+            self._drop_pending(address)
 
     def start_counted(self, address: str, start: Callable[[], None]) -> None:
         """Run ``start`` (which starts the connection's association thread) and stop counting
@@ -153,16 +149,19 @@ class ConnectionLimiter:
         (:mod:`router.dicom.balance`) put 3 of 4 associations on the other process in about
         half the 4-association benchmark rounds (docs/benchmarks.md, lever 33). ``start`` must
         not use this limiter (``Thread.start`` returns once the thread runs, before its target).
+        If ``start`` raises (no thread could be started), the connection is still pending: the
+        caller's :meth:`started` ends that, once.
         """
         with self._lock:
-            try:
-                start()
-            finally:
-                count = self._pending.get(address, 0) - 1
-                if count > 0:
-                    self._pending[address] = count
-                else:
-                    self._pending.pop(address, None)
+            start()
+            self._drop_pending(address)
+
+    def _drop_pending(self, address: str) -> None:
+        count = self._pending.get(address, 0) - 1
+        if count > 0:
+            self._pending[address] = count
+        else:
+            self._pending.pop(address, None)
 
     def make_room(self, address: str, wait: float = 2.0) -> None:
         """When every association slot is taken, abort the established association idle the

@@ -146,6 +146,16 @@ class RouterAssociationServer(ThreadedAssociationServer):
             LOG.warning("connection from %s refused: address not in listener.allowed_addresses", peer)
         return allowed
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the connection's thread (``socketserver.ThreadingMixIn``); if no thread can be
+        started, the connection counted by :meth:`verify_request` no longer counts (it is
+        closed by ``socketserver``), instead of taking a place until the process restarts."""
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.limiter.started(str(client_address[0]))
+            raise
+
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Runs in the connection's thread: pre-checks and TLS, then hand over to pynetdicom."""
         deadline = time.monotonic() + self.peer_limits.association_request_timeout
