@@ -225,6 +225,33 @@ def test_idle_associations_from_one_address_cannot_take_every_slot(tmp_path: Pat
                 sock.close()
 
 
+def test_connections_closed_before_a_whole_association_request_free_their_places_at_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A connection that sends a byte, part of an A-ASSOCIATE-RQ or garbage (answered with an
+    A-ABORT) and closes counts no longer (pynetdicom waited acse_timeout, 30 s, for the request:
+    16 such connections kept every sender out that long)."""
+    with _router(tmp_path, database_url, max_associations=4) as server:  # acse_timeout: the default
+        port = server.ports[0]
+        assert server.listener is not None
+        limiter = server.listener.servers[0].limiter
+        half_request = associate_rq()[:40]
+        for payload, reset in ((b"\x01", True), (half_request, False), (b"GET / HTTP/1.1\r\n\r\n", False)):
+            peers = [_connect(port) for _ in range(4)]
+            for sock in peers:
+                sock.sendall(payload)
+            time.sleep(0.3)  # read by the listener
+            for sock in peers:
+                if reset:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+            deadline = time.monotonic() + 5
+            while limiter.load() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert limiter.load() == 0, payload
+            assert _legitimate_store_seconds(port) < 5
+
+
 def test_a_second_address_is_not_held_back_by_the_first(tmp_path: Path, database_url: str) -> None:
     with _router(tmp_path, database_url) as server:
         port = server.ports[0]

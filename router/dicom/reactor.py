@@ -70,6 +70,8 @@ _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 LOCAL_PRIMITIVE_EVENTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
 #: Sta13: awaiting transport connection close, after an A-ABORT (PS3.8 Table 9-10).
 ABORTING = "Sta13"
+#: Sta1: idle, no transport connection (PS3.8 Table 9-10).
+IDLE = "Sta1"
 LOG = logging.getLogger(__name__)
 _INSTALLED = False
 _LOCK = threading.Lock()
@@ -164,18 +166,43 @@ def _poke(assoc: Any) -> None:
 
 
 class _UserQueue(_queue.Queue):
-    """The DUL's queue of primitives for its association (``to_user_queue``: A-RELEASE,
-    A-ABORT, A-P-ABORT from the peer) that wakes the association thread on every arrival."""
+    """The DUL's queue of primitives for its association (``to_user_queue``: A-ASSOCIATE,
+    A-RELEASE, A-ABORT, A-P-ABORT from the peer) that wakes the association thread on every
+    arrival, and that can be ended (:meth:`end`) once nothing more can arrive."""
 
     def __init__(self, dul: DULServiceProvider) -> None:
         super().__init__()
         self._dul = weakref.ref(dul)
+        self.ended = False
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
         dul = self._dul()
         if dul is not None:
             _poke(getattr(dul, "_assoc", None))
+
+    def end(self) -> None:
+        """Nothing more will be put: a wait for an item (:meth:`get`) ends at once."""
+        with self.not_empty:
+            self.ended = True
+            self.not_empty.notify_all()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """``Queue.get``, except that a blocking get of an empty, ended queue raises
+        ``queue.Empty`` at once instead of waiting out ``timeout``."""
+        with self.not_empty:
+            if block:
+                deadline = None if timeout is None else _time.monotonic() + timeout
+                while not self._qsize() and not self.ended:
+                    remaining = None if deadline is None else deadline - _time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    self.not_empty.wait(remaining)
+            if not self._qsize():
+                raise _queue.Empty
+            item = self._get()
+            self.not_full.notify()
+            return item
 
 
 class _ReactorCheckpoint(threading.Event):
@@ -254,6 +281,21 @@ def _drops_late_primitive(machine: StateMachine, event: str) -> bool:
     return True
 
 
+def _end_user_queue(dul: Any) -> None:
+    """The transport connection is closed (Sta1): nothing more can reach the association, so a
+    wait for its next primitive ends now.
+
+    The one wait this shortens in practice is an acceptor's for the A-ASSOCIATE-RQ: pynetdicom
+    waits ``acse_timeout`` (30 s by default) for it, and a connection that closed after a byte,
+    a partial request, or garbage the listener answered with an A-ABORT went on holding a place
+    among ``max_associations`` and ``max_connections`` meanwhile: 16 such connections kept
+    every sender out for 30 s (PS3.8 section 9.2, Table 9-10: Sta2 + Evt17, AA-5, has no
+    indication for the user)."""
+    queue = getattr(dul, "to_user_queue", None)
+    if isinstance(queue, _UserQueue):
+        queue.end()
+
+
 def _sleep(seconds: float) -> None:
     thread = threading.current_thread()
     if isinstance(thread, DULServiceProvider):
@@ -304,8 +346,13 @@ def install() -> bool:
                 self._reactor_checkpoint = replacement
 
         def do_action(self: StateMachine, event: str) -> None:
-            if not _drops_late_primitive(self, event):
+            if _drops_late_primitive(self, event):
+                return
+            try:
                 original_do_action(self, event)
+            finally:
+                if self.current_state == IDLE:
+                    _end_user_queue(self.dul)
 
         send_pdu.__doc__ = original_send_pdu.__doc__
         do_action.__doc__ = original_do_action.__doc__
