@@ -25,18 +25,19 @@ from router.dicom.proposals import Proposal, Proposals, copy_context
 from router.dicom.status import StoreStatus
 from router.server import RouterServer
 from tests.conftest import make_settings, running_router
-from tests.dicom_bytes import RawAssociation
+from tests.dicom_bytes import APPLICATION_CONTEXT, CT_IMAGE_STORAGE, RawAssociation, associate_rq
 from tests.dicom_helpers import make_dataset, send_datasets
 
 pytestmark = pytest.mark.network
 
-TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, JPEGBaseline8Bit]
+TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
 
 
 def request_bytes(
     *,
     calling: str = "MODALITY",
     abstract_syntaxes: list[str] | None = None,
+    transfer_syntaxes: list[str] = TRANSFER_SYNTAXES,
     roles: list[tuple[str, bool, bool]] = (),  # type: ignore[assignment]
 ) -> bytes:
     """An A-ASSOCIATE-RQ as a modality proposing every storage SOP class (PS3.8 section 9.3.2),
@@ -51,7 +52,7 @@ def request_bytes(
         context = PresentationContext()
         context.context_id = 2 * number + 1
         context._abstract_syntax = abstract_syntax  # as sent, even if not a valid UID
-        context.transfer_syntax = TRANSFER_SYNTAXES
+        context.transfer_syntax = transfer_syntaxes
         contexts.append(context)
     primitive.presentation_context_definition_list = contexts
     length = MaximumLengthNotification()
@@ -138,6 +139,31 @@ def test_a_request_with_a_malformed_abstract_syntax_is_never_remembered(server: 
     assert len(proposals.KNOWN) == 0
     # the second context is refused, abstract-syntax-not-supported (PS3.8 Table 9-18)
     assert encode_presentation_context_ac(3, ABSTRACT_SYNTAX_NOT_SUPPORTED, ExplicitVRLittleEndian) in answers[0]
+
+
+def test_a_context_with_a_second_malformed_abstract_syntax_is_never_remembered(server: RouterServer) -> None:
+    """pynetdicom takes a context's last abstract syntax sub-item; every one is checked."""
+    good = associate_rq(sop_class=CT_IMAGE_STORAGE)
+    item = struct.pack(">BBH", 0x30, 0, 9) + b"1.2.3.abc"
+    # one more abstract syntax sub-item inside the context, lengths grown to match
+    context_at = 6 + 68 + 4 + len(APPLICATION_CONTEXT)  # after the fixed fields and the application context item
+    context_length = struct.unpack(">H", good[context_at + 2 : context_at + 4])[0]
+    context = good[context_at + 4 : context_at + 4 + context_length] + item
+    body = good[6:context_at] + struct.pack(">BBH", 0x20, 0, len(context)) + context
+    body += good[context_at + 4 + context_length :]
+    request = struct.pack(">BBI", 0x01, 0, len(body)) + body
+    answers = [associate(server.ports[0], request) for _ in range(2)]
+    assert answers[0] == answers[1] and answers[0][0] == 0x02
+    assert len(proposals.KNOWN) == 0
+
+
+def test_a_request_with_more_uids_than_the_bound_is_never_remembered(server: RouterServer) -> None:
+    syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, JPEGBaseline8Bit]
+    request = request_bytes(transfer_syntaxes=syntaxes)  # 128 contexts x 5 UIDs
+    assert len(StoragePresentationContexts) * 5 > proposals.MAX_SYNTAXES
+    answers = [associate(server.ports[0], request) for _ in range(2)]
+    assert answers[0] == answers[1] and answers[0][0] == 0x02
+    assert len(proposals.KNOWN) == 0
 
 
 def test_a_request_proposing_role_selection_is_negotiated_each_time(server: RouterServer) -> None:

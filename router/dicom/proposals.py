@@ -8,7 +8,8 @@ context (0.9 ms), on every association, holding the interpreter lock the process
 threads wait for.
 
 :func:`install` remembers, for each distinct request (its exact bytes, PS3.8 section 9.3.2; at
-most :data:`MAX_REQUESTS` of them, each at most :data:`MAX_REQUEST_BYTES`):
+most :data:`MAX_REQUESTS` of them, each at most :data:`MAX_REQUEST_BYTES` and
+:data:`MAX_SYNTAXES` UIDs):
 
 - the decoded PDU's attributes: a request seen before is not decoded again (its items are only
   read after decoding, never changed);
@@ -17,7 +18,7 @@ most :data:`MAX_REQUESTS` of them, each at most :data:`MAX_REQUEST_BYTES`):
   same accepting contexts and when no SCP/SCU role selection is proposed: each association gets
   its own copies of the accepted and refused contexts.
 
-Only a request whose every presentation context has a valid abstract syntax and valid transfer
+Only a request whose every presentation context has one valid abstract syntax and valid transfer
 syntaxes (PS3.5 section 9.1) is remembered: anything else is decoded and negotiated by
 pynetdicom each time, so its warnings are logged each time, as before. The A-ASSOCIATE-AC is
 the same byte for byte either way (``tests/test_proposals.py``).
@@ -31,17 +32,26 @@ from collections.abc import Callable
 from typing import Any
 
 from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_items import PresentationContextItemRQ, UserInformationItem
+from pynetdicom.pdu_items import (
+    AbstractSyntaxSubItem,
+    PresentationContextItemRQ,
+    TransferSyntaxSubItem,
+    UserInformationItem,
+)
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
 from router.domain.instance import uid_problem
 
-#: Most distinct requests remembered (least recently used forgotten first; about 180 KiB each
-#: for 128 contexts, measured with tracemalloc: at most about 6 MiB per receiving process).
-MAX_REQUESTS = 32
+#: Most distinct requests remembered (least recently used forgotten first).
+MAX_REQUESTS = 16
 #: Largest request remembered, in bytes (``storescu``'s 128 contexts: 9,615).
-MAX_REQUEST_BYTES = 65_536
+MAX_REQUEST_BYTES = 32_768
+#: Most UIDs (abstract and transfer syntaxes, all contexts together) of a request remembered.
+#: What is kept grows with them (``tracemalloc``: 128 contexts with 1, 2 or 3 transfer syntaxes
+#: each, 144, 170 and 199 KiB; at most 256 contexts fit), so at most about 6 MiB per receiving
+#: process. A hostile-peer trial had 40 requests of 4,400 UIDs each take 66 MiB without it.
+MAX_SYNTAXES = 512
 
 _LOCK = threading.Lock()
 _INSTALLED = False
@@ -105,12 +115,28 @@ def copy_context(context: PresentationContext) -> PresentationContext:
 
 
 def _rememberable(pdu: A_ASSOCIATE_RQ) -> bool:
-    """Whether every proposed context has a valid abstract syntax and valid transfer syntaxes."""
+    """Whether every proposed context has exactly one abstract syntax sub-item and at least one
+    transfer syntax sub-item (PS3.8 section 9.3.2.2), every UID valid, and the request at most
+    :data:`MAX_SYNTAXES` UIDs in all."""
+    count = 0
     for item in pdu.variable_items:
-        if isinstance(item, PresentationContextItemRQ):
-            names = [str(item.abstract_syntax or "")] + [str(name) for name in item.transfer_syntax]
-            if len(names) < 2 or any(uid_problem(name) is not None for name in names):
+        if not isinstance(item, PresentationContextItemRQ):
+            continue
+        abstract = transfer = 0
+        for sub_item in item.abstract_transfer_syntax_sub_items:
+            if isinstance(sub_item, AbstractSyntaxSubItem):
+                abstract += 1
+                name = sub_item.abstract_syntax_name
+            elif isinstance(sub_item, TransferSyntaxSubItem):
+                transfer += 1
+                name = sub_item.transfer_syntax_name
+            else:
                 return False
+            if uid_problem(str(name or "")) is not None:
+                return False
+        count += abstract + transfer
+        if abstract != 1 or not transfer or count > MAX_SYNTAXES:
+            return False
     return True
 
 
