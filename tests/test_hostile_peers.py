@@ -22,11 +22,12 @@ import psutil
 import pytest
 from pydicom.uid import generate_uid
 
+from router.dicom.guard import bad_context_id
 from router.dicom.status import StoreStatus
 from router.logsafety import install_library_guards
 from router.server import RouterServer
 from tests.conftest import make_settings, running_router
-from tests.dicom_bytes import RawAssociation, associate_rq
+from tests.dicom_bytes import APPLICATION_CONTEXT, RawAssociation, associate_rq
 from tests.dicom_helpers import make_dataset, send_datasets
 from tests.test_tls import pki as pki  # the module-scoped throwaway PKI fixture
 
@@ -250,6 +251,31 @@ def test_connections_closed_before_a_whole_association_request_free_their_places
                 time.sleep(0.05)
             assert limiter.load() == 0, payload
             assert _legitimate_store_seconds(port) < 5
+
+
+def test_an_even_presentation_context_id_is_aborted_at_once(tmp_path: Path, database_url: str) -> None:
+    """PS3.8 section 9.3.2.2: context IDs are odd. pynetdicom's network thread died on an even
+    one (no answer, the connection counted for acse_timeout, 30 s)."""
+    good = associate_rq()
+    assert bad_context_id(good[6:]) is None
+    at = 6 + 68 + 4 + len(APPLICATION_CONTEXT) + 4  # the first presentation context item's ID
+    with _router(tmp_path, database_url) as server:
+        port = server.ports[0]
+        assert server.listener is not None
+        limiter = server.listener.servers[0].limiter
+        for context_id in (2, 0):
+            request = good[:at] + bytes([context_id]) + good[at + 1 :]
+            assert bad_context_id(request[6:]) == context_id
+            sock = _connect(port)
+            sock.sendall(request)
+            assert _read_pdu(sock)[0] == 0x07  # A-ABORT
+            assert _answer(sock, limit=2) == b""  # then closed
+            sock.close()
+        deadline = time.monotonic() + 5
+        while limiter.load() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert limiter.load() == 0
+        assert _legitimate_store_seconds(port) < 5
 
 
 def test_a_second_address_is_not_held_back_by_the_first(tmp_path: Path, database_url: str) -> None:

@@ -90,6 +90,24 @@ class PeerLimits:
         return OTHER_PDU_MAX, "the PDU's size in PS3.8"
 
 
+def bad_context_id(body: bytes) -> int | None:
+    """The first presentation context ID of an A-ASSOCIATE-RQ's body (the bytes after its 6-byte
+    PDU header) that is not an odd number from 1 to 255 (PS3.8 section 9.3.2.2), or ``None``.
+
+    Walks the variable items (from offset 68, PS3.8 Table 9-11) by their lengths; stops at an
+    item running past the end (pynetdicom's decoder then judges the PDU).
+    """
+    offset = 68
+    while offset + 4 <= len(body):
+        item_type, length = body[offset], struct.unpack(">H", body[offset + 2 : offset + 4])[0]
+        if item_type == 0x20 and length >= 1 and offset + 4 < len(body):
+            context_id = body[offset + 4]
+            if context_id % 2 == 0:
+                return context_id
+        offset += 4 + length
+    return None
+
+
 class ConnectionLimiter:
     """Counts the connections of one server, per peer address; used from its accept loop (the
     DICOM listener's, and the MLLP listener's with no associations: there a connection counts
@@ -252,6 +270,19 @@ class GuardedAssociationSocket(AssociationSocket):
         data = self._read(nr_bytes) if self._deadline is not None else self._read_established(nr_bytes)
         if not self._header_next:
             self._header_next = True
+            if self._pdu_type == 0x01 and len(data) == nr_bytes:
+                wrong_id = bad_context_id(bytes(data))
+                if wrong_id is not None:
+                    # pynetdicom's DUL thread died on it (an uncaught ValueError, no answer) and
+                    # the connection kept its place for acse_timeout
+                    self._abort(
+                        A_ABORT_INVALID_PARAMETER,
+                        "A-ASSOCIATE-RQ from %s proposes presentation context ID %d (PS3.8 section "
+                        "9.3.2.2: odd, 1-255); A-ABORT sent and connection closed",
+                        self._peer(),
+                        wrong_id,
+                    )
+                    return bytearray()
             if self._pdu_type == 0x01 and self._limits.ae_title_subjects and len(data) == nr_bytes:
                 refusal = self._certificate_refusal(bytes(data[_CALLING_AE_OFFSET : _CALLING_AE_OFFSET + 16]))
                 if refusal is not None:
