@@ -420,6 +420,11 @@ def _context_results(body: bytes) -> dict[int, int]:
         pytest.param("", "1.2.840.10008.1.2.1", 0x03, id="empty-abstract-syntax"),
         pytest.param("CT IMAGE", "1.2.840.10008.1.2.1", 0x03, id="not-a-UID"),
         pytest.param(CT_IMAGE_STORAGE, "1.2.3.4.5.6.7", 0x04, id="unknown-transfer-syntax"),
+        # pynetdicom took this one for storage (its class name differs from pydicom's keyword)
+        pytest.param("1.2.840.10008.5.1.4.31", "1.2.840.10008.1.2", 0x03, id="modality-worklist-find"),
+        pytest.param("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.1.2", 0x03, id="patient-root-find"),
+        pytest.param("1.2.840.10008.1.20.1", "1.2.840.10008.1.2", 0x03, id="storage-commitment"),
+        pytest.param("1.2.840.10008.1.1", "1.2.840.10008.1.2", 0x00, id="verification-accepted"),
     ],
 )
 def test_contexts_with_malformed_or_unknown_syntaxes_are_refused(

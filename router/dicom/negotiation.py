@@ -15,8 +15,10 @@ empty Media Storage SOP Class UID):
 context whose abstract syntax is not a valid UID (PS3.5 section 9.1: digits and dots, at most
 64 characters) is answered "abstract-syntax-not-supported" (result 0x03), and a storage context
 gets the first proposed transfer syntax pydicom knows, or "transfer-syntaxes-not-supported"
-(0x04) when it knows none (PS3.8 section 9.3.3.2, Table 9-18). Other contexts are negotiated
-by pynetdicom as before.
+(0x04) when it knows none (PS3.8 section 9.3.3.2, Table 9-18). A SOP class pynetdicom knows
+under a non-storage service class (Query/Retrieve, Basic Worklist Management, Storage
+Commitment, ...) and the router does not support is answered 0x03 too: pynetdicom took Modality
+Worklist FIND for storage. Other contexts are negotiated by pynetdicom as before.
 
 It also answers pydicom's ``UID.is_valid`` and pynetdicom's ``set_uid`` from bounded caches
 (the same answers, computed once per distinct UID), and encodes the A-ASSOCIATE-AC's
@@ -34,6 +36,13 @@ from typing import Any
 from pydicom.uid import UID
 from pynetdicom import acse as _acse_module
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import (
+    NonPatientObjectStorageServiceClass,
+    ServiceClass,
+    StorageServiceClass,
+    VerificationServiceClass,
+)
+from pynetdicom.sop_class import uid_to_service_class
 
 from router.domain.instance import uid_problem
 
@@ -42,6 +51,14 @@ TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
 
 _LOCK = threading.Lock()
 _INSTALLED = False
+#: Service classes whose SOP classes the unrestricted storage SCP may accept (``ServiceClass``:
+#: a UID pynetdicom does not know).
+_STORAGE_LIKE_SERVICES = (
+    ServiceClass,
+    StorageServiceClass,
+    NonPatientObjectStorageServiceClass,
+    VerificationServiceClass,
+)
 
 
 def _refused(proposed: PresentationContext, result: int) -> PresentationContext:
@@ -51,6 +68,17 @@ def _refused(proposed: PresentationContext, result: int) -> PresentationContext:
     context.transfer_syntax = [proposed.transfer_syntax[0]] if proposed.transfer_syntax else []
     context.result = result
     return context
+
+
+@functools.lru_cache(maxsize=4096)
+def _storage_like(abstract_syntax: str) -> bool:
+    """False for a SOP class pynetdicom knows under a service class other than storage (or
+    verification): Query/Retrieve, Basic Worklist Management, Storage Commitment and the like
+    (PS3.4). pynetdicom's unrestricted negotiation takes an abstract syntax whose pydicom
+    keyword it has no class of the same name for as storage, which accepted Modality Worklist
+    Information Model - FIND (1.2.840.10008.5.1.4.31) as a storage context (a hostile-peer
+    trial); the router serves only C-STORE and C-ECHO. Unknown and private UIDs stay storage."""
+    return uid_to_service_class(abstract_syntax) in _STORAGE_LIKE_SERVICES
 
 
 def strict_unrestricted(original: Any, known_transfer_syntaxes: frozenset[str]) -> Any:
@@ -65,8 +93,12 @@ def strict_unrestricted(original: Any, known_transfer_syntaxes: frozenset[str]) 
     ) -> Any:
         refused: list[PresentationContext] = []
         passed: list[PresentationContext] = []
+        supported = {str(context.abstract_syntax) for context in ac_contexts}
         for proposed in rq_contexts:
-            if uid_problem(str(proposed.abstract_syntax or "")) is not None:
+            abstract_syntax = str(proposed.abstract_syntax or "")
+            if uid_problem(abstract_syntax) is not None or (
+                abstract_syntax not in supported and not _storage_like(abstract_syntax)
+            ):
                 refused.append(_refused(proposed, ABSTRACT_SYNTAX_NOT_SUPPORTED))
                 continue
             known: list[str | bytes | UID] = [
