@@ -44,6 +44,7 @@ from pynetdicom.service_class import (
 )
 from pynetdicom.sop_class import uid_to_service_class
 
+from router.dicom.proposals import remembered_negotiation
 from router.domain.instance import uid_problem
 
 ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
@@ -134,7 +135,10 @@ def install(known_transfer_syntaxes: frozenset[str]) -> bool:
         original = getattr(_acse_module, "negotiate_unrestricted", None)
         if original is None:
             return False
-        _acse_module.negotiate_unrestricted = strict_unrestricted(original, known_transfer_syntaxes)
+        # a request remembered by router.dicom.proposals is negotiated once per accepting contexts
+        _acse_module.negotiate_unrestricted = remembered_negotiation(
+            strict_unrestricted(original, known_transfer_syntaxes)
+        )
         _remember_uid_validity()
         _remember_set_uid()
         _encode_accepted_contexts_directly()

@@ -14,9 +14,10 @@ most :data:`MAX_REQUESTS` of them, each at most :data:`MAX_REQUEST_BYTES` and
 - the decoded PDU's attributes: a request seen before is not decoded again (its items are only
   read after decoding, never changed);
 - the proposed presentation contexts of its primitive: each association gets its own copies;
-- the result of the negotiation (:func:`router.dicom.negotiation.strict_unrestricted`), for the
-  same accepting contexts and when no SCP/SCU role selection is proposed: each association gets
-  its own copies of the accepted and refused contexts.
+- the result of the negotiation (:func:`router.dicom.negotiation.strict_unrestricted`, wrapped
+  in :func:`remembered_negotiation` by :func:`router.dicom.negotiation.install`), for the same
+  accepting contexts and when no SCP/SCU role selection is proposed: each association gets its
+  own copies of the accepted and refused contexts.
 
 Only a request whose every presentation context has one valid abstract syntax and valid transfer
 syntaxes (PS3.5 section 9.1) is remembered: anything else is decoded and negotiated by
@@ -206,22 +207,15 @@ def remembered_negotiation(negotiate: Callable[..., Any]) -> Callable[..., Any]:
     return negotiate_once
 
 
-def install() -> bool:
-    """Remember decoded and negotiated requests from now on (idempotent). Returns True if installed.
+def install() -> None:
+    """Remember decoded requests and their primitives' contexts from now on (idempotent).
 
-    Must run after :func:`router.dicom.negotiation.install` (whose negotiation it wraps).
+    The negotiation's result is remembered by :func:`remembered_negotiation`, which
+    :func:`router.dicom.negotiation.install` puts around the router's negotiation.
     """
     global _INSTALLED
-    from pynetdicom import acse as acse_module
-
     with _LOCK:
-        if _INSTALLED:
-            return True
-        negotiate = getattr(acse_module, "negotiate_unrestricted", None)
-        if negotiate is None:
-            return False
-        A_ASSOCIATE_RQ.decode = _decode(A_ASSOCIATE_RQ.decode)  # type: ignore[method-assign, assignment]
-        A_ASSOCIATE_RQ.to_primitive = _to_primitive(A_ASSOCIATE_RQ.to_primitive)  # type: ignore[method-assign, assignment]
-        acse_module.negotiate_unrestricted = remembered_negotiation(negotiate)
-        _INSTALLED = True
-        return True
+        if not _INSTALLED:
+            A_ASSOCIATE_RQ.decode = _decode(A_ASSOCIATE_RQ.decode)  # type: ignore[method-assign, assignment]
+            A_ASSOCIATE_RQ.to_primitive = _to_primitive(A_ASSOCIATE_RQ.to_primitive)  # type: ignore[method-assign, assignment]
+            _INSTALLED = True
