@@ -270,8 +270,9 @@ class GuardedAssociationSocket(AssociationSocket):
         data = self._read(nr_bytes) if self._deadline is not None else self._read_established(nr_bytes)
         if not self._header_next:
             self._header_next = True
-            if self._pdu_type == 0x01 and len(data) == nr_bytes:
-                wrong_id = bad_context_id(bytes(data))
+            if self._pdu_type == 0x01 and len(data) == nr_bytes:  # a whole A-ASSOCIATE-RQ
+                body = bytes(data)
+                wrong_id = bad_context_id(body)
                 if wrong_id is not None:
                     # pynetdicom's DUL thread died on it (an uncaught ValueError, no answer) and
                     # the connection kept its place for acse_timeout
@@ -283,11 +284,11 @@ class GuardedAssociationSocket(AssociationSocket):
                         wrong_id,
                     )
                     return bytearray()
-            if self._pdu_type == 0x01 and self._limits.ae_title_subjects and len(data) == nr_bytes:
-                refusal = self._certificate_refusal(bytes(data[_CALLING_AE_OFFSET : _CALLING_AE_OFFSET + 16]))
-                if refusal is not None:
-                    self._reject(refusal)
-                    return bytearray()
+                if self._limits.ae_title_subjects:
+                    refusal = self._certificate_refusal(body[_CALLING_AE_OFFSET : _CALLING_AE_OFFSET + 16])
+                    if refusal is not None:
+                        self._reject(refusal)
+                        return bytearray()
             if self._deadline is not None and len(data) == nr_bytes:
                 self._deadline = None  # the first PDU is in: ordinary per-read timeouts from now
                 if self.socket is not None:
