@@ -101,7 +101,8 @@ APPLICATION_CONTEXT = b"1.2.840.10008.3.1.1.1"
 A_ABORT = struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 0, 0)
 
 
-def _pdu_item(kind: int, payload: bytes) -> bytes:
+def pdu_item(kind: int, payload: bytes) -> bytes:
+    """One PDU item or sub-item: type, reserved, 2-byte length, ``payload`` (PS3.8 section 9.3)."""
     return struct.pack(">BBH", kind, 0, len(payload)) + payload
 
 
@@ -111,16 +112,17 @@ def associate_rq(
     sop_class: str = CT_IMAGE_STORAGE,
     transfer_syntax: str = EXPLICIT_LE,
     max_pdu: int = 16384,
+    extra_user_items: bytes = b"",
 ) -> bytes:
-    """A-ASSOCIATE-RQ with one presentation context, ID 1 (PS3.8 section 9.3.2)."""
+    """A-ASSOCIATE-RQ with one presentation context, ID 1 (PS3.8 section 9.3.2);
+    ``extra_user_items`` (encoded sub-items) follow the User Information item's own."""
     context = (
-        struct.pack(">BBBB", 1, 0, 0, 0)
-        + _pdu_item(0x30, sop_class.encode())
-        + _pdu_item(0x40, transfer_syntax.encode())
+        struct.pack(">BBBB", 1, 0, 0, 0) + pdu_item(0x30, sop_class.encode()) + pdu_item(0x40, transfer_syntax.encode())
     )
-    user = _pdu_item(0x51, struct.pack(">I", max_pdu)) + _pdu_item(0x52, b"1.2.826.0.1.3680043.9.7433.1")
+    user = pdu_item(0x51, struct.pack(">I", max_pdu)) + pdu_item(0x52, b"1.2.826.0.1.3680043.9.7433.1")
+    user += extra_user_items
     body = struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + b"\x00" * 32
-    body += _pdu_item(0x10, APPLICATION_CONTEXT) + _pdu_item(0x20, context) + _pdu_item(0x50, user)
+    body += pdu_item(0x10, APPLICATION_CONTEXT) + pdu_item(0x20, context) + pdu_item(0x50, user)
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 

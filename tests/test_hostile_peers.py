@@ -16,18 +16,29 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import psutil
 import pytest
 from pydicom.uid import generate_uid
+from pynetdicom.dsutils import decode
 
 from router.dicom.guard import bad_context_id
 from router.dicom.status import StoreStatus
 from router.logsafety import install_library_guards
 from router.server import RouterServer
 from tests.conftest import make_settings, running_router
-from tests.dicom_bytes import APPLICATION_CONTEXT, RawAssociation, associate_rq
+from tests.dicom_bytes import (
+    APPLICATION_CONTEXT,
+    CT_IMAGE_STORAGE,
+    RawAssociation,
+    associate_rq,
+    c_store_command,
+    identifiers,
+    p_data,
+    pdu_item,
+)
 from tests.dicom_helpers import make_dataset, send_datasets
 from tests.test_tls import pki as pki  # the module-scoped throwaway PKI fixture
 
@@ -465,3 +476,32 @@ def test_an_unknown_pdu_type_is_aborted_at_once_with_one_warning(
     problems = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(problems) == 1, problems
     assert problems[0][0] == "router.dicom.guard" and "are not a DICOM PDU (type 0x55" in problems[0][1]
+
+
+@pytest.mark.parametrize("kind", [0x5A, 0xFF, 0x10], ids=["undefined-0x5A", "undefined-0xFF", "misplaced-0x10"])
+def test_a_user_information_sub_item_of_an_unknown_type_is_ignored(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture, kind: int
+) -> None:
+    """PS3.7 Annex D.3.3: a requestor may add user information sub-items the acceptor does not
+    know (a later edition's, a vendor's); DCMTK and fo-dicom skip them. pynetdicom's decoder
+    raised KeyError on one (or decoded a misplaced known item as that item), so the association
+    was aborted with a traceback at ERROR. Now the sub-item is skipped (logged once at DEBUG),
+    the association accepted and a C-STORE answered."""
+    caplog.set_level(logging.DEBUG, logger="router.dicom.user_items")
+    unknown = pdu_item(kind, b"vendor-specific")
+    with _router(tmp_path, database_url) as server:
+        raw = RawAssociation(server.ports[0])
+        try:
+            assert raw.associate(extra_user_items=unknown) == 0x02  # A-ASSOCIATE-AC
+            sop_instance = generate_uid()
+            raw.send(p_data(c_store_command(CT_IMAGE_STORAGE, sop_instance), command=True, last=True))
+            raw.send(p_data(identifiers(sop_instance, generate_uid(), generate_uid()), command=False, last=True))
+            kind_back, body = raw.read_pdu()
+            assert kind_back == 0x04  # P-DATA-TF: the C-STORE-RSP
+            assert decode(BytesIO(body[6:]), True, True).Status == StoreStatus.SUCCESS
+        finally:
+            raw.close()
+    problems = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert problems == []
+    skipped = [r.getMessage() for r in caplog.records if r.name == "router.dicom.user_items"]
+    assert skipped == [f"user information sub-item of type 0x{kind:02X} ignored (19 bytes)"]

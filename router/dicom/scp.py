@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import _config, dimse_messages
 
-from router.dicom import negotiation, proposals, reactor, store_codec
+from router.dicom import negotiation, proposals, reactor, store_codec, user_items
 from router.dicom.extract import DEFAULT_MAX_INFLATED_BYTES, ReceivedFileUnreadable, UndecodableDataSet, read_header
 from router.dicom.spool import SpoolFile, spool_factory
 from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
@@ -83,6 +83,8 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
     negotiation.install(frozenset(STORAGE_TRANSFER_SYNTAXES))
     # A request seen before is not decoded and negotiated again (its answer is the same).
     proposals.install()
+    # User information sub-items of an unknown type are skipped (PS3.7 D.3.3), not fatal.
+    user_items.install()
 
 
 #: Transfer syntaxes accepted for storage: every one pydicom knows (implicit/explicit little
