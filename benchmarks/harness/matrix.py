@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harness.procs import cpu_seconds, host_cpu_times, steal_share, wait_quiet
+from harness.procs import children_cpu_seconds, cpu_seconds, host_cpu_times, idle_share, steal_share, wait_quiet
 from harness.receivers import ROUTERS, Receivers, wait_count
 from harness.routerdb import reader_engine, wait_routed
 from harness.senders import send
@@ -70,6 +70,10 @@ class Run:
     latency: dict[str, Any] | None = None
     #: share (0-1) of the machine's CPU time taken by the hypervisor during the send
     host_steal: float | None = None
+    #: share (0-1) of the machine's CPU time left idle during the send (procs.idle_share)
+    host_idle: float | None = None
+    #: CPU time of the storescu senders, per instance (procs.children_cpu_seconds)
+    sender_cpu_ms_per_instance: float | None = None
     #: seconds from the receiver answering C-ECHO to its start-up CPU settling (procs.wait_quiet)
     quiet_after_s: float | None = None
     sender_returncodes: list[int | None] = field(default_factory=list)
@@ -95,6 +99,7 @@ def run_one(
         run.quiet_after_s = wait_quiet(running.proc.pid)
         before = cpu_seconds(running.proc.pid)
         host_before = host_cpu_times()
+        senders_before = children_cpu_seconds()
         result = send(
             receivers.registry,
             workload,
@@ -105,7 +110,10 @@ def run_one(
             running.folder,
         )
         after = cpu_seconds(running.proc.pid)
-        run.host_steal = steal_share(host_before, host_cpu_times())
+        host_after = host_cpu_times()
+        senders_cpu = children_cpu_seconds() - senders_before
+        run.host_steal = steal_share(host_before, host_after)
+        run.host_idle = idle_share(host_before, host_after)
         run.sender_returncodes = list(result.returncodes)
         run.wall_s = result.wall_s
         run.cpu_s = after - before
@@ -122,6 +130,7 @@ def run_one(
             run.instances_per_s = workload.count / result.wall_s
             run.mb_per_s = run.bytes_sent / result.wall_s / 1e6
             run.cpu_ms_per_instance = run.cpu_s / workload.count * 1000 if not math.isnan(run.cpu_s) else None
+            run.sender_cpu_ms_per_instance = senders_cpu / workload.count * 1000
         if receiver in ROUTERS and running.database_url:
             engine = reader_engine(running.database_url)
             try:
@@ -138,6 +147,10 @@ def run_one(
     extra = ""
     if run.latency:
         extra = f"  routed {run.latency.get('statuses')} last study {run.latency.get('last_study_s')}"
+    if run.sender_cpu_ms_per_instance is not None:
+        extra += f"  senders {run.sender_cpu_ms_per_instance:.2f} ms CPU/inst"
+    if run.host_idle is not None:
+        extra += f"  machine idle {run.host_idle:.0%}"
     if run.host_steal is not None:
         extra += f"  host steal {run.host_steal:.0%}"
     _log(f"{cell.label:24s} {receiver:16s} n={workload.count:<5d} {status}{extra}")
@@ -205,6 +218,10 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
             row["mb_per_s"] = statistics.median(run.mb_per_s for run in good if run.mb_per_s)
             cpus = [run.cpu_ms_per_instance for run in good if run.cpu_ms_per_instance is not None]
             row["cpu_ms_per_instance"] = statistics.median(cpus) if cpus else None
+            senders = [run.sender_cpu_ms_per_instance for run in good if run.sender_cpu_ms_per_instance is not None]
+            row["sender_cpu_ms_per_instance"] = statistics.median(senders) if senders else None
+            idles = [run.host_idle for run in good if run.host_idle is not None]
+            row["host_idle"] = statistics.median(idles) if idles else None
             steals = [run.host_steal for run in good if run.host_steal is not None]
             row["host_steal_max"] = max(steals) if steals else None
         lat = [run.latency for run in items if run.latency and run.latency.get("ok")]

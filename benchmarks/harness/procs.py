@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import select
 import signal
 import socket
@@ -220,6 +221,29 @@ def steal_share(before: Any, after: Any) -> float | None:
         return None
     total = sum(after) - sum(before)
     return (after.steal - before.steal) / total if total > 0 else None
+
+
+def idle_share(before: Any, after: Any) -> float | None:
+    """Share (0-1) of the machine's CPU time between two :func:`host_cpu_times` readings that no
+    process used (``idle`` plus, on Linux, ``iowait``); None if no time passed.
+
+    With four associations on two cores the receiver and its four ``storescu`` senders keep the
+    machine 85-95 % busy, so a receiver's rate there follows the CPU per instance of receiver and
+    senders together, and what it leaves idle while waiting (docs/benchmarks.md).
+    """
+    total = sum(after) - sum(before)
+    if total <= 0:
+        return None
+    idle = after.idle - before.idle + getattr(after, "iowait", 0.0) - getattr(before, "iowait", 0.0)
+    return idle / total
+
+
+def children_cpu_seconds() -> float:
+    """User plus system CPU seconds of this process's children that have exited and been waited
+    for (``getrusage(RUSAGE_CHILDREN)``): the difference over a send is its senders' CPU, since
+    the receiver is waited for only when it is stopped, after the send."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def wait_quiet(pid: int, window: float = 0.25, most_cpu: float = 0.005, timeout: float = 5.0) -> float:

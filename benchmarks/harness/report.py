@@ -92,8 +92,8 @@ def ratio_table(summary: list[dict[str, Any]]) -> list[str]:
 def detail_table(summary: list[dict[str, Any]]) -> list[str]:
     """Every (cell, receiver): instances/s (range), MB/s, CPU per instance, errors."""
     lines = [
-        "| size, sender | DCMTK receivers | receiver | N | runs ok | instances/s | range | MB/s | receiver CPU ms/instance | host steal, most of a run | note |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---|",
+        "| size, sender | DCMTK receivers | receiver | N | runs ok | instances/s | range | MB/s | receiver CPU ms/instance | storescu CPU ms/instance | machine idle | host steal, most of a run | note |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in summary:
         span = r.get("instances_per_s_range")
@@ -102,7 +102,8 @@ def detail_table(summary: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {_cell_label(r)} | {'TCP_NODELAY=1' if r['dcmtk_receiver_nodelay'] else 'as shipped'} | {r['receiver']} | {r['instances']} | "
             f"{r['ok_reps']}/{r['reps']} | {_f(r.get('instances_per_s'))} | {span_text} | {_f(r.get('mb_per_s'), 2)} | "
-            f"{_f(r.get('cpu_ms_per_instance'), 2)} | {_percent(r.get('host_steal_max'))} | {note} |"
+            f"{_f(r.get('cpu_ms_per_instance'), 2)} | {_f(r.get('sender_cpu_ms_per_instance'), 2)} | "
+            f"{_percent(r.get('host_idle'))} | {_percent(r.get('host_steal_max'))} | {note} |"
         )
     return lines
 
