@@ -505,3 +505,71 @@ def test_a_user_information_sub_item_of_an_unknown_type_is_ignored(
     assert problems == []
     skipped = [r.getMessage() for r in caplog.records if r.name == "router.dicom.user_items"]
     assert skipped == [f"user information sub-item of type 0x{kind:02X} ignored (19 bytes)"]
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP RST instead of a FIN (SO_LINGER 0), as a switched-off modality's stack may."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize("during", ["idle", "data-set"])
+def test_a_peer_resetting_its_connection_is_one_info_line(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture, during: str
+) -> None:
+    """pynetdicom logged every reset as two ERROR lines (one with a traceback): a peer could fill
+    the log at ERROR at will, and an administrator alerting on ERROR was paged for a modality
+    switched off. Now one INFO line from the guard; the partial data set is still discarded."""
+    caplog.set_level(logging.INFO)
+    with _router(tmp_path, database_url) as server:
+        for _ in range(3):
+            raw = RawAssociation(server.ports[0])
+            assert raw.associate() == 0x02
+            if during == "data-set":
+                raw.start_c_store(
+                    CT_IMAGE_STORAGE, generate_uid(), identifiers(generate_uid(), generate_uid(), generate_uid())
+                )
+            time.sleep(0.1)
+            _reset(raw.sock)
+        assert server.listener is not None
+        deadline = time.monotonic() + 5
+        while server.listener.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.listener.active_associations() == 0
+        assert _legitimate_store_seconds(server.ports[0]) < 5
+        assert list((server.app.archive.root / ".incoming").rglob("*.dcm")) == []
+    problems = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert problems == []
+    resets = [r.getMessage() for r in caplog.records if r.name == "router.dicom.guard"]
+    assert len(resets) == 3, resets
+    assert all("failed: reset by the peer (ConnectionResetError); association aborted" in line for line in resets)
+
+
+def test_a_peer_stalling_inside_a_pdu_is_one_warning(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The socket read times out after network_timeout: one WARNING naming the setting, not
+    pynetdicom's two ERROR lines with a traceback."""
+    caplog.set_level(logging.INFO)
+    with _router(tmp_path, database_url, network_timeout=1.0) as server:
+        raw = RawAssociation(server.ports[0])
+        local_port = raw.sock.getsockname()[1]
+        try:
+            assert raw.associate() == 0x02
+            raw.start_c_store(
+                CT_IMAGE_STORAGE, generate_uid(), identifiers(generate_uid(), generate_uid(), generate_uid())
+            )
+            raw.send(p_data(b"\x00" * 8000, command=False, last=False)[:1000])  # 994 of 8006 bytes
+            assert raw.seconds_until_closed(10) < 4
+        finally:
+            raw.close()
+        time.sleep(0.3)
+    problems = [(r.name, r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert problems == [
+        (
+            "router.dicom.guard",
+            logging.WARNING,
+            f"association with 'RAW_SCU' at 127.0.0.1:{local_port} sent no data for 1 s in the middle of a PDU "
+            "(listener.network_timeout); closed",
+        )
+    ]

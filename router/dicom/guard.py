@@ -27,6 +27,7 @@ pynetdicom where it is meant to be extended, for its own server only:
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -352,15 +353,39 @@ class GuardedAssociationSocket(AssociationSocket):
 
         A 512 KB data set took 128 system calls and as many buffer extensions; now it takes as
         many as the socket has data ready. Memory grows with what arrives, never with the
-        length a PDU header claims. Errors propagate as from pynetdicom's (it closes, Evt17).
+        length a PDU header claims.
+
+        A read that fails is reported here in one line and answered like a closed connection (a
+        short read: pynetdicom closes, Evt17, and the association is aborted, PS3.8 section
+        9.1.5): a peer's reset at INFO (a modality switched off or unplugged), no data for
+        ``network_timeout`` seconds in the middle of a PDU at WARNING. pynetdicom logged both as
+        two ERROR lines with a traceback, which a peer could repeat at will.
         """
         assert self.socket is not None
         data = bytearray()
-        while len(data) < nr_bytes:
-            chunk = self.socket.recv(min(_READ_SIZE, nr_bytes - len(data)))
-            if not chunk:
-                break
-            data += chunk
+        try:
+            while len(data) < nr_bytes:
+                chunk = self.socket.recv(min(_READ_SIZE, nr_bytes - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            LOG.warning(
+                "association with %s sent no data for %.0f s in the middle of a PDU (listener.network_timeout); closed",
+                self._peer(),
+                self.assoc.network_timeout,
+            )
+            self._close_now()
+            return bytearray()
+        except OSError as exc:
+            LOG.info(
+                "connection from %s failed: %s (%s); association aborted",
+                self._peer(),
+                _reason(exc),
+                type(exc).__name__,
+            )
+            self._close_now()
+            return bytearray()
         return data
 
     def _read(self, nr_bytes: int) -> bytearray:
@@ -434,6 +459,17 @@ class GuardedAssociationSocket(AssociationSocket):
         title = str(getattr(requestor, "ae_title", "") or "").strip()
         address = f"{requestor.address}:{requestor.port}"
         return f"{title!r} at {address}" if title else address
+
+
+def _reason(exc: OSError) -> str:
+    """What an error reading a peer's socket means, in words (no bytes of the peer's)."""
+    if isinstance(exc, ConnectionResetError):
+        return "reset by the peer"
+    if isinstance(exc, ConnectionAbortedError):
+        return "aborted by the network stack"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error {exc.reason or exc.errno}"
+    return os.strerror(exc.errno) if exc.errno else "read error"
 
 
 class ClosedHereFilter(logging.Filter):
