@@ -573,3 +573,48 @@ def test_a_peer_stalling_inside_a_pdu_is_one_warning(
             "(listener.network_timeout); closed",
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("where", "ending", "expected"),
+    [
+        ("request", "reset", "failed in its A-ASSOCIATE-RQ: reset by the peer (ConnectionResetError); closed"),
+        ("request", "close", "closed in the middle of its A-ASSOCIATE-RQ (34 of 197 bytes); closed"),
+        ("p-data", "close", "closed in the middle of a PDU (2994 of 8006 bytes); association aborted"),
+        ("p-data-header", "close", "closed in the middle of a PDU (3 of 6 bytes); association aborted"),
+    ],
+)
+def test_a_peer_closing_in_the_middle_of_a_pdu_is_one_info_line(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture, where: str, ending: str, expected: str
+) -> None:
+    """A close (FIN) or reset inside a PDU: pynetdicom's ERROR "The received PDU is shorter than
+    expected" (found by a hostile-peer trial) becomes one INFO line from the guard."""
+    caplog.set_level(logging.INFO)
+    with _router(tmp_path, database_url) as server:
+        raw = RawAssociation(server.ports[0])
+        if where == "request":
+            raw.send(associate_rq()[:40])
+        else:
+            assert raw.associate() == 0x02
+            raw.start_c_store(
+                CT_IMAGE_STORAGE, generate_uid(), identifiers(generate_uid(), generate_uid(), generate_uid())
+            )
+            fragment = p_data(b"\x00" * 8000, command=False, last=False)
+            raw.send(fragment[:3000] if where == "p-data" else fragment[:3])
+        time.sleep(0.2)
+        if ending == "reset":
+            _reset(raw.sock)
+        else:
+            raw.sock.shutdown(socket.SHUT_WR)
+            assert raw.seconds_until_closed(5) < 2
+            raw.close()
+        assert server.listener is not None
+        deadline = time.monotonic() + 5
+        while server.listener.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _legitimate_store_seconds(server.ports[0]) < 5
+        assert list((server.app.archive.root / ".incoming").rglob("*.dcm")) == []
+    problems = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert problems == []
+    lines = [r.getMessage() for r in caplog.records if r.name == "router.dicom.guard"]
+    assert len(lines) == 1 and lines[0].endswith(expected), lines
