@@ -99,6 +99,23 @@ def format_exception_safely(exc: BaseException) -> str:
     return "".join(parts).rstrip("\n")
 
 
+#: pynetdicom's reports of a value a peer sent that does not conform (``pynetdicom.utils``:
+#: ``set_ae``, ``set_uid``; an A-ASSOCIATE-RQ's UIDs, implementation version name, AE titles):
+#: they quote the value, which a misconfigured or hostile peer fills with anything (up to 64 KiB).
+_PEER_VALUE = re.compile(
+    r"^(?P<head>(?:Invalid|Non-conformant) '[^']*' value )'(?P<value>.*)'(?P<tail>( - [^']*)?)$", re.DOTALL
+)
+
+
+def withhold_peer_values(message: str) -> str:
+    """``message`` with the value quoted by pynetdicom's "Invalid 'X' value '...' - reason" and
+    "Non-conformant 'X' value '...'" replaced by its length; other messages unchanged."""
+    match = _PEER_VALUE.match(message)
+    if match is None:
+        return message
+    return f"{match['head']}({len(match['value'])} characters withheld){match['tail']}"
+
+
 class PhiRedactingFilter(logging.Filter):
     """Keeps data set values that libraries may quote out of log records.
 
@@ -107,7 +124,9 @@ class PhiRedactingFilter(logging.Filter):
     - any record's traceback is formatted by :func:`format_exception_safely`;
     - SQLAlchemy parameters in a message are withheld;
     - control characters in a message are escaped (one record is one line; its traceback, if
-      any, follows on lines of its own).
+      any, follows on lines of its own);
+    - a value a peer sent, quoted by pynetdicom's reports of non-conforming values, is withheld
+      (:func:`withhold_peer_values`).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -125,6 +144,8 @@ class PhiRedactingFilter(logging.Filter):
         except Exception:  # noqa: BLE001 - leave a malformed record to logging's own error path
             return True
         cleaned = escape_controls(redact_text(message))
+        if record.name.startswith("pynetdicom"):
+            cleaned = withhold_peer_values(cleaned)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
@@ -261,4 +282,5 @@ __all__ = [
     "format_exception_safely",
     "install_library_guards",
     "redact_text",
+    "withhold_peer_values",
 ]

@@ -40,8 +40,9 @@ from router.app import RouterApp
 from router.config import load_settings
 from router.db.models import Study
 from router.dicom.status import StoreStatus
-from router.logsafety import PhiRedactingFilter, configure_logging
-from tests.conftest import DEMO_CONFIG, REPO, SAMPLES
+from router.logsafety import PhiRedactingFilter, configure_logging, withhold_peer_values
+from tests.conftest import DEMO_CONFIG, REPO, SAMPLES, make_settings, running_router
+from tests.dicom_bytes import RawAssociation, associate_rq, pdu_item
 from tests.dicom_helpers import CT_IMAGE_STORAGE, make_dataset, send_paths, write_part10, write_raw_part10
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -600,3 +601,50 @@ def test_exception_text_with_line_breaks_stays_on_its_line(router_logging: Calla
         == "ValueError: Invalid 'Calling AE Title' value 'X\\nINFO router.server: stopped' - must not contain control characters"
     )
     assert not any(line.startswith("INFO router.server: stopped") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            "Invalid 'Implementation Class UID' value 'DOE^JOHN 1970' - must not exceed 64 characters",
+            "Invalid 'Implementation Class UID' value (13 characters withheld) - must not exceed 64 characters",
+        ),
+        (
+            "Non-conformant 'Abstract Syntax Name' value 'it's 1.2.x'",
+            "Non-conformant 'Abstract Syntax Name' value (10 characters withheld)",
+        ),
+        (
+            "Invalid 'Calling AE Title' value - must not be an empty str",
+            "Invalid 'Calling AE Title' value - must not be an empty str",
+        ),
+        ("Accepting Association", "Accepting Association"),
+    ],
+)
+def test_pynetdicom_reports_of_a_peers_value_withhold_it(message: str, expected: str) -> None:
+    assert withhold_peer_values(message) == expected
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_peers_malformed_user_information_is_not_quoted_in_the_log(
+    router_logging: Callable[[], io.StringIO], tmp_path: Path, database_url: str
+) -> None:
+    """Found by a hostile-peer trial: pynetdicom quoted a malformed Implementation Class UID or
+    Version Name at ERROR, whole (a sub-item holds up to 64 KiB): a peer could put anything,
+    PHI included, into the router's log. The association is still refused as before."""
+    logged_to = router_logging()
+    needle = "-".join(["DOE^JOHN", "19700101", "MRN12345678"]) * 20
+    with running_router(make_settings(tmp_path, database_url)) as server:
+        for kind in (0x52, 0x55):
+            raw = RawAssociation(server.ports[0])
+            try:
+                raw.send(associate_rq(extra_user_items=pdu_item(kind, needle.encode())))
+                answer, _ = raw.read_pdu()
+            finally:
+                raw.close()
+            assert answer in (0x02, 0x07)  # accepted (the second sub-item ignored) or aborted
+        time.sleep(0.3)
+    logged = logged_to.getvalue()
+    assert "DOE^JOHN" not in logged
+    assert "characters withheld" in logged
