@@ -242,6 +242,18 @@ class OneLineTraceback(logging.Filter):
         return True
 
 
+class IdlePeerLevel(logging.Filter):
+    """pynetdicom's "Network timeout reached" at WARNING, not ERROR: the peer sent nothing for
+    ``network_timeout`` seconds and the association is aborted (``listener.network_timeout``;
+    an idle modality or reader, not a fault of the router)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.WARNING and record.msg == "Network timeout reached":
+            record.msg = "Network timeout reached: no PDU for network_timeout seconds; association aborted"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def install_library_guards(*, verbose: bool = False) -> None:
     """Quiet and redact third-party loggers and warnings (safe to call more than once)."""
     logging.getLogger("pydicom").setLevel(logging.ERROR)
@@ -253,6 +265,9 @@ def install_library_guards(*, verbose: bool = False) -> None:
             peer_logger.removeFilter(existing)
         if not verbose:
             peer_logger.addFilter(OneLineTraceback())
+    association_logger = logging.getLogger("pynetdicom.association")
+    if not any(isinstance(item, IdlePeerLevel) for item in association_logger.filters):
+        association_logger.addFilter(IdlePeerLevel())
     for handler in logging.getLogger().handlers:
         if not any(isinstance(item, PhiRedactingFilter) for item in handler.filters):
             handler.addFilter(PhiRedactingFilter())

@@ -618,3 +618,28 @@ def test_a_peer_closing_in_the_middle_of_a_pdu_is_one_info_line(
     assert problems == []
     lines = [r.getMessage() for r in caplog.records if r.name == "router.dicom.guard"]
     assert len(lines) == 1 and lines[0].endswith(expected), lines
+
+
+def test_a_peer_idle_for_network_timeout_is_one_warning(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An association with nothing sent for listener.network_timeout is aborted; pynetdicom
+    logged that at ERROR (found by a hostile-peer trial), which an idle modality causes."""
+    install_library_guards(verbose=False)  # as `router serve` does
+    caplog.set_level(logging.INFO)
+    with _router(tmp_path, database_url, network_timeout=1.0) as server:
+        raw = RawAssociation(server.ports[0])
+        try:
+            assert raw.associate() == 0x02
+            assert raw.read_pdu()[0] == 0x07  # A-ABORT after the idle second
+        finally:
+            raw.close()
+        time.sleep(0.3)
+    problems = [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert problems == [
+        (
+            "pynetdicom.association",
+            "WARNING",
+            "Network timeout reached: no PDU for network_timeout seconds; association aborted",
+        )
+    ]
