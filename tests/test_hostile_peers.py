@@ -103,6 +103,11 @@ def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
     return kind, body
 
 
+def _problems(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str]]:
+    """(logger, level, message) of every record at WARNING or above."""
+    return [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def _rss() -> int:
     return psutil.Process().memory_info().rss
 
@@ -441,7 +446,7 @@ def test_a_pdu_cut_short_at_the_request_deadline_is_one_warning(
         closed_after = time.monotonic() - started
         time.sleep(0.3)  # the network thread finishes logging
     assert closed_after < 5  # the 2 s deadline
-    problems = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    problems = [(name, message) for name, _, message in _problems(caplog)]
     assert len(problems) == 1, problems
     assert problems[0][0] == "router.dicom.guard"
     assert "sent no complete A-ASSOCIATE-RQ within 2 s" in problems[0][1]
@@ -473,7 +478,7 @@ def test_an_unknown_pdu_type_is_aborted_at_once_with_one_warning(
         time.sleep(0.3)
     assert (kind, body[2], body[3]) == (0x07, 0x02, 0x01)  # A-ABORT, service provider, unrecognized-PDU
     assert closed and seconds < 1.5  # not held until the 2 s request deadline
-    problems = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    problems = [(name, message) for name, _, message in _problems(caplog)]
     assert len(problems) == 1, problems
     assert problems[0][0] == "router.dicom.guard" and "are not a DICOM PDU (type 0x55" in problems[0][1]
 
@@ -501,7 +506,7 @@ def test_a_user_information_sub_item_of_an_unknown_type_is_ignored(
             assert decode(BytesIO(body[6:]), True, True).Status == StoreStatus.SUCCESS
         finally:
             raw.close()
-    problems = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    problems = [(name, message) for name, _, message in _problems(caplog)]
     assert problems == []
     skipped = [r.getMessage() for r in caplog.records if r.name == "router.dicom.user_items"]
     assert skipped == [f"user information sub-item of type 0x{kind:02X} ignored (19 bytes)"]
@@ -538,7 +543,7 @@ def test_a_peer_resetting_its_connection_is_one_info_line(
         assert server.listener.active_associations() == 0
         assert _legitimate_store_seconds(server.ports[0]) < 5
         assert list((server.app.archive.root / ".incoming").rglob("*.dcm")) == []
-    problems = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    problems = [(name, message) for name, _, message in _problems(caplog)]
     assert problems == []
     resets = [r.getMessage() for r in caplog.records if r.name == "router.dicom.guard"]
     assert len(resets) == 3, resets
@@ -564,11 +569,10 @@ def test_a_peer_stalling_inside_a_pdu_is_one_warning(
         finally:
             raw.close()
         time.sleep(0.3)
-    problems = [(r.name, r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
-    assert problems == [
+    assert _problems(caplog) == [
         (
             "router.dicom.guard",
-            logging.WARNING,
+            "WARNING",
             f"association with 'RAW_SCU' at 127.0.0.1:{local_port} sent no data for 1 s in the middle of a PDU "
             "(listener.network_timeout); closed",
         )
@@ -614,7 +618,7 @@ def test_a_peer_closing_in_the_middle_of_a_pdu_is_one_info_line(
             time.sleep(0.05)
         assert _legitimate_store_seconds(server.ports[0]) < 5
         assert list((server.app.archive.root / ".incoming").rglob("*.dcm")) == []
-    problems = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    problems = [(name, message) for name, _, message in _problems(caplog)]
     assert problems == []
     lines = [r.getMessage() for r in caplog.records if r.name == "router.dicom.guard"]
     assert len(lines) == 1 and lines[0].endswith(expected), lines
@@ -635,8 +639,7 @@ def test_a_peer_idle_for_network_timeout_is_one_warning(
         finally:
             raw.close()
         time.sleep(0.3)
-    problems = [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
-    assert problems == [
+    assert _problems(caplog) == [
         (
             "pynetdicom.association",
             "WARNING",
