@@ -88,9 +88,7 @@ def test_study_is_stored_in_s3_and_forwarded_from_the_s3_copy(tmp_path: Path, da
             # already hold a temporary local copy there: the study is stable after 0.3 s; the
             # folder is checked empty once forwarding is done, below)
             incoming = Path(server.app.archive.incoming)
-            local = [
-                p for p in Path(server.app.archive.root).rglob("*") if p.is_file() and incoming not in p.parents
-            ]
+            local = [p for p in Path(server.app.archive.root).rglob("*") if p.is_file() and incoming not in p.parents]
             assert local == []
             with server.app.sessions() as session:
                 rows = session.execute(select(Instance.relative_path, Instance.dataset_sha256)).all()
