@@ -487,8 +487,8 @@ def test_an_unknown_pdu_type_is_aborted_at_once_with_one_warning(
 def test_a_user_information_sub_item_of_an_unknown_type_is_ignored(
     tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture, kind: int
 ) -> None:
-    """PS3.7 Annex D.3.3: a requestor may add user information sub-items the acceptor does not
-    know (a later edition's, a vendor's); DCMTK and fo-dicom skip them. pynetdicom's decoder
+    """User information sub-items (PS3.7 Annex D.3.3) are where association negotiation is
+    extended; DCMTK and fo-dicom skip those they do not know (a later edition's, a vendor's). pynetdicom's decoder
     raised KeyError on one (or decoded a misplaced known item as that item), so the association
     was aborted with a traceback at ERROR. Now the sub-item is skipped (logged once at DEBUG),
     the association accepted and a C-STORE answered."""
