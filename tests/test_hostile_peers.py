@@ -23,6 +23,7 @@ import psutil
 import pytest
 from pydicom.uid import generate_uid
 from pynetdicom.dsutils import decode
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 
 from router.dicom.guard import bad_context_id
 from router.dicom.status import StoreStatus
@@ -646,3 +647,55 @@ def test_a_peer_idle_for_network_timeout_is_one_warning(
             "Network timeout reached: no PDU for network_timeout seconds; association aborted",
         )
     ]
+
+
+def test_a_user_identity_of_an_undefined_type_is_ignored(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a hostile-peer trial: a User Identity sub-item with user identity type 9 (PS3.7
+    Table D.3-14 defines 1-5) killed pynetdicom's network thread: no answer, and the connection
+    held its place for acse_timeout (30 s); six of them refused every sender. The router
+    negotiates no user identity, so the sub-item is ignored and the association accepted."""
+    caplog.set_level(logging.INFO)
+    identity = pdu_item(0x58, struct.pack(">BBH", 9, 1, 1) + b"x" + struct.pack(">H", 1) + b"y")
+    with _router(tmp_path, database_url) as server:
+        raw = RawAssociation(server.ports[0])
+        try:
+            assert raw.associate(extra_user_items=identity) == 0x02
+        finally:
+            raw.close()
+        assert _legitimate_store_seconds(server.ports[0]) < 5
+    assert _problems(caplog) == []
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected fault's
+def test_an_exception_in_negotiation_gives_the_connection_back_at_once(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any exception in a state machine action ends pynetdicom's network thread; the association
+    thread then waited acse_timeout (30 s) for a primitive that could not come, holding a place
+    among max_associations. A library fault is injected where the trial's was (making the
+    A-ASSOCIATE primitive): the connection is closed at once and its place given back."""
+
+    def broken(self: object) -> object:
+        raise ValueError("injected fault in A-ASSOCIATE-RQ to_primitive")
+
+    caplog.set_level(logging.CRITICAL)  # the injected fault's tracebacks are expected
+    with _router(tmp_path, database_url, acse_timeout=30.0) as server:
+        assert server.listener is not None
+        limiter = server.listener.servers[0].limiter
+        with monkeypatch.context() as patch:
+            patch.setattr(A_ASSOCIATE_RQ, "to_primitive", broken)
+            sock = _connect(server.ports[0])
+            started = time.monotonic()
+            sock.sendall(associate_rq())
+            assert _answer(sock, limit=10) == b""  # closed, nothing sent
+            closed_after = time.monotonic() - started
+            sock.close()
+        deadline = time.monotonic() + 5
+        while limiter.load() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert limiter.load() == 0
+        assert server.listener.active_associations() == 0
+        assert _legitimate_store_seconds(server.ports[0]) < 5
+    assert closed_after < 3  # not acse_timeout

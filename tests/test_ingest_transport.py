@@ -509,9 +509,10 @@ def test_set_uid_cache_hands_back_conformant_uids_and_leaves_the_rest_to_pynetdi
     with caplog.at_level("WARNING", logger="pynetdicom"):
         odd = [set_uid(b"1.2.03.4", "Abstract Syntax Name") for _ in range(2)]
     assert odd == ["1.2.03.4", "1.2.03.4"] and odd[0] is not odd[1]
-    assert [r.getMessage() for r in caplog.records if "Non-conformant" in r.getMessage()] == [
-        "Non-conformant 'Abstract Syntax Name' value '1.2.03.4'"
-    ] * 2
+    # the value itself is withheld once the router's log filter is on (router.logsafety)
+    warned = [r.getMessage() for r in caplog.records if "Non-conformant" in r.getMessage()]
+    assert len(warned) == 2
+    assert all(message.startswith("Non-conformant 'Abstract Syntax Name' value ") for message in warned)
     for _ in range(2):
         with pytest.raises(ValueError, match="Invalid 'Abstract Syntax Name' value"):
             set_uid(b"1." + b"2" * 70, "Abstract Syntax Name")

@@ -350,6 +350,12 @@ def install() -> bool:
                 return
             try:
                 original_do_action(self, event)
+            except Exception:
+                # pynetdicom lets an action's exception end the DUL thread (the peer gets no
+                # answer); the association's wait for a primitive then ends now instead of after
+                # acse_timeout, so the connection gives its place back at once.
+                _end_user_queue(self.dul)
+                raise
             finally:
                 if self.current_state == IDLE:
                     _end_user_queue(self.dul)

@@ -28,13 +28,18 @@ LOG = logging.getLogger(__name__)
 #: negotiation, user identity (RQ and AC).
 USER_SUB_ITEM_TYPES = frozenset(range(0x51, 0x5A))
 
+#: User Identity Type values of a User Identity sub-item (PS3.7 Table D.3-14): username,
+#: username and passcode, Kerberos, SAML, JSON Web Token.
+USER_IDENTITY_TYPES = frozenset(bytes([kind]) for kind in range(1, 6))
+
 _LOCK = threading.Lock()
 _INSTALLED = False
 
 
 def known_sub_items(bytestream: bytes) -> list[Any]:
     """The decoded sub-items of a User Information item's value ``bytestream``, in order,
-    without those whose type is not in :data:`USER_SUB_ITEM_TYPES`.
+    without those whose type is not in :data:`USER_SUB_ITEM_TYPES` and User Identity sub-items
+    of a user identity type not in :data:`USER_IDENTITY_TYPES`.
 
     Raises what pynetdicom raises for a sub-item that runs past the end of ``bytestream``
     (``AssertionError``) or a malformed known sub-item: the association is aborted, as before.
@@ -43,6 +48,11 @@ def known_sub_items(bytestream: bytes) -> list[Any]:
     for item_type, item_bytes in UserInformationItem._generate_items(bytestream):
         if item_type not in USER_SUB_ITEM_TYPES:
             LOG.debug("user information sub-item of type 0x%02X ignored (%d bytes)", item_type, len(item_bytes))
+            continue
+        if item_type == 0x58 and item_bytes[4:5] not in USER_IDENTITY_TYPES:
+            # pynetdicom refuses the type only when making the primitive, in its network thread,
+            # which then dies without answering; the router negotiates no user identity anyway
+            LOG.debug("user identity sub-item of an undefined user identity type ignored (%d bytes)", len(item_bytes))
             continue
         item = PDU_ITEM_TYPES[item_type]()
         item.decode(item_bytes)
