@@ -102,18 +102,23 @@ def format_exception_safely(exc: BaseException) -> str:
 #: pynetdicom's reports of a value a peer sent that does not conform (``pynetdicom.utils``:
 #: ``set_ae``, ``set_uid``; an A-ASSOCIATE-RQ's UIDs, implementation version name, AE titles):
 #: they quote the value, which a misconfigured or hostile peer fills with anything (up to 64 KiB).
-_PEER_VALUE = re.compile(
-    r"^(?P<head>(?:Invalid|Non-conformant) '[^']*' value )'(?P<value>.*)'(?P<tail>( - [^']*)?)$", re.DOTALL
+_PEER_VALUES = (
+    re.compile(r"^(?P<head>(?:Invalid|Non-conformant) '[^']*' value )'(?P<value>.*)'(?P<tail>( - [^']*)?)$", re.DOTALL),
+    # ``pynetdicom.presentation``, ``pynetdicom.pdu_primitives``: "The Transfer Syntax Name '...'
+    # is non-conformant", "The Related General SOP Class UID '...' is non-conformant"
+    re.compile(r"^(?P<head>The [A-Za-z ]+ )'(?P<value>.*)'(?P<tail> is non-conformant)$", re.DOTALL),
 )
 
 
 def withhold_peer_values(message: str) -> str:
-    """``message`` with the value quoted by pynetdicom's "Invalid 'X' value '...' - reason" and
-    "Non-conformant 'X' value '...'" replaced by its length; other messages unchanged."""
-    match = _PEER_VALUE.match(message)
-    if match is None:
-        return message
-    return f"{match['head']}({len(match['value'])} characters withheld){match['tail']}"
+    """``message`` with the value quoted by pynetdicom's "Invalid 'X' value '...' - reason",
+    "Non-conformant 'X' value '...'" and "The X '...' is non-conformant" replaced by its length;
+    other messages unchanged."""
+    for pattern in _PEER_VALUES:
+        match = pattern.match(message)
+        if match is not None:
+            return f"{match['head']}({len(match['value'])} characters withheld){match['tail']}"
+    return message
 
 
 class PhiRedactingFilter(logging.Filter):
@@ -216,7 +221,7 @@ def _formatter(log_format: str) -> logging.Formatter:
 
 
 #: pynetdicom's loggers that report a PDU or DIMSE message from the peer that could not be decoded.
-_PEER_DECODING_LOGGERS = ("pynetdicom.dul", "pynetdicom.dimse")
+_PEER_DECODING_LOGGERS = ("pynetdicom.dul", "pynetdicom.dimse", "pynetdicom.utils")
 
 
 class OneLineTraceback(logging.Filter):

@@ -618,6 +618,14 @@ def test_exception_text_with_line_breaks_stays_on_its_line(router_logging: Calla
             "Invalid 'Calling AE Title' value - must not be an empty str",
             "Invalid 'Calling AE Title' value - must not be an empty str",
         ),
+        (
+            "The Transfer Syntax Name 'MARKER-PHI-123' is non-conformant",
+            "The Transfer Syntax Name (14 characters withheld) is non-conformant",
+        ),
+        (
+            "The Related General SOP Class UID 'MARKER' is non-conformant",
+            "The Related General SOP Class UID (6 characters withheld) is non-conformant",
+        ),
         ("Accepting Association", "Accepting Association"),
     ],
 )
@@ -648,3 +656,24 @@ def test_a_peers_malformed_user_information_is_not_quoted_in_the_log(
     logged = logged_to.getvalue()
     assert "DOE^JOHN" not in logged
     assert "characters withheld" in logged
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_non_ascii_ae_title_is_one_line_without_a_traceback(
+    router_logging: Callable[[], io.StringIO], tmp_path: Path, database_url: str
+) -> None:
+    """Found by a hostile-peer trial: pynetdicom.utils logged a calling AE title it cannot
+    decode as ASCII with a whole traceback at ERROR; the association is aborted either way."""
+    logged_to = router_logging()
+    with running_router(make_settings(tmp_path, database_url)) as server:
+        raw = RawAssociation(server.ports[0])
+        try:
+            raw.send(associate_rq(calling="CT_NÖRTH"))
+            raw.read_pdu()
+        finally:
+            raw.close()
+        time.sleep(0.3)
+    logged = logged_to.getvalue()
+    assert "pynetdicom.utils" in logged
+    assert "Traceback" not in logged
