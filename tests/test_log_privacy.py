@@ -42,7 +42,7 @@ from router.db.models import Study
 from router.dicom.status import StoreStatus
 from router.logsafety import PhiRedactingFilter, configure_logging, withhold_peer_values
 from tests.conftest import DEMO_CONFIG, REPO, SAMPLES, make_settings, running_router
-from tests.dicom_bytes import RawAssociation, associate_rq, pdu_item
+from tests.dicom_bytes import RawAssociation, associate_rq, c_store_command, identifiers, p_data, pdu_item
 from tests.dicom_helpers import CT_IMAGE_STORAGE, make_dataset, send_paths, write_part10, write_raw_part10
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -677,3 +677,26 @@ def test_a_non_ascii_ae_title_is_one_line_without_a_traceback(
     logged = logged_to.getvalue()
     assert "pynetdicom.utils" in logged
     assert "Traceback" not in logged
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_affected_sop_instance_uid_that_is_not_a_uid_is_not_quoted(
+    router_logging: Callable[[], io.StringIO], tmp_path: Path, database_url: str
+) -> None:
+    """Found by a hostile-peer trial: the router's own refusal line quoted an invalid Affected
+    SOP Instance UID (any 64 printable characters a sender chose); now only its length."""
+    logged_to = router_logging()
+    affected = "1.2.3." + "-".join(["DOE", "JOHN", "MARKER"])
+    with running_router(make_settings(tmp_path, database_url)) as server:
+        raw = RawAssociation(server.ports[0])
+        try:
+            assert raw.associate() == 0x02
+            raw.send(p_data(c_store_command(CT_IMAGE_STORAGE, affected), command=True, last=True))
+            raw.send(p_data(identifiers(affected, "1.2.3", "1.2.4"), command=False, last=True))
+            assert raw.read_pdu()[0] in (0x04, 0x07)  # refused with a status, or aborted
+        finally:
+            raw.close()
+        time.sleep(0.3)
+    logged = logged_to.getvalue()
+    assert "DOE-JOHN" not in logged

@@ -300,6 +300,12 @@ class StoreHandler:
 
 
 def _uid_for_log(value: object) -> str:
-    """A UID for a log line: printable, at most 64 characters (it may be invalid)."""
+    """A UID for a log line: as sent when it is digits and dots, at most 64 (PS3.5 section 9.1;
+    it may still be invalid, e.g. a leading zero); otherwise only its length, since a sender can
+    put any text in that field."""
     text = str(value or "")
-    return "".join(ch if ch.isprintable() else "?" for ch in text)[:64] or "(none)"
+    if not text:
+        return "(none)"
+    if len(text) <= 64 and all(ch in "0123456789." for ch in text):
+        return text
+    return f"(not a UID: {len(text)} characters)"
