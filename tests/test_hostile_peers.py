@@ -699,3 +699,21 @@ def test_an_exception_in_negotiation_gives_the_connection_back_at_once(
         assert server.listener.active_associations() == 0
         assert _legitimate_store_seconds(server.ports[0]) < 5
     assert closed_after < 3  # not acse_timeout
+
+
+def test_a_connection_that_sends_nothing_is_logged_with_the_time_it_was_given(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a hostile-peer trial: closed after association_request_timeout (2 s here), the
+    line said acse_timeout's 30 s."""
+    caplog.set_level(logging.INFO, logger="router.dicom.listener")
+    with _router(tmp_path, database_url) as server:
+        sock = _connect(server.ports[0])
+        try:
+            assert _answer(sock, limit=10) == b""
+        finally:
+            sock.close()
+        time.sleep(0.2)
+    lines = [r.getMessage() for r in caplog.records if "sent nothing or stalled" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].endswith("sent nothing or stalled for 2 s (listener.association_request_timeout); closed")

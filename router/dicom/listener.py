@@ -172,6 +172,7 @@ class RouterAssociationServer(ThreadedAssociationServer):
     def _prepare(self, request: socket.socket, peer: str, deadline: float) -> socket.socket | None:
         """The socket to run the association on; ``None`` once a refused connection is closed."""
         current = request
+        started = time.monotonic()
         try:
             # the first byte, then the whole TLS handshake (CPython applies a socket timeout to
             # do_handshake as a whole, not per read), by the association-request deadline
@@ -191,7 +192,15 @@ class RouterAssociationServer(ThreadedAssociationServer):
                 current.do_handshake()
             current.settimeout(None)  # pynetdicom expects a blocking socket (it selects before reading)
         except TimeoutError:
-            LOG.info("connection from %s sent nothing or stalled for %.0f s; closed", peer, self.handshake_timeout)
+            setting = (
+                "listener.association_request_timeout" if time.monotonic() >= deadline else "listener.acse_timeout"
+            )
+            LOG.info(
+                "connection from %s sent nothing or stalled for %.0f s (%s); closed",
+                peer,
+                time.monotonic() - started,
+                setting,
+            )
             return _closed(current)
         except ssl.SSLError as exc:
             LOG.warning("TLS handshake with %s failed: %s", peer, exc.reason or exc)
