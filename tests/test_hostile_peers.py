@@ -37,8 +37,10 @@ from tests.dicom_bytes import (
     associate_rq,
     c_store_command,
     identifiers,
+    implicit,
     p_data,
     pdu_item,
+    uid,
 )
 from tests.dicom_helpers import make_dataset, send_datasets
 from tests.test_tls import pki as pki  # the module-scoped throwaway PKI fixture
@@ -717,3 +719,37 @@ def test_a_connection_that_sends_nothing_is_logged_with_the_time_it_was_given(
     lines = [r.getMessage() for r in caplog.records if "sent nothing or stalled" in r.getMessage()]
     assert len(lines) == 1
     assert lines[0].endswith("sent nothing or stalled for 2 s (listener.association_request_timeout); closed")
+
+
+def test_another_dimse_request_on_a_storage_context_is_aborted_with_one_warning(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a hostile-peer trial: a C-FIND-RQ on the CT Image Storage context made
+    pynetdicom's storage SCP raise (an ERROR traceback) before its A-ABORT."""
+    caplog.set_level(logging.INFO)
+    elements = (
+        implicit(0x00000002, uid(CT_IMAGE_STORAGE))
+        + implicit(0x00000100, struct.pack("<H", 0x0020))  # Command Field: C-FIND-RQ
+        + implicit(0x00000110, struct.pack("<H", 7))
+        + implicit(0x00000700, struct.pack("<H", 0))
+        + implicit(0x00000800, struct.pack("<H", 0x0101))  # no data set
+    )
+    command = implicit(0x00000000, struct.pack("<I", len(elements))) + elements
+    with _router(tmp_path, database_url) as server:
+        raw = RawAssociation(server.ports[0])
+        try:
+            assert raw.associate() == 0x02
+            raw.send(p_data(command, command=True, last=True))
+            assert raw.read_pdu()[0] == 0x07  # A-ABORT
+        finally:
+            raw.close()
+        assert _legitimate_store_seconds(server.ports[0]) < 5
+        time.sleep(0.2)
+    assert _problems(caplog) == [
+        (
+            "router.dicom.store_codec",
+            "WARNING",
+            "C-FIND request from RAW_SCU on storage presentation context 1 (only C-STORE is served there, "
+            "PS3.4 Annex B); A-ABORT sent",
+        )
+    ]

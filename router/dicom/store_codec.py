@@ -376,7 +376,22 @@ def _message_to_primitive(self: DIMSEMessage) -> Any:
 
 def _storage_scp(self: Any, req: Any, context: Any) -> None:
     """StorageServiceClass.SCP for a request decoded here: pynetdicom's steps (PS3.4 B.2.3),
-    with the response primitive filled without re-validating UIDs checked on receipt."""
+    with the response primitive filled without re-validating UIDs checked on receipt.
+
+    Another DIMSE request on a storage context (a C-FIND-RQ, say) is answered with an A-ABORT
+    and one WARNING: pynetdicom's storage SCP raised on it, which logged an ERROR traceback
+    before the same A-ABORT."""
+    if not isinstance(req, C_STORE):
+        title = str(getattr(self.assoc.requestor, "ae_title", "") or "").strip()
+        LOG.warning(
+            "%s request from %s on storage presentation context %s (only C-STORE is served there, "
+            "PS3.4 Annex B); A-ABORT sent",
+            type(req).__name__.replace("_", "-"),
+            title or "an unnamed peer",
+            context.context_id,
+        )
+        self.assoc.abort()
+        return
     if not getattr(req, "_router_fixed_layout", False):
         _ORIGINAL["storage_scp"](self, req, context)
         return
