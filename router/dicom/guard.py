@@ -361,15 +361,18 @@ class GuardedAssociationSocket(AssociationSocket):
         ``network_timeout`` seconds in the middle of a PDU at WARNING. pynetdicom logged both as
         two ERROR lines with a traceback, which a peer could repeat at will.
         """
-        assert self.socket is not None
+        sock = self.socket  # pynetdicom sets it to None when it closes the connection itself
+        assert sock is not None
         data = bytearray()
         try:
             while len(data) < nr_bytes:
-                chunk = self.socket.recv(min(_READ_SIZE, nr_bytes - len(data)))
+                chunk = sock.recv(min(_READ_SIZE, nr_bytes - len(data)))
                 if not chunk:
                     return self._ended(data, nr_bytes, "a PDU", "association aborted")
                 data += chunk
         except TimeoutError:
+            if self._closed_locally():
+                return bytearray()
             LOG.warning(
                 "association with %s sent no data for %.0f s in the middle of a PDU (listener.network_timeout); closed",
                 self._peer(),
@@ -378,6 +381,8 @@ class GuardedAssociationSocket(AssociationSocket):
             self._close_now()
             return bytearray()
         except OSError as exc:
+            if self._closed_locally():
+                return bytearray()
             LOG.info(
                 "connection from %s failed: %s (%s); association aborted",
                 self._peer(),
@@ -391,7 +396,8 @@ class GuardedAssociationSocket(AssociationSocket):
     def _read(self, nr_bytes: int) -> bytearray:
         """``recv`` with one deadline for the whole association request (and ``network_timeout``
         for any one read, as after it)."""
-        assert self._deadline is not None and self.socket is not None
+        sock = self.socket  # pynetdicom sets it to None when it closes the connection itself
+        assert self._deadline is not None and sock is not None
         idle = self.assoc.network_timeout
         data = bytearray()
         try:
@@ -399,8 +405,8 @@ class GuardedAssociationSocket(AssociationSocket):
                 remaining = self._deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError
-                self.socket.settimeout(remaining if idle is None else min(remaining, idle))
-                chunk = self.socket.recv(min(65_536, nr_bytes - len(data)))
+                sock.settimeout(remaining if idle is None else min(remaining, idle))
+                chunk = sock.recv(min(65_536, nr_bytes - len(data)))
                 if not chunk:
                     return self._ended(data, nr_bytes, "its A-ASSOCIATE-RQ", "closed")
                 data.extend(chunk)
@@ -417,6 +423,8 @@ class GuardedAssociationSocket(AssociationSocket):
             self._close_now()
             return bytearray()
         except OSError as exc:
+            if self._closed_locally():
+                return bytearray()
             LOG.info(
                 "connection from %s failed in its A-ASSOCIATE-RQ: %s (%s); closed",
                 self._peer(),
@@ -434,6 +442,8 @@ class GuardedAssociationSocket(AssociationSocket):
         shorter than expected, and the connection is closed."""
         if not data and self._header_next:
             return data
+        if self._closed_locally():
+            return bytearray()
         LOG.info(
             "connection from %s closed in the middle of %s (%d of %d bytes); %s",
             self._peer(),
@@ -444,6 +454,16 @@ class GuardedAssociationSocket(AssociationSocket):
         )
         self._close_now()
         return bytearray()
+
+    def _closed_locally(self) -> bool:
+        """Whether this side closed the connection while the read waited (pynetdicom's own abort,
+        e.g. after ``network_timeout`` with nothing received): then the read's end is not the
+        peer's doing and is not reported; pynetdicom's report of the short PDU is dropped too."""
+        if self.socket is not None and self._is_connected:
+            return False
+        self._closed_here = True
+        _DUL_THREAD.closed_here = True
+        return True
 
     def _refuse(self, pdu_type: int, length: int, limit: int, key: str) -> None:
         self._abort(
