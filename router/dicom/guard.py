@@ -371,26 +371,20 @@ class GuardedAssociationSocket(AssociationSocket):
                     return self._ended(data, nr_bytes, "a PDU", "association aborted")
                 data += chunk
         except TimeoutError:
-            if self._closed_locally():
-                return bytearray()
-            LOG.warning(
+            return self._peer_ended(
+                logging.WARNING,
                 "association with %s sent no data for %.0f s in the middle of a PDU (listener.network_timeout); closed",
                 self._peer(),
                 self.assoc.network_timeout,
             )
-            self._close_now()
-            return bytearray()
         except OSError as exc:
-            if self._closed_locally():
-                return bytearray()
-            LOG.info(
+            return self._peer_ended(
+                logging.INFO,
                 "connection from %s failed: %s (%s); association aborted",
                 self._peer(),
                 _reason(exc),
                 type(exc).__name__,
             )
-            self._close_now()
-            return bytearray()
         return data
 
     def _read(self, nr_bytes: int) -> bytearray:
@@ -423,16 +417,13 @@ class GuardedAssociationSocket(AssociationSocket):
             self._close_now()
             return bytearray()
         except OSError as exc:
-            if self._closed_locally():
-                return bytearray()
-            LOG.info(
+            return self._peer_ended(
+                logging.INFO,
                 "connection from %s failed in its A-ASSOCIATE-RQ: %s (%s); closed",
                 self._peer(),
                 _reason(exc),
                 type(exc).__name__,
             )
-            self._close_now()
-            return bytearray()
         return data
 
     def _ended(self, data: bytearray, nr_bytes: int, what: str, outcome: str) -> bytearray:
@@ -442,9 +433,8 @@ class GuardedAssociationSocket(AssociationSocket):
         shorter than expected, and the connection is closed."""
         if not data and self._header_next:
             return data
-        if self._closed_locally():
-            return bytearray()
-        LOG.info(
+        return self._peer_ended(
+            logging.INFO,
             "connection from %s closed in the middle of %s (%d of %d bytes); %s",
             self._peer(),
             what,
@@ -452,18 +442,19 @@ class GuardedAssociationSocket(AssociationSocket):
             nr_bytes,
             outcome,
         )
-        self._close_now()
-        return bytearray()
 
-    def _closed_locally(self) -> bool:
-        """Whether this side closed the connection while the read waited (pynetdicom's own abort,
-        e.g. after ``network_timeout`` with nothing received): then the read's end is not the
-        peer's doing and is not reported; pynetdicom's report of the short PDU is dropped too."""
+    def _peer_ended(self, level: int, message: str, *args: object) -> bytearray:
+        """A read ended early: log ``message`` at ``level`` and close, unless this side had
+        already closed the connection while the read waited (pynetdicom's own abort, e.g. after
+        ``network_timeout`` with nothing received): that end is not the peer's doing and is not
+        reported. Either way pynetdicom's report of the short PDU is dropped. Returns the short
+        read (nothing) for pynetdicom."""
         if self.socket is not None and self._is_connected:
-            return False
-        self._closed_here = True
-        _DUL_THREAD.closed_here = True
-        return True
+            LOG.log(level, message, *args)
+            self._close_now()
+        else:
+            self._mark_closed()
+        return bytearray()
 
     def _refuse(self, pdu_type: int, length: int, limit: int, key: str) -> None:
         self._abort(
@@ -490,14 +481,18 @@ class GuardedAssociationSocket(AssociationSocket):
 
     def _close_now(self) -> None:
         """Stop reading and writing at once; pynetdicom closes the socket when it sees the short read."""
-        self._closed_here = True
-        _DUL_THREAD.closed_here = True  # called from recv: this is the association's DUL thread
+        self._mark_closed()
         sock = self.socket
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def _mark_closed(self) -> None:
+        """No more reads on this connection, and pynetdicom's report of its short PDU dropped."""
+        self._closed_here = True
+        _DUL_THREAD.closed_here = True  # called from recv: this is the association's DUL thread
 
     def _peer(self) -> str:
         requestor = self.assoc.requestor

@@ -192,15 +192,9 @@ class RouterAssociationServer(ThreadedAssociationServer):
                 current.do_handshake()
             current.settimeout(None)  # pynetdicom expects a blocking socket (it selects before reading)
         except TimeoutError:
-            setting = (
-                "listener.association_request_timeout" if time.monotonic() >= deadline else "listener.acse_timeout"
-            )
-            LOG.info(
-                "connection from %s sent nothing or stalled for %.0f s (%s); closed",
-                peer,
-                time.monotonic() - started,
-                setting,
-            )
+            now = time.monotonic()
+            setting = "listener.association_request_timeout" if now >= deadline else "listener.acse_timeout"
+            LOG.info("connection from %s sent nothing or stalled for %.0f s (%s); closed", peer, now - started, setting)
             return _closed(current)
         except ssl.SSLError as exc:
             LOG.warning("TLS handshake with %s failed: %s", peer, exc.reason or exc)
