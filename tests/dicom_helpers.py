@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
@@ -14,7 +15,17 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 
+if TYPE_CHECKING:
+    from router.server import RouterServer
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def archived_file(server: RouterServer, sop_instance: str) -> Path:
+    """The one archived file of ``sop_instance`` (fails the test if there is none, or several)."""
+    paths = list(server.app.archive.root.rglob(f"{sop_instance}.dcm"))
+    assert len(paths) == 1
+    return paths[0]
 
 
 def pydicom_file(name: str) -> Path:

@@ -42,7 +42,7 @@ from tests.dicom_bytes import (
     pdv,
     uid,
 )
-from tests.dicom_helpers import make_dataset, write_part10
+from tests.dicom_helpers import archived_file, make_dataset, write_part10
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 LONGEST_UID = "1.2." + "3" * 60  # 64 characters
@@ -239,12 +239,6 @@ def _store(port: int, path: Path, *, max_pdu: int = 16382, **kwargs: object) -> 
     return int(status.Status)
 
 
-def _stored(server: RouterServer, sop_instance: str) -> Path:
-    paths = list(server.app.archive.root.rglob(f"{sop_instance}.dcm"))
-    assert len(paths) == 1
-    return paths[0]
-
-
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_c_store_from_a_c_move_takes_the_fast_path_and_is_archived_as_sent(
@@ -258,7 +252,7 @@ def test_a_c_store_from_a_c_move_takes_the_fast_path_and_is_archived_as_sent(
     assert [(r.sop_instance_uid, r.move_originator_ae_title, r.move_originator_message_id) for r in decoded if r] == [
         (dataset.SOPInstanceUID, "MOVE_SCP", 17)
     ]
-    stored = _stored(server, dataset.SOPInstanceUID)
+    stored = archived_file(server, dataset.SOPInstanceUID)
     data = stored.read_bytes()
     assert data[dataset_offset(stored) :] == source.read_bytes()[dataset_offset(source) :]
     meta = dcmread(stored, stop_before_pixels=True).file_meta
@@ -297,8 +291,8 @@ def test_a_command_set_the_codec_does_not_take_is_stored_by_pynetdicoms_path(
         raw.close()
     assert answers == [StoreStatus.SUCCESS, StoreStatus.SUCCESS]
     assert decoded == [None]  # the extra element was refused by the codec; the split one never reached it
-    _stored(server, "1.2.826.0.1.3680043.9.7433.3.1")
-    _stored(server, "1.2.826.0.1.3680043.9.7433.3.2")
+    archived_file(server, "1.2.826.0.1.3680043.9.7433.3.1")
+    archived_file(server, "1.2.826.0.1.3680043.9.7433.3.2")
 
 
 @pytest.mark.network
@@ -311,7 +305,7 @@ def test_a_response_larger_than_the_senders_maximum_pdu_is_fragmented_by_pynetdi
     # a 64-character UID twice makes the response command set 190 bytes: over 128 - 6
     assert len(store_codec.encode_store_response(1, str(dataset.SOPClassUID), LONGEST_UID, 0)) > 122
     assert _store(server.ports[0], source, max_pdu=128) == StoreStatus.SUCCESS
-    _stored(server, LONGEST_UID)
+    archived_file(server, LONGEST_UID)
 
 
 def _send_one(server: RouterServer, command: bytes, sop: str) -> tuple[int, bytes]:
@@ -368,7 +362,7 @@ def test_a_command_set_pynetdicom_cannot_decode_aborts_the_association_with_one_
     assert list(server.app.archive.incoming.iterdir()) == []
     source = write_part10(make_dataset(SOPInstanceUID=sop), tmp_path / "next.dcm")
     assert _store(server.ports[0], source) == StoreStatus.SUCCESS
-    _stored(server, sop)
+    archived_file(server, sop)
 
 
 @pytest.mark.network
@@ -468,8 +462,8 @@ def test_a_c_store_the_codec_decoded_is_served_in_the_thread_that_read_it(
     assert kind == 0x04
     assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.SUCCESS
     assert handler_threads == [DULServiceProvider, Association]
-    _stored(server, dataset.SOPInstanceUID)
-    _stored(server, sop)
+    archived_file(server, dataset.SOPInstanceUID)
+    archived_file(server, sop)
 
 
 @pytest.mark.network
@@ -501,7 +495,7 @@ def test_a_fault_serving_a_c_store_in_the_dul_thread_aborts_that_association_onl
     monkeypatch.setattr(service_class.StorageServiceClass, "SCP", real)
     dataset = make_dataset()
     assert _store(server.ports[0], write_part10(dataset, tmp_path / "in.dcm")) == StoreStatus.SUCCESS
-    _stored(server, dataset.SOPInstanceUID)
+    archived_file(server, dataset.SOPInstanceUID)
 
 
 @pytest.mark.network
@@ -524,12 +518,12 @@ def test_a_store_that_takes_longer_than_network_timeout_is_answered(
     dataset = make_dataset()
     with running_router(settings) as server:
         assert _store(server.ports[0], write_part10(dataset, tmp_path / "in.dcm")) == StoreStatus.SUCCESS
-        _stored(server, str(dataset.SOPInstanceUID))
+        archived_file(server, str(dataset.SOPInstanceUID))
 
 
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_command_set_and_its_data_set_in_one_p_data_tf_are_stored(
+def test_a_command_set_and_its_data_set_in_one_p_data_tf_arearchived_file(
     fast_path: None, server: RouterServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """PS3.8 section 9.3.5 lets one P-DATA-TF carry several PDVs: the command set and the whole
@@ -551,7 +545,7 @@ def test_a_command_set_and_its_data_set_in_one_p_data_tf_are_stored(
         raw.close()
     assert kind == 0x04
     assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.SUCCESS
-    _stored(server, sop)
+    archived_file(server, sop)
     assert list(server.app.archive.incoming.iterdir()) == []
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 

@@ -349,11 +349,14 @@ class GuardedAssociationSocket(AssociationSocket):
         self._close_now()
 
     def _read_established(self, nr_bytes: int) -> bytearray:
-        """pynetdicom's ``recv``, in reads of up to 256 KiB instead of its 4 KiB.
+        """pynetdicom's ``recv``, in reads of up to 256 KiB instead of its 4 KiB, straight into
+        the buffer returned.
 
         A 512 KB data set took 128 system calls and as many buffer extensions; now it takes as
-        many as the socket has data ready. Memory grows with what arrives, never with the
-        length a PDU header claims.
+        many as the socket has data ready, and the bytes are copied once, from the socket (not
+        into a new bytes object per read and then onto the end of the buffer: lever 40,
+        docs/benchmarks.md). The buffer is allocated 256 KiB at a time: memory grows with what
+        arrives, and by at most 256 KiB with what a PDU header claims.
 
         A read that fails is reported here in one line and answered like a closed connection (a
         short read: pynetdicom closes, Evt17, and the association is aborted, PS3.8 section
@@ -363,13 +366,17 @@ class GuardedAssociationSocket(AssociationSocket):
         """
         sock = self.socket  # pynetdicom sets it to None when it closes the connection itself
         assert sock is not None
-        data = bytearray()
+        data = bytearray(min(nr_bytes, _READ_SIZE))
+        got = 0
         try:
-            while len(data) < nr_bytes:
-                chunk = sock.recv(min(_READ_SIZE, nr_bytes - len(data)))
-                if not chunk:
-                    return self._ended(data, nr_bytes, "a PDU", "association aborted")
-                data += chunk
+            while got < nr_bytes:
+                if got == len(data):
+                    data += bytes(min(_READ_SIZE, nr_bytes - got))
+                with memoryview(data) as view:
+                    count = sock.recv_into(view[got:])
+                if not count:
+                    return self._ended(data[:got], nr_bytes, "a PDU", "association aborted")
+                got += count
         except TimeoutError:
             return self._peer_ended(
                 logging.WARNING,

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import _config, dimse_messages
 
-from router.dicom import negotiation, proposals, reactor, store_codec, user_items
+from router.dicom import negotiation, pdata, proposals, reactor, store_codec, user_items
 from router.dicom.extract import DEFAULT_MAX_INFLATED_BYTES, ReceivedFileUnreadable, UndecodableDataSet, read_header
 from router.dicom.spool import SpoolFile, spool_factory
 from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
@@ -79,6 +79,8 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
     reactor.install()
     # C-STORE command sets read and written directly instead of through pydicom Datasets.
     store_codec.install()
+    # P-DATA-TF PDUs read as views of the bytes received, not copied three times.
+    pdata.install()
     # No context with a malformed abstract syntax or a transfer syntax pydicom cannot read.
     negotiation.install(frozenset(STORAGE_TRANSFER_SYNTAXES))
     # A request seen before is not decoded and negotiated again (its answer is the same).

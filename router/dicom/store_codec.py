@@ -249,9 +249,8 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
                     return False
                 rest = P_DATA()
                 # the PDVs after the command set in the same P-DATA-TF (a data set may follow in
-                # it, PS3.8 section 9.3.5); pynetdicom's setter takes [ID, PDV] lists only
-                pdvs: Any = [[context, value] for context, value in items[1:]]  # typed as tuples, checked as lists
-                rest.presentation_data_value_list = pdvs
+                # it, PS3.8 section 9.3.5); appended, as the values may be views (router.dicom.pdata)
+                rest.presentation_data_value_list.extend(items[1:])
                 return _pynetdicom_decode(self, rest, assoc)
     return _pynetdicom_decode(self, primitive, assoc)
 

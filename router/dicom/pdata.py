@@ -1,0 +1,106 @@
+"""P-DATA-TF PDUs decoded into views of the bytes received, not copies of them.
+
+pynetdicom copies every P-DATA-TF PDU three times on its way to the DIMSE layer: the whole PDU
+into a new ``bytes`` (``DULServiceProvider._decode_pdu``), each presentation data value out of
+it (``P_DATA_TF._generate_items``), and each value again without its message control header
+when it is written to the data set's spool file (``DIMSEMessage.decode_msg``). For a 512 KB
+data set that is 1.5 MB of copying, on the listener's hot path (docs/benchmarks.md, lever 40).
+
+:func:`decode_pdata` reads the PDV items (PS3.8 section 9.3.5.1: item length, presentation
+context ID, value) as ``memoryview`` slices of the PDU; the P-DATA primitive carries those
+views, and the DIMSE layer's slices of them are views too. It takes only a well-formed PDU,
+with every item at least 2 bytes long (context ID and message control header, PS3.8 Annex E.2)
+and the items filling the PDU exactly; anything else, and any association with handlers bound
+to the raw-data or PDU events (``--verbose``), goes through pynetdicom's decoder unchanged, with
+its own answers (an A-ABORT for a malformed PDU).
+
+:func:`install` patches pynetdicom once per process, like :mod:`router.dicom.reactor`.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
+
+#: PDU type of a P-DATA-TF (PS3.8 section 9.3.1) and the state machine event of its receipt
+#: (PS3.8 Table 9-10, Evt10).
+P_DATA_TF_TYPE = 0x04
+P_DATA_TF_RECEIVED = "Evt10"
+_HEADER = 6  # PDU type, reserved, PDU length
+_ITEM_HEADER = struct.Struct(">LB")  # item length (context ID and value), presentation context ID
+
+_LOCK = threading.Lock()
+_ORIGINAL: dict[str, Any] = {}
+
+
+class ReceivedPData:
+    """A P-DATA-TF PDU as :func:`decode_pdata` read it: ``items`` are ``(context ID, value)``
+    with each value a ``memoryview`` of the received bytes (message control header first)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[int, memoryview]]) -> None:
+        self.items = items
+
+    def to_primitive(self) -> P_DATA:
+        """The P-DATA primitive the state machine hands to the DIMSE layer (action DT-2)."""
+        primitive = P_DATA()
+        # appended, as pynetdicom's P_DATA_TF.to_primitive does: the setter accepts bytes only
+        primitive.presentation_data_value_list.extend(self.items)  # type: ignore[arg-type]
+        return primitive
+
+
+def decode_pdata(pdu: bytearray | bytes) -> ReceivedPData | None:
+    """The PDV items of the P-DATA-TF PDU ``pdu`` (its 6-byte header included), or ``None`` if
+    it is not a P-DATA-TF or not one this reader takes (see the module docstring).
+
+    Values are views of ``pdu``, which must not change while they are in use.
+    """
+    if len(pdu) < _HEADER + _ITEM_HEADER.size + 1 or pdu[0] != P_DATA_TF_TYPE:
+        return None
+    end = len(pdu)
+    if int.from_bytes(pdu[2:6], "big") != end - _HEADER:
+        return None
+    view = memoryview(pdu)
+    items: list[tuple[int, memoryview]] = []
+    offset = _HEADER
+    while offset < end:
+        if end - offset < _ITEM_HEADER.size + 1:
+            return None
+        length, context_id = _ITEM_HEADER.unpack_from(pdu, offset)
+        value_end = offset + 4 + length
+        if length < 2 or value_end > end:
+            return None
+        items.append((context_id, view[offset + _ITEM_HEADER.size : value_end]))
+        offset = value_end
+    return ReceivedPData(items)
+
+
+def _decode_pdu(self: DULServiceProvider, bytestream: bytearray) -> tuple[Any, str]:
+    """DULServiceProvider._decode_pdu: a P-DATA-TF read by :func:`decode_pdata` when no handler
+    wants the raw bytes or the PDU; everything else by pynetdicom."""
+    if bytestream[:1] == b"\x04" and not (
+        self.assoc.get_handlers(evt.EVT_DATA_RECV) or self.assoc.get_handlers(evt.EVT_PDU_RECV)
+    ):
+        pdata = decode_pdata(bytestream)
+        if pdata is not None:
+            return pdata, P_DATA_TF_RECEIVED
+    return _ORIGINAL["decode_pdu"](self, bytestream)
+
+
+def installed() -> bool:
+    """True once :func:`install` has patched pynetdicom in this process."""
+    return bool(_ORIGINAL)
+
+
+def install() -> None:
+    """Decode P-DATA-TF PDUs with :func:`decode_pdata` from now on (idempotent)."""
+    with _LOCK:
+        if not _ORIGINAL:
+            _ORIGINAL["decode_pdu"] = DULServiceProvider._decode_pdu
+            DULServiceProvider._decode_pdu = _decode_pdu  # type: ignore[method-assign]

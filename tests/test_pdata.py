@@ -1,0 +1,186 @@
+"""P-DATA-TF PDUs read as views (router/dicom/pdata.py): the same PDVs as pynetdicom's decoder,
+pynetdicom's own decoder for anything else, and data sets stored byte for byte over real
+associations."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE, evt
+from pynetdicom.dsutils import decode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from router.dicom import pdata
+from router.dicom.status import StoreStatus
+from router.part10 import dataset_offset
+from router.server import RouterServer
+from tests.dicom_bytes import CT_IMAGE_STORAGE, RawAssociation, c_store_command, identifiers, p_data_tf, pdv
+from tests.dicom_helpers import archived_file, make_dataset, write_part10
+
+
+def _pynetdicom_pdvs(pdu: bytes) -> list[tuple[int, bytes]]:
+    decoded = P_DATA_TF()
+    decoded.decode(pdu)
+    return [(context_id, bytes(value)) for context_id, value in decoded.to_primitive().presentation_data_value_list]
+
+
+WELL_FORMED = [
+    pytest.param(p_data_tf(pdv(b"\x08\x00\x16\x00", command=True, last=True)), id="one-command-pdv"),
+    pytest.param(
+        p_data_tf(pdv(b"C" * 40, command=True, last=True), pdv(b"D" * 301, command=False, last=False, context_id=3)),
+        id="command-and-data-set",
+    ),
+    pytest.param(
+        p_data_tf(
+            pdv(b"", command=False, last=False, context_id=255),  # only the control header
+            pdv(bytes(range(256)) * 4, command=False, last=False, context_id=255),
+            pdv(b"\x00", command=False, last=True, context_id=255),
+        ),
+        id="three-data-set-pdvs",
+    ),
+]
+
+
+@pytest.mark.parametrize("pdu", WELL_FORMED)
+def test_a_p_data_tf_is_read_as_views_of_the_pdvs_pynetdicom_reads(pdu: bytes) -> None:
+    received = bytearray(pdu)  # as the DUL hands it over
+    decoded = pdata.decode_pdata(received)
+    assert decoded is not None
+    assert all(isinstance(value, memoryview) for _, value in decoded.items)
+    assert [(context_id, bytes(value)) for context_id, value in decoded.items] == _pynetdicom_pdvs(pdu)
+    primitive = decoded.to_primitive()
+    assert [(context_id, bytes(value)) for context_id, value in primitive.presentation_data_value_list] == (
+        _pynetdicom_pdvs(pdu)
+    )
+    # views, not copies: the value of the last PDV starts where its item's header ends
+    last = decoded.items[-1][1]
+    assert last.obj is received and len(last) == struct.unpack(">I", pdu[-len(last) - 5 : -len(last) - 1])[0] - 1
+
+
+ONE_PDV = pdv(b"\x08\x00\x16\x00", command=True, last=True)
+LEFT_TO_PYNETDICOM = [
+    pytest.param(b"\x01\x00" + ONE_PDV[:4] + ONE_PDV, id="not-a-p-data-tf"),
+    pytest.param(p_data_tf(), id="no-pdv"),
+    pytest.param(p_data_tf(struct.pack(">IB", 0, 1)), id="item-length-0"),
+    pytest.param(p_data_tf(struct.pack(">IB", 1, 1)), id="item-without-control-header"),
+    pytest.param(p_data_tf(ONE_PDV[:-1]), id="item-runs-past-the-pdu"),
+    pytest.param(p_data_tf(ONE_PDV, b"\x00\x00\x00"), id="bytes-after-the-last-item"),
+    pytest.param(b"\x04\x00" + struct.pack(">I", len(ONE_PDV) + 1) + ONE_PDV, id="pdu-length-not-the-bytes"),
+]
+
+
+@pytest.mark.parametrize("pdu", LEFT_TO_PYNETDICOM)
+def test_a_pdu_it_does_not_take_is_left_to_pynetdicom(pdu: bytes) -> None:
+    assert pdata.decode_pdata(bytearray(pdu)) is None
+
+
+# ----------------------------------------------------------------------------- over the network
+
+
+@pytest.fixture
+def read_as_views(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of PDVs of each P-DATA-TF this module decoded (a spy around the real reader)."""
+    seen: list[int] = []
+    real = pdata.decode_pdata
+
+    def spy(pdu: bytearray | bytes) -> pdata.ReceivedPData | None:
+        decoded = real(pdu)
+        if decoded is not None:
+            seen.append(len(decoded.items))
+        return decoded
+
+    monkeypatch.setattr(pdata, "decode_pdata", spy)
+    return seen
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_512_kib_data_set_in_several_pdus_is_stored_byte_for_byte(
+    server: RouterServer, tmp_path: Path, read_as_views: list[int]
+) -> None:
+    assert pdata.installed()
+    dataset = make_dataset(Rows=512, Columns=512, PixelData=bytes(range(256)) * 2048)
+    source = write_part10(dataset, tmp_path / "in.dcm")
+    ae = AE(ae_title="PDATA_SCU")
+    meta = dcmread(source, stop_before_pixels=True).file_meta
+    ae.requested_contexts = [build_context(CT_IMAGE_STORAGE, [str(meta.TransferSyntaxUID)])]
+    assoc = ae.associate("127.0.0.1", server.ports[0], ae_title="ROUTER")
+    assert assoc.is_established
+    try:
+        assert int(assoc.send_c_store(source).Status) == StoreStatus.SUCCESS
+    finally:
+        assoc.release()
+    stored = archived_file(server, dataset.SOPInstanceUID)
+    assert stored.read_bytes()[dataset_offset(stored) :] == source.read_bytes()[dataset_offset(source) :]
+    # the router offers 256 KiB PDUs (listener.max_pdu_length): the command set, then the
+    # 524,288 bytes of Pixel Data and the rest of the data set in three; and the C-STORE-RSP,
+    # which this process's SCU read the same way
+    assert read_as_views == [1, 1, 1, 1, 1]
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_command_set_and_its_data_set_in_one_pdu_arearchived_file(
+    server: RouterServer, read_as_views: list[int]
+) -> None:
+    """Several PDVs in one P-DATA-TF (PS3.8 section 9.3.5): the command set, then the data set in
+    three fragments, the views of one buffer."""
+    sop = "1.2.826.0.1.3680043.9.7433.3.40"
+    body = identifiers(sop, "1.2.826.0.1.3680043.9.7433.1.40", "1.2.826.0.1.3680043.9.7433.2.40")
+    cut = [0, len(body) // 3, 2 * len(body) // 3, len(body)]
+    fragments = [pdv(body[start:end], command=False, last=end == len(body)) for start, end in itertools.pairwise(cut)]
+    raw = RawAssociation(server.ports[0])
+    try:
+        assert raw.associate(max_pdu=0) == 0x02
+        raw.send(p_data_tf(pdv(c_store_command(CT_IMAGE_STORAGE, sop), command=True, last=True), *fragments))
+        kind, answer = raw.read_pdu()
+    finally:
+        raw.close()
+    assert kind == 0x04
+    assert decode(BytesIO(answer[6:]), True, True).Status == StoreStatus.SUCCESS
+    stored = archived_file(server, sop)
+    assert stored.read_bytes()[dataset_offset(stored) :] == body
+    assert read_as_views == [4]
+
+
+@pytest.fixture
+def verification_scp() -> Iterator[tuple[AE, list[object]]]:
+    """A pynetdicom Verification SCP in this process (where the router's patches are installed),
+    with a handler bound to EVT_PDU_RECV that records the class of each PDU it is given."""
+    pdata.install()
+    seen: list[object] = []
+    ae = AE(ae_title="ECHO_SCP")
+    ae.add_supported_context(Verification)
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_PDU_RECV, lambda event: seen.append(type(event.pdu)))]
+    )
+    try:
+        yield ae, seen
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.network
+def test_with_a_handler_for_received_pdus_pynetdicom_decodes_them(
+    verification_scp: tuple[AE, list[object]], read_as_views: list[int]
+) -> None:
+    scp, seen = verification_scp
+    port = scp._servers[0].server_address[1]
+    scu = AE(ae_title="ECHO_SCU")
+    scu.add_requested_context(Verification)
+    assoc = scu.associate("127.0.0.1", port, ae_title="ECHO_SCP")
+    assert assoc.is_established
+    try:
+        assert int(assoc.send_c_echo().Status) == 0x0000  # the echo response, read by the SCU as views
+    finally:
+        assoc.release()
+    assert P_DATA_TF in seen  # the SCP's handler got pynetdicom's own PDU
+    assert read_as_views == [1]  # only the SCU's read of the response went through this module
