@@ -19,6 +19,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router.dicom import pdata
+from router.dicom.guard import GuardedAssociationSocket
 from router.dicom.status import StoreStatus
 from router.part10 import dataset_offset
 from router.server import RouterServer
@@ -95,16 +96,33 @@ def read_as_views(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         decoded = real(pdu)
         if decoded is not None:
             seen.append(len(decoded.items))
+            decoded_buffers.append(pdu)
         return decoded
 
+    decoded_buffers: list[bytearray | bytes] = []
     monkeypatch.setattr(pdata, "decode_pdata", spy)
+    spy.buffers = decoded_buffers  # type: ignore[attr-defined]
+    return seen
+
+
+@pytest.fixture
+def whole_pdus(monkeypatch: pytest.MonkeyPatch) -> list[bytearray]:
+    """Each PDU the listener's guarded socket read in one buffer (a spy around the real read)."""
+    seen: list[bytearray] = []
+    real = GuardedAssociationSocket.read_pdu
+
+    def spy(self: GuardedAssociationSocket) -> bytearray:
+        seen.append(real(self))
+        return seen[-1]
+
+    monkeypatch.setattr(GuardedAssociationSocket, "read_pdu", spy)
     return seen
 
 
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_512_kib_data_set_in_several_pdus_is_stored_byte_for_byte(
-    server: RouterServer, tmp_path: Path, read_as_views: list[int]
+    server: RouterServer, tmp_path: Path, read_as_views: list[int], whole_pdus: list[bytearray]
 ) -> None:
     assert pdata.installed()
     dataset = make_dataset(Rows=512, Columns=512, PixelData=bytes(range(256)) * 2048)
@@ -124,6 +142,12 @@ def test_a_512_kib_data_set_in_several_pdus_is_stored_byte_for_byte(
     # 524,288 bytes of Pixel Data and the rest of the data set in three; and the C-STORE-RSP,
     # which this process's SCU read the same way
     assert read_as_views == [1, 1, 1, 1, 1]
+    # the router's four P-DATA-TFs were decoded from the very buffers its socket read them into
+    # (header and body together, lever 41): no copy in between
+    decoded = pdata.decode_pdata.buffers  # type: ignore[attr-defined]
+    p_data_reads = [pdu for pdu in whole_pdus if pdu[0] == 0x04]
+    assert len(p_data_reads) == 4 and all(any(pdu is buffer for buffer in decoded) for pdu in p_data_reads)
+    assert sum(len(pdu) for pdu in p_data_reads[1:]) > 512 * 1024
 
 
 @pytest.mark.network

@@ -58,6 +58,8 @@ A_ASSOCIATE_RJ_CALLING_AE = struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 1, 1, 3)
 #: Offset of the Calling-AE-title field in an A-ASSOCIATE-RQ body (after the 6-byte header):
 #: protocol version (2), reserved (2), Called-AE-title (16). PS3.8 section 9.3.2, Table 9-11.
 _CALLING_AE_OFFSET = 20
+#: PDU type of a P-DATA-TF (PS3.8 section 9.3.1).
+P_DATA_TF = 0x04
 #: Largest single read from an established association's socket, in bytes.
 _READ_SIZE = 262_144
 #: Set in a network (DUL) thread once this module closed its connection (see ClosedHereFilter).
@@ -316,6 +318,26 @@ class GuardedAssociationSocket(AssociationSocket):
         self._pdu_type = pdu_type
         return data
 
+    def read_pdu(self) -> bytearray:
+        """The next PDU, header and body in one buffer: what ``recv(6)`` then ``recv(length)``
+        return, joined (shorter than the header says when a read ended early, empty when the
+        connection was closed or the PDU refused at its header).
+
+        For :mod:`router.dicom.pdata`'s reader of pynetdicom's ``_read_pdu_data``, which
+        joined the two with a copy of the body: a P-DATA-TF body on an established
+        association is read straight into the buffer after its header instead (lever 41,
+        docs/benchmarks.md).
+        """
+        head = self.recv(6)
+        if len(head) < 6:
+            return head
+        length = int.from_bytes(head[2:6], "big")
+        if head[0] != P_DATA_TF or self._deadline is not None or self._closed_here:
+            return head + self.recv(length)
+        pdu = self._read_established(length, head)
+        self._header_next = True
+        return pdu
+
     def _certificate_refusal(self, field: bytes) -> str | None:
         """Why the calling AE title in ``field`` may not use this connection, or ``None``."""
         calling = field.decode("ascii", "replace").strip()
@@ -348,7 +370,7 @@ class GuardedAssociationSocket(AssociationSocket):
                 pass
         self._close_now()
 
-    def _read_established(self, nr_bytes: int) -> bytearray:
+    def _read_established(self, nr_bytes: int, head: bytes | bytearray = b"") -> bytearray:
         """pynetdicom's ``recv``, in reads of up to 256 KiB instead of its 4 KiB, straight into
         the buffer returned.
 
@@ -356,7 +378,8 @@ class GuardedAssociationSocket(AssociationSocket):
         many as the socket has data ready, and the bytes are copied once, from the socket (not
         into a new bytes object per read and then onto the end of the buffer: lever 40,
         docs/benchmarks.md). The buffer is allocated 256 KiB at a time: memory grows with what
-        arrives, and by at most 256 KiB with what a PDU header claims.
+        arrives, and by at most 256 KiB with what a PDU header claims. ``head`` (bytes read
+        before, a PDU's header) starts the buffer.
 
         A read that fails is reported here in one line and answered like a closed connection (a
         short read: pynetdicom closes, Evt17, and the association is aborted, PS3.8 section
@@ -366,16 +389,18 @@ class GuardedAssociationSocket(AssociationSocket):
         """
         sock = self.socket  # pynetdicom sets it to None when it closes the connection itself
         assert sock is not None
-        data = bytearray(min(nr_bytes, _READ_SIZE))
-        got = 0
+        start = got = len(head)
+        end = start + nr_bytes
+        data = bytearray(min(end, start + _READ_SIZE))
+        data[:start] = head
         try:
-            while got < nr_bytes:
+            while got < end:
                 if got == len(data):
-                    data += bytes(min(_READ_SIZE, nr_bytes - got))
+                    data += bytes(min(_READ_SIZE, end - got))
                 with memoryview(data) as view:
                     count = sock.recv_into(view[got:])
                 if not count:
-                    return self._ended(data[:got], nr_bytes, "a PDU", "association aborted")
+                    return self._ended(data[start:got], nr_bytes, "a PDU", "association aborted")
                 got += count
         except TimeoutError:
             return self._peer_ended(

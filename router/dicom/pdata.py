@@ -1,10 +1,16 @@
 """P-DATA-TF PDUs decoded into views of the bytes received, not copies of them.
 
-pynetdicom copies every P-DATA-TF PDU three times on its way to the DIMSE layer: the whole PDU
-into a new ``bytes`` (``DULServiceProvider._decode_pdu``), each presentation data value out of
-it (``P_DATA_TF._generate_items``), and each value again without its message control header
-when it is written to the data set's spool file (``DIMSEMessage.decode_msg``). For a 512 KB
-data set that is 1.5 MB of copying, on the listener's hot path (docs/benchmarks.md, lever 40).
+pynetdicom copies every P-DATA-TF PDU four times on its way to the DIMSE layer: its body onto
+the end of its header (``DULServiceProvider._read_pdu_data``), the whole PDU into a new
+``bytes`` (``_decode_pdu``), each presentation data value out of it
+(``P_DATA_TF._generate_items``), and each value again without its message control header when
+it is written to the data set's spool file (``DIMSEMessage.decode_msg``). For a 512 KB data set
+that is 2 MB of copying, on the listener's hot path (docs/benchmarks.md, levers 40 and 41).
+
+A socket with a ``read_pdu()`` method (the listener's guarded socket,
+:meth:`router.dicom.guard.GuardedAssociationSocket.read_pdu`) gives the whole PDU in one
+buffer, which :func:`_read_pdu_data` hands on as it is; pynetdicom's reader is used for any
+other socket (the router's own associations as an SCU).
 
 :func:`decode_pdata` reads the PDV items (PS3.8 section 9.3.5.1: item length, presentation
 context ID, value) as ``memoryview`` slices of the PDU; the P-DATA primitive carries those
@@ -19,6 +25,7 @@ its own answers (an A-ABORT for a malformed PDU).
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 from typing import Any
@@ -33,6 +40,11 @@ P_DATA_TF_TYPE = 0x04
 P_DATA_TF_RECEIVED = "Evt10"
 _HEADER = 6  # PDU type, reserved, PDU length
 _ITEM_HEADER = struct.Struct(">LB")  # item length (context ID and value), presentation context ID
+
+#: PDU types PS3.8 section 9.3.1 defines (A-ASSOCIATE-RQ to A-ABORT).
+PDU_TYPES = frozenset(range(0x01, 0x08))
+#: pynetdicom's DUL logger: its reports keep their logger, so the filters on it still apply.
+DUL_LOG = logging.getLogger("pynetdicom.dul")
 
 _LOCK = threading.Lock()
 _ORIGINAL: dict[str, Any] = {}
@@ -93,14 +105,54 @@ def _decode_pdu(self: DULServiceProvider, bytestream: bytearray) -> tuple[Any, s
     return _ORIGINAL["decode_pdu"](self, bytestream)
 
 
+def _read_pdu_data(self: DULServiceProvider) -> None:
+    """DULServiceProvider._read_pdu_data: the PDU from the socket's ``read_pdu()`` in one buffer,
+    then pynetdicom's steps unchanged (its events, and its reports in its logger's words)."""
+    read_pdu = getattr(self.socket, "read_pdu", None)
+    if read_pdu is None:
+        _ORIGINAL["read_pdu_data"](self)
+        return
+    try:
+        pdu = read_pdu()
+    except (OSError, TimeoutError) as exc:
+        DUL_LOG.error("Connection closed before the entire PDU was received")
+        DUL_LOG.exception(exc)
+        self.event_queue.put("Evt17")  # transport connection closed
+        return
+    if len(pdu) < _HEADER:
+        self.event_queue.put("Evt17")
+        return
+    pdu_type, length = pdu[0], int.from_bytes(pdu[2:6], "big")
+    if pdu_type not in PDU_TYPES:
+        DUL_LOG.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+        self.event_queue.put("Evt19")  # unrecognised or invalid PDU
+        return
+    if len(pdu) != _HEADER + length:
+        DUL_LOG.error(f"The received PDU is shorter than expected ({len(pdu)} of {_HEADER + length} bytes received)")
+        self.event_queue.put("Evt17")
+        return
+    try:
+        decoded, event = self._decode_pdu(pdu)
+        self.event_queue.put(event)
+    except Exception as exc:  # noqa: BLE001 - as pynetdicom: any decoding failure is Evt19
+        DUL_LOG.error("Unable to decode the received PDU data")
+        DUL_LOG.exception(exc)
+        self.event_queue.put("Evt19")
+        return
+    self._recv_pdu.put(decoded)
+
+
 def installed() -> bool:
     """True once :func:`install` has patched pynetdicom in this process."""
     return bool(_ORIGINAL)
 
 
 def install() -> None:
-    """Decode P-DATA-TF PDUs with :func:`decode_pdata` from now on (idempotent)."""
+    """Read PDUs with :func:`_read_pdu_data` and decode P-DATA-TF PDUs with :func:`decode_pdata`
+    from now on (idempotent)."""
     with _LOCK:
         if not _ORIGINAL:
             _ORIGINAL["decode_pdu"] = DULServiceProvider._decode_pdu
+            _ORIGINAL["read_pdu_data"] = DULServiceProvider._read_pdu_data
             DULServiceProvider._decode_pdu = _decode_pdu  # type: ignore[method-assign]
+            DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
