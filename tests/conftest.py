@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import os
 import shutil
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -173,6 +174,20 @@ def server(live_app: RouterApp) -> Iterator[RouterServer]:
         yield router_server
     finally:
         router_server.stop(drain_timeout=2)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount's syntax: ``64k``, ``2m``) at the new folder ``mount``, for a real
+    full disk (root ignores file modes); skips the test where mounting is not allowed."""
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from router.app import RouterApp
 from router.db.models import Instance
 from router.dicom.status import StoreStatus
 from router.server import RouterServer
-from tests.conftest import PG_URL, make_settings
+from tests.conftest import PG_URL, make_settings, mounted_tmpfs
 from tests.dicom_helpers import make_dataset, send_paths, write_part10
 
 pytestmark = pytest.mark.network
@@ -42,17 +42,8 @@ def _echo(port: int) -> int:
 @pytest.fixture
 def small_archive(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs mounted as the archive (root ignores file modes, so a real full disk is needed)."""
-    mount = tmp_path / "archive"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "archive", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def _start(tmp_path: Path, archive: Path | None = None, **database: object) -> RouterServer:

@@ -36,11 +36,18 @@ LOG = logging.getLogger(__name__)
 class InstanceStore(Protocol):
     """What the handler needs from the intake service."""
 
-    def store(self, header: InstanceHeader, temp_path: Path, sender: Any) -> Any:
-        """Keep the instance; raise ArchiveError or IndexWriteError on failure."""
+    def store(self, header: InstanceHeader, temp_path: Path, sender: Any, digest: tuple[str, int] | None = None) -> Any:
+        """Keep the instance; raise ArchiveError or IndexWriteError on failure. ``digest``: the
+        data set's SHA-256 and the file's size, when already known."""
 
 
 SenderFactory = Callable[[str, str], Any]
+
+
+def _spool_digest(event: Any) -> tuple[str, int] | None:
+    """The data set's SHA-256 and file size its spool file computed while receiving, if it did."""
+    spool = getattr(event.request, "_dataset_file", None)
+    return spool.data_set_digest if isinstance(spool, SpoolFile) else None
 
 
 def configure_pynetdicom(incoming_dir: Path) -> None:
@@ -205,7 +212,7 @@ class StoreHandler:
             )
             return _status(code, comment)
         try:
-            outcome = self.store.store(header, temp_path, sender)
+            outcome = self.store.store(header, temp_path, sender, _spool_digest(event))
         except ArchiveError as exc:
             self.conditions.failed("archive", f"archive write failed: {exc}; answering 0xA700")
             return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "archive write failed; retry later")

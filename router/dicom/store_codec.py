@@ -329,6 +329,9 @@ def _begin_store(message: DIMSEMessage, context_id: int, request: StoreRequest, 
     message._data_set_file = spool
     message._data_set_path = Path(spool.name)
     spool.write(encode_file_meta(request.sop_class_uid, request.sop_instance_uid, str(transfer_syntax)))
+    begin = getattr(spool, "begin_data_set", None)  # router.dicom.spool: hashed as it arrives
+    if begin is not None:
+        begin()
 
 
 def _trusted_uid(value: str) -> UID:

@@ -91,11 +91,15 @@ class IntakeService:
         """The archive this service writes to."""
         return self._archive
 
-    def store(self, header: InstanceHeader, temp_path: Path, sender: Sender) -> StoreOutcome:
+    def store(
+        self, header: InstanceHeader, temp_path: Path, sender: Sender, digest: tuple[str, int] | None = None
+    ) -> StoreOutcome:
         """Durably keep and index the Part 10 file at ``temp_path`` (consumed).
 
         ``header`` must carry validated UIDs (the DICOM layer answers 0xC000-range statuses
-        otherwise).
+        otherwise). ``digest`` is ``(SHA-256 hex of the data set, file size in bytes)`` when the
+        receiver computed it while writing the file (:class:`router.dicom.spool.SpoolFile`);
+        otherwise the file is read back to compute it.
 
         Raises
         ------
@@ -109,7 +113,7 @@ class IntakeService:
         assert header.study_instance_uid and header.series_instance_uid and header.sop_instance_uid
         if self.report_hook is not None and self.report_hook(header, temp_path):
             return StoreOutcome.STORED
-        sha256, size = dataset_sha256(temp_path)
+        sha256, size = digest if digest is not None else dataset_sha256(temp_path)
         relative_path = self._archive.instance_relpath(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )

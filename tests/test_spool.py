@@ -1,0 +1,125 @@
+"""Spool files (router/dicom/spool.py): the data set's SHA-256 computed while it is written is the
+one read back from the file, and the intake service uses it instead of reading the file again."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pynetdicom.dsutils import decode
+from sqlalchemy import select
+
+from router.archive import dataset_sha256
+from router.db.models import Instance
+from router.dicom import store_codec
+from router.dicom.spool import SpoolFile
+from router.dicom.status import StoreStatus
+from router.server import RouterServer
+from router.services import intake
+from tests.conftest import mounted_tmpfs
+from tests.dicom_bytes import CT_IMAGE_STORAGE, RawAssociation, c_store_command, identifiers, p_data
+from tests.dicom_helpers import archived_file, make_dataset, send_paths, write_part10
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def _spool_of(tmp_path: Path, data_set_parts: list[bytes], *, begin: bool = True) -> SpoolFile:
+    spool = SpoolFile(tmp_path)
+    spool.write(store_codec.encode_file_meta(CT_IMAGE_STORAGE, "1.2.3.4", EXPLICIT_LE))
+    if begin:
+        spool.begin_data_set()
+    for part in data_set_parts:
+        spool.write(memoryview(part)[1:] if part[:1] == b"!" else part)  # views, as the listener writes them
+    spool.close()
+    return spool
+
+
+def test_the_digest_written_is_the_one_read_back(tmp_path: Path) -> None:
+    parts = [b"\x08\x00\x16\x00UI\x08\x001.2.3.4\x00", b"!" + bytes(range(256)) * 1000, b"", b"!\x00\x01"]
+    spool = _spool_of(tmp_path, parts)
+    data_set = b"".join(part[1:] if part[:1] == b"!" else part for part in parts)
+    assert spool.data_set_digest == dataset_sha256(Path(spool.name))
+    assert spool.data_set_digest == (hashlib.sha256(data_set).hexdigest(), Path(spool.name).stat().st_size)
+
+
+def test_without_the_data_set_start_there_is_no_digest(tmp_path: Path) -> None:
+    assert _spool_of(tmp_path, [b"\x08\x00\x16\x00"], begin=False).data_set_digest is None
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a real full disk."""
+    with mounted_tmpfs(tmp_path / "tiny", "64k") as mount:
+        yield mount
+
+
+def test_after_a_failed_write_there_is_no_digest(tiny_disk: Path) -> None:
+    spool = _spool_of(tiny_disk, [bytes(200_000)])
+    assert spool.failed
+    assert spool.data_set_digest is None
+    assert list(tiny_disk.iterdir()) == []  # nothing partial stays
+
+
+# ----------------------------------------------------------------------------- over the network
+
+
+@pytest.fixture
+def files_read_back(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Each file the intake service read back to hash (a spy around the real function)."""
+    seen: list[Path] = []
+    real = intake.dataset_sha256
+
+    def spy(path: Path, offset: int | None = None) -> tuple[str, int]:
+        seen.append(path)
+        return real(path, offset)
+
+    monkeypatch.setattr(intake, "dataset_sha256", spy)
+    return seen
+
+
+def _indexed(server: RouterServer, sop_instance: str) -> tuple[str, int]:
+    with server.app.sessions() as session:
+        row = session.scalars(select(Instance).where(Instance.sop_instance_uid == sop_instance)).one()
+    return row.dataset_sha256, row.size_bytes
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_data_set_the_codec_received_is_indexed_with_its_digest_without_reading_it_back(
+    server: RouterServer, tmp_path: Path, files_read_back: list[Path]
+) -> None:
+    dataset = make_dataset(Rows=256, Columns=256, PixelData=bytes(range(256)) * 512)
+    source = write_part10(dataset, tmp_path / "in.dcm")
+    assert send_paths(server.ports[0], [source]) == [StoreStatus.SUCCESS]
+    stored = archived_file(server, dataset.SOPInstanceUID)
+    assert _indexed(server, dataset.SOPInstanceUID) == dataset_sha256(stored)
+    assert files_read_back == []
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_data_set_pynetdicom_received_is_read_back_for_its_digest(
+    server: RouterServer, files_read_back: list[Path]
+) -> None:
+    """A command set in two fragments goes through pynetdicom's decoder, which writes the File
+    Meta Information itself: the spool file does not know where the data set starts."""
+    sop = "1.2.826.0.1.3680043.9.7433.3.77"
+    body = identifiers(sop, "1.2.826.0.1.3680043.9.7433.1.77", "1.2.826.0.1.3680043.9.7433.2.77")
+    command = c_store_command(CT_IMAGE_STORAGE, sop)
+    raw = RawAssociation(server.ports[0])
+    try:
+        assert raw.associate(max_pdu=0) == 0x02
+        raw.send(p_data(command[:20], command=True, last=False))
+        raw.send(p_data(command[20:], command=True, last=True))
+        raw.send(p_data(body, command=False, last=True))
+        kind, answer = raw.read_pdu()
+    finally:
+        raw.close()
+    assert kind == 0x04
+    assert decode(BytesIO(answer[6:]), True, True).Status == StoreStatus.SUCCESS
+    assert len(files_read_back) == 1
+    stored = archived_file(server, sop)
+    assert _indexed(server, sop) == (hashlib.sha256(body).hexdigest(), stored.stat().st_size)
