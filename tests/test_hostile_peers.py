@@ -577,8 +577,8 @@ def test_a_peer_stalling_inside_a_pdu_is_one_warning(
     guard = (
         "router.dicom.guard",
         "WARNING",
-        f"association with 'RAW_SCU' at 127.0.0.1:{local_port} sent no data for 1 s in the middle of a PDU "
-        "(listener.network_timeout); closed",
+        f"association with 'RAW_SCU' at 127.0.0.1:{local_port} sent 994 of 8006 bytes of a PDU and no more "
+        "within 1 s of the PDU before (listener.network_timeout); closed",
     )
     idle = (
         "pynetdicom.association",
@@ -761,3 +761,51 @@ def test_another_dimse_request_on_a_storage_context_is_aborted_with_one_warning(
             "PS3.4 Annex B); A-ABORT sent",
         )
     ]
+
+
+def test_a_peer_trickling_inside_a_pdu_is_closed_at_network_timeout(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A byte every 0.3 s inside a PDU, never silent for network_timeout (1 s): pynetdicom's idle
+    timer decided to abort after 1 s, but its association thread could not stop the read, and
+    the connection stayed open for as long as the trickle went on (15 s here, found by a
+    hostile-peer trial). Now the read ends at the timer's expiry: closed, one WARNING line from
+    the guard (beside pynetdicom's own), the partial data set removed, the listener serving."""
+    install_library_guards(verbose=False)  # as `router serve` does
+    caplog.set_level(logging.INFO)
+    with _router(tmp_path, database_url, network_timeout=1.0) as server:
+        raw = RawAssociation(server.ports[0])
+        local_port = raw.sock.getsockname()[1]
+        raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        closed_after = float("inf")
+        try:
+            assert raw.associate() == 0x02
+            raw.start_c_store(
+                CT_IMAGE_STORAGE, generate_uid(), identifiers(generate_uid(), generate_uid(), generate_uid())
+            )
+            pdu = p_data(b"\x00" * 3000, command=False, last=False)
+            raw.send(pdu[:10])
+            started = time.monotonic()
+            for byte in pdu[10:60]:
+                time.sleep(0.3)
+                try:
+                    raw.send(bytes([byte]))
+                except OSError:
+                    closed_after = time.monotonic() - started
+                    break
+        finally:
+            raw.close()
+        time.sleep(0.3)
+        assert _legitimate_store_seconds(server.ports[0]) < 5
+        assert list(server.app.archive.incoming.iterdir()) == []
+    assert closed_after < 3  # about network_timeout after the first fragment's PDU
+    guard = [message for name, _level, message in _problems(caplog) if name == "router.dicom.guard"]
+    assert len(guard) == 1, guard
+    assert guard[0].startswith(f"association with 'RAW_SCU' at 127.0.0.1:{local_port} sent ")
+    assert guard[0].endswith(
+        " of 3006 bytes of a PDU and no more within 1 s of the PDU before (listener.network_timeout); closed"
+    )
+    others = {(name, message) for name, _level, message in _problems(caplog) if name != "router.dicom.guard"}
+    assert others <= {
+        ("pynetdicom.association", "Network timeout reached: no PDU for network_timeout seconds; association aborted")
+    }

@@ -26,6 +26,7 @@ pynetdicom where it is meant to be extended, for its own server only:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -236,6 +237,15 @@ def _idle_seconds(assoc: Any) -> float:
         return 0.0
 
 
+def _idle_deadline(assoc: Any, now: float) -> float | None:
+    """When the association's idle timer (``network_timeout`` since its last complete PDU) runs
+    out, on the ``time.monotonic`` clock; ``None`` without a timeout."""
+    timer = getattr(getattr(assoc, "dul", None), "_idle_timer", None)
+    if timer is None or timer.timeout is None:
+        return None
+    return now + max(0.0, float(timer.remaining))
+
+
 def _evicted(assoc: Any) -> bool:
     """Already chosen for eviction, or storing a data set right now (never evicted mid-store)."""
     return bool(getattr(assoc, "_router_evicted", False) or getattr(assoc, "_router_busy", False))
@@ -386,6 +396,14 @@ class GuardedAssociationSocket(AssociationSocket):
         9.1.5): a peer's reset at INFO (a modality switched off or unplugged), no data for
         ``network_timeout`` seconds in the middle of a PDU at WARNING. pynetdicom logged both as
         two ERROR lines with a traceback, which a peer could repeat at will.
+
+        A PDU must be complete within ``network_timeout`` of the one before it (pynetdicom's idle
+        timer, PS3.8 section 9.1.5's ARTIM-like bound on the association): a read the socket does
+        not answer at once is given only what is left of it. pynetdicom's own check of that
+        timer runs in the association's thread and could not stop this read: a peer trickling a
+        byte now and then, never silent for a whole ``network_timeout``, held its association
+        (and a drain) for as long as it liked after pynetdicom had decided to abort it. It is
+        closed at the timer's expiry with one WARNING line, as a peer that stops sending is.
         """
         sock = self.socket  # pynetdicom sets it to None when it closes the connection itself
         assert sock is not None
@@ -393,6 +411,8 @@ class GuardedAssociationSocket(AssociationSocket):
         end = start + nr_bytes
         data = bytearray(min(end, start + _READ_SIZE))
         data[:start] = head
+        idle = sock.gettimeout()
+        deadline: float | None = None  # set at the first short read (not on the hot path)
         try:
             while got < end:
                 if got == len(data):
@@ -402,13 +422,17 @@ class GuardedAssociationSocket(AssociationSocket):
                 if not count:
                     return self._ended(data[start:got], nr_bytes, "a PDU", "association aborted")
                 got += count
+                if got < end:
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = _idle_deadline(self.assoc, now)
+                    if deadline is not None:
+                        if now >= deadline:
+                            return self._too_slow(nr_bytes, got - start)
+                        if idle is None or deadline - now < idle:
+                            sock.settimeout(deadline - now)
         except TimeoutError:
-            return self._peer_ended(
-                logging.WARNING,
-                "association with %s sent no data for %.0f s in the middle of a PDU (listener.network_timeout); closed",
-                self._peer(),
-                self.assoc.network_timeout,
-            )
+            return self._too_slow(nr_bytes, got - start)
         except OSError as exc:
             return self._peer_ended(
                 logging.INFO,
@@ -417,7 +441,22 @@ class GuardedAssociationSocket(AssociationSocket):
                 _reason(exc),
                 type(exc).__name__,
             )
+        finally:
+            if deadline is not None and self.socket is not None:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(idle)
         return data
+
+    def _too_slow(self, nr_bytes: int, received: int) -> bytearray:
+        return self._peer_ended(
+            logging.WARNING,
+            "association with %s sent %d of %d bytes of a PDU and no more within %.0f s of the PDU before "
+            "(listener.network_timeout); closed",
+            self._peer(),
+            received,
+            nr_bytes,
+            self.assoc.network_timeout or 0,
+        )
 
     def _read(self, nr_bytes: int) -> bytearray:
         """``recv`` with one deadline for the whole association request (and ``network_timeout``
