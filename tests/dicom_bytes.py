@@ -212,3 +212,18 @@ class RawAssociation:
             self.sock.close()
         except OSError:
             pass
+
+
+def first_answer(port: int, *pdus: bytes) -> tuple[int, bytes, int]:
+    """Associate with the SCP at ``port`` (no PDU size limit), send ``pdus``, and return the
+    first PDU back, as (type, body), with the local port the connection used."""
+    raw = RawAssociation(port)
+    local_port = raw.sock.getsockname()[1]
+    try:
+        assert raw.associate(max_pdu=0) == 0x02
+        for pdu in pdus:
+            raw.send(pdu)
+        kind, body = raw.read_pdu()
+    finally:
+        raw.close()
+    return kind, body, local_port

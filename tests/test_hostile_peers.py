@@ -377,8 +377,10 @@ def test_idle_associations_from_many_addresses_make_room_for_a_sender(tmp_path: 
 def test_a_malformed_p_data_pdu_is_one_log_line_without_a_traceback(
     tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture, verbose: bool
 ) -> None:
-    """pynetdicom logs its failure to decode a peer's PDU with a traceback at ERROR; by default
-    the router keeps it to one line naming the exception (the association is aborted anyway)."""
+    """pynetdicom logged its failure to decode a peer's PDU as two ERROR lines, one with a
+    traceback; the router's reader of the listener's PDUs makes it one WARNING naming the
+    exception (the association is aborted as before), and ``--verbose`` adds the traceback at
+    DEBUG."""
     install_library_guards(verbose=verbose)
     try:
         with _router(tmp_path, database_url) as server:
@@ -386,6 +388,7 @@ def test_a_malformed_p_data_pdu_is_one_log_line_without_a_traceback(
             try:
                 assert raw.associate(max_pdu=0) == 0x02
                 caplog.set_level(logging.DEBUG if verbose else logging.WARNING, logger="pynetdicom")
+                caplog.set_level(logging.DEBUG if verbose else logging.WARNING, logger="router.dicom.pdata")
                 raw.send(b"\x04\x00\x00\x00\x00\x10" + b"\xff" * 16)  # P-DATA-TF whose PDV lengths lie
                 assert raw.seconds_until_closed(10) < 10  # aborted
             finally:
@@ -394,15 +397,12 @@ def test_a_malformed_p_data_pdu_is_one_log_line_without_a_traceback(
             assert [r.Status for r in send_datasets(server.ports[0], [make_dataset()])] == [StoreStatus.SUCCESS]
     finally:
         install_library_guards(verbose=False)
-    decoding = [
-        record for record in caplog.records if record.name == "pynetdicom.dul" and record.levelno >= logging.ERROR
-    ]
-    assert decoding, "pynetdicom reported nothing"
-    if verbose:
-        assert any(record.exc_info for record in decoding)
-    else:
-        assert not any(record.exc_info for record in decoding)
-        assert any(record.getMessage().endswith("AssertionError") for record in decoding)
+    assert [r for r in caplog.records if r.name.startswith("pynetdicom") and r.levelno >= logging.ERROR] == []
+    reports = [r for r in caplog.records if r.name == "router.dicom.pdata"]
+    assert [(r.levelname, r.exc_info is None) for r in reports if r.levelno >= logging.WARNING] == [("WARNING", True)]
+    assert reports[0].getMessage().endswith("could not be decoded (AssertionError); A-ABORT sent")
+    tracebacks = [r for r in reports if r.exc_info]
+    assert [r.levelname for r in tracebacks] == (["DEBUG"] if verbose else [])
 
 
 def test_garbage_instead_of_an_association_request_is_refused_once(

@@ -5,6 +5,7 @@ associations."""
 from __future__ import annotations
 
 import itertools
+import logging
 import struct
 from collections.abc import Iterator
 from io import BytesIO
@@ -23,7 +24,15 @@ from router.dicom.guard import GuardedAssociationSocket
 from router.dicom.status import StoreStatus
 from router.part10 import dataset_offset
 from router.server import RouterServer
-from tests.dicom_bytes import CT_IMAGE_STORAGE, RawAssociation, c_store_command, identifiers, p_data_tf, pdv
+from tests.dicom_bytes import (
+    CT_IMAGE_STORAGE,
+    RawAssociation,
+    c_store_command,
+    first_answer,
+    identifiers,
+    p_data_tf,
+    pdv,
+)
 from tests.dicom_helpers import archived_file, make_dataset, write_part10
 
 
@@ -145,7 +154,7 @@ def test_a_512_kib_data_set_in_several_pdus_is_stored_byte_for_byte(
     # the router's four P-DATA-TFs were decoded from the very buffers its socket read them into
     # (header and body together, lever 41): no copy in between
     decoded = pdata.decode_pdata.buffers  # type: ignore[attr-defined]
-    p_data_reads = [pdu for pdu in whole_pdus if pdu[0] == 0x04]
+    p_data_reads = [pdu for pdu in whole_pdus if pdu[:1] == b"\x04"]
     assert len(p_data_reads) == 4 and all(any(pdu is buffer for buffer in decoded) for pdu in p_data_reads)
     assert sum(len(pdu) for pdu in p_data_reads[1:]) > 512 * 1024
 
@@ -208,3 +217,39 @@ def test_with_a_handler_for_received_pdus_pynetdicom_decodes_them(
         assoc.release()
     assert P_DATA_TF in seen  # the SCP's handler got pynetdicom's own PDU
     assert read_as_views == [1]  # only the SCU's read of the response went through this module
+
+
+def test_a_pdu_of_more_items_than_it_views_is_left_to_pynetdicom() -> None:
+    """Thousands of tiny PDVs in one PDU cost a view object each (40 times the PDU's size with
+    max_pdu_length = 0, found by a hostile-peer trial): past MAX_VIEWED_ITEMS, pynetdicom decodes."""
+    tiny = pdv(b"", command=False, last=False)
+    at_most = p_data_tf(*[tiny] * pdata.MAX_VIEWED_ITEMS)
+    decoded = pdata.decode_pdata(bytearray(at_most))
+    assert decoded is not None and len(decoded.items) == pdata.MAX_VIEWED_ITEMS == 64
+    assert pdata.decode_pdata(bytearray(p_data_tf(*[tiny] * (pdata.MAX_VIEWED_ITEMS + 1)))) is None
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    "pdu",
+    [
+        pytest.param(p_data_tf(struct.pack(">IB", 0, 1)), id="item-length-0"),
+        pytest.param(p_data_tf(ONE_PDV[:-1]), id="item-runs-past-the-pdu"),
+        pytest.param(p_data_tf(ONE_PDV, b"\x00\x00\x00"), id="bytes-after-the-last-item"),
+    ],
+)
+def test_an_undecodable_pdu_is_one_warning_and_an_a_abort(
+    server: RouterServer, caplog: pytest.LogCaptureFixture, pdu: bytes
+) -> None:
+    """pynetdicom logged two ERROR lines for each ("Unable to decode the received PDU data" and
+    the exception's type), which a peer could repeat at will (found by a hostile-peer trial)."""
+    caplog.set_level(logging.INFO)
+    kind, body, local_port = first_answer(server.ports[0], pdu)
+    assert (kind, body[2:4]) == (0x07, b"\x02\x00")  # A-ABORT, service provider, no reason given
+    problems = [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(problems) == 1, problems
+    name, level, message = problems[0]
+    assert (name, level) == ("router.dicom.pdata", "WARNING")
+    assert message.startswith(f"P-DATA-TF from 'RAW_SCU' at 127.0.0.1:{local_port} could not be decoded (")
+    assert message.endswith("); A-ABORT sent")

@@ -24,7 +24,9 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import build_context
+from sqlalchemy import func, select
 
+from router.db.models import Instance
 from router.dicom import negotiation, store_codec
 from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, StoreHandler, configure_pynetdicom
 from router.dicom.status import StoreStatus
@@ -35,6 +37,7 @@ from tests.dicom_bytes import (
     CT_IMAGE_STORAGE,
     RawAssociation,
     c_store_command,
+    first_answer,
     identifiers,
     implicit,
     p_data,
@@ -536,13 +539,7 @@ def test_a_command_set_and_its_data_set_in_one_p_data_tf_arearchived_file(
     one_pdu = p_data_tf(
         pdv(c_store_command(CT_IMAGE_STORAGE, sop), command=True, last=True), pdv(body, command=False, last=True)
     )
-    raw = RawAssociation(server.ports[0])
-    try:
-        assert raw.associate(max_pdu=0) == 0x02
-        raw.send(one_pdu)
-        kind, pdu = raw.read_pdu()
-    finally:
-        raw.close()
+    kind, pdu, _ = first_answer(server.ports[0], one_pdu)
     assert kind == 0x04
     assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.SUCCESS
     archived_file(server, sop)
@@ -591,3 +588,40 @@ def test_a_request_sent_before_the_previous_answer_is_served_after_it(
     finally:
         raw.close()
     assert answers == [(1, StoreStatus.SUCCESS), (2, StoreStatus.SUCCESS)]
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("fragment", [True, False], ids=["after-a-data-set-fragment", "before-any-data-set-fragment"])
+def test_a_command_set_inside_a_data_set_aborts_and_leaves_no_spool_file(
+    server: RouterServer, caplog: pytest.LogCaptureFixture, fragment: bool
+) -> None:
+    """PS3.8 Annex E.2: a message is its command set, then its data set. A second C-STORE-RQ
+    before the first one's data set ended was answered (Success or 0xC210) from a mix of the
+    two, and the first spool file stayed in the incoming folder until the periodic sweep
+    (found by a hostile-peer trial). Now: an A-ABORT, one WARNING, nothing left behind."""
+    caplog.set_level(logging.INFO)
+    first, second = "1.2.826.0.1.3680043.9.7433.3.91", "1.2.826.0.1.3680043.9.7433.3.92"
+    body = identifiers(second, "1.2.826.0.1.3680043.9.7433.1.92", "1.2.826.0.1.3680043.9.7433.2.92")
+    raw = RawAssociation(server.ports[0])
+    try:
+        assert raw.associate(max_pdu=0) == 0x02
+        raw.send(p_data(c_store_command(CT_IMAGE_STORAGE, first, message_id=1), command=True, last=True))
+        if fragment:
+            raw.send(p_data(body[:20], command=False, last=False))
+        raw.send(p_data(c_store_command(CT_IMAGE_STORAGE, second, message_id=2), command=True, last=True))
+        raw.send(p_data(body, command=False, last=True))
+        kind, _ = raw.read_pdu()
+    finally:
+        raw.close()
+    assert kind == 0x07  # A-ABORT
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        "(a command set before the end of the data set it follows); A-ABORT sent"
+    ), warnings
+    deadline = time.monotonic() + 5
+    while any(server.app.archive.incoming.rglob("*.dcm")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(server.app.archive.incoming.rglob("*.dcm")) == []
+    with server.app.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 0

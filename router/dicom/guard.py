@@ -41,6 +41,8 @@ from typing import Any, cast
 from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
+from router.dicom.pdata import PDU_NAMES
+
 LOG = logging.getLogger(__name__)
 
 #: A-ABORT PDU: type 7, length 4, reserved, reserved, source 2 (service provider), reason 6
@@ -51,7 +53,6 @@ A_ABORT_UNRECOGNIZED_PDU = struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 0x02, 0x01)
 #: Largest PDU of any other type accepted (A-ASSOCIATE-AC/RJ are not expected by an acceptor;
 #: A-RELEASE-RQ/RP and A-ABORT are 4 bytes), in bytes.
 OTHER_PDU_MAX = 65_536
-_PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x04: "P-DATA-TF"}
 _PDU_TYPES = frozenset(range(0x01, 0x08))  # PS3.8 section 9.3.1
 #: A-ASSOCIATE-RJ PDU: result 1 (rejected-permanent), source 1 (service-user), reason 3
 #: (calling-AE-title-not-recognized). PS3.8 section 9.3.4.
@@ -420,7 +421,7 @@ class GuardedAssociationSocket(AssociationSocket):
                 with memoryview(data) as view:
                     count = sock.recv_into(view[got:])
                 if not count:
-                    return self._ended(data[start:got], nr_bytes, "a PDU", "association aborted")
+                    return self._ended(got - start, nr_bytes, "a PDU", "association aborted")
                 got += count
                 if got < end:
                     now = time.monotonic()
@@ -473,7 +474,7 @@ class GuardedAssociationSocket(AssociationSocket):
                 sock.settimeout(remaining if idle is None else min(remaining, idle))
                 chunk = sock.recv(min(65_536, nr_bytes - len(data)))
                 if not chunk:
-                    return self._ended(data, nr_bytes, "its A-ASSOCIATE-RQ", "closed")
+                    return self._ended(len(data), nr_bytes, "its A-ASSOCIATE-RQ", "closed")
                 data.extend(chunk)
         except TimeoutError:
             if time.monotonic() >= self._deadline:
@@ -497,19 +498,20 @@ class GuardedAssociationSocket(AssociationSocket):
             )
         return data
 
-    def _ended(self, data: bytearray, nr_bytes: int, what: str, outcome: str) -> bytearray:
-        """The peer closed its side after ``data`` of a read of ``nr_bytes``: at a PDU boundary
-        (nothing of the next PDU read) that is pynetdicom's ordinary Evt17, returned as is; in
+    def _ended(self, received: int, nr_bytes: int, what: str, outcome: str) -> bytearray:
+        """The peer closed its side after ``received`` bytes of a read of ``nr_bytes``: at a PDU
+        boundary (nothing of the next PDU read) that is pynetdicom's ordinary Evt17 (nothing is
+        returned); in
         the middle of a PDU, one INFO line here instead of pynetdicom's ERROR about a PDU
         shorter than expected, and the connection is closed."""
-        if not data and self._header_next:
-            return data
+        if not received and self._header_next:
+            return bytearray()
         return self._peer_ended(
             logging.INFO,
             "connection from %s closed in the middle of %s (%d of %d bytes); %s",
             self._peer(),
             what,
-            len(data),
+            received,
             nr_bytes,
             outcome,
         )
@@ -531,7 +533,7 @@ class GuardedAssociationSocket(AssociationSocket):
         self._abort(
             A_ABORT_INVALID_PARAMETER,
             "%s from %s declares %d bytes, more than %d (%s); A-ABORT sent and connection closed",
-            _PDU_NAMES.get(pdu_type, f"PDU type 0x{pdu_type:02X}"),
+            PDU_NAMES.get(pdu_type, f"PDU type 0x{pdu_type:02X}"),
             self._peer(),
             length,
             limit,
@@ -564,6 +566,10 @@ class GuardedAssociationSocket(AssociationSocket):
         """No more reads on this connection, and pynetdicom's report of its short PDU dropped."""
         self._closed_here = True
         _DUL_THREAD.closed_here = True  # called from recv: this is the association's DUL thread
+
+    def describe_peer(self) -> str:
+        """The peer for a log line: its calling AE title (once known) and address, no other bytes of its."""
+        return self._peer()
 
     def _peer(self) -> str:
         requestor = self.assoc.requestor

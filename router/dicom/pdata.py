@@ -16,7 +16,8 @@ other socket (the router's own associations as an SCU).
 context ID, value) as ``memoryview`` slices of the PDU; the P-DATA primitive carries those
 views, and the DIMSE layer's slices of them are views too. It takes only a well-formed PDU,
 with every item at least 2 bytes long (context ID and message control header, PS3.8 Annex E.2)
-and the items filling the PDU exactly; anything else, and any association with handlers bound
+and the items filling the PDU exactly, at most :data:`MAX_VIEWED_ITEMS` of them; anything else,
+and any association with handlers bound
 to the raw-data or PDU events (``--verbose``), goes through pynetdicom's decoder unchanged, with
 its own answers (an A-ABORT for a malformed PDU).
 
@@ -40,11 +41,27 @@ P_DATA_TF_TYPE = 0x04
 P_DATA_TF_RECEIVED = "Evt10"
 _HEADER = 6  # PDU type, reserved, PDU length
 _ITEM_HEADER = struct.Struct(">LB")  # item length (context ID and value), presentation context ID
+#: Most PDV items read as views from one PDU. A sender puts one (or a command set and its data
+#: set's first fragment) in a PDU; a PDU of thousands of tiny items costs a view object each
+#: (about 240 bytes per item, 40 times the PDU's size with listener.max_pdu_length = 0: found
+#: by a hostile-peer trial) and goes to pynetdicom's decoder, as before.
+MAX_VIEWED_ITEMS = 64
 
 #: PDU types PS3.8 section 9.3.1 defines (A-ASSOCIATE-RQ to A-ABORT).
 PDU_TYPES = frozenset(range(0x01, 0x08))
 #: pynetdicom's DUL logger: its reports keep their logger, so the filters on it still apply.
 DUL_LOG = logging.getLogger("pynetdicom.dul")
+LOG = logging.getLogger(__name__)
+#: PDU names by type (PS3.8 section 9.3.1).
+PDU_NAMES = {
+    0x01: "A-ASSOCIATE-RQ",
+    0x02: "A-ASSOCIATE-AC",
+    0x03: "A-ASSOCIATE-RJ",
+    0x04: "P-DATA-TF",
+    0x05: "A-RELEASE-RQ",
+    0x06: "A-RELEASE-RP",
+    0x07: "A-ABORT",
+}
 
 _LOCK = threading.Lock()
 _ORIGINAL: dict[str, Any] = {}
@@ -88,6 +105,8 @@ def decode_pdata(pdu: bytearray | bytes) -> ReceivedPData | None:
         value_end = offset + 4 + length
         if length < 2 or value_end > end:
             return None
+        if len(items) == MAX_VIEWED_ITEMS:
+            return None
         items.append((context_id, view[offset + _ITEM_HEADER.size : value_end]))
         offset = value_end
     return ReceivedPData(items)
@@ -107,9 +126,10 @@ def _decode_pdu(self: DULServiceProvider, bytestream: bytearray) -> tuple[Any, s
 
 def _read_pdu_data(self: DULServiceProvider) -> None:
     """DULServiceProvider._read_pdu_data: the PDU from the socket's ``read_pdu()`` in one buffer,
-    then pynetdicom's steps unchanged (its events, and its reports in its logger's words)."""
+    then pynetdicom's steps (its events, and its reports in its logger's words), except that a
+    PDU that cannot be decoded is one WARNING line of this module's (the A-ABORT is the same)."""
     read_pdu = getattr(self.socket, "read_pdu", None)
-    if read_pdu is None:
+    if read_pdu is None or not hasattr(self.socket, "describe_peer"):
         _ORIGINAL["read_pdu_data"](self)
         return
     try:
@@ -134,9 +154,16 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
     try:
         decoded, event = self._decode_pdu(pdu)
         self.event_queue.put(event)
-    except Exception as exc:  # noqa: BLE001 - as pynetdicom: any decoding failure is Evt19
-        DUL_LOG.error("Unable to decode the received PDU data")
-        DUL_LOG.exception(exc)
+    except Exception as exc:  # as pynetdicom: any decoding failure is Evt19 (an A-ABORT)
+        # one WARNING naming the PDU and the exception's type (never its text, which may quote
+        # the peer's bytes), instead of pynetdicom's two ERROR lines a peer could repeat at will
+        LOG.warning(
+            "%s from %s could not be decoded (%s); A-ABORT sent",
+            PDU_NAMES.get(pdu_type, f"PDU of type 0x{pdu_type:02X}"),
+            self.socket.describe_peer(),  # type: ignore[union-attr]
+            type(exc).__name__,
+        )
+        LOG.debug("decoding it raised", exc_info=exc)
         self.event_queue.put("Evt19")
         return
     self._recv_pdu.put(decoded)

@@ -233,6 +233,13 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
         return False  # the association is being aborted: later fragments are dropped
     self._router_assoc = assoc  # type: ignore[attr-defined]  # for _message_to_primitive
     items = getattr(primitive, "presentation_data_value_list", None)
+    if assoc is not None and items and getattr(self, "_data_set_file", None) is not None and _command_first(items):
+        # PS3.8 Annex E.2: a message's fragments are sent in order, its command set then its
+        # data set; pynetdicom appended the new command set to the old one and opened a second
+        # spool file, leaving the first in the incoming folder until the periodic sweep
+        # (found by a hostile-peer trial)
+        _abort_invalid(assoc, "a command set before the end of the data set it follows", self)
+        return False
     if (
         type(self) is DIMSEMessage
         and assoc is not None
@@ -253,6 +260,18 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
                 rest.presentation_data_value_list.extend(items[1:])
                 return _pynetdicom_decode(self, rest, assoc)
     return _pynetdicom_decode(self, primitive, assoc)
+
+
+def _command_first(items: Any) -> bool:
+    """Whether a command fragment comes in ``items`` before the last fragment of a data set."""
+    for _context_id, value in items:
+        if not len(value):
+            return False  # no message control header: pynetdicom's decoder refuses it
+        if value[0] & 0x01:
+            return True
+        if value[0] & 0x02:
+            return False
+    return False
 
 
 def _pynetdicom_decode(message: DIMSEMessage, primitive: P_DATA, assoc: Any) -> bool:
