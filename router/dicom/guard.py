@@ -501,9 +501,8 @@ class GuardedAssociationSocket(AssociationSocket):
     def _ended(self, received: int, nr_bytes: int, what: str, outcome: str) -> bytearray:
         """The peer closed its side after ``received`` bytes of a read of ``nr_bytes``: at a PDU
         boundary (nothing of the next PDU read) that is pynetdicom's ordinary Evt17 (nothing is
-        returned); in
-        the middle of a PDU, one INFO line here instead of pynetdicom's ERROR about a PDU
-        shorter than expected, and the connection is closed."""
+        returned); in the middle of a PDU, one INFO line here instead of pynetdicom's ERROR
+        about a PDU shorter than expected, and the connection is closed."""
         if not received and self._header_next:
             return bytearray()
         return self._peer_ended(

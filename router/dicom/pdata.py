@@ -17,9 +17,8 @@ context ID, value) as ``memoryview`` slices of the PDU; the P-DATA primitive car
 views, and the DIMSE layer's slices of them are views too. It takes only a well-formed PDU,
 with every item at least 2 bytes long (context ID and message control header, PS3.8 Annex E.2)
 and the items filling the PDU exactly, at most :data:`MAX_VIEWED_ITEMS` of them; anything else,
-and any association with handlers bound
-to the raw-data or PDU events (``--verbose``), goes through pynetdicom's decoder unchanged, with
-its own answers (an A-ABORT for a malformed PDU).
+and any association with handlers bound to the raw-data or PDU events (``--verbose``), goes
+through pynetdicom's decoder unchanged, with its own answers (an A-ABORT for a malformed PDU).
 
 :func:`install` patches pynetdicom once per process, like :mod:`router.dicom.reactor`.
 """

@@ -86,7 +86,7 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
     reactor.install()
     # C-STORE command sets read and written directly instead of through pydicom Datasets.
     store_codec.install()
-    # P-DATA-TF PDUs read as views of the bytes received, not copied three times.
+    # P-DATA-TF PDUs read into one buffer and handed on as views of it, not copied four times.
     pdata.install()
     # No context with a malformed abstract syntax or a transfer syntax pydicom cannot read.
     negotiation.install(frozenset(STORAGE_TRANSFER_SYNTAXES))
