@@ -809,3 +809,31 @@ def test_a_peer_trickling_inside_a_pdu_is_closed_at_network_timeout(
     assert others <= {
         ("pynetdicom.association", "Network timeout reached: no PDU for network_timeout seconds; association aborted")
     }
+
+
+def test_an_association_request_with_an_unknown_item_is_one_warning_and_an_a_abort(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An item of a type PS3.8 section 9.3.2 does not define (0x60) after the User Information
+    item: pynetdicom's decoder raises KeyError, which it logged as two ERROR lines; the listener's
+    PDU reader (router/dicom/pdata.py) makes it one WARNING. The A-ABORT is pynetdicom's, as before."""
+    install_library_guards(verbose=False)  # as `router serve` does
+    caplog.set_level(logging.INFO)
+    body = associate_rq()[6:] + pdu_item(0x60, b"vendor")
+    with _router(tmp_path, database_url) as server:
+        raw = RawAssociation(server.ports[0])
+        local_port = raw.sock.getsockname()[1]
+        try:
+            raw.send(struct.pack(">BBI", 0x01, 0, len(body)) + body)
+            kind, _ = raw.read_pdu()
+        finally:
+            raw.close()
+        time.sleep(0.3)
+    assert kind == 0x07  # A-ABORT
+    assert _problems(caplog) == [
+        (
+            "router.dicom.pdata",
+            "WARNING",
+            f"A-ASSOCIATE-RQ from 127.0.0.1:{local_port} could not be decoded (KeyError); A-ABORT sent",
+        )
+    ]
