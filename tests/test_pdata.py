@@ -8,6 +8,7 @@ import itertools
 import logging
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
@@ -95,22 +96,29 @@ def test_a_pdu_it_does_not_take_is_left_to_pynetdicom(pdu: bytes) -> None:
 # ----------------------------------------------------------------------------- over the network
 
 
+@dataclass
+class Viewed:
+    """What :func:`pdata.decode_pdata` read as views: the number of PDVs of each P-DATA-TF, and
+    the buffer each was read from."""
+
+    counts: list[int] = field(default_factory=list)
+    buffers: list[bytearray | bytes] = field(default_factory=list)
+
+
 @pytest.fixture
-def read_as_views(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of PDVs of each P-DATA-TF this module decoded (a spy around the real reader)."""
-    seen: list[int] = []
+def read_as_views(monkeypatch: pytest.MonkeyPatch) -> Viewed:
+    """Each P-DATA-TF this module decoded (a spy around the real reader)."""
+    seen = Viewed()
     real = pdata.decode_pdata
 
     def spy(pdu: bytearray | bytes) -> pdata.ReceivedPData | None:
         decoded = real(pdu)
         if decoded is not None:
-            seen.append(len(decoded.items))
-            decoded_buffers.append(pdu)
+            seen.counts.append(len(decoded.items))
+            seen.buffers.append(pdu)
         return decoded
 
-    decoded_buffers: list[bytearray | bytes] = []
     monkeypatch.setattr(pdata, "decode_pdata", spy)
-    spy.buffers = decoded_buffers  # type: ignore[attr-defined]
     return seen
 
 
@@ -131,7 +139,7 @@ def whole_pdus(monkeypatch: pytest.MonkeyPatch) -> list[bytearray]:
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_512_kib_data_set_in_several_pdus_is_stored_byte_for_byte(
-    server: RouterServer, tmp_path: Path, read_as_views: list[int], whole_pdus: list[bytearray]
+    server: RouterServer, tmp_path: Path, read_as_views: Viewed, whole_pdus: list[bytearray]
 ) -> None:
     assert pdata.installed()
     dataset = make_dataset(Rows=512, Columns=512, PixelData=bytes(range(256)) * 2048)
@@ -150,10 +158,10 @@ def test_a_512_kib_data_set_in_several_pdus_is_stored_byte_for_byte(
     # the router offers 256 KiB PDUs (listener.max_pdu_length): the command set, then the
     # 524,288 bytes of Pixel Data and the rest of the data set in three; and the C-STORE-RSP,
     # which this process's SCU read the same way
-    assert read_as_views == [1, 1, 1, 1, 1]
+    assert read_as_views.counts == [1, 1, 1, 1, 1]
     # the router's four P-DATA-TFs were decoded from the very buffers its socket read them into
     # (header and body together, lever 41): no copy in between
-    decoded = pdata.decode_pdata.buffers  # type: ignore[attr-defined]
+    decoded = read_as_views.buffers
     p_data_reads = [pdu for pdu in whole_pdus if pdu[:1] == b"\x04"]
     assert len(p_data_reads) == 4 and all(any(pdu is buffer for buffer in decoded) for pdu in p_data_reads)
     assert sum(len(pdu) for pdu in p_data_reads[1:]) > 512 * 1024
@@ -162,7 +170,7 @@ def test_a_512_kib_data_set_in_several_pdus_is_stored_byte_for_byte(
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_command_set_and_its_data_set_in_one_pdu_arearchived_file(
-    server: RouterServer, read_as_views: list[int]
+    server: RouterServer, read_as_views: Viewed
 ) -> None:
     """Several PDVs in one P-DATA-TF (PS3.8 section 9.3.5): the command set, then the data set in
     three fragments, the views of one buffer."""
@@ -181,7 +189,7 @@ def test_a_command_set_and_its_data_set_in_one_pdu_arearchived_file(
     assert decode(BytesIO(answer[6:]), True, True).Status == StoreStatus.SUCCESS
     stored = archived_file(server, sop)
     assert stored.read_bytes()[dataset_offset(stored) :] == body
-    assert read_as_views == [4]
+    assert read_as_views.counts == [4]
 
 
 @pytest.fixture
@@ -203,7 +211,7 @@ def verification_scp() -> Iterator[tuple[AE, list[object]]]:
 
 @pytest.mark.network
 def test_with_a_handler_for_received_pdus_pynetdicom_decodes_them(
-    verification_scp: tuple[AE, list[object]], read_as_views: list[int]
+    verification_scp: tuple[AE, list[object]], read_as_views: Viewed
 ) -> None:
     scp, seen = verification_scp
     port = scp._servers[0].server_address[1]
@@ -216,7 +224,7 @@ def test_with_a_handler_for_received_pdus_pynetdicom_decodes_them(
     finally:
         assoc.release()
     assert P_DATA_TF in seen  # the SCP's handler got pynetdicom's own PDU
-    assert read_as_views == [1]  # only the SCU's read of the response went through this module
+    assert read_as_views.counts == [1]  # only the SCU's read of the response went through this module
 
 
 def test_a_pdu_of_more_items_than_it_views_is_left_to_pynetdicom() -> None:

@@ -41,7 +41,7 @@ from typing import Any, cast
 from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from router.dicom.pdata import PDU_NAMES
+from router.dicom.pdata import P_DATA_TF_TYPE, PDU_NAMES, PDU_TYPES
 
 LOG = logging.getLogger(__name__)
 
@@ -53,15 +53,12 @@ A_ABORT_UNRECOGNIZED_PDU = struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 0x02, 0x01)
 #: Largest PDU of any other type accepted (A-ASSOCIATE-AC/RJ are not expected by an acceptor;
 #: A-RELEASE-RQ/RP and A-ABORT are 4 bytes), in bytes.
 OTHER_PDU_MAX = 65_536
-_PDU_TYPES = frozenset(range(0x01, 0x08))  # PS3.8 section 9.3.1
 #: A-ASSOCIATE-RJ PDU: result 1 (rejected-permanent), source 1 (service-user), reason 3
 #: (calling-AE-title-not-recognized). PS3.8 section 9.3.4.
 A_ASSOCIATE_RJ_CALLING_AE = struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 1, 1, 3)
 #: Offset of the Calling-AE-title field in an A-ASSOCIATE-RQ body (after the 6-byte header):
 #: protocol version (2), reserved (2), Called-AE-title (16). PS3.8 section 9.3.2, Table 9-11.
 _CALLING_AE_OFFSET = 20
-#: PDU type of a P-DATA-TF (PS3.8 section 9.3.1).
-P_DATA_TF = 0x04
 #: Largest single read from an established association's socket, in bytes.
 _READ_SIZE = 262_144
 #: Set in a network (DUL) thread once this module closed its connection (see ClosedHereFilter).
@@ -311,7 +308,7 @@ class GuardedAssociationSocket(AssociationSocket):
         if len(data) < 6:
             return data
         pdu_type, _, length = struct.unpack(">BBL", bytes(data[:6]))
-        if pdu_type not in _PDU_TYPES:
+        if pdu_type not in PDU_TYPES:
             # pynetdicom answered with an A-ABORT but kept reading the bytes after it as PDUs
             # (an ERROR line each) until the request deadline
             self._abort(
@@ -343,7 +340,7 @@ class GuardedAssociationSocket(AssociationSocket):
         if len(head) < 6:
             return head
         length = int.from_bytes(head[2:6], "big")
-        if head[0] != P_DATA_TF or self._deadline is not None or self._closed_here:
+        if head[0] != P_DATA_TF_TYPE or self._deadline is not None or self._closed_here:
             return head + self.recv(length)
         pdu = self._read_established(length, head)
         self._header_next = True
@@ -412,7 +409,7 @@ class GuardedAssociationSocket(AssociationSocket):
         end = start + nr_bytes
         data = bytearray(min(end, start + _READ_SIZE))
         data[:start] = head
-        idle = sock.gettimeout()
+        idle: float | None = None  # the socket's own timeout, restored after a shortened one
         deadline: float | None = None  # set at the first short read (not on the hot path)
         try:
             while got < end:
@@ -427,6 +424,7 @@ class GuardedAssociationSocket(AssociationSocket):
                     now = time.monotonic()
                     if deadline is None:
                         deadline = _idle_deadline(self.assoc, now)
+                        idle = sock.gettimeout()
                     if deadline is not None:
                         if now >= deadline:
                             return self._too_slow(nr_bytes, got - start)
