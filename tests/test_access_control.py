@@ -17,11 +17,9 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pynetdicom import AE
-from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
@@ -31,7 +29,7 @@ from router.db.models import Instance
 from router.dicom.listener import RouterAssociationServer
 from router.server import RouterServer
 from tests.conftest import DCMTK_STORESCU, make_settings
-from tests.dicom_helpers import make_dataset, send_paths, write_part10
+from tests.dicom_helpers import make_dataset, rejection_of, send_paths, write_part10
 
 pytestmark = pytest.mark.network
 
@@ -59,23 +57,6 @@ def mod_a_only(tmp_path: Path, database_url: str) -> Iterator[RouterServer]:
     yield from _start(tmp_path, database_url, allowed_calling_ae_titles=("MOD_A",))
 
 
-def _rejection(assoc: Any) -> tuple[int, int, int] | None:
-    """(result, source, diagnostic) of the A-ASSOCIATE-RJ the association got, if it got one.
-
-    pynetdicom's requestor checks that its socket is still connected after sending the request
-    and before it reads the answer: on a loaded machine the router's A-ASSOCIATE-RJ has already
-    arrived and the connection closed by then (PS3.8 AE-4), and it reports an abort with the
-    rejection unread in its queue (a test flake, 3 in 20 runs under load). It is read there.
-    """
-    primitive = assoc.acceptor.primitive if assoc.is_rejected else None
-    unread = list(assoc.dul.to_user_queue.queue)
-    if primitive is None and assoc.is_aborted and unread and isinstance(unread[0], A_ASSOCIATE):
-        primitive = unread[0]
-    if primitive is None or primitive.result not in (0x01, 0x02):
-        return None
-    return int(primitive.result), int(primitive.result_source), int(primitive.diagnostic)
-
-
 def _echo(port: int, calling_ae: str, host: str = "127.0.0.1") -> tuple[str, tuple[int, int, int] | None, int | None]:
     """Associate and C-ECHO; returns (outcome, (result, source, diagnostic) if rejected, echo status)."""
     ae = AE(ae_title=calling_ae)
@@ -86,7 +67,7 @@ def _echo(port: int, calling_ae: str, host: str = "127.0.0.1") -> tuple[str, tup
         status = assoc.send_c_echo()
         assoc.release()
         return "established", None, int(status.Status) if "Status" in status else None
-    rejection = _rejection(assoc)
+    rejection = rejection_of(assoc)
     if rejection is not None:
         return "rejected", rejection, None
     return ("aborted" if assoc.is_aborted else "failed"), None, None
@@ -315,7 +296,7 @@ def _echo_calling(port: int, called_ae: str) -> tuple[str, tuple[int, int, int] 
     if assoc.is_established:
         assoc.release()
         return "established", None
-    rejection = _rejection(assoc)
+    rejection = rejection_of(assoc)
     return ("rejected", rejection) if rejection is not None else ("aborted" if assoc.is_aborted else "failed", None)
 
 

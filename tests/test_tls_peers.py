@@ -22,7 +22,7 @@ from router.config import ForwardingTlsSettings, Settings
 from router.dicom.scu import Destination, Forwarder, SendError
 from router.server import RouterServer, forwarder
 from tests.conftest import make_settings
-from tests.dicom_helpers import make_dataset, write_part10
+from tests.dicom_helpers import make_dataset, rejection_of, write_part10
 from tests.test_tls import Pem, Pki, _associate, _serve, _tls_settings, client_context, make_ca, make_leaf
 from tests.test_tls import pki as pki  # the module-scoped fixture, shared
 
@@ -128,7 +128,7 @@ def bound_server(tmp_path: Path, pki: Pki) -> Iterator[RouterServer]:
 def _store(port: int, tls: tuple[ssl.SSLContext, str] | None, calling_ae: str, tmp_path: Path) -> bool:
     assoc = _associate(port, tls, calling_ae=calling_ae)
     if not assoc.is_established:
-        assert assoc.is_rejected
+        assert rejection_of(assoc) == (1, 1, 3)  # permanent, by the service user: calling AE title not recognised
         return False
     try:
         status = assoc.send_c_store(dcmread(write_part10(make_dataset(), tmp_path / f"{calling_ae}.dcm")))
