@@ -18,6 +18,7 @@ from pydicom import dcmread
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom import AE, _config, dimse_messages, service_class
+from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
@@ -522,6 +523,31 @@ def test_a_store_that_takes_longer_than_network_timeout_is_answered(
     with running_router(settings) as server:
         assert _store(server.ports[0], write_part10(dataset, tmp_path / "in.dcm")) == StoreStatus.SUCCESS
         archived_file(server, str(dataset.SOPInstanceUID))
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_c_store_sent_before_the_association_is_marked_established_is_answered(
+    fast_path: None, server: RouterServer, monkeypatch: pytest.MonkeyPatch, handler_threads: list[type]
+) -> None:
+    """Found by a CI failure (a test waiting for a response the router had logged): pynetdicom's
+    acceptor thread sends the A-ASSOCIATE-AC and only then marks the association established. A
+    peer's first C-STORE that the DUL thread served in between was stored, or refused, and never
+    answered (1 in 20-50 associations under CPU load). Here the acceptor's thread pauses after
+    the AC, as on a loaded host; the request waits for it and is served in its thread."""
+    real = ACSE.send_accept
+
+    def accept_then_stall(self: ACSE) -> None:
+        real(self)
+        time.sleep(1.0)
+
+    monkeypatch.setattr(ACSE, "send_accept", accept_then_stall)
+    sop = "1.2.826.0.1.3680043.9.7433.3.52"
+    kind, pdu = _send_one(server, c_store_command(CT_IMAGE_STORAGE, sop), sop)
+    assert kind == 0x04  # P-DATA-TF: the C-STORE-RSP, not a timeout
+    assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.SUCCESS
+    assert handler_threads == [Association]
+    archived_file(server, sop)
 
 
 @pytest.mark.network

@@ -483,10 +483,16 @@ def _receive_primitive(self: Any, primitive: P_DATA) -> None:
         return
     # Inline only when the association thread has nothing to serve: a peer that sends the next
     # request before our response (asynchronous operations are not negotiated) behind one
-    # pynetdicom decoded would otherwise have both served at once, answered out of order.
+    # pynetdicom decoded would otherwise have both served at once, answered out of order. And
+    # only once the association is established: pynetdicom's acceptor thread sends the
+    # A-ASSOCIATE-AC before it marks the association established, and a peer's first C-STORE
+    # served here in between was stored but never answered (StorageServiceClass answers
+    # nothing on an association that is not established); queued, the association thread
+    # serves it as soon as it has finished establishing.
     inline = (
         getattr(request, "_router_fixed_layout", False)
         and not getattr(request, "_router_dropped", False)
+        and self.assoc.is_established
         and not self.msg_queue.qsize()
         and not getattr(self.assoc, "_router_serving", False)
     )
