@@ -99,6 +99,8 @@ def dataset_bytes(path: Path) -> bytes:
 # ----------------------------------------------------------------------------- raw DUL client
 APPLICATION_CONTEXT = b"1.2.840.10008.3.1.1.1"
 A_ABORT = struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 0, 0)
+#: A-RELEASE-RQ (PS3.8 section 9.3.6): type 05H, reserved, length 4, four reserved bytes.
+A_RELEASE_RQ = struct.pack(">BBI", 0x05, 0, 4) + bytes(4)
 
 
 def pdu_item(kind: int, payload: bytes) -> bytes:

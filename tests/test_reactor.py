@@ -17,7 +17,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router.dicom import reactor
 from router.server import RouterServer
-from tests.dicom_bytes import A_ABORT, RawAssociation, p_data
+from tests.dicom_bytes import A_ABORT, A_RELEASE_RQ, RawAssociation, p_data
 from tests.dicom_helpers import make_dataset, write_part10
 
 pytestmark = pytest.mark.network
@@ -55,9 +55,6 @@ def test_no_wake_up_is_lost_when_an_scu_in_the_same_process_waits_for_responses(
         assoc.release()
     assert statuses == [0x0000] * 120
     assert slowest < 2.5, f"a C-STORE round trip waited {slowest:.1f} s: a wake-up was lost"
-
-
-A_RELEASE_RQ = bytes([0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0])  # PS3.8 section 9.3.6
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -35,6 +35,7 @@ from router.part10 import dataset_offset
 from router.server import RouterServer
 from tests.conftest import make_settings, running_router
 from tests.dicom_bytes import (
+    A_RELEASE_RQ,
     CT_IMAGE_STORAGE,
     RawAssociation,
     c_store_command,
@@ -326,6 +327,26 @@ def _send_one(server: RouterServer, command: bytes, sop: str) -> tuple[int, byte
         raw.close()
 
 
+def _stall_after_accept(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """pynetdicom's acceptor thread pauses after it has sent the A-ASSOCIATE-AC and before it
+    marks the association established, as on a loaded host."""
+    real = ACSE.send_accept
+
+    def accept_then_stall(self: ACSE) -> None:
+        real(self)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(ACSE, "send_accept", accept_then_stall)
+
+
+def _move_destination_command(sop: str) -> bytes:
+    """A C-STORE-RQ command set with Move Destination (not a C-STORE-RQ element): pynetdicom
+    decodes it, and its association thread serves it."""
+    command = c_store_command(CT_IMAGE_STORAGE, sop, message_id=3)
+    elements = command[12:] + implicit(0x00000600, b"DEST  ")
+    return implicit(0, struct.pack("<I", len(elements))) + elements
+
+
 INVALID_COMMANDS = [
     pytest.param(lambda sop: c_store_command("", sop), id="empty-affected-sop-class-uid"),
     pytest.param(lambda sop: c_store_command(CT_IMAGE_STORAGE, ""), id="empty-affected-sop-instance-uid"),
@@ -460,9 +481,7 @@ def test_a_c_store_the_codec_decoded_is_served_in_the_thread_that_read_it(
     dataset = make_dataset()
     assert _store(server.ports[0], write_part10(dataset, tmp_path / "in.dcm")) == StoreStatus.SUCCESS
     sop = "1.2.826.0.1.3680043.9.7433.3.50"
-    command = c_store_command(CT_IMAGE_STORAGE, sop, message_id=3)
-    elements = command[12:] + implicit(0x00000600, b"DEST  ")  # Move Destination: not a C-STORE-RQ element
-    kind, pdu = _send_one(server, implicit(0, struct.pack("<I", len(elements))) + elements, sop)
+    kind, pdu = _send_one(server, _move_destination_command(sop), sop)
     assert kind == 0x04
     assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.SUCCESS
     assert handler_threads == [DULServiceProvider, Association]
@@ -527,6 +546,55 @@ def test_a_store_that_takes_longer_than_network_timeout_is_answered(
 
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("way", ["decoded-by-pynetdicom", "sent-before-established"])
+def test_a_store_slower_than_network_timeout_in_the_association_thread_is_answered(
+    fast_path: None,
+    tmp_path: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    handler_threads: list[type],
+    way: str,
+) -> None:
+    """Found by a run of the test suite beside two CPU hogs: the idle timer kept running while
+    the association thread served a store, so a store slower than ``network_timeout`` was kept
+    and then the association aborted before its response was sent (the test above covers the
+    DUL thread's way)."""
+    real = StoreHandler.__call__
+
+    def slow(self: StoreHandler, event: object) -> object:
+        time.sleep(2.5)
+        return real(self, event)
+
+    monkeypatch.setattr(StoreHandler, "__call__", slow)
+    sop = "1.2.826.0.1.3680043.9.7433.3.53"
+    if way == "decoded-by-pynetdicom":
+        command = _move_destination_command(sop)
+    else:
+        command = c_store_command(CT_IMAGE_STORAGE, sop)
+        _stall_after_accept(monkeypatch, 0.5)
+    settings = make_settings(tmp_path, database_url).replace("listener", network_timeout=1.0)
+    number = sop.rsplit(".", 1)[1]
+    body = identifiers(sop, f"1.2.826.0.1.3680043.9.7433.1.{number}", f"1.2.826.0.1.3680043.9.7433.2.{number}")
+    with running_router(settings) as server:
+        raw = RawAssociation(server.ports[0])
+        try:
+            assert raw.associate(max_pdu=0) == 0x02
+            raw.send(p_data(command, command=True, last=True))
+            raw.send(p_data(body, command=False, last=True))
+            kind, pdu = raw.read_pdu()
+            raw.send(A_RELEASE_RQ)  # at once: well within network_timeout of the response
+            after, _ = raw.read_pdu()
+        finally:
+            raw.close()
+        assert kind == 0x04  # P-DATA-TF: the C-STORE-RSP
+        assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.SUCCESS
+        assert after == 0x06  # A-RELEASE-RP: the association was not aborted after the response
+        assert handler_threads == [Association]
+        archived_file(server, sop)
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_c_store_sent_before_the_association_is_marked_established_is_answered(
     fast_path: None, server: RouterServer, monkeypatch: pytest.MonkeyPatch, handler_threads: list[type]
 ) -> None:
@@ -535,13 +603,7 @@ def test_a_c_store_sent_before_the_association_is_marked_established_is_answered
     peer's first C-STORE that the DUL thread served in between was stored, or refused, and never
     answered (1 in 20-50 associations under CPU load). Here the acceptor's thread pauses after
     the AC, as on a loaded host; the request waits for it and is served in its thread."""
-    real = ACSE.send_accept
-
-    def accept_then_stall(self: ACSE) -> None:
-        real(self)
-        time.sleep(1.0)
-
-    monkeypatch.setattr(ACSE, "send_accept", accept_then_stall)
+    _stall_after_accept(monkeypatch, 1.0)
     sop = "1.2.826.0.1.3680043.9.7433.3.52"
     kind, pdu = _send_one(server, c_store_command(CT_IMAGE_STORAGE, sop), sop)
     assert kind == 0x04  # P-DATA-TF: the C-STORE-RSP, not a timeout

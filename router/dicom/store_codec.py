@@ -446,14 +446,27 @@ def _discard_spool(req: Any) -> None:
 def _serve_request(self: Any, msg: Any, context_id: int) -> None:
     """Association._serve_request: a primitive :func:`_message_to_primitive` marked is dropped
     (its association is being aborted); everything else is pynetdicom's, with the association
-    marked as serving meanwhile (see :func:`_receive_primitive`)."""
+    marked as serving meanwhile (see :func:`_receive_primitive`) and its idle timer stopped.
+
+    The peer waits for our response while a request is served: that is not idleness. pynetdicom
+    left the idle timer (``network_timeout``, PS3.8 section 9.1.5) running, and its association
+    thread, back from a store slower than ``network_timeout``, found the timer run out and
+    aborted the association with the response still unsent: the instance was kept and the
+    sender was told nothing. The timer restarts once the response is queued, as for a request
+    served in the DUL thread (:func:`_serve_store_inline`).
+    """
     if getattr(msg, "_router_dropped", False):
         return
     self._router_serving = True  # the DUL thread then queues a fast-path request behind it
+    idle = getattr(self.dul, "_idle_timer", None)
+    if idle is not None:
+        idle.stop()
     try:
         _ORIGINAL["serve_request"](self, msg, context_id)
     finally:
         self._router_serving = False
+        if idle is not None:
+            idle.restart()
 
 
 def _receive_primitive(self: Any, primitive: P_DATA) -> None:
