@@ -5,6 +5,7 @@ retries ran out can be queued again."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
 
 from router.cli import cli
 from router.db.models import ForwardedInstance, InfrastructureEntry, Instance, OutboxJob
@@ -138,6 +139,46 @@ def test_study_is_forwarded_follows_a_destination_change_and_can_be_queued_again
         back.stop()
     finally:
         first.stop()
+
+
+def test_a_database_error_while_forwarding_is_one_warning_and_the_job_goes_out_on_a_later_pass(
+    forwarding_server: RouterServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the three-node test beside two CPU hogs: the server ended a node's PostgreSQL
+    connection while its forwarding worker claimed a job, and the worker logged an ERROR with a
+    traceback ("stopped on an unexpected error"). A database failure is an operating condition:
+    one WARNING line without SQL or traceback, and the job goes out once the database answers.
+    Here a trigger makes every update of the outbox fail (an integer overflow in SQLite)."""
+    caplog.set_level(logging.INFO)
+    server = forwarding_server
+    reader = Workstation("READER_A")
+    engine = create_engine(server.app.settings.database_url)
+    try:
+        roster = server.app.roster
+        roster.facilities.add("CT_NORTH", "TX", "tester")
+        roster.radiologists.add(NPI, "Doe^Jane", "tester")
+        roster.licenses.add(NPI, "TX", "T1", dt.date(2099, 1, 1), "tester", issued=dt.date(2020, 1, 1))
+        destination = f"READER_A@127.0.0.1:{reader.port}"
+        roster.radiologists.set(NPI, "tester", destination=destination)
+        with engine.begin() as connection:
+            connection.execute(
+                text("CREATE TRIGGER poison BEFORE UPDATE ON outbox BEGIN SELECT abs(-9223372036854775808); END")
+            )
+        dataset = make_dataset()
+        assert send_paths(server.ports[0], [write_part10(dataset, tmp_path / "in.dcm")], calling_ae="CT_NORTH") == [0]
+        paused = f"forwarding to {destination} paused: index database error OperationalError: integer overflow; retried on the next pass"
+        _wait(lambda: paused in [r.getMessage() for r in caplog.records])
+        assert reader.received == []
+        with engine.begin() as connection:
+            connection.execute(text("DROP TRIGGER poison"))
+        _wait(lambda: reader.received == [str(dataset.SOPInstanceUID)])
+        _wait(lambda: _jobs(server) == [(destination, OutboxStatus.SENT)])
+    finally:
+        reader.stop()
+        engine.dispose()
+    records = [r for r in caplog.records if r.name == "router.services.forwarding" and r.levelno >= logging.WARNING]
+    assert {r.getMessage() for r in records} == {paused}
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in records)
 
 
 def test_studies_forward_all_sends_a_study_again_to_a_workstation_that_lost_it(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import or_, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
@@ -33,6 +33,7 @@ from router.archive_backend import ArchiveBackend
 from router.db.models import Assignment, ForwardedInstance, Instance, OutboxJob, Study
 from router.db.queries import skip_locked
 from router.domain.enums import OutboxStatus
+from router.errors import first_line
 from router.services.forwarding_queue import accepted_in_round, unsent_count
 from router.services.ledgers import record_transmission
 from router.timeutil import Clock, utcnow
@@ -127,6 +128,17 @@ class ForwardingService:
                     raise
                 if not ok:
                     return  # destination failing: leave its other jobs for the next tick
+        except SQLAlchemyError as exc:
+            # The index database failed (restarted, unreachable, a connection ended by the
+            # server, a lock timeout): an operating condition, not a fault of this code. The job
+            # stays pending, or its claim expires, and the next pass of the timer tries again.
+            LOG.warning(
+                "forwarding to %s paused: index database error %s: %s; retried on the next pass",
+                destination,
+                type(getattr(exc, "orig", None) or exc).__name__,
+                first_line(exc)[:200],  # the driver's message, never SQL parameters (PHI)
+            )
+            LOG.debug("forwarding to %s: index database error", destination, exc_info=True)
         except Exception:
             LOG.exception("forwarding to %s stopped on an unexpected error", destination)
         finally:
