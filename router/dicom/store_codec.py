@@ -450,10 +450,10 @@ def _serve_request(self: Any, msg: Any, context_id: int) -> None:
 
     The peer waits for our response while a request is served: that is not idleness. pynetdicom
     left the idle timer (``network_timeout``, PS3.8 section 9.1.5) running, and its association
-    thread, back from a store slower than ``network_timeout``, found the timer run out and
-    aborted the association with the response still unsent: the instance was kept and the
-    sender was told nothing. The timer restarts once the response is queued, as for a request
-    served in the DUL thread (:func:`_serve_store_inline`).
+    thread, back from a store slower than ``network_timeout``, found the timer run out and sent
+    an A-ABORT right behind the response: the instance was kept, a pynetdicom sender reported
+    no status, and every sender lost the rest of its association. The timer restarts once the
+    response is queued, as for a request served in the DUL thread (:func:`_serve_store_inline`).
     """
     if getattr(msg, "_router_dropped", False):
         return
