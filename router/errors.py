@@ -17,6 +17,13 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def database_error(exc: BaseException) -> str:
+    """``"<driver exception type>: <first line>"`` of a database error, at most about 250
+    characters: the driver's own error (``exc.orig``) when SQLAlchemy wrapped one, never the
+    statement or its parameters (which may hold PHI)."""
+    return f"{type(getattr(exc, 'orig', None) or exc).__name__}: {first_line(exc)[:200]}"
+
+
 class RouterError(Exception):
     """Base class of every error the router raises on purpose."""
 

@@ -28,7 +28,7 @@ from typing import Generic, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from router.errors import ArchiveError, IndexWriteError, first_line
+from router.errors import ArchiveError, IndexWriteError, database_error
 
 T = TypeVar("T")
 
@@ -186,11 +186,7 @@ def _batch_failure(exc: BaseException, members: int) -> IndexWriteError:
 
     The reason names the exception type and its first line, never SQL parameters (PHI).
     """
-    if isinstance(exc, IndexWriteError):
-        reason = str(exc)
-    else:
-        original = getattr(exc, "orig", None)
-        reason = f"index database error: {type(original or exc).__name__}: {first_line(exc)[:200]}"
+    reason = str(exc) if isinstance(exc, IndexWriteError) else f"index database error: {database_error(exc)}"
     if members > 1:
         reason += f" (transaction shared by {members} instances)"
     failure = IndexWriteError(reason)

@@ -33,7 +33,7 @@ from router.archive_backend import ArchiveBackend
 from router.db.models import Assignment, ForwardedInstance, Instance, OutboxJob, Study
 from router.db.queries import skip_locked
 from router.domain.enums import OutboxStatus
-from router.errors import first_line
+from router.errors import database_error
 from router.services.forwarding_queue import accepted_in_round, unsent_count
 from router.services.ledgers import record_transmission
 from router.timeutil import Clock, utcnow
@@ -133,10 +133,9 @@ class ForwardingService:
             # server, a lock timeout): an operating condition, not a fault of this code. The job
             # stays pending, or its claim expires, and the next pass of the timer tries again.
             LOG.warning(
-                "forwarding to %s paused: index database error %s: %s; retried on the next pass",
+                "forwarding to %s paused: index database error %s; retried on the next pass",
                 destination,
-                type(getattr(exc, "orig", None) or exc).__name__,
-                first_line(exc)[:200],  # the driver's message, never SQL parameters (PHI)
+                database_error(exc),  # the driver's message, never SQL parameters (PHI)
             )
             LOG.debug("forwarding to %s: index database error", destination, exc_info=True)
         except Exception:

@@ -32,7 +32,7 @@ from router.db.instance_index import IndexRow, InstanceIndex
 from router.db.models import Instance, InstanceConflict
 from router.db.queries import insert_ignore
 from router.domain.instance import InstanceHeader
-from router.errors import ArchiveError, IndexWriteError, first_line
+from router.errors import ArchiveError, IndexWriteError, database_error
 from router.keyring import KeyRing
 from router.timeutil import Clock, utcnow
 
@@ -341,8 +341,7 @@ def _cut(value: str | None, length: int) -> str | None:
 
 def _db_reason(exc: SQLAlchemyError) -> str:
     """A short reason without SQL parameters (which may carry PHI)."""
-    original = getattr(exc, "orig", None)
-    return f"index database error: {type(original or exc).__name__}: {first_line(exc)[:200]}"
+    return f"index database error: {database_error(exc)}"
 
 
 __all__ = ["ArchiveError", "IndexWriteError", "IntakeService", "Sender", "StoreOutcome"]
