@@ -28,6 +28,7 @@ import logging
 import re
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -458,13 +459,24 @@ def _serve_request(self: Any, msg: Any, context_id: int) -> None:
     if getattr(msg, "_router_dropped", False):
         return
     self._router_serving = True  # the DUL thread then queues a fast-path request behind it
-    idle = getattr(self.dul, "_idle_timer", None)
+    try:
+        with _idle_timer_stopped(self):
+            _ORIGINAL["serve_request"](self, msg, context_id)
+    finally:
+        self._router_serving = False
+
+
+@contextlib.contextmanager
+def _idle_timer_stopped(assoc: Any) -> Iterator[None]:
+    """The association's idle timer (``network_timeout``, PS3.8 section 9.1.5) stopped while a
+    request is served, restarted once its response is queued: the peer waiting for our answer
+    is not idle."""
+    idle = getattr(assoc.dul, "_idle_timer", None)
     if idle is not None:
         idle.stop()
     try:
-        _ORIGINAL["serve_request"](self, msg, context_id)
+        yield
     finally:
-        self._router_serving = False
         if idle is not None:
             idle.restart()
 
@@ -546,20 +558,15 @@ def _serve_store_inline(assoc: Any, request: Any, context_id: int) -> None:
     # The peer waits for our response meanwhile: that is not idleness. The association thread,
     # free now, would otherwise abort a store that takes longer than network_timeout after
     # storing it and before answering it (found by the hostile-peer trial of lever 31).
-    idle = getattr(assoc.dul, "_idle_timer", None)
-    if idle is not None:
-        idle.stop()
-    try:
-        context = assoc._accepted_cx[context_id]
-        assoc.dimse.cancel_req = {}
-        service_class.StorageServiceClass(assoc).SCP(request, context)
-        assoc.dimse.cancel_req = {}
-    except Exception as exc:  # noqa: BLE001 - the DUL thread must survive to send the A-ABORT
-        LOG.error("serving a C-STORE-RQ raised %s; A-ABORT sent", type(exc).__name__)
-        assoc.dul.event_queue.put("Evt19")
-    finally:
-        if idle is not None:
-            idle.restart()
+    with _idle_timer_stopped(assoc):
+        try:
+            context = assoc._accepted_cx[context_id]
+            assoc.dimse.cancel_req = {}
+            service_class.StorageServiceClass(assoc).SCP(request, context)
+            assoc.dimse.cancel_req = {}
+        except Exception as exc:  # noqa: BLE001 - the DUL thread must survive to send the A-ABORT
+            LOG.error("serving a C-STORE-RQ raised %s; A-ABORT sent", type(exc).__name__)
+            assoc.dul.event_queue.put("Evt19")
 
 
 def _send_msg(self: Any, primitive: Any, context_id: int) -> None:
