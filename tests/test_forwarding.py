@@ -80,6 +80,14 @@ def _wait(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-
         time.sleep(0.1)
 
 
+def _reader_licensed_in_tx(server: RouterServer) -> None:
+    """Facility CT_NORTH in Texas and reader NPI licensed there (no destination yet)."""
+    roster = server.app.roster
+    roster.facilities.add("CT_NORTH", "TX", "tester")
+    roster.radiologists.add(NPI, "Doe^Jane", "tester")
+    roster.licenses.add(NPI, "TX", "T1", dt.date(2099, 1, 1), "tester", issued=dt.date(2020, 1, 1))
+
+
 def _jobs(server: RouterServer) -> list[tuple[str, OutboxStatus]]:
     with server.app.sessions() as session:
         return [(job.destination, job.status) for job in session.scalars(select(OutboxJob).order_by(OutboxJob.id))]
@@ -92,9 +100,7 @@ def test_study_is_forwarded_follows_a_destination_change_and_can_be_queued_again
     first, second = Workstation("READER_A"), Workstation("READER_B")
     try:
         roster = server.app.roster
-        roster.facilities.add("CT_NORTH", "TX", "tester")
-        roster.radiologists.add(NPI, "Doe^Jane", "tester")
-        roster.licenses.add(NPI, "TX", "T1", dt.date(2099, 1, 1), "tester", issued=dt.date(2020, 1, 1))
+        _reader_licensed_in_tx(server)
         roster.radiologists.set(NPI, "tester", destination=f"READER_A@127.0.0.1:{first.port}")
         study_uid = "1.2.826.0.1.3680043.9.7433.77.1"
         datasets = [make_dataset(StudyInstanceUID=study_uid) for _ in range(3)]
@@ -155,9 +161,7 @@ def test_a_database_error_while_forwarding_is_one_warning_and_the_job_goes_out_o
     engine = create_engine(server.app.settings.database_url)
     try:
         roster = server.app.roster
-        roster.facilities.add("CT_NORTH", "TX", "tester")
-        roster.radiologists.add(NPI, "Doe^Jane", "tester")
-        roster.licenses.add(NPI, "TX", "T1", dt.date(2099, 1, 1), "tester", issued=dt.date(2020, 1, 1))
+        _reader_licensed_in_tx(server)
         destination = f"READER_A@127.0.0.1:{reader.port}"
         roster.radiologists.set(NPI, "tester", destination=destination)
         with engine.begin() as connection:
@@ -190,9 +194,7 @@ def test_studies_forward_all_sends_a_study_again_to_a_workstation_that_lost_it(
     destination = f"READER_A@127.0.0.1:{port}"
     try:
         roster = server.app.roster
-        roster.facilities.add("CT_NORTH", "TX", "tester")
-        roster.radiologists.add(NPI, "Doe^Jane", "tester")
-        roster.licenses.add(NPI, "TX", "T1", dt.date(2099, 1, 1), "tester", issued=dt.date(2020, 1, 1))
+        _reader_licensed_in_tx(server)
         roster.radiologists.set(NPI, "tester", destination=destination)
         study_uid = "1.2.826.0.1.3680043.9.7433.77.2"
         datasets = [make_dataset(StudyInstanceUID=study_uid) for _ in range(3)]

@@ -315,14 +315,24 @@ def test_a_response_larger_than_the_senders_maximum_pdu_is_fragmented_by_pynetdi
 
 def _send_one(server: RouterServer, command: bytes, sop: str) -> tuple[int, bytes]:
     """One C-STORE with ``command`` as its command set over a raw association: the first PDU back."""
+    return _exchange(server.ports[0], command, sop)[0]
+
+
+def _exchange(port: int, command: bytes, sop: str, *then: bytes) -> list[tuple[int, bytes]]:
+    """As :func:`_send_one`, then each PDU of ``then`` sent at once after the answer: the PDU
+    back after the C-STORE, then after each of them."""
     number = sop.rsplit(".", 1)[1]
     body = identifiers(sop, f"1.2.826.0.1.3680043.9.7433.1.{number}", f"1.2.826.0.1.3680043.9.7433.2.{number}")
-    raw = RawAssociation(server.ports[0])
+    raw = RawAssociation(port)
     try:
         assert raw.associate(max_pdu=0) == 0x02
         raw.send(p_data(command, command=True, last=True))
         raw.send(p_data(body, command=False, last=True))
-        return raw.read_pdu()
+        answers = [raw.read_pdu()]
+        for pdu in then:
+            raw.send(pdu)
+            answers.append(raw.read_pdu())
+        return answers
     finally:
         raw.close()
 
@@ -573,19 +583,9 @@ def test_a_store_slower_than_network_timeout_in_the_association_thread_is_answer
         command = c_store_command(CT_IMAGE_STORAGE, sop)
         _stall_after_accept(monkeypatch, 0.5)
     settings = make_settings(tmp_path, database_url).replace("listener", network_timeout=1.0)
-    number = sop.rsplit(".", 1)[1]
-    body = identifiers(sop, f"1.2.826.0.1.3680043.9.7433.1.{number}", f"1.2.826.0.1.3680043.9.7433.2.{number}")
     with running_router(settings) as server:
-        raw = RawAssociation(server.ports[0])
-        try:
-            assert raw.associate(max_pdu=0) == 0x02
-            raw.send(p_data(command, command=True, last=True))
-            raw.send(p_data(body, command=False, last=True))
-            kind, pdu = raw.read_pdu()
-            raw.send(A_RELEASE_RQ)  # at once: well within network_timeout of the response
-            after, _ = raw.read_pdu()
-        finally:
-            raw.close()
+        # the A-RELEASE-RQ at once: well within network_timeout of the response
+        (kind, pdu), (after, _) = _exchange(server.ports[0], command, sop, A_RELEASE_RQ)
         assert kind == 0x04  # P-DATA-TF: the C-STORE-RSP
         assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.SUCCESS
         assert after == 0x06  # A-RELEASE-RP: the association was not aborted after the response
