@@ -90,7 +90,16 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         metavar="N",
         help="instead: N one-instance associations, one after the other; CPU per association",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.count < args.associations:
+        parser.error(f"--count must be at least the number of associations ({args.associations})")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.target is not None and args.target <= 0:
+        parser.error("--target must be a ratio above 0")
+    if args.one_instance_associations is not None and args.one_instance_associations < 1:
+        parser.error("--one-instance-associations must be at least 1")
+    return args
 
 
 def _tree_cpu(pid: int) -> tuple[float, float]:
