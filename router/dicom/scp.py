@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import _config, dimse_messages
 
-from router.dicom import negotiation, pdata, proposals, reactor, store_codec, user_items
+from router.dicom import negotiation, pdata, proposals, reactor, store_codec, user_items, variable_items
 from router.dicom.extract import DEFAULT_MAX_INFLATED_BYTES, ReceivedFileUnreadable, UndecodableDataSet, read_header
 from router.dicom.spool import SpoolFile, spool_factory
 from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
@@ -94,6 +94,8 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
     proposals.install()
     # User information sub-items of an unknown type are skipped (PS3.7 D.3.3), not fatal.
     user_items.install()
+    # So are other association items of a type not defined at their place (PS3.8 9.3.1).
+    variable_items.install()
 
 
 #: Transfer syntaxes accepted for storage: every one pydicom knows (implicit/explicit little
