@@ -33,6 +33,7 @@ from tests.conftest import make_settings, running_router
 from tests.dicom_bytes import (
     APPLICATION_CONTEXT,
     CT_IMAGE_STORAGE,
+    EXPLICIT_LE,
     RawAssociation,
     associate_rq,
     c_store_command,
@@ -855,23 +856,61 @@ def test_an_association_request_item_running_past_its_pdu_is_one_warning_and_an_
     """An item whose length runs past the end of the A-ASSOCIATE-RQ cannot be skipped: the
     decoder refuses the PDU (pynetdicom logged it as two ERROR lines; the listener's PDU reader,
     router/dicom/pdata.py, makes it one WARNING) and the association is aborted."""
+    body = associate_rq()[6:] + struct.pack(">BBH", 0x60, 0, 50) + b"vendor"
+    _assert_request_aborted(
+        tmp_path, database_url, caplog, struct.pack(">BBI", 0x01, 0, len(body)) + body, "AssertionError"
+    )
+
+
+def _assert_request_aborted(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture, request: bytes, error: str
+) -> None:
+    """Send ``request`` (an A-ASSOCIATE-RQ) to a fresh router: it answers A-ABORT and closes
+    the connection, logs one WARNING naming the decoder's ``error``, and still serves a sender."""
     install_library_guards(verbose=False)  # as `router serve` does
     caplog.set_level(logging.INFO)
-    body = associate_rq()[6:] + struct.pack(">BBH", 0x60, 0, 50) + b"vendor"
     with _router(tmp_path, database_url) as server:
         raw = RawAssociation(server.ports[0])
         local_port = raw.sock.getsockname()[1]
         try:
-            raw.send(struct.pack(">BBI", 0x01, 0, len(body)) + body)
+            raw.send(request)
             kind, _ = raw.read_pdu()
+            assert raw.read_pdu() == (0, b"")  # then the router closes the connection
         finally:
             raw.close()
+        assert _legitimate_store_seconds(server.ports[0]) < 5
         time.sleep(0.3)
     assert kind == 0x07  # A-ABORT
     assert _problems(caplog) == [
         (
             "router.dicom.pdata",
             "WARNING",
-            f"A-ASSOCIATE-RQ from 127.0.0.1:{local_port} could not be decoded (AssertionError); A-ABORT sent",
+            f"A-ASSOCIATE-RQ from 127.0.0.1:{local_port} could not be decoded ({error}); A-ABORT sent",
         )
     ]
+
+
+_CT = CT_IMAGE_STORAGE.encode()
+
+
+@pytest.mark.parametrize(
+    "context_items",
+    [
+        pdu_item(0x35, b"vendor") + pdu_item(0x40, EXPLICIT_LE.encode()),  # unknown instead of the abstract syntax
+        pdu_item(0x30, _CT) + pdu_item(0x35, b"vendor"),  # unknown instead of the transfer syntax
+        pdu_item(0x40, EXPLICIT_LE.encode()),  # no abstract syntax at all
+        pdu_item(0x30, _CT),  # no transfer syntax at all
+        b"",  # neither
+    ],
+    ids=["abstract-replaced", "transfer-replaced", "no-abstract", "no-transfer", "empty"],
+)
+def test_a_presentation_context_without_its_syntaxes_is_one_warning_and_an_a_abort(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture, context_items: bytes
+) -> None:
+    """PS3.8 Table 9-14: a proposed context holds one Abstract Syntax and at least one Transfer
+    Syntax sub-item. Without one, pynetdicom's negotiation raised TypeError (no abstract syntax)
+    in the association's thread, which died without an answer and kept the connection open
+    outside the per-address limit (a fresh trial held 200 from one address, then refused a
+    legitimate sender), or IndexError (no transfer syntax). Now the request cannot be decoded:
+    one WARNING, an A-ABORT, the connection closed, and the listener still serves."""
+    _assert_request_aborted(tmp_path, database_url, caplog, associate_rq(context_items=context_items), "MissingSubItem")

@@ -17,7 +17,14 @@ the others by their length, logging each at DEBUG (its type and length, never it
 
 User Information sub-items are :mod:`router.dicom.user_items`'s. An item whose length runs past
 its PDU or item is still an error, as before: pynetdicom's decoder refuses it and the
-association is aborted.
+association is aborted. So is a presentation context item left without the sub-items it must
+hold (one Abstract Syntax and at least one Transfer Syntax in a request, Table 9-14; a Transfer
+Syntax in an accepted context of an answer, Table 9-18), whether they were replaced by unknown
+items or never sent: pynetdicom's negotiation raised ``TypeError`` on a context without an
+abstract syntax in the association's thread, which died without an answer and left the
+connection open outside the listener's limits, and ``IndexError`` on one without a transfer
+syntax. :class:`MissingSubItem` now makes the decoder refuse the PDU (one WARNING and an
+A-ABORT from :mod:`router.dicom.pdata`).
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ _LOCK = threading.Lock()
 _INSTALLED = False
 
 
+class MissingSubItem(ValueError):
+    """A presentation context item without a sub-item PS3.8 requires in it."""
+
+
 def defined_items(bytestream: bytes, defined: frozenset[int], holder: str) -> bytes:
     """``bytestream`` (the encoded items of a PDU's or item's variable field) without the items
     whose type is not in ``defined``; each one left out is logged at DEBUG.
@@ -57,16 +68,8 @@ def defined_items(bytestream: bytes, defined: frozenset[int], holder: str) -> by
     copying), or when an item's header or length runs past its end: pynetdicom's decoder then
     refuses it, as before.
     """
-    offset, end, undefined = 0, len(bytestream), False
-    while offset < end:
-        if offset + 4 > end:
-            return bytestream
-        (length,) = _ITEM_LENGTH.unpack_from(bytestream, offset + 2)
-        if offset + 4 + length > end:
-            return bytestream
-        undefined = undefined or bytestream[offset] not in defined
-        offset += 4 + length
-    if not undefined:
+    types = _item_types(bytestream)
+    if types is None or all(item_type in defined for item_type in types):
         return bytestream
     kept: list[bytes] = []
     for item_type, item_bytes in PDUItem._generate_items(bytestream):
@@ -77,9 +80,43 @@ def defined_items(bytestream: bytes, defined: frozenset[int], holder: str) -> by
     return b"".join(kept)
 
 
+def _item_types(bytestream: bytes) -> list[int] | None:
+    """The item types of ``bytestream``, in order; ``None`` if an item's header or length runs
+    past its end."""
+    types: list[int] = []
+    offset, end = 0, len(bytestream)
+    while offset < end:
+        if offset + 4 > end:
+            return None
+        (length,) = _ITEM_LENGTH.unpack_from(bytestream, offset + 2)
+        if offset + 4 + length > end:
+            return None
+        types.append(bytestream[offset])
+        offset += 4 + length
+    return types
+
+
+def _required(item: Any) -> dict[int, str]:
+    """The sub-items ``item`` must hold (type: name), PS3.8 Tables 9-14 and 9-18."""
+    if isinstance(item, PresentationContextItemRQ):
+        return {0x30: "Abstract Syntax", 0x40: "Transfer Syntax"}
+    if isinstance(item, PresentationContextItemAC) and item.result_reason == 0:
+        return {0x40: "Transfer Syntax"}
+    return {}
+
+
 def _skipping(original: Callable[[Any, bytes], list[Any]], defined: frozenset[int], holder: str) -> Any:
     def _wrap_generate_items(self: Any, bytestream: bytes) -> list[Any]:
-        return original(self, defined_items(bytes(bytestream), defined, holder))
+        kept = defined_items(bytes(bytestream), defined, holder)
+        required = _required(self)
+        types = _item_types(kept) if required else None
+        if types is not None:
+            for item_type, name in required.items():
+                if item_type not in types:
+                    raise MissingSubItem(
+                        f"{holder} {self.presentation_context_id} has no {name} sub-item (PS3.8 section 9.3)"
+                    )
+        return original(self, kept)
 
     _wrap_generate_items.__doc__ = original.__doc__
     return _wrap_generate_items
