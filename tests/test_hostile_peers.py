@@ -862,6 +862,17 @@ def test_an_association_request_item_running_past_its_pdu_is_one_warning_and_an_
     )
 
 
+def test_an_association_request_ending_in_part_of_an_item_header_names_struct_error(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three bytes after the User Information item, less than an item's header: pynetdicom's
+    decoder raises struct.error, which the WARNING named only "error"."""
+    body = associate_rq()[6:] + b"\x60\x00\x00"
+    _assert_request_aborted(
+        tmp_path, database_url, caplog, struct.pack(">BBI", 0x01, 0, len(body)) + body, "struct.error"
+    )
+
+
 def _assert_request_aborted(
     tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture, request: bytes, error: str
 ) -> None:

@@ -152,7 +152,7 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
             "%s from %s could not be decoded (%s); A-ABORT sent",
             PDU_NAMES.get(pdu_type, f"PDU of type 0x{pdu_type:02X}"),
             socket.describe_peer(),
-            type(exc).__name__,
+            _exception_name(exc),
         )
         LOG.debug("decoding it raised", exc_info=exc)
         self.event_queue.put("Evt19")
@@ -174,3 +174,10 @@ def install() -> None:
             _ORIGINAL["read_pdu_data"] = DULServiceProvider._read_pdu_data
             DULServiceProvider._decode_pdu = _decode_pdu  # type: ignore[method-assign]
             DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
+
+
+def _exception_name(exc: BaseException) -> str:
+    """The exception's class name, with its module where the name alone says little (a lower-case
+    class such as ``struct.error``)."""
+    cls = type(exc)
+    return cls.__name__ if cls.__name__[:1].isupper() else f"{cls.__module__}.{cls.__name__}"
