@@ -50,9 +50,8 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-import psutil  # noqa: E402
 from harness import workload  # noqa: E402
-from harness.procs import Registry, host_cpu_times, idle_share, steal_share, wait_quiet  # noqa: E402
+from harness.procs import Registry, cpu_times_split, host_cpu_times, idle_share, steal_share, wait_quiet  # noqa: E402
 from harness.receivers import Receivers, wait_count  # noqa: E402
 from harness.routerdb import SENDER_AE  # noqa: E402
 from harness.senders import send, sender_env  # noqa: E402
@@ -135,20 +134,6 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _tree_cpu(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process and its live descendants."""
-    user = system = 0.0
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        user += times.user
-        system += times.system
-    return user, system
-
-
 def _send_one_by_one(load: workload.Workload, port: int, called_ae: str) -> None:
     env = sender_env(nodelay=True)
     for path in load.files:
@@ -167,7 +152,7 @@ def _measure(
     running = receivers.start(name, dcmtk_nodelay=True)
     try:
         wait_quiet(running.proc.pid)
-        user_before, system_before = _tree_cpu(running.proc.pid)
+        user_before, system_before = cpu_times_split(running.proc.pid)
         senders_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         host_before = host_cpu_times()
         if args.one_instance_associations:
@@ -179,7 +164,7 @@ def _measure(
             if result.timed_out or any(code != 0 for code in result.returncodes):
                 raise SystemExit(f"{name}: storescu failed (exit status {list(result.returncodes)})")
             wall = result.wall_s
-        user_after, system_after = _tree_cpu(running.proc.pid)
+        user_after, system_after = cpu_times_split(running.proc.pid)
         senders_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         host_after = host_cpu_times()
         stored = wait_count(running, load.count, timeout=3.0)

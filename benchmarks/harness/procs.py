@@ -179,19 +179,27 @@ def wait_logged(log: Path, text: str, proc: subprocess.Popen[Any], timeout: floa
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, its reaped children and its live descendants."""
+    user, system = cpu_times_split(pid)
+    return user + system
+
+
+def cpu_times_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds, apart, of a process, its reaped children and its live
+    descendants; (nan, nan) if the process is gone."""
     try:
         proc = psutil.Process(pid)
         times = proc.cpu_times()
-        total = times.user + times.system + times.children_user + times.children_system
+        user, system = times.user + times.children_user, times.system + times.children_system
         for child in proc.children(recursive=True):
             try:
                 child_times = child.cpu_times()
-                total += child_times.user + child_times.system
             except psutil.NoSuchProcess:
                 continue
-        return total
+            user += child_times.user
+            system += child_times.system
+        return user, system
     except psutil.NoSuchProcess:
-        return float("nan")
+        return float("nan"), float("nan")
 
 
 def vm_hwm_kib(pid: int) -> int | None:
