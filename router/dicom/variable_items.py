@@ -69,7 +69,12 @@ def defined_items(bytestream: bytes, defined: frozenset[int], holder: str) -> by
     refuses it, as before.
     """
     types = _item_types(bytestream)
-    if types is None or all(item_type in defined for item_type in types):
+    return bytestream if types is None else _kept(bytestream, types, defined, holder)
+
+
+def _kept(bytestream: bytes, types: list[int], defined: frozenset[int], holder: str) -> bytes:
+    """:func:`defined_items` for a ``bytestream`` whose item ``types`` are known (and whole)."""
+    if all(item_type in defined for item_type in types):
         return bytestream
     kept: list[bytes] = []
     for item_type, item_bytes in PDUItem._generate_items(bytestream):
@@ -107,16 +112,16 @@ def _required(item: Any) -> dict[int, str]:
 
 def _skipping(original: Callable[[Any, bytes], list[Any]], defined: frozenset[int], holder: str) -> Any:
     def _wrap_generate_items(self: Any, bytestream: bytes) -> list[Any]:
-        kept = defined_items(bytes(bytestream), defined, holder)
-        required = _required(self)
-        types = _item_types(kept) if required else None
-        if types is not None:
-            for item_type, name in required.items():
-                if item_type not in types:
-                    raise MissingSubItem(
-                        f"{holder} {self.presentation_context_id} has no {name} sub-item (PS3.8 section 9.3)"
-                    )
-        return original(self, kept)
+        bytestream = bytes(bytestream)
+        types = _item_types(bytestream)
+        if types is None:  # an item runs past the end: pynetdicom's decoder refuses it
+            return original(self, bytestream)
+        for item_type, name in _required(self).items():
+            if item_type not in types:  # each required type is defined there, so it is kept
+                raise MissingSubItem(
+                    f"{holder} {self.presentation_context_id} has no {name} sub-item (PS3.8 section 9.3)"
+                )
+        return original(self, _kept(bytestream, types, defined, holder))
 
     _wrap_generate_items.__doc__ = original.__doc__
     return _wrap_generate_items
