@@ -26,10 +26,8 @@ from router.dicom import scp as scp_module
 from router.dicom import user_items, variable_items
 from router.dicom.scu import Destination, SendError, send_files
 from router.dicom.variable_items import MissingSubItem, defined_items
-from tests.dicom_bytes import APPLICATION_CONTEXT, EXPLICIT_LE, IMPLICIT_LE, associate_rq, pdu_item
+from tests.dicom_bytes import APPLICATION_CONTEXT, CT_IMAGE_STORAGE, EXPLICIT_LE, IMPLICIT_LE, associate_rq, pdu_item
 from tests.dicom_helpers import make_dataset, write_part10
-
-CT_IMAGE_STORAGE = b"1.2.840.10008.5.1.4.1.1.2"
 
 
 @pytest.fixture(autouse=True)
@@ -108,7 +106,7 @@ def test_a_request_decodes_as_if_the_undefined_items_were_not_there() -> None:
         TransferSyntaxSubItem,
     ]
     (plain_context,) = plain.presentation_context
-    assert context.abstract_syntax == plain_context.abstract_syntax == CT_IMAGE_STORAGE.decode()
+    assert context.abstract_syntax == plain_context.abstract_syntax == CT_IMAGE_STORAGE
     assert context.transfer_syntax == plain_context.transfer_syntax == [EXPLICIT_LE]
 
 
@@ -119,7 +117,7 @@ def test_an_answer_with_undefined_items_gives_the_same_accepted_and_refused_cont
     answer.decode(
         _associate_ac(
             extra_items=pdu_item(0x60, b"vendor") + pdu_item(0x20, b"\x05\x00\x00\x00"),
-            extra_context_items=pdu_item(0x30, CT_IMAGE_STORAGE),
+            extra_context_items=pdu_item(0x30, CT_IMAGE_STORAGE.encode()),
         )
     )
     assert [type(item) for item in answer.variable_items] == [
