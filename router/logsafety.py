@@ -162,6 +162,18 @@ _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x09), *range(0x0
 _CONTROL_ESCAPES.update({0x0A: "\\n", 0x0D: "\\r"})
 
 
+def uid_for_log(value: object) -> str:
+    """A UID for a log line: as sent when it is digits and dots, at most 64 (PS3.5 section 9.1;
+    it may still be invalid, e.g. a leading zero); otherwise only its length, since a sender can
+    put any text in that field."""
+    text = str(value or "")
+    if not text:
+        return "(none)"
+    if len(text) <= 64 and all(ch in "0123456789." for ch in text):
+        return text
+    return f"(not a UID: {len(text)} characters)"
+
+
 def escape_controls(text: str) -> str:
     """``text`` with line breaks and other control characters written as ``\\n``, ``\\x1b``..."""
     return text.translate(_CONTROL_ESCAPES)

@@ -118,18 +118,25 @@ def associate_rq(
     extra_context_items: bytes = b"",
     extra_items: bytes = b"",
     context_items: bytes | None = None,
+    application_context: bytes | None = APPLICATION_CONTEXT,
+    contexts: bytes | None = None,
 ) -> bytes:
     """A-ASSOCIATE-RQ with one presentation context, ID 1 (PS3.8 section 9.3.2);
     ``extra_user_items`` (encoded sub-items) follow the User Information item's own,
     ``extra_context_items`` the presentation context's transfer syntax, and ``extra_items`` the
-    User Information item; ``context_items`` replaces the context's two sub-items."""
+    User Information item; ``context_items`` replaces the context's two sub-items and
+    ``contexts`` (encoded presentation context items, ``b""`` for none) the whole context.
+    ``application_context`` None leaves out the Application Context item."""
     if context_items is None:
         context_items = pdu_item(0x30, sop_class.encode()) + pdu_item(0x40, transfer_syntax.encode())
-    context = struct.pack(">BBBB", 1, 0, 0, 0) + context_items + extra_context_items
+    if contexts is None:
+        contexts = pdu_item(0x20, struct.pack(">BBBB", 1, 0, 0, 0) + context_items + extra_context_items)
     user = pdu_item(0x51, struct.pack(">I", max_pdu)) + pdu_item(0x52, b"1.2.826.0.1.3680043.9.7433.1")
     user += extra_user_items
     body = struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + b"\x00" * 32
-    body += pdu_item(0x10, APPLICATION_CONTEXT) + pdu_item(0x20, context) + pdu_item(0x50, user) + extra_items
+    if application_context is not None:
+        body += pdu_item(0x10, application_context)
+    body += contexts + pdu_item(0x50, user) + extra_items
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 

@@ -24,9 +24,11 @@ from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
+from router.dicom.application_context import application_context_problem
 from router.dicom.balance import AcceptBalance
 from router.dicom.guard import ConnectionLimiter, GuardedRequestHandler, PeerLimits, install_log_filter
 from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS, StoreHandler
+from router.logsafety import uid_for_log
 
 LOG = logging.getLogger(__name__)
 
@@ -339,8 +341,12 @@ def _rejection_reason(assoc: Any, calling: str, called: str) -> str:
 
     Mirrors the checks of ``pynetdicom.acse.ACSE._negotiate_as_acceptor`` (PS3.8 section 9.3.4,
     A-ASSOCIATE-RJ): calling AE title not allowed (diagnostic 3), called AE title not ours
-    (diagnostic 7), too many associations (transient, local limit exceeded).
+    (diagnostic 7), too many associations (transient, local limit exceeded); before those, an
+    application context name other than DICOM's (diagnostic 2, :mod:`router.dicom.application_context`).
     """
+    context_problem = application_context_problem(assoc.requestor.primitive)
+    if context_problem is not None:  # checked first, and alone (router.dicom.application_context)
+        return context_problem
     ae = assoc.ae
     allowed = [title.strip() for title in ae.require_calling_aet]
     # pynetdicom's later checks override earlier ones in what it sends: the same order here
@@ -366,6 +372,59 @@ def _log_rejected(event: evt.Event) -> None:
         assoc.requestor.port,
         called,
         _rejection_reason(assoc, calling, called),
+    )
+
+
+#: Presentation context results of an A-ASSOCIATE-AC other than acceptance (PS3.8 Table 9-18).
+_CONTEXT_REFUSALS = {
+    0x01: "refused by the user",
+    0x02: "refused, no reason given",
+    0x03: "abstract syntax not supported",
+    0x04: "transfer syntaxes not supported",
+}
+#: Most distinct abstract syntaxes named in the WARNING of an association that can send nothing.
+_NAMED_SYNTAXES_MAX = 5
+
+
+def _log_nothing_accepted(event: evt.Event) -> None:
+    """EVT_ACCEPTED: one WARNING when the association was accepted with no presentation context.
+
+    PS3.8 section 9.3.3 lets the acceptor accept an association while refusing every context
+    (DCMTK and Orthanc do so too), but the sender can then send nothing: a DICOMDIR (Media
+    Storage Directory Storage, which is not a storage SOP class to be archived), a SOP class
+    proposed only with transfer syntaxes the router cannot read, a request with no context at
+    all. The line names the calling AE title, the address and, per refusal reason, up to
+    :data:`_NAMED_SYNTAXES_MAX` abstract syntax UIDs (never PHI), so an admin can tell the
+    sender's operator what it proposed.
+    """
+    assoc = event.assoc
+    # pynetdicom's own dict (accepted_contexts sorts a copy of it, for every association)
+    if getattr(assoc, "_accepted_cx", None):
+        return
+    request = assoc.requestor.primitive
+    calling = str(getattr(request, "calling_ae_title", "") or "").strip()
+    refused: dict[str, list[str]] = {}
+    for context in assoc.rejected_contexts:
+        reason = _CONTEXT_REFUSALS.get(context.result or 0, f"result {context.result}")
+        syntaxes = refused.setdefault(reason, [])
+        abstract = uid_for_log(context.abstract_syntax)
+        if abstract not in syntaxes:
+            syntaxes.append(abstract)
+    if refused:
+        parts = []
+        for reason, syntaxes in refused.items():
+            named = ", ".join(syntaxes[:_NAMED_SYNTAXES_MAX])
+            more = len(syntaxes) - _NAMED_SYNTAXES_MAX
+            parts.append(f"{reason}: {named}" + (f" and {more} more" if more > 0 else ""))
+        why = "; ".join(parts)
+    else:
+        why = "it proposed none"
+    LOG.warning(
+        "association from %r at %s:%s accepted with no presentation context (%s); it can send nothing",
+        calling,
+        assoc.requestor.address,
+        assoc.requestor.port,
+        why,
     )
 
 
@@ -405,6 +464,7 @@ def start_listener(options: ListenerOptions, handler: StoreHandler) -> Listener:
         (evt.EVT_C_STORE, handler),
         (evt.EVT_C_ECHO, _handle_echo),
         (evt.EVT_REJECTED, _log_rejected),
+        (evt.EVT_ACCEPTED, _log_nothing_accepted),
         (evt.EVT_CONN_OPEN, handler.connection_opened),
         (evt.EVT_CONN_CLOSE, handler.connection_closed),
     ]

@@ -22,13 +22,23 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import _config, dimse_messages
 
-from router.dicom import negotiation, pdata, proposals, reactor, store_codec, user_items, variable_items
+from router.dicom import (
+    application_context,
+    negotiation,
+    pdata,
+    proposals,
+    reactor,
+    store_codec,
+    user_items,
+    variable_items,
+)
 from router.dicom.extract import DEFAULT_MAX_INFLATED_BYTES, ReceivedFileUnreadable, UndecodableDataSet, read_header
 from router.dicom.spool import SpoolFile, spool_factory
 from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
 from router.dicom.structure import InflationLimitExceeded
 from router.domain.instance import InstanceHeader, uid_problem
 from router.errors import ArchiveError, IndexWriteError
+from router.logsafety import uid_for_log
 
 LOG = logging.getLogger(__name__)
 
@@ -96,6 +106,8 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
     user_items.install()
     # So are other association items of a type not defined at their place (PS3.8 9.3.1).
     variable_items.install()
+    # A request for an application context other than DICOM's is rejected (PS3.7 A.2.1).
+    application_context.install()
 
 
 #: Transfer syntaxes accepted for storage: every one pydicom knows (implicit/explicit little
@@ -186,7 +198,7 @@ class StoreHandler:
         except InflationLimitExceeded as exc:
             LOG.warning(
                 "C-STORE of %s from %s refused with 0xA700: %s (listener.max_inflated_bytes)",
-                _uid_for_log(request.AffectedSOPInstanceUID),
+                uid_for_log(request.AffectedSOPInstanceUID),
                 sender.calling_ae_title,
                 exc,
             )
@@ -197,7 +209,7 @@ class StoreHandler:
         except UndecodableDataSet as exc:
             LOG.warning(
                 "C-STORE of %s from %s: data set could not be decoded (%s)",
-                _uid_for_log(request.AffectedSOPInstanceUID),
+                uid_for_log(request.AffectedSOPInstanceUID),
                 sender.calling_ae_title,
                 exc,
             )
@@ -207,7 +219,7 @@ class StoreHandler:
             code, comment = problem
             LOG.warning(
                 "C-STORE of %s from %s refused with 0x%04X: %s",
-                _uid_for_log(request.AffectedSOPInstanceUID),
+                uid_for_log(request.AffectedSOPInstanceUID),
                 sender.calling_ae_title,
                 int(code),
                 comment,
@@ -308,15 +320,3 @@ class StoreHandler:
         if header.sop_class_uid != requested_class:
             return StoreStatus.DATA_SET_MISMATCH, "SOPClassUID differs from the request"
         return None
-
-
-def _uid_for_log(value: object) -> str:
-    """A UID for a log line: as sent when it is digits and dots, at most 64 (PS3.5 section 9.1;
-    it may still be invalid, e.g. a leading zero); otherwise only its length, since a sender can
-    put any text in that field."""
-    text = str(value or "")
-    if not text:
-        return "(none)"
-    if len(text) <= 64 and all(ch in "0123456789." for ch in text):
-        return text
-    return f"(not a UID: {len(text)} characters)"
