@@ -164,7 +164,16 @@ class RouterApp:
         )
         routing = RoutingService(sessions, reference, routing_policy(settings, keyring), clock)
         reads = ReadService(sessions, reference, routing, clock, claim_defaults(settings))
-        intake = IntakeService(sessions, archive, clock, keyring)
+        # Recovery re-indexes a local archive's files whose rows a power loss took back
+        # (database.sqlite_intake_synchronous); it does not list an S3 bucket, so there intake
+        # commits stay fsynced.
+        intake = IntakeService(
+            sessions,
+            archive,
+            clock,
+            keyring,
+            sqlite_synchronous_level=settings.database.sqlite_intake_synchronous if archive.scans_for_orphans else None,
+        )
         intake.report_hook = SrReportIntake(sessions, archive, ReportService(reads, routing), read_sr_facts, clock)
         return cls(
             settings=settings,

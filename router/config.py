@@ -37,6 +37,8 @@ NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 #: ``[logging] format`` values.
 LOG_FORMATS = ("text", "json")
+#: Values of ``database.sqlite_intake_synchronous`` (SQLite's PRAGMA synchronous, in lower case).
+SQLITE_INTAKE_SYNCHRONOUS = ("normal", "full")
 
 #: The ``config/`` folder shipped in the package (:mod:`router.resources`): dated data files (IMLC
 #: membership, CPT map), the example config and the demo roster. A path in a config file
@@ -192,6 +194,10 @@ class DatabaseSettings:
     pool_size: int = 5  # connections kept open per process
     max_overflow: int = 10  # extra connections opened under load
     application_name: str = "router"  # shown in pg_stat_activity as "<name>:<node id>"
+    # SQLite only: PRAGMA synchronous of the receiving processes' index transactions. "normal":
+    # a commit is not fsynced (the archive file and its folder are; start-up recovery re-indexes
+    # a file whose row a power loss took back); "full": SQLite's WAL is fsynced at every commit.
+    sqlite_intake_synchronous: str = "normal"
 
 
 @dataclass(frozen=True)
@@ -628,6 +634,11 @@ def _validate(settings: Settings) -> Settings:
         or not database.application_name.isprintable()
     ):
         raise ConfigError("database.application_name", "must be 1 to 40 printable characters")
+    if database.sqlite_intake_synchronous not in SQLITE_INTAKE_SYNCHRONOUS:
+        raise ConfigError(
+            "database.sqlite_intake_synchronous",
+            f"{database.sqlite_intake_synchronous!r} must be one of {', '.join(map(repr, SQLITE_INTAKE_SYNCHRONOUS))}",
+        )
     node = settings.node
     if node.id is not None and not NODE_ID_PATTERN.fullmatch(node.id):
         raise ConfigError("node.id", f"{node.id!r} must be 1 to 64 letters, digits, '.', '_' or '-'")

@@ -219,3 +219,17 @@ def test_bytes_changed_on_the_way_to_s3_answer_a700(tmp_path: Path, sqlite_url: 
         assert send_paths(server.ports[0], [path]) == [0x0000]  # the sender's retry
         (stored,) = s3.objects().values()
         assert stored.endswith(dataset_bytes(path))
+
+
+def test_intake_commits_stay_fsynced_with_the_s3_archive(tmp_path: Path, sqlite_url: str, s3: S3Server) -> None:
+    """Recovery does not list the bucket, so it could not index an object whose row a power
+    loss took back: with S3 the intake's index commits keep SQLite's synchronous=FULL, whatever
+    ``database.sqlite_intake_synchronous`` says (tests/test_intake_commit_sync.py)."""
+    settings = s3_settings(tmp_path, sqlite_url, s3)
+    assert settings.database.sqlite_intake_synchronous == "normal"
+    with running_router(settings) as server:
+        (status,) = send_paths(server.ports[0], [write_part10(make_dataset(), tmp_path / "one.dcm")])
+        assert status == 0x0000
+        connection = server.app.intake.commits._connection
+        assert connection is not None
+        assert connection.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL

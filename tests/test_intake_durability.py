@@ -230,6 +230,6 @@ def test_read_header_tells_a_system_error_from_a_bad_data_set(
     def failing(*_args: Any, **_kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(extract, "_read_transfer_syntax", failing)
+    monkeypatch.setattr(extract, "_read_file_meta", failing)
     with pytest.raises(expected):
         extract.read_header(path)

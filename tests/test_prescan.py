@@ -19,7 +19,7 @@ _WANTED = frozenset(int(tag) for tag in extract._SPECIFIC_TAGS)
 
 def _scan(path: Path, implicit: bool) -> prescan.Scanned | None:
     with open(path, "rb") as handle:
-        extract._read_transfer_syntax(handle)
+        extract._read_file_meta(handle)
         return prescan.scan(handle, implicit, True, path.stat().st_size, _WANTED)
 
 

@@ -2,7 +2,9 @@
 
 SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL`` so that a committed
 row survives power loss, foreign keys on, and a busy timeout so concurrent association threads
-wait for the write lock instead of failing at once. PostgreSQL is used as is.
+wait for the write lock instead of failing at once; the receiving processes' index
+transactions may set their own connection's ``synchronous`` (:func:`sqlite_synchronous`,
+``database.sqlite_intake_synchronous``). PostgreSQL is used as is.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -239,3 +242,21 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 def is_sqlite(engine: Engine) -> bool:
     """Whether ``engine`` talks to SQLite."""
     return engine.dialect.name == "sqlite"
+
+
+def sqlite_synchronous(level: str) -> Callable[[Connection], None]:
+    """What sets SQLite's ``PRAGMA synchronous`` to ``level`` ("normal" or "full") on one
+    connection, on its DBAPI connection (no transaction is begun for it).
+
+    In WAL mode (https://www.sqlite.org/pragma.html#pragma_synchronous) NORMAL fsyncs the WAL
+    only at checkpoints: a commit is atomic and survives a crash or kill of the process, but the
+    last ones may roll back after a power loss or an operating system crash. FULL fsyncs the
+    WAL at every commit. The setting is the connection's own; a later FULL commit on another
+    connection fsyncs the WAL with every frame before it.
+    """
+    statement = f"PRAGMA synchronous={ {'normal': 'NORMAL', 'full': 'FULL'}[level] }"
+
+    def prepare(connection: Connection) -> None:
+        connection.connection.dbapi_connection.execute(statement)  # type: ignore[union-attr]
+
+    return prepare

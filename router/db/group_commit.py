@@ -51,9 +51,16 @@ class _Unit(Generic[T]):
 class GroupCommit:
     """Runs units of work from many threads, batched into shared transactions. Thread-safe."""
 
-    def __init__(self, engine: Engine, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, engine: Engine, max_batch: int = MAX_BATCH, prepare: Callable[[Connection], None] | None = None
+    ) -> None:
+        """``prepare`` is called with each connection the group commit checks out, before its
+        first transaction (e.g. a per-connection SQLite PRAGMA). A connection so prepared is
+        discarded, not returned to the engine's pool, when the group commit lets go of it: its
+        settings are not the pool's."""
         self._engine = engine
         self._max_batch = max_batch
+        self._prepare = prepare
         self._lock = threading.Lock()
         self._queue: list[_Unit[object]] = []
         self._leading = False  # a thread is running a transaction (or about to)
@@ -130,14 +137,25 @@ class GroupCommit:
         """Return the kept connection to the pool (the next transaction checks one out again)."""
         with self._lock:
             connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
+        if connection is None:
+            return
+        if self._prepare is not None and not connection.invalidated:
+            connection.invalidate()
+        connection.close()
 
     def _transaction(self, batch: list[_Unit[object]]) -> None:
         """One transaction: each unit's result or own failure is set on it; raises if it failed.
         A failed one also gives back its connection (it may be the database's fault)."""
         if self._connection is None or self._connection.invalidated:
-            self._connection = self._engine.connect()
+            connection = self._engine.connect()
+            if self._prepare is not None:
+                try:
+                    self._prepare(connection)
+                except BaseException:
+                    connection.invalidate()
+                    connection.close()
+                    raise
+            self._connection = connection
         try:
             self._run_transaction(self._connection, batch)
         except BaseException:

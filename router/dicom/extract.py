@@ -175,7 +175,7 @@ def read_header(path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
         dataset: Dataset
         plain: dict[str, str | None] = {}
         with open(path, "rb") as handle:
-            syntax = _read_transfer_syntax(handle)
+            syntax, sending_ae_title = _read_file_meta(handle)
             if syntax.is_deflated:
                 with tempfile.TemporaryFile(dir=path.parent) as inflated:
                     size = inflate_dataset(handle, inflated, max_inflated_bytes)
@@ -214,16 +214,18 @@ def read_header(path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
         RecursionError,
     ) as exc:
         raise UndecodableDataSet(type(exc).__name__) from exc
-    return header_from_dataset(dataset, str(syntax), plain)
+    return header_from_dataset(dataset, str(syntax), plain, sending_ae_title=sending_ae_title)
 
 
-def _read_transfer_syntax(reader: Any) -> UID:
-    """Check the preamble and read (0002,0010) from the File Meta Information; leaves the
-    reader at the start of the data set (PS3.10 section 7.1)."""
+def _read_file_meta(reader: Any) -> tuple[UID, str | None]:
+    """Check the preamble and read the Transfer Syntax UID (0002,0010) and the Sending
+    Application Entity Title (0002,0017, None when absent) from the File Meta Information;
+    leaves the reader at the start of the data set (PS3.10 section 7.1)."""
     head = reader.read(_PREAMBLE_AND_PREFIX)
     if len(head) < _PREAMBLE_AND_PREFIX or head[128:132] != b"DICM":
         raise InvalidDicomError("not a DICOM Part 10 file")
     syntax: str | None = None
+    sending_ae_title: str | None = None
     meta = data_element_generator(reader, False, True, stop_when=lambda tag, _vr, _length: tag.group != 0x0002)
     # The data set starts where the last File Meta element ends. pydicom's walk leaves the reader
     # there, except when the data set is shorter than one element header: it then reads those
@@ -235,10 +237,12 @@ def _read_transfer_syntax(reader: Any) -> UID:
             start = raw.value_tell + raw.length
         if raw.tag == 0x00020010:
             syntax = (raw.value or b"").decode("ascii", "replace").strip("\x00 ")
+        elif raw.tag == 0x00020017:
+            sending_ae_title = (raw.value or b"").decode("ascii", "replace").strip() or None
     if not syntax:
         raise InvalidDicomError("no Transfer Syntax UID in the File Meta Information")
     reader.seek(start)
-    return UID(syntax)
+    return UID(syntax), sending_ae_title
 
 
 def _walk(reader: Any, syntax: UID, size: int) -> tuple[Dataset, dict[str, str | None]]:
@@ -423,9 +427,13 @@ def _normalize_character_set(dataset: Dataset) -> None:
 
 
 def header_from_dataset(
-    dataset: Dataset, transfer_syntax_uid: str, plain: dict[str, str | None] | None = None
+    dataset: Dataset,
+    transfer_syntax_uid: str,
+    plain: dict[str, str | None] | None = None,
+    sending_ae_title: str | None = None,
 ) -> InstanceHeader:
-    """Build an :class:`InstanceHeader` from an already-read data set (absent values are ``None``).
+    """Build an :class:`InstanceHeader` from an already-read data set (absent values are ``None``);
+    ``sending_ae_title`` comes from the file's File Meta Information.
 
     Without a Specific Character Set in ``dataset`` only default-repertoire (ASCII) text is
     read; :func:`read_header` first turns a misspelled declaration into the defined terms.
@@ -462,6 +470,7 @@ def header_from_dataset(
         region_of_residence=text(dataset, "RegionOfResidence"),
         country_of_residence=text(dataset, "CountryOfResidence"),
         procedure_codes=tuple(dict.fromkeys(codes)),
+        sending_ae_title=sending_ae_title,
     )
 
 

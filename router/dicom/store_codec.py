@@ -187,9 +187,15 @@ def _explicit(tag_element: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH2sH", 2, tag_element, vr, len(value)) + value
 
 
-def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+def encode_file_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, sending_ae_title: str | None = None
+) -> bytes:
     """The 128-byte preamble, ``DICM`` and File Meta Information (PS3.10 section 7.1) that
-    pynetdicom writes before a received data set: the same bytes, built without a Dataset."""
+    pynetdicom writes before a received data set (with :func:`install`, it too names the
+    sender): the same bytes, built without a Dataset. ``sending_ae_title`` (a value checked by
+    :func:`sending_ae_title`) is written as the Sending Application Entity Title (0002,0017):
+    start-up recovery re-indexes a file whose index row a power loss took back as received from
+    that AE title (router.services.recovery)."""
     body = b"".join(
         (
             _explicit(0x0001, b"OB", b"\x00\x01"),
@@ -198,9 +204,38 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax:
             _explicit(0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
             _explicit(0x0012, b"UI", _padded(_IMPLEMENTATION_UID, b"\x00")),
             _explicit(0x0013, b"SH", _padded(_IMPLEMENTATION_VERSION, b" ")),
+            _explicit(0x0017, b"AE", _padded(sending_ae_title, b" ")) if sending_ae_title else b"",
         )
     )
     return b"\x00" * 128 + b"DICM" + _explicit(0x0000, b"UL", _UL.pack(len(body))) + body
+
+
+#: Characters of an AE value (PS3.5 Table 6.2-1: the default repertoire, no backslash or control
+#: character), at most 16 of them.
+_AE_VALUE = re.compile(r"[ -\[\]-~]{1,16}")
+
+
+def sending_ae_title(assoc: Any) -> str | None:
+    """The calling AE title of ``assoc`` (a pynetdicom Association), as the Sending Application
+    Entity Title (0002,0017) of the files received on it; None when it is not a valid AE value
+    (PS3.5 Table 6.2-1), which pynetdicom does not refuse."""
+    title = str(getattr(getattr(assoc, "requestor", None), "ae_title", "") or "").strip()
+    return title if _AE_VALUE.fullmatch(title) else None
+
+
+#: The Sending Application Entity Title of the association whose PDUs this thread decodes (its
+#: DUL thread), for pynetdicom's own ``create_file_meta`` (:func:`_create_file_meta`).
+_DECODING = threading.local()
+
+
+def _create_file_meta(**kwargs: Any) -> Any:
+    """pynetdicom's ``create_file_meta`` for a data set its own decoder receives (``--verbose``,
+    a command set in several fragments), with the Sending Application Entity Title added."""
+    meta = _ORIGINAL["create_file_meta"](**kwargs)
+    title = getattr(_DECODING, "sending_ae_title", None)
+    if title:
+        meta.SendingApplicationEntityTitle = title
+    return meta
 
 
 # What pynetdicom's create_file_meta() puts in every received file (its defaults).
@@ -233,6 +268,7 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
     if getattr(self, "_router_invalid", False):
         return False  # the association is being aborted: later fragments are dropped
     self._router_assoc = assoc  # type: ignore[attr-defined]  # for _message_to_primitive
+    _DECODING.sending_ae_title = sending_ae_title(assoc) if assoc is not None else None
     items = getattr(primitive, "presentation_data_value_list", None)
     if assoc is not None and items and getattr(self, "_data_set_file", None) is not None and _command_first(items):
         # PS3.8 Annex E.2: a message's fragments are sent in order, its command set then its
@@ -252,7 +288,13 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
         if data and data[0] & 0x03 == 0x03 and context_id in assoc._accepted_cx:
             request = decode_store_request(bytes(data[1:]))
             if request is not None and not _logging_handlers_bound(assoc, evt.EVT_DIMSE_RECV):
-                _begin_store(self, context_id, request, assoc._accepted_cx[context_id].transfer_syntax[0])
+                _begin_store(
+                    self,
+                    context_id,
+                    request,
+                    assoc._accepted_cx[context_id].transfer_syntax[0],
+                    _DECODING.sending_ae_title,
+                )
                 if len(items) == 1:
                     return False
                 rest = P_DATA()
@@ -340,7 +382,9 @@ def _abort_invalid(assoc: Any, reason: str, message: Any) -> None:
     assoc.dul.event_queue.put("Evt19")
 
 
-def _begin_store(message: DIMSEMessage, context_id: int, request: StoreRequest, transfer_syntax: str) -> None:
+def _begin_store(
+    message: DIMSEMessage, context_id: int, request: StoreRequest, transfer_syntax: str, sender: str | None
+) -> None:
     message.context_id = context_id
     message.__class__ = C_STORE_RQ
     message._router_store_request = request  # type: ignore[attr-defined]
@@ -348,7 +392,7 @@ def _begin_store(message: DIMSEMessage, context_id: int, request: StoreRequest, 
     spool: Any = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
     message._data_set_file = spool
     message._data_set_path = Path(spool.name)
-    spool.write(encode_file_meta(request.sop_class_uid, request.sop_instance_uid, str(transfer_syntax)))
+    spool.write(encode_file_meta(request.sop_class_uid, request.sop_instance_uid, str(transfer_syntax), sender))
     begin = getattr(spool, "begin_data_set", None)  # router.dicom.spool: hashed as it arrives
     if begin is not None:
         begin()
@@ -611,9 +655,11 @@ def install() -> None:
         _ORIGINAL["storage_scp"] = service_class.StorageServiceClass.SCP
         _ORIGINAL["send_msg"] = dimse.DIMSEServiceProvider.send_msg
         _ORIGINAL["serve_request"] = association.Association._serve_request
+        _ORIGINAL["create_file_meta"] = dimse_messages.create_file_meta
         DIMSEMessage.decode_msg = _decode_msg  # type: ignore[method-assign]
         DIMSEMessage.message_to_primitive = _message_to_primitive  # type: ignore[method-assign]
         service_class.StorageServiceClass.SCP = _storage_scp  # type: ignore[method-assign]
         dimse.DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
         association.Association._serve_request = _serve_request  # type: ignore[method-assign]
+        dimse_messages.create_file_meta = _create_file_meta
         dimse.DIMSEServiceProvider.receive_primitive = _receive_primitive  # type: ignore[method-assign]

@@ -60,3 +60,6 @@ class InstanceHeader:
     region_of_residence: str | None = None
     country_of_residence: str | None = None
     procedure_codes: tuple[ProcedureCode, ...] = field(default_factory=tuple)
+    #: Sending Application Entity Title (0002,0017) of the file's File Meta Information (PS3.10
+    #: section 7.1): the calling AE title of the association the router received it on.
+    sending_ae_title: str | None = None

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from router.archive import dataset_sha256
 from router.archive_backend import ArchiveBackend
+from router.db.engine import is_sqlite, sqlite_synchronous
 from router.db.group_commit import GroupCommit
 from router.db.instance_index import IndexRow, InstanceIndex
 from router.db.models import Instance, InstanceConflict
@@ -71,12 +72,21 @@ class IntakeService:
         archive: ArchiveBackend,
         clock: Clock = utcnow,
         keyring: KeyRing | None = None,
+        sqlite_synchronous_level: str | None = None,
     ) -> None:
+        """``sqlite_synchronous_level`` ("normal" or "full", on SQLite only): the ``PRAGMA
+        synchronous`` of the connection the index transactions run on
+        (:func:`router.db.engine.sqlite_synchronous`); None leaves the engine's (FULL)."""
         self._sessions = sessions
         self._engine: Engine = sessions.kw["bind"]
         self._indexer = InstanceIndex(self._engine.dialect)
+        prepare = (
+            sqlite_synchronous(sqlite_synchronous_level)
+            if sqlite_synchronous_level is not None and is_sqlite(self._engine)
+            else None
+        )
         #: Index transactions shared by concurrent associations (one commit, one WAL flush).
-        self.commits = GroupCommit(self._engine)
+        self.commits = GroupCommit(self._engine, prepare=prepare)
         self._archive = archive
         self._clock = clock
         self._keyring = keyring  # encrypts the patient's location text in the index

@@ -7,7 +7,9 @@ Runs before the listener accepts associations:
    in progress;
 2. if the previous run of this node (by node id) did not stop cleanly, instance files modified since the last
    clean shutdown (found through study-folder modification times, not a full walk) are checked:
-   a file without a row is indexed when its header names exactly its path, else quarantined;
+   a file without a row is indexed when its header names exactly its path, as received from the
+   AE title its File Meta Information names (its index row may have been taken back by a power
+   loss: ``database.sqlite_intake_synchronous``), else quarantined;
 3. rows received since then whose file is missing are reported (logged and returned).
 
 Studies that were waiting to be routed are still ``receiving`` (routing commits its outcome
@@ -37,7 +39,8 @@ from router.timeutil import Clock, utcnow
 
 LOG = logging.getLogger(__name__)
 
-#: Calling AE title recorded for files indexed by recovery (the real sender is unknown).
+#: Calling AE title recorded for files indexed by recovery whose File Meta Information names no
+#: sender (Sending Application Entity Title, 0002,0017): the real sender is unknown.
 RECOVERY_AE_TITLE = "RECOVERY"
 _MARGIN = dt.timedelta(seconds=5)
 
@@ -184,7 +187,9 @@ class RecoveryService:
                 reason = "path does not match the data set's UIDs"
         if reason is None and header is not None:
             try:
-                self._intake.adopt(header, relative, Sender(RECOVERY_AE_TITLE, "-"))
+                # The sender named in the file (router.dicom.store_codec writes it), so that its
+                # study is routed as any other from that AE title.
+                self._intake.adopt(header, relative, Sender(header.sending_ae_title or RECOVERY_AE_TITLE, "-"))
                 report.indexed.append(relative)
                 return
             except (ArchiveError, IndexWriteError) as exc:
