@@ -204,12 +204,12 @@ class Archive:
             if not replace and target.exists():
                 raise FileExistsError(errno.EEXIST, "exists", str(target))
             os.replace(temp, target)
-            if sync_folder:
-                _fsync_dir(target.parent)
             if not relative_path.startswith("."):
                 # Bump the study folder's mtime so start-up reconciliation finds new files by
                 # looking at study folders only (see files_modified_since).
                 os.utime(target.parent.parent)
+            if sync_folder:
+                _sync_instance_folders(target.parent, relative_path)
         except FileExistsError:
             raise
         except OSError as exc:
@@ -220,7 +220,10 @@ class Archive:
     def sync_folder(self, relative_path: str) -> None:
         """fsync the folder holding ``relative_path``: a rename into it (:meth:`place` with
         ``sync_folder=False``) is then durable (POSIX makes a new directory entry durable only
-        with an fsync of its directory).
+        with an fsync of its directory). For an instance's path, its study folder too: the
+        modification time :meth:`place` gave it is how start-up recovery finds the file
+        (:meth:`files_modified_since`), and with the index commit not fsynced
+        (``database.sqlite_intake_synchronous``) recovery may be what indexes it again.
 
         Raises
         ------
@@ -229,7 +232,7 @@ class Archive:
         """
         folder = (self.root / relative_path).parent
         try:
-            _fsync_dir(folder)
+            _sync_instance_folders(folder, relative_path)
         except OSError as exc:
             raise ArchiveError(f"cannot store {relative_path.rsplit('/', 1)[-1]}: {exc.strerror}") from exc
 
@@ -342,17 +345,20 @@ class Archive:
         return _clean_folder(self.incoming, older_than_seconds)
 
     def files_modified_since(self, since_epoch: float) -> list[str]:
-        """Relative paths of instance files (``*/*/*.dcm``) modified at or after ``since_epoch``.
+        """Relative paths of instance files (``*/*/*.dcm``) modified at or after ``since_epoch``,
+        oldest first: the order they were received in (a received file is written once, then
+        renamed), so recovery indexes a study's instances in that order and its first one
+        (whose sender and evidence the study row keeps) is the first received.
 
         Looks inside only the study folders whose modification time is recent enough (every
         placement bumps its study folder's mtime), so it reads one directory entry per study
         and the files of recent studies only, never the whole archive.
         """
-        found: list[str] = []
+        found: list[tuple[int, str]] = []
         try:
             studies = list(os.scandir(self.root))
         except FileNotFoundError:
-            return found
+            return []
         for study in studies:
             if study.name.startswith(".") or not study.is_dir(follow_symlinks=False):
                 continue
@@ -360,9 +366,11 @@ class Archive:
                 continue
             for series in _scandir_recent(study.path, since_epoch):
                 for item in _scandir_files(series.path):
-                    if item.name.endswith(".dcm") and item.stat().st_mtime >= since_epoch:
-                        found.append(f"{study.name}/{series.name}/{item.name}")
-        return sorted(found)
+                    modified = item.stat()
+                    if item.name.endswith(".dcm") and modified.st_mtime >= since_epoch:
+                        found.append((modified.st_mtime_ns, f"{study.name}/{series.name}/{item.name}"))
+        found.sort()  # by modification time (nanoseconds), then path
+        return [path for _, path in found]
 
 
 def _scandir_recent(path: str, since_epoch: float) -> list[os.DirEntry[str]]:
@@ -388,6 +396,14 @@ def _fsync_file(path: Path) -> int:
         return os.fstat(fd).st_size
     finally:
         os.close(fd)
+
+
+def _sync_instance_folders(folder: Path, relative_path: str) -> None:
+    """fsync ``folder`` and, when ``relative_path`` is an instance's (``Study/Series/SOP.dcm``,
+    not under a dot folder), its study folder (the parent)."""
+    _fsync_dir(folder)
+    if not relative_path.startswith("."):
+        _fsync_dir(folder.parent)
 
 
 def _fsync_dir(path: Path) -> None:

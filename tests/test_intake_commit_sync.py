@@ -12,6 +12,7 @@ and by DCMTK, and recovery after the rows of acknowledged instances are gone.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import time
@@ -27,13 +28,22 @@ from router.app import RouterApp
 from router.config import ConfigError, Settings, load_settings
 from router.db.models import Instance, NodeRun, Series, Study, StudySender
 from router.dicom import store_codec
+from router.dicom.extract import read_header
 from router.dicom.status import StoreStatus
 from router.domain.enums import StudyStatus
 from router.services.recovery import RECOVERY_AE_TITLE
 from tests.conftest import DCMTK_STORESCU, make_settings, running_router
-from tests.dicom_bytes import CT_IMAGE_STORAGE, RawAssociation, c_store_command, identifiers, p_data
+from tests.dicom_bytes import (
+    CT_IMAGE_STORAGE,
+    EXPLICIT_LE,
+    RawAssociation,
+    c_store_command,
+    explicit,
+    identifiers,
+    p_data,
+)
 from tests.dicom_helpers import make_dataset, send_datasets, write_part10
-from tests.roster_fixtures import NPI_A, roster_with_readers, study_state
+from tests.roster_fixtures import NPI_A, NPI_B, OS_USER, roster_with_readers, study_state
 
 #: The intake PRAGMA is SQLite's: these tests run on SQLite only.
 SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -173,6 +183,15 @@ def test_only_a_valid_ae_value_is_written_as_the_sender(title: str | None, expec
     assert store_codec.sending_ae_title(assoc) == expected
 
 
+def _routed(app: RouterApp, study_uid: str) -> dict[str, Any]:
+    """The study's state once the routing timer has taken it out of "receiving" (at most 20 s)."""
+    deadline = time.monotonic() + 20
+    while study_state(app, study_uid)["status"] == StudyStatus.RECEIVING:
+        assert time.monotonic() < deadline, "the recovered study was not routed"
+        time.sleep(0.1)
+    return study_state(app, study_uid)
+
+
 def _forget_study(settings: Settings, study_uid: str) -> None:
     """What a power loss does to index commits that were never fsynced: they are gone; and the
     run that was serving never recorded its clean stop (done on the stopped router's database)."""
@@ -196,7 +215,7 @@ def _forget(app: RouterApp, study_uid: str) -> None:
 
 @SQLITE
 def test_instances_whose_rows_a_power_loss_took_back_are_recovered_as_sent_and_routed(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings: Settings = make_settings(tmp_path, database_url, stable_seconds=60.0)
     study = make_dataset().StudyInstanceUID
@@ -210,7 +229,11 @@ def test_instances_whose_rows_a_power_loss_took_back_are_recovered_as_sent_and_r
     _forget_study(settings, str(study))
     assert all(path.exists() for path in files.values())
     # restart: recovery runs before the listener accepts; then the study is routed
-    with running_router(settings.replace("routing", stable_seconds=0.3)) as server:
+    with (
+        caplog.at_level(logging.INFO, logger="router.services.recovery"),
+        running_router(settings.replace("routing", stable_seconds=0.3)) as server,
+    ):
+        logged = sorted(r.getMessage() for r in caplog.records if r.name == "router.services.recovery")
         report = server.recovery_report
         assert report is not None and not report.clean_previous_shutdown
         assert sorted(report.indexed) == sorted(
@@ -219,11 +242,14 @@ def test_instances_whose_rows_a_power_loss_took_back_are_recovered_as_sent_and_r
         with server.app.sessions() as session:
             senders = session.execute(select(Instance.sop_instance_uid, Instance.calling_ae_title)).all()
         assert sorted(senders) == sorted((str(ds.SOPInstanceUID), "CT_NORTH") for ds in datasets)
-        deadline = time.monotonic() + 20
-        while study_state(server.app, str(study))["status"] == StudyStatus.RECEIVING:
-            assert time.monotonic() < deadline, "the recovered study was not routed"
-            time.sleep(0.1)
-        state = study_state(server.app, str(study))
+        root = server.app.archive.root
+        assert logged == sorted(
+            [f"recovery indexed {path.relative_to(root)} as received from 'CT_NORTH'" for path in files.values()]
+            + [
+                "recovery after an unclean shutdown: 3 file(s) indexed, 0 quarantined, 0 indexed instance(s) without a file"
+            ]
+        )
+        state = _routed(server.app, str(study))
     assert state["status"] == StudyStatus.ASSIGNED
     assert state["current_npi"] == NPI_A
 
@@ -245,3 +271,55 @@ def test_a_file_that_names_no_sender_is_recovered_as_recovery(tmp_path: Path, da
     with running_router(settings) as server, server.app.sessions() as session:
         (sender,) = session.scalars(select(Instance.calling_ae_title).where(Instance.sop_instance_uid == uid))
     assert sender == RECOVERY_AE_TITLE
+
+
+@SQLITE
+def test_recovery_indexes_in_arrival_order_so_the_study_keeps_its_first_sender(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The study row takes its facility (and so the exam state) from the first instance indexed.
+    Found by a trial: recovery indexed in path order, and a Texas study whose later series came
+    from an Oklahoma AE title was assigned to a reader licensed in Oklahoma only."""
+    settings = make_settings(tmp_path, database_url, stable_seconds=60.0)
+    study = make_dataset().StudyInstanceUID
+    first = [make_dataset(StudyInstanceUID=study, SeriesInstanceUID="1.2.826.0.1.3680043.10.9.9") for _ in range(3)]
+    later = [make_dataset(StudyInstanceUID=study, SeriesInstanceUID="1.2.826.0.1.3680043.10.9.1")]  # sorts first
+    with running_router(settings) as server:
+        roster_with_readers(server.app, (NPI_A, "TX"), (NPI_B, "OK"))
+        server.app.roster.facilities.add("ER_TULSA", "OK", OS_USER)
+        assert [status.Status for status in send_datasets(server.ports[0], first, calling_ae="CT_NORTH")] == [0] * 3
+        assert [status.Status for status in send_datasets(server.ports[0], later, calling_ae="ER_TULSA")] == [0]
+    _forget_study(settings, str(study))
+    with running_router(settings.replace("routing", stable_seconds=0.3)) as server:
+        report = server.recovery_report
+        assert report is not None and len(report.indexed) == 4
+        assert [path.split("/")[1] for path in report.indexed] == ["1.2.826.0.1.3680043.10.9.9"] * 3 + [
+            "1.2.826.0.1.3680043.10.9.1"
+        ]
+        state = _routed(server.app, str(study))
+        with server.app.sessions() as session:
+            first_sender = session.scalars(
+                select(Study.first_calling_ae_title).where(Study.study_instance_uid == str(study))
+            ).one()
+    assert first_sender == "CT_NORTH"
+    assert (state["status"], state["current_npi"]) == (StudyStatus.ASSIGNED, NPI_A)
+
+
+def test_a_group_0002_element_in_the_data_set_is_not_read_as_the_file_meta(tmp_path: Path) -> None:
+    """The File Meta Information ends where its group length says (PS3.10 section 7.1). Found by
+    a trial: a sender that began its data set with (0002,0017) "ER_TULSA" had recovery index its
+    instance as ER_TULSA's; a (0002,0010) there could change how the data set is read."""
+    sop, study, series = "1.2.826.0.1.3680043.10.7.1", "1.2.826.0.1.3680043.10.7.2", "1.2.826.0.1.3680043.10.7.3"
+    data_set = (
+        explicit(0x00020010, b"UI", b"1.2.840.10008.1.2\x00")  # implicit VR LE: not how it is encoded
+        + explicit(0x00020017, b"AE", b"ER_TULSA")
+        + explicit(0x00080016, b"UI", CT_IMAGE_STORAGE.encode() + b"\x00")
+        + explicit(0x00080018, b"UI", sop.encode())
+        + explicit(0x0020000D, b"UI", study.encode())
+        + explicit(0x0020000E, b"UI", series.encode())
+    )
+    path = tmp_path / "spoofed.dcm"
+    path.write_bytes(store_codec.encode_file_meta(CT_IMAGE_STORAGE, sop, EXPLICIT_LE, "OTHER_AE") + data_set)
+    header = read_header(path)
+    assert (header.sending_ae_title, header.transfer_syntax_uid) == ("OTHER_AE", EXPLICIT_LE)
+    assert (header.sop_instance_uid, header.study_instance_uid, header.series_instance_uid) == (sop, study, series)

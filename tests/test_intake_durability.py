@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
+from router import archive as archive_module
 from router.app import RouterApp
 from router.archive import Archive
 from router.db.models import Instance
@@ -102,6 +104,29 @@ def test_the_folder_is_fsynced_after_the_commit_and_outside_the_write_lock(
     monkeypatch.setattr(archive, "sync_folder", observed_sync_folder)
     assert _receive(sqlite_app, ds, "first.dcm") == StoreStatus.SUCCESS
     assert seen == [{"folder": folder, "file_in_place": True, "committed_rows": 1, "lock_free": True}]
+
+
+def test_the_study_folder_whose_mtime_recovery_reads_is_fsynced_too(
+    sqlite_app: RouterApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up recovery finds files without rows by their study folder's modification time,
+    which placing a file bumps; with index commits not fsynced, an acknowledged instance may
+    depend on it, so it is made durable before Success like the rename."""
+    archive = sqlite_app.archive
+    assert isinstance(archive, Archive)
+    study, series = generate_uid(), generate_uid()
+    assert _receive(sqlite_app, make_dataset(StudyInstanceUID=study, SeriesInstanceUID=series), "a.dcm") == 0
+    synced: list[Path] = []
+    real_fsync_dir = archive_module._fsync_dir
+
+    def recording(path: Path) -> None:
+        synced.append(Path(path))
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(archive_module, "_fsync_dir", recording)
+    second = make_dataset(StudyInstanceUID=study, SeriesInstanceUID=series)
+    assert _receive(sqlite_app, second, "b.dcm") == StoreStatus.SUCCESS
+    assert synced == [archive.root / study / series, archive.root / study]
 
 
 def test_a_new_study_s_folders_are_made_before_the_index_transaction(

@@ -38,7 +38,8 @@ def application_context_problem(request: Any) -> str | None:
     """Why the A-ASSOCIATE primitive ``request`` must be rejected for its application context
     name, or None when it is DICOM's. The peer's value is named as
     :func:`router.logsafety.uid_for_log` names a UID."""
-    name = str(getattr(request, "application_context_name", None) or "")
+    # Padding beyond PS3.8's one NUL (DCMTK compares the name as a C string) is tolerated.
+    name = str(getattr(request, "application_context_name", None) or "").rstrip("\x00 ")
     if name == DICOM_APPLICATION_CONTEXT:
         return None
     if not name:

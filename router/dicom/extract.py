@@ -217,6 +217,9 @@ def read_header(path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
     return header_from_dataset(dataset, str(syntax), plain, sending_ae_title=sending_ae_title)
 
 
+_UL = struct.Struct("<L")
+
+
 def _read_file_meta(reader: Any) -> tuple[UID, str | None]:
     """Check the preamble and read the Transfer Syntax UID (0002,0010) and the Sending
     Application Entity Title (0002,0017, None when absent) from the File Meta Information;
@@ -226,7 +229,15 @@ def _read_file_meta(reader: Any) -> tuple[UID, str | None]:
         raise InvalidDicomError("not a DICOM Part 10 file")
     syntax: str | None = None
     sending_ae_title: str | None = None
-    meta = data_element_generator(reader, False, True, stop_when=lambda tag, _vr, _length: tag.group != 0x0002)
+    # The File Meta Information ends where its group length (0002,0000) says (PS3.10 section
+    # 7.1): a group 0002 element in the data set after it (which the sender put there) is
+    # not read as the file's own (it could name another transfer syntax or sender).
+    meta_end: list[int] = []
+
+    def past_meta(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+        return tag.group != 0x0002 or (bool(meta_end) and reader.tell() > meta_end[0])
+
+    meta = data_element_generator(reader, False, True, stop_when=past_meta)
     # The data set starts where the last File Meta element ends. pydicom's walk leaves the reader
     # there, except when the data set is shorter than one element header: it then reads those
     # bytes as a header cut short and stops at the end, and the data set would look empty
@@ -235,6 +246,8 @@ def _read_file_meta(reader: Any) -> tuple[UID, str | None]:
     for raw in meta:
         if isinstance(raw, RawDataElement):  # always: the generator reads, it converts nothing
             start = raw.value_tell + raw.length
+            if raw.tag == 0x00020000 and raw.value is not None and len(raw.value) == 4 and not meta_end:
+                meta_end.append(start + _UL.unpack(raw.value)[0])
         if raw.tag == 0x00020010:
             syntax = (raw.value or b"").decode("ascii", "replace").strip("\x00 ")
         elif raw.tag == 0x00020017:

@@ -43,6 +43,8 @@ LOG = logging.getLogger(__name__)
 #: sender (Sending Application Entity Title, 0002,0017): the real sender is unknown.
 RECOVERY_AE_TITLE = "RECOVERY"
 _MARGIN = dt.timedelta(seconds=5)
+#: Most files (or rows) named one by one in the log after an unclean stop.
+_FILES_LOGGED = 20
 
 
 @dataclass
@@ -106,7 +108,9 @@ class RecoveryService:
                 len(report.quarantined),
                 len(report.missing_files),
             )
-        for uid in report.missing_files[:20]:
+        if len(report.indexed) > _FILES_LOGGED:
+            LOG.info("recovery indexed %d more file(s) not listed", len(report.indexed) - _FILES_LOGGED)
+        for uid in report.missing_files[:_FILES_LOGGED]:
             LOG.warning("indexed SOP Instance %s has no file in the archive", uid)
         return report
 
@@ -189,8 +193,11 @@ class RecoveryService:
             try:
                 # The sender named in the file (router.dicom.store_codec writes it), so that its
                 # study is routed as any other from that AE title.
-                self._intake.adopt(header, relative, Sender(header.sending_ae_title or RECOVERY_AE_TITLE, "-"))
+                sender = header.sending_ae_title or RECOVERY_AE_TITLE
+                self._intake.adopt(header, relative, Sender(sender, "-"))
                 report.indexed.append(relative)
+                if len(report.indexed) <= _FILES_LOGGED:
+                    LOG.info("recovery indexed %s as received from %r", relative, sender)
                 return
             except (ArchiveError, IndexWriteError) as exc:
                 reason = str(exc)
