@@ -67,6 +67,10 @@ def dataset_sha256(path: Path, offset: int | None = None) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+#: Most study folders one process remembers as made durable (a set of UIDs, about 10 MiB).
+_DURABLE_STUDIES_MAX = 65_536
+
+
 class Archive:
     """The folder backend: file operations on one archive root. Thread-safe: no mutable state.
 
@@ -85,6 +89,11 @@ class Archive:
         # Per node: nodes sharing the archive never remove each other's transfers in progress.
         self.incoming = self.root / INCOMING / node_id if node_id else self.root / INCOMING
         self.quarantine_root = self.root / QUARANTINE
+        # Study folders whose bumped modification time this process has made durable (fsynced):
+        # their mtime is then later than any earlier run's stop, which is all start-up recovery
+        # asks of it (files_modified_since), so they are not bumped and fsynced again. Cleared
+        # when full (each is then bumped once more).
+        self._durable_studies: set[str] = set()
 
     # ------------------------------------------------------------------ layout
     def prepare(self) -> None:
@@ -204,12 +213,12 @@ class Archive:
             if not replace and target.exists():
                 raise FileExistsError(errno.EEXIST, "exists", str(target))
             os.replace(temp, target)
-            if not relative_path.startswith("."):
+            if self._study_to_bump(relative_path) is not None:
                 # Bump the study folder's mtime so start-up reconciliation finds new files by
                 # looking at study folders only (see files_modified_since).
                 os.utime(target.parent.parent)
             if sync_folder:
-                _sync_instance_folders(target.parent, relative_path)
+                self._sync_instance_folders(target.parent, relative_path)
         except FileExistsError:
             raise
         except OSError as exc:
@@ -217,13 +226,31 @@ class Archive:
             raise ArchiveError(f"cannot store {relative_path.rsplit('/', 1)[-1]}: {exc.strerror}") from exc
         return StoredFile(relative_path=relative_path, size_bytes=size)
 
+    def _study_to_bump(self, relative_path: str) -> str | None:
+        """The study folder (relative) whose mtime placing ``relative_path`` must bump and make
+        durable; None for a path under a dot folder or a study already made durable here."""
+        if relative_path.startswith("."):
+            return None
+        study = relative_path.split("/", 1)[0]
+        return None if study in self._durable_studies else study
+
+    def _sync_instance_folders(self, folder: Path, relative_path: str) -> None:
+        """fsync ``folder`` and, the first time in this process, the study folder above it."""
+        _fsync_dir(folder)
+        study = self._study_to_bump(relative_path)
+        if study is not None:
+            _fsync_dir(folder.parent)
+            if len(self._durable_studies) >= _DURABLE_STUDIES_MAX:
+                self._durable_studies.clear()
+            self._durable_studies.add(study)
+
     def sync_folder(self, relative_path: str) -> None:
         """fsync the folder holding ``relative_path``: a rename into it (:meth:`place` with
         ``sync_folder=False``) is then durable (POSIX makes a new directory entry durable only
-        with an fsync of its directory). For an instance's path, its study folder too: the
-        modification time :meth:`place` gave it is how start-up recovery finds the file
-        (:meth:`files_modified_since`), and with the index commit not fsynced
-        (``database.sqlite_intake_synchronous``) recovery may be what indexes it again.
+        with an fsync of its directory). For an instance's path, its study folder too, the first
+        time in this process: the modification time :meth:`place` gave it is how start-up
+        recovery finds the file (:meth:`files_modified_since`), and with the index commit not
+        fsynced (``database.sqlite_intake_synchronous``) recovery may be what indexes it again.
 
         Raises
         ------
@@ -232,7 +259,7 @@ class Archive:
         """
         folder = (self.root / relative_path).parent
         try:
-            _sync_instance_folders(folder, relative_path)
+            self._sync_instance_folders(folder, relative_path)
         except OSError as exc:
             raise ArchiveError(f"cannot store {relative_path.rsplit('/', 1)[-1]}: {exc.strerror}") from exc
 
@@ -350,9 +377,10 @@ class Archive:
         renamed), so recovery indexes a study's instances in that order and its first one
         (whose sender and evidence the study row keeps) is the first received.
 
-        Looks inside only the study folders whose modification time is recent enough (every
-        placement bumps its study folder's mtime), so it reads one directory entry per study
-        and the files of recent studies only, never the whole archive.
+        Looks inside only the study folders whose modification time is recent enough (the
+        first placement into a study in each process bumps its mtime and fsyncs it, so it is
+        later than the stop of any earlier run), so it reads one directory entry per study and
+        the files of recent studies only, never the whole archive.
         """
         found: list[tuple[int, str]] = []
         try:
@@ -396,14 +424,6 @@ def _fsync_file(path: Path) -> int:
         return os.fstat(fd).st_size
     finally:
         os.close(fd)
-
-
-def _sync_instance_folders(folder: Path, relative_path: str) -> None:
-    """fsync ``folder`` and, when ``relative_path`` is an instance's (``Study/Series/SOP.dcm``,
-    not under a dot folder), its study folder (the parent)."""
-    _fsync_dir(folder)
-    if not relative_path.startswith("."):
-        _fsync_dir(folder.parent)
 
 
 def _fsync_dir(path: Path) -> None:

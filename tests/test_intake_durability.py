@@ -106,16 +106,17 @@ def test_the_folder_is_fsynced_after_the_commit_and_outside_the_write_lock(
     assert seen == [{"folder": folder, "file_in_place": True, "committed_rows": 1, "lock_free": True}]
 
 
-def test_the_study_folder_whose_mtime_recovery_reads_is_fsynced_too(
+def test_the_study_folder_whose_mtime_recovery_reads_is_fsynced_once_per_process(
     sqlite_app: RouterApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Start-up recovery finds files without rows by their study folder's modification time,
     which placing a file bumps; with index commits not fsynced, an acknowledged instance may
-    depend on it, so it is made durable before Success like the rename."""
+    depend on it, so the bump is made durable before Success, like the rename. Once one bump
+    of this process is durable the study folder's mtime is later than any earlier run's stop,
+    so later instances of the study neither bump nor fsync it again."""
     archive = sqlite_app.archive
     assert isinstance(archive, Archive)
     study, series = generate_uid(), generate_uid()
-    assert _receive(sqlite_app, make_dataset(StudyInstanceUID=study, SeriesInstanceUID=series), "a.dcm") == 0
     synced: list[Path] = []
     real_fsync_dir = archive_module._fsync_dir
 
@@ -124,9 +125,23 @@ def test_the_study_folder_whose_mtime_recovery_reads_is_fsynced_too(
         real_fsync_dir(path)
 
     monkeypatch.setattr(archive_module, "_fsync_dir", recording)
-    second = make_dataset(StudyInstanceUID=study, SeriesInstanceUID=series)
-    assert _receive(sqlite_app, second, "b.dcm") == StoreStatus.SUCCESS
-    assert synced == [archive.root / study / series, archive.root / study]
+
+    def receive(name: str) -> list[Path]:
+        synced.clear()
+        ds = make_dataset(StudyInstanceUID=study, SeriesInstanceUID=series)
+        assert _receive(sqlite_app, ds, name) == StoreStatus.SUCCESS
+        return list(synced)
+
+    root, study_folder = archive.root, archive.root / study
+    series_folder = study_folder / series
+    # a new study: its folders are made (each parent fsynced), then the series and study folders
+    assert receive("a.dcm") == [root, study_folder, series_folder, study_folder]
+    bumped = study_folder.stat().st_mtime_ns
+    assert receive("b.dcm") == [series_folder]
+    assert study_folder.stat().st_mtime_ns == bumped
+    archive._durable_studies.clear()  # as a new receiving process after a restart
+    assert receive("c.dcm") == [series_folder, study_folder]
+    assert study_folder.stat().st_mtime_ns > bumped
 
 
 def test_a_new_study_s_folders_are_made_before_the_index_transaction(
