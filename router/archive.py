@@ -21,6 +21,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -67,6 +68,8 @@ def dataset_sha256(path: Path, offset: int | None = None) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+#: The name of a study folder: a Study Instance UID (digits and dots; router.domain.instance).
+_STUDY_FOLDER = re.compile(r"[0-9.]+")
 #: Most study folders one process remembers as made durable (a set of UIDs, about 10 MiB).
 _DURABLE_STUDIES_MAX = 65_536
 
@@ -213,10 +216,6 @@ class Archive:
             if not replace and target.exists():
                 raise FileExistsError(errno.EEXIST, "exists", str(target))
             os.replace(temp, target)
-            if self._study_to_bump(relative_path) is not None:
-                # Bump the study folder's mtime so start-up reconciliation finds new files by
-                # looking at study folders only (see files_modified_since).
-                os.utime(target.parent.parent)
             if sync_folder:
                 self._sync_instance_folders(target.parent, relative_path)
         except FileExistsError:
@@ -235,10 +234,15 @@ class Archive:
         return None if study in self._durable_studies else study
 
     def _sync_instance_folders(self, folder: Path, relative_path: str) -> None:
-        """fsync ``folder`` and, the first time in this process, the study folder above it."""
+        """fsync ``folder`` and, the first time in this process, bump the modification time of
+        the study folder above it and fsync that: start-up recovery finds new files by looking
+        at study folders only (see :meth:`files_modified_since`). Bumped here, for every way a
+        file reaches its folder (a resend answered from the stored copy included), so a study
+        is never marked durable with an older mtime (found by a trial)."""
         _fsync_dir(folder)
         study = self._study_to_bump(relative_path)
         if study is not None:
+            os.utime(folder.parent)
             _fsync_dir(folder.parent)
             if len(self._durable_studies) >= _DURABLE_STUDIES_MAX:
                 self._durable_studies.clear()
@@ -388,7 +392,8 @@ class Archive:
         except FileNotFoundError:
             return []
         for study in studies:
-            if study.name.startswith(".") or not study.is_dir(follow_symlinks=False):
+            # study folders are named by UIDs (digits and dots): not lost+found, not dot folders
+            if not _STUDY_FOLDER.fullmatch(study.name) or not study.is_dir(follow_symlinks=False):
                 continue
             if study.stat().st_mtime < since_epoch:
                 continue
@@ -407,12 +412,18 @@ def _scandir_recent(path: str, since_epoch: float) -> list[os.DirEntry[str]]:
         return [e for e in os.scandir(path) if e.is_dir(follow_symlinks=False) and e.stat().st_mtime >= since_epoch]
     except FileNotFoundError:
         return []
+    except OSError as exc:  # a folder this process may not read: recovery goes on without it
+        LOG.warning("recovery cannot read folder %s (%s); skipped", path, exc.strerror or type(exc).__name__)
+        return []
 
 
 def _scandir_files(path: str) -> list[os.DirEntry[str]]:
     try:
         return [e for e in os.scandir(path) if e.is_file(follow_symlinks=False)]
     except FileNotFoundError:
+        return []
+    except OSError as exc:
+        LOG.warning("recovery cannot read folder %s (%s); skipped", path, exc.strerror or type(exc).__name__)
         return []
 
 

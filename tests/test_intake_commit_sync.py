@@ -12,6 +12,7 @@ and by DCMTK, and recovery after the rows of acknowledged instances are gone.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import shutil
 import subprocess
@@ -323,3 +324,35 @@ def test_a_group_0002_element_in_the_data_set_is_not_read_as_the_file_meta(tmp_p
     header = read_header(path)
     assert (header.sending_ae_title, header.transfer_syntax_uid) == ("OTHER_AE", EXPLICIT_LE)
     assert (header.sop_instance_uid, header.study_instance_uid, header.series_instance_uid) == (sop, study, series)
+
+
+@SQLITE
+def test_recovery_scans_from_the_unclean_run_s_start_when_the_clock_was_stepped_back(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Recovery looks at files modified since the last clean stop. A clock stepped back after it
+    (NTP, a real-time clock behind after a reboot) wrote the next run's files before that
+    moment; found by a trial, they were never indexed. The scan now starts at the earlier of the
+    last clean stop and the unclean runs' starts."""
+    settings = make_settings(tmp_path, database_url, stable_seconds=60.0)
+    with running_router(settings):
+        pass
+    app = RouterApp.open(settings)
+    try:  # the clean stop as if recorded 60 s later than the clock now reads
+        with app.sessions.begin() as session:
+            latest = session.scalars(select(NodeRun).order_by(NodeRun.id.desc()).limit(1)).one()
+            assert latest.stopped_at is not None
+            latest.stopped_at += dt.timedelta(seconds=60)
+    finally:
+        app.close()
+    datasets = [make_dataset() for _ in range(2)]
+    with running_router(settings) as server:
+        assert [status.Status for status in send_datasets(server.ports[0], datasets, calling_ae="CT_NORTH")] == [0, 0]
+    for ds in datasets:
+        _forget_study(settings, str(ds.StudyInstanceUID))
+    with running_router(settings) as server:
+        report = server.recovery_report
+        with server.app.sessions() as session:
+            senders = sorted(session.execute(select(Instance.sop_instance_uid, Instance.calling_ae_title)).all())
+    assert report is not None and len(report.indexed) == 2
+    assert senders == sorted((str(ds.SOPInstanceUID), "CT_NORTH") for ds in datasets)

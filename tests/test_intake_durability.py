@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,9 +127,9 @@ def test_the_study_folder_whose_mtime_recovery_reads_is_fsynced_once_per_process
 
     monkeypatch.setattr(archive_module, "_fsync_dir", recording)
 
-    def receive(name: str) -> list[Path]:
+    def receive(name: str, ds: Any = None) -> list[Path]:
         synced.clear()
-        ds = make_dataset(StudyInstanceUID=study, SeriesInstanceUID=series)
+        ds = ds if ds is not None else make_dataset(StudyInstanceUID=study, SeriesInstanceUID=series)
         assert _receive(sqlite_app, ds, name) == StoreStatus.SUCCESS
         return list(synced)
 
@@ -141,6 +142,15 @@ def test_the_study_folder_whose_mtime_recovery_reads_is_fsynced_once_per_process
     assert study_folder.stat().st_mtime_ns == bumped
     archive._durable_studies.clear()  # as a new receiving process after a restart
     assert receive("c.dcm") == [series_folder, study_folder]
+    assert study_folder.stat().st_mtime_ns > bumped
+    # An identical resend first (answered from the stored copy) bumps it too before marking it
+    # durable; it did not, and the next new instance's file was then invisible to recovery
+    # (found by a trial).
+    again = make_dataset(StudyInstanceUID=study, SeriesInstanceUID=series)
+    assert receive("d.dcm", again) == [series_folder]
+    archive._durable_studies.clear()
+    bumped = study_folder.stat().st_mtime_ns
+    assert receive("d-again.dcm", again) == [series_folder, study_folder]
     assert study_folder.stat().st_mtime_ns > bumped
 
 
@@ -273,3 +283,35 @@ def test_read_header_tells_a_system_error_from_a_bad_data_set(
     monkeypatch.setattr(extract, "_read_file_meta", failing)
     with pytest.raises(expected):
         extract.read_header(path)
+
+
+def test_recovery_skips_a_folder_it_cannot_read_and_names_it(
+    sqlite_app: RouterApp, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder the service account may not read (``lost+found`` on a mounted archive, mode
+    0700) stopped start-up with "Permission denied" (found by a trial run without root's
+    capabilities; a test running as root cannot be refused by the file system, so the refusal
+    is raised here). It is skipped with a WARNING and the rest is scanned."""
+    archive = sqlite_app.archive
+    assert isinstance(archive, Archive)
+    readable, refused = make_dataset(), make_dataset()
+    for index, ds in enumerate((readable, refused)):
+        assert _receive(sqlite_app, ds, f"{index}.dcm") == StoreStatus.SUCCESS
+    (archive.root / "lost+found").mkdir()
+    refused_series = archive.root / str(refused.StudyInstanceUID) / str(refused.SeriesInstanceUID)
+    real_scandir = os.scandir
+
+    def scandir(path: Any) -> Any:
+        if Path(path) == refused_series:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level(logging.WARNING, logger="router.archive"):
+        found = archive.files_modified_since(0.0)
+    assert found == [
+        archive.instance_relpath(readable.StudyInstanceUID, readable.SeriesInstanceUID, readable.SOPInstanceUID)
+    ]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"recovery cannot read folder {refused_series} (Permission denied); skipped"
+    ]

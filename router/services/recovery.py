@@ -19,6 +19,7 @@ with its claim), so the routing timer routes them, exactly once.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import os
 import socket
@@ -143,17 +144,22 @@ class RecoveryService:
                 return None  # a new node joining a cluster: the archive is the others' and indexed
             # First start of the first node: an archive that predates the index is scanned whole.
             has_files = (
-                any(not name.startswith(".") for name in os.listdir(self._archive.root))
+                any(not name.startswith(".") and name != "lost+found" for name in os.listdir(self._archive.root))
                 if self._archive.root.exists()
                 else False
             )
             return dt.datetime.fromtimestamp(0, dt.UTC) if has_files else None
         if runs[0].stopped_at is not None:
             return None
-        clean = [run.stopped_at for run in runs if run.stopped_at is not None]
-        if clean:
-            return max(clean) - _MARGIN
-        return min(run.started_at for run in runs) - _MARGIN
+        # The runs since the last clean stop (newest first), and that stop. A start recorded
+        # before that stop means the clock was stepped back since (NTP, a real-time clock behind
+        # after a reboot): the files of that run are older than the stop, so the scan starts at
+        # the earliest of them (found by a trial).
+        unclean = list(itertools.takewhile(lambda run: run.stopped_at is None, runs))
+        last_stop = next((run.stopped_at for run in runs if run.stopped_at is not None), None)
+        if last_stop is None:
+            return min(run.started_at for run in runs) - _MARGIN
+        return min([last_stop, *(run.started_at for run in unclean)]) - _MARGIN
 
     def _known_paths(self, since: dt.datetime) -> set[str]:
         with self._sessions() as session:
