@@ -75,7 +75,8 @@ _DURABLE_STUDIES_MAX = 65_536
 
 
 class Archive:
-    """The folder backend: file operations on one archive root. Thread-safe: no mutable state.
+    """The folder backend: file operations on one archive root. Thread-safe: its one mutable
+    state, the set of study folders made durable, is only added to and cleared.
 
     This class is also the archive interface every backend keeps (see
     :mod:`router.archive_backend`): the node-local ``.incoming`` folder and temporary files,
@@ -251,8 +252,8 @@ class Archive:
     def sync_folder(self, relative_path: str) -> None:
         """fsync the folder holding ``relative_path``: a rename into it (:meth:`place` with
         ``sync_folder=False``) is then durable (POSIX makes a new directory entry durable only
-        with an fsync of its directory). For an instance's path, its study folder too, the first
-        time in this process: the modification time :meth:`place` gave it is how start-up
+        with an fsync of its directory). For an instance's path, the first time in this process,
+        its study folder's modification time is bumped and fsynced too: that is how start-up
         recovery finds the file (:meth:`files_modified_since`), and with the index commit not
         fsynced (``database.sqlite_intake_synchronous``) recovery may be what indexes it again.
 
