@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -100,7 +101,7 @@ def test_the_cli_answers_an_unknown_level_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "router.toml"
     config.write_text(f'[paths]\ndata_dir = "{tmp_path / "var"}"\n[database]\nsqlite_intake_synchronous = "OFF"\n')
     result = subprocess.run(
-        ["python", "-m", "router", "--config", str(config), "db", "upgrade"],
+        [sys.executable, "-m", "router", "--config", str(config), "db", "upgrade"],
         capture_output=True,
         text=True,
         timeout=60,
