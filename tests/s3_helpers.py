@@ -75,6 +75,7 @@ class RecordingScp:
 
     def __init__(self, ae_title: str = "READER") -> None:
         self.received: dict[str, bytes] = {}  # SOP Instance UID -> data set bytes
+        self.syntaxes: dict[str, str] = {}  # SOP Instance UID -> transfer syntax it came in
         self._lock = threading.Lock()
         ae = AE(ae_title=ae_title)
         for context in AllStoragePresentationContexts:
@@ -87,10 +88,11 @@ class RecordingScp:
         try:
             path = Path(event.dataset_path)  # chunked reception (the router's process-wide setting)
             data = path.read_bytes()[dataset_offset(path) :]
-        except AttributeError:
+        except (AttributeError, TypeError):  # received in memory (no dataset_path)
             data = event.request.DataSet.getvalue()
         with self._lock:
             self.received[str(event.request.AffectedSOPInstanceUID)] = data
+            self.syntaxes[str(event.request.AffectedSOPInstanceUID)] = str(event.context.transfer_syntax)
         return 0x0000
 
     def stop(self) -> None:

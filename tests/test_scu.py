@@ -17,8 +17,11 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 
 from router.dicom import reactor
 from router.dicom.scu import Destination, Forwarder, SendError, send_files
+from router.dicom.store_codec import encode_file_meta
 from router.services.forwarding import _send_error
+from tests.dicom_bytes import explicit
 from tests.dicom_helpers import CT_IMAGE_STORAGE, make_dataset, write_part10
+from tests.s3_helpers import RecordingScp
 
 pytestmark = pytest.mark.network
 
@@ -174,3 +177,29 @@ def test_a_rejection_and_a_silent_peer_are_told_apart(tmp_path: Path) -> None:
     finally:
         silent.close()
         server.shutdown()
+
+
+def test_a_data_set_beginning_with_group_0002_elements_is_sent_as_stored(tmp_path: Path) -> None:
+    """The File Meta Information ends at its group length (PS3.10 section 7.1): group 0002
+    elements a sender put at the start of its data set belong to the data set. pynetdicom's
+    split of the file took them as File Meta and sent the data set without them, under the
+    transfer syntax they named (found by a trial: the readers refused or mislabelled it)."""
+    sop, study, series = "1.2.826.0.1.3680043.10.8.1", "1.2.826.0.1.3680043.10.8.2", "1.2.826.0.1.3680043.10.8.3"
+    data_set = (
+        explicit(0x00020010, b"UI", b"1.2.840.10008.1.2\x00")  # implicit VR LE: not how it is encoded
+        + explicit(0x00020017, b"AE", b"ER_TULSA")
+        + explicit(0x00080016, b"UI", CT_IMAGE_STORAGE.encode() + b"\x00")
+        + explicit(0x00080018, b"UI", sop.encode())
+        + explicit(0x0020000D, b"UI", study.encode())
+        + explicit(0x0020000E, b"UI", series.encode())
+    )
+    path = tmp_path / "stored.dcm"
+    path.write_bytes(encode_file_meta(CT_IMAGE_STORAGE, sop, ExplicitVRLittleEndian, "CT_NORTH") + data_set)
+    reader = RecordingScp()
+    try:
+        (result,) = send_files([path], Destination("READER", "127.0.0.1", reader.port))
+    finally:
+        reader.stop()
+    assert result.status == 0x0000
+    assert reader.syntaxes == {sop: ExplicitVRLittleEndian}
+    assert reader.received == {sop: data_set}

@@ -15,16 +15,22 @@ import logging
 import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pynetdicom import AE, _config
+from pynetdicom import association as pynetdicom_association
+from pynetdicom.dsutils import split_dataset as _PYNETDICOM_SPLIT
 from pynetdicom.presentation import build_context
 
 from router.errors import RouterError
+from router.part10 import dataset_offset
 
 LOG = logging.getLogger(__name__)
 
+_PREAMBLE_AND_PREFIX = 132  # bytes: the 128-byte preamble and "DICM" (PS3.10 section 7.1)
 #: pynetdicom (and PS3.8 section 9.3.2.2) allows at most 128 presentation contexts.
 MAX_CONTEXTS = 128
 
@@ -188,10 +194,11 @@ def send_files(
     """
     # Send the stored bytes as they are (never decoded and re-encoded): process-wide, idempotent.
     _config.STORE_SEND_CHUNKED_DATASET = True
+    pynetdicom_association.split_dataset = split_file
     headers = []
     for path in paths:
-        dataset = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-        headers.append((path, str(dataset.SOPClassUID), str(dataset.file_meta.TransferSyntaxUID)))
+        file_meta, _ = split_file(path)
+        headers.append((path, str(file_meta.MediaStorageSOPClassUID), str(file_meta.TransferSyntaxUID)))
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
@@ -253,6 +260,32 @@ def send_files(
             assoc.release()
     results.extend(SendResult(path, None) for path, _, _ in headers[len(results) :])
     return results
+
+
+def split_file(path: Path) -> tuple[Dataset, int]:
+    """The File Meta Information of the Part 10 file at ``path`` and the byte offset of its data
+    set, the meta read only up to its group length (0002,0000), as PS3.10 section 7.1 lays it out.
+
+    pynetdicom's ``split_dataset``, which its C-STORE of a file calls, reads every group 0002
+    element at the start of the file as File Meta: a data set that itself begins with such
+    elements (a sender put them there; the router stores it as sent) was then sent without
+    them, under the transfer syntax they named, and refused or mislabelled by the reader (found
+    by a trial). :func:`send_files` makes pynetdicom use this instead. A file without a group
+    length (not one the router wrote) is split by pynetdicom's own reading.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read.
+    """
+    try:
+        offset = dataset_offset(path)
+    except ValueError:
+        return _PYNETDICOM_SPLIT(path)
+    with open(path, "rb") as handle:
+        handle.seek(_PREAMBLE_AND_PREFIX)
+        meta = handle.read(offset - _PREAMBLE_AND_PREFIX)
+    return read_dataset(BytesIO(meta), is_implicit_VR=False, is_little_endian=True), offset
 
 
 def _log_refused_context(destination: Destination, sop_class: str, syntax: str, path: Path) -> None:
