@@ -241,3 +241,17 @@ def first_answer(port: int, *pdus: bytes) -> tuple[int, bytes, int]:
     finally:
         raw.close()
     return kind, body, local_port
+
+
+def data_set_beginning_with_file_meta_elements(sop_instance: str, study: str, series: str) -> bytes:
+    """An Explicit VR Little Endian data set that begins with group 0002 elements, as a broken
+    or hostile sender may send one: a (0002,0010) naming Implicit VR Little Endian (not how it
+    is encoded) and a (0002,0017) "ER_TULSA"; then the SOP Class (CT) and the three UIDs."""
+    return (
+        explicit(0x00020010, b"UI", b"1.2.840.10008.1.2\x00")
+        + explicit(0x00020017, b"AE", b"ER_TULSA")
+        + explicit(0x00080016, b"UI", CT_IMAGE_STORAGE.encode() + b"\x00")
+        + explicit(0x00080018, b"UI", sop_instance.encode())
+        + explicit(0x0020000D, b"UI", study.encode())
+        + explicit(0x0020000E, b"UI", series.encode())
+    )

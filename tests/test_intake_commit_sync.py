@@ -40,7 +40,7 @@ from tests.dicom_bytes import (
     EXPLICIT_LE,
     RawAssociation,
     c_store_command,
-    explicit,
+    data_set_beginning_with_file_meta_elements,
     identifiers,
     p_data,
 )
@@ -312,14 +312,7 @@ def test_a_group_0002_element_in_the_data_set_is_not_read_as_the_file_meta(tmp_p
     a trial: a sender that began its data set with (0002,0017) "ER_TULSA" had recovery index its
     instance as ER_TULSA's; a (0002,0010) there could change how the data set is read."""
     sop, study, series = "1.2.826.0.1.3680043.10.7.1", "1.2.826.0.1.3680043.10.7.2", "1.2.826.0.1.3680043.10.7.3"
-    data_set = (
-        explicit(0x00020010, b"UI", b"1.2.840.10008.1.2\x00")  # implicit VR LE: not how it is encoded
-        + explicit(0x00020017, b"AE", b"ER_TULSA")
-        + explicit(0x00080016, b"UI", CT_IMAGE_STORAGE.encode() + b"\x00")
-        + explicit(0x00080018, b"UI", sop.encode())
-        + explicit(0x0020000D, b"UI", study.encode())
-        + explicit(0x0020000E, b"UI", series.encode())
-    )
+    data_set = data_set_beginning_with_file_meta_elements(sop, study, series)
     path = tmp_path / "spoofed.dcm"
     path.write_bytes(store_codec.encode_file_meta(CT_IMAGE_STORAGE, sop, EXPLICIT_LE, "OTHER_AE") + data_set)
     header = read_header(path)

@@ -19,7 +19,7 @@ from router.dicom import reactor
 from router.dicom.scu import Destination, Forwarder, SendError, send_files
 from router.dicom.store_codec import encode_file_meta
 from router.services.forwarding import _send_error
-from tests.dicom_bytes import explicit
+from tests.dicom_bytes import data_set_beginning_with_file_meta_elements
 from tests.dicom_helpers import CT_IMAGE_STORAGE, make_dataset, write_part10
 from tests.s3_helpers import RecordingScp
 
@@ -185,14 +185,7 @@ def test_a_data_set_beginning_with_group_0002_elements_is_sent_as_stored(tmp_pat
     split of the file took them as File Meta and sent the data set without them, under the
     transfer syntax they named (found by a trial: the readers refused or mislabelled it)."""
     sop, study, series = "1.2.826.0.1.3680043.10.8.1", "1.2.826.0.1.3680043.10.8.2", "1.2.826.0.1.3680043.10.8.3"
-    data_set = (
-        explicit(0x00020010, b"UI", b"1.2.840.10008.1.2\x00")  # implicit VR LE: not how it is encoded
-        + explicit(0x00020017, b"AE", b"ER_TULSA")
-        + explicit(0x00080016, b"UI", CT_IMAGE_STORAGE.encode() + b"\x00")
-        + explicit(0x00080018, b"UI", sop.encode())
-        + explicit(0x0020000D, b"UI", study.encode())
-        + explicit(0x0020000E, b"UI", series.encode())
-    )
+    data_set = data_set_beginning_with_file_meta_elements(sop, study, series)
     path = tmp_path / "stored.dcm"
     path.write_bytes(encode_file_meta(CT_IMAGE_STORAGE, sop, ExplicitVRLittleEndian, "CT_NORTH") + data_set)
     reader = RecordingScp()
