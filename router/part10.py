@@ -6,6 +6,7 @@ import struct
 from pathlib import Path
 
 _PREAMBLE_AND_PREFIX = 132  # 128-byte preamble + "DICM"
+_HEAD = _PREAMBLE_AND_PREFIX + 12  # bytes: up to the end of the group length element (0002,0000)
 
 
 def dataset_offset(path: Path) -> int:
@@ -22,11 +23,34 @@ def dataset_offset(path: Path) -> int:
         If it cannot be read.
     """
     with open(path, "rb") as handle:
-        head = handle.read(_PREAMBLE_AND_PREFIX + 12)
-    if len(head) < _PREAMBLE_AND_PREFIX + 12 or head[128:132] != b"DICM":
+        return _offset(handle.read(_HEAD), path)
+
+
+def file_meta_elements(path: Path) -> tuple[bytes, int]:
+    """The File Meta Information elements of a Part 10 file written with a group length, as
+    bytes (Explicit VR Little Endian, from (0002,0000) to where the group length says the meta
+    ends; not a group 0002 element the data set itself may begin with), and the byte offset
+    where the data set starts (:func:`dataset_offset`). One read of the file's head.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a Part 10 file with a group length element.
+    OSError
+        If it cannot be read.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(_HEAD)
+        offset = _offset(head, path)
+        return head[_PREAMBLE_AND_PREFIX:] + handle.read(offset - _HEAD), offset
+
+
+def _offset(head: bytes, path: Path) -> int:
+    """The data set's offset from a file's first :data:`_HEAD` bytes (see :func:`dataset_offset`)."""
+    if len(head) < _HEAD or head[128:132] != b"DICM":
         raise ValueError(f"{path.name} is not a DICOM Part 10 file")
     group, element, vr, length = struct.unpack("<HH2sH", head[132:140])
     if (group, element, vr, length) != (0x0002, 0x0000, b"UL", 4):
         raise ValueError(f"{path.name} has no File Meta Information Group Length")
     (group_length,) = struct.unpack("<I", head[140:144])
-    return _PREAMBLE_AND_PREFIX + 12 + group_length
+    return _HEAD + group_length

@@ -26,11 +26,10 @@ from pynetdicom.dsutils import split_dataset as _PYNETDICOM_SPLIT
 from pynetdicom.presentation import build_context
 
 from router.errors import RouterError
-from router.part10 import dataset_offset
+from router.part10 import file_meta_elements
 
 LOG = logging.getLogger(__name__)
 
-_PREAMBLE_AND_PREFIX = 132  # bytes: the 128-byte preamble and "DICM" (PS3.10 section 7.1)
 #: pynetdicom (and PS3.8 section 9.3.2.2) allows at most 128 presentation contexts.
 MAX_CONTEXTS = 128
 
@@ -279,12 +278,9 @@ def split_file(path: Path) -> tuple[Dataset, int]:
         If the file cannot be read.
     """
     try:
-        offset = dataset_offset(path)
+        meta, offset = file_meta_elements(path)
     except ValueError:
         return _PYNETDICOM_SPLIT(path)
-    with open(path, "rb") as handle:
-        handle.seek(_PREAMBLE_AND_PREFIX)
-        meta = handle.read(offset - _PREAMBLE_AND_PREFIX)
     return read_dataset(BytesIO(meta), is_implicit_VR=False, is_little_endian=True), offset
 
 

@@ -223,6 +223,15 @@ def sending_ae_title(assoc: Any) -> str | None:
     return title if _AE_VALUE.fullmatch(title) else None
 
 
+def _association_sender(assoc: Any) -> str | None:
+    """:func:`sending_ae_title` of ``assoc``, checked once per association (not per fragment)."""
+    try:
+        return assoc._router_sending_ae_title
+    except AttributeError:
+        title = assoc._router_sending_ae_title = sending_ae_title(assoc)
+        return title
+
+
 #: The Sending Application Entity Title of the association whose PDUs this thread decodes (its
 #: DUL thread), for pynetdicom's own ``create_file_meta`` (:func:`_create_file_meta`).
 _DECODING = threading.local()
@@ -268,7 +277,7 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
     if getattr(self, "_router_invalid", False):
         return False  # the association is being aborted: later fragments are dropped
     self._router_assoc = assoc  # type: ignore[attr-defined]  # for _message_to_primitive
-    _DECODING.sending_ae_title = sending_ae_title(assoc) if assoc is not None else None
+    _DECODING.sending_ae_title = _association_sender(assoc) if assoc is not None else None
     items = getattr(primitive, "presentation_data_value_list", None)
     if assoc is not None and items and getattr(self, "_data_set_file", None) is not None and _command_first(items):
         # PS3.8 Annex E.2: a message's fragments are sent in order, its command set then its
