@@ -108,6 +108,12 @@ def pdu_item(kind: int, payload: bytes) -> bytes:
     return struct.pack(">BBH", kind, 0, len(payload)) + payload
 
 
+def presentation_context_item(context_id: int, sub_items: bytes) -> bytes:
+    """A presentation context item of an A-ASSOCIATE-RQ (type 0x20, PS3.8 section 9.3.2.2):
+    its ID, three reserved bytes, then ``sub_items`` (encoded abstract and transfer syntaxes)."""
+    return pdu_item(0x20, struct.pack(">BBBB", context_id, 0, 0, 0) + sub_items)
+
+
 def associate_rq(
     called: str = "ROUTER",
     calling: str = "RAW_SCU",
@@ -130,7 +136,7 @@ def associate_rq(
     if context_items is None:
         context_items = pdu_item(0x30, sop_class.encode()) + pdu_item(0x40, transfer_syntax.encode())
     if contexts is None:
-        contexts = pdu_item(0x20, struct.pack(">BBBB", 1, 0, 0, 0) + context_items + extra_context_items)
+        contexts = presentation_context_item(1, context_items + extra_context_items)
     user = pdu_item(0x51, struct.pack(">I", max_pdu)) + pdu_item(0x52, b"1.2.826.0.1.3680043.9.7433.1")
     user += extra_user_items
     body = struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + b"\x00" * 32

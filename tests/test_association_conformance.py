@@ -27,6 +27,7 @@ from tests.dicom_bytes import (
     RawAssociation,
     associate_rq,
     pdu_item,
+    presentation_context_item,
 )
 from tests.dicom_helpers import make_dataset, send_datasets
 
@@ -64,9 +65,8 @@ def _first_answer(port: int, request: bytes) -> tuple[int, bytes]:
 
 
 def _context(context_id: int, abstract_syntax: str, transfer_syntax: str = EXPLICIT_LE) -> bytes:
-    body = struct.pack(">BBBB", context_id, 0, 0, 0)
-    body += pdu_item(0x30, abstract_syntax.encode()) + pdu_item(0x40, transfer_syntax.encode())
-    return pdu_item(0x20, body)
+    syntaxes = pdu_item(0x30, abstract_syntax.encode()) + pdu_item(0x40, transfer_syntax.encode())
+    return presentation_context_item(context_id, syntaxes)
 
 
 def _context_results(ac_body: bytes) -> list[tuple[int, int]]:
