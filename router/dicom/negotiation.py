@@ -35,6 +35,7 @@ from typing import Any
 
 from pydicom.uid import UID
 from pynetdicom import acse as _acse_module
+from pynetdicom import sop_class as _pynetdicom_sop_class
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import (
     NonPatientObjectStorageServiceClass,
@@ -42,7 +43,7 @@ from pynetdicom.service_class import (
     StorageServiceClass,
     VerificationServiceClass,
 )
-from pynetdicom.sop_class import uid_to_service_class
+from pynetdicom.sop_class import _STORAGE_CLASSES, uid_to_service_class
 
 from router.dicom.proposals import remembered_negotiation
 from router.domain.instance import uid_problem
@@ -51,6 +52,8 @@ ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
 TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
 
 _LOCK = threading.Lock()
+#: The storage SOP classes pynetdicom knows (what ``negotiate_unrestricted`` tests against).
+_PYNETDICOM_STORAGE_UIDS = frozenset(_STORAGE_CLASSES.values())
 _INSTALLED = False
 #: Service classes whose SOP classes the unrestricted storage SCP may accept (``ServiceClass``:
 #: a UID pynetdicom does not know).
@@ -82,11 +85,42 @@ def _storage_like(abstract_syntax: str) -> bool:
     return uid_to_service_class(abstract_syntax) in _STORAGE_LIKE_SERVICES
 
 
-def strict_unrestricted(original: Any, known_transfer_syntaxes: frozenset[str]) -> Any:
+@functools.lru_cache(maxsize=4096)
+def taken_as_storage(abstract_syntax: str) -> bool:
+    """Whether pynetdicom's ``negotiate_unrestricted`` accepts ``abstract_syntax`` as storage
+    (its own test: a private UID, a storage SOP class, or a UID its ``sop_class`` module has no
+    class for); the rest it negotiates against the accepting contexts."""
+    uid = UID(abstract_syntax)
+    return uid.is_private or uid in _PYNETDICOM_STORAGE_UIDS or not hasattr(_pynetdicom_sop_class, uid.keyword)
+
+
+def accepted_as_storage(proposed: PresentationContext) -> PresentationContext:
+    """The accepted context pynetdicom's ``negotiate_unrestricted`` makes of a storage context
+    proposed without SCP/SCU role selection: the first proposed transfer syntax, result 0
+    (acceptance, PS3.8 Table 9-18), usable as SCU and as SCP. Made directly instead of through
+    its validating setters (lever 48); ``tests/test_request_items.py`` compares the two."""
+    context = PresentationContext.__new__(PresentationContext)
+    context.__dict__.update(
+        _context_id=proposed.context_id,
+        _abstract_syntax=proposed.abstract_syntax,
+        _transfer_syntax=[UID(proposed.transfer_syntax[0])],
+        result=0x00,
+        _scu_role=None,
+        _scp_role=None,
+        _as_scp=True,
+        _as_scu=True,
+    )
+    return context
+
+
+def strict_unrestricted(original: Any, known_transfer_syntaxes: frozenset[str], *, direct: bool = True) -> Any:
     """Wrap pynetdicom's ``negotiate_unrestricted(rq_contexts, ac_contexts, roles)``.
 
     Returns a function with the same signature and return value (accepted and refused
-    contexts sorted by context ID, role selection items).
+    contexts sorted by context ID, role selection items). With ``direct`` (the default), a
+    context pynetdicom would accept as storage, proposed without role selection, is accepted by
+    :func:`accepted_as_storage` instead of by ``original``; ``direct=False`` is for the tests
+    that compare the two.
     """
 
     def negotiate(
@@ -115,7 +149,13 @@ def strict_unrestricted(original: Any, known_transfer_syntaxes: frozenset[str]) 
                 narrowed.transfer_syntax = known  # keeps the sender's order of preference
                 proposed = narrowed
             passed.append(proposed)
-        accepted, reply_roles = original(passed, ac_contexts, roles)
+        if roles or not direct:
+            accepted, reply_roles = original(passed, ac_contexts, roles)
+        else:
+            storage = [context for context in passed if taken_as_storage(str(context.abstract_syntax))]
+            others = [context for context in passed if not taken_as_storage(str(context.abstract_syntax))]
+            accepted, reply_roles = original(others, ac_contexts, roles) if others else ([], [])
+            accepted = [*accepted, *(accepted_as_storage(context) for context in storage)]
         return sorted([*accepted, *refused], key=lambda context: int(context.context_id)), reply_roles
 
     negotiate.__doc__ = original.__doc__

@@ -23,6 +23,12 @@ Only a request whose every presentation context has one valid abstract syntax an
 syntaxes (PS3.5 section 9.1) is remembered: anything else is decoded and negotiated by
 pynetdicom each time, so its warnings are logged each time, as before. The A-ASSOCIATE-AC is
 the same byte for byte either way (``tests/test_proposals.py``).
+
+The first time a request is seen, its presentation context items are read by
+:func:`router.dicom.request_items.split_request` when they are plain (lever 48), and pynetdicom
+decodes only the rest (AE titles, application context, user information); the contexts of its
+primitive are then made from what was read. A request that is not plain is decoded by pynetdicom
+whole, as before.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from pynetdicom.pdu_items import (
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
+from router.dicom.request_items import split_request
 from router.domain.instance import uid_problem
 
 #: Most distinct requests remembered (least recently used forgotten first).
@@ -141,6 +148,13 @@ def _rememberable(pdu: A_ASSOCIATE_RQ) -> bool:
     return True
 
 
+def _remember(pdu: A_ASSOCIATE_RQ, request: bytes, contexts: list[PresentationContext] | None) -> None:
+    proposal = Proposal(dict(vars(pdu)))
+    proposal.contexts = contexts
+    KNOWN.remember(request, proposal)
+    pdu._router_proposal = proposal  # type: ignore[attr-defined]
+
+
 def _decode(original: Callable[[Any, bytes], None]) -> Callable[[Any, bytes], None]:
     def decode(self: A_ASSOCIATE_RQ, bytestream: bytes) -> None:
         request = bytes(bytestream)
@@ -150,11 +164,19 @@ def _decode(original: Callable[[Any, bytes], None]) -> Callable[[Any, bytes], No
             self.variable_items = list(proposal.attributes["variable_items"])
             self._router_proposal = proposal  # type: ignore[attr-defined]
             return
-        original(self, bytestream)
-        if len(request) <= MAX_REQUEST_BYTES and _rememberable(self):
-            proposal = Proposal(dict(vars(self)))
-            KNOWN.remember(request, proposal)
-            self._router_proposal = proposal  # type: ignore[attr-defined]
+        split = split_request(request) if len(request) <= MAX_REQUEST_BYTES else None
+        if split is None or split.syntax_count > MAX_SYNTAXES:
+            original(self, bytestream)
+            if len(request) <= MAX_REQUEST_BYTES and _rememberable(self):
+                _remember(self, request, None)
+            return
+        # the presentation contexts read here, the rest (AE titles, user information) by pynetdicom
+        original(self, split.rest)
+        if len(self.variable_items) != split.other_count:  # not expected: decode it all as before
+            original(self, bytestream)
+            return
+        self.variable_items = split.variable_items(self.variable_items)
+        _remember(self, request, [context.primitive() for context in split.contexts])
 
     decode.__doc__ = original.__doc__
     return decode
