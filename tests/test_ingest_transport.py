@@ -516,6 +516,12 @@ def test_set_uid_cache_hands_back_conformant_uids_and_leaves_the_rest_to_pynetdi
     for _ in range(2):
         with pytest.raises(ValueError, match="Invalid 'Abstract Syntax Name' value"):
             set_uid(b"1." + b"2" * 70, "Abstract Syntax Name")
+    # pynetdicom's own parameter order, by keyword too: (value, name, allow_empty, allow_none, validate)
+    with pytest.raises(ValueError, match="must not be an empty str"):
+        set_uid(b"", "Abstract Syntax Name", allow_empty=False)
+    assert set_uid(None, "Abstract Syntax Name", allow_empty=False) is None
+    with pytest.raises(TypeError, match="must be str, bytes or UID"):
+        set_uid(None, "Abstract Syntax Name", allow_none=False)
 
 
 @pytest.mark.parametrize(

@@ -229,14 +229,15 @@ def _remember_set_uid() -> None:
     original = items.set_uid
     cache: dict[tuple[Any, ...], Any] = {}
 
-    def set_uid(value: Any, name: str, allow_none: bool = True, allow_empty: bool = True, validate: bool = True) -> Any:
+    # pynetdicom's parameter order: (value, name, allow_empty, allow_none, validate)
+    def set_uid(value: Any, name: str, allow_empty: bool = True, allow_none: bool = True, validate: bool = True) -> Any:
         if not isinstance(value, (bytes, str)):
-            return original(value, name, allow_none, allow_empty, validate)
-        key = (value, name, allow_none, allow_empty, validate)
+            return original(value, name, allow_empty, allow_none, validate)
+        key = (value, name, allow_empty, allow_none, validate)
         known = cache.get(key)
         if known is not None:
             return known
-        result = original(value, name, allow_none, allow_empty, validate)
+        result = original(value, name, allow_empty, allow_none, validate)
         if isinstance(result, UID) and (not result or _is_valid_uid(str(result))) and len(cache) < SET_UID_CACHE_SIZE:
             cache[key] = result
         return result
