@@ -201,3 +201,22 @@ def test_one_refused_context_beside_an_accepted_one_is_not_warned_about(
     assert kind == 0x02
     assert _context_results(body) == [(1, 0), (3, 3)]
     assert _warnings(caplog, NOTHING_ACCEPTED, count=0) == []
+
+
+def test_a_context_whose_only_transfer_syntax_is_empty_is_refused_not_dropped(
+    server: RouterServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Transfer Syntax Sub-Item of length 0 (pynetdicom reads it as none): the context is
+    refused, transfer-syntaxes-not-supported (PS3.8 Table 9-18), with a transfer syntax sub-item
+    all the same (its value not significant). The association thread had died building the
+    A-ASSOCIATE-AC (IndexError) and the sender got a closed connection (a hostile-peer trial)."""
+    port = server.ports[0]
+    empty_syntax = presentation_context_item(1, pdu_item(0x30, CT_IMAGE_STORAGE.encode()) + pdu_item(0x40, b""))
+    request = associate_rq(contexts=empty_syntax + _context(3, CT_IMAGE_STORAGE))
+    with caplog.at_level(logging.WARNING):
+        kind, body = _first_answer(port, request)
+    assert kind == 0x02, "no A-ASSOCIATE-AC"
+    assert _context_results(body) == [(3, 0x00), (1, 0x04)]  # pynetdicom lists the accepted first
+    assert b"\x40\x00\x00\x111.2.840.10008.1.2\x50" in body  # the refused context's placeholder, then user information
+    assert not [r for r in caplog.records if "uncaught" in r.getMessage()]
+    _assert_a_sender_still_stores(port)

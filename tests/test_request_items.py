@@ -5,6 +5,7 @@ attribute by attribute, and the same A-ASSOCIATE-AC on the wire."""
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydicom.uid import UID
 from pynetdicom import acse
 from pynetdicom import presentation as pynetdicom_presentation
 from pynetdicom.pdu import A_ASSOCIATE_RQ, PDU
@@ -305,3 +307,28 @@ def test_the_a_associate_ac_is_pynetdicoms_byte_for_byte(server: RouterServer, m
     # every context of the storescu-like request accepted (result 0) with Explicit VR Little Endian
     accepted = references[0].count(struct.pack(">BBH", 0x40, 0, len(EXPLICIT_LE)) + EXPLICIT_LE.encode())
     assert accepted == len(StoragePresentationContexts)
+
+
+@pytest.mark.parametrize("abstract_syntax", ["1.2.840.10008.5.1.4.1.1.02", "1.2.826.0.1.03", "1.02.3"])
+def test_a_non_conformant_abstract_syntax_is_left_to_pynetdicom_and_its_warning(
+    abstract_syntax: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A leading zero passes the router's own UID check (modalities send such UIDs) but is not
+    conformant (PS3.5 section 9.1): pynetdicom accepts the context and warns about it, so it is
+    negotiated by pynetdicom, warning and all (a hostile-peer trial of lever 48)."""
+    original = pynetdicom_presentation.negotiate_unrestricted
+    results, warnings = [], []
+    for direct in (True, False):
+        rq = PresentationContext()
+        rq.context_id = 1
+        rq._abstract_syntax = UID(abstract_syntax)  # as decoded from the request
+        rq.transfer_syntax = [EXPLICIT_LE]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pynetdicom"):
+            result, _ = strict_unrestricted(original, KNOWN_TRANSFER_SYNTAXES, direct=direct)([rq], ACCEPTING, {})
+        results.append(attributes(result))
+        warnings.append(
+            [r.getMessage() for r in caplog.records if "Non-conformant 'abstract_syntax'" in r.getMessage()]
+        )
+    assert results[0] == results[1]
+    assert warnings[0] == warnings[1] and len(warnings[0]) == 1

@@ -50,6 +50,8 @@ from router.domain.instance import uid_problem
 
 ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
 TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
+#: The DICOM default transfer syntax (PS3.5 section 10.1).
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 
 _LOCK = threading.Lock()
 #: The storage SOP classes pynetdicom knows (what ``negotiate_unrestricted`` tests against).
@@ -69,7 +71,9 @@ def _refused(proposed: PresentationContext, result: int) -> PresentationContext:
     context = PresentationContext()
     context.context_id = proposed.context_id
     context.abstract_syntax = proposed.abstract_syntax
-    context.transfer_syntax = [proposed.transfer_syntax[0]] if proposed.transfer_syntax else []
+    # PS3.8 Table 9-18: a refused context's transfer syntax is not significant, but the sub-item
+    # must be there; a context proposed with none (an empty sub-item) gets the default one
+    context.transfer_syntax = [proposed.transfer_syntax[0] if proposed.transfer_syntax else IMPLICIT_VR_LITTLE_ENDIAN]
     context.result = result
     return context
 
@@ -92,6 +96,10 @@ def taken_as_storage(abstract_syntax: str) -> bool:
     class for); the rest it negotiates against the accepting contexts."""
     uid = UID(abstract_syntax)
     return uid.is_private or uid in _PYNETDICOM_STORAGE_UIDS or not hasattr(_pynetdicom_sop_class, uid.keyword)
+
+
+def _accepted_directly(abstract_syntax: str) -> bool:
+    return taken_as_storage(abstract_syntax) and _is_valid_uid(abstract_syntax)
 
 
 def accepted_as_storage(proposed: PresentationContext) -> PresentationContext:
@@ -152,8 +160,9 @@ def strict_unrestricted(original: Any, known_transfer_syntaxes: frozenset[str], 
         if roles or not direct:
             accepted, reply_roles = original(passed, ac_contexts, roles)
         else:
-            storage = [context for context in passed if taken_as_storage(str(context.abstract_syntax))]
-            others = [context for context in passed if not taken_as_storage(str(context.abstract_syntax))]
+            # a non-conformant abstract syntax is left to pynetdicom, which warns about it
+            storage = [context for context in passed if _accepted_directly(str(context.abstract_syntax))]
+            others = [context for context in passed if not _accepted_directly(str(context.abstract_syntax))]
             accepted, reply_roles = original(others, ac_contexts, roles) if others else ([], [])
             accepted = [*accepted, *(accepted_as_storage(context) for context in storage)]
         return sorted([*accepted, *refused], key=lambda context: int(context.context_id)), reply_roles
