@@ -43,7 +43,7 @@ from pynetdicom.service_class import (
     StorageServiceClass,
     VerificationServiceClass,
 )
-from pynetdicom.sop_class import _STORAGE_CLASSES, uid_to_service_class
+from pynetdicom.sop_class import uid_to_service_class
 
 from router.dicom.proposals import remembered_negotiation
 from router.domain.instance import uid_problem
@@ -54,8 +54,13 @@ TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 
 _LOCK = threading.Lock()
-#: The storage SOP classes pynetdicom knows (what ``negotiate_unrestricted`` tests against).
-_PYNETDICOM_STORAGE_UIDS = frozenset(_STORAGE_CLASSES.values())
+#: The storage SOP classes pynetdicom knows (what ``negotiate_unrestricted`` tests against; a
+#: private name of its ``sop_class`` module: without it every context is negotiated by pynetdicom).
+_PYNETDICOM_STORAGE_UIDS: frozenset[str] | None = (
+    frozenset(vars(_pynetdicom_sop_class)["_STORAGE_CLASSES"].values())
+    if isinstance(vars(_pynetdicom_sop_class).get("_STORAGE_CLASSES"), dict)
+    else None
+)
 _INSTALLED = False
 #: Service classes whose SOP classes the unrestricted storage SCP may accept (``ServiceClass``:
 #: a UID pynetdicom does not know).
@@ -95,7 +100,8 @@ def taken_as_storage(abstract_syntax: str) -> bool:
     (its own test: a private UID, a storage SOP class, or a UID its ``sop_class`` module has no
     class for); the rest it negotiates against the accepting contexts."""
     uid = UID(abstract_syntax)
-    return uid.is_private or uid in _PYNETDICOM_STORAGE_UIDS or not hasattr(_pynetdicom_sop_class, uid.keyword)
+    storage = _PYNETDICOM_STORAGE_UIDS or frozenset()
+    return uid.is_private or uid in storage or not hasattr(_pynetdicom_sop_class, uid.keyword)
 
 
 def _accepted_directly(abstract_syntax: str) -> bool:
@@ -157,7 +163,7 @@ def strict_unrestricted(original: Any, known_transfer_syntaxes: frozenset[str], 
                 narrowed.transfer_syntax = known  # keeps the sender's order of preference
                 proposed = narrowed
             passed.append(proposed)
-        if roles or not direct:
+        if roles or not direct or _PYNETDICOM_STORAGE_UIDS is None:
             accepted, reply_roles = original(passed, ac_contexts, roles)
         else:
             # a non-conformant abstract syntax is left to pynetdicom, which warns about it
