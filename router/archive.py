@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -409,18 +409,18 @@ class Archive:
 
 def _scandir_recent(path: str, since_epoch: float) -> list[os.DirEntry[str]]:
     # A folder's mtime changes when an entry is added to it, so older folders hold no new files.
-    try:
-        return [e for e in os.scandir(path) if e.is_dir(follow_symlinks=False) and e.stat().st_mtime >= since_epoch]
-    except FileNotFoundError:
-        return []
-    except OSError as exc:  # a folder this process may not read: recovery goes on without it
-        LOG.warning("recovery cannot read folder %s (%s); skipped", path, exc.strerror or type(exc).__name__)
-        return []
+    return _scandir(path, lambda e: e.is_dir(follow_symlinks=False) and e.stat().st_mtime >= since_epoch)
 
 
 def _scandir_files(path: str) -> list[os.DirEntry[str]]:
+    return _scandir(path, lambda e: e.is_file(follow_symlinks=False))
+
+
+def _scandir(path: str, keep: Callable[[os.DirEntry[str]], bool]) -> list[os.DirEntry[str]]:
+    """The entries of the folder ``path`` that ``keep`` keeps; none if it is gone, or if this
+    process may not read it (logged: recovery goes on without it)."""
     try:
-        return [e for e in os.scandir(path) if e.is_file(follow_symlinks=False)]
+        return [entry for entry in os.scandir(path) if keep(entry)]
     except FileNotFoundError:
         return []
     except OSError as exc:

@@ -167,8 +167,10 @@ def strict_unrestricted(original: Any, known_transfer_syntaxes: frozenset[str], 
             accepted, reply_roles = original(passed, ac_contexts, roles)
         else:
             # a non-conformant abstract syntax is left to pynetdicom, which warns about it
-            storage = [context for context in passed if _accepted_directly(str(context.abstract_syntax))]
-            others = [context for context in passed if not _accepted_directly(str(context.abstract_syntax))]
+            storage: list[PresentationContext] = []
+            others: list[PresentationContext] = []
+            for context in passed:
+                (storage if _accepted_directly(str(context.abstract_syntax)) else others).append(context)
             accepted, reply_roles = original(others, ac_contexts, roles) if others else ([], [])
             accepted = [*accepted, *(accepted_as_storage(context) for context in storage)]
         return sorted([*accepted, *refused], key=lambda context: int(context.context_id)), reply_roles

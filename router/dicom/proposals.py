@@ -158,16 +158,17 @@ def _remember(pdu: A_ASSOCIATE_RQ, request: bytes, contexts: list[PresentationCo
 def _decode(original: Callable[[Any, bytes], None]) -> Callable[[Any, bytes], None]:
     def decode(self: A_ASSOCIATE_RQ, bytestream: bytes) -> None:
         request = bytes(bytestream)
-        proposal = KNOWN.get(request) if len(request) <= MAX_REQUEST_BYTES else None
+        rememberable_size = len(request) <= MAX_REQUEST_BYTES
+        proposal = KNOWN.get(request) if rememberable_size else None
         if proposal is not None:
             self.__dict__.update(proposal.attributes)
             self.variable_items = list(proposal.attributes["variable_items"])
             self._router_proposal = proposal  # type: ignore[attr-defined]
             return
-        split = split_request(request) if len(request) <= MAX_REQUEST_BYTES else None
+        split = split_request(request) if rememberable_size else None
         if split is None or split.syntax_count > MAX_SYNTAXES:
             original(self, bytestream)
-            if len(request) <= MAX_REQUEST_BYTES and _rememberable(self):
+            if rememberable_size and _rememberable(self):
                 _remember(self, request, None)
             return
         # the presentation contexts read here, the rest (AE titles, user information) by pynetdicom
