@@ -17,6 +17,7 @@ from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -86,6 +87,15 @@ LEFT_TO_PYNETDICOM = [
     pytest.param(p_data_tf(ONE_PDV, b"\x00\x00\x00"), id="bytes-after-the-last-item"),
     pytest.param(b"\x04\x00" + struct.pack(">I", len(ONE_PDV) + 1) + ONE_PDV, id="pdu-length-not-the-bytes"),
 ]
+
+
+@pytest.mark.parametrize("context_id", [1, 127, 255])
+@pytest.mark.parametrize("value", [b"\x03", b"\x03" + bytes(range(256)) * 3, b"\x02" + b"\x00" * 65_537])
+def test_a_p_data_tf_of_one_item_encodes_to_pynetdicoms_bytes(context_id: int, value: bytes) -> None:
+    """The C-STORE-RSP the DUL thread sends directly (router.dicom.store_codec, lever 49)."""
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((context_id, value))
+    assert pdata.encode_pdata_tf(context_id, value) == P_DATA_TF(primitive).encode()
 
 
 @pytest.mark.parametrize("pdu", LEFT_TO_PYNETDICOM)

@@ -499,6 +499,56 @@ def test_a_c_store_the_codec_decoded_is_served_in_the_thread_that_read_it(
     archived_file(server, sop)
 
 
+@pytest.fixture
+def queued_for_sending(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(thread class, primitive class) of every primitive put on a DUL's queue of primitives to
+    send (a spy around ``send_pdu``)."""
+    seen: list[tuple[str, str]] = []
+    real = DULServiceProvider.send_pdu
+
+    def spy(self: DULServiceProvider, primitive: object) -> None:
+        seen.append((type(threading.current_thread()).__name__, type(primitive).__name__))
+        real(self, primitive)
+
+    monkeypatch.setattr(DULServiceProvider, "send_pdu", spy)
+    return seen
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_response_to_a_c_store_served_in_the_dul_thread_is_sent_by_it_directly(
+    fast_path: None,
+    server: RouterServer,
+    handler_threads: list[type],
+    queued_for_sending: list[tuple[str, str]],
+) -> None:
+    """Lever 49: the C-STORE-RSP of a request served in the DUL thread is sent by that thread
+    (PS3.8 DT-1) without going through its queue; one served in the association thread (a
+    command set pynetdicom decoded) still goes through the queue. Both answers are the same
+    C-STORE-RSP, and the association is released normally afterwards."""
+    fast_sop, slow_sop = "1.2.826.0.1.3680043.9.7433.3.70", "1.2.826.0.1.3680043.9.7433.3.71"
+    (kind, pdu), (after, _) = _exchange(
+        server.ports[0], c_store_command(CT_IMAGE_STORAGE, fast_sop), fast_sop, A_RELEASE_RQ
+    )
+    assert (kind, after) == (0x04, 0x06)  # the C-STORE-RSP, then the A-RELEASE-RP
+    answer = decode(BytesIO(pdu[6:]), True, True)
+    assert (answer.Status, answer.AffectedSOPInstanceUID, answer.MessageIDBeingRespondedTo) == (0, fast_sop, 1)
+    # one PDV item filling the PDU: its length, presentation context 1, a last command fragment
+    assert (int.from_bytes(pdu[:4], "big"), pdu[4], pdu[5]) == (len(pdu) - 4, 1, 0x03)
+    assert handler_threads == [DULServiceProvider]
+    assert ("DULServiceProvider", "P_DATA") not in queued_for_sending
+    assert ("Association", "A_RELEASE") in queued_for_sending  # the release response still queued
+
+    queued_for_sending.clear()
+    kind, pdu = _send_one(server, _move_destination_command(slow_sop), slow_sop)
+    assert kind == 0x04
+    assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.SUCCESS
+    assert handler_threads == [DULServiceProvider, Association]
+    assert ("Association", "P_DATA") in queued_for_sending
+    archived_file(server, fast_sop)
+    archived_file(server, slow_sop)
+
+
 @pytest.mark.network
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_fault_serving_a_c_store_in_the_dul_thread_aborts_that_association_only(

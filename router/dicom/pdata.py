@@ -40,6 +40,7 @@ P_DATA_TF_TYPE = 0x04
 P_DATA_TF_RECEIVED = "Evt10"
 _HEADER = 6  # PDU type, reserved, PDU length
 _ITEM_HEADER = struct.Struct(">LB")  # item length (context ID and value), presentation context ID
+_PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, PDU length
 #: Most PDV items read as views from one PDU. A sender puts one (or a command set and its data
 #: set's first fragment) in a PDU; a PDU of thousands of tiny items costs a view object each
 #: (about 240 bytes per item, 40 times the PDU's size with listener.max_pdu_length = 0: found
@@ -111,6 +112,20 @@ def decode_pdata(pdu: bytearray | bytes) -> ReceivedPData | None:
     return ReceivedPData(items)
 
 
+def encode_pdata_tf(context_id: int, value: bytes) -> bytes:
+    """A P-DATA-TF PDU of one PDV item (PS3.8 section 9.3.5): ``value`` is the presentation data
+    value with its message control header first (PS3.8 Annex E.2). The bytes pynetdicom's
+    ``P_DATA_TF.encode`` gives for the same item (tests/test_pdata.py compares them)."""
+    item_length = len(value) + 1  # the presentation context ID and the value
+    return b"".join(
+        (
+            _PDU_HEADER.pack(P_DATA_TF_TYPE, 0, 4 + item_length),  # the item: its length field and the rest
+            _ITEM_HEADER.pack(item_length, context_id),
+            value,
+        )
+    )
+
+
 def _decode_pdu(self: DULServiceProvider, bytestream: bytearray) -> tuple[Any, str]:
     """DULServiceProvider._decode_pdu: a P-DATA-TF read by :func:`decode_pdata` when no handler
     wants the raw bytes or the PDU; everything else by pynetdicom."""
@@ -144,7 +159,6 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
         return
     try:
         decoded, event = self._decode_pdu(pdu)
-        self.event_queue.put(event)
     except Exception as exc:  # as pynetdicom: any decoding failure is Evt19 (an A-ABORT)
         # one WARNING naming the PDU and the exception's type (never its text, which may quote
         # the peer's bytes), instead of pynetdicom's two ERROR lines a peer could repeat at will
@@ -157,7 +171,12 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
         LOG.debug("decoding it raised", exc_info=exc)
         self.event_queue.put("Evt19")
         return
+    self.event_queue.put(event)
     self._recv_pdu.put(decoded)
+
+
+#: Sta6: association established, ready for data transfer (PS3.8 Table 9-10).
+ESTABLISHED = "Sta6"
 
 
 def installed() -> bool:
