@@ -38,6 +38,8 @@ from pynetdicom.pdu_primitives import P_DATA
 #: (PS3.8 Table 9-10, Evt10).
 P_DATA_TF_TYPE = 0x04
 P_DATA_TF_RECEIVED = "Evt10"
+#: Sta6: association established, ready for data transfer (PS3.8 Table 9-10).
+ESTABLISHED = "Sta6"
 _HEADER = 6  # PDU type, reserved, PDU length
 _ITEM_HEADER = struct.Struct(">LB")  # item length (context ID and value), presentation context ID
 _PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, PDU length
@@ -119,7 +121,7 @@ def encode_pdata_tf(context_id: int, value: bytes) -> bytes:
     item_length = len(value) + 1  # the presentation context ID and the value
     return b"".join(
         (
-            _PDU_HEADER.pack(P_DATA_TF_TYPE, 0, 4 + item_length),  # the item: its length field and the rest
+            _PDU_HEADER.pack(P_DATA_TF_TYPE, 0, 4 + item_length),  # PDU length: the item with its length field
             _ITEM_HEADER.pack(item_length, context_id),
             value,
         )
@@ -159,6 +161,7 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
         return
     try:
         decoded, event = self._decode_pdu(pdu)
+        self.event_queue.put(event)
     except Exception as exc:  # as pynetdicom: any decoding failure is Evt19 (an A-ABORT)
         # one WARNING naming the PDU and the exception's type (never its text, which may quote
         # the peer's bytes), instead of pynetdicom's two ERROR lines a peer could repeat at will
@@ -171,12 +174,7 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
         LOG.debug("decoding it raised", exc_info=exc)
         self.event_queue.put("Evt19")
         return
-    self.event_queue.put(event)
     self._recv_pdu.put(decoded)
-
-
-#: Sta6: association established, ready for data transfer (PS3.8 Table 9-10).
-ESTABLISHED = "Sta6"
 
 
 def installed() -> bool:
