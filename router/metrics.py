@@ -75,10 +75,14 @@ class ReceiveMetrics:
             buckets=CSTORE_BUCKETS,
             registry=registry,
         )
+        self._by_status: dict[int, Any] = {}  # the labelled counter of each status seen
 
     def observe(self, status: int, size_bytes: int | None, seconds: float) -> None:
         """Count one answered C-STORE."""
-        self.instances.labels(status=f"0x{status:04X}").inc()
+        counter = self._by_status.get(status)
+        if counter is None:
+            counter = self._by_status[status] = self.instances.labels(status=f"0x{status:04X}")
+        counter.inc()
         if size_bytes:
             self.bytes.inc(size_bytes)
         self.latency.observe(seconds)

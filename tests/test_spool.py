@@ -4,6 +4,8 @@ one read back from the file, and the intake service uses it instead of reading t
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -14,6 +16,7 @@ from sqlalchemy import select
 
 from router.archive import dataset_sha256
 from router.db.models import Instance
+from router.dicom import spool as spool_module
 from router.dicom import store_codec
 from router.dicom.spool import SpoolFile
 from router.dicom.status import StoreStatus
@@ -61,6 +64,29 @@ def test_after_a_failed_write_there_is_no_digest(tiny_disk: Path) -> None:
     assert spool.failed
     assert spool.data_set_digest is None
     assert list(tiny_disk.iterdir()) == []  # nothing partial stays
+
+
+def test_each_spool_file_is_a_new_private_file_under_its_own_name(tmp_path: Path) -> None:
+    spools = [_spool_of(tmp_path, [b"x" * n]) for n in (10, 20, 30)]
+    names = [Path(spool.name) for spool in spools]
+    assert len(set(names)) == 3 and all(name.parent == tmp_path for name in names)
+    assert [name.stat().st_mode & 0o777 for name in names] == [0o600] * 3
+    assert [name.stat().st_size for name in names] == [spool.data_set_digest[1] for spool in spools]  # type: ignore[index]
+
+
+def test_a_name_already_taken_is_never_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """O_EXCL, as ``tempfile.mkstemp``: a file or a link left at the next name is passed over,
+    neither truncated nor followed (lever 51 made the names from a counter)."""
+    monkeypatch.setattr(spool_module, "_COUNT", itertools.count(5))
+    taken = tmp_path / f"rx-{os.getpid()}-{spool_module._TOKEN}-5.dcm"
+    taken.write_bytes(b"someone else's")
+    target = tmp_path / "target"
+    target.write_bytes(b"not to be written")
+    (tmp_path / f"rx-{os.getpid()}-{spool_module._TOKEN}-6.dcm").symlink_to(target)
+    spool = _spool_of(tmp_path, [b"data set"])
+    assert Path(spool.name).name == f"rx-{os.getpid()}-{spool_module._TOKEN}-7.dcm"
+    assert (taken.read_bytes(), target.read_bytes()) == (b"someone else's", b"not to be written")
+    assert not spool.failed
 
 
 # ----------------------------------------------------------------------------- over the network

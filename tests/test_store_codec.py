@@ -28,7 +28,7 @@ from pynetdicom.presentation import build_context
 from sqlalchemy import func, select
 
 from router.db.models import Instance
-from router.dicom import negotiation, store_codec
+from router.dicom import negotiation, scp, store_codec
 from router.dicom.scp import STORAGE_TRANSFER_SYNTAXES, StoreHandler, configure_pynetdicom
 from router.dicom.status import StoreStatus
 from router.part10 import dataset_offset
@@ -497,6 +497,23 @@ def test_a_c_store_the_codec_decoded_is_served_in_the_thread_that_read_it(
     assert handler_threads == [DULServiceProvider, Association]
     archived_file(server, dataset.SOPInstanceUID)
     archived_file(server, sop)
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_success_is_answered_from_one_data_set_that_stays_as_it_was(
+    fast_path: None, server: RouterServer, tmp_path: Path
+) -> None:
+    """Lever 51: the handler answers every stored instance with one shared Success data set
+    (pynetdicom only reads it); a failure still gets its own, with its Error Comment."""
+    for number in (1, 2):
+        dataset = make_dataset(SOPInstanceUID=f"1.2.826.0.1.3680043.9.7433.3.8{number}")
+        assert _store(server.ports[0], write_part10(dataset, tmp_path / f"{number}.dcm")) == StoreStatus.SUCCESS
+    assert scp._status(StoreStatus.SUCCESS) is scp._status(StoreStatus.SUCCESS)
+    assert [(element.keyword, element.value) for element in scp._SUCCESS] == [("Status", 0)]
+    first, second = (scp._status(StoreStatus.CANNOT_DECODE, "data set could not be decoded") for _ in "ab")
+    assert first is not second
+    assert (first.Status, first.ErrorComment) == (StoreStatus.CANNOT_DECODE, "data set could not be decoded")
 
 
 @pytest.fixture
