@@ -4,8 +4,6 @@ one read back from the file, and the intake service uses it instead of reading t
 from __future__ import annotations
 
 import hashlib
-import itertools
-import os
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -75,18 +73,29 @@ def test_each_spool_file_is_a_new_private_file_under_its_own_name(tmp_path: Path
 
 
 def test_a_name_already_taken_is_never_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """O_EXCL, as ``tempfile.mkstemp``: a file or a link left at the next name is passed over,
-    neither truncated nor followed (lever 51 made the names from a counter)."""
-    monkeypatch.setattr(spool_module, "_COUNT", itertools.count(5))
-    taken = tmp_path / f"rx-{os.getpid()}-{spool_module._TOKEN}-5.dcm"
+    """O_EXCL, as ``tempfile.mkstemp``: a file or a link already at a drawn name is passed over,
+    neither truncated nor followed."""
+    drawn = iter(["taken", "link", "free"])
+    monkeypatch.setattr(spool_module, "_random_name_part", lambda: next(drawn))
+    taken = tmp_path / "rx-taken.dcm"
     taken.write_bytes(b"someone else's")
     target = tmp_path / "target"
     target.write_bytes(b"not to be written")
-    (tmp_path / f"rx-{os.getpid()}-{spool_module._TOKEN}-6.dcm").symlink_to(target)
+    (tmp_path / "rx-link.dcm").symlink_to(target)
     spool = _spool_of(tmp_path, [b"data set"])
-    assert Path(spool.name).name == f"rx-{os.getpid()}-{spool_module._TOKEN}-7.dcm"
+    assert Path(spool.name).name == "rx-free.dcm"
     assert (taken.read_bytes(), target.read_bytes()) == (b"someone else's", b"not to be written")
     assert not spool.failed
+
+
+def test_the_next_spool_name_cannot_be_guessed_from_the_last(tmp_path: Path) -> None:
+    """Found by the hostile trial of lever 51: with names from a counter, 100 files planted at
+    the next names in the incoming folder made a store fail (0xA700)."""
+    names = [Path(_spool_of(tmp_path, [b"x"]).name).name for _ in range(50)]
+    parts = [name.removeprefix("rx-").removesuffix(".dcm") for name in names]
+    assert all(len(part) == 16 and int(part, 16) >= 0 for part in parts)
+    assert len(set(parts)) == 50
+    assert sorted(parts) != parts  # not drawn in order (a counter would be)
 
 
 # ----------------------------------------------------------------------------- over the network
