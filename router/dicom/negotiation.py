@@ -46,6 +46,7 @@ from pynetdicom.service_class import (
 from pynetdicom.sop_class import uid_to_service_class
 
 from router.dicom.proposals import remembered_negotiation
+from router.dicom.request_items import presentation_context
 from router.domain.instance import uid_problem
 
 ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
@@ -113,18 +114,9 @@ def accepted_as_storage(proposed: PresentationContext) -> PresentationContext:
     proposed without SCP/SCU role selection: the first proposed transfer syntax, result 0
     (acceptance, PS3.8 Table 9-18), usable as SCU and as SCP. Made directly instead of through
     its validating setters (lever 48); ``tests/test_request_items.py`` compares the two."""
-    context = PresentationContext.__new__(PresentationContext)
-    context.__dict__.update(
-        _context_id=proposed.context_id,
-        _abstract_syntax=proposed.abstract_syntax,
-        _transfer_syntax=[UID(proposed.transfer_syntax[0])],
-        result=0x00,
-        _scu_role=None,
-        _scp_role=None,
-        _as_scp=True,
-        _as_scu=True,
+    return presentation_context(
+        proposed.context_id, proposed.abstract_syntax, [UID(proposed.transfer_syntax[0])], result=0x00, usable=True
     )
-    return context
 
 
 def strict_unrestricted(original: Any, known_transfer_syntaxes: frozenset[str], *, direct: bool = True) -> Any:

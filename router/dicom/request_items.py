@@ -72,18 +72,33 @@ class ProposedContext:
 
     def primitive(self) -> PresentationContext:
         """The ``PresentationContext`` pynetdicom's ``PresentationContextItemRQ.to_primitive`` makes."""
-        context = PresentationContext.__new__(PresentationContext)
-        context.__dict__.update(
-            _context_id=self.context_id,
-            _abstract_syntax=self.abstract_syntax,
-            _transfer_syntax=list(dict.fromkeys(self.transfer_syntaxes)),  # each once, as pynetdicom keeps them
-            result=None,
-            _scu_role=None,
-            _scp_role=None,
-            _as_scp=None,
-            _as_scu=None,
-        )
-        return context
+        # each transfer syntax once, as pynetdicom keeps them
+        return presentation_context(self.context_id, self.abstract_syntax, list(dict.fromkeys(self.transfer_syntaxes)))
+
+
+def presentation_context(
+    context_id: int | None,
+    abstract_syntax: UID | None,
+    transfer_syntaxes: list[UID],
+    result: int | None = None,
+    usable: bool | None = None,
+) -> PresentationContext:
+    """A pynetdicom ``PresentationContext`` without SCP/SCU role selection, its fields set
+    directly instead of through its validating setters (the values were checked already):
+    ``result`` as in PS3.8 Table 9-18 (``None`` for a proposed context), ``usable`` its
+    ``as_scp`` and ``as_scu`` (``None`` until negotiated)."""
+    context = PresentationContext.__new__(PresentationContext)
+    context.__dict__.update(
+        _context_id=context_id,
+        _abstract_syntax=abstract_syntax,
+        _transfer_syntax=transfer_syntaxes,
+        result=result,
+        _scu_role=None,
+        _scp_role=None,
+        _as_scp=usable,
+        _as_scu=usable,
+    )
+    return context
 
 
 @dataclass(frozen=True, slots=True)
