@@ -4,6 +4,8 @@
   fresh data directory (and a fresh PostgreSQL schema), ``stable_seconds = 1.0``,
   ``poll_interval = 0.2``, every other key at its default (fsync and index before Success);
 - ``bare-pynetdicom``: :mod:`benchmarks.bare_scp` (write the received bytes, fsync, Success);
+- ``python-floor``: :mod:`benchmarks.floor_scp` (no pynetdicom or pydicom: the least CPU a
+  Python receiver spends keeping the router's file fsync, folder fsync and index commit);
 - ``orthanc``: Orthanc with its built-in default configuration except the storage and index
   folders, the DICOM port, and the HTTP server turned off (``SyncStorageArea`` stays at its
   default, true: every file is fsynced);
@@ -36,7 +38,7 @@ from harness.setup_env import ORTHANC, STORESCP
 BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO = BENCH_DIR.parent
 
-RECEIVERS = ("router-sqlite", "router-postgres", "bare-pynetdicom", "orthanc", "storescp")
+RECEIVERS = ("router-sqlite", "router-postgres", "bare-pynetdicom", "python-floor", "orthanc", "storescp")
 ROUTERS = ("router-sqlite", "router-postgres")
 
 
@@ -127,6 +129,7 @@ class Receivers:
             "router-sqlite": self._router,
             "router-postgres": self._router,
             "bare-pynetdicom": self._bare,
+            "python-floor": self._floor,
             "orthanc": self._orthanc,
             "storescp": self._storescp,
         }[name]
@@ -182,14 +185,21 @@ class Receivers:
         return Running(name, proc, port, "ROUTER", folder, lambda: instance_count(engine), db_url, cleanup)
 
     def _bare(self, name: str, folder: Path) -> Running:
+        return self._python_script(name, folder, "bare_scp.py", "BARE")
+
+    def _floor(self, name: str, folder: Path) -> Running:
+        return self._python_script(name, folder, "floor_scp.py", "FLOOR")
+
+    def _python_script(self, name: str, folder: Path, script: str, called_ae: str) -> Running:
+        """A receiver of ``benchmarks/``: ``python <script> PORT OUTPUT_DIR``, one file per instance."""
         port = free_port()
         out = folder / "out"
         proc = self.registry.start(
-            [sys.executable, str(BENCH_DIR / "bare_scp.py"), str(port), str(out)],
+            [sys.executable, str(BENCH_DIR / script), str(port), str(out)],
             env=receiver_env(),
             log=folder / "receiver.log",
         )
-        return Running(name, proc, port, "BARE", folder, lambda: _count_files(out))
+        return Running(name, proc, port, called_ae, folder, lambda: _count_files(out))
 
     def _orthanc(self, name: str, folder: Path) -> Running:
         port = free_port()

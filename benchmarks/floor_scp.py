@@ -1,0 +1,229 @@
+"""The Python floor: the least CPU a Python C-STORE SCP can spend while keeping the router's promises.
+
+Issue 14 asks the router for 1.2x Orthanc's rate with four associations. In those cells the
+machine is busy and the rate follows CPU per instance, so the question behind the last missing
+cell is how little CPU per instance any receiver written in Python can spend. This receiver is
+that lower bound, written for the measurement only: no pynetdicom, no pydicom, no validation, no
+limits, no routing; it trusts its peer completely and must never face a real one.
+
+What it keeps of the router's promises, in the router's order: each data set written to a spool
+file with its SHA-256, the file fsynced, renamed into the archive folder, the folder fsynced, a
+row committed to a SQLite index (WAL, ``synchronous=NORMAL``, as the router's receiving processes
+since lever 46), and only then the C-STORE-RSP Success. What it leaves out: the header read
+(patient's state, study and series UIDs: about 0.25-0.5 ms in the router), the study and series
+rows, the File Meta Information's group length and implementation items, everything about
+security, logging and metrics.
+
+Shape: one process per core sharing one listening socket (``fork`` after ``bind``), one thread
+per association, PDUs read with ``recv_into`` into one buffer per association, data fragments
+written with ``os.write``. PS3.8 9.3 (PDU layouts) and PS3.7 9.3.1, 9.3.5 (C-STORE, C-ECHO).
+
+Usage: ``python benchmarks/floor_scp.py PORT OUTPUT_DIR`` (127.0.0.1 only; prints ``listening``
+once bound; stops on SIGTERM or SIGINT). The harness runs it as receiver ``python-floor``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import sqlite3
+import struct
+import sys
+import threading
+
+MAX_PDU = 262144  # offered to the sender, as the router's default listener.max_pdu_length
+EXPLICIT_LE = b"1.2.840.10008.1.2.1"
+IMPLICIT_LE = b"1.2.840.10008.1.2"
+IMPLEMENTATION_UID = b"1.2.826.0.1.3680043.9.7433.1.99"
+
+
+def _recv_into(sock: socket.socket, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        count = sock.recv_into(view[got:])
+        if not count:
+            raise EOFError
+        got += count
+
+
+def _item(kind: int, payload: bytes) -> bytes:
+    return struct.pack(">BxH", kind, len(payload)) + payload
+
+
+def _accept(request: bytes) -> bytes:
+    """The A-ASSOCIATE-AC for an A-ASSOCIATE-RQ body: every presentation context accepted with
+    Explicit VR Little Endian if proposed, else Implicit, else the first proposed."""
+    items = [_item(0x10, b"1.2.840.10008.3.1.1.1")]
+    offset = 68
+    while offset + 4 <= len(request):
+        kind, length = request[offset], struct.unpack_from(">H", request, offset + 2)[0]
+        body = request[offset + 4 : offset + 4 + length]
+        offset += 4 + length
+        if kind != 0x20:
+            continue
+        syntaxes, sub = [], 4
+        while sub + 4 <= len(body):
+            sub_kind, sub_length = body[sub], struct.unpack_from(">H", body, sub + 2)[0]
+            if sub_kind == 0x40:
+                syntaxes.append(body[sub + 4 : sub + 4 + sub_length].rstrip(b"\0 "))
+            sub += 4 + sub_length
+        chosen = next((uid for uid in (EXPLICIT_LE, IMPLICIT_LE) if uid in syntaxes), syntaxes[0])
+        items.append(_item(0x21, bytes((body[0], 0, 0, 0)) + _item(0x40, chosen)))
+    user = _item(0x51, struct.pack(">I", MAX_PDU)) + _item(0x52, IMPLEMENTATION_UID) + _item(0x55, b"FLOOR")
+    items.append(_item(0x50, user))
+    body = struct.pack(">HH", 1, 0) + request[4:36] + bytes(32) + b"".join(items)
+    return struct.pack(">BxI", 0x02, len(body)) + body
+
+
+def _element(group_element: int, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0"
+    return struct.pack("<HHI", 0, group_element, len(value)) + value
+
+
+def _command(encoded: bytes) -> dict[int, bytes]:
+    """A command set's elements (Implicit VR Little Endian, PS3.7 6.3.1) by element number."""
+    found, offset = {}, 0
+    while offset + 8 <= len(encoded):
+        _, element, length = struct.unpack_from("<HHI", encoded, offset)
+        found[element] = encoded[offset + 8 : offset + 8 + length]
+        offset += 8 + length
+    return found
+
+
+def _response(context_id: int, command: dict[int, bytes]) -> bytes:
+    field = struct.unpack("<H", command[0x0100])[0]
+    parts = [_element(0x0002, command[0x0002]), _element(0x0100, struct.pack("<H", field | 0x8000))]
+    parts += [_element(0x0120, command[0x0110]), _element(0x0800, b"\x01\x01"), _element(0x0900, b"\0\0")]
+    if field == 0x0001:
+        parts.append(_element(0x1000, command[0x1000]))
+    body = b"".join(parts)
+    rsp = struct.pack("<HHI", 0, 0, 4) + struct.pack("<I", len(body)) + body
+    return struct.pack(">BxIIBB", 0x04, len(rsp) + 6, len(rsp) + 2, context_id, 0x03) + rsp
+
+
+class Store:
+    """One process's archive folder, spool folder and index connection (one writer at a time)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir, self.spool_dir = out_dir, os.path.join(out_dir, "..", "spool")
+        os.makedirs(self.spool_dir, exist_ok=True)
+        self.folder_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+        self.index = sqlite3.connect(os.path.join(out_dir, "..", "index.db"), check_same_thread=False, timeout=30)
+        self.index.execute("PRAGMA journal_mode=WAL")
+        self.index.execute("PRAGMA synchronous=NORMAL")
+        self.index.execute("CREATE TABLE IF NOT EXISTS instance (uid TEXT PRIMARY KEY, sha256 BLOB, size INTEGER)")
+        self.index.commit()
+        self.lock = threading.Lock()
+
+    def open_spool(self) -> tuple[int, str]:
+        path = os.path.join(self.spool_dir, f"rx-{os.urandom(8).hex()}.dcm")
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
+
+    def keep(self, fd: int, spool: str, uid: bytes, digest: bytes, size: int) -> None:
+        os.fsync(fd)
+        os.close(fd)
+        os.rename(spool, os.path.join(self.out_dir, uid.rstrip(b"\0").decode() + ".dcm"))
+        os.fsync(self.folder_fd)
+        with self.lock:
+            self.index.execute("INSERT OR REPLACE INTO instance VALUES (?, ?, ?)", (uid, digest, size))
+            self.index.commit()
+
+
+def _serve(sock: socket.socket, store: Store) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    header = bytearray(6)
+    buffer = bytearray(MAX_PDU)
+    command = bytearray()
+    fd, spool, digest, size = -1, "", hashlib.sha256(), 0
+    preamble = bytes(128) + b"DICM"
+    try:
+        while True:
+            _recv_into(sock, memoryview(header))
+            kind, length = header[0], struct.unpack_from(">I", header, 2)[0]
+            if length > len(buffer):
+                buffer = bytearray(length)
+            body = memoryview(buffer)[:length]
+            _recv_into(sock, body)
+            if kind == 0x01:
+                sock.sendall(_accept(bytes(body)))
+                continue
+            if kind == 0x05:
+                sock.sendall(b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+                return
+            if kind != 0x04:
+                return
+            offset = 0
+            while offset < length:
+                item_length = struct.unpack_from(">I", body, offset)[0]
+                context_id, control = body[offset + 4], body[offset + 5]
+                value = body[offset + 6 : offset + 4 + item_length]
+                offset += 4 + item_length
+                if control & 0x01:
+                    command += value
+                    if not control & 0x02:
+                        continue
+                    fields = _command(bytes(command))
+                    command.clear()
+                    if fields[0x0800] == b"\x01\x01":  # no data set follows: C-ECHO
+                        sock.sendall(_response(context_id, fields))
+                    else:
+                        fd, spool = store.open_spool()
+                        os.write(fd, preamble)
+                        digest, size = hashlib.sha256(), 0
+                    continue
+                os.write(fd, value)
+                digest.update(value)
+                size += len(value)
+                if control & 0x02:
+                    store.keep(fd, spool, fields[0x1000], digest.digest(), size)
+                    fd = -1
+                    sock.sendall(_response(context_id, fields))
+    except (EOFError, ConnectionError):
+        return
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        sock.close()
+
+
+def _accept_loop(listener: socket.socket, out_dir: str) -> None:
+    store = Store(out_dir)
+    while True:
+        connection, _ = listener.accept()
+        threading.Thread(target=_serve, args=(connection, store), daemon=True).start()
+
+
+def main(argv: list[str]) -> int:
+    port, out_dir = int(argv[1]), os.path.abspath(argv[2])
+    os.makedirs(out_dir, exist_ok=True)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(64)
+    Store(out_dir)  # the index table exists before the processes race to make it
+    children = []
+    for _ in range((os.cpu_count() or 1) - 1):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _accept_loop(listener, out_dir)
+            os._exit(0)
+        children.append(pid)
+
+    def _stop(_signum: int, _frame: object) -> None:
+        for child in children:
+            os.kill(child, signal.SIGTERM)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print("listening", flush=True)
+    _accept_loop(listener, out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
