@@ -18,8 +18,10 @@ Shape: one process per core sharing one listening socket (``fork`` after ``bind`
 per association, PDUs read with ``recv_into`` into one buffer per association, data fragments
 written with ``os.write``. PS3.8 9.3 (PDU layouts) and PS3.7 9.3.1, 9.3.5 (C-STORE, C-ECHO).
 
-Usage: ``python benchmarks/floor_scp.py PORT OUTPUT_DIR`` (127.0.0.1 only; prints ``listening``
-once bound; stops on SIGTERM or SIGINT). The harness runs it as receiver ``python-floor``.
+Usage: ``python benchmarks/floor_scp.py PORT OUTPUT_DIR [--router-work]`` (127.0.0.1 only;
+prints ``listening`` once bound; stops on SIGTERM or SIGINT). The harness runs it as receiver
+``python-floor``, and with ``--router-work`` (the router's header read and index statements on
+top: :class:`RouterWork`) as ``python-floor-router-work``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import sqlite3
 import struct
 import sys
 import threading
+from pathlib import Path
 
 MAX_PDU = 262144  # offered to the sender, as the router's default listener.max_pdu_length
 EXPLICIT_LE = b"1.2.840.10008.1.2.1"
@@ -52,9 +55,10 @@ def _item(kind: int, payload: bytes) -> bytes:
     return struct.pack(">BxH", kind, len(payload)) + payload
 
 
-def _accept(request: bytes) -> bytes:
+def _accept(request: bytes, syntaxes_by_context: dict[int, bytes]) -> bytes:
     """The A-ASSOCIATE-AC for an A-ASSOCIATE-RQ body: every presentation context accepted with
-    Explicit VR Little Endian if proposed, else Implicit, else the first proposed."""
+    Explicit VR Little Endian if proposed, else Implicit, else the first proposed (recorded in
+    ``syntaxes_by_context``)."""
     items = [_item(0x10, b"1.2.840.10008.3.1.1.1")]
     offset = 68
     while offset + 4 <= len(request):
@@ -70,11 +74,34 @@ def _accept(request: bytes) -> bytes:
                 syntaxes.append(body[sub + 4 : sub + 4 + sub_length].rstrip(b"\0 "))
             sub += 4 + sub_length
         chosen = next((uid for uid in (EXPLICIT_LE, IMPLICIT_LE) if uid in syntaxes), syntaxes[0])
+        syntaxes_by_context[body[0]] = chosen
         items.append(_item(0x21, bytes((body[0], 0, 0, 0)) + _item(0x40, chosen)))
     user = _item(0x51, struct.pack(">I", MAX_PDU)) + _item(0x52, IMPLEMENTATION_UID) + _item(0x55, b"FLOOR")
     items.append(_item(0x50, user))
     body = struct.pack(">HH", 1, 0) + request[4:36] + bytes(32) + b"".join(items)
     return struct.pack(">BxI", 0x02, len(body)) + body
+
+
+def _file_meta(sop_class: bytes, sop_instance: bytes, syntax: bytes) -> bytes:
+    """Preamble, prefix and File Meta Information (Explicit VR Little Endian, PS3.10 7.1)."""
+
+    def explicit(element: int, vr: bytes, value: bytes) -> bytes:
+        if len(value) % 2:
+            value += b"\0"
+        if vr == b"OB":
+            return struct.pack("<HH2sHI", 2, element, vr, 0, len(value)) + value
+        return struct.pack("<HH2sH", 2, element, vr, len(value)) + value
+
+    body = b"".join(
+        (
+            explicit(0x0001, b"OB", b"\0\1"),
+            explicit(0x0002, b"UI", sop_class.rstrip(b"\0")),
+            explicit(0x0003, b"UI", sop_instance.rstrip(b"\0")),
+            explicit(0x0010, b"UI", syntax),
+            explicit(0x0012, b"UI", IMPLEMENTATION_UID),
+        )
+    )
+    return bytes(128) + b"DICM" + explicit(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
 def _element(group_element: int, value: bytes) -> bytes:
@@ -107,8 +134,9 @@ def _response(context_id: int, command: dict[int, bytes]) -> bytes:
 class Store:
     """One process's archive folder, spool folder and index connection (one writer at a time)."""
 
-    def __init__(self, out_dir: str) -> None:
+    def __init__(self, out_dir: str, router_work: RouterWork | None = None) -> None:
         self.out_dir, self.spool_dir = out_dir, os.path.join(out_dir, "..", "spool")
+        self.router_work = router_work
         os.makedirs(self.spool_dir, exist_ok=True)
         self.folder_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
         self.index = sqlite3.connect(os.path.join(out_dir, "..", "index.db"), check_same_thread=False, timeout=30)
@@ -125,11 +153,68 @@ class Store:
     def keep(self, fd: int, spool: str, uid: bytes, digest: bytes, size: int) -> None:
         os.fsync(fd)
         os.close(fd)
-        os.rename(spool, os.path.join(self.out_dir, uid.rstrip(b"\0").decode() + ".dcm"))
+        name = uid.rstrip(b"\0").decode() + ".dcm"
+        if self.router_work is not None:
+            self.router_work.index(spool, name, digest, size)
+        os.rename(spool, os.path.join(self.out_dir, name))
         os.fsync(self.folder_fd)
+        if self.router_work is not None:
+            return
         with self.lock:
             self.index.execute("INSERT OR REPLACE INTO instance VALUES (?, ?, ?)", (uid, digest, size))
             self.index.commit()
+
+
+class RouterWork:
+    """``--router-work``: the router's own per-instance work on top of the floor, for the
+    measurement of what a lean receive path would still spend. The header read by the router's
+    :func:`~router.dicom.extract.read_header` and the router's index statements
+    (:class:`~router.db.instance_index.InstanceIndex`, study, series, instance and sender rows)
+    in one SQLite transaction per instance through the router's engine (``BEGIN IMMEDIATE``,
+    ``synchronous=NORMAL`` as its receiving processes), instead of the floor's one-row table."""
+
+    def __init__(self, database: str) -> None:
+        from sqlalchemy import event
+
+        from router.db.engine import make_engine
+        from router.db.instance_index import IndexRow, InstanceIndex
+        from router.dicom.extract import read_header
+        from router.timeutil import utcnow
+
+        self.engine = make_engine(f"sqlite:///{database}")
+        event.listen(self.engine, "connect", lambda raw, _record: raw.execute("PRAGMA synchronous=NORMAL"))
+        self.indexer = InstanceIndex(self.engine.dialect)
+        self.read_header, self.row, self.clock = read_header, IndexRow, utcnow
+
+    @staticmethod
+    def create_schema(database: str) -> None:
+        from router.app import RouterApp
+        from router.config import Settings
+
+        settings = Settings().with_data_dir(Path(database).parent).replace("database", url=f"sqlite:///{database}")
+        RouterApp.open(settings, upgrade=True).close()
+
+    def index(self, spool: str, name: str, digest: bytes, size: int) -> None:
+        header = self.read_header(Path(spool))
+        row = self.row(
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            relative_path=name,
+            size_bytes=size,
+            dataset_sha256=digest.hex(),
+            calling_ae_title="FLOOR",
+            peer_address="127.0.0.1",
+            received_at=self.clock(),
+            modality=header.modality,
+            series_body_part=header.body_part,
+            series_description=header.series_description,
+            evidence={"accession_number": header.accession_number, "study_date": header.study_date},
+        )
+        with self.engine.begin() as connection:
+            self.indexer.record(connection, row)
 
 
 def _serve(sock: socket.socket, store: Store) -> None:
@@ -138,7 +223,7 @@ def _serve(sock: socket.socket, store: Store) -> None:
     buffer = bytearray(MAX_PDU)
     command = bytearray()
     fd, spool, digest, size = -1, "", hashlib.sha256(), 0
-    preamble = bytes(128) + b"DICM"
+    syntaxes: dict[int, bytes] = {}
     try:
         while True:
             _recv_into(sock, memoryview(header))
@@ -148,7 +233,7 @@ def _serve(sock: socket.socket, store: Store) -> None:
             body = memoryview(buffer)[:length]
             _recv_into(sock, body)
             if kind == 0x01:
-                sock.sendall(_accept(bytes(body)))
+                sock.sendall(_accept(bytes(body), syntaxes))
                 continue
             if kind == 0x05:
                 sock.sendall(b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00")
@@ -171,7 +256,7 @@ def _serve(sock: socket.socket, store: Store) -> None:
                         sock.sendall(_response(context_id, fields))
                     else:
                         fd, spool = store.open_spool()
-                        os.write(fd, preamble)
+                        os.write(fd, _file_meta(fields[0x0002], fields[0x1000], syntaxes[context_id]))
                         digest, size = hashlib.sha256(), 0
                     continue
                 os.write(fd, value)
@@ -189,16 +274,19 @@ def _serve(sock: socket.socket, store: Store) -> None:
         sock.close()
 
 
-def _accept_loop(listener: socket.socket, out_dir: str) -> None:
-    store = Store(out_dir)
+def _accept_loop(listener: socket.socket, out_dir: str, router_work: bool) -> None:
+    store = Store(out_dir, RouterWork(os.path.join(out_dir, "..", "router.db")) if router_work else None)
     while True:
         connection, _ = listener.accept()
         threading.Thread(target=_serve, args=(connection, store), daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
-    port, out_dir = int(argv[1]), os.path.abspath(argv[2])
+    router_work = "--router-work" in argv
+    port, out_dir = (int(argv[1]), os.path.abspath(argv[2]))
     os.makedirs(out_dir, exist_ok=True)
+    if router_work:
+        RouterWork.create_schema(os.path.join(out_dir, "..", "router.db"))
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
@@ -209,7 +297,7 @@ def main(argv: list[str]) -> int:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            _accept_loop(listener, out_dir)
+            _accept_loop(listener, out_dir, router_work)
             os._exit(0)
         children.append(pid)
 
@@ -221,7 +309,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     print("listening", flush=True)
-    _accept_loop(listener, out_dir)
+    _accept_loop(listener, out_dir, router_work)
     return 0
 
 

@@ -6,6 +6,7 @@
 - ``bare-pynetdicom``: :mod:`benchmarks.bare_scp` (write the received bytes, fsync, Success);
 - ``python-floor``: :mod:`benchmarks.floor_scp` (no pynetdicom or pydicom: the least CPU a
   Python receiver spends keeping the router's file fsync, folder fsync and index commit);
+  ``python-floor-router-work``: the same with the router's header read and index statements;
 - ``orthanc``: Orthanc with its built-in default configuration except the storage and index
   folders, the DICOM port, and the HTTP server turned off (``SyncStorageArea`` stays at its
   default, true: every file is fsynced);
@@ -38,7 +39,15 @@ from harness.setup_env import ORTHANC, STORESCP
 BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO = BENCH_DIR.parent
 
-RECEIVERS = ("router-sqlite", "router-postgres", "bare-pynetdicom", "python-floor", "orthanc", "storescp")
+RECEIVERS = (
+    "router-sqlite",
+    "router-postgres",
+    "bare-pynetdicom",
+    "python-floor",
+    "python-floor-router-work",
+    "orthanc",
+    "storescp",
+)
 ROUTERS = ("router-sqlite", "router-postgres")
 
 
@@ -130,6 +139,7 @@ class Receivers:
             "router-postgres": self._router,
             "bare-pynetdicom": self._bare,
             "python-floor": self._floor,
+            "python-floor-router-work": self._floor,
             "orthanc": self._orthanc,
             "storescp": self._storescp,
         }[name]
@@ -188,14 +198,17 @@ class Receivers:
         return self._python_script(name, folder, "bare_scp.py", "BARE")
 
     def _floor(self, name: str, folder: Path) -> Running:
-        return self._python_script(name, folder, "floor_scp.py", "FLOOR")
+        extra = ["--router-work"] if name == "python-floor-router-work" else []
+        return self._python_script(name, folder, "floor_scp.py", "FLOOR", extra)
 
-    def _python_script(self, name: str, folder: Path, script: str, called_ae: str) -> Running:
-        """A receiver of ``benchmarks/``: ``python <script> PORT OUTPUT_DIR``, one file per instance."""
+    def _python_script(
+        self, name: str, folder: Path, script: str, called_ae: str, extra: list[str] | None = None
+    ) -> Running:
+        """A receiver of ``benchmarks/``: ``python <script> PORT OUTPUT_DIR [extra]``, one file per instance."""
         port = free_port()
         out = folder / "out"
         proc = self.registry.start(
-            [sys.executable, str(BENCH_DIR / script), str(port), str(out)],
+            [sys.executable, str(BENCH_DIR / script), str(port), str(out), *(extra or [])],
             env=receiver_env(),
             log=folder / "receiver.log",
         )
