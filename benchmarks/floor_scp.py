@@ -6,13 +6,13 @@ cell is how little CPU per instance any receiver written in Python can spend. Th
 that lower bound, written for the measurement only: no pynetdicom, no pydicom, no validation, no
 limits, no routing; it trusts its peer completely and must never face a real one.
 
-What it keeps of the router's promises, in the router's order: each data set written to a spool
-file with its SHA-256, the file fsynced, renamed into the archive folder, the folder fsynced, a
-row committed to a SQLite index (WAL, ``synchronous=NORMAL``, as the router's receiving processes
-since lever 46), and only then the C-STORE-RSP Success. What it leaves out: the header read
-(patient's state, study and series UIDs: about 0.25-0.5 ms in the router), the study and series
-rows, the File Meta Information's group length and implementation items, everything about
-security, logging and metrics.
+What it keeps of the router's promises (the same steps; the router commits before the folder's
+fsync): each data set written to a spool file with its SHA-256, the file fsynced, renamed into
+the archive folder, the folder fsynced, a row committed to a SQLite index (WAL,
+``synchronous=NORMAL``, as the router's receiving processes since lever 46), and only then the
+C-STORE-RSP Success. What it leaves out, unless ``--router-work``: the header read (patient's
+state, study and series UIDs) and the study, series and sender rows. Always left out: the File
+Meta Information's optional items, everything about security, logging and metrics.
 
 Shape: one process per core sharing one listening socket (``fork`` after ``bind``), one thread
 per association, PDUs read with ``recv_into`` into one buffer per association, data fragments
