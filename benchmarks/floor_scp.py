@@ -6,13 +6,14 @@ cell is how little CPU per instance any receiver written in Python can spend. Th
 that lower bound, written for the measurement only: no pynetdicom, no pydicom, no validation, no
 limits, no routing; it trusts its peer completely and must never face a real one.
 
-What it keeps of the router's promises (the same steps; the router commits before the folder's
-fsync): each data set written to a spool file with its SHA-256, the file fsynced, renamed into
-the archive folder, the folder fsynced, a row committed to a SQLite index (WAL,
-``synchronous=NORMAL``, as the router's receiving processes since lever 46), and only then the
-C-STORE-RSP Success. What it leaves out, unless ``--router-work``: the header read (patient's
-state, study and series UIDs) and the study, series and sender rows. Always left out: the File
-Meta Information's optional items, everything about security, logging and metrics.
+What it keeps of the router's promises, in the router's order (``IntakeService.store``): each
+data set written to a spool file with its SHA-256, the file fsynced, the index row written and
+the file renamed into the archive folder in one SQLite transaction, the commit (WAL,
+``synchronous=NORMAL``, as the router's receiving processes since lever 46), the folder fsynced,
+and only then the C-STORE-RSP Success. What it leaves out, unless ``--router-work``: the header read (patient's
+state, study and series UIDs) and the study, series and sender rows. Always left out: the
+study folders (one flat folder), the File Meta Information's optional items, the group commit,
+everything about security, logging and metrics.
 
 Shape: one process per core sharing one listening socket (``fork`` after ``bind``), one thread
 per association, PDUs read with ``recv_into`` into one buffer per association, data fragments
@@ -34,6 +35,7 @@ import sqlite3
 import struct
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 MAX_PDU = 262144  # offered to the sender, as the router's default listener.max_pdu_length
@@ -151,18 +153,25 @@ class Store:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
 
     def keep(self, fd: int, spool: str, uid: bytes, digest: bytes, size: int) -> None:
-        os.fsync(fd)
-        os.close(fd)
+        """Close ``fd`` after its fsync; rename the file into the archive folder inside the index
+        transaction, commit, then fsync the folder: the router's order (``IntakeService.store``)."""
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         name = uid.rstrip(b"\0").decode() + ".dcm"
+
+        def place() -> None:
+            os.rename(spool, os.path.join(self.out_dir, name))
+
         if self.router_work is not None:
-            self.router_work.index(spool, name, digest, size)
-        os.rename(spool, os.path.join(self.out_dir, name))
+            self.router_work.index(spool, name, digest, size, place)
+        else:
+            with self.lock:
+                self.index.execute("INSERT OR REPLACE INTO instance VALUES (?, ?, ?)", (uid, digest, size))
+                place()
+                self.index.commit()
         os.fsync(self.folder_fd)
-        if self.router_work is not None:
-            return
-        with self.lock:
-            self.index.execute("INSERT OR REPLACE INTO instance VALUES (?, ?, ?)", (uid, digest, size))
-            self.index.commit()
 
 
 class RouterWork:
@@ -194,7 +203,8 @@ class RouterWork:
         settings = Settings().with_data_dir(Path(database).parent).replace("database", url=f"sqlite:///{database}")
         RouterApp.open(settings, upgrade=True).close()
 
-    def index(self, spool: str, name: str, digest: bytes, size: int) -> None:
+    def index(self, spool: str, name: str, digest: bytes, size: int, place: Callable[[], None]) -> None:
+        """Read the header, then in one transaction: the index rows, ``place()``, the commit."""
         header = self.read_header(Path(spool))
         row = self.row(
             study_instance_uid=header.study_instance_uid,
@@ -215,6 +225,7 @@ class RouterWork:
         )
         with self.engine.begin() as connection:
             self.indexer.record(connection, row)
+            place()
 
 
 def _serve(sock: socket.socket, store: Store) -> None:
@@ -263,8 +274,8 @@ def _serve(sock: socket.socket, store: Store) -> None:
                 digest.update(value)
                 size += len(value)
                 if control & 0x02:
-                    store.keep(fd, spool, fields[0x1000], digest.digest(), size)
-                    fd = -1
+                    kept, fd = fd, -1  # keep() closes it, whatever happens
+                    store.keep(kept, spool, fields[0x1000], digest.digest(), size)
                     sock.sendall(_response(context_id, fields))
     except (EOFError, ConnectionError):
         return

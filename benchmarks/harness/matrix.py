@@ -165,7 +165,7 @@ def run_matrix(
     reps: int,
     max_steal: float | None = None,
 ) -> list[Run]:
-    """Every cell on each of its receivers, ``reps`` times, the receivers in turn going first.
+    """Every cell on each of its receivers, ``reps`` times, in reverse order every other time.
 
     A cell where anything runs with Nagle on (the sender, or DCMTK receivers as shipped) sends
     at most ``nagle_cap`` instances: each costs a delayed-ACK stall; with ``nagle_cap`` 0 those
@@ -180,11 +180,11 @@ def run_matrix(
             if capped and nagle_cap <= 0:
                 continue
             workload = workloads[cell.size].capped(nagle_cap) if capped else workloads[cell.size]
-            # The receivers take turns going first: whatever the one before leaves behind (the
-            # page cache, or on ext4 without a journal the inodes a clean-up freed less than a
-            # minute ago, docs/benchmarks.md) does not always fall on the same one.
-            turn = rep % len(names) if names else 0
-            for name in names[turn:] + names[:turn]:
+            # Every other repetition runs the receivers in reverse order, so each follows another
+            # receiver than before and the first goes last: what a run leaves behind (the page
+            # cache, or on ext4 without a journal the inodes a clean-up freed less than a minute
+            # ago, docs/benchmarks.md) does not always fall on the same one.
+            for name in names if rep % 2 == 0 else names[::-1]:
                 run = run_one(receivers, name, cell, workload, rep)
                 for _ in range(STEAL_RETRIES):
                     if max_steal is None or run.host_steal is None or run.host_steal <= max_steal:
