@@ -19,10 +19,12 @@ Shape: one process per core sharing one listening socket (``fork`` after ``bind`
 per association, PDUs read with ``recv_into`` into one buffer per association, data fragments
 written with ``os.write``. PS3.8 9.3 (PDU layouts) and PS3.7 9.3.1, 9.3.5 (C-STORE, C-ECHO).
 
-Usage: ``python benchmarks/floor_scp.py PORT OUTPUT_DIR [--router-work]`` (127.0.0.1 only;
-prints ``listening`` once bound; stops on SIGTERM or SIGINT). The harness runs it as receiver
-``python-floor``, and with ``--router-work`` (the router's header read and index statements on
-top: :class:`RouterWork`) as ``python-floor-router-work``.
+Usage: ``python benchmarks/floor_scp.py PORT OUTPUT_DIR [--router-work | --router-intake]``
+(127.0.0.1 only; prints ``listening`` once bound; stops on SIGTERM or SIGINT). The harness runs
+it as receiver ``python-floor``; with ``--router-work`` (the router's header read and index
+statements on top: :class:`RouterWork`) as ``python-floor-router-work``; with
+``--router-intake`` (the router's header read and whole intake service: :class:`RouterIntake`)
+as ``python-floor-router-intake``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 MAX_PDU = 262144  # offered to the sender, as the router's default listener.max_pdu_length
 EXPLICIT_LE = b"1.2.840.10008.1.2.1"
@@ -136,9 +139,11 @@ def _response(context_id: int, command: dict[int, bytes]) -> bytes:
 class Store:
     """One process's archive folder, spool folder and index connection (one writer at a time)."""
 
-    def __init__(self, out_dir: str, router_work: RouterWork | None = None) -> None:
+    def __init__(
+        self, out_dir: str, router_work: RouterWork | None = None, router_intake: RouterIntake | None = None
+    ) -> None:
         self.out_dir, self.spool_dir = out_dir, os.path.join(out_dir, "..", "spool")
-        self.router_work = router_work
+        self.router_work, self.router_intake = router_work, router_intake
         os.makedirs(self.spool_dir, exist_ok=True)
         self.folder_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
         self.index = sqlite3.connect(os.path.join(out_dir, "..", "index.db"), check_same_thread=False, timeout=30)
@@ -149,12 +154,21 @@ class Store:
         self.lock = threading.Lock()
 
     def open_spool(self) -> tuple[int, str]:
-        path = os.path.join(self.spool_dir, f"rx-{os.urandom(8).hex()}.dcm")
+        if self.router_intake is not None:
+            path = str(self.router_intake.app.archive.new_temp_path(".dcm"))
+        else:
+            path = os.path.join(self.spool_dir, f"rx-{os.urandom(8).hex()}.dcm")
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
 
     def keep(self, fd: int, spool: str, uid: bytes, digest: bytes, size: int) -> None:
         """Close ``fd`` after its fsync; rename the file into the archive folder inside the index
-        transaction, commit, then fsync the folder: the router's order (``IntakeService.store``)."""
+        transaction, commit, then fsync the folder: the router's order (``IntakeService.store``).
+        With ``--router-intake`` the router's intake service does all of it."""
+        if self.router_intake is not None:
+            file_size = os.fstat(fd).st_size
+            os.close(fd)
+            self.router_intake.store(spool, digest.hex(), file_size)
+            return
         try:
             os.fsync(fd)
         finally:
@@ -228,6 +242,40 @@ class RouterWork:
             place()
 
 
+class RouterIntake:
+    """``--router-intake``: the router's header read and its whole intake service on top of the
+    floor (:meth:`IntakeService.store`: file fsync, study folder, index rows with the rename in the
+    group commit's transaction, folder fsync), into the router's archive layout under the output
+    folder. What is left out is only the DICOM layer: pynetdicom, the codec, the handler's checks,
+    metrics and the main process."""
+
+    def __init__(self, out_dir: str) -> None:
+        from router.app import RouterApp
+        from router.dicom.extract import read_header
+        from router.services.intake import Sender
+
+        self.app = RouterApp.open(self.settings(out_dir))
+        self.app.archive.prepare()
+        self.read_header, self.sender = read_header, Sender("FLOOR", "127.0.0.1")
+
+    @staticmethod
+    def settings(out_dir: str) -> Any:
+        from router.config import Settings
+
+        settings = Settings().with_data_dir(Path(out_dir).parent / "router-data")
+        return settings.replace("paths", archive_dir=Path(out_dir))
+
+    @classmethod
+    def create_schema(cls, out_dir: str) -> None:
+        from router.app import RouterApp
+
+        RouterApp.open(cls.settings(out_dir), upgrade=True).close()
+
+    def store(self, spool: str, digest_hex: str, file_size: int) -> None:
+        path = Path(spool)
+        self.app.intake.store(self.read_header(path), path, self.sender, (digest_hex, file_size))
+
+
 def _serve(sock: socket.socket, store: Store) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     header = bytearray(6)
@@ -285,19 +333,24 @@ def _serve(sock: socket.socket, store: Store) -> None:
         sock.close()
 
 
-def _accept_loop(listener: socket.socket, out_dir: str, router_work: bool) -> None:
-    store = Store(out_dir, RouterWork(os.path.join(out_dir, "..", "router.db")) if router_work else None)
+def _accept_loop(listener: socket.socket, out_dir: str, mode: str | None) -> None:
+    work = RouterWork(os.path.join(out_dir, "..", "router.db")) if mode == "--router-work" else None
+    store = Store(out_dir, work, RouterIntake(out_dir) if mode == "--router-intake" else None)
     while True:
         connection, _ = listener.accept()
         threading.Thread(target=_serve, args=(connection, store), daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
-    router_work = "--router-work" in argv
+    mode = argv[3] if len(argv) > 3 else None
+    if mode not in (None, "--router-work", "--router-intake"):
+        raise SystemExit(f"unknown option {mode}")
     port, out_dir = (int(argv[1]), os.path.abspath(argv[2]))
     os.makedirs(out_dir, exist_ok=True)
-    if router_work:
+    if mode == "--router-work":
         RouterWork.create_schema(os.path.join(out_dir, "..", "router.db"))
+    elif mode == "--router-intake":
+        RouterIntake.create_schema(out_dir)
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
@@ -308,7 +361,7 @@ def main(argv: list[str]) -> int:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            _accept_loop(listener, out_dir, router_work)
+            _accept_loop(listener, out_dir, mode)
             os._exit(0)
         children.append(pid)
 
@@ -320,7 +373,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     print("listening", flush=True)
-    _accept_loop(listener, out_dir, router_work)
+    _accept_loop(listener, out_dir, mode)
     return 0
 
 

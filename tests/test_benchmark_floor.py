@@ -3,7 +3,6 @@ router against: it must really store what it acknowledges, or its numbers mean n
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import sqlite3
@@ -44,7 +43,9 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=10)
 
 
-@pytest.mark.parametrize("extra", [(), ("--router-work",)], ids=["floor", "router-work"])
+@pytest.mark.parametrize(
+    "extra", [(), ("--router-work",), ("--router-intake",)], ids=["floor", "router-work", "router-intake"]
+)
 def test_floor_stores_every_acknowledged_instance(tmp_path: Path, extra: tuple[str, ...]) -> None:
     proc, port = _start(tmp_path, *extra)
     try:
@@ -66,14 +67,19 @@ def test_floor_stores_every_acknowledged_instance(tmp_path: Path, extra: tuple[s
     finally:
         _stop(proc)
 
-    stored = sorted(os.listdir(tmp_path / "out"))
-    assert stored == sorted(f"{uid}.dcm" for uid in sent)
+    stored = {path.name: path for path in (tmp_path / "out").rglob("*") if path.is_file()}
+    assert sorted(stored) == sorted(f"{uid}.dcm" for uid in sent)
     for uid, pixels in sent.items():
-        written = dcmread(tmp_path / "out" / f"{uid}.dcm")
+        written = dcmread(stored[f"{uid}.dcm"])
         assert written.file_meta.MediaStorageSOPInstanceUID == uid
         assert written.SOPInstanceUID == uid
         assert written.PixelData == pixels
-    if extra:
+    if extra == ("--router-intake",):  # the router's archive layout and index
+        assert {path.parent.parent.name for path in stored.values()} == {source.StudyInstanceUID}
+        with sqlite3.connect(tmp_path / "router-data" / "router.db") as index:
+            rows = index.execute("SELECT sop_instance_uid FROM instances").fetchall()
+        assert sorted(row[0] for row in rows) == sorted(sent)
+    elif extra:
         with sqlite3.connect(tmp_path / "router.db") as index:
             rows = index.execute("SELECT sop_instance_uid FROM instances").fetchall()
             studies = index.execute("SELECT instance_count FROM studies").fetchall()

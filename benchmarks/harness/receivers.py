@@ -7,6 +7,7 @@
 - ``python-floor``: :mod:`benchmarks.floor_scp` (no pynetdicom or pydicom: the least CPU a
   Python receiver spends keeping the router's file fsync, folder fsync and index commit);
   ``python-floor-router-work``: the same with the router's header read and index statements;
+  ``python-floor-router-intake``: with the router's header read and whole intake service;
 - ``orthanc``: Orthanc with its built-in default configuration except the storage and index
   folders, the DICOM port, and the HTTP server turned off (``SyncStorageArea`` stays at its
   default, true: every file is fsynced);
@@ -45,6 +46,7 @@ RECEIVERS = (
     "bare-pynetdicom",
     "python-floor",
     "python-floor-router-work",
+    "python-floor-router-intake",
     "orthanc",
     "storescp",
 )
@@ -140,6 +142,7 @@ class Receivers:
             "bare-pynetdicom": self._bare,
             "python-floor": self._floor,
             "python-floor-router-work": self._floor,
+            "python-floor-router-intake": self._floor,
             "orthanc": self._orthanc,
             "storescp": self._storescp,
         }[name]
@@ -198,8 +201,9 @@ class Receivers:
         return self._python_script(name, folder, "bare_scp.py", "BARE")
 
     def _floor(self, name: str, folder: Path) -> Running:
-        extra = ["--router-work"] if name == "python-floor-router-work" else []
-        return self._python_script(name, folder, "floor_scp.py", "FLOOR", extra)
+        extra = {"python-floor-router-work": ["--router-work"], "python-floor-router-intake": ["--router-intake"]}
+        extra_args = extra.get(name, [])
+        return self._python_script(name, folder, "floor_scp.py", "FLOOR", extra_args)
 
     def _python_script(
         self, name: str, folder: Path, script: str, called_ae: str, extra: list[str] | None = None
