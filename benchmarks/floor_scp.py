@@ -220,6 +220,8 @@ class RouterWork:
     def index(self, spool: str, name: str, digest: bytes, size: int, place: Callable[[], None]) -> None:
         """Read the header, then in one transaction: the index rows, ``place()``, the commit."""
         header = self.read_header(Path(spool))
+        # IntakeService._index's row, less the study evidence beyond two columns (the header's
+        # other values bind as NULL) and the patient-location encryption: the same statements.
         row = self.row(
             study_instance_uid=header.study_instance_uid,
             series_instance_uid=header.series_instance_uid,

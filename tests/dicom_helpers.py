@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -169,6 +170,13 @@ def send_paths(
     finally:
         assoc.release()
     return statuses
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def send_datasets(port: int, datasets: Sequence[Dataset], calling_ae: str = "TEST_SCU") -> list[Dataset]:

@@ -15,15 +15,10 @@ from moto.server import ThreadedMotoServer
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from router.part10 import dataset_offset
+from tests.dicom_helpers import free_port
 
 ACCESS_KEY = "testing-access"
 SECRET_KEY = "testing-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class S3Server:

@@ -4,7 +4,6 @@ router against: it must really store what it acknowledges, or its numbers mean n
 from __future__ import annotations
 
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,17 +16,13 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
+from tests.dicom_helpers import free_port
+
 FLOOR = Path(__file__).resolve().parent.parent / "benchmarks" / "floor_scp.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(FLOOR), str(port), str(tmp_path / "out"), *extra],
         stdout=subprocess.PIPE,

@@ -17,14 +17,9 @@ import pytest
 
 from router.cli import SAFE_UMASK, restrict_umask
 from tests.conftest import DCMTK_STORESCU, SAMPLES
+from tests.dicom_helpers import free_port
 
 pytestmark = [pytest.mark.network]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _modes(root: Path) -> dict[str, int]:
@@ -49,7 +44,7 @@ def test_restrict_umask_adds_the_safe_bits_and_keeps_a_stricter_one() -> None:
 
 @pytest.mark.skipif(DCMTK_STORESCU is None, reason="DCMTK storescu not installed")
 def test_serve_under_umask_000_creates_nothing_world_readable(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path / "var"
     config = tmp_path / "router.toml"
     config.write_text(

@@ -37,7 +37,7 @@ from router.domain.enums import InfrastructureKind, StudyStatus
 from router.domain.infra_cost import next_month
 from router.services.accrual import AccrualService
 from tests.conftest import PG_URL, REPO, _pg_schema_url
-from tests.dicom_helpers import make_dataset, send_datasets
+from tests.dicom_helpers import free_port, make_dataset, send_datasets
 from tests.roster_fixtures import NPI_A, NPI_B, OS_USER, roster_with_readers
 from tests.test_cluster import install_commit_order_log, suspended_assignments
 
@@ -48,18 +48,12 @@ STUDIES = 9
 INSTANCES_PER_STUDY = 6
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ReceivingScp:
     """A reader's workstation: a real C-STORE SCP counting the SOP Instance UIDs it receives."""
 
     def __init__(self, ae_title: str) -> None:
         self.ae_title = ae_title
-        self.port = _free_port()
+        self.port = free_port()
         self.received: Counter[str] = Counter()
         self._lock = threading.Lock()
         ae = AE(ae_title=ae_title)
@@ -148,7 +142,7 @@ def cluster_url() -> Iterator[str]:
 def test_three_nodes_route_and_forward_exactly_once_through_a_kill_a_freeze_and_a_suspension(
     tmp_path: Path, cluster_url: str
 ) -> None:
-    ports = [_free_port() for _ in range(NODES)]
+    ports = [free_port() for _ in range(NODES)]
     configs = [_config(tmp_path, index, ports[index], cluster_url) for index in range(NODES)]
     readers = {NPI_A: ReceivingScp("READER_A"), NPI_B: ReceivingScp("READER_B")}
     processes: list[subprocess.Popen[bytes]] = []

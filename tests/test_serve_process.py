@@ -21,15 +21,9 @@ from sqlalchemy import create_engine, func, select, text
 
 from router.db.models import Instance, RoutingDecision, Study
 from tests.conftest import DCMTK_STORESCU, PG_URL, REPO, SAMPLES
-from tests.dicom_helpers import make_dataset, write_part10
+from tests.dicom_helpers import free_port, make_dataset, write_part10
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _config(tmp_path: Path, port: int, stable: float = 1.0, database_url: str | None = None) -> Path:
@@ -108,7 +102,7 @@ def _wait_json(config: Path, predicate, timeout: float = 30.0) -> list[dict]:  #
 
 @pytest.mark.skipif(DCMTK_STORESCU is None, reason="DCMTK storescu not installed")
 def test_serve_receives_from_storescu_and_the_cli_shows_assignment_and_ledgers(tmp_path: Path, processes: list) -> None:
-    port = _free_port()
+    port = free_port()
     config = _config(tmp_path, port)
     _router(config, "db", "upgrade")
     _router(config, "facilities", "add", "--ae-title", "CT_NORTH", "--state", "TX", "--timezone", "America/Chicago")
@@ -209,7 +203,7 @@ def test_sigkill_mid_load_loses_nothing_acknowledged_and_routes_each_study_once(
 
 
 def _kill_and_restart(tmp_path: Path, processes: list, database_url: str | None) -> None:
-    port = _free_port()
+    port = free_port()
     config = _config(tmp_path, port, stable=1.5, database_url=database_url)
     _router(config, "db", "upgrade")
     # three studies, each sent by its own association, 150 instances each
@@ -290,7 +284,7 @@ def _kill_and_restart(tmp_path: Path, processes: list, database_url: str | None)
 
 def test_a_second_serve_on_the_same_data_directory_is_refused(tmp_path: Path, processes: list) -> None:
     """With SO_REUSEPORT a second process could bind the same port and run recovery beside the first."""
-    port = _free_port()
+    port = free_port()
     config = _config(tmp_path, port)
     first = _start(config, port)
     processes.append(first)
@@ -311,7 +305,7 @@ def test_a_second_serve_on_the_same_data_directory_is_refused(tmp_path: Path, pr
 def test_serve_refuses_to_start_on_a_broken_data_file(tmp_path: Path) -> None:
     membership = tmp_path / "imlc.csv"
     membership.write_text("state,status\nTX,spl\n")  # no as_of line, wrong header
-    config = _config(tmp_path, _free_port())
+    config = _config(tmp_path, free_port())
     config.write_text(config.read_text() + f'[imlc]\nmembership_file = "{membership}"\n')
     result = _router(config, "serve", check=False)
     assert result.returncode == 1
@@ -324,7 +318,7 @@ def test_serve_refuses_to_start_on_a_broken_data_file(tmp_path: Path) -> None:
 def test_verbose_reaches_the_receiving_processes(tmp_path: Path) -> None:
     """``router --verbose serve`` with two workers: the workers log pynetdicom's dumps too (they
     were configured without the flag and logged nothing below WARNING)."""
-    port = _free_port()
+    port = free_port()
     config = _config(tmp_path, port)
     config.write_text(config.read_text().replace("[listener]\n", "[listener]\nworkers = 2\n"))
     log = tmp_path / "serve.log"
