@@ -60,6 +60,12 @@ def _spool_digest(event: Any) -> tuple[str, int] | None:
     return spool.data_set_digest if isinstance(spool, SpoolFile) else None
 
 
+def _spool_head(event: Any) -> tuple[bytes, int] | None:
+    """The received file's first bytes and size as its spool file kept them, if it did."""
+    spool = getattr(event.request, "_dataset_file", None)
+    return spool.head if isinstance(spool, SpoolFile) else None
+
+
 def configure_pynetdicom(incoming_dir: Path) -> None:
     """Apply the process-wide pynetdicom settings the router relies on. Call once at start-up.
 
@@ -202,7 +208,7 @@ class StoreHandler:
         if temp_path is None:
             return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "archive write failed")
         try:
-            header = read_header(temp_path, self.max_inflated_bytes)
+            header = read_header(temp_path, self.max_inflated_bytes, _spool_head(event))
         except InflationLimitExceeded as exc:
             LOG.warning(
                 "C-STORE of %s from %s refused with 0xA700: %s (listener.max_inflated_bytes)",

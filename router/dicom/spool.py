@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from router.dicom.prescan import SCAN_BYTES
+
 
 class SpoolFile:
     """A write-only temporary file in ``directory`` whose write errors are recorded, not raised.
@@ -38,6 +40,7 @@ class SpoolFile:
         self._descriptor: int | None = None
         self._written = 0  # bytes
         self._digest: Any = None  # hashlib.sha256 of what was written since begin_data_set()
+        self._head = bytearray()  # the first HEAD_BYTES written
         try:
             self._descriptor, self.name = _create(str(directory), suffix)
         except OSError as exc:
@@ -71,10 +74,21 @@ class SpoolFile:
             except OSError as exc:
                 self._fail(exc)
             else:
+                if self._written < HEAD_BYTES:
+                    self._head += data[: HEAD_BYTES - self._written]
                 self._written += len(data)
                 if self._digest is not None:
                     self._digest.update(data)
         return len(data)
+
+    @property
+    def head(self) -> tuple[bytes, int] | None:
+        """``(the file's first bytes, its size in bytes)``: up to :data:`HEAD_BYTES` as written,
+        kept in memory so that the header read need not read them back from the file
+        (:func:`router.dicom.extract.read_header`); ``None`` after a failure."""
+        if self.failed:
+            return None
+        return bytes(self._head), self._written
 
     def flush(self) -> None:
         """Nothing to do: every write goes straight to the kernel (a full disk shows there)."""
@@ -102,6 +116,10 @@ class SpoolFile:
             pass
 
 
+#: Bytes of a spool file kept in memory as they are written (:attr:`SpoolFile.head`): the File
+#: Meta Information and as much of the data set as the header read's scan takes at once
+#: (router.dicom.prescan.SCAN_BYTES), with room for a File Meta Information of up to 4 KiB.
+HEAD_BYTES = SCAN_BYTES + 4096
 #: As ``tempfile.mkstemp`` opens: O_EXCL, so an existing file or link is never reused.
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 _ATTEMPTS = 100
