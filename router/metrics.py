@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from router.db.models import OutboxJob, Study
 from router.dicom.scp import StoreHandler
+from router.dicom.spool import SpoolFile
 from router.domain.enums import HoldReason, OutboxStatus, StudyStatus
 
 LOG = logging.getLogger(__name__)
@@ -193,7 +194,11 @@ class MeteredStoreHandler(StoreHandler):
 
 
 def _received_size(event: Any) -> int | None:
-    """Size in bytes of the received data set's temporary file (chunked reception), if known."""
+    """Size in bytes of the received data set's temporary file (chunked reception), if known:
+    as its spool file counted it, else from the file system."""
+    spool = getattr(getattr(event, "request", None), "_dataset_file", None)
+    if isinstance(spool, SpoolFile) and not spool.failed:
+        return spool.size
     try:
         return os.stat(event.dataset_path).st_size
     except (AttributeError, OSError, TypeError):

@@ -144,6 +144,7 @@ def test_the_spool_keeps_the_first_bytes_written(tmp_path: Path) -> None:
     data = written.getvalue()
     assert Path(spool.name).read_bytes() == data
     assert spool.head == (data[:HEAD_BYTES], len(data))
+    assert spool.size == len(data) == 270_136  # what the metrics count as received (no stat)
     small = SpoolFile(tmp_path)
     small.write(b"abc")
     small.write(b"def")

@@ -40,7 +40,7 @@ class SpoolFile:
         self._descriptor: int | None = None
         self._written = 0  # bytes
         self._digest: Any = None  # hashlib.sha256 of what was written since begin_data_set()
-        self._head = bytearray()  # the first HEAD_BYTES written
+        self._head: list[bytes] = []  # the first HEAD_BYTES written, as written
         try:
             self._descriptor, self.name = _create(str(directory), suffix)
         except OSError as exc:
@@ -75,11 +75,16 @@ class SpoolFile:
                 self._fail(exc)
             else:
                 if self._written < HEAD_BYTES:
-                    self._head += data[: HEAD_BYTES - self._written]
+                    self._head.append(bytes(data[: HEAD_BYTES - self._written]))
                 self._written += len(data)
                 if self._digest is not None:
                     self._digest.update(data)
         return len(data)
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far: the file's size once the data set is complete."""
+        return self._written
 
     @property
     def head(self) -> tuple[bytes, int] | None:
@@ -88,7 +93,9 @@ class SpoolFile:
         (:func:`router.dicom.extract.read_header`); ``None`` after a failure."""
         if self.failed:
             return None
-        return bytes(self._head), self._written
+        if len(self._head) > 1:
+            self._head = [b"".join(self._head)]
+        return (self._head[0] if self._head else b""), self._written
 
     def flush(self) -> None:
         """Nothing to do: every write goes straight to the kernel (a full disk shows there)."""
