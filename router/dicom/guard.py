@@ -261,6 +261,19 @@ class GuardedAssociationSocket(AssociationSocket):
     _header_next: bool
     _pdu_type: int
     _closed_here: bool
+    #: Set by the DUL thread's wait (router.dicom.reactor) when it found the socket readable.
+    readable_seen: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """pynetdicom's check for data to read (``select`` with no timeout), answered without a
+        system call when the DUL thread's wait has just found the socket readable: the bytes
+        (or the end of the connection) stay there until that same thread reads them. One
+        ``select`` fewer per PDU (docs/benchmarks.md)."""
+        if self.readable_seen and self.socket is not None and self._is_connected:
+            self.readable_seen = False
+            return True
+        return bool(super().ready)
 
     def guard(self, limits: PeerLimits, deadline: float | None) -> None:
         """Start enforcing ``limits``; the A-ASSOCIATE-RQ must be complete by ``deadline`` (monotonic)."""

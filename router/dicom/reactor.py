@@ -127,11 +127,14 @@ def _dul_wait(dul: DULServiceProvider, seconds: float) -> None:
     except (OSError, ValueError):
         _time.sleep(seconds)
         return
-    if sock in readable and _QUICKACK is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        except OSError:
-            pass
+    if sock in readable:
+        if hasattr(wrapper, "readable_seen"):  # router.dicom.guard's socket
+            wrapper.readable_seen = True  # type: ignore[union-attr]  # its ready check needs no select of its own
+        if _QUICKACK is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            except OSError:
+                pass
     if pipe[0] in readable:
         try:
             while os.read(pipe[0], 4096):
