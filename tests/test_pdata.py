@@ -16,6 +16,7 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import decode
+from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import build_context
@@ -271,3 +272,38 @@ def test_an_undecodable_pdu_is_one_warning_and_an_a_abort(
     assert (name, level) == ("router.dicom.pdata", "WARNING")
     assert message.startswith(f"P-DATA-TF from 'RAW_SCU' at 127.0.0.1:{local_port} could not be decoded (")
     assert message.endswith("); A-ABORT sent")
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_p_data_tf_in_sta6_goes_to_the_dimse_layer_without_the_state_machine(
+    server: RouterServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Action DT-2 taken as the PDU is read (pdata._delivers_at_once): the listener's state
+    machine sees no Evt10, every instance is stored and answered, and the SCU in this process
+    (pynetdicom's own reader) still runs its responses through its state machine."""
+    events: list[tuple[bool, str]] = []
+    real = StateMachine.do_action
+
+    def spy(self: StateMachine, event: str) -> None:
+        events.append((self.dul.assoc.is_acceptor, event))
+        real(self, event)
+
+    monkeypatch.setattr(StateMachine, "do_action", spy)
+    ae = AE(ae_title="PDATA_SCU")
+    ae.requested_contexts = [build_context(CT_IMAGE_STORAGE, ["1.2.840.10008.1.2.1"])]  # Explicit VR LE
+    datasets = [make_dataset() for _ in range(3)]
+    assoc = ae.associate("127.0.0.1", server.ports[0], ae_title="ROUTER")
+    assert assoc.is_established
+    try:
+        for index, dataset in enumerate(datasets):
+            source = write_part10(dataset, tmp_path / f"{index}.dcm")
+            assert int(assoc.send_c_store(source).Status) == StoreStatus.SUCCESS
+    finally:
+        assoc.release()
+    for dataset in datasets:
+        assert archived_file(server, dataset.SOPInstanceUID).exists()
+    listener = [event for acceptor, event in events if acceptor]
+    assert "Evt10" not in listener
+    assert listener.count("Evt12") == 1  # the A-RELEASE-RQ still went through it
+    assert [event for acceptor, event in events if not acceptor].count("Evt10") == 3  # the responses
