@@ -268,8 +268,8 @@ class GuardedAssociationSocket(AssociationSocket):
     def ready(self) -> bool:
         """pynetdicom's check for data to read (``select`` with no timeout), answered without a
         system call when the DUL thread's wait has just found the socket readable: the bytes
-        (or the end of the connection) stay there until that same thread reads them. One
-        ``select`` fewer per PDU (docs/benchmarks.md)."""
+        (or the end of the connection) stay there until that same thread reads them
+        (docs/benchmarks.md, lever 53)."""
         if self.readable_seen and self.socket is not None and self._is_connected:
             self.readable_seen = False
             return True

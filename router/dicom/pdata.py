@@ -161,12 +161,6 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
         return
     try:
         decoded, event = self._decode_pdu(pdu)
-        if type(decoded) is ReceivedPData and _delivers_at_once(self):
-            # DT-2 (PS3.8 Table 9-10: Sta6 + Evt10, P-DATA indication, next state Sta6), taken
-            # here instead of through the event queue and the state machine
-            self.assoc.dimse.receive_primitive(decoded.to_primitive())
-            return
-        self.event_queue.put(event)
     except Exception as exc:  # as pynetdicom: any decoding failure is Evt19 (an A-ABORT)
         # one WARNING naming the PDU and the exception's type (never its text, which may quote
         # the peer's bytes), instead of pynetdicom's two ERROR lines a peer could repeat at will
@@ -179,6 +173,12 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
         LOG.debug("decoding it raised", exc_info=exc)
         self.event_queue.put("Evt19")
         return
+    if type(decoded) is ReceivedPData and _delivers_at_once(self):
+        # DT-2 (PS3.8 Table 9-10: Sta6 + Evt10, P-DATA indication, next state Sta6), taken here
+        # instead of through the event queue and the state machine
+        self.assoc.dimse.receive_primitive(decoded.to_primitive())
+        return
+    self.event_queue.put(event)
     self._recv_pdu.put(decoded)
 
 
@@ -186,12 +186,15 @@ def _delivers_at_once(dul: DULServiceProvider) -> bool:
     """Whether a P-DATA-TF just read can go to the DIMSE layer at once (action DT-2) instead of
     being queued as Evt10 for the reactor's next pass through the state machine.
 
-    pynetdicom queued every PDU as an event and ran it through the state machine on the same
-    thread right after: two queue hand-overs, a transition-table look-up and a transition per
-    PDU, about a third of what the router's DICOM layer spends per PDU above the floor's
-    (docs/benchmarks.md). Only in Sta6, where Evt10 has exactly one action (DT-2) and leaves
-    the state as it is, with no event or PDU waiting before it (their order is kept) and no
-    handler bound to the state machine's transitions (``--verbose``), which would not see it.
+    pynetdicom queued every PDU as an event, and the PDU itself on a second queue, and ran them
+    through the state machine on the same thread right after: two queue hand-overs, a
+    transition-table look-up and a transition per PDU (docs/benchmarks.md, lever 53). Only in
+    Sta6, where Evt10 has exactly one action (DT-2) and leaves the state as it is, with no
+    event or PDU waiting before it (their order is kept) and no handler bound to the state
+    machine's transitions (``--verbose``), which would not see it. An exception from the DIMSE
+    layer then reaches pynetdicom's reactor, which sends an A-ABORT, instead of its state
+    machine, which ended the DUL thread without one; the router's DIMSE layer catches what a
+    peer can cause itself (router.dicom.store_codec).
     """
     return (
         dul.state_machine.current_state == ESTABLISHED
