@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import tracemalloc
 from pathlib import Path
 
 import pydicom.data
@@ -150,6 +151,22 @@ def test_the_spool_keeps_the_first_bytes_written(tmp_path: Path) -> None:
     small.write(b"def")
     small.close()
     assert small.head == (b"abcdef", 6)
+
+
+def test_a_peer_sending_one_byte_fragments_costs_the_head_its_bytes_only(tmp_path: Path) -> None:
+    # the hostile-peer trial's case: a data set in 1-byte PDVs, each one write
+    spool = SpoolFile(tmp_path)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(HEAD_BYTES + 1000):
+            spool.write(b"x")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    spool.close()
+    assert spool.head == (b"x" * HEAD_BYTES, HEAD_BYTES + 1000)
+    assert held < 2 * HEAD_BYTES  # one buffer (a list of the writes held 40 times this)
 
 
 def test_a_failed_spool_offers_no_head(tmp_path: Path) -> None:
