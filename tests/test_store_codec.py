@@ -37,6 +37,8 @@ from tests.conftest import make_settings, running_router
 from tests.dicom_bytes import (
     A_RELEASE_RQ,
     CT_IMAGE_STORAGE,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
     RawAssociation,
     c_store_command,
     first_answer,
@@ -44,7 +46,9 @@ from tests.dicom_bytes import (
     implicit,
     p_data,
     p_data_tf,
+    pdu_item,
     pdv,
+    presentation_context_item,
     uid,
 )
 from tests.dicom_helpers import archived_file, make_dataset, write_part10
@@ -773,6 +777,52 @@ def test_a_command_set_inside_a_data_set_aborts_and_leaves_no_spool_file(
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and warnings[0].endswith(
         "(a command set before the end of the data set it follows); A-ABORT sent"
+    ), warnings
+    deadline = time.monotonic() + 5
+    while any(server.app.archive.incoming.rglob("*.dcm")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(server.app.archive.incoming.rglob("*.dcm")) == []
+    with server.app.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 0
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("same_pdu", [False, True], ids=["in-a-later-pdu", "in-the-command-pdu"])
+def test_a_data_set_fragment_on_another_presentation_context_aborts(
+    server: RouterServer, caplog: pytest.LogCaptureFixture, same_pdu: bool
+) -> None:
+    """PS3.8 section 9.3.5 and Annex E: a message's fragments travel on its one presentation
+    context. A fragment on another accepted context (here Implicit VR inside an Explicit VR
+    message) was written into the same file and the instance stored with Success (found by a
+    hostile-peer trial). Now: an A-ABORT, one WARNING, nothing stored or left behind."""
+    caplog.set_level(logging.INFO)
+    sop = "1.2.826.0.1.3680043.9.7433.3.93"
+    body = identifiers(sop, "1.2.826.0.1.3680043.9.7433.1.93", "1.2.826.0.1.3680043.9.7433.2.93")
+    contexts = b"".join(
+        presentation_context_item(
+            context_id, pdu_item(0x30, CT_IMAGE_STORAGE.encode()) + pdu_item(0x40, syntax.encode())
+        )
+        for context_id, syntax in ((1, EXPLICIT_LE), (3, IMPLICIT_LE))
+    )
+    command = pdv(c_store_command(CT_IMAGE_STORAGE, sop), command=True, last=True)
+    first = pdv(body[:20], command=False, last=False)
+    other = pdv(body[20:], command=False, last=True, context_id=3)
+    raw = RawAssociation(server.ports[0])
+    try:
+        assert raw.associate(max_pdu=0, contexts=contexts) == 0x02
+        if same_pdu:
+            raw.send(p_data_tf(command, first, other))
+        else:
+            raw.send(p_data_tf(command, first))
+            raw.send(p_data_tf(other))
+        kind, _ = raw.read_pdu()
+    finally:
+        raw.close()
+    assert kind == 0x07  # A-ABORT
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        "(a fragment on another presentation context than its message's); A-ABORT sent"
     ), warnings
     deadline = time.monotonic() + 5
     while any(server.app.archive.incoming.rglob("*.dcm")) and time.monotonic() < deadline:

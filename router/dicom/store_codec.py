@@ -281,6 +281,9 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
     self._router_assoc = assoc  # type: ignore[attr-defined]  # for _message_to_primitive
     _DECODING.sending_ae_title = _association_sender(assoc) if assoc is not None else None
     items = getattr(primitive, "presentation_data_value_list", None)
+    if assoc is not None and items and _on_another_context(self, items):
+        _abort_invalid(assoc, "a fragment on another presentation context than its message's", self)
+        return False
     if assoc is not None and items and getattr(self, "_data_set_file", None) is not None and _command_first(items):
         # PS3.8 Annex E.2: a message's fragments are sent in order, its command set then its
         # data set; pynetdicom appended the new command set to the old one and opened a second
@@ -308,12 +311,26 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
                 )
                 if len(items) == 1:
                     return False
+                if _on_another_context(self, items[1:]):
+                    _abort_invalid(assoc, "a fragment on another presentation context than its message's", self)
+                    return False
                 rest = P_DATA()
                 # the PDVs after the command set in the same P-DATA-TF (a data set may follow in
                 # it, PS3.8 section 9.3.5); appended, as the values may be views (router.dicom.pdata)
                 rest.presentation_data_value_list.extend(items[1:])
                 return _pynetdicom_decode(self, rest, assoc)
     return _pynetdicom_decode(self, primitive, assoc)
+
+
+def _on_another_context(message: DIMSEMessage, items: Any) -> bool:
+    """Whether a fragment in ``items`` names another presentation context than the message it
+    continues (known once its command set is in). Every fragment of a message travels on one
+    presentation context, whose transfer syntax encodes its data set (PS3.8 section 9.3.5 and
+    Annex E; DCMTK refuses the mix too): pynetdicom wrote a data set whose fragments came on
+    contexts of different transfer syntaxes into one file, under the first one's syntax, and it
+    was stored with Success (found by a hostile-peer trial)."""
+    known = message.context_id
+    return known is not None and any(context_id != known for context_id, _value in items)
 
 
 def _command_first(items: Any) -> bool:
