@@ -773,11 +773,17 @@ def test_a_command_set_inside_a_data_set_aborts_and_leaves_no_spool_file(
         kind, _ = raw.read_pdu()
     finally:
         raw.close()
+    _assert_aborted_leaving_nothing(server, caplog, kind, "a command set before the end of the data set it follows")
+
+
+def _assert_aborted_leaving_nothing(
+    server: RouterServer, caplog: pytest.LogCaptureFixture, kind: int, reason: str
+) -> None:
+    """The peer got an A-ABORT (PDU type 0x07) and the log one WARNING naming ``reason``; no
+    spool file is left in the incoming folder and no instance is indexed."""
     assert kind == 0x07  # A-ABORT
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and warnings[0].endswith(
-        "(a command set before the end of the data set it follows); A-ABORT sent"
-    ), warnings
+    assert len(warnings) == 1 and warnings[0].endswith(f"({reason}); A-ABORT sent"), warnings
     deadline = time.monotonic() + 5
     while any(server.app.archive.incoming.rglob("*.dcm")) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -819,14 +825,6 @@ def test_a_data_set_fragment_on_another_presentation_context_aborts(
         kind, _ = raw.read_pdu()
     finally:
         raw.close()
-    assert kind == 0x07  # A-ABORT
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and warnings[0].endswith(
-        "(a fragment on another presentation context than its message's); A-ABORT sent"
-    ), warnings
-    deadline = time.monotonic() + 5
-    while any(server.app.archive.incoming.rglob("*.dcm")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert list(server.app.archive.incoming.rglob("*.dcm")) == []
-    with server.app.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(Instance)) == 0
+    _assert_aborted_leaving_nothing(
+        server, caplog, kind, "a fragment on another presentation context than its message's"
+    )

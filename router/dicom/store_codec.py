@@ -282,7 +282,7 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
     _DECODING.sending_ae_title = _association_sender(assoc) if assoc is not None else None
     items = getattr(primitive, "presentation_data_value_list", None)
     if assoc is not None and items and _on_another_context(self, items):
-        _abort_invalid(assoc, "a fragment on another presentation context than its message's", self)
+        _abort_invalid(assoc, _OTHER_CONTEXT, self)
         return False
     if assoc is not None and items and getattr(self, "_data_set_file", None) is not None and _command_first(items):
         # PS3.8 Annex E.2: a message's fragments are sent in order, its command set then its
@@ -312,7 +312,7 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
                 if len(items) == 1:
                     return False
                 if _on_another_context(self, items[1:]):
-                    _abort_invalid(assoc, "a fragment on another presentation context than its message's", self)
+                    _abort_invalid(assoc, _OTHER_CONTEXT, self)
                     return False
                 rest = P_DATA()
                 # the PDVs after the command set in the same P-DATA-TF (a data set may follow in
@@ -320,6 +320,10 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
                 rest.presentation_data_value_list.extend(items[1:])
                 return _pynetdicom_decode(self, rest, assoc)
     return _pynetdicom_decode(self, primitive, assoc)
+
+
+#: Why a message with a fragment on another presentation context is aborted (its WARNING).
+_OTHER_CONTEXT = "a fragment on another presentation context than its message's"
 
 
 def _on_another_context(message: DIMSEMessage, items: Any) -> bool:
