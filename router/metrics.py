@@ -34,8 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from router.db.models import OutboxJob, Study
-from router.dicom.scp import StoreHandler
-from router.dicom.spool import SpoolFile
+from router.dicom.scp import StoreHandler, received_spool
 from router.domain.enums import HoldReason, OutboxStatus, StudyStatus
 
 LOG = logging.getLogger(__name__)
@@ -196,8 +195,8 @@ class MeteredStoreHandler(StoreHandler):
 def _received_size(event: Any) -> int | None:
     """Size in bytes of the received data set's temporary file (chunked reception), if known:
     as its spool file counted it, else from the file system."""
-    spool = getattr(getattr(event, "request", None), "_dataset_file", None)
-    if isinstance(spool, SpoolFile) and not spool.failed:
+    spool = received_spool(event)
+    if spool is not None and not spool.failed:
         return spool.size
     try:
         return os.stat(event.dataset_path).st_size

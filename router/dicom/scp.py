@@ -54,16 +54,23 @@ class InstanceStore(Protocol):
 SenderFactory = Callable[[str, str], Any]
 
 
+def received_spool(event: Any) -> SpoolFile | None:
+    """The spool file the C-STORE ``event``'s data set was received into (chunked reception
+    into a :class:`~router.dicom.spool.SpoolFile`), or None."""
+    spool = getattr(getattr(event, "request", None), "_dataset_file", None)
+    return spool if isinstance(spool, SpoolFile) else None
+
+
 def _spool_digest(event: Any) -> tuple[str, int] | None:
     """The data set's SHA-256 and file size its spool file computed while receiving, if it did."""
-    spool = getattr(event.request, "_dataset_file", None)
-    return spool.data_set_digest if isinstance(spool, SpoolFile) else None
+    spool = received_spool(event)
+    return spool.data_set_digest if spool is not None else None
 
 
 def _spool_head(event: Any) -> tuple[bytes, int] | None:
     """The received file's first bytes and size as its spool file kept them, if it did."""
-    spool = getattr(event.request, "_dataset_file", None)
-    return spool.head if isinstance(spool, SpoolFile) else None
+    spool = received_spool(event)
+    return spool.head if spool is not None else None
 
 
 def configure_pynetdicom(incoming_dir: Path) -> None:
@@ -254,8 +261,8 @@ class StoreHandler:
 
     def _received_file(self, event: Any) -> Path | None:
         """Path of the Part 10 temporary file holding the received data set (None: write failed)."""
-        spool = getattr(event.request, "_dataset_file", None)
-        if isinstance(spool, SpoolFile) and spool.failed:
+        spool = received_spool(event)
+        if spool is not None and spool.failed:
             self.conditions.failed("archive", f"archive write failed while receiving: {spool.error}; answering 0xA700")
             return None
         try:

@@ -281,9 +281,6 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
     self._router_assoc = assoc  # type: ignore[attr-defined]  # for _message_to_primitive
     _DECODING.sending_ae_title = _association_sender(assoc) if assoc is not None else None
     items = getattr(primitive, "presentation_data_value_list", None)
-    if assoc is not None and items and _on_another_context(self, items):
-        _abort_invalid(assoc, _OTHER_CONTEXT, self)
-        return False
     if assoc is not None and items and getattr(self, "_data_set_file", None) is not None and _command_first(items):
         # PS3.8 Annex E.2: a message's fragments are sent in order, its command set then its
         # data set; pynetdicom appended the new command set to the old one and opened a second
@@ -310,9 +307,6 @@ def _decode_msg(self: DIMSEMessage, primitive: P_DATA, assoc: Any = None) -> boo
                     _DECODING.sending_ae_title,
                 )
                 if len(items) == 1:
-                    return False
-                if _on_another_context(self, items[1:]):
-                    _abort_invalid(assoc, _OTHER_CONTEXT, self)
                     return False
                 rest = P_DATA()
                 # the PDVs after the command set in the same P-DATA-TF (a data set may follow in
@@ -352,12 +346,16 @@ def _command_first(items: Any) -> bool:
 def _pynetdicom_decode(message: DIMSEMessage, primitive: P_DATA, assoc: Any) -> bool:
     """pynetdicom's decode_msg; a message it raises on aborts the association (see above), and
     so does a C-STORE-RQ whose command set lacks a Message ID or has a Priority out of range,
-    as soon as its command set is in (before its data set is spooled).
+    as soon as its command set is in (before its data set is spooled), and a fragment on another
+    presentation context than its message's (:func:`_on_another_context`), before it is written.
 
     pynetdicom took those in whole and then ignored the request ("Received unexpected C-STORE
     service message"): no answer, and the data set stayed in the incoming folder until the
     periodic sweep, so a peer could fill the disk with data sets that never count. Without a
     Message ID no response can be addressed (PS3.7 section 9.3.1.2)."""
+    if assoc is not None and _on_another_context(message, getattr(primitive, "presentation_data_value_list", ())):
+        _abort_invalid(assoc, _OTHER_CONTEXT, message)
+        return False
     try:
         complete = bool(_ORIGINAL["decode_msg"](message, primitive, assoc))
     except Exception as exc:
