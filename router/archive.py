@@ -87,6 +87,9 @@ class Archive:
 
     #: Whether start-up recovery may look for files without a row (cheap here: folder mtimes).
     scans_for_orphans = True
+    #: Whether :meth:`place` only renames a temporary file, never reading it: its bytes need not
+    #: stay in the page cache after they are written (router.dicom.spool's direct I/O).
+    places_by_rename = True
 
     def __init__(self, root: Path, node_id: str | None = None) -> None:
         self.root = Path(root).resolve()

@@ -27,6 +27,7 @@ class ArchiveBackend(Protocol):
     root: Path
     incoming: Path
     scans_for_orphans: bool
+    places_by_rename: bool  # place() renames a temporary file without reading it
 
     def prepare(self) -> None: ...
     def instance_relpath(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str: ...

@@ -252,6 +252,7 @@ class EncryptedArchive:
         self.root = inner.root
         self.incoming = inner.incoming
         self.scans_for_orphans = inner.scans_for_orphans
+        self.places_by_rename = False  # each temporary file is read to be encrypted before place()
 
     # ------------------------------------------------------------------ delegated as is
     def prepare(self) -> None:

@@ -59,6 +59,8 @@ class S3Archive(Archive):
 
     #: Start-up recovery does not list the bucket (see :meth:`files_modified_since`).
     scans_for_orphans = False
+    #: :meth:`place` reads the temporary file (MD5, upload) right after it is received.
+    places_by_rename = False
 
     def __init__(self, root: Path, settings: ArchiveSettings, node_id: str | None = None) -> None:
         super().__init__(root, node_id=node_id)

@@ -135,7 +135,7 @@ class RouterServer:
         """
         app = self.app
         app.archive.prepare()
-        configure_pynetdicom(app.archive.incoming)
+        configure_pynetdicom(app.archive.incoming, direct_io=app.archive.places_by_rename)
         self.cluster.register()
         self.recovery_report = self.recovery.reconcile()
         self._run_id = self.recovery.start_run()

@@ -99,7 +99,7 @@ def _worker_main(
     try:
         app = RouterApp.open(settings)
         app.archive.prepare()
-        configure_pynetdicom(app.archive.incoming)
+        configure_pynetdicom(app.archive.incoming, direct_io=app.archive.places_by_rename)
         node = ListenerNode(app, metrics)
         # the parent's listening sockets (by port), shared with the other workers
         node.start(port=port, tls_port=tls_port, inherited=sockets, balance=AcceptBalance(loads, index))

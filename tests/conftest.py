@@ -177,13 +177,15 @@ def server(live_app: RouterApp) -> Iterator[RouterServer]:
 
 
 @contextlib.contextmanager
-def mounted_tmpfs(mount: Path, size: str) -> Iterator[Path]:
+def mounted_tmpfs(mount: Path, size: str, fstype: str = "tmpfs") -> Iterator[Path]:
     """A tmpfs of ``size`` (mount's syntax: ``64k``, ``2m``) at the new folder ``mount``, for a real
-    full disk (root ignores file modes); skips the test where mounting is not allowed."""
+    full disk (root ignores file modes); skips the test where mounting is not allowed.
+    ``fstype="ramfs"``: a ramfs instead (no size limit; it refuses ``O_DIRECT``)."""
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    options = ["-o", f"size={size}"] if fstype == "tmpfs" else []
+    result = subprocess.run(["mount", "-t", fstype, *options, fstype, str(mount)], capture_output=True)
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount a {fstype} here: {result.stderr.decode().strip()}")
     try:
         yield mount
     finally:

@@ -3,7 +3,11 @@ one read back from the file, and the intake service uses it instead of reading t
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import os
+import random
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -27,11 +31,11 @@ from tests.dicom_helpers import archived_file, make_dataset, send_paths, write_p
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
-def _spool_of(tmp_path: Path, data_set_parts: list[bytes], *, begin: bool = True) -> SpoolFile:
-    spool = SpoolFile(tmp_path)
+def _spool_of(tmp_path: Path, data_set_parts: list[bytes], *, begin: bool = True, direct_io: bool = False) -> SpoolFile:
+    spool = SpoolFile(tmp_path, direct_io=direct_io)
     spool.write(store_codec.encode_file_meta(CT_IMAGE_STORAGE, "1.2.3.4", EXPLICIT_LE))
     if begin:
-        spool.begin_data_set()
+        spool.begin_data_set(uncompressed=True)
     for part in data_set_parts:
         spool.write(memoryview(part)[1:] if part[:1] == b"!" else part)  # views, as the listener writes them
     spool.close()
@@ -62,6 +66,115 @@ def test_after_a_failed_write_there_is_no_digest(tiny_disk: Path) -> None:
     assert spool.failed
     assert spool.data_set_digest is None
     assert list(tiny_disk.iterdir()) == []  # nothing partial stays
+
+
+def _takes_direct_io(folder: Path) -> bool:
+    """Whether ``folder``'s file system accepts O_DIRECT (probed with a file of its own)."""
+    probe = folder / "probe"
+    descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.fcntl(descriptor, fcntl.F_SETFL, fcntl.fcntl(descriptor, fcntl.F_GETFL) | os.O_DIRECT)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(descriptor)
+        probe.unlink()
+
+
+def _fragments(data: bytes, rng: random.Random) -> list[bytes]:
+    """``data`` cut at random places (1 byte to 70,000 bytes a fragment)."""
+    parts, start = [], 0
+    while start < len(data):
+        end = min(len(data), start + rng.choice((1, 2, 4095, 4096, 4097, rng.randint(1, 70_000))))
+        parts.append(data[start:end])
+        start = end
+    return parts
+
+
+def _direct_bytes_expected(total: int) -> int:
+    """What lever 54 writes with O_DIRECT of a ``total``-byte file: every full stage, then the
+    last stage's whole 4 KiB blocks; nothing for a file that fits in one stage."""
+    full, rest = divmod(total, spool_module.STAGE_BYTES)
+    return 0 if not full else full * spool_module.STAGE_BYTES + rest - rest % 4096
+
+
+STAGE = spool_module.STAGE_BYTES
+
+
+@pytest.mark.parametrize(
+    "data_set_bytes",
+    [0, 1, 4095, 4096, 40_000, STAGE - 200, STAGE, STAGE + 1, 2 * STAGE - 1, 2 * STAGE + 4097, 1_000_003],
+)
+def test_a_data_set_of_any_size_is_written_as_received_around_the_page_cache_when_it_fills_a_stage(
+    tmp_path: Path, data_set_bytes: int
+) -> None:
+    rng = random.Random(data_set_bytes)
+    data = rng.randbytes(data_set_bytes)
+    meta = store_codec.encode_file_meta(CT_IMAGE_STORAGE, "1.2.3.4", EXPLICIT_LE)
+    spool = SpoolFile(tmp_path, direct_io=True)
+    spool.write(meta)
+    spool.begin_data_set(uncompressed=True)
+    for part in _fragments(data, rng):
+        spool.write(memoryview(part))  # views, as the listener writes them
+    spool.close()
+    written = Path(spool.name).read_bytes()
+    assert written == meta + data
+    assert spool.data_set_digest == (hashlib.sha256(data).hexdigest(), len(meta) + len(data))
+    assert spool.head == ((meta + data)[: spool_module.HEAD_BYTES], len(meta) + len(data))
+    expected = _direct_bytes_expected(len(meta) + len(data)) if _takes_direct_io(tmp_path) else 0
+    assert spool.direct_bytes == expected
+
+
+@pytest.mark.parametrize("direct_io, uncompressed", [(False, True), (True, False)])
+def test_a_compressed_data_set_or_an_archive_that_reads_it_back_is_written_through_the_page_cache(
+    tmp_path: Path, direct_io: bool, uncompressed: bool
+) -> None:
+    """An encapsulated or deflated data set is read again by the header read; an S3 or
+    encrypting archive reads the file to place it: their files stay in the page cache."""
+    data = random.Random(5).randbytes(3 * STAGE + 10)
+    spool = _spool_written(tmp_path, data, direct_io=direct_io, uncompressed=uncompressed)
+    assert (Path(spool.name).read_bytes(), spool.direct_bytes) == (data, 0)
+
+
+def _spool_written(folder: Path, data: bytes, *, direct_io: bool, uncompressed: bool) -> SpoolFile:
+    """A closed spool file of ``data`` alone (no File Meta Information), written at once."""
+    spool = SpoolFile(folder, direct_io=direct_io)
+    spool.begin_data_set(uncompressed=uncompressed)
+    spool.write(data)
+    spool.close()
+    return spool
+
+
+def test_a_file_system_that_refuses_direct_io_gets_every_write_through_the_page_cache(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "ramfs", "", fstype="ramfs") as mount:
+        assert not _takes_direct_io(mount)
+        data = random.Random(6).randbytes(2 * STAGE + 77)
+        first = _spool_written(mount, data, direct_io=True, uncompressed=True)
+        assert (Path(first.name).read_bytes(), first.direct_bytes) == (data, 0)
+        assert str(mount) in spool_module._REFUSE_DIRECT_IO  # the next file is not asked again
+        spool_module._REFUSE_DIRECT_IO.discard(str(mount))
+
+
+def test_a_full_disk_during_a_direct_write_fails_the_file_and_leaves_nothing(tiny_disk: Path) -> None:
+    spares = len(spool_module._SPARE)
+    spool = _spool_of(tiny_disk, [bytes(600_000), b"more after the failure"], direct_io=True)
+    assert spool.failed
+    assert spool.error is not None and spool.error.errno == errno.ENOSPC
+    assert (spool.data_set_digest, spool.head) == (None, None)
+    assert list(tiny_disk.iterdir()) == []
+    assert len(spool_module._SPARE) == max(spares, 1)  # its stage went back once, not twice
+
+
+def test_staging_buffers_are_reused_and_at_most_sixteen_kept(tmp_path: Path) -> None:
+    for _ in range(30):
+        _spool_of(tmp_path, [b"x" * 1000])
+    stages = {id(stage) for stage in spool_module._SPARE}
+    assert 1 <= len(stages) <= spool_module._SPARE_STAGES
+    open_at_once = [SpoolFile(tmp_path) for _ in range(40)]
+    for spool in open_at_once:
+        spool.close()
+    assert len(spool_module._SPARE) == spool_module._SPARE_STAGES
 
 
 def test_each_spool_file_is_a_new_private_file_under_its_own_name(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def _spool_head(event: Any) -> tuple[bytes, int] | None:
     return spool.head if spool is not None else None
 
 
-def configure_pynetdicom(incoming_dir: Path) -> None:
+def configure_pynetdicom(incoming_dir: Path, *, direct_io: bool = False) -> None:
     """Apply the process-wide pynetdicom settings the router relies on. Call once at start-up.
 
     - ``STORE_RECV_CHUNKED_DATASET``: each C-STORE data set is written to a temporary file as
@@ -81,13 +81,15 @@ def configure_pynetdicom(incoming_dir: Path) -> None:
     - the temporary files go to ``incoming_dir`` (on the archive's file system), so a received
       file is renamed into place without a copy and a crash leaves debris only where start-up
       cleans it; they are :class:`~router.dicom.spool.SpoolFile` objects, so a full disk or an
-      unwritable folder is answered 0xA700 instead of aborting the association;
+      unwritable folder is answered 0xA700 instead of aborting the association; with
+      ``direct_io`` (the archive only renames received files into place), large uncompressed
+      data sets are written around the page cache (``O_DIRECT``, router.dicom.spool);
     - ``UNRESTRICTED_STORAGE_SERVICE``: any storage SOP class, private ones included, is accepted,
       under a valid UID and with a transfer syntax pydicom knows (:mod:`router.dicom.negotiation`).
     """
     incoming_dir.mkdir(parents=True, exist_ok=True)
     # pynetdicom calls it as tempfile.NamedTemporaryFile (keyword arguments only), so its overloads do not apply.
-    dimse_messages.NamedTemporaryFile = spool_factory(incoming_dir)  # type: ignore[assignment]
+    dimse_messages.NamedTemporaryFile = spool_factory(incoming_dir, direct_io=direct_io)  # type: ignore[assignment]
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.UNRESTRICTED_STORAGE_SERVICE = True
     # Forwarding sends archived files byte for byte, streamed from disk.

@@ -12,12 +12,24 @@ Once told where the data set starts (:meth:`SpoolFile.begin_data_set`, after the
 Information), it also computes the data set's SHA-256 as the fragments are written, while they
 are still in the processor's cache: the intake service then does not read the file back to
 hash it (docs/benchmarks.md, lever 42).
+
+Fragments are gathered in a staging buffer of :data:`STAGE_BYTES` (page-aligned, reused from
+one data set to the next) and written a whole buffer at a time, the rest when the data set is
+complete (:meth:`SpoolFile.finish`). A data set that fills the buffer, in an uncompressed
+transfer syntax, with an archive that only renames the file into place, is written with
+``O_DIRECT``: straight from the buffer to the disk, not through the page cache, whose fresh
+pages, copy and write-back at fsync cost more processor time than anything else on the way of
+a 512 KB instance (docs/benchmarks.md, lever 54). The last part that does not fill a 4 KiB
+block is written through the page cache. A file system that refuses ``O_DIRECT`` gets every
+write through the page cache, as before.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
+import mmap
 import os
 import uuid
 from collections.abc import Callable
@@ -34,30 +46,44 @@ class SpoolFile:
     ``file.flush()`` and ``close``.
     """
 
-    def __init__(self, directory: Path, suffix: str = ".dcm") -> None:
+    def __init__(self, directory: Path, suffix: str = ".dcm", *, direct_io: bool = False) -> None:
+        """``direct_io``: a data set that :meth:`begin_data_set` allows may be written with
+        ``O_DIRECT`` (see the module docstring)."""
         self.error: OSError | None = None
         self.file = self  # pynetdicom calls ``.file.flush()``
         self._descriptor: int | None = None
         self._written = 0  # bytes
+        self._directory = str(directory)
+        self._direct_io = direct_io and self._directory not in _REFUSE_DIRECT_IO
+        self._direct = False  # the descriptor is in O_DIRECT mode now
+        self.direct_bytes = 0  # bytes written with O_DIRECT (none when the file system refuses it)
+        self._stage: mmap.mmap | None = None
+        self._staged = 0  # bytes in the stage
         self._digest: Any = None  # hashlib.sha256 of what was written since begin_data_set()
         # The first HEAD_BYTES written, in one buffer: a list of the writes cost 40 times their
         # bytes for a peer sending 1-byte fragments (found by a hostile-peer trial).
         self._head = bytearray()
         try:
-            self._descriptor, self.name = _create(str(directory), suffix)
+            self._descriptor, self.name = _create(self._directory, suffix)
         except OSError as exc:
             self.error = exc
             self.name = str(Path(directory) / f"unwritable-{uuid.uuid4().hex}{suffix}")
+        else:
+            self._stage = _take_stage()
 
     @property
     def failed(self) -> bool:
         """Whether any write, flush or the creation failed."""
         return self.error is not None
 
-    def begin_data_set(self) -> None:
+    def begin_data_set(self, *, uncompressed: bool = False) -> None:
         """Mark the end of the File Meta Information: what is written from now on is the data
-        set, hashed as it is written (see :attr:`data_set_digest`)."""
+        set, hashed as it is written (see :attr:`data_set_digest`). ``uncompressed``: the data
+        set's transfer syntax is one of PS3.5 section 10's three uncompressed ones, whose header
+        read never needs the file past its first bytes; without it the file is written through
+        the page cache, for the header read's reads of encapsulated or deflated data."""
         self._digest = hashlib.sha256()
+        self._direct_io = self._direct_io and uncompressed
 
     @property
     def data_set_digest(self) -> tuple[str, int] | None:
@@ -72,7 +98,7 @@ class SpoolFile:
         """Write ``data``; after a failure, discard it. Returns ``len(data)``."""
         if self._descriptor is not None:
             try:
-                _write_all(self._descriptor, data)
+                self._stage_write(data)
             except OSError as exc:
                 self._fail(exc)
             else:
@@ -82,6 +108,71 @@ class SpoolFile:
                 if self._digest is not None:
                     self._digest.update(data)
         return len(data)
+
+    def _stage_write(self, data: bytes | memoryview) -> None:
+        stage = self._stage
+        if stage is None:  # no stage: straight to the kernel
+            assert self._descriptor is not None
+            _write_all(self._descriptor, data)
+            return
+        with memoryview(data) as view:
+            count = len(view)
+            taken = 0
+            while taken < count:
+                part = min(count - taken, STAGE_BYTES - self._staged)
+                stage[self._staged : self._staged + part] = view[taken : taken + part]
+                self._staged += part
+                taken += part
+                if self._staged == STAGE_BYTES:
+                    self._write_stage(STAGE_BYTES)
+
+    def _write_stage(self, count: int) -> None:
+        """Write the stage's first ``count`` bytes (a multiple of 4 KiB, at a file offset that
+        is one too) and empty it: with ``O_DIRECT`` when allowed and taken."""
+        assert self._descriptor is not None and self._stage is not None
+        with memoryview(self._stage) as view:
+            if self._direct_io and not self._direct:
+                self._direct = _set_direct(self._descriptor, True)
+                if not self._direct:
+                    self._direct_io = False
+                    _REFUSE_DIRECT_IO.add(self._directory)
+            try:
+                _write_all(self._descriptor, view[:count])
+            except OSError as exc:
+                if not self._direct or exc.errno != errno.EINVAL:
+                    raise
+                # The file system took the flag but not the write: through the page cache.
+                self._direct = self._direct_io = _set_direct(self._descriptor, False)
+                _REFUSE_DIRECT_IO.add(self._directory)
+                _write_all(self._descriptor, view[:count])
+            else:
+                if self._direct:
+                    self.direct_bytes += count
+            self._staged = 0
+
+    def finish(self) -> None:
+        """Write what the stage still holds: the data set is complete (or being discarded).
+        Idempotent; a failure is recorded (:attr:`failed`), as for :meth:`write`."""
+        stage, staged = self._stage, self._staged
+        if stage is None or self._descriptor is None:
+            return
+        try:
+            start = 0
+            if self._direct:
+                start = staged - staged % _BLOCK
+                if start:
+                    self._write_stage(start)
+                # The last part, shorter than a block, through the page cache.
+                self._direct = _set_direct(self._descriptor, False)
+            if staged > start:
+                with memoryview(stage) as view:
+                    _write_all(self._descriptor, view[start:staged])
+        except OSError as exc:
+            self._fail(exc)  # gives the stage back
+        finally:
+            if self._stage is stage:
+                self._stage, self._staged = None, 0
+                _give_back_stage(stage)
 
     @property
     def size(self) -> int:
@@ -101,7 +192,8 @@ class SpoolFile:
         """Nothing to do: every write goes straight to the kernel (a full disk shows there)."""
 
     def close(self) -> None:
-        """Close the file (idempotent)."""
+        """Write what is staged (:meth:`finish`) and close the file (idempotent)."""
+        self.finish()
         if self._descriptor is not None:
             descriptor, self._descriptor = self._descriptor, None
             try:
@@ -111,6 +203,9 @@ class SpoolFile:
 
     def _fail(self, exc: OSError) -> None:
         self.error = exc
+        stage, self._stage, self._staged = self._stage, None, 0
+        if stage is not None:
+            _give_back_stage(stage)
         descriptor, self._descriptor = self._descriptor, None
         if descriptor is not None:
             try:
@@ -127,6 +222,19 @@ class SpoolFile:
 #: Meta Information and as much of the data set as the header read's scan takes at once
 #: (router.dicom.prescan.SCAN_BYTES), with room for a File Meta Information of up to 4 KiB.
 HEAD_BYTES = SCAN_BYTES + 4096
+#: Bytes of a spool file's staging buffer: a data set of up to this much (File Meta Information
+#: included) is written in one ``write`` once complete; a larger one a buffer at a time.
+STAGE_BYTES = 262_144
+#: Alignment of ``O_DIRECT`` writes (buffer address, length and file offset): 4 KiB, the
+#: largest logical block size of common disks (Linux open(2), "O_DIRECT").
+_BLOCK = 4096
+#: Staging buffers not in use, for the next spool file: each is touched once and then reused
+#: (a fresh one costs a page fault per 4 KiB). At most :data:`_SPARE_STAGES` are kept.
+_SPARE: list[mmap.mmap] = []
+_SPARE_STAGES = 16
+#: Folders whose file system refused ``O_DIRECT``: not asked again.
+_REFUSE_DIRECT_IO: set[str] = set()
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
 #: As ``tempfile.mkstemp`` opens: O_EXCL, so an existing file or link is never reused.
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 _ATTEMPTS = 100
@@ -156,6 +264,41 @@ def _create(directory: str, suffix: str) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, "no free spool file name", directory)
 
 
+def _take_stage() -> mmap.mmap | None:
+    """A staging buffer: a spare one, or a new anonymous mapping (page-aligned); ``None`` if
+    none can be mapped (the spool file then writes each fragment as it comes)."""
+    try:
+        return _SPARE.pop()
+    except IndexError:
+        pass
+    try:
+        return mmap.mmap(-1, STAGE_BYTES)
+    except OSError:
+        return None
+
+
+def _give_back_stage(stage: mmap.mmap) -> None:
+    if len(_SPARE) < _SPARE_STAGES:
+        _SPARE.append(stage)
+    else:
+        stage.close()
+
+
+def _set_direct(descriptor: int, direct: bool) -> bool:
+    """Turn ``O_DIRECT`` on or off for an open file; returns whether it is on now (a file
+    system that refuses it raises EINVAL here: it stays off)."""
+    if not _O_DIRECT:
+        return False
+    try:
+        flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
+        fcntl.fcntl(descriptor, fcntl.F_SETFL, (flags | _O_DIRECT) if direct else (flags & ~_O_DIRECT))
+    except OSError:
+        if direct:
+            return False
+        raise
+    return direct
+
+
 def _write_all(descriptor: int, data: bytes | memoryview) -> None:
     """``os.write`` until all of ``data`` is written (a regular file may take it in parts)."""
     written = os.write(descriptor, data)
@@ -165,10 +308,12 @@ def _write_all(descriptor: int, data: bytes | memoryview) -> None:
             written += os.write(descriptor, view[written:])
 
 
-def spool_factory(directory: Path) -> Callable[..., SpoolFile]:
-    """A drop-in for ``tempfile.NamedTemporaryFile`` as pynetdicom calls it (keyword arguments)."""
+def spool_factory(directory: Path, *, direct_io: bool = False) -> Callable[..., SpoolFile]:
+    """A drop-in for ``tempfile.NamedTemporaryFile`` as pynetdicom calls it (keyword arguments).
+    ``direct_io``: large uncompressed data sets may bypass the page cache (only where nothing
+    reads the file soon after: the archive renames it into place)."""
 
     def make(*_args: Any, suffix: str = ".dcm", **_kwargs: Any) -> SpoolFile:
-        return SpoolFile(directory, suffix=suffix)
+        return SpoolFile(directory, suffix=suffix, direct_io=direct_io)
 
     return make

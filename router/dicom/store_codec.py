@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import config as pydicom_config
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_UID,
     PYNETDICOM_IMPLEMENTATION_VERSION,
@@ -53,6 +53,10 @@ from pynetdicom.utils import make_target
 
 from router.dicom.pdata import ESTABLISHED, encode_pdata_tf
 
+#: Transfer syntaxes whose data set is neither encapsulated nor deflated (PS3.5 section 10.1-10.3):
+#: the header read seldom needs such a file past its first bytes (only for wanted elements after
+#: 64 KiB of others), so router.dicom.spool may write it around the page cache. pydicom's UncompressedTransferSyntaxes includes Deflated.
+UNCOMPRESSED_TRANSFER_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian})
 LOG = logging.getLogger(__name__)
 
 #: Command Field values, PS3.7 Annex E (Table E.1-1).
@@ -425,7 +429,7 @@ def _begin_store(
     spool.write(encode_file_meta(request.sop_class_uid, request.sop_instance_uid, str(transfer_syntax), sender))
     begin = getattr(spool, "begin_data_set", None)  # router.dicom.spool: hashed as it arrives
     if begin is not None:
-        begin()
+        begin(uncompressed=transfer_syntax in UNCOMPRESSED_TRANSFER_SYNTAXES)
 
 
 def _trusted_uid(value: str) -> UID:
@@ -441,6 +445,11 @@ def _message_to_primitive(self: DIMSEMessage) -> Any:
     :func:`_decode_msg`, instead of pynetdicom's two ERROR lines; the primitive returned then
     is marked so that :func:`_serve_request` drops it.
     """
+    # The data set is complete: what router.dicom.spool still stages goes to the file now,
+    # before the handler reads, fsyncs or renames it.
+    finish = getattr(getattr(self, "_data_set_file", None), "finish", None)
+    if finish is not None:
+        finish()
     request: StoreRequest | None = getattr(self, "_router_store_request", None)
     if request is None:
         try:
