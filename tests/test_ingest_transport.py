@@ -31,6 +31,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from router.db.models import Instance, Study
+from router.dicom.spool import STAGE_BYTES
 from router.dicom.status import StoreStatus
 from router.part10 import dataset_offset
 from router.server import RouterServer
@@ -156,16 +157,18 @@ def test_pdu_sizes_including_zero_meaning_unlimited(tmp_path: Path, scu_max_pdu:
 
 # ----------------------------------------------------------------------------- aborts
 def _start_partial_store(server: RouterServer, payload_bytes: int = 200 * 1024) -> RawAssociation:
-    """Associate and send a C-STORE command and a first data set fragment (not the last), in a
-    PDU within the router's Maximum Length (262,144 bytes by default)."""
+    """Associate and send a C-STORE command and two data set fragments (not the last), each in
+    a PDU within the router's Maximum Length (262,144 bytes by default): more than a spool
+    file's staging buffer, so part of the data set is on disk."""
     raw = RawAssociation(server.ports[0])
     assert raw.associate(max_pdu=0) == 0x02  # A-ASSOCIATE-AC
     sop = generate_uid()
     head = identifiers(sop, generate_uid(), generate_uid())
     blob = explicit(0x00090010, b"LO", b"ACME") + struct.pack("<HH2sHI", 0x0009, 0x1010, b"OB", 0, 64 << 20)
     raw.start_c_store(CT_IMAGE_STORAGE, sop, head + blob + b"\x00" * payload_bytes)
-    # The fragment is on disk in the incoming folder (STORE_RECV_CHUNKED_DATASET).
-    assert _wait_for(lambda: any(p.stat().st_size > payload_bytes for p in _incoming(server)), 5) < 5
+    raw.send(p_data(b"\x00" * payload_bytes, command=False, last=False))
+    # The first staging buffer's worth is on disk in the incoming folder (router.dicom.spool).
+    assert _wait_for(lambda: any(p.stat().st_size >= STAGE_BYTES for p in _incoming(server)), 5) < 5
     return raw
 
 

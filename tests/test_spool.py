@@ -137,6 +137,28 @@ def test_a_compressed_data_set_or_an_archive_that_reads_it_back_is_written_throu
     assert (Path(spool.name).read_bytes(), spool.direct_bytes) == (data, 0)
 
 
+def test_a_file_whose_data_set_start_the_spool_was_not_told_never_bypasses_the_page_cache(tmp_path: Path) -> None:
+    """pynetdicom's own decoder (a command set in several fragments) writes the File Meta
+    Information itself and never calls begin_data_set; the intake then reads the file back to
+    hash it, which it should find in the page cache (found by the hostile trial of lever 54)."""
+    data = random.Random(7).randbytes(3 * STAGE + 10)
+    spool = SpoolFile(tmp_path, direct_io=True)
+    spool.write(data)
+    spool.close()
+    assert (Path(spool.name).read_bytes(), spool.direct_bytes) == (data, 0)
+
+
+def test_a_discarded_spool_file_does_not_write_what_it_staged(tmp_path: Path) -> None:
+    spares = len(spool_module._SPARE)
+    spool = SpoolFile(tmp_path, direct_io=True)
+    spool.begin_data_set(uncompressed=True)
+    spool.write(bytes(STAGE + 5000))  # one stage on disk, 5000 bytes staged
+    spool.discard()
+    spool.discard()
+    assert Path(spool.name).stat().st_size == STAGE
+    assert len(spool_module._SPARE) == max(spares, 1)  # its stage went back once
+
+
 def _spool_written(folder: Path, data: bytes, *, direct_io: bool, uncompressed: bool) -> SpoolFile:
     """A closed spool file of ``data`` alone (no File Meta Information), written at once."""
     spool = SpoolFile(folder, direct_io=direct_io)

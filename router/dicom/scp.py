@@ -310,7 +310,7 @@ class StoreHandler:
         if partial is None:
             return
         try:
-            partial.close()
+            getattr(partial, "discard", partial.close)()  # router.dicom.spool: staged bytes not written
         except (OSError, ValueError):
             pass
         path = Path(partial.name)

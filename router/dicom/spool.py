@@ -47,14 +47,16 @@ class SpoolFile:
     """
 
     def __init__(self, directory: Path, suffix: str = ".dcm", *, direct_io: bool = False) -> None:
-        """``direct_io``: a data set that :meth:`begin_data_set` allows may be written with
-        ``O_DIRECT`` (see the module docstring)."""
+        """``direct_io``: a data set that :meth:`begin_data_set` says is uncompressed may be
+        written with ``O_DIRECT`` (see the module docstring); without that call (pynetdicom's
+        own decoder wrote the File Meta Information, and the file is read back to hash it), never."""
         self.error: OSError | None = None
         self.file = self  # pynetdicom calls ``.file.flush()``
         self._descriptor: int | None = None
         self._written = 0  # bytes
         self._directory = str(directory)
-        self._direct_io = direct_io and self._directory not in _REFUSE_DIRECT_IO
+        self._may_direct_io = direct_io
+        self._direct_io = False  # until begin_data_set() says the data set is uncompressed
         self._direct = False  # the descriptor is in O_DIRECT mode now
         self.direct_bytes = 0  # bytes written with O_DIRECT (none when the file system refuses it)
         self._stage: mmap.mmap | None = None
@@ -83,7 +85,7 @@ class SpoolFile:
         read never needs the file past its first bytes; without it the file is written through
         the page cache, for the header read's reads of encapsulated or deflated data."""
         self._digest = hashlib.sha256()
-        self._direct_io = self._direct_io and uncompressed
+        self._direct_io = self._may_direct_io and uncompressed and self._directory not in _REFUSE_DIRECT_IO
 
     @property
     def data_set_digest(self) -> tuple[str, int] | None:
@@ -173,6 +175,14 @@ class SpoolFile:
             if self._stage is stage:
                 self._stage, self._staged = None, 0
                 _give_back_stage(stage)
+
+    def discard(self) -> None:
+        """Close the file without writing what is staged: the data set is not kept (the caller
+        removes the file). Idempotent."""
+        stage, self._stage, self._staged = self._stage, None, 0
+        if stage is not None:
+            _give_back_stage(stage)
+        self.close()
 
     @property
     def size(self) -> int:

@@ -403,7 +403,7 @@ def _abort_invalid(assoc: Any, reason: str, message: Any) -> None:
     spool, message._data_set_file = getattr(message, "_data_set_file", None), None
     if spool is not None:
         with contextlib.suppress(OSError):
-            spool.close()
+            getattr(spool, "discard", spool.close)()  # router.dicom.spool: staged bytes not written
         with contextlib.suppress(OSError):
             Path(spool.name).unlink()
     LOG.warning(
