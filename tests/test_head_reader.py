@@ -3,6 +3,7 @@ header, or the same refusal, as from the file, and the file left unopened in the
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import random
@@ -15,7 +16,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 
 from router.dicom.extract import ReceivedFileUnreadable, UndecodableDataSet, read_header
 from router.dicom.head_reader import HeadFirstReader
-from router.dicom.spool import HEAD_BYTES, SpoolFile
+from router.dicom.spool import HEAD_BYTES, SpoolFile, WrittenFileMeta
+from router.part10 import dataset_offset
 from tests.dicom_helpers import make_dataset, pydicom_file, write_part10
 
 
@@ -86,6 +88,42 @@ def test_every_pydicom_test_file_reads_the_same_from_its_head() -> None:
             assert _outcome(path, _head(path, keep)) == expected, (path.name, keep)
         outcomes["refused" if isinstance(expected, type) else "header"] += 1
     assert outcomes["header"] > 40 and outcomes["refused"] > 0  # both kinds are compared
+
+
+def test_a_file_meta_given_reads_the_same_as_the_one_parsed() -> None:
+    """Lever 55: a received file's File Meta Information, as the router wrote it, is not parsed
+    again; told what it says, the header read gives what it gives when it parses it."""
+    compared = 0
+    for path in _pydicom_files():
+        try:
+            offset = dataset_offset(path)
+            meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+        except (ValueError, OSError, pydicom.errors.InvalidDicomError):
+            continue
+        syntax = meta.get("TransferSyntaxUID")
+        if not syntax:
+            continue
+        sender = str(meta.get("SendingApplicationEntityTitle", "") or "").strip() or None
+        told = WrittenFileMeta(str(syntax), sender, offset)
+        expected = _outcome(path, None)
+        try:
+            got: object = read_header(path, head=_head(path, HEAD_BYTES), file_meta=told)
+        except (UndecodableDataSet, ReceivedFileUnreadable) as exc:
+            got = type(exc)
+        assert got == expected, path.name
+        compared += 1
+    assert compared > 40
+
+
+def test_a_file_meta_given_is_not_parsed_again(tmp_path: Path) -> None:
+    source = pydicom_file("CT_small.dcm")
+    offset = dataset_offset(source)
+    damaged = tmp_path / "no-dicm.dcm"
+    damaged.write_bytes(bytes(offset) + source.read_bytes()[offset:])  # no "DICM", no meta
+    told = WrittenFileMeta(str(pydicom.dcmread(source).file_meta.TransferSyntaxUID), "MODALITY", offset)
+    assert _outcome(damaged, None) is UndecodableDataSet
+    header = read_header(damaged, head=_head(damaged, HEAD_BYTES), file_meta=told)
+    assert header == dataclasses.replace(read_header(source), sending_ae_title="MODALITY")
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,23 @@ def test_the_digest_written_is_the_one_read_back(tmp_path: Path) -> None:
     assert spool.data_set_digest == (hashlib.sha256(data_set).hexdigest(), Path(spool.name).stat().st_size)
 
 
+def test_the_file_meta_it_was_told_is_kept_for_the_header_read(tmp_path: Path, tiny_disk: Path) -> None:
+    meta = store_codec.encode_file_meta(CT_IMAGE_STORAGE, "1.2.3.4", EXPLICIT_LE, "MODALITY")
+    told = SpoolFile(tmp_path)
+    told.write(meta)
+    told.begin_data_set(transfer_syntax=EXPLICIT_LE, sending_ae_title="MODALITY")
+    told.write(b"\x08\x00\x16\x00")
+    told.close()
+    assert told.file_meta == spool_module.WrittenFileMeta(EXPLICIT_LE, "MODALITY", len(meta))
+    assert _spool_of(tmp_path, [b"\x08\x00\x16\x00"]).file_meta is None  # not told
+    failed = SpoolFile(tiny_disk)
+    failed.write(meta)
+    failed.begin_data_set(transfer_syntax=EXPLICIT_LE)
+    failed.write(bytes(600_000))
+    failed.close()
+    assert failed.failed and failed.file_meta is None
+
+
 def test_without_the_data_set_start_there_is_no_digest(tmp_path: Path) -> None:
     assert _spool_of(tmp_path, [b"\x08\x00\x16\x00"], begin=False).data_set_digest is None
 

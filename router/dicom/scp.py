@@ -33,7 +33,7 @@ from router.dicom import (
     variable_items,
 )
 from router.dicom.extract import DEFAULT_MAX_INFLATED_BYTES, ReceivedFileUnreadable, UndecodableDataSet, read_header
-from router.dicom.spool import SpoolFile, spool_factory
+from router.dicom.spool import SpoolFile, WrittenFileMeta, spool_factory
 from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
 from router.dicom.structure import InflationLimitExceeded
 from router.domain.instance import InstanceHeader, uid_problem
@@ -71,6 +71,12 @@ def _spool_head(event: Any) -> tuple[bytes, int] | None:
     """The received file's first bytes and size as its spool file kept them, if it did."""
     spool = received_spool(event)
     return spool.head if spool is not None else None
+
+
+def _spool_file_meta(event: Any) -> WrittenFileMeta | None:
+    """The received file's File Meta Information as its spool file was told it, if it was."""
+    spool = received_spool(event)
+    return spool.file_meta if spool is not None else None
 
 
 def configure_pynetdicom(incoming_dir: Path, *, direct_io: bool = False) -> None:
@@ -217,7 +223,7 @@ class StoreHandler:
         if temp_path is None:
             return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "archive write failed")
         try:
-            header = read_header(temp_path, self.max_inflated_bytes, _spool_head(event))
+            header = read_header(temp_path, self.max_inflated_bytes, _spool_head(event), _spool_file_meta(event))
         except InflationLimitExceeded as exc:
             LOG.warning(
                 "C-STORE of %s from %s refused with 0xA700: %s (listener.max_inflated_bytes)",

@@ -34,9 +34,17 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from router.dicom.prescan import SCAN_BYTES
+
+
+class WrittenFileMeta(NamedTuple):
+    """What the File Meta Information a spool file starts with says, as its writer gave it."""
+
+    transfer_syntax: str  # Transfer Syntax UID (0002,0010)
+    sending_ae_title: str | None  # Sending Application Entity Title (0002,0017), None if absent
+    data_set_offset: int  # bytes before the data set: preamble, "DICM" and the File Meta Information
 
 
 class SpoolFile:
@@ -62,6 +70,7 @@ class SpoolFile:
         self._stage: mmap.mmap | None = None
         self._staged = 0  # bytes in the stage
         self._digest: Any = None  # hashlib.sha256 of what was written since begin_data_set()
+        self._file_meta: WrittenFileMeta | None = None
         # The first HEAD_BYTES written, in one buffer: a list of the writes cost 40 times their
         # bytes for a peer sending 1-byte fragments (found by a hostile-peer trial).
         self._head = bytearray()
@@ -78,13 +87,19 @@ class SpoolFile:
         """Whether any write, flush or the creation failed."""
         return self.error is not None
 
-    def begin_data_set(self, *, uncompressed: bool = False) -> None:
+    def begin_data_set(
+        self, *, uncompressed: bool = False, transfer_syntax: str | None = None, sending_ae_title: str | None = None
+    ) -> None:
         """Mark the end of the File Meta Information: what is written from now on is the data
         set, hashed as it is written (see :attr:`data_set_digest`). ``uncompressed``: the data
         set's transfer syntax is one of PS3.5 section 10's three uncompressed ones, whose header
-        read never needs the file past its first bytes; without it the file is written through
-        the page cache, for the header read's reads of encapsulated or deflated data."""
+        read seldom needs the file past its first bytes; without it the file is written through
+        the page cache, for the header read's reads of encapsulated or deflated data.
+        ``transfer_syntax`` and ``sending_ae_title``: what the File Meta Information just
+        written says, kept for the header read (:attr:`file_meta`)."""
         self._digest = hashlib.sha256()
+        if transfer_syntax is not None:
+            self._file_meta = WrittenFileMeta(transfer_syntax, sending_ae_title, self._written)
         self._direct_io = self._may_direct_io and uncompressed and self._directory not in _REFUSE_DIRECT_IO
 
     @property
@@ -197,6 +212,13 @@ class SpoolFile:
         if self.failed:
             return None
         return bytes(self._head), self._written
+
+    @property
+    def file_meta(self) -> WrittenFileMeta | None:
+        """The File Meta Information this file starts with, as :meth:`begin_data_set` was told
+        it: the header read need not parse it (:func:`router.dicom.extract.read_header`);
+        ``None`` when not told, or after a failure."""
+        return None if self.failed else self._file_meta
 
     def flush(self) -> None:
         """Nothing to do: every write goes straight to the kernel (a full disk shows there)."""

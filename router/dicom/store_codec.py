@@ -429,7 +429,11 @@ def _begin_store(
     spool.write(encode_file_meta(request.sop_class_uid, request.sop_instance_uid, str(transfer_syntax), sender))
     begin = getattr(spool, "begin_data_set", None)  # router.dicom.spool: hashed as it arrives
     if begin is not None:
-        begin(uncompressed=transfer_syntax in UNCOMPRESSED_TRANSFER_SYNTAXES)
+        begin(
+            uncompressed=transfer_syntax in UNCOMPRESSED_TRANSFER_SYNTAXES,
+            transfer_syntax=str(transfer_syntax),
+            sending_ae_title=sender,
+        )
 
 
 def _trusted_uid(value: str) -> UID:
