@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from router.archive import dataset_sha256
+from router.db.engine import make_engine
 from router.db.group_commit import GroupCommit
 from router.db.models import Instance, InstanceConflict, Study
 from router.dicom.status import StoreStatus
@@ -298,4 +299,53 @@ def test_the_leaders_connection_is_kept_between_transactions_and_given_back_afte
     assert used[3] is not used[0]
     commits.close()
     assert engine.pool.checkedout() == 0
+    engine.dispose()
+
+
+def test_a_batch_keeps_each_units_writes_but_those_of_the_unit_that_failed(empty_database_url: str) -> None:
+    """Lever 56: the units of a shared transaction get their savepoints on the driver's cursor.
+    A unit failing halfway (its second insert a duplicate) loses its first insert too; the
+    others, before and after it, are committed; each unit learns its own outcome."""
+    engine = make_engine(empty_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE probe (n INTEGER PRIMARY KEY)")
+    commits = GroupCommit(engine)
+    gate = threading.Event()
+
+    def insert(*numbers: int) -> Callable[[Connection], int]:
+        def work(connection: Connection) -> int:
+            if numbers == (0,):
+                gate.wait(10)  # the first transaction holds the others back: they form one batch
+            for number in numbers:
+                connection.execute(text("INSERT INTO probe (n) VALUES (:n)"), {"n": number})
+            return numbers[0]
+
+        return work
+
+    outcomes: dict[str, object] = {}
+
+    def member(key: str, work: Callable[[Connection], int]) -> None:
+        try:
+            outcomes[key] = commits.run(work, key)
+        except Exception as exc:
+            outcomes[key] = type(exc).__name__
+
+    first = threading.Thread(target=member, args=("a0", insert(0)))
+    first.start()
+    _until(lambda: commits.busy, "the first transaction runs")
+    others = [
+        threading.Thread(target=member, args=(key, work))
+        for key, work in (("b1", insert(1)), ("c2", insert(2, 1)), ("d3", insert(3)))
+    ]
+    for thread in others:
+        thread.start()
+    _until(lambda: commits.waiting == 3, "three units queued")
+    gate.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert outcomes == {"a0": 0, "b1": 1, "c2": "IntegrityError", "d3": 3}
+    assert commits.largest_batch == 3
+    with engine.connect() as connection:
+        assert sorted(connection.exec_driver_sql("SELECT n FROM probe").scalars()) == [0, 1, 3]
+    commits.close()
     engine.dispose()

@@ -36,6 +36,10 @@ T = TypeVar("T")
 MAX_BATCH = 32
 #: Exceptions that fail only the unit that raised them (rolled back to its savepoint).
 UNIT_FAILURES: tuple[type[Exception], ...] = (IntegrityError, ArchiveError)
+#: A unit's savepoint in a shared transaction (one at a time: each is released before the next).
+_SAVEPOINT = "SAVEPOINT group_commit_unit"
+_ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT group_commit_unit"
+_RELEASE_SAVEPOINT = "RELEASE SAVEPOINT group_commit_unit"
 
 
 @dataclass(eq=False)
@@ -172,13 +176,20 @@ class GroupCommit:
                     transaction.rollback()
                     return
             else:
-                for unit in sorted(batch, key=lambda member: member.key):
-                    savepoint = connection.begin_nested()
-                    _run(unit, connection)
-                    if unit.error is None:
-                        savepoint.commit()
-                    else:
-                        savepoint.rollback()
+                # Each unit in a savepoint of its own, set and released on the driver's cursor:
+                # through SQLAlchemy (begin_nested) each was compiled and executed as a new
+                # statement, about 75 µs a unit against 1 µs (docs/benchmarks.md, lever 56).
+                # SAVEPOINT, RELEASE and ROLLBACK TO are the same in SQLite and PostgreSQL.
+                cursor = connection.connection.cursor()
+                try:
+                    for unit in sorted(batch, key=lambda member: member.key):
+                        cursor.execute(_SAVEPOINT)
+                        _run(unit, connection)
+                        if unit.error is not None:
+                            cursor.execute(_ROLLBACK_TO_SAVEPOINT)
+                        cursor.execute(_RELEASE_SAVEPOINT)
+                finally:
+                    cursor.close()
         except BaseException:
             transaction.rollback()
             raise
