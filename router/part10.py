@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 _PREAMBLE_AND_PREFIX = 132  # 128-byte preamble + "DICM"
 _HEAD = _PREAMBLE_AND_PREFIX + 12  # bytes: up to the end of the group length element (0002,0000)
+
+
+class WrittenFileMeta(NamedTuple):
+    """What the File Meta Information a file starts with says, as the router wrote it (a received
+    file's :attr:`router.dicom.spool.SpoolFile.file_meta`)."""
+
+    transfer_syntax: str  # Transfer Syntax UID (0002,0010)
+    sending_ae_title: str | None  # Sending Application Entity Title (0002,0017), None if absent
+    data_set_offset: int  # bytes before the data set: preamble, "DICM" and the File Meta Information
 
 
 def dataset_offset(path: Path) -> int:

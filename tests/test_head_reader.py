@@ -16,8 +16,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 
 from router.dicom.extract import ReceivedFileUnreadable, UndecodableDataSet, read_header
 from router.dicom.head_reader import HeadFirstReader
-from router.dicom.spool import HEAD_BYTES, SpoolFile, WrittenFileMeta
-from router.part10 import dataset_offset
+from router.dicom.spool import HEAD_BYTES, SpoolFile
+from router.part10 import WrittenFileMeta, dataset_offset
 from tests.dicom_helpers import make_dataset, pydicom_file, write_part10
 
 

@@ -22,6 +22,7 @@ from router.dicom import spool as spool_module
 from router.dicom import store_codec
 from router.dicom.spool import SpoolFile
 from router.dicom.status import StoreStatus
+from router.part10 import WrittenFileMeta
 from router.server import RouterServer
 from router.services import intake
 from tests.conftest import mounted_tmpfs
@@ -57,7 +58,7 @@ def test_the_file_meta_it_was_told_is_kept_for_the_header_read(tmp_path: Path, t
     told.begin_data_set(transfer_syntax=EXPLICIT_LE, sending_ae_title="MODALITY")
     told.write(b"\x08\x00\x16\x00")
     told.close()
-    assert told.file_meta == spool_module.WrittenFileMeta(EXPLICIT_LE, "MODALITY", len(meta))
+    assert told.file_meta == WrittenFileMeta(EXPLICIT_LE, "MODALITY", len(meta))
     assert _spool_of(tmp_path, [b"\x08\x00\x16\x00"]).file_meta is None  # not told
     failed = SpoolFile(tiny_disk)
     failed.write(meta)

@@ -46,11 +46,11 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from router.dicom import ascii_values, prescan
 from router.dicom.head_reader import HeadFirstReader
-from router.dicom.spool import WrittenFileMeta
 from router.dicom.structure import InflationLimitExceeded, MalformedDataSet, check_to_end, inflate_dataset
 from router.domain.billing import ProcedureCode
 from router.domain.enums import CptSource
 from router.domain.instance import InstanceHeader
+from router.part10 import WrittenFileMeta
 
 _is_implicit_vr: Callable[..., bool] | None
 try:  # pydicom's own check of the VR encoding actually used (private, so optional)

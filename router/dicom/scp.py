@@ -33,12 +33,13 @@ from router.dicom import (
     variable_items,
 )
 from router.dicom.extract import DEFAULT_MAX_INFLATED_BYTES, ReceivedFileUnreadable, UndecodableDataSet, read_header
-from router.dicom.spool import SpoolFile, WrittenFileMeta, spool_factory
+from router.dicom.spool import SpoolFile, spool_factory
 from router.dicom.status import ERROR_COMMENT_MAX, StoreStatus
 from router.dicom.structure import InflationLimitExceeded
 from router.domain.instance import InstanceHeader, uid_problem
 from router.errors import ArchiveError, IndexWriteError
 from router.logsafety import uid_for_log
+from router.part10 import WrittenFileMeta
 
 LOG = logging.getLogger(__name__)
 

@@ -34,17 +34,10 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from router.dicom.prescan import SCAN_BYTES
-
-
-class WrittenFileMeta(NamedTuple):
-    """What the File Meta Information a spool file starts with says, as its writer gave it."""
-
-    transfer_syntax: str  # Transfer Syntax UID (0002,0010)
-    sending_ae_title: str | None  # Sending Application Entity Title (0002,0017), None if absent
-    data_set_offset: int  # bytes before the data set: preamble, "DICM" and the File Meta Information
+from router.part10 import WrittenFileMeta
 
 
 class SpoolFile:
