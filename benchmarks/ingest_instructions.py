@@ -20,6 +20,7 @@ benchmark for rates.
     python benchmarks/ingest_instructions.py                          # 40 KB x 100, 1 association
     python benchmarks/ingest_instructions.py --size large --count 40  # 512 KB instances
     python benchmarks/ingest_instructions.py --associations 4         # 4 storescu at once
+    python benchmarks/ingest_instructions.py --size large --max-send-pdu 16384  # 16 KiB PDUs
     python benchmarks/ingest_instructions.py --repo /tmp/other-clone  # another checkout's router
 
 Needs ``valgrind`` and DCMTK (``apt-get install valgrind dcmtk``) and the benchmark's workload
@@ -58,6 +59,12 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--size", choices=("small", "large"), default="small", help="40 KB or 512 KB instances")
     parser.add_argument("--count", type=int, default=100, help="instances sent (default 100)")
     parser.add_argument("--associations", type=int, choices=(1, 4), default=1, help="storescu processes at once")
+    parser.add_argument(
+        "--max-send-pdu",
+        type=int,
+        default=None,
+        help="storescu's largest PDU in bytes (its --max-send-pdu; default: what the router offers, up to 128 KiB)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="listener.workers (default: the router's)")
     parser.add_argument("--repo", type=Path, default=BENCH_DIR.parent, help="checkout whose router runs")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (callgrind files)")
@@ -114,7 +121,10 @@ def main(argv: list[str]) -> int:
                 ) from None
             time.sleep(2.0)  # the receiving processes' own start-up settles
             subprocess.run(["callgrind_control", "--instr=on"], check=True, capture_output=True)
-            sent = send(registry, load, args.associations, True, port, CALLED_AE, work, timeout=START_TIMEOUT)
+            options = () if args.max_send_pdu is None else ("--max-send-pdu", str(args.max_send_pdu))
+            sent = send(
+                registry, load, args.associations, True, port, CALLED_AE, work, timeout=START_TIMEOUT, options=options
+            )
             subprocess.run(["callgrind_control", "--dump"], check=True, capture_output=True)
         finally:
             registry.stop_all()
@@ -122,7 +132,8 @@ def main(argv: list[str]) -> int:
             raise SystemExit(f"storescu exited with {sent.returncodes} (--keep keeps the logs in {work})")
         total = _counted(dumps)
         print(
-            f"{args.repo}: {args.size} x {load.count}, {args.associations} association(s): "
+            f"{args.repo}: {args.size} x {load.count}, {args.associations} association(s)"
+            f"{'' if args.max_send_pdu is None else f', PDUs of at most {args.max_send_pdu} bytes'}: "
             f"{total / load.count / 1e6:.3f} million instructions per instance "
             f"({total:,} in all, {sent.wall_s:.0f} s under valgrind)"
         )

@@ -3,6 +3,7 @@ encoder and decoder, and over real associations (the fast path and each way out 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import struct
 import threading
@@ -41,6 +42,7 @@ from tests.dicom_bytes import (
     IMPLICIT_LE,
     RawAssociation,
     c_store_command,
+    explicit,
     first_answer,
     identifiers,
     implicit,
@@ -828,3 +830,55 @@ def test_a_data_set_fragment_on_another_presentation_context_aborts(
     _assert_aborted_leaving_nothing(
         server, caplog, kind, "a fragment on another presentation context than its message's"
     )
+
+
+# ------------------------------------------------- data set fragments to the spool file (lever 57)
+@pytest.fixture
+def spooled(monkeypatch: pytest.MonkeyPatch) -> list[bool | None]:
+    """What :func:`store_codec._data_fragments_spooled` answered for each P-DATA (a spy around
+    the real function: None means it left the P-DATA to the checks and pynetdicom's decoder)."""
+    seen: list[bool | None] = []
+    real = store_codec._data_fragments_spooled
+
+    def spy(message: Any, primitive: Any) -> bool | None:
+        seen.append(real(message, primitive))
+        return seen[-1]
+
+    monkeypatch.setattr(store_codec, "_data_fragments_spooled", spy)
+    return seen
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("trailing", [False, True], ids=["ends-with-its-pdu", "fragments-after-the-last"])
+def test_data_set_fragments_are_written_straight_to_the_spool_file(
+    fast_path: None, server: RouterServer, spooled: list[bool | None], trailing: bool
+) -> None:
+    """A data set in seven P-DATA-TF PDUs, one of them carrying three fragments, is written by
+    the codec fragment by fragment and archived byte for byte; a fragment after the last one in
+    the same PDU is dropped, as pynetdicom's decoder drops it (PS3.8 Annex E.2: nothing of the
+    message follows its last fragment)."""
+    sop = "1.2.826.0.1.3680043.9.7433.3.57"
+    body = identifiers(
+        sop,
+        "1.2.826.0.1.3680043.9.7433.1.57",
+        "1.2.826.0.1.3680043.9.7433.2.57",
+        tail=explicit(0x7FE00010, b"OW", bytes(range(256)) * 40),
+    )
+    cuts = [0, 30, 900, 2500, 2600, 2700, 5000, 7000, 9000, len(body)]
+    pieces = [body[start:end] for start, end in itertools.pairwise(cuts)]
+    pdus = [p_data(c_store_command(CT_IMAGE_STORAGE, sop), command=True, last=True)]
+    pdus += [p_data(piece, command=False, last=False) for piece in pieces[:3]]
+    pdus.append(p_data_tf(*(pdv(piece, command=False, last=False) for piece in pieces[3:6])))
+    pdus += [p_data(piece, command=False, last=False) for piece in pieces[6:8]]
+    last = [pdv(pieces[8], command=False, last=True)]
+    if trailing:
+        last.append(pdv(b"\x00" * 64, command=False, last=False))
+    pdus.append(p_data_tf(*last))
+    kind, pdu, _ = first_answer(server.ports[0], *pdus)
+    assert kind == 0x04
+    assert decode(BytesIO(pdu[6:]), True, True).Status == StoreStatus.SUCCESS
+    stored = archived_file(server, sop)
+    assert stored.read_bytes()[dataset_offset(stored) :] == body
+    # the command PDU goes the codec's way (no data set file yet), then one answer per PDU
+    assert spooled == [None, False, False, False, False, False, False, True]

@@ -58,8 +58,10 @@ def send(
     called_ae: str,
     log_dir: Path,
     timeout: float | None = None,
+    options: tuple[str, ...] = (),
 ) -> SendResult:
-    """Send ``workload`` with ``associations`` storescu processes (1, or one per study chunk)."""
+    """Send ``workload`` with ``associations`` storescu processes (1, or one per study chunk);
+    ``options``: more storescu options (``("--max-send-pdu", "16384")``)."""
     if associations == 1:
         groups = [workload.files]
     else:
@@ -71,7 +73,7 @@ def send(
     procs: list[subprocess.Popen[Any]] = []
     start = time.monotonic()
     for index, files in enumerate(groups):
-        args = [STORESCU, "-aet", SENDER_AE, "-aec", called_ae, LOOPBACK, str(port), *map(str, files)]
+        args = [STORESCU, "-aet", SENDER_AE, "-aec", called_ae, *options, LOOPBACK, str(port), *map(str, files)]
         procs.append(registry.start(args, env=env, log=log_dir / f"storescu-{index}.log"))
     finished = wait_exits(procs, start + limit)
     timed_out = finished is None
