@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -307,3 +308,64 @@ def test_a_p_data_tf_in_sta6_goes_to_the_dimse_layer_without_the_state_machine(
     assert "Evt10" not in listener
     assert listener.count("Evt12") == 1  # the A-RELEASE-RQ still went through it
     assert [event for acceptor, event in events if not acceptor].count("Evt10") == 3  # the responses
+
+
+# ------------------------------------------------ the next PDU of a data set read at once (lever 58)
+@pytest.fixture
+def read_on(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What :func:`pdata._reads_on` answered after each P-DATA-TF handed to the DIMSE layer at
+    once (a spy around the real check)."""
+    seen: list[bool] = []
+    real = pdata._reads_on
+
+    def spy(dul: object, socket: object) -> bool:
+        seen.append(real(dul, socket))  # type: ignore[arg-type]
+        return seen[-1]
+
+    monkeypatch.setattr(pdata, "_reads_on", spy)
+    return seen
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("pause_after", [None, 3], ids=["all-waiting", "peer-pauses-mid-data-set"])
+def test_the_pdus_of_a_data_set_already_waiting_are_read_at_once(
+    server: RouterServer, read_on: list[bool], pause_after: int | None
+) -> None:
+    """A command set and its data set in ten P-DATA-TF PDUs, sent in one write: the DUL thread
+    reads each next PDU of the data set as soon as the one before is written (the bytes are
+    there), and goes back to its reactor once the message is complete. A peer that pauses in the
+    middle is waited for by the reactor, and the rest read at once again when it comes."""
+    sop = "1.2.826.0.1.3680043.9.7433.3.58"
+    body = identifiers(
+        sop,
+        "1.2.826.0.1.3680043.9.7433.1.58",
+        "1.2.826.0.1.3680043.9.7433.2.58",
+        tail=struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, 10_240) + bytes(range(256)) * 40,
+    )
+    size = -(-len(body) // 10)
+    pieces = [body[start : start + size] for start in range(0, len(body), size)]
+    assert len(pieces) == 10
+    pdus = [p_data_tf(pdv(c_store_command(CT_IMAGE_STORAGE, sop), command=True, last=True))]
+    pdus += [p_data_tf(pdv(piece, command=False, last=index == 9)) for index, piece in enumerate(pieces)]
+    raw = RawAssociation(server.ports[0])
+    try:
+        assert raw.associate(max_pdu=0) == 0x02
+        if pause_after is None:
+            raw.send(b"".join(pdus))
+        else:
+            raw.send(b"".join(pdus[: 1 + pause_after]))
+            time.sleep(0.3)
+            raw.send(b"".join(pdus[1 + pause_after :]))
+        kind, answer = raw.read_pdu()
+    finally:
+        raw.close()
+    assert kind == 0x04
+    assert decode(BytesIO(answer[6:]), True, True).Status == StoreStatus.SUCCESS
+    stored = archived_file(server, sop)
+    assert stored.read_bytes()[dataset_offset(stored) :] == body
+    # after the command PDU and each data set PDU but the last, True while the next is waiting
+    if pause_after is None:
+        assert read_on == [True] * 10 + [False]
+    else:
+        assert read_on == [True] * pause_after + [False] + [True] * (9 - pause_after) + [False]

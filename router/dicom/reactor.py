@@ -109,6 +109,16 @@ def _wake(dul: Any) -> None:
             pass  # already signalled (pipe full) or closed
 
 
+def quick_ack(sock: socket.socket) -> None:
+    """Set ``TCP_QUICKACK`` on ``sock`` (where the platform has it): data is waiting, and a
+    sender with Nagle's algorithm on must not wait for our delayed ACK. Errors are ignored."""
+    if _QUICKACK is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        except OSError:
+            pass
+
+
 def _dul_wait(dul: DULServiceProvider, seconds: float) -> None:
     queue = dul.to_provider_queue
     if queue.qsize():
@@ -130,11 +140,7 @@ def _dul_wait(dul: DULServiceProvider, seconds: float) -> None:
     if sock in readable:
         if hasattr(wrapper, "readable_seen"):  # router.dicom.guard's socket
             wrapper.readable_seen = True  # type: ignore[union-attr]  # its ready check needs no select of its own
-        if _QUICKACK is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-            except OSError:
-                pass
+        quick_ack(sock)
     if pipe[0] in readable:
         try:
             while os.read(pipe[0], 4096):
