@@ -197,11 +197,16 @@ def test_a_command_set_and_its_data_set_in_one_pdu_arearchived_file(
         kind, answer = raw.read_pdu()
     finally:
         raw.close()
+    _assert_stored_as_sent(server, sop, body, kind, answer)
+    assert read_as_views.counts == [4]
+
+
+def _assert_stored_as_sent(server: RouterServer, sop: str, body: bytes, kind: int, answer: bytes) -> None:
+    """The answer was a C-STORE-RSP with Success and the archived data set is ``body``, byte for byte."""
     assert kind == 0x04
     assert decode(BytesIO(answer[6:]), True, True).Status == StoreStatus.SUCCESS
     stored = archived_file(server, sop)
     assert stored.read_bytes()[dataset_offset(stored) :] == body
-    assert read_as_views.counts == [4]
 
 
 @pytest.fixture
@@ -360,10 +365,7 @@ def test_the_pdus_of_a_data_set_already_waiting_are_read_at_once(
         kind, answer = raw.read_pdu()
     finally:
         raw.close()
-    assert kind == 0x04
-    assert decode(BytesIO(answer[6:]), True, True).Status == StoreStatus.SUCCESS
-    stored = archived_file(server, sop)
-    assert stored.read_bytes()[dataset_offset(stored) :] == body
+    _assert_stored_as_sent(server, sop, body, kind, answer)
     # after the command PDU and each data set PDU but the last, True while the next is waiting
     if pause_after is None:
         assert read_on == [True] * 10 + [False]
