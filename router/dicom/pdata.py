@@ -145,7 +145,9 @@ def _decode_pdu(self: DULServiceProvider, bytestream: bytearray) -> tuple[Any, s
 def _read_pdu_data(self: DULServiceProvider) -> None:
     """DULServiceProvider._read_pdu_data: the PDU from the socket's ``read_pdu()`` in one buffer,
     then pynetdicom's steps (its events, and its reports in its logger's words), except that a
-    PDU that cannot be decoded is one WARNING line of this module's (the A-ABORT is the same)."""
+    PDU that cannot be decoded is one WARNING line of this module's (the A-ABORT is the same);
+    then, while a DIMSE message is part way in and its next PDU is already waiting, that PDU
+    too (:func:`_reads_on`)."""
     socket: Any = self.socket
     if not hasattr(socket, "read_pdu"):
         _ORIGINAL["read_pdu_data"](self)
