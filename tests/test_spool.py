@@ -30,13 +30,24 @@ from tests.dicom_bytes import CT_IMAGE_STORAGE, RawAssociation, c_store_command,
 from tests.dicom_helpers import archived_file, make_dataset, send_paths, write_part10
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+JPEG_2000 = "1.2.840.10008.1.2.4.90"  # encapsulated
 
 
-def _spool_of(tmp_path: Path, data_set_parts: list[bytes], *, begin: bool = True, direct_io: bool = False) -> SpoolFile:
+def _spool_of(
+    tmp_path: Path,
+    data_set_parts: list[bytes],
+    *,
+    begin: bool = True,
+    direct_io: bool = False,
+    told: str | None = EXPLICIT_LE,
+) -> SpoolFile:
+    """A closed spool file of an Explicit VR LE File Meta Information and ``data_set_parts``
+    (``!`` first: written as a view without it); ``told``: the transfer syntax
+    ``begin_data_set`` is told (None: not told)."""
     spool = SpoolFile(tmp_path, direct_io=direct_io)
     spool.write(store_codec.encode_file_meta(CT_IMAGE_STORAGE, "1.2.3.4", EXPLICIT_LE))
     if begin:
-        spool.begin_data_set(uncompressed=True)
+        spool.begin_data_set(transfer_syntax=told)
     for part in data_set_parts:
         spool.write(memoryview(part)[1:] if part[:1] == b"!" else part)  # views, as the listener writes them
     spool.close()
@@ -59,7 +70,7 @@ def test_the_file_meta_it_was_told_is_kept_for_the_header_read(tmp_path: Path, t
     told.write(b"\x08\x00\x16\x00")
     told.close()
     assert told.file_meta == WrittenFileMeta(EXPLICIT_LE, "MODALITY", len(meta))
-    assert _spool_of(tmp_path, [b"\x08\x00\x16\x00"]).file_meta is None  # not told
+    assert _spool_of(tmp_path, [b"\x08\x00\x16\x00"], told=None).file_meta is None  # not told
     failed = SpoolFile(tiny_disk)
     failed.write(meta)
     failed.begin_data_set(transfer_syntax=EXPLICIT_LE)
@@ -132,7 +143,7 @@ def test_a_data_set_of_any_size_is_written_as_received_around_the_page_cache_whe
     meta = store_codec.encode_file_meta(CT_IMAGE_STORAGE, "1.2.3.4", EXPLICIT_LE)
     spool = SpoolFile(tmp_path, direct_io=True)
     spool.write(meta)
-    spool.begin_data_set(uncompressed=True)
+    spool.begin_data_set(transfer_syntax=EXPLICIT_LE)
     for part in _fragments(data, rng):
         spool.write(memoryview(part))  # views, as the listener writes them
     spool.close()
@@ -169,7 +180,7 @@ def test_a_file_whose_data_set_start_the_spool_was_not_told_never_bypasses_the_p
 def test_a_discarded_spool_file_does_not_write_what_it_staged(tmp_path: Path) -> None:
     spares = len(spool_module._SPARE)
     spool = SpoolFile(tmp_path, direct_io=True)
-    spool.begin_data_set(uncompressed=True)
+    spool.begin_data_set(transfer_syntax=EXPLICIT_LE)
     spool.write(bytes(STAGE + 5000))  # one stage on disk, 5000 bytes staged
     spool.discard()
     spool.discard()
@@ -180,7 +191,7 @@ def test_a_discarded_spool_file_does_not_write_what_it_staged(tmp_path: Path) ->
 def _spool_written(folder: Path, data: bytes, *, direct_io: bool, uncompressed: bool) -> SpoolFile:
     """A closed spool file of ``data`` alone (no File Meta Information), written at once."""
     spool = SpoolFile(folder, direct_io=direct_io)
-    spool.begin_data_set(uncompressed=uncompressed)
+    spool.begin_data_set(transfer_syntax=EXPLICIT_LE if uncompressed else JPEG_2000)
     spool.write(data)
     spool.close()
     return spool

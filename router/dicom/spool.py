@@ -36,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
 from router.dicom.prescan import SCAN_BYTES
 from router.part10 import WrittenFileMeta
 
@@ -48,16 +50,17 @@ class SpoolFile:
     """
 
     def __init__(self, directory: Path, suffix: str = ".dcm", *, direct_io: bool = False) -> None:
-        """``direct_io``: a data set that :meth:`begin_data_set` says is uncompressed may be
-        written with ``O_DIRECT`` (see the module docstring); without that call (pynetdicom's
-        own decoder wrote the File Meta Information, and the file is read back to hash it), never."""
+        """``direct_io``: a data set whose transfer syntax :meth:`begin_data_set` names as an
+        uncompressed one may be written with ``O_DIRECT`` (see the module docstring); without
+        that call (pynetdicom's own decoder wrote the File Meta Information, and the file is
+        read back to hash it), never."""
         self.error: OSError | None = None
         self.file = self  # pynetdicom calls ``.file.flush()``
         self._descriptor: int | None = None
         self._written = 0  # bytes
         self._directory = str(directory)
         self._may_direct_io = direct_io
-        self._direct_io = False  # until begin_data_set() says the data set is uncompressed
+        self._direct_io = False  # until begin_data_set() names an uncompressed transfer syntax
         self._direct = False  # the descriptor is in O_DIRECT mode now
         self.direct_bytes = 0  # bytes written with O_DIRECT (none when the file system refuses it)
         self._stage: mmap.mmap | None = None
@@ -80,20 +83,22 @@ class SpoolFile:
         """Whether any write, flush or the creation failed."""
         return self.error is not None
 
-    def begin_data_set(
-        self, *, uncompressed: bool = False, transfer_syntax: str | None = None, sending_ae_title: str | None = None
-    ) -> None:
+    def begin_data_set(self, *, transfer_syntax: str | None = None, sending_ae_title: str | None = None) -> None:
         """Mark the end of the File Meta Information: what is written from now on is the data
-        set, hashed as it is written (see :attr:`data_set_digest`). ``uncompressed``: the data
-        set's transfer syntax is one of PS3.5 section 10's three uncompressed ones, whose header
-        read seldom needs the file past its first bytes; without it the file is written through
-        the page cache, for the header read's reads of encapsulated or deflated data.
-        ``transfer_syntax`` and ``sending_ae_title``: what the File Meta Information just
-        written says, kept for the header read (:attr:`file_meta`)."""
+        set, hashed as it is written (see :attr:`data_set_digest`). ``transfer_syntax`` and
+        ``sending_ae_title``: what the File Meta Information just written says, kept for the
+        header read (:attr:`file_meta`). Only a data set in one of
+        :data:`UNCOMPRESSED_TRANSFER_SYNTAXES` may be written with ``O_DIRECT``; any other (or
+        an unnamed one) goes through the page cache, for the header read's reads of
+        encapsulated or deflated data."""
         self._digest = hashlib.sha256()
         if transfer_syntax is not None:
             self._file_meta = WrittenFileMeta(transfer_syntax, sending_ae_title, self._written)
-        self._direct_io = self._may_direct_io and uncompressed and self._directory not in _REFUSE_DIRECT_IO
+        self._direct_io = (
+            self._may_direct_io
+            and transfer_syntax in UNCOMPRESSED_TRANSFER_SYNTAXES
+            and self._directory not in _REFUSE_DIRECT_IO
+        )
 
     @property
     def data_set_digest(self) -> tuple[str, int] | None:
@@ -247,6 +252,11 @@ class SpoolFile:
 #: Meta Information and as much of the data set as the header read's scan takes at once
 #: (router.dicom.prescan.SCAN_BYTES), with room for a File Meta Information of up to 4 KiB.
 HEAD_BYTES = SCAN_BYTES + 4096
+#: Transfer syntaxes whose data set is neither encapsulated nor deflated (PS3.5 sections
+#: 10.1-10.3; pydicom's ``UncompressedTransferSyntaxes`` includes Deflated): the header read
+#: seldom needs such a file past its first bytes (only for wanted elements after 64 KiB of
+#: others), so it may be written around the page cache.
+UNCOMPRESSED_TRANSFER_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian})
 #: Bytes of a spool file's staging buffer: a data set of up to this much (File Meta Information
 #: included) is written in one ``write`` once complete; a larger one a buffer at a time.
 STAGE_BYTES = 262_144

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import config as pydicom_config
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_UID,
     PYNETDICOM_IMPLEMENTATION_VERSION,
@@ -53,10 +53,6 @@ from pynetdicom.utils import make_target
 
 from router.dicom.pdata import ESTABLISHED, encode_pdata_tf
 
-#: Transfer syntaxes whose data set is neither encapsulated nor deflated (PS3.5 section 10.1-10.3):
-#: the header read seldom needs such a file past its first bytes (only for wanted elements after
-#: 64 KiB of others), so router.dicom.spool may write it around the page cache. pydicom's UncompressedTransferSyntaxes includes Deflated.
-UNCOMPRESSED_TRANSFER_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian})
 LOG = logging.getLogger(__name__)
 
 #: Command Field values, PS3.7 Annex E (Table E.1-1).
@@ -464,11 +460,7 @@ def _begin_store(
     spool.write(encode_file_meta(request.sop_class_uid, request.sop_instance_uid, str(transfer_syntax), sender))
     begin = getattr(spool, "begin_data_set", None)  # router.dicom.spool: hashed as it arrives
     if begin is not None:
-        begin(
-            uncompressed=transfer_syntax in UNCOMPRESSED_TRANSFER_SYNTAXES,
-            transfer_syntax=str(transfer_syntax),
-            sending_ae_title=sender,
-        )
+        begin(transfer_syntax=str(transfer_syntax), sending_ae_title=sender)
 
 
 def _trusted_uid(value: str) -> UID:
