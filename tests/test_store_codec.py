@@ -236,13 +236,18 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> list[store_codec.StoreRequest | 
     return seen
 
 
-def _store(port: int, path: Path, *, max_pdu: int = 16382, **kwargs: object) -> int:
+def _store(
+    port: int, path: Path, *, max_pdu: int = 16382, established: RouterServer | None = None, **kwargs: object
+) -> int:
+    """Send ``path`` over a new pynetdicom association; ``established``: as in :func:`_exchange`."""
     ae = AE(ae_title="CODEC_SCU")
     ae.maximum_pdu_size = max_pdu
     meta = dcmread(path, stop_before_pixels=True).file_meta
     ae.requested_contexts = [build_context(str(meta.MediaStorageSOPClassUID), [str(meta.TransferSyntaxUID)])]
     assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
     assert assoc.is_established
+    if established is not None:
+        _wait_established(established)
     try:
         status = assoc.send_c_store(path, **kwargs)
     finally:
@@ -324,14 +329,33 @@ def _send_one(server: RouterServer, command: bytes, sop: str) -> tuple[int, byte
     return _exchange(server.ports[0], command, sop)[0]
 
 
-def _exchange(port: int, command: bytes, sop: str, *then: bytes) -> list[tuple[int, bytes]]:
+def _wait_established(server: RouterServer) -> None:
+    """Wait until ``server``'s acceptor threads have marked every open association established."""
+    listener = server.listener
+    assert listener is not None
+    deadline = time.monotonic() + 10
+    associations = listener.ae.active_associations
+    while not (associations and all(assoc.is_established for assoc in associations)):
+        assert time.monotonic() < deadline, "the association was never marked established"
+        time.sleep(0.005)
+        associations = listener.ae.active_associations
+
+
+def _exchange(
+    port: int, command: bytes, sop: str, *then: bytes, established: RouterServer | None = None
+) -> list[tuple[int, bytes]]:
     """As :func:`_send_one`, then each PDU of ``then`` sent at once after the answer: the PDU
-    back after the C-STORE, then after each of them."""
+    back after the C-STORE, then after each of them. ``established``: first wait until that
+    server's acceptor thread has marked the association established (a C-STORE that comes
+    before is queued for the association thread, by design: on a loaded host it otherwise
+    takes that path)."""
     number = sop.rsplit(".", 1)[1]
     body = identifiers(sop, f"1.2.826.0.1.3680043.9.7433.1.{number}", f"1.2.826.0.1.3680043.9.7433.2.{number}")
     raw = RawAssociation(port)
     try:
         assert raw.associate(max_pdu=0) == 0x02
+        if established is not None:
+            _wait_established(established)
         raw.send(p_data(command, command=True, last=True))
         raw.send(p_data(body, command=False, last=True))
         answers = [raw.read_pdu()]
@@ -495,7 +519,9 @@ def test_a_c_store_the_codec_decoded_is_served_in_the_thread_that_read_it(
     association thread and back); one pynetdicom decoded (an extra command element) still in
     the association thread. Both are stored and answered Success."""
     dataset = make_dataset()
-    assert _store(server.ports[0], write_part10(dataset, tmp_path / "in.dcm")) == StoreStatus.SUCCESS
+    assert (
+        _store(server.ports[0], write_part10(dataset, tmp_path / "in.dcm"), established=server) == StoreStatus.SUCCESS
+    )
     sop = "1.2.826.0.1.3680043.9.7433.3.50"
     kind, pdu = _send_one(server, _move_destination_command(sop), sop)
     assert kind == 0x04
@@ -551,7 +577,7 @@ def test_the_response_to_a_c_store_served_in_the_dul_thread_is_sent_by_it_direct
     C-STORE-RSP, and the association is released normally afterwards."""
     fast_sop, slow_sop = "1.2.826.0.1.3680043.9.7433.3.70", "1.2.826.0.1.3680043.9.7433.3.71"
     (kind, pdu), (after, _) = _exchange(
-        server.ports[0], c_store_command(CT_IMAGE_STORAGE, fast_sop), fast_sop, A_RELEASE_RQ
+        server.ports[0], c_store_command(CT_IMAGE_STORAGE, fast_sop), fast_sop, A_RELEASE_RQ, established=server
     )
     assert (kind, after) == (0x04, 0x06)  # the C-STORE-RSP, then the A-RELEASE-RP
     answer = decode(BytesIO(pdu[6:]), True, True)
