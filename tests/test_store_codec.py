@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import struct
 import threading
 import time
@@ -53,7 +54,7 @@ from tests.dicom_bytes import (
     presentation_context_item,
     uid,
 )
-from tests.dicom_helpers import archived_file, make_dataset, write_part10
+from tests.dicom_helpers import archived_file, make_dataset, write_part10, write_raw_part10
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 LONGEST_UID = "1.2." + "3" * 60  # 64 characters
@@ -908,3 +909,34 @@ def test_data_set_fragments_are_written_straight_to_the_spool_file(
     assert stored.read_bytes()[dataset_offset(stored) :] == body
     # the command PDU goes the codec's way (no data set file yet), then one answer per PDU
     assert spooled == [None, False, False, False, False, False, False, True]
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_stored_instance_s_spool_name_is_not_unlinked_again_a_refused_one_s_is(
+    server: RouterServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lever 59: the spool file of a stored instance was unlinked after the intake service had
+    renamed it into the archive, which found nothing but took the incoming folder's lock. Now only
+    a spool file the handler did not hand on (a refused data set) is unlinked, and nothing is
+    left in the incoming folder either way."""
+    incoming = server.app.archive.incoming
+    unlinked: list[str] = []
+    real_unlink = os.unlink
+
+    def spy(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).parent == incoming:
+            unlinked.append(Path(path).name)
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", spy)
+    stored = write_part10(make_dataset(SOPInstanceUID="1.2.826.0.1.3680043.9.7433.3.59"), tmp_path / "ok.dcm")
+    garbage = write_raw_part10(
+        tmp_path / "garbage.dcm", CT_IMAGE_STORAGE, "1.2.826.0.1.3680043.9.7433.3.60", b"\x08\x00\x18\x00UI\xff\xff"
+    )
+    assert _store(server.ports[0], stored) == StoreStatus.SUCCESS
+    assert unlinked == []
+    archived_file(server, "1.2.826.0.1.3680043.9.7433.3.59")
+    assert _store(server.ports[0], garbage) == StoreStatus.CANNOT_DECODE
+    assert len(unlinked) == 1 and unlinked[0].startswith("rx-"), unlinked
+    assert list(incoming.iterdir()) == []

@@ -39,7 +39,6 @@ from router.dicom.structure import InflationLimitExceeded
 from router.domain.instance import InstanceHeader, uid_problem
 from router.errors import ArchiveError, IndexWriteError
 from router.logsafety import uid_for_log
-from router.part10 import WrittenFileMeta
 
 LOG = logging.getLogger(__name__)
 
@@ -49,7 +48,9 @@ class InstanceStore(Protocol):
 
     def store(self, header: InstanceHeader, temp_path: Path, sender: Any, digest: tuple[str, int] | None = None) -> Any:
         """Keep the instance; raise ArchiveError or IndexWriteError on failure. ``digest``: the
-        data set's SHA-256 and the file's size, when already known."""
+        data set's SHA-256 and the file's size, when already known. A normal return means the
+        file at ``temp_path`` was taken (moved into the archive, or removed as a copy already
+        kept): nothing is left at that path to delete."""
 
 
 SenderFactory = Callable[[str, str], Any]
@@ -60,24 +61,6 @@ def received_spool(event: Any) -> SpoolFile | None:
     into a :class:`~router.dicom.spool.SpoolFile`), or None."""
     spool = getattr(getattr(event, "request", None), "_dataset_file", None)
     return spool if isinstance(spool, SpoolFile) else None
-
-
-def _spool_digest(event: Any) -> tuple[str, int] | None:
-    """The data set's SHA-256 and file size its spool file computed while receiving, if it did."""
-    spool = received_spool(event)
-    return spool.data_set_digest if spool is not None else None
-
-
-def _spool_head(event: Any) -> tuple[bytes, int] | None:
-    """The received file's first bytes and size as its spool file kept them, if it did."""
-    spool = received_spool(event)
-    return spool.head if spool is not None else None
-
-
-def _spool_file_meta(event: Any) -> WrittenFileMeta | None:
-    """The received file's File Meta Information as its spool file was told it, if it was."""
-    spool = received_spool(event)
-    return spool.file_meta if spool is not None else None
 
 
 def configure_pynetdicom(incoming_dir: Path, *, direct_io: bool = False) -> None:
@@ -220,11 +203,17 @@ class StoreHandler:
         request = event.request
         requestor = event.assoc.requestor
         sender = self.make_sender(str(requestor.ae_title).strip(), str(requestor.address))
-        temp_path = self._received_file(event)
+        spool = received_spool(event)
+        temp_path = self._received_file(event, spool)
         if temp_path is None:
             return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "archive write failed")
         try:
-            header = read_header(temp_path, self.max_inflated_bytes, _spool_head(event), _spool_file_meta(event))
+            header = read_header(
+                temp_path,
+                self.max_inflated_bytes,
+                spool.head if spool is not None else None,
+                spool.file_meta if spool is not None else None,
+            )
         except InflationLimitExceeded as exc:
             LOG.warning(
                 "C-STORE of %s from %s refused with 0xA700: %s (listener.max_inflated_bytes)",
@@ -256,21 +245,23 @@ class StoreHandler:
             )
             return _status(code, comment)
         try:
-            outcome = self.store.store(header, temp_path, sender, _spool_digest(event))
+            outcome = self.store.store(header, temp_path, sender, spool.data_set_digest if spool is not None else None)
         except ArchiveError as exc:
             self.conditions.failed("archive", f"archive write failed: {exc}; answering 0xA700")
             return _status(StoreStatus.OUT_OF_RESOURCES_ARCHIVE, "archive write failed; retry later")
         except IndexWriteError as exc:
             self.conditions.failed("index", f"index write failed: {exc}; answering 0xA701")
             return _status(StoreStatus.OUT_OF_RESOURCES_INDEX, "index write failed; retry later")
+        if spool is not None:
+            spool.consumed = True  # the intake service took the file: no unlink of its old name
         self.conditions.succeeded("archive")
         self.conditions.succeeded("index")
         LOG.debug("stored %s from %s: %s", header.sop_instance_uid, sender.calling_ae_title, outcome)
         return _status(StoreStatus.SUCCESS)
 
-    def _received_file(self, event: Any) -> Path | None:
-        """Path of the Part 10 temporary file holding the received data set (None: write failed)."""
-        spool = received_spool(event)
+    def _received_file(self, event: Any, spool: SpoolFile | None) -> Path | None:
+        """Path of the Part 10 temporary file holding the received data set (None: write failed);
+        ``spool``: the file it was received into, if :func:`received_spool` found one."""
         if spool is not None and spool.failed:
             self.conditions.failed("archive", f"archive write failed while receiving: {spool.error}; answering 0xA700")
             return None

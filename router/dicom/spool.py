@@ -63,6 +63,10 @@ class SpoolFile:
         self._direct_io = False  # until begin_data_set() names an uncompressed transfer syntax
         self._direct = False  # the descriptor is in O_DIRECT mode now
         self.direct_bytes = 0  # bytes written with O_DIRECT (none when the file system refuses it)
+        #: Set by the handler once the intake service has taken the file (moved into the archive,
+        #: or removed as a copy already kept): nothing is left at :attr:`name`, so it is not
+        #: unlinked (router.dicom.store_codec._discard_spool).
+        self.consumed = False
         self._stage: mmap.mmap | None = None
         self._staged = 0  # bytes in the stage
         self._digest: Any = None  # hashlib.sha256 of what was written since begin_data_set()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import struct
 import threading
@@ -549,13 +550,21 @@ def _storage_scp(self: Any, req: Any, context: Any) -> None:
 
 
 def _discard_spool(req: Any) -> None:
-    """Close and delete the request's spool file (the handler has placed or refused it)."""
-    if req._dataset_file:
-        req._dataset_file.close()
-        try:
-            Path(req._dataset_file.name).unlink()
-        except OSError:
-            pass
+    """Close the request's spool file and delete it, unless the handler marked it consumed (the
+    intake service moved it into the archive: ``router.dicom.spool.SpoolFile.consumed``).
+
+    The unlink of a name already renamed away found nothing, but took the incoming folder's
+    lock for writing first, and every receiving process creates its spool files in that folder:
+    at four associations it waited for another thread's file creation, 0.05 ms of CPU per
+    instance (docs/benchmarks.md, lever 59)."""
+    spool = req._dataset_file
+    if spool:
+        spool.close()
+        if not getattr(spool, "consumed", False):
+            try:
+                os.unlink(spool.name)
+            except OSError:
+                pass
 
 
 def _serve_request(self: Any, msg: Any, context_id: int) -> None:
