@@ -625,6 +625,7 @@ def test_a_fault_serving_a_c_store_in_the_dul_thread_aborts_that_association_onl
     assert (kind, pdu[2]) == (0x07, 0x02)  # A-ABORT, source: DICOM UL service-provider
     errors = [r.getMessage() for r in caplog.records if r.name == "router.dicom.store_codec"]
     assert errors == ["serving a C-STORE-RQ raised RuntimeError; A-ABORT sent"]
+    assert list(server.app.archive.incoming.iterdir()) == []  # the data set is not left behind
     monkeypatch.setattr(service_class.StorageServiceClass, "SCP", real)
     dataset = make_dataset()
     assert _store(server.ports[0], write_part10(dataset, tmp_path / "in.dcm")) == StoreStatus.SUCCESS
@@ -940,3 +941,31 @@ def test_a_stored_instance_s_spool_name_is_not_unlinked_again_a_refused_one_s_is
     assert _store(server.ports[0], garbage) == StoreStatus.CANNOT_DECODE
     assert len(unlinked) == 1 and unlinked[0].startswith("rx-"), unlinked
     assert list(incoming.iterdir()) == []
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("decoded_by", ["codec", "pynetdicom"])
+def test_a_handler_that_raises_is_answered_c211_and_leaves_no_spool_file(
+    server: RouterServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, decoded_by: str
+) -> None:
+    """Found by the hostile trial of lever 59: an unexpected exception in the handler was
+    answered 0xC211 by pynetdicom's ``attempt``, which skipped the rest of its block, and the
+    data set stayed in the incoming folder until the next sweep. Both for a command set this
+    codec decoded and for one pynetdicom decoded (a Move Destination element, not one of a C-STORE-RQ)."""
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(type(server.app.intake), "store", broken)
+    sop = "1.2.826.0.1.3680043.9.7433.3.61" if decoded_by == "codec" else "1.2.826.0.1.3680043.9.7433.3.62"
+    command = c_store_command(CT_IMAGE_STORAGE, sop) if decoded_by == "codec" else _move_destination_command(sop)
+    caplog.set_level(logging.CRITICAL)  # pynetdicom logs the handler's traceback at ERROR
+    kind, pdu = _send_one(server, command, sop)
+    assert kind == 0x04
+    assert decode(BytesIO(pdu[6:]), True, True).Status == 0xC211
+    # pynetdicom's association thread sends the answer before its spool file is removed
+    deadline = time.monotonic() + 5
+    while list(server.app.archive.incoming.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(server.app.archive.incoming.iterdir()) == []

@@ -529,6 +529,19 @@ def _storage_scp(self: Any, req: Any, context: Any) -> None:
         )
         self.assoc.abort()
         return
+    try:
+        _serve_storage(self, req, context)
+    finally:
+        # Also when the handler raised: pynetdicom's ``attempt`` answers 0xC211 and skips the
+        # rest of its block, where pynetdicom's own storage SCP removes the spool file, which
+        # then stayed in the incoming folder until the next sweep (found by the hostile trial of
+        # lever 59).
+        _discard_spool(req)
+
+
+def _serve_storage(self: Any, req: C_STORE, context: Any) -> None:
+    """:func:`_storage_scp`'s C-STORE: pynetdicom's storage SCP for a request pynetdicom
+    decoded; for one this codec decoded, its steps with the response filled directly."""
     if not getattr(req, "_router_fixed_layout", False):
         _ORIGINAL["storage_scp"](self, req, context)
         return
@@ -541,8 +554,10 @@ def _storage_scp(self: Any, req: Any, context: Any) -> None:
     with service_class.attempt(rsp, self.dimse, cx_id, self.assoc) as ctx:
         ctx.error_msg = "Exception in handler bound to 'evt.EVT_C_STORE'"
         ctx.error_status = 0xC211
-        rsp_status = evt.trigger(ctx.assoc, evt.EVT_C_STORE, {"request": req, "context": context.as_tuple})
-        _discard_spool(req)
+        try:
+            rsp_status = evt.trigger(ctx.assoc, evt.EVT_C_STORE, {"request": req, "context": context.as_tuple})
+        finally:
+            _discard_spool(req)  # before the answer is sent, a failure's 0xC211 too
     if not ctx.success or not self.assoc.is_established:
         return
     rsp = self.validate_status(rsp_status, rsp)
@@ -556,9 +571,10 @@ def _discard_spool(req: Any) -> None:
     The unlink of a name already renamed away found nothing, but took the incoming folder's
     lock for writing first, and every receiving process creates its spool files in that folder:
     at four associations it waited for another thread's file creation, 0.05 ms of CPU per
-    instance (docs/benchmarks.md, lever 59)."""
-    spool = req._dataset_file
+    instance (docs/benchmarks.md, lever 59). Idempotent."""
+    spool = getattr(req, "_dataset_file", None)
     if spool:
+        req._dataset_file = None  # discarded once: a second call does nothing
         spool.close()
         if not getattr(spool, "consumed", False):
             try:
@@ -689,6 +705,7 @@ def _serve_store_inline(assoc: Any, request: Any, context_id: int) -> None:
             assoc.dimse.cancel_req = {}
         except Exception as exc:  # noqa: BLE001 - the DUL thread must survive to send the A-ABORT
             LOG.error("serving a C-STORE-RQ raised %s; A-ABORT sent", type(exc).__name__)
+            _discard_spool(request)  # nothing was kept: the data set is not left in the incoming folder
             assoc.dul.event_queue.put("Evt19")
 
 
